@@ -1,0 +1,147 @@
+"""The interface every connector implements.
+
+A connector talks one protocol to one outside system that holds records. It knows
+nothing about bundles, signatures or the database: it yields `RawRecord`s whose
+content is already on disk (streamed, never whole in memory) and reports progress
+through a callback. Connectors never import `gateway` or `fhir.resources`.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Callable, ClassVar, Iterator
+
+
+class ConnectorError(Exception):
+    """Root of connector errors; `transient` says whether retrying may help."""
+
+    transient = False
+
+
+class SourceUnavailable(ConnectorError):
+    """The source did not answer, timed out, or asked us to come back later."""
+
+    transient = True
+
+
+class SourceRejected(ConnectorError):
+    """The source refused (bad credentials, unknown patient, malformed answer)."""
+
+
+class RecordRejected(ConnectorError):
+    """One record is bad (hostile name, broken file); others can still be fetched."""
+
+
+@dataclass(frozen=True)
+class PatientIdentifier:
+    system: str
+    value: str
+
+
+@dataclass(frozen=True)
+class RecordQuery:
+    """What to fetch: one patient, narrowed as far as the protocol allows."""
+
+    authorization_id: str
+    transfer_id: str
+    identifiers: tuple[PatientIdentifier, ...] = ()
+    family_name: str = ""
+    given_names: tuple[str, ...] = ()
+    birth_date: date | None = None
+    date_from: date | None = None
+    date_to: date | None = None
+    # data classes from the authorization ("all" or notes, labs, imaging, ...)
+    data_classes: frozenset[str] = frozenset({"all"})
+    # records this source already produced for this transfer (by origin), so a
+    # resumed pull skips them
+    already_fetched: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One record as fetched: bytes in a file on local disk plus what we know of it."""
+
+    source: str  # configured source name
+    kind: str  # record kind understood by mappings: "pdf", "fhir-json", "dicom", ...
+    media_type: str
+    path: Path  # a file the consumer may move or delete once it has stored it
+    sha256: str
+    size: int
+    origin: str  # stable id of the record at the source (URL, file name, SOP UID)
+    fetched_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    metadata: dict = field(default_factory=dict)  # protocol facts (no secrets)
+
+
+@dataclass
+class Progress:
+    """What a connector reports while it works."""
+
+    done: int = 0
+    total: int | None = None  # None when the source cannot tell in advance
+    bytes: int = 0
+    message: str = ""
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class Connector(ABC):
+    """One outside system. Use as a context manager: `with Conn(cfg) as c: c.fetch(q)`."""
+
+    #: short name used in configuration (`kind = "pdf-folder"`)
+    name: ClassVar[str]
+    #: errors worth retrying later; everything else stops this source with its message
+    transient_errors: ClassVar[tuple[type[BaseException], ...]] = (SourceUnavailable,)
+
+    def __init__(self, source: str, options: dict, workdir: Path,
+                 progress: ProgressCallback | None = None):
+        self.source = source
+        self.options = options
+        self.workdir = Path(workdir)  # where fetched files are written
+        self.progress = progress or (lambda p: None)
+
+    @abstractmethod
+    def check(self) -> None:
+        """Raise a ConnectorError if the source cannot be used right now."""
+
+    @abstractmethod
+    def fetch(self, query: RecordQuery) -> Iterator[RawRecord]:
+        """Yield every record of the query's patient the source holds."""
+
+    def close(self) -> None:
+        """Release connections; safe to call twice."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def hash_file(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
+    """sha256 hex digest and size of a file, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size
+
+
+def safe_name(name: str, max_len: int = 200) -> str | None:
+    """Return `name` if it is a plain, printable single path component, else None.
+
+    Names from outside (drop folders, attachments) are never used as paths unchecked.
+    """
+    if not name or len(name) > max_len or name in (".", ".."):
+        return None
+    if os.sep in name or (os.altsep and os.altsep in name) or "\x00" in name:
+        return None
+    if any(ord(c) < 32 or ord(c) == 127 for c in name) or name.startswith("."):
+        return None
+    return name

@@ -1,0 +1,143 @@
+"""Error types a caller can act on.
+
+One root, `GatewayError`. `transient` decides whether a task retries the step
+(outage, timeout) or records a terminal failure (bad input, denied). The API turns
+each into a FHIR OperationOutcome with `http_status`; the CLI into one line.
+"""
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Root of every error the gateway raises on purpose."""
+
+    transient = False
+    http_status = 400
+    code = "processing"  # FHIR IssueType
+
+    def __init__(self, message: str, **details):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(GatewayError):
+    """A setting is missing or invalid; the message names it."""
+
+    code = "invalid"
+    http_status = 500
+
+
+class InvalidInput(GatewayError):
+    """A request body or file from outside is malformed."""
+
+    code = "invalid"
+    http_status = 400
+
+
+class PayloadTooLarge(InvalidInput):
+    http_status = 413
+    code = "too-costly"
+
+
+class NotFound(GatewayError):
+    code = "not-found"
+    http_status = 404
+
+
+class Conflict(GatewayError):
+    code = "conflict"
+    http_status = 409
+
+
+class Unauthenticated(GatewayError):
+    code = "login"
+    http_status = 401
+
+
+class Forbidden(GatewayError):
+    code = "forbidden"
+    http_status = 403
+
+
+class AuthorizationDenied(GatewayError):
+    """The release authorization is invalid or does not cover what was asked."""
+
+    code = "forbidden"
+    http_status = 403
+
+
+class AuthorizationInvalid(AuthorizationDenied):
+    """Signature, issuer or a required HIPAA element is wrong or missing."""
+
+    code = "invalid"
+    http_status = 422
+
+
+class AuthorizationExpired(AuthorizationDenied):
+    code = "expired"
+
+
+class AuthorizationNotYetValid(AuthorizationDenied):
+    code = "forbidden"
+
+
+class AuthorizationRevoked(AuthorizationDenied):
+    code = "forbidden"
+
+
+class ProviderUnavailable(GatewayError):
+    """A source system is down or slow; the step is retried later."""
+
+    transient = True
+    code = "transient"
+    http_status = 503
+
+
+class ProviderRejected(GatewayError):
+    """A source system refused the request (bad credentials, no such patient)."""
+
+    code = "processing"
+    http_status = 502
+
+
+class MappingError(GatewayError):
+    """A raw record could not be turned into valid FHIR; `origin` names the record."""
+
+    code = "structure"
+    http_status = 422
+
+    def __init__(self, message: str, origin: str = "", **details):
+        super().__init__(message, origin=origin, **details)
+        self.origin = origin
+
+
+class DeliveryFailed(GatewayError):
+    """The recipient could not be reached or answered with an error; retried."""
+
+    transient = True
+    code = "transient"
+    http_status = 502
+
+
+class DeliveryRejected(GatewayError):
+    """The recipient refused the bundle for good (4xx other than 408/429)."""
+
+    code = "processing"
+    http_status = 502
+
+
+class ReceiptInvalid(GatewayError):
+    """A delivery receipt is unsigned, badly signed, or does not match what was sent."""
+
+    code = "security"
+    http_status = 502
+
+
+class BlobCorrupted(GatewayError):
+    """A stored blob failed authentication (tampered, truncated or wrong key)."""
+
+    code = "exception"
+    http_status = 500

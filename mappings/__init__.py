@@ -1,0 +1,58 @@
+"""Pure functions from raw records to validated FHIR R4 resources (R4B models).
+
+No network and no database here: a mapping reads the record's own local file at most.
+`map_record` picks the mapping by the record's kind.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from importlib import import_module
+
+from connectors.base import RawRecord
+
+DATA_CLASSES = frozenset({
+    "notes", "labs", "imaging", "pathology", "radiology", "medications", "allergies",
+    "conditions", "procedures", "immunizations", "encounters", "vitals", "care-plans",
+    "documents", "demographics",
+})
+
+
+class MappingFailed(Exception):
+    """A record cannot become valid FHIR; `origin` names the record."""
+
+    def __init__(self, message: str, origin: str):
+        super().__init__(message)
+        self.origin = origin
+
+
+@dataclass(frozen=True)
+class Mapped:
+    """One FHIR resource made from a record, with what filtering needs."""
+
+    resource: object  # a fhir.resources.R4B model, validated
+    data_class: str  # one of DATA_CLASSES
+    clinical_date: date | None  # when it happened clinically, for filters and order
+    # True when the record's own bytes are this resource's Binary content: the bundle
+    # streams them from the blob store rather than holding them in the resource
+    carries_record_bytes: bool = False
+
+
+@dataclass(frozen=True)
+class MappingContext:
+    patient_reference: str  # "urn:uuid:..." of the transfer's Patient entry
+    default_data_class: str = "documents"
+
+
+MAPPINGS = {
+    "pdf": "mappings.pdf_document:map_pdf",
+}
+
+
+def map_record(record: RawRecord, context: MappingContext) -> list[Mapped]:
+    try:
+        target = MAPPINGS[record.kind]
+    except KeyError:
+        raise MappingFailed(f"no mapping for record kind {record.kind!r}", record.origin) from None
+    module, _, attr = target.partition(":")
+    return getattr(import_module(module), attr)(record, context)
