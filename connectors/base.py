@@ -76,6 +76,16 @@ class RawRecord:
     metadata: dict = field(default_factory=dict)  # protocol facts (no secrets)
 
 
+@dataclass(frozen=True)
+class RejectedRecord:
+    """A record the source holds that cannot be taken (hostile name, not a file, too
+    large). Yielded instead of a RawRecord so it is reported, never silently skipped."""
+
+    source: str
+    origin: str  # printable, escaped: never the raw hostile value
+    reason: str
+
+
 @dataclass
 class Progress:
     """What a connector reports while it works."""
@@ -109,8 +119,9 @@ class Connector(ABC):
         """Raise a ConnectorError if the source cannot be used right now."""
 
     @abstractmethod
-    def fetch(self, query: RecordQuery) -> Iterator[RawRecord]:
-        """Yield every record of the query's patient the source holds."""
+    def fetch(self, query: RecordQuery) -> Iterator[RawRecord | RejectedRecord]:
+        """Yield every record of the query's patient the source holds (skipping
+        `query.already_fetched`), and a RejectedRecord for each one it cannot take."""
 
     def close(self) -> None:
         """Release connections; safe to call twice."""
