@@ -2,6 +2,9 @@
 
     <path>/<transfer id>/<name>.pdf
 
+Whoever drops files should write the folder elsewhere and rename it into place, so it
+appears complete; until it appears, the pull is retried later.
+
 A minimal, safe reader: only regular files (no links), plain names, a size cap, and
 the PDF signature checked. Files are copied into the work dir, never moved: the full
 fax workflow (claiming, quarantine, matching) is `fax_drop`.
@@ -41,8 +44,10 @@ class PdfFolderConnector(Connector):
         if safe_name(query.transfer_id) is None:
             raise SourceRejected("transfer id is not a plain name")
         folder = self.root / query.transfer_id
-        if not folder.is_dir() or folder.is_symlink():
-            raise SourceRejected(f"source {self.source}: no folder for transfer {query.transfer_id}")
+        if folder.is_symlink():
+            raise SourceRejected(f"source {self.source}: the transfer's folder is a link")
+        if not folder.is_dir():  # the provider has not dropped the records yet: come back later
+            raise SourceUnavailable(f"source {self.source}: no folder yet for transfer {query.transfer_id}")
         max_bytes = int(self.options.get("max_bytes", DEFAULT_MAX_BYTES))
         entries = sorted(os.scandir(folder), key=lambda e: os.fsencode(e.name))
         progress = Progress(total=len(entries))
