@@ -31,6 +31,7 @@ def configure_celery(settings: Settings) -> Celery:
                           "schedule": settings.reconcile_interval_s},
         },
         timezone="UTC",
+        task_default_queue=settings.queue,
     )
     if settings.redis_url:
         conf.update(broker_url=settings.redis_url,

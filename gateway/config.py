@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path("gateway-data")
     database_url: str | None = None  # default: SQLite file in data_dir
     redis_url: str | None = None  # Celery broker; None = embedded broker in data_dir
+    queue: str = "records-gateway"  # Celery queue: gateways sharing a Redis each need their own
     organization: str = "gateway.local"  # our identity in authorizations and receipts
     base_url: str = "http://127.0.0.1:8080"
     host: str = "127.0.0.1"

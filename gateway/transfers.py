@@ -285,7 +285,10 @@ def reconcile() -> int:
     return reconcile_now(services())
 
 
-def reconcile_now(svc: Services) -> int:
+def reconcile_now(svc: Services, send=None) -> int:
+    """Enqueue (through `send`, default `enqueue`) every step that should be running
+    but is not: no live lease, not waiting for a retry, quiet for a reconcile interval."""
+    send = send or enqueue
     now = utcnow()
     quiet = now - timedelta(seconds=svc.settings.reconcile_interval_s)
     with svc.db.session() as s:
@@ -295,7 +298,7 @@ def reconcile_now(svc: Services) -> int:
             or_(Transfer.next_attempt_at.is_(None), Transfer.next_attempt_at <= now),
             Transfer.updated_at < quiet)).all()
     for transfer_id, state in stuck:
-        enqueue(transfer_id, state)
+        send(transfer_id, state)
     if stuck:
         log.info("reconciler re-enqueued %d transfer step(s)", len(stuck))
     return len(stuck)
