@@ -64,6 +64,8 @@ from urllib.parse import urlsplit
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr,
                       ValidationError, field_validator)
 
+from joserfc.jws import JWSRegistry
+
 from mappings import DATA_CLASSES
 
 from ..errors import AuthorizationInvalid
@@ -73,6 +75,14 @@ JWS_TYPE = "authorization+jwt"
 ALGORITHMS = ("EdDSA", "ES256")
 ENDPOINT_TYPES = ("pdf-folder", "fhir", "dicom", "fax", "gateway")
 ALL = "all"
+
+
+
+class _Registry(JWSRegistry):
+    max_payload_length = MAX_JWS_BYTES  # joserfc's default (128 kB) is too small for a signed form
+
+
+JWS_REGISTRY = _Registry(algorithms=list(ALGORITHMS))
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -257,13 +267,22 @@ def _where(loc: tuple) -> str:
 
 
 def _messages(exc: ValidationError) -> list[str]:
+    errors = exc.errors(include_input=False, include_url=False)
+    inner = [e["loc"] for e in errors]
     seen: list[str] = []
-    for err in exc.errors(include_input=False, include_url=False):
-        where = _where(err["loc"])
+    for err in errors:
+        loc = err["loc"]
+        if err["type"] == "too_short" and any(o[:len(loc)] == loc and len(o) > len(loc) for o in inner):
+            continue  # a list left empty by its own invalid entries: those are reported
+        where = _where(loc)
         if err["type"] == "missing":
             msg = f"authorization is missing {where}"
         elif err["type"] == "extra_forbidden":
             msg = f"authorization has an unknown element {where}"
+        elif err["type"] == "too_short":
+            msg = f"authorization has an invalid {where}: must list at least one entry"
+        elif err["type"] == "string_too_short":
+            msg = f"authorization has an invalid {where}: is empty"
         else:
             text = err["msg"].removeprefix("Value error, ")
             msg = f"authorization has an invalid {where}: {text}"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 from datetime import datetime
 from typing import Any
 
@@ -30,6 +31,7 @@ from .schema import MAX_JWS_BYTES
 from .verify import _now, verify_authorization
 
 MAX_REASON = 1000
+log = logging.getLogger(__name__)
 
 
 def _digest(jws: Any) -> tuple[str | None, int]:
@@ -77,6 +79,8 @@ def import_authorization(session: Session, jws: str | bytes, trust: TrustStore, 
                      authorization_id=exc.details.get("authorization_id"), sha256=digest,
                      reason=str(exc), element=exc.details.get("element"),
                      error=type(exc).__name__)
+        log.warning("authorization rejected sha256=%s size=%d error=%s element=%s",
+                    digest, size, type(exc).__name__, exc.details.get("element"))
         raise
     row = models.Authorization(
         id=verified.id, issuer=verified.issuer, key_id=verified.kid,
@@ -93,6 +97,8 @@ def import_authorization(session: Session, jws: str | bytes, trust: TrustStore, 
                  expires_at=verified.expires_at.isoformat(),
                  signed_form_sha256=verified.form_sha256)
     session.flush()
+    log.info("authorization %s verified issuer=%s kid=%s sha256=%s", verified.id, verified.issuer,
+             verified.kid, verified.jws_sha256)
     return row
 
 
@@ -119,4 +125,5 @@ def revoke(session: Session, authorization_id: str, reason: str, actor: str,
     audit.record(session, "authorization.revoked", actor=actor, role=role, authorization_id=row.id,
                  reason=reason)
     session.flush()
+    log.info("authorization %s revoked by %s", row.id, actor)
     return row

@@ -31,7 +31,7 @@ from ..audit import patient_key as audit_patient_key
 from ..errors import (AuthorizationDenied, AuthorizationExpired, AuthorizationInvalid,
                       AuthorizationNotYetValid, AuthorizationRevoked, AuthorizationTooLarge)
 from ..trust import TrustStore
-from .schema import (ALGORITHMS, ALL, JWS_TYPE, MAX_JWS_BYTES, Claims, Discloser, Endpoint,
+from .schema import (ALGORITHMS, ALL, JWS_REGISTRY, JWS_TYPE, MAX_JWS_BYTES, Claims, Discloser, Endpoint,
                      Patient, Recipient, normalize_address, validate_claims)
 
 # an issuer's clock may run a little ahead of ours: nbf is accepted this early
@@ -115,7 +115,7 @@ def verify_authorization(jws: str | bytes, trust: TrustStore,
     the first thing wrong (AuthorizationInvalid, -Expired, -NotYetValid, -TooLarge)."""
     text = _text(jws)
     try:
-        compact = jose_jws.extract_compact(text.encode("ascii"))
+        compact = jose_jws.extract_compact(text.encode("ascii"), registry=JWS_REGISTRY)
         header = compact.headers()
     except (JoseError, ValueError, TypeError):
         raise _invalid("authorization JWS header is not base64url-encoded JSON", "header") from None
@@ -145,7 +145,7 @@ def verify_authorization(jws: str | bytes, trust: TrustStore,
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # joserfc flags "EdDSA" as superseded by "Ed25519"
-            jose_jws.deserialize_compact(text, trusted.key, algorithms=[alg])
+            jose_jws.deserialize_compact(text, trusted.key, algorithms=[alg], registry=JWS_REGISTRY)
     except BadSignatureError:
         raise _invalid(f"authorization signature does not verify with key {kid!r} of issuer {iss!r}",
                        "signature") from None
