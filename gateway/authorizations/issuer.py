@@ -16,7 +16,7 @@ import hashlib
 import json
 import re
 import warnings
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 from typing import Iterable
 
 from joserfc import jws as jose_jws

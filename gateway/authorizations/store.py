@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 from datetime import datetime
 from typing import Any
 
+from joserfc import jws as jose_jws
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .. import audit, models
-from ..errors import AuthorizationDenied, Conflict, InvalidInput, NotFound
+from ..errors import AuthorizationDenied, BlobCorrupted, Conflict, InvalidInput, NotFound
 from ..trust import TrustStore
-from .schema import MAX_JWS_BYTES
+from .schema import JWS_REGISTRY, MAX_JWS_BYTES
 from .verify import _now, verify_authorization
 
 MAX_REASON = 1000
@@ -127,3 +129,14 @@ def revoke(session: Session, authorization_id: str, reason: str, actor: str,
     session.flush()
     log.info("authorization %s revoked by %s", row.id, actor)
     return row
+
+
+def signed_form(row: models.Authorization) -> bytes | None:
+    """The signed form PDF attached to a stored authorization, if any (read from its JWS)."""
+    if "signedForm" not in (row.claims or {}):
+        return None
+    payload = json.loads(jose_jws.extract_compact(row.jws.encode("ascii"), registry=JWS_REGISTRY).payload)
+    data = base64.b64decode(payload["attachment"]["data"])
+    if hashlib.sha256(data).hexdigest() != row.claims["signedForm"]["sha256"]:
+        raise BlobCorrupted(f"the signed form of authorization {row.id} does not match its recorded hash")
+    return data
