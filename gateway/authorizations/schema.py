@@ -41,7 +41,8 @@ statements                                      -- (c)(2)
 consent      FHIR R4 Consent JSON (mappings/consent.py says what it must contain and
              how it must agree with the elements above)
 attachment?  {"contentType": "application/pdf", "data": base64 PDF, "title"?: str}
-             the signed form itself
+             the signed form itself; base64 inside base64url, so under the 5 MiB cap a
+             form can be up to about 2.8 MB (a scanned form should be compressed)
 ```
 
 ENDPOINT_TYPE is one of "pdf-folder", "fhir", "dicom", "fax", "gateway"; the address of

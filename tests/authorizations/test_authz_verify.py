@@ -52,6 +52,12 @@ def test_unknown_issuer(sign, trust):
     assert refused(sign(claims), trust) == "issuer 'https://evil.example' is not in the trust store"
 
 
+def test_long_untrusted_values_are_cut_in_messages(sign, trust):
+    issuer = "https://evil.example/" + "x" * 5000
+    claims = example_claims(issuer, "auth-0001", now=NOW)
+    assert refused(sign(claims), trust) == f"issuer {issuer[:100]!r}... is not in the trust store"
+
+
 def test_unknown_kid(claims, trust):
     stranger = new_issuer_key("not-listed")
     assert "key 'not-listed' is not a trusted key of issuer" in refused(sign_authorization(claims, stranger), trust)
