@@ -107,7 +107,10 @@ def test_wrong_typ_and_crit_are_refused(claims, sign, trust):
     assert "typ must be 'authorization+jwt'" in refused(sign(claims, headers={"typ": "receipt+jwt"}), trust)
     header = {"alg": "EdDSA", "kid": "esign-2026-01", "crit": ["exp"], "exp": 1}
     forged = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}.{b64(b'x' * 64)}"
-    assert "has crit parameters, which are not supported" in refused(forged, trust)
+    assert "has crit or b64 parameters, which are not supported" in refused(forged, trust)
+    header = {"alg": "EdDSA", "kid": "esign-2026-01", "b64": False}
+    forged = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}.{b64(b'x' * 64)}"
+    assert "has crit or b64 parameters" in refused(forged, trust)
 
 
 # --- validity period ------------------------------------------------------------------
@@ -150,6 +153,16 @@ def test_non_string_input(trust):
 def test_header_not_json(claims, trust):
     forged = f"{b64(b'not json')}.{b64(json.dumps(claims).encode())}.{b64(b'x' * 64)}"
     assert "header is not base64url-encoded JSON" in refused(forged, trust)
+
+
+@pytest.mark.parametrize("segments, expected", [
+    ("{h}.A.AAAA", "authorization is not a valid compact JWS (decode_error)"),
+    ("e30.e30.AAAA", "authorization JWS header has no alg"),
+    ("W10.e30.AAAA", "authorization JWS header is not base64url-encoded JSON"),
+])
+def test_broken_segments(trust, segments, expected):
+    h = b64(json.dumps({"alg": "EdDSA", "kid": "esign-2026-01"}).encode())
+    assert refused(segments.format(h=h), trust) == expected
 
 
 @pytest.mark.parametrize("payload", [b"not json", b"\xff\xfe", b"[1, 2]", b'"a string"', b"{"])
@@ -214,6 +227,9 @@ def _consent_case(claims, change):
      "consent.provision.actor (role CST) does not match disclosers"),
     (lambda c: c["provision"].update(type="deny"), "consent.provision.type is not 'permit'"),
     (lambda c: c.pop("provision"), "consent.provision is missing"),
+    (lambda c: c.update(dateTime="2026-02-01"), "consent.dateTime does not match signature.date"),
+    (lambda c: c["provision"]["class"].append({"system": "urn:records-gateway:data-class", "code": "labs"}),
+     "consent.provision.class does not match information.dataClasses"),
 ])
 def test_consent_invalid_or_inconsistent(claims, sign, trust, change, expected):
     msg = refused(sign(_consent_case(claims, change)), trust)
