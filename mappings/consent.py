@@ -128,17 +128,17 @@ def _ref_identifier(ref) -> tuple[str | None, str | None]:
     return ref.identifier.system, ref.identifier.value
 
 
-def _instant(value) -> datetime | None:
-    if value is None:
-        return None
+def _instant(value) -> datetime | str | None:
+    """A FHIR dateTime as an aware datetime; partial dates ("2026-03") stay strings,
+    which match nothing."""
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
+    return value
 
 
-def _day(value) -> date | None:
-    if value is None:
-        return None
+def _day(value) -> date | str | None:
     return value.date() if isinstance(value, datetime) else value
 
 

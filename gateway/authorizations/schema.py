@@ -108,6 +108,7 @@ def _day(value: str) -> date:
 Text = Annotated[StrictStr, Field(min_length=1, max_length=1000), AfterValidator(_no_control)]
 Id = Annotated[StrictStr, Field(min_length=1, max_length=255), AfterValidator(_no_control)]
 Day = Annotated[StrictStr, AfterValidator(_day)]
+Seconds = Annotated[StrictInt, Field(ge=0, le=253402300799)]  # NumericDate up to year 9999
 
 
 class Section(BaseModel):
@@ -228,9 +229,9 @@ class Claims(BaseModel):
 
     iss: Id
     jti: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
-    iat: StrictInt
-    nbf: StrictInt
-    exp: StrictInt
+    iat: Seconds
+    nbf: Seconds
+    exp: Seconds
     patient: Patient
     signature: Signature
     information: Information

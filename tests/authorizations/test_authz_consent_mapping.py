@@ -68,3 +68,20 @@ def test_mismatches_are_each_named():
 def test_invalid_consents(consent, expected):
     with pytest.raises(ConsentInvalid, match=expected.replace("(", "\\(")):
         validate_consent(consent)
+
+
+def test_partial_dates_in_the_consent_are_mismatches_not_crashes():
+    consent = build_consent(**TERMS)
+    consent["dateTime"] = "2026-03"
+    consent["provision"]["period"]["start"] = "2026"
+    consent["provision"]["dataPeriod"]["end"] = "2025-01"
+    problems = check(consent, signed_on=date(2026, 3, 1))
+    assert problems == ["consent.dateTime does not match signature.date",
+                        "consent.provision.period.start does not match nbf",
+                        "consent.provision.dataPeriod.end does not match information.dateRange.end"]
+
+
+def test_same_instant_in_another_time_zone_matches():
+    consent = build_consent(**TERMS)
+    consent["provision"]["period"]["start"] = "2026-03-01T14:00:00+02:00"
+    assert check(consent) == []
