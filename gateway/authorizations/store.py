@@ -12,6 +12,10 @@ rejection is on the audit log) and reports the error:
         session.commit()   # keeps the audit events of the rejection
         raise
     session.commit()
+
+Two concurrent imports of the same new authorization: the unique id and sha256 make the
+second commit fail with an IntegrityError; after a rollback, importing again returns the
+stored row (the operation is idempotent, so a retry is the remedy).
 """
 from __future__ import annotations
 
