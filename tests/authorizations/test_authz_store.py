@@ -188,3 +188,57 @@ def test_signed_form_is_kept_once(sign, trust, session):
 def test_no_signed_form(claims, sign, trust, session):
     row = import_authorization(session, sign(claims), trust, actor="a", now=NOW)
     assert signed_form(row) is None
+
+
+@pytest.mark.postgres
+def test_concurrent_import_of_the_same_authorization(claims, sign, trust, pg_url):
+    """The second of two racing imports fails at the database; its retry returns the row."""
+    import threading
+    import time
+
+    from sqlalchemy import text
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import IntegrityError
+
+    from gateway.models import Base
+    engine = create_engine(pg_url)
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    jws = sign(claims)
+    outcome = {}
+    try:
+        with Session(engine) as first, Session(engine) as second:
+            import_authorization(first, jws, trust, actor="first", now=NOW)  # flushed, not committed
+
+            def race():
+                try:
+                    import_authorization(second, jws, trust, actor="second", now=NOW)
+                    second.commit()
+                    outcome["second"] = "stored"
+                except IntegrityError:
+                    second.rollback()
+                    outcome["second"] = "conflict"
+                    outcome["retry"] = import_authorization(second, jws, trust, actor="second", now=NOW).id
+                    second.commit()
+
+            racer = threading.Thread(target=race)
+            racer.start()
+            # wait (polling) until the second is blocked on the first's uncommitted row
+            deadline = time.monotonic() + 20
+            with engine.connect() as watcher:
+                while not watcher.scalar(text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND wait_event_type = 'Lock'")):
+                    assert time.monotonic() < deadline, "the second import never reached the database"
+                    assert racer.is_alive(), f"the second import did not block: {outcome}"
+                    time.sleep(0.02)
+            first.commit()
+            racer.join(10)
+            assert not racer.is_alive()
+        assert outcome == {"second": "conflict", "retry": "auth-0001"}
+        with Session(engine) as check:
+            assert count(check) == 1
+    finally:
+        Base.metadata.drop_all(engine)
+        engine.dispose()
