@@ -85,3 +85,14 @@ def test_same_instant_in_another_time_zone_matches():
     consent = build_consent(**TERMS)
     consent["provision"]["period"]["start"] = "2026-03-01T14:00:00+02:00"
     assert check(consent) == []
+
+
+def test_golden_consent():
+    """The whole Consent for fixed terms, as reviewed in tests/authorizations/golden/consent.json."""
+    from pathlib import Path
+    golden = json.loads((Path(__file__).parent / "golden" / "consent.json").read_text())
+    built = build_consent(**TERMS, consent_id="auth-1",
+                          form_sha256_b64="47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=", form_size=0)
+    assert built == golden
+    assert json.loads(Consent.model_validate(golden).model_dump_json())["sourceAttachment"]["hash"] == \
+        "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
