@@ -133,7 +133,7 @@ class TrustStore:
     def key_for(self, issuer: str, kid: str | None) -> TrustedKey:
         """The key `issuer` signs with under `kid`; AuthorizationInvalid names what is unknown."""
         if not any(i == issuer for i, _ in self._keys):
-            raise AuthorizationInvalid(f"issuer {issuer!r} is not in the trust store",
+            raise AuthorizationInvalid(f"issuer {_short(issuer)} is not in the trust store",
                                        element="iss")
         if not kid:
             raise AuthorizationInvalid("JWS header has no kid; the issuer's key cannot be chosen",
@@ -141,8 +141,13 @@ class TrustStore:
         try:
             return self._keys[(issuer, kid)]
         except KeyError:
-            raise AuthorizationInvalid(f"key {kid!r} is not a trusted key of issuer {issuer!r}",
+            raise AuthorizationInvalid(f"key {_short(kid)} is not a trusted key of issuer {issuer!r}",
                                        element="kid") from None
+
+
+def _short(value: str, limit: int = 100) -> str:
+    """repr() of an untrusted value for a message, cut to `limit` characters."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
 
 
 def public_jwk(jwk: dict) -> dict:

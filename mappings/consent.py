@@ -7,7 +7,7 @@ R4 JSON for Consent (`model_validate`, never `model_construct`).
 The Consent an authorization carries (what `build_consent` makes and
 `consent_mismatches` checks):
 - `status` "active", `scope` "patient-privacy", `category` LOINC 59284-0 (consent
-  document), `dateTime` the signature date;
+  document), `dateTime` the signature date (checked);
 - `patient` a Reference by `identifier` (system, value) equal to one of the
   authorization's patient identifiers;
 - `policyRule` v3 ActCode "OPTIN" and `policy` naming 45 CFR 164.508;
@@ -16,7 +16,8 @@ The Consent an authorization carries (what `build_consent` makes and
   `provision.actor`: each discloser with role v3 ParticipationType "CST" (custodian)
   and the recipient with role "IRCP" (information recipient), each a Reference by
   identifier (system `ORG_SYSTEM`, value the organization id), `provision.action`
-  "disclose", `provision.class` one Coding a data class (system `DATA_CLASS_SYSTEM`);
+  "disclose", `provision.class` one Coding a data class (system `DATA_CLASS_SYSTEM`),
+  the same set as the authorization's dataClasses;
 - `sourceAttachment` the signed form PDF when one is attached (by hash and size only:
   the bytes travel once, in the authorization's `attachment`).
 """
@@ -127,23 +128,24 @@ def _ref_identifier(ref) -> tuple[str | None, str | None]:
     return ref.identifier.system, ref.identifier.value
 
 
-def _instant(value) -> datetime | None:
-    if value is None:
-        return None
+def _instant(value) -> datetime | str | None:
+    """A FHIR dateTime as an aware datetime; partial dates ("2026-03") stay strings,
+    which match nothing."""
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
+    return value
 
 
-def _day(value) -> date | None:
-    if value is None:
-        return None
+def _day(value) -> date | str | None:
     return value.date() if isinstance(value, datetime) else value
 
 
 def consent_mismatches(model, *, patient_identifiers: Iterable[dict], not_before: datetime,
                        expires_at: datetime, disclosers: Iterable[str], recipient: str,
-                       date_range: dict | None) -> list[str]:
+                       date_range: dict | None, data_classes: Iterable[str] | None = None,
+                       signed_on: date | None = None) -> list[str]:
     """Where a validated Consent contradicts the authorization's terms (empty: consistent).
 
     Each entry names the Consent element and the authorization element it disagrees with;
@@ -153,6 +155,8 @@ def consent_mismatches(model, *, patient_identifiers: Iterable[dict], not_before
     ids = {(i["system"], i["value"]) for i in patient_identifiers}
     if _ref_identifier(model.patient) not in ids:
         problems.append("consent.patient.identifier does not match any of patient.identifiers")
+    if signed_on is not None and _day(model.dateTime) != signed_on:
+        problems.append("consent.dateTime does not match signature.date")
     prov = model.provision
     if prov is None:
         return problems + ["consent.provision is missing"]
@@ -183,4 +187,8 @@ def consent_mismatches(model, *, patient_identifiers: Iterable[dict], not_before
         problems.append("consent.provision.actor (role CST) does not match disclosers")
     if actors[RECIPIENT_ROLE] != {recipient}:
         problems.append("consent.provision.actor (role IRCP) does not match recipient")
+    if data_classes is not None:
+        codes = {c.code for c in (prov.class_fhir or []) if c.system == DATA_CLASS_SYSTEM}
+        if codes != set(data_classes):
+            problems.append("consent.provision.class does not match information.dataClasses")
     return problems

@@ -9,7 +9,7 @@ example claims for the demo and tests) in `issuer.py`. Trust in issuers: gateway
 from .issuer import example_claims, new_issuer_key, public_jwks, sign_authorization
 from .schema import (ALGORITHMS, ENDPOINT_TYPES, JWS_TYPE, MAX_JWS_BYTES, REQUIRED_ELEMENTS, Claims,
                      validate_claims)
-from .store import import_authorization, revoke
+from .store import import_authorization, revoke, signed_form
 from .verify import (VerifiedAuthorization, allows, check_active, covers_recipient, covers_source,
                      jws_sha256, verify_authorization)
 
@@ -17,5 +17,5 @@ __all__ = [
     "ALGORITHMS", "ENDPOINT_TYPES", "JWS_TYPE", "MAX_JWS_BYTES", "REQUIRED_ELEMENTS", "Claims",
     "VerifiedAuthorization", "allows", "check_active", "covers_recipient", "covers_source",
     "example_claims", "import_authorization", "jws_sha256", "new_issuer_key", "public_jwks",
-    "revoke", "sign_authorization", "validate_claims", "verify_authorization",
+    "revoke", "sign_authorization", "signed_form", "validate_claims", "verify_authorization",
 ]

@@ -11,11 +11,12 @@ intake; they sign with their own tooling. This module signs exactly what
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import json
 import re
 import warnings
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 from typing import Iterable
 
 from joserfc import jws as jose_jws
@@ -24,7 +25,7 @@ from joserfc.jwk import ECKey, OKPKey
 from mappings.consent import build_consent
 
 from ..trust import public_jwk
-from .schema import ALGORITHMS, JWS_TYPE
+from .schema import ALGORITHMS, JWS_REGISTRY, JWS_TYPE
 
 SYNTHETIC_PATIENT = {
     "name": {"family": "Testperson", "given": ["Avery"]},
@@ -81,7 +82,8 @@ def sign_authorization(claims: dict, private_key: dict | OKPKey | ECKey, *, alg:
     payload = json.dumps(claims, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # joserfc flags "EdDSA" as superseded by "Ed25519"
-        return jose_jws.serialize_compact(header, payload, key, algorithms=[alg])
+        return jose_jws.serialize_compact(header, payload, key, algorithms=[alg],
+                                          registry=JWS_REGISTRY if alg in ALGORITHMS else None)
 
 
 def example_claims(issuer: str, jti: str, *, patient: dict | None = None,
@@ -98,9 +100,9 @@ def example_claims(issuer: str, jti: str, *, patient: dict | None = None,
     signer; `signed_form` attaches PDF bytes.
     """
     now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).replace(microsecond=0)
-    patient = patient or SYNTHETIC_PATIENT
-    disclosers = disclosers or [DEMO_DISCLOSER]
-    recipient = recipient or DEMO_RECIPIENT
+    patient = copy.deepcopy(patient or SYNTHETIC_PATIENT)
+    disclosers = copy.deepcopy(disclosers or [DEMO_DISCLOSER])
+    recipient = copy.deepcopy(recipient or DEMO_RECIPIENT)
     iat = int(now.timestamp())
     exp = iat + int(valid_days * 86400)
     not_before = datetime.fromtimestamp(iat, timezone.utc)

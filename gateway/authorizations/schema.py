@@ -41,7 +41,8 @@ statements                                      -- (c)(2)
 consent      FHIR R4 Consent JSON (mappings/consent.py says what it must contain and
              how it must agree with the elements above)
 attachment?  {"contentType": "application/pdf", "data": base64 PDF, "title"?: str}
-             the signed form itself
+             the signed form itself; base64 inside base64url, so under the 5 MiB cap a
+             form can be up to about 2.8 MB (a scanned form should be compressed)
 ```
 
 ENDPOINT_TYPE is one of "pdf-folder", "fhir", "dicom", "fax", "gateway"; the address of
@@ -64,6 +65,8 @@ from urllib.parse import urlsplit
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr,
                       ValidationError, field_validator)
 
+from joserfc.jws import JWSRegistry
+
 from mappings import DATA_CLASSES
 
 from ..errors import AuthorizationInvalid
@@ -73,6 +76,14 @@ JWS_TYPE = "authorization+jwt"
 ALGORITHMS = ("EdDSA", "ES256")
 ENDPOINT_TYPES = ("pdf-folder", "fhir", "dicom", "fax", "gateway")
 ALL = "all"
+
+
+
+class _Registry(JWSRegistry):
+    max_payload_length = MAX_JWS_BYTES  # joserfc's default (128 kB) is too small for a signed form
+
+
+JWS_REGISTRY = _Registry(algorithms=list(ALGORITHMS))
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -97,6 +108,7 @@ def _day(value: str) -> date:
 Text = Annotated[StrictStr, Field(min_length=1, max_length=1000), AfterValidator(_no_control)]
 Id = Annotated[StrictStr, Field(min_length=1, max_length=255), AfterValidator(_no_control)]
 Day = Annotated[StrictStr, AfterValidator(_day)]
+Seconds = Annotated[StrictInt, Field(ge=0, le=253402300799)]  # NumericDate up to year 9999
 
 
 class Section(BaseModel):
@@ -217,9 +229,9 @@ class Claims(BaseModel):
 
     iss: Id
     jti: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
-    iat: StrictInt
-    nbf: StrictInt
-    exp: StrictInt
+    iat: Seconds
+    nbf: Seconds
+    exp: Seconds
     patient: Patient
     signature: Signature
     information: Information
@@ -257,13 +269,22 @@ def _where(loc: tuple) -> str:
 
 
 def _messages(exc: ValidationError) -> list[str]:
+    errors = exc.errors(include_input=False, include_url=False)
+    inner = [e["loc"] for e in errors]
     seen: list[str] = []
-    for err in exc.errors(include_input=False, include_url=False):
-        where = _where(err["loc"])
+    for err in errors:
+        loc = err["loc"]
+        if err["type"] == "too_short" and any(o[:len(loc)] == loc and len(o) > len(loc) for o in inner):
+            continue  # a list left empty by its own invalid entries: those are reported
+        where = _where(loc)
         if err["type"] == "missing":
             msg = f"authorization is missing {where}"
         elif err["type"] == "extra_forbidden":
             msg = f"authorization has an unknown element {where}"
+        elif err["type"] == "too_short":
+            msg = f"authorization has an invalid {where}: must list at least one entry"
+        elif err["type"] == "string_too_short":
+            msg = f"authorization has an invalid {where}: is empty"
         else:
             text = err["msg"].removeprefix("Value error, ")
             msg = f"authorization has an invalid {where}: {text}"

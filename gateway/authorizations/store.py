@@ -12,24 +12,32 @@ rejection is on the audit log) and reports the error:
         session.commit()   # keeps the audit events of the rejection
         raise
     session.commit()
+
+Two concurrent imports of the same new authorization: the unique id and sha256 make the
+second commit fail with an IntegrityError; after a rollback, importing again returns the
+stored row (the operation is idempotent, so a retry is the remedy).
 """
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import logging
 from datetime import datetime
 from typing import Any
 
+from joserfc import jws as jose_jws
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .. import audit, models
-from ..errors import AuthorizationDenied, Conflict, InvalidInput, NotFound
+from ..errors import AuthorizationDenied, BlobCorrupted, Conflict, InvalidInput, NotFound
 from ..trust import TrustStore
-from .schema import MAX_JWS_BYTES
+from .schema import JWS_REGISTRY, MAX_JWS_BYTES
 from .verify import _now, verify_authorization
 
 MAX_REASON = 1000
+log = logging.getLogger(__name__)
 
 
 def _digest(jws: Any) -> tuple[str | None, int]:
@@ -77,6 +85,8 @@ def import_authorization(session: Session, jws: str | bytes, trust: TrustStore, 
                      authorization_id=exc.details.get("authorization_id"), sha256=digest,
                      reason=str(exc), element=exc.details.get("element"),
                      error=type(exc).__name__)
+        log.warning("authorization rejected sha256=%s size=%d error=%s element=%s",
+                    digest, size, type(exc).__name__, exc.details.get("element"))
         raise
     row = models.Authorization(
         id=verified.id, issuer=verified.issuer, key_id=verified.kid,
@@ -93,6 +103,8 @@ def import_authorization(session: Session, jws: str | bytes, trust: TrustStore, 
                  expires_at=verified.expires_at.isoformat(),
                  signed_form_sha256=verified.form_sha256)
     session.flush()
+    log.info("authorization %s verified issuer=%s kid=%s sha256=%s", verified.id, verified.issuer,
+             verified.kid, verified.jws_sha256)
     return row
 
 
@@ -119,4 +131,16 @@ def revoke(session: Session, authorization_id: str, reason: str, actor: str,
     audit.record(session, "authorization.revoked", actor=actor, role=role, authorization_id=row.id,
                  reason=reason)
     session.flush()
+    log.info("authorization %s revoked by %s", row.id, actor)
     return row
+
+
+def signed_form(row: models.Authorization) -> bytes | None:
+    """The signed form PDF attached to a stored authorization, if any (read from its JWS)."""
+    if "signedForm" not in (row.claims or {}):
+        return None
+    payload = json.loads(jose_jws.extract_compact(row.jws.encode("ascii"), registry=JWS_REGISTRY).payload)
+    data = base64.b64decode(payload["attachment"]["data"])
+    if hashlib.sha256(data).hexdigest() != row.claims["signedForm"]["sha256"]:
+        raise BlobCorrupted(f"the signed form of authorization {row.id} does not match its recorded hash")
+    return data

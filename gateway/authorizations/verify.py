@@ -2,7 +2,8 @@
 
 `verify_authorization` checks, in this order, and raises at the first failure with a
 message naming it: size (at most 5 MiB), compact JWS form, protected header (alg EdDSA
-or ES256 only, a kid, typ "authorization+jwt", no crit), JSON payload, issuer and kid in
+or ES256 only, a kid, typ "authorization+jwt", no crit or b64; jku/jwk/x5u/x5c are
+ignored: keys come from the trust store only), JSON payload, issuer and kid in
 the trust store, signature, every required element (schema.py), validity period, and
 the Consent (valid R4, and consistent with the HIPAA elements). Messages name elements,
 issuers, key ids and organization ids, never patient data.
@@ -12,6 +13,8 @@ The coverage checks take either a `VerifiedAuthorization` or a stored
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import re
@@ -31,7 +34,7 @@ from ..audit import patient_key as audit_patient_key
 from ..errors import (AuthorizationDenied, AuthorizationExpired, AuthorizationInvalid,
                       AuthorizationNotYetValid, AuthorizationRevoked, AuthorizationTooLarge)
 from ..trust import TrustStore
-from .schema import (ALGORITHMS, ALL, JWS_TYPE, MAX_JWS_BYTES, Claims, Discloser, Endpoint,
+from .schema import (ALGORITHMS, ALL, JWS_REGISTRY, JWS_TYPE, MAX_JWS_BYTES, Claims, Discloser, Endpoint,
                      Patient, Recipient, normalize_address, validate_claims)
 
 # an issuer's clock may run a little ahead of ours: nbf is accepted this early
@@ -115,20 +118,29 @@ def verify_authorization(jws: str | bytes, trust: TrustStore,
     the first thing wrong (AuthorizationInvalid, -Expired, -NotYetValid, -TooLarge)."""
     text = _text(jws)
     try:
-        compact = jose_jws.extract_compact(text.encode("ascii"))
-        header = compact.headers()
-    except (JoseError, ValueError, TypeError):
-        raise _invalid("authorization JWS header is not base64url-encoded JSON", "header") from None
+        segment = text.split(".", 1)[0]
+        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, binascii.Error):
+        header = None
+    if not isinstance(header, dict):
+        raise _invalid("authorization JWS header is not base64url-encoded JSON", "header")
     alg = header.get("alg")
+    if alg is None:
+        raise _invalid("authorization JWS header has no alg", "alg")
     if alg not in ALGORITHMS:
         raise _invalid(f"authorization alg {str(alg)[:20]!r} is not allowed (only EdDSA, ES256)", "alg")
-    if "crit" in header:
-        raise _invalid("authorization JWS header has crit parameters, which are not supported", "crit")
+    if "crit" in header or "b64" in header:
+        raise _invalid("authorization JWS header has crit or b64 parameters, which are not supported",
+                       "crit")
     if header.get("typ", JWS_TYPE) != JWS_TYPE:
         raise _invalid(f"authorization JWS typ must be {JWS_TYPE!r}", "typ")
     kid = header.get("kid")
     if kid is not None and not isinstance(kid, str):
         raise _invalid("authorization JWS kid is not a string", "kid")
+    try:
+        compact = jose_jws.extract_compact(text.encode("ascii"), registry=JWS_REGISTRY)
+    except JoseError as exc:
+        raise _invalid(f"authorization is not a valid compact JWS ({exc.error})", "jws") from None
     try:
         payload = json.loads(compact.payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
@@ -145,7 +157,7 @@ def verify_authorization(jws: str | bytes, trust: TrustStore,
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # joserfc flags "EdDSA" as superseded by "Ed25519"
-            jose_jws.deserialize_compact(text, trusted.key, algorithms=[alg])
+            jose_jws.deserialize_compact(text, trusted.key, algorithms=[alg], registry=JWS_REGISTRY)
     except BadSignatureError:
         raise _invalid(f"authorization signature does not verify with key {kid!r} of issuer {iss!r}",
                        "signature") from None
@@ -172,7 +184,8 @@ def verify_authorization(jws: str | bytes, trust: TrustStore,
         model, patient_identifiers=[i.model_dump() for i in claims.patient.identifiers],
         not_before=not_before, expires_at=expires_at,
         disclosers=[d.id for d in claims.disclosers], recipient=claims.recipient.id,
-        date_range={"start": date_range[0], "end": date_range[1]} if date_range else None)
+        date_range={"start": date_range[0], "end": date_range[1]} if date_range else None,
+        data_classes=claims.information.dataClasses, signed_on=claims.signature.date)
     if problems:
         raise AuthorizationInvalid("authorization's Consent disagrees with it: " + "; ".join(problems),
                                    element="consent", problems=problems)
