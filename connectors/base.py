@@ -153,6 +153,10 @@ def safe_name(name: str, max_len: int = 200) -> str | None:
         return None
     if os.sep in name or (os.altsep and os.altsep in name) or "\x00" in name:
         return None
-    if any(ord(c) < 32 or ord(c) == 127 for c in name) or name.startswith("."):
+    if not name.isprintable() or name.startswith("."):
+        return None
+    try:
+        name.encode("utf-8")  # file names that were not UTF-8 come as lone surrogates
+    except UnicodeEncodeError:
         return None
     return name

@@ -39,7 +39,7 @@ def configure_celery(settings: Settings) -> Celery:
                     broker_transport_options={"visibility_timeout": 3600})
     else:
         folder = settings.broker_dir
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         conf.update(
             broker_url="filesystem://",
@@ -47,6 +47,7 @@ def configure_celery(settings: Settings) -> Celery:
                 "data_folder_in": str(folder / "queue"),
                 "data_folder_out": str(folder / "queue"),
                 "processed_folder": str(folder / "processed"),
+                "control_folder": str(folder / "control"),
                 "store_processed": False,
                 "polling_interval": 0.1,
             },
