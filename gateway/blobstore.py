@@ -14,7 +14,6 @@ import base64
 import hashlib
 import os
 import secrets
-import shutil
 import struct
 import uuid
 from dataclasses import dataclass

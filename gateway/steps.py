@@ -21,7 +21,7 @@ from connectors.base import ConnectorError, RawRecord, RejectedRecord
 from mappings import MappingContext, MappingFailed, map_record
 
 from . import audit, bundles, delivery, policy
-from .errors import GatewayError, MappingError, ProviderRejected, ProviderUnavailable
+from .errors import GatewayError, MappingError, ProviderUnavailable
 from .models import Item, Transfer, TransferSource, utcnow
 from .services import Services
 from .transfers import renew_lease

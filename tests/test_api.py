@@ -4,7 +4,7 @@ from sqlalchemy import select
 
 from gateway.models import AuditEvent, Transfer
 
-from conftest import bearer, make_token
+from tests.helpers import bearer, make_token
 
 
 def _outcome(response, status):
@@ -137,7 +137,7 @@ def test_transfer_refused_for_unnamed_source_or_recipient(app, client, operator,
     claims["disclosers"][0]["endpoints"][0]["address"] = str(tmp_path / "elsewhere")
     # the consent inside must agree with the elements; rebuild it through the issuer helper
     from gateway.authorizations import example_claims
-    from conftest import ISSUER
+    from tests.helpers import ISSUER
     claims = example_claims(ISSUER, "auth-api-3", disclosers=claims["disclosers"],
                             recipient=claims["recipient"])
     client.post("/authorizations", json={"jws": sign(claims)}, headers=operator)

@@ -6,7 +6,7 @@ import pytest
 from gateway import create_app
 from gateway.keys import verify_jws
 
-from conftest import bearer, make_token
+from tests.helpers import bearer, make_token
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from gateway.models import AuditEvent, Item
 
-from conftest import wait_until, write_pdfs
+from tests.helpers import wait_until, write_pdfs
 
 TERMINAL = {"completed", "failed", "cancelled"}
 
@@ -215,13 +215,13 @@ def test_redis_broker_postgres_state_and_a_killed_worker(app, client, operator, 
                                                          sender_config, receiver_config, tmp_path,
                                                          claims_for, sign, drop_dir, pg_url):
     from gateway import create_app
-    from conftest import REDIS_URL
+    from tests.helpers import REDIS_URL
 
     sender_config.update(redis_url=REDIS_URL, database_url=pg_url,
                          queue=f"test-{uuid.uuid4().hex[:8]}")
     app = create_app(sender_config)
     client = app.test_client()
-    from conftest import bearer, make_token
+    from tests.helpers import bearer, make_token
     operator = bearer(make_token(app, "operator"))
     stack = Stack(app, client, operator, processes, sender_config, receiver_config, tmp_path,
                   worker_args=("worker", "--beat", "--pool", "prefork", "--concurrency", "2"))

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import os
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -14,9 +12,7 @@ from gateway.authorizations import example_claims, new_issuer_key, sign_authoriz
 from gateway.models import Base
 from gateway.trust import TrustStore
 
-sys.path.insert(0, str(Path(__file__).parent))  # authz_support, whatever the import mode
-
-from authz_support import ISSUER, NOW, OTHER_ISSUER  # noqa: E402
+from tests.authorizations.authz_support import ISSUER, NOW, OTHER_ISSUER
 
 PG_ADMIN_URL = os.environ.get("GATEWAY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 

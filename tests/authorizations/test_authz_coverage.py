@@ -6,7 +6,7 @@ from datetime import date, datetime, timezone
 
 import pytest
 
-from authz_support import ISSUER, NOW
+from tests.authorizations.authz_support import ISSUER, NOW
 from gateway.authorizations import (allows, covers_recipient, covers_source, example_claims,
                                     import_authorization, verify_authorization)
 from gateway.errors import AuthorizationDenied

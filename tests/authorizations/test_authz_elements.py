@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from authz_support import ISSUER, NOW
+from tests.authorizations.authz_support import ISSUER, NOW
 from gateway.authorizations import REQUIRED_ELEMENTS, example_claims, verify_authorization
 from gateway.errors import AuthorizationInvalid
 

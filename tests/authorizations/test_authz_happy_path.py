@@ -10,7 +10,7 @@ from gateway.authorizations import (allows, check_active, covers_recipient, cove
                                     import_authorization, verify_authorization)
 from gateway.models import AuditEvent, Authorization
 
-from authz_support import ISSUER, NOW
+from tests.authorizations.authz_support import ISSUER, NOW
 
 
 def test_valid_authorization_verifies(claims, sign, trust):

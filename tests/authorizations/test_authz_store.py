@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from authz_support import ISSUER, NOW
+from tests.authorizations.authz_support import ISSUER, NOW
 from gateway.authorizations import (check_active, example_claims, import_authorization, revoke,
                                     signed_form,
                                     verify_authorization)

@@ -7,7 +7,7 @@ import re
 import pytest
 from joserfc.jwk import ECKey, RSAKey
 
-from authz_support import ISSUER, NOW
+from tests.authorizations.authz_support import ISSUER, NOW
 from gateway.authorizations import (example_claims, new_issuer_key, public_jwks, sign_authorization,
                                     verify_authorization)
 from gateway.errors import AuthorizationInvalid, ConfigError
