@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, g, jsonify, request
 
+from .. import audit
 from ..errors import InvalidInput
 from ..operations import (cancel_transfer, create_transfer, get_transfer, list_transfers,
                           retry_transfer)
@@ -42,7 +43,12 @@ def index():
 @bp.get("/<transfer_id>")
 @require("operator", "admin", "auditor")
 def show(transfer_id: str):
-    return jsonify(get_transfer(svc(), transfer_id))
+    view = get_transfer(svc(), transfer_id)
+    # the item list names records (file names can carry patient data): an audited read
+    with svc().db.session() as s:
+        audit.record(s, "api.read.transfer", actor=g.actor, role=g.role, transfer_id=transfer_id,
+                     authorization_id=view["authorization"])
+    return jsonify(view)
 
 
 @bp.post("/<transfer_id>/retry")
