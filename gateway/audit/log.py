@@ -1,0 +1,223 @@
+"""Appending to the audit log and reading its Merkle tree back from the database.
+
+An append, inside the caller's transaction:
+1. `UPDATE audit_log_head SET size = size + n ... RETURNING` takes the log's lock (a row
+   lock on PostgreSQL, the database write lock on SQLite) until the caller commits or
+   rolls back, so sequence numbers are gap-free and in commit order under any number
+   of writers; a rollback gives the numbers back with everything else.
+2. The event gets seq = size + 1, its canonical bytes and leaf hash.
+3. Perfect subtrees completed by the new leaf are inserted into audit_tree_nodes, and the
+   head's frontier (hashes of the perfect subtrees along the right edge) is updated.
+So an append costs a few statements, never a read of earlier nodes, and any root or
+proof is O(log n) stored hashes.
+
+Because the head row stays locked until commit, call `record()` as late as practical in
+a transaction (after slow work), and keep auditing transactions short.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+
+from sqlalchemy import insert, select, tuple_, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ..errors import NotFound, InvalidInput
+from ..models import AuditEvent, AuditLogHead, AuditTreeNode, utcnow
+from . import merkle
+from .canonical import canonical_bytes, normalize_detail
+
+HEAD = AuditLogHead.__table__
+NODES = AuditTreeNode.__table__
+EVENTS = AuditEvent.__table__
+_CHUNK = 500
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+def lock_head(session: Session, grow: int) -> tuple[int, list[bytes], datetime | None]:
+    """Lock the log and reserve `grow` sequence numbers; returns the size before them."""
+    stmt = (update(HEAD).where(HEAD.c.id == 1).values(size=HEAD.c.size + grow)
+            .returning(HEAD.c.size, HEAD.c.frontier, HEAD.c.last_at))
+    row = session.execute(stmt).first()
+    if row is None:
+        _create_head(session)
+        row = session.execute(stmt).first()
+    size, frontier, last_at = row
+    return size - grow, [bytes.fromhex(h) for h in frontier or []], _as_utc(last_at)
+
+
+def _create_head(session: Session) -> None:
+    """First append ever: create the head row (two first writers race on its key)."""
+    values = {"id": 1, "size": 0, "frontier": [], "last_at": None}
+    if session.get_bind().dialect.name == "sqlite":  # the UPDATE already holds the write lock
+        session.execute(insert(HEAD).values(**values))
+        return
+    try:
+        with session.begin_nested():
+            session.execute(insert(HEAD).values(**values))
+    except IntegrityError:
+        pass  # the other writer created it; our UPDATE now waits for its lock
+
+
+def _push(size: int, frontier: list[bytes], leaf: bytes, nodes: list[dict]) -> None:
+    """Append leaf number `size` (0-based) to the frontier, collecting completed nodes."""
+    cur, level = leaf, 0
+    while (size >> level) & 1:
+        cur = merkle.node_hash(frontier.pop(), cur)
+        level += 1
+        nodes.append({"level": level, "idx": size >> level, "hash": cur})
+    frontier.append(cur)
+
+
+def _save(session: Session, frontier: list[bytes], last_at: datetime, nodes: list[dict]) -> None:
+    for i in range(0, len(nodes), 5000):
+        session.execute(insert(NODES), nodes[i:i + 5000])
+    session.execute(update(HEAD).where(HEAD.c.id == 1)
+                    .values(frontier=[h.hex() for h in frontier], last_at=last_at))
+
+
+def append(session: Session, type: str, *, actor: str, role: str | None = None,
+           outcome: str = "success", transfer_id: str | None = None,
+           authorization_id: str | None = None, patient_key: str | None = None,
+           detail: dict | None = None) -> AuditEvent:
+    """Append one event inside the caller's transaction (no commit here)."""
+    return append_many(session, [dict(type=type, actor=actor, role=role, outcome=outcome,
+                                      transfer_id=transfer_id, authorization_id=authorization_id,
+                                      patient_key=patient_key, detail=detail or {})],
+                       orm=True)[0]
+
+
+def append_many(session: Session, events: Sequence[dict], *, orm: bool = False) -> list:
+    """Append several events under one lock, in order. Each is a dict of `record()`'s
+    arguments with `detail` as a dict. Returns the AuditEvent objects when `orm`, else
+    the inserted rows as dicts (bulk path: no ORM objects for a million rows)."""
+    if not events:
+        return []
+    prepared = []
+    for ev in events:  # validate everything before taking the lock
+        if not ev.get("type") or not ev.get("actor"):
+            raise InvalidInput("an audit event needs a type and an actor")
+        prepared.append({"type": ev["type"], "actor": ev["actor"], "role": ev.get("role"),
+                         "outcome": ev.get("outcome") or "success",
+                         "transfer_id": ev.get("transfer_id"),
+                         "authorization_id": ev.get("authorization_id"),
+                         "patient_key": ev.get("patient_key"),
+                         "detail": normalize_detail(ev.get("detail") or {})})
+    size, frontier, last_at = lock_head(session, len(prepared))
+    now = utcnow()
+    at = max(now, last_at) if last_at else now  # times never go backwards along seq
+    rows, nodes = [], []
+    for n, row in enumerate(prepared):
+        row["seq"] = size + n + 1
+        row["at"] = at
+        leaf = merkle.leaf_hash(canonical_bytes(row))
+        row["leaf_hash"] = leaf.hex()
+        _push(size + n, frontier, leaf, nodes)
+        rows.append(row)
+    if orm:
+        objs = [AuditEvent(**row) for row in rows]
+        session.add_all(objs)
+        session.flush(objs)
+        result: list = objs
+    else:
+        for i in range(0, len(rows), 5000):
+            session.execute(insert(EVENTS), rows[i:i + 5000])
+        result = rows
+    _save(session, frontier, at, nodes)
+    return result
+
+
+# -- reading the tree -----------------------------------------------------------------
+
+def tree_head(session: Session) -> tuple[int, bytes]:
+    """The committed size and root hash (no lock taken)."""
+    row = session.execute(select(HEAD.c.size, HEAD.c.frontier).where(HEAD.c.id == 1)).first()
+    if row is None or not row[0]:
+        return 0, merkle.EMPTY_ROOT
+    return row[0], merkle.fold_right([bytes.fromhex(h) for h in row[1]])
+
+
+def tree_size(session: Session) -> int:
+    return tree_head(session)[0]
+
+
+class StoredTree:
+    """Subtree hashes read from the database for proofs against size `size`."""
+
+    def __init__(self, session: Session, size: int | None = None):
+        self.session = session
+        current = tree_size(session)
+        self.size = current if size is None else size
+        if not 0 <= self.size <= current:
+            raise NotFound(f"the audit log has {current} entries; no tree of size {self.size}")
+        self._hashes: dict[tuple[int, int], bytes] = {}
+
+    def prefetch(self, ranges: Iterable[tuple[int, int]]) -> None:
+        """Load every perfect subtree the given ranges need, in a few queries."""
+        want = {p for lo, hi in ranges for p in merkle.perfect_pieces(lo, hi)}
+        want -= self._hashes.keys()
+        leaves = sorted(i for lv, i in want if lv == 0)
+        inner = sorted((lv, i) for lv, i in want if lv > 0)
+        for k in range(0, len(leaves), _CHUNK):
+            chunk = [i + 1 for i in leaves[k:k + _CHUNK]]
+            for seq, h in self.session.execute(
+                    select(EVENTS.c.seq, EVENTS.c.leaf_hash).where(EVENTS.c.seq.in_(chunk))):
+                self._hashes[(0, seq - 1)] = bytes.fromhex(h)
+        for k in range(0, len(inner), _CHUNK):
+            chunk = inner[k:k + _CHUNK]
+            for lv, i, h in self.session.execute(
+                    select(NODES.c.level, NODES.c.idx, NODES.c.hash)
+                    .where(tuple_(NODES.c.level, NODES.c.idx).in_(chunk))):
+                self._hashes[(lv, i)] = bytes(h)
+        missing = want - self._hashes.keys()
+        if missing:
+            raise NotFound(f"audit tree is missing {len(missing)} stored subtree hashes, "
+                           f"e.g. level {min(missing)[0]} index {min(missing)[1]}")
+
+    def subtree(self, lo: int, hi: int) -> bytes:
+        self.prefetch([(lo, hi)])
+        return merkle.fold_right([self._hashes[p] for p in merkle.perfect_pieces(lo, hi)])
+
+    def root(self) -> bytes:
+        return merkle.EMPTY_ROOT if self.size == 0 else self.subtree(0, self.size)
+
+    def inclusion_proof(self, seq: int) -> list[bytes]:
+        if not 1 <= seq <= self.size:
+            raise NotFound(f"audit event {seq} is not in the tree of size {self.size}")
+        ranges = merkle.inclusion_ranges(seq - 1, self.size)
+        self.prefetch(ranges)
+        return [self.subtree(lo, hi) for lo, hi in ranges]
+
+    def consistency_proof(self, first: int) -> list[bytes]:
+        if not 0 <= first <= self.size:
+            raise InvalidInput(f"no consistency proof from size {first} to {self.size}")
+        ranges = merkle.consistency_ranges(first, self.size)
+        self.prefetch(ranges)
+        return [self.subtree(lo, hi) for lo, hi in ranges]
+
+
+def root_at(session: Session, size: int) -> bytes:
+    return StoredTree(session, size).root()
+
+
+def inclusion_proof(session: Session, seq: int, tree_size: int | None = None) -> dict:
+    """Proof that event `seq` is in the tree of `tree_size` (default: the current size)."""
+    tree = StoredTree(session, tree_size)
+    leaf = session.execute(select(EVENTS.c.leaf_hash).where(EVENTS.c.seq == seq)).scalar()
+    if leaf is None:
+        raise NotFound(f"no audit event {seq}")
+    return {"seq": seq, "leaf_index": seq - 1, "tree_size": tree.size, "leaf_hash": leaf,
+            "path": [h.hex() for h in tree.inclusion_proof(seq)]}
+
+
+def consistency_proof(session: Session, first: int, second: int | None = None) -> dict:
+    """Proof that the tree of size `second` extends the tree of size `first`."""
+    tree = StoredTree(session, second)
+    return {"first": first, "second": tree.size,
+            "path": [h.hex() for h in tree.consistency_proof(first)]}
