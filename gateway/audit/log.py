@@ -123,7 +123,7 @@ def append_many(session: Session, events: Sequence[dict], *, orm: bool = False) 
     if orm:
         objs = [AuditEvent(**row) for row in rows]
         session.add_all(objs)
-        session.flush(objs)
+        session.flush()
         result: list = objs
     else:
         for i in range(0, len(rows), 5000):
