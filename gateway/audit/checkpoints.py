@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from sqlalchemy.orm import Session
 from ..errors import InvalidInput, NotFound
 from ..models import AuditCheckpoint, AuditLogHead
 from . import log, merkle
+
+_log = logging.getLogger("gateway.audit")
 
 
 def _b64url(data: bytes) -> str:
@@ -134,7 +137,11 @@ def checkpoints_document(session: Session, *, jwks: dict | None = None) -> dict:
     cps = list_checkpoints(session)
     proofs = []
     for a, b in zip(cps, cps[1:]):
-        proofs.append(log.consistency_proof(session, a["tree_size"], b["tree_size"]))
+        try:
+            proofs.append(log.consistency_proof(session, a["tree_size"], b["tree_size"]))
+        except NotFound as exc:  # a damaged store: publish what can be proven, say what not
+            _log.warning("audit tree damaged: no consistency proof %d -> %d: %s",
+                         a["tree_size"], b["tree_size"], exc)
     doc = {"checkpoints": cps, "consistency_proofs": proofs}
     if jwks:
         doc["jwks"] = jwks

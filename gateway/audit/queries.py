@@ -2,6 +2,7 @@
 a transfer's whole chain with each event's inclusion proof."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 
@@ -14,6 +15,7 @@ from . import checkpoints, log
 from .canonical import event_fields
 
 MAX_LIMIT = 10_000
+log_damaged = logging.getLogger("gateway.audit")
 
 
 def find_events(session: Session, *, patient_key: str | None = None,
@@ -65,9 +67,15 @@ def proofs_for(session: Session, seqs: Sequence[int], tree_size: int) -> dict[in
     """Inclusion proofs for many events against one tree size, with one batched read."""
     tree = log.StoredTree(session, tree_size)
     wanted = [s for s in seqs if 1 <= s <= tree_size]
-    tree.prefetch([r for s in wanted for r in log.merkle.inclusion_ranges(s - 1, tree_size)])
-    return {s: {"tree_size": tree_size, "path": [h.hex() for h in tree.inclusion_proof(s)]}
-            for s in wanted}
+    tree.prefetch([r for s in wanted for r in log.merkle.inclusion_ranges(s - 1, tree_size)],
+                  strict=False)
+    out = {}
+    for s in wanted:
+        try:
+            out[s] = {"tree_size": tree_size, "path": [h.hex() for h in tree.inclusion_proof(s)]}
+        except NotFound:
+            log_damaged.warning("audit tree damaged: no inclusion proof for seq %d", s)
+    return out
 
 
 def with_proofs(session: Session, events: Sequence[AuditEvent], tree_size: int | None) -> list[dict]:

@@ -40,7 +40,7 @@ def build_log(engine: Engine, key: Ed25519PrivateKey, kept: list[dict], *, start
                          authorization_id=f"auth-{i // 25}", patient_key=f"{i % 7:064x}",
                          recipient="second-opinion.example", items=i, tag=tag)
             s.commit()
-            if (i + 1) % CHECKPOINT_EVERY == 0:
+            if (i + 1) % CHECKPOINT_EVERY == 0 or i == start + count - 1:
                 checkpoints.create_checkpoint(s, key, origin=ORIGIN)
                 s.commit()
                 kept.append(checkpoints.checkpoints_document(s))
