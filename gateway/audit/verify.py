@@ -216,8 +216,8 @@ def verify_log(entries: list[Entry], raw_checkpoints: list[dict], consistency: l
                                     f"which no signed checkpoint covers")
             else:
                 path = [bytes.fromhex(h) for h in e.proof]
-                if not all(merkle.verify_inclusion(leaf, seq - 1, e.proof_size, path, r)
-                           for r in roots[e.proof_size]):
+                if not any(merkle.verify_inclusion(leaf, seq - 1, e.proof_size, path, r)
+                           for r in roots[e.proof_size]):  # a fork is reported on its own
                     problems.append(f"seq {seq}: inclusion proof does not verify against the "
                                     f"checkpoint of size {e.proof_size}")
         elif partial:
