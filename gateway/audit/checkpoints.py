@@ -20,11 +20,11 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..errors import InvalidInput, NotFound
-from ..models import AuditCheckpoint, AuditLogHead
+from ..models import AuditCheckpoint
 from . import log, merkle
 
 _log = logging.getLogger("gateway.audit")
@@ -85,17 +85,14 @@ def create_checkpoint(session: Session, private_key: Ed25519PrivateKey, *, origi
     the last checkpoint, returns that one. The timestamp is bumped past the previous
     checkpoint's if the clock has not moved (or went back), so timestamps strictly increase.
     """
-    head = AuditLogHead.__table__
-    row = session.execute(update(head).where(head.c.id == 1).values(size=head.c.size)
-                          .returning(head.c.size, head.c.frontier)).first()
-    size = row[0] if row else 0
+    size, frontier, _ = log.lock_head(session, 0)
     if size == 0:
         raise InvalidInput("the audit log is empty; nothing to checkpoint yet")
     existing = session.execute(select(AuditCheckpoint).where(AuditCheckpoint.tree_size == size)
                                ).scalar_one_or_none()
     if existing is not None:
         return to_dict(existing)
-    root = merkle.fold_right([bytes.fromhex(h) for h in row[1]])
+    root = merkle.fold_right(frontier)
     last = session.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.tree_size.desc())
                            .limit(1)).scalar_one_or_none()
     ms = int((now or datetime.now(timezone.utc)).timestamp() * 1000)

@@ -1,9 +1,9 @@
 """Appending to the audit log and reading its Merkle tree back from the database.
 
 An append, inside the caller's transaction:
-1. `UPDATE audit_log_head SET size = size + n ... RETURNING` takes the log's lock (a row
-   lock on PostgreSQL, the database write lock on SQLite) until the caller commits or
-   rolls back, so sequence numbers are gap-free and in commit order under any number
+1. `SELECT ... FROM audit_log_head FOR UPDATE` on PostgreSQL (a row lock), or an
+   `UPDATE ... RETURNING` of that row on SQLite (the database write lock), takes the
+   log's lock until the caller commits or rolls back, so sequence numbers are gap-free and in commit order under any number
    of writers; a rollback gives the numbers back with everything else.
 2. The event gets seq = size + 1, its canonical bytes and leaf hash.
 3. Perfect subtrees completed by the new leaf are inserted into audit_tree_nodes, and the
@@ -41,15 +41,20 @@ def _as_utc(value: datetime | None) -> datetime | None:
 
 
 def lock_head(session: Session, grow: int) -> tuple[int, list[bytes], datetime | None]:
-    """Lock the log and reserve `grow` sequence numbers; returns the size before them."""
-    stmt = (update(HEAD).where(HEAD.c.id == 1).values(size=HEAD.c.size + grow)
-            .returning(HEAD.c.size, HEAD.c.frontier, HEAD.c.last_at))
+    """Lock the log for the rest of the caller's transaction; returns the size, frontier
+    and last event time as they are now (the caller then appends `grow` events)."""
+    postgres = session.get_bind().dialect.name == "postgresql"
+    if postgres:  # a row lock without writing a new row version
+        stmt = select(HEAD.c.size, HEAD.c.frontier, HEAD.c.last_at).where(HEAD.c.id == 1).with_for_update()
+    else:  # SQLite: a write takes the database write lock (SELECT would not)
+        stmt = (update(HEAD).where(HEAD.c.id == 1).values(size=HEAD.c.size + grow)
+                .returning(HEAD.c.size, HEAD.c.frontier, HEAD.c.last_at))
     row = session.execute(stmt).first()
     if row is None:
         _create_head(session)
         row = session.execute(stmt).first()
     size, frontier, last_at = row
-    return size - grow, [bytes.fromhex(h) for h in frontier or []], _as_utc(last_at)
+    return size - (0 if postgres else grow), [bytes.fromhex(h) for h in frontier or []], _as_utc(last_at)
 
 
 def _create_head(session: Session) -> None:
@@ -75,11 +80,12 @@ def _push(size: int, frontier: list[bytes], leaf: bytes, nodes: list[dict]) -> N
     frontier.append(cur)
 
 
-def _save(session: Session, frontier: list[bytes], last_at: datetime, nodes: list[dict]) -> None:
+def _save(session: Session, size: int, frontier: list[bytes], last_at: datetime,
+          nodes: list[dict]) -> None:
     for i in range(0, len(nodes), 5000):
         session.execute(insert(NODES), nodes[i:i + 5000])
     session.execute(update(HEAD).where(HEAD.c.id == 1)
-                    .values(frontier=[h.hex() for h in frontier], last_at=last_at))
+                    .values(size=size, frontier=[h.hex() for h in frontier], last_at=last_at))
 
 
 def append(session: Session, type: str, *, actor: str, role: str | None = None,
@@ -129,7 +135,7 @@ def append_many(session: Session, events: Sequence[dict], *, orm: bool = False) 
         for i in range(0, len(rows), 5000):
             session.execute(insert(EVENTS), rows[i:i + 5000])
         result = rows
-    _save(session, frontier, at, nodes)
+    _save(session, size + len(rows), frontier, at, nodes)
     return result
 
 
