@@ -16,12 +16,13 @@ a transaction (after slow work), and keep auditing transactions short.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 
-from sqlalchemy import insert, select, tuple_, update
+from sqlalchemy import insert, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from ..errors import NotFound, InvalidInput
 from ..models import AuditEvent, AuditLogHead, AuditTreeNode, utcnow
@@ -80,14 +81,6 @@ def _push(size: int, frontier: list[bytes], leaf: bytes, nodes: list[dict]) -> N
     frontier.append(cur)
 
 
-def _save(session: Session, size: int, frontier: list[bytes], last_at: datetime,
-          nodes: list[dict]) -> None:
-    for i in range(0, len(nodes), 5000):
-        session.execute(insert(NODES), nodes[i:i + 5000])
-    session.execute(update(HEAD).where(HEAD.c.id == 1)
-                    .values(size=size, frontier=[h.hex() for h in frontier], last_at=last_at))
-
-
 def append(session: Session, type: str, *, actor: str, role: str | None = None,
            outcome: str = "success", transfer_id: str | None = None,
            authorization_id: str | None = None, patient_key: str | None = None,
@@ -126,17 +119,53 @@ def append_many(session: Session, events: Sequence[dict], *, orm: bool = False) 
         row["leaf_hash"] = leaf.hex()
         _push(size + n, frontier, leaf, nodes)
         rows.append(row)
-    if orm:
-        objs = [AuditEvent(**row) for row in rows]
-        session.add_all(objs)
-        session.flush()
-        result: list = objs
-    else:
-        for i in range(0, len(rows), 5000):
-            session.execute(insert(EVENTS), rows[i:i + 5000])
-        result = rows
-    _save(session, size + len(rows), frontier, at, nodes)
-    return result
+    _write(session, rows, nodes, size + len(rows), frontier, at)
+    if not orm:
+        return rows
+    objs = []
+    for row in rows:  # the rows are written; hand back persistent objects without a re-insert
+        obj = AuditEvent(**row)
+        make_transient_to_detached(obj)
+        session.add(obj)
+        objs.append(obj)
+    return objs
+
+
+# record() on PostgreSQL: event, completed nodes and head in one statement (one round trip
+# while the lock is held), compiled once.
+_PG_APPEND_ONE = text("""
+WITH new_event AS (
+  INSERT INTO audit_events (seq, at, type, actor, role, outcome, transfer_id, authorization_id,
+                            patient_key, detail, leaf_hash)
+  VALUES (:seq, :at, :type, :actor, :role, :outcome, :transfer_id, :authorization_id,
+          :patient_key, CAST(:detail AS json), :leaf_hash)
+), new_nodes AS (
+  INSERT INTO audit_tree_nodes (level, idx, hash)
+  SELECT * FROM unnest(CAST(:levels AS integer[]), CAST(:idxs AS bigint[]), CAST(:hashes AS bytea[]))
+)
+UPDATE audit_log_head SET size = :size, frontier = CAST(:frontier AS json), last_at = :last_at
+WHERE id = 1
+""")
+
+
+def _write(session: Session, rows: list[dict], nodes: list[dict], size: int,
+           frontier: list[bytes], last_at: datetime) -> None:
+    """Insert the events and completed nodes and move the head."""
+    head = (update(HEAD).where(HEAD.c.id == 1)
+            .values(size=size, frontier=[h.hex() for h in frontier], last_at=last_at))
+    if len(rows) == 1 and session.get_bind().dialect.name == "postgresql":
+        row = rows[0]
+        session.execute(_PG_APPEND_ONE, {
+            **row, "detail": json.dumps(row["detail"]), "size": size, "last_at": last_at,
+            "frontier": json.dumps([h.hex() for h in frontier]),
+            "levels": [n["level"] for n in nodes], "idxs": [n["idx"] for n in nodes],
+            "hashes": [n["hash"] for n in nodes]})
+        return
+    for i in range(0, len(rows), 5000):
+        session.execute(insert(EVENTS), rows[i:i + 5000])
+    for i in range(0, len(nodes), 5000):
+        session.execute(insert(NODES), nodes[i:i + 5000])
+    session.execute(head)
 
 
 # -- reading the tree -----------------------------------------------------------------
