@@ -41,15 +41,22 @@ def iter_entries(session: Session, *, tree_size: int | None = None, with_proofs:
         yield from queries.with_proofs(session, page, size)
 
 
-def write_ndjson(session: Session, out, *, fhir: bool = False,
-                 me: GatewayIdentity = GatewayIdentity(), **kwargs) -> int:
-    """Write one JSON object a line (log entries, or FHIR AuditEvents when `fhir`) to the
-    text stream `out`; returns the number written. Both forms verify offline."""
-    n = 0
+def iter_ndjson(session: Session, *, fhir: bool = False,
+                me: GatewayIdentity = GatewayIdentity(), **kwargs) -> Iterator[str]:
+    """One JSON line per event (log entries, or FHIR AuditEvents when `fhir`), streamed
+    page by page so an API response or a file never holds the whole log."""
     for e in iter_entries(session, **kwargs):
         obj = to_fhir({**e["event"], "leaf_hash": e["leaf_hash"]}, me=me,
                       proof=e.get("inclusion_proof")) if fhir else e
-        out.write(json.dumps(obj, separators=(",", ":"), ensure_ascii=False) + "\n")
+        yield json.dumps(obj, separators=(",", ":"), ensure_ascii=False) + "\n"
+
+
+def write_ndjson(session: Session, out, **kwargs) -> int:
+    """Write `iter_ndjson` to the text stream `out`; returns the number of lines. Both
+    forms verify offline with `records-gateway audit verify`."""
+    n = 0
+    for line in iter_ndjson(session, **kwargs):
+        out.write(line)
         n += 1
     return n
 

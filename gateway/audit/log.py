@@ -3,13 +3,16 @@
 An append, inside the caller's transaction:
 1. `SELECT ... FROM audit_log_head FOR UPDATE` on PostgreSQL (a row lock), or an
    `UPDATE ... RETURNING` of that row on SQLite (the database write lock), takes the
-   log's lock until the caller commits or rolls back, so sequence numbers are gap-free and in commit order under any number
-   of writers; a rollback gives the numbers back with everything else.
+   log's lock until the caller commits or rolls back, so sequence numbers are gap-free
+   and in commit order under any number of writers; a rollback gives the numbers back
+   with everything else. (PostgreSQL at READ COMMITTED, its default: under REPEATABLE
+   READ a waiting writer gets a serialization error and must retry its transaction.)
 2. The event gets seq = size + 1, its canonical bytes and leaf hash.
 3. Perfect subtrees completed by the new leaf are inserted into audit_tree_nodes, and the
    head's frontier (hashes of the perfect subtrees along the right edge) is updated.
-So an append costs a few statements, never a read of earlier nodes, and any root or
-proof is O(log n) stored hashes.
+So an append costs two statements on PostgreSQL (lock, then one statement writing the
+event, nodes and head), never a read of earlier nodes; any root or proof is O(log n)
+stored hashes.
 
 Because the head row stays locked until commit, call `record()` as late as practical in
 a transaction (after slow work), and keep auditing transactions short.
@@ -44,7 +47,7 @@ def _as_utc(value: datetime | None) -> datetime | None:
 def lock_head(session: Session, grow: int) -> tuple[int, list[bytes], datetime | None]:
     """Lock the log for the rest of the caller's transaction; returns the size, frontier
     and last event time as they are now (the caller then appends `grow` events)."""
-    postgres = session.get_bind().dialect.name == "postgresql"
+    postgres = session.get_bind(AuditLogHead).dialect.name == "postgresql"
     if postgres:  # a row lock without writing a new row version
         stmt = select(HEAD.c.size, HEAD.c.frontier, HEAD.c.last_at).where(HEAD.c.id == 1).with_for_update()
     else:  # SQLite: a write takes the database write lock (SELECT would not)
@@ -61,7 +64,7 @@ def lock_head(session: Session, grow: int) -> tuple[int, list[bytes], datetime |
 def _create_head(session: Session) -> None:
     """First append ever: create the head row (two first writers race on its key)."""
     values = {"id": 1, "size": 0, "frontier": [], "last_at": None}
-    if session.get_bind().dialect.name == "sqlite":  # the UPDATE already holds the write lock
+    if session.get_bind(AuditLogHead).dialect.name == "sqlite":  # the UPDATE already holds the write lock
         session.execute(insert(HEAD).values(**values))
         return
     try:
@@ -153,7 +156,7 @@ def _write(session: Session, rows: list[dict], nodes: list[dict], size: int,
     """Insert the events and completed nodes and move the head."""
     head = (update(HEAD).where(HEAD.c.id == 1)
             .values(size=size, frontier=[h.hex() for h in frontier], last_at=last_at))
-    if len(rows) == 1 and session.get_bind().dialect.name == "postgresql":
+    if len(rows) == 1 and session.get_bind(AuditLogHead).dialect.name == "postgresql":
         row = rows[0]
         session.execute(_PG_APPEND_ONE, {
             **row, "detail": json.dumps(row["detail"]), "size": size, "last_at": last_at,

@@ -136,6 +136,23 @@ CASES: dict[str, Callable] = {
     "truncate_regrow": truncate_regrow, "fork": fork, "roll_back": roll_back,
     "forge_signature": forge_signature,
 }
+# what the verifier must say for each case (any one of the phrases)
+EXPECTED = {
+    "flip_byte": ("does not match its recorded leaf hash", "root does not match"),
+    "delete_one": ("missing from the log",),
+    "reorder_two": ("does not match its recorded leaf hash",),
+    "truncate_regrow": ("root does not match", "not an append-only extension"),
+    "fork": ("fork:",),
+    "roll_back": ("rollback:",),
+    "forge_signature": ("signature does not verify",),
+}
+
+
+def detected(name: str, problems: list[str]) -> bool:
+    """Did the verifier report case `name` for what it is?"""
+    return any(phrase in p for p in problems for phrase in EXPECTED[name])
+
+
 # the auditor of forge_signature holds only what the gateway serves now
 USES_KEPT = {name: name != "forge_signature" for name in CASES}
 
