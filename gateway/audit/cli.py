@@ -18,8 +18,9 @@ def audit() -> None:
 
 
 @audit.command("verify")
-@click.option("--events", "events", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Exported events: NDJSON log entries, NDJSON FHIR AuditEvents, or a FHIR Bundle.")
+@click.option("--events", "events", type=click.Path(exists=True, dir_okay=False),
+              help="Exported events: NDJSON log entries, NDJSON FHIR AuditEvents, or a FHIR "
+                   "Bundle. Without it only the checkpoints are checked.")
 @click.option("--checkpoints", "checkpoints", required=True, multiple=True,
               type=click.Path(exists=True, dir_okay=False),
               help="Checkpoint document(s); repeat to add ones kept from earlier downloads.")
@@ -28,7 +29,7 @@ def audit() -> None:
 @click.option("--partial", is_flag=True,
               help="The export holds only some events (one patient or transfer): check each "
                    "by its inclusion proof instead of recomputing the whole tree.")
-def verify_command(events: str, checkpoints: tuple[str, ...], public_key: str, partial: bool) -> None:
+def verify_command(events: str | None, checkpoints: tuple[str, ...], public_key: str, partial: bool) -> None:
     """Recompute the tree, check every proof and checkpoint signature; one line per problem."""
     try:
         report = verify_files_report(events, list(checkpoints), public_key, partial=partial)

@@ -138,7 +138,9 @@ def to_fhir(event, *, me: GatewayIdentity = GatewayIdentity(), proof: dict | Non
             {"type": {"coding": [_coding(DCM, "110153", "Source Role ID")]},
              "who": _gateway_ref(me), "requestor": False},
             {"type": {"coding": [_coding(DCM, "110152", "Destination Role ID")]},
-             "who": _ref(recipient or "recipient"), "requestor": False}]
+             "who": _ref(recipient or "recipient"), "requestor": False,
+             **({"network": {"address": str(d["recipient_endpoint"]), "type": "5"}}
+                if d.get("recipient_endpoint") else {})}]
     elif kind == "import":
         res.update(type=_coding(DCM, "110107", "Import"), action="C",
                    subtype=[_coding(LIFECYCLE, "disclose", "Disclose Record Lifecycle Event")])

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..errors import InvalidInput
 from . import checkpoints as cpmod
 from . import merkle
-from .canonical import CanonicalError, canonical_bytes
+from .canonical import FORMAT_VERSION, CanonicalError, canonical_bytes
 from .fhir_auditevent import LOG_ENTRY_URL
 
 
@@ -193,6 +193,9 @@ def verify_log(entries: list[Entry], raw_checkpoints: list[dict], consistency: l
     prev_seq, prev_at = 0, ""
     for e in entries:
         seq = e.event.get("seq")
+        if e.event.get("v", FORMAT_VERSION) != FORMAT_VERSION:
+            problems.append(f"{e.where}: unknown canonical format version {e.event.get('v')!r}")
+            continue
         try:
             leaf = merkle.leaf_hash(canonical_bytes(e.event))
         except (CanonicalError, TypeError, KeyError) as exc:
@@ -260,9 +263,14 @@ def verify_files(events: Path | str, checkpoint_files: list[Path | str] | Path |
 
 
 def verify_files_report(events, checkpoint_files, public_key, *, partial: bool = False) -> Report:
+    """As verify_files, with counts for a summary line. Without `events`, only the
+    checkpoints are checked (signatures, forks, rollbacks, consistency proofs)."""
     if isinstance(checkpoint_files, (str, Path)):
         checkpoint_files = [checkpoint_files]
     keys = cpmod.load_public_keys(Path(public_key))
-    entries = load_events(Path(events))
+    if events is None:
+        entries, partial = [], True
+    else:
+        entries = load_events(Path(events))
     cps, proofs = load_checkpoints([Path(p) for p in checkpoint_files])
     return verify_log(entries, cps, proofs, keys, partial=partial)

@@ -33,6 +33,7 @@ def filled(sqlite_engine, log_key):
                          patient_key=pk, source="ehr-main", items=4, bytes=2048)
             audit.record(s, "delivery.succeeded", actor="worker", transfer_id=t, authorization_id=auth,
                          patient_key=pk, recipient=recipient, bundle_sha256="ab" * 32, entries=17,
+                         recipient_endpoint=f"https://{t}.example.org/fhir",
                          size=40960, data_classes=["notes", "labs"], purpose="TREAT")
             s.commit()
         audit.record(s, "authorization.rejected", actor="api:intake", role="operator",
@@ -59,6 +60,8 @@ def test_disclosure_follows_balp_privacy_disclosure(filled):
     roles = {a["type"]["coding"][0]["code"]: a["who"] for a in r["agent"]}
     assert roles["110153"]["display"] == ME.name
     assert roles["110152"]["display"] == "Second Opinion Center"
+    dest = next(a for a in r["agent"] if a["type"]["coding"][0]["code"] == "110152")
+    assert dest["network"] == {"address": "https://t1.example.org/fhir", "type": "5"}
     entity_roles = {e["role"]["code"]: e for e in r["entity"]}
     assert entity_roles["1"]["what"]["identifier"]["value"] == PATIENT  # the patient (hashed key)
     assert entity_roles["4"]["what"]["identifier"]["value"] == "urn:sha256:" + "ab" * 32  # the data

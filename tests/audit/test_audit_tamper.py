@@ -50,3 +50,26 @@ def test_cli_exits_non_zero_with_one_line_per_problem(sqlite_engine, log_key, tm
                                            "--public-key", str(tmp_path / "log-key.pem"),
                                            "--checkpoints", str(tmp_path / "log-key.pem")])
     assert bad.exit_code == 2 and bad.output.startswith("error:")
+
+
+@pytest.mark.parametrize("name,phrase", [("fork", "fork:"), ("roll_back", "rollback:"),
+                                         ("truncate_regrow", "not an append-only extension")])
+def test_checkpoints_alone_reveal_rewritten_history(name, phrase, sqlite_engine, log_key, tmp_path):
+    """An auditor who only collects checkpoints (no events) still sees the history change."""
+    run_case(name, sqlite_engine, log_key, tmp_path)
+    files = sorted(tmp_path.glob(f"{name}-*.json"))
+    args = ["verify", "--public-key", str(tmp_path / "log-key.pem")]
+    for f in files:
+        args += ["--checkpoints", str(f)]
+    result = CliRunner().invoke(audit_group, args)
+    assert result.exit_code == 1
+    assert phrase in result.output, result.output
+
+
+def test_checkpoints_alone_of_an_honest_log_verify(sqlite_engine, log_key, tmp_path):
+    run_case(None, sqlite_engine, log_key, tmp_path)
+    args = ["verify", "--public-key", str(tmp_path / "log-key.pem")]
+    for f in sorted(tmp_path.glob("clean-*.json")):
+        args += ["--checkpoints", str(f)]
+    result = CliRunner().invoke(audit_group, args)
+    assert result.exit_code == 0, result.output
