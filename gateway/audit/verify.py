@@ -233,13 +233,15 @@ def verify_log(entries: list[Entry], raw_checkpoints: list[dict], consistency: l
         if missing:
             problems.append(f"{len(missing)} event(s) missing from the log: seq "
                             + _ranges(missing))
-        else:
-            tree = merkle.MemoryTree([leaves[s] for s in range(1, n + 1)])
+        whole = missing[0] - 1 if missing else n  # the contiguous prefix can still be checked
+        tree = merkle.MemoryTree([leaves[s] for s in range(1, whole + 1)])
         for size in sorted(roots):
             if size > n:
                 problems.append(f"checkpoint size {size}: the log holds only {n} events "
                                 f"(truncated or rolled back)")
-            elif tree is not None and tree.root(size) not in roots[size]:
+            elif size > whole:
+                problems.append(f"checkpoint size {size}: cannot be recomputed, events are missing")
+            elif tree.root(size) not in roots[size]:
                 problems.append(f"checkpoint size {size}: root does not match the tree recomputed "
                                 f"from the events (an event was changed, removed or reordered)")
         report.uncovered = max(0, n - report.latest_size)
