@@ -151,7 +151,7 @@ class ReceivedBundle(Base):
 
 
 class AuditEvent(Base):
-    """Append-only log of everything that happened (see gateway/audit.py).
+    """Append-only log of everything that happened (see gateway/audit/).
 
     Written in the same database transaction as the state change it records.
     Never updated or deleted.

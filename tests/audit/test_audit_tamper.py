@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from audit_tamper import CASES, EXPECTED, detected, run_case
+from audit_tamper import CASES, detected, run_case
 from gateway.audit.cli import audit as audit_group
 
 @pytest.mark.parametrize("name", sorted(CASES))
