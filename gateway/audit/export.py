@@ -9,12 +9,13 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 
 from fhir.resources.R4B.bundle import Bundle
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..models import AuditEvent
+from ..models import AuditEvent, Authorization
 from . import checkpoints, queries
 from .canonical import format_time
-from .fhir_auditevent import GatewayIdentity, classify, to_fhir
+from .fhir_auditevent import GatewayIdentity, is_disclosure, to_fhir
 
 _BATCH = 2000
 
@@ -78,14 +79,36 @@ def bundle(session: Session, *, me: GatewayIdentity = GatewayIdentity(), **kwarg
 
 # -- accounting of disclosures (HIPAA 45 CFR 164.528) --------------------------------
 
+def _authorization_facts(session: Session, events: list[AuditEvent]) -> dict[str, dict]:
+    """Purpose, data classes and recipient of each authorization, from its `verified` event
+    and, for the purpose, the stored authorization's claims."""
+    facts: dict[str, dict] = {}
+    for ev in events:
+        if ev.type == "authorization.verified" and ev.authorization_id:
+            facts[ev.authorization_id] = dict(ev.detail or {})
+    ids = {ev.authorization_id for ev in events if ev.authorization_id}
+    if ids:
+        for auth_id, claims in session.execute(
+                select(Authorization.id, Authorization.claims).where(Authorization.id.in_(ids))):
+            purpose = (claims or {}).get("purpose") if isinstance(claims, dict) else None
+            if purpose:
+                facts.setdefault(auth_id, {}).setdefault("purpose", purpose)
+    return facts
+
+
 def accounting(session: Session, patient_key: str, *, since: datetime | None = None,
                until: datetime | None = None) -> dict:
-    """Who received what, when and why, for one patient: every successful disclosure."""
+    """Who received what, when and why, for one patient: every completed disclosure under
+    any of the patient's authorizations (HIPAA 45 CFR 164.528 content)."""
+    events = list(queries.iter_events(session, patient_key=patient_key, since=since, until=until))
+    facts = _authorization_facts(session, list(queries.iter_events(session, patient_key=patient_key)))
     rows = []
-    for ev in queries.iter_events(session, patient_key=patient_key, since=since, until=until):
-        if classify(ev.type) != "disclosure" or ev.outcome != "success":
+    for ev in events:
+        if not is_disclosure(ev.type, ev.outcome):
             continue
-        d = ev.detail or {}
+        auth = facts.get(ev.authorization_id or "", {})
+        d = {**{k: auth.get(k) for k in ("purpose", "data_classes", "recipient")},
+             **{k: v for k, v in (ev.detail or {}).items() if v is not None}}
         what = []
         if d.get("data_classes"):
             classes = d["data_classes"]
@@ -98,6 +121,7 @@ def accounting(session: Session, patient_key: str, *, since: datetime | None = N
             "seq": ev.seq, "date": format_time(ev.at), "recipient": d.get("recipient"),
             "recipient_endpoint": d.get("recipient_endpoint"),
             "description": "; ".join(what) or "medical records bundle",
+            "bundle_id": d.get("bundle_id"),
             "bundle_sha256": d.get("bundle_sha256") or d.get("sha256"),
             "purpose": d.get("purpose"), "authorization_id": ev.authorization_id,
             "transfer_id": ev.transfer_id, "leaf_hash": ev.leaf_hash})

@@ -41,16 +41,16 @@ BALP = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/"
 
 OUTCOME = {"success": "0", "failure": "8", "deny": "8"}
 
-# Event types the gateway writes, grouped by what they are for an auditor. The type is
-# matched by its first dotted words; see `classify`.
-DISCLOSURE = ("delivery.succeeded", "delivery.sent", "transfer.delivered", "bundle.delivered")
-DELIVERY = ("delivery.",)  # other delivery attempts (failed, retried): still Export
-PULL = ("pull.", "transfer.pull.")
-AUTHZ = ("authorization.", "transfer.authorization.")
-API_READ = ("api.read", "api.search", "inbox.open", "inbox.opened")
-LIFECYCLE_OF = {"mapping": "transform", "transfer.mapping": "transform", "bundle": "originate",
-                "transfer.bundle": "originate", "receipt": "verify", "transfer.receipt": "verify",
-                "receive": "receive", "transfer": "transmit", "admin": "amend"}
+# Event types the gateway writes, grouped by what they are for an auditor (see `classify`).
+# A completed disclosure: the bundle reached the recipient (counted in the accounting).
+DISCLOSED = ("transfer.delivery.sent", "delivery.sent", "delivery.succeeded", "transfer.delivered")
+DELIVERY = ("transfer.delivery.", "delivery.")  # attempts, failures: still Export events
+PULL = ("transfer.pull.", "pull.")  # we receive from a provider (its disclosure to us)
+RECEIVED = ("receive.bundle.",)  # receive mode: a peer's disclosure to us
+DECISIONS = {"verified": True, "rejected": False, "revoked": False, "denied": False}
+API_READ = ("api.read", "api.search", "inbox.")
+LIFECYCLE_OF = {"mapping": "transform", "bundle": "originate", "receipt": "verify",
+                "authorization": "receive", "admin": "amend", "transfer": "transmit"}
 
 
 @dataclass(frozen=True)
@@ -63,15 +63,24 @@ class GatewayIdentity:
 
 def classify(type: str) -> str:
     """disclosure | import | authz | read | other, from the event type."""
-    if type in DISCLOSURE or type.startswith(DELIVERY):
+    if type in DISCLOSED or type.startswith(DELIVERY):
         return "disclosure"
-    if type.startswith(PULL):
+    if type.startswith(PULL + RECEIVED):
         return "import"
-    if type.startswith(AUTHZ):
+    if type.startswith("authorization.") and type.rsplit(".", 1)[-1] in DECISIONS:
         return "authz"
-    if type in API_READ or type.startswith("api.read") or type.startswith("inbox."):
+    if type.startswith(API_READ):
         return "read"
     return "other"
+
+
+def is_disclosure(type: str, outcome: str) -> bool:
+    """A completed disclosure, for the accounting of disclosures."""
+    return type in DISCLOSED and outcome == "success"
+
+
+def _permit(f: dict) -> bool:
+    return f["outcome"] == "success" and DECISIONS.get(f["type"].rsplit(".", 1)[-1], False)
 
 
 def _ref(display: str | None = None, system: str | None = None, value: str | None = None) -> dict:
@@ -146,11 +155,12 @@ def to_fhir(event, *, me: GatewayIdentity = GatewayIdentity(), proof: dict | Non
                    subtype=[_coding(LIFECYCLE, "disclose", "Disclose Record Lifecycle Event")])
         res["agent"] += [
             {"type": {"coding": [_coding(DCM, "110153", "Source Role ID")]},
-             "who": _ref(source or "source"), "requestor": False},
+             "who": _ref(source or (f["actor"] if f["type"].startswith(RECEIVED) else "source")),
+             "requestor": False},
             {"type": {"coding": [_coding(DCM, "110152", "Destination Role ID")]},
              "who": _gateway_ref(me), "requestor": False}]
     elif kind == "authz":
-        permit = f["outcome"] == "success" and not f["type"].endswith(("rejected", "revoked", "denied"))
+        permit = _permit(f)
         res.update(type=_coding(DCM, "110113", "Security Alert"), action="E",
                    subtype=[_coding(AUTHZ_SUBTYPE, "AuthZ-Consent",
                                     "Authorization Decision using Roles and Consent")])
@@ -163,11 +173,17 @@ def to_fhir(event, *, me: GatewayIdentity = GatewayIdentity(), proof: dict | Non
                    subtype=[_coding(RESTFUL, "search-type" if "search" in f["type"] else "read")])
         res["meta"] = {"profile": [BALP + "IHE.BasicAudit.PatientRead"]}
     else:
-        head = f["type"].split(".")
-        code = LIFECYCLE_OF.get(".".join(head[:2])) or LIFECYCLE_OF.get(head[0], "access")
-        res.update(type=_coding(DCM, "110110", "Patient Record") if f["patient_key"] else
-                   _coding(DCM, "110100", "Application Activity"),
-                   action="E", subtype=[_coding(LIFECYCLE, code)])
+        words = f["type"].split(".")
+        word = words[1] if words[0] == "transfer" and len(words) > 2 else words[0]
+        code = LIFECYCLE_OF.get(word, "access")
+        if words[0] == "admin":
+            kind_coding = _coding(DCM, "110137", "User Security Attributes Changed") \
+                if "token" in words else _coding(DCM, "110100", "Application Activity")
+        elif f["patient_key"] or f["transfer_id"]:
+            kind_coding = _coding(DCM, "110110", "Patient Record")
+        else:
+            kind_coding = _coding(DCM, "110100", "Application Activity")
+        res.update(type=kind_coding, action="E", subtype=[_coding(LIFECYCLE, code)])
     purpose = d.get("purpose")
     if purpose:
         concept = ({"coding": [_coding(ACT_REASON, purpose)]}
@@ -196,7 +212,7 @@ def _entities(f: dict, d: dict, kind: str) -> list[dict]:
                "type": _coding(RESOURCE_TYPES, "Consent"),
                "role": _coding(OBJECT_ROLE, "13", "Security Resource")}
         if kind == "authz":
-            permit = f["outcome"] == "success" and not f["type"].endswith(("rejected", "revoked", "denied"))
+            permit = _permit(f)
             ent["detail"] = [{"type": "decision", "valueString": "permit" if permit else "deny"}]
         out.append(ent)
     if f["transfer_id"]:

@@ -24,10 +24,13 @@ def find_events(session: Session, *, patient_key: str | None = None,
                 since: datetime | None = None, until: datetime | None = None,
                 after_seq: int = 0, limit: int = 1000) -> list[AuditEvent]:
     """Events matching every given filter, in log order; page with `after_seq`.
-    `since` is inclusive, `until` exclusive."""
+    `since` is inclusive, `until` exclusive. `patient_key` matches events that carry it
+    and events under any authorization logged with it (transfer steps name only the
+    transfer and its authorization)."""
     stmt = select(AuditEvent).where(AuditEvent.seq > after_seq)
     if patient_key:
-        stmt = stmt.where(AuditEvent.patient_key == patient_key)
+        stmt = stmt.where(or_(AuditEvent.patient_key == patient_key,
+                              AuditEvent.authorization_id.in_(_authorizations_of(patient_key))))
     if transfer_id:
         stmt = stmt.where(AuditEvent.transfer_id == transfer_id)
     if authorization_id:
@@ -42,6 +45,11 @@ def find_events(session: Session, *, patient_key: str | None = None,
         stmt = stmt.where(AuditEvent.at < until)
     limit = max(1, min(int(limit), MAX_LIMIT))
     return list(session.execute(stmt.order_by(AuditEvent.seq).limit(limit)).scalars())
+
+
+def _authorizations_of(patient_key: str):
+    return (select(AuditEvent.authorization_id).distinct()
+            .where(AuditEvent.patient_key == patient_key, AuditEvent.authorization_id.is_not(None)))
 
 
 def iter_events(session: Session, batch: int = 5000, **filters) -> Iterator[AuditEvent]:

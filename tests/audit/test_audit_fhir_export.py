@@ -11,6 +11,8 @@ from fhir.resources.R4B.bundle import Bundle
 from pypdf import PdfReader
 from sqlalchemy.orm import Session
 
+from gateway.models import Authorization
+
 from gateway import audit
 from gateway.audit import checkpoints, export, queries, verify
 from gateway.audit.fhir_auditevent import (DCM, LIFECYCLE, LOG_ENTRY_URL, GatewayIdentity,
@@ -42,6 +44,18 @@ def filled(sqlite_engine, log_key):
                      patient_key=PATIENT, outcome="failure", recipient="Second Opinion Center")
         audit.record(s, "api.read", actor="auditor-1", role="auditor", patient_key=PATIENT,
                      resource="transfers/t1")
+        s.commit()
+        # as the transfer steps write them: only the authorization names the patient
+        s.add(Authorization(id="auth-t3", issuer="https://esign.example", key_id="k1",
+                            jws_sha256="ef" * 32, jws="x.y.z", consent={"resourceType": "Consent"},
+                            claims={"purpose": "Second opinion on the treatment plan"},
+                            recipient_id="tumor-board"))
+        audit.record(s, "authorization.verified", actor="api:intake", role="operator",
+                     authorization_id="auth-t3", patient_key=PATIENT, recipient="tumor-board",
+                     data_classes=["imaging", "pathology"])
+        audit.record(s, "transfer.delivery.sent", actor="worker", transfer_id="t3",
+                     authorization_id="auth-t3", recipient="tumor-board", bundle_id="b3",
+                     sha256="cd" * 32)
         s.commit()
         checkpoints.create_checkpoint(s, log_key, origin="gw.example.org/audit")
         s.commit()
@@ -92,10 +106,10 @@ def test_bundle_and_ndjson_exports_verify_offline(filled, log_key, tmp_path):
     with Session(filled) as s:
         doc = export.bundle(s, me=ME, patient_key=PATIENT)
         Bundle.model_validate(doc)
-        assert doc["type"] == "collection" and len(doc["entry"]) == 6
+        assert doc["type"] == "collection" and len(doc["entry"]) == 8
         (tmp_path / "bundle.json").write_text(json.dumps(doc))
         buf = io.StringIO()
-        assert export.write_ndjson(s, buf, fhir=True, me=ME) == 9
+        assert export.write_ndjson(s, buf, fhir=True, me=ME) == 11
         (tmp_path / "all.ndjson").write_text(buf.getvalue())
         (tmp_path / "cps.json").write_text(json.dumps(checkpoints.checkpoints_document(s)))
     (tmp_path / "jwks.json").write_text(json.dumps(
@@ -123,16 +137,20 @@ def test_bundle_and_ndjson_exports_verify_offline(filled, log_key, tmp_path):
 def test_accounting_of_disclosures_json_and_pdf(filled):
     with Session(filled) as s:
         acc = export.accounting(s, PATIENT)
-    assert [d["recipient"] for d in acc["disclosures"]] == ["Second Opinion Center"]  # failed one excluded
+    # the failed delivery is not a disclosure; t3's names the patient only through its authorization
+    assert [d["recipient"] for d in acc["disclosures"]] == ["Second Opinion Center", "tumor-board"]
+    t3 = acc["disclosures"][1]
+    assert t3["purpose"] == "Second opinion on the treatment plan"
+    assert "imaging, pathology" in t3["description"] and t3["bundle_sha256"] == "cd" * 32
     d = acc["disclosures"][0]
     assert d["purpose"] == "TREAT" and d["authorization_id"] == "auth-t1"
     assert "notes, labs" in d["description"] and d["bundle_sha256"] == "ab" * 32
-    assert acc["checkpoint"]["tree_size"] == 9
+    assert acc["checkpoint"]["tree_size"] == 11
     json.dumps(acc)
     pdf = export.accounting_pdf(acc)
     text = "".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages)
     assert "Accounting of disclosures" in text and "Second Opinion Center" in text
-    assert "auth-t1" in text
+    assert "auth-t1" in text and "tumor-board" in text
     with Session(filled) as s:
         empty = export.accounting(s, "0" * 64)
     assert empty["disclosures"] == []
