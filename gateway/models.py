@@ -200,7 +200,7 @@ class AuditTreeNode(Base):
 
     level: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     idx: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    hash: Mapped[str] = mapped_column(String(64))  # hex, like leaf_hash and root_hash
 
 
 class AuditCheckpoint(Base):

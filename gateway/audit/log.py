@@ -80,7 +80,7 @@ def _push(size: int, frontier: list[bytes], leaf: bytes, nodes: list[dict]) -> N
     while (size >> level) & 1:
         cur = merkle.node_hash(frontier.pop(), cur)
         level += 1
-        nodes.append({"level": level, "idx": size >> level, "hash": cur})
+        nodes.append({"level": level, "idx": size >> level, "hash": cur.hex()})
     frontier.append(cur)
 
 
@@ -144,7 +144,7 @@ WITH new_event AS (
           :patient_key, CAST(:detail AS json), :leaf_hash)
 ), new_nodes AS (
   INSERT INTO audit_tree_nodes (level, idx, hash)
-  SELECT * FROM unnest(CAST(:levels AS integer[]), CAST(:idxs AS bigint[]), CAST(:hashes AS bytea[]))
+  SELECT * FROM unnest(CAST(:levels AS integer[]), CAST(:idxs AS bigint[]), CAST(:hashes AS varchar[]))
 )
 UPDATE audit_log_head SET size = :size, frontier = CAST(:frontier AS json), last_at = :last_at
 WHERE id = 1
@@ -213,7 +213,7 @@ class StoredTree:
             for lv, i, h in self.session.execute(
                     select(NODES.c.level, NODES.c.idx, NODES.c.hash)
                     .where(tuple_(NODES.c.level, NODES.c.idx).in_(chunk))):
-                self._hashes[(lv, i)] = bytes(h)
+                self._hashes[(lv, i)] = bytes.fromhex(h)
         missing = want - self._hashes.keys()
         if missing and strict:
             raise NotFound(f"audit tree is missing {len(missing)} stored subtree hashes, "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 
 from gateway.models import Base
 
@@ -51,10 +51,19 @@ def pg_databases():
     dbs.close()
 
 
+def _sqlite_pragmas(dbapi_conn, _record):
+    """As the gateway opens SQLite: WAL, and wait for the write lock instead of failing."""
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
 @pytest.fixture
 def sqlite_engine(tmp_path):
     engine = create_engine(f"sqlite:///{tmp_path / 'gateway.db'}",
                            connect_args={"timeout": 30})
+    event.listen(engine, "connect", _sqlite_pragmas)
     Base.metadata.create_all(engine)
     yield engine
     engine.dispose()
