@@ -128,10 +128,12 @@ def checkpoint_at(session: Session, tree_size: int) -> dict:
     return to_dict(cp)
 
 
-def checkpoints_document(session: Session, *, jwks: dict | None = None) -> dict:
-    """Every checkpoint plus a consistency proof between each consecutive pair: what an
-    auditor downloads (and keeps) to verify an export offline."""
-    cps = list_checkpoints(session)
+def checkpoints_document(session: Session, *, since_size: int = 0, limit: int | None = None,
+                         jwks: dict | None = None) -> dict:
+    """Checkpoints (all, or from `since_size` on, at most `limit`) plus a consistency proof
+    between each consecutive pair: what an auditor downloads (and keeps) to verify an
+    export offline. An auditor who kept the previous document asks from its last size."""
+    cps = list_checkpoints(session, since_size=since_size, limit=limit)
     proofs = []
     for a, b in zip(cps, cps[1:]):
         try:

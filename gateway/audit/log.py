@@ -1,21 +1,20 @@
 """Appending to the audit log and reading its Merkle tree back from the database.
 
-An append, inside the caller's transaction:
+`record()` queues an event in the caller's session; when that transaction commits, just
+before COMMIT (SQLAlchemy's before_commit), the queued events are appended:
 1. `SELECT ... FROM audit_log_head FOR UPDATE` on PostgreSQL (a row lock), or an
    `UPDATE ... RETURNING` of that row on SQLite (the database write lock), takes the
-   log's lock until the caller commits or rolls back, so sequence numbers are gap-free
-   and in commit order under any number of writers; a rollback gives the numbers back
-   with everything else. (PostgreSQL at READ COMMITTED, its default: under REPEATABLE
-   READ a waiting writer gets a serialization error and must retry its transaction.)
-2. The event gets seq = size + 1, its canonical bytes and leaf hash.
+   log's lock until the COMMIT, so sequence numbers are gap-free and in commit order
+   under any number of writers; a failed commit gives the numbers back with everything
+   else. (PostgreSQL at READ COMMITTED, its default: under REPEATABLE READ a waiting
+   writer gets a serialization error and must retry its transaction.)
+2. Each event gets seq = size + 1, its canonical bytes and leaf hash.
 3. Perfect subtrees completed by the new leaf are inserted into audit_tree_nodes, and the
    head's frontier (hashes of the perfect subtrees along the right edge) is updated.
 So an append costs two statements on PostgreSQL (lock, then one statement writing the
 event, nodes and head), never a read of earlier nodes; any root or proof is O(log n)
-stored hashes.
-
-Because the head row stays locked until commit, call `record()` as late as practical in
-a transaction (after slow work), and keep auditing transactions short.
+stored hashes. The lock is the last one a transaction takes and is held only for those
+statements and the COMMIT, so auditing adds no deadlock and little waiting.
 """
 from __future__ import annotations
 
@@ -23,7 +22,7 @@ import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 
-from sqlalchemy import insert, select, text, tuple_, update
+from sqlalchemy import event, insert, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 
@@ -84,54 +83,110 @@ def _push(size: int, frontier: list[bytes], leaf: bytes, nodes: list[dict]) -> N
     frontier.append(cur)
 
 
+def _prepare(ev: dict) -> dict:
+    """Validate one event and put it in stored form (everything but seq, at and leaf)."""
+    if not ev.get("type") or not ev.get("actor"):
+        raise InvalidInput("an audit event needs a type and an actor")
+    return {"type": ev["type"], "actor": ev["actor"], "role": ev.get("role"),
+            "outcome": ev.get("outcome") or "success", "transfer_id": ev.get("transfer_id"),
+            "authorization_id": ev.get("authorization_id"), "patient_key": ev.get("patient_key"),
+            "detail": normalize_detail(ev.get("detail") or {}), "at": utcnow()}
+
+
 def append(session: Session, type: str, *, actor: str, role: str | None = None,
            outcome: str = "success", transfer_id: str | None = None,
            authorization_id: str | None = None, patient_key: str | None = None,
            detail: dict | None = None) -> AuditEvent:
-    """Append one event inside the caller's transaction (no commit here)."""
-    return append_many(session, [dict(type=type, actor=actor, role=role, outcome=outcome,
-                                      transfer_id=transfer_id, authorization_id=authorization_id,
-                                      patient_key=patient_key, detail=detail or {})],
-                       orm=True)[0]
+    """Queue one event in the caller's transaction; it is numbered and written when that
+    transaction commits (dropped if it, or the savepoint it was recorded in, rolls back).
+
+    The log's lock is thus taken last, just before COMMIT, and held only for the audit
+    writes: it never makes a transaction wait while it still takes other locks (no
+    deadlock through the log), and concurrent transactions race on their own rows as if
+    nothing were audited. The returned object gets its `seq` at commit.
+    """
+    row = _prepare(dict(type=type, actor=actor, role=role, outcome=outcome,
+                        transfer_id=transfer_id, authorization_id=authorization_id,
+                        patient_key=patient_key, detail=detail))
+    obj = AuditEvent(**row)
+    _hook(session)
+    if not session.in_transaction():
+        session.begin()  # so a close() without commit ends it and drops the queue
+    session.info.setdefault(_PENDING, []).append((obj, row, session.get_nested_transaction()))
+    return obj
 
 
-def append_many(session: Session, events: Sequence[dict], *, orm: bool = False) -> list:
-    """Append several events under one lock, in order. Each is a dict of `record()`'s
-    arguments with `detail` as a dict. Returns the AuditEvent objects when `orm`, else
-    the inserted rows as dicts (bulk path: no ORM objects for a million rows)."""
-    if not events:
-        return []
-    prepared = []
-    for ev in events:  # validate everything before taking the lock
-        if not ev.get("type") or not ev.get("actor"):
-            raise InvalidInput("an audit event needs a type and an actor")
-        prepared.append({"type": ev["type"], "actor": ev["actor"], "role": ev.get("role"),
-                         "outcome": ev.get("outcome") or "success",
-                         "transfer_id": ev.get("transfer_id"),
-                         "authorization_id": ev.get("authorization_id"),
-                         "patient_key": ev.get("patient_key"),
-                         "detail": normalize_detail(ev.get("detail") or {})})
+_PENDING = "gateway.audit.pending"
+_HOOKED = "gateway.audit.hooked"
+
+
+def _hook(session: Session) -> None:
+    if session.info.get(_HOOKED):
+        return
+    event.listen(session, "before_commit", _write_pending)
+    event.listen(session, "after_soft_rollback", _drop_rolled_back)
+    event.listen(session, "after_transaction_end", _forget_pending)
+    session.info[_HOOKED] = True
+
+
+def _write_pending(session: Session) -> None:
+    if session.get_nested_transaction() is not None:
+        return  # a savepoint is being released: its events wait for the real COMMIT
+    pending = session.info.pop(_PENDING, None)
+    if not pending:
+        return
+    rows = _append_rows(session, [row for _, row, _ in pending])
+    for (obj, _, _), row in zip(pending, rows):  # written; attach without a second INSERT
+        obj.seq, obj.at, obj.leaf_hash = row["seq"], row["at"], row["leaf_hash"]
+        make_transient_to_detached(obj)
+        session.add(obj)
+
+
+def _drop_rolled_back(session: Session, previous_transaction) -> None:
+    pending = session.info.get(_PENDING)
+    if not pending:
+        return
+    if not previous_transaction.nested:
+        session.info.pop(_PENDING, None)
+        return
+
+    def inside(tx) -> bool:
+        while tx is not None:
+            if tx is previous_transaction:
+                return True
+            tx = tx.parent
+        return False
+
+    session.info[_PENDING] = [p for p in pending if not inside(p[2])]
+
+
+def _forget_pending(session: Session, transaction) -> None:
+    if transaction.parent is None:  # the outermost transaction ended without committing them
+        session.info.pop(_PENDING, None)
+
+
+def append_many(session: Session, events: Sequence[dict]) -> list[dict]:
+    """Bulk path: append several events now, under the log's lock until the caller's
+    transaction ends, in order. Each is a dict of `record()`'s arguments with `detail` as
+    a dict. Returns the inserted rows (no ORM objects, for a million rows)."""
+    return _append_rows(session, [_prepare(ev) for ev in events]) if events else []
+
+
+def _append_rows(session: Session, prepared: list[dict]) -> list[dict]:
+    """Lock the log, number the prepared rows, hash them into the tree and write them."""
     size, frontier, last_at = lock_head(session, len(prepared))
-    now = utcnow()
-    at = max(now, last_at) if last_at else now  # times never go backwards along seq
     rows, nodes = [], []
     for n, row in enumerate(prepared):
+        if last_at and row["at"] < last_at:
+            row["at"] = last_at  # times never go backwards along seq
+        last_at = row["at"]
         row["seq"] = size + n + 1
-        row["at"] = at
         leaf = merkle.leaf_hash(canonical_bytes(row))
         row["leaf_hash"] = leaf.hex()
         _push(size + n, frontier, leaf, nodes)
         rows.append(row)
-    _write(session, rows, nodes, size + len(rows), frontier, at)
-    if not orm:
-        return rows
-    objs = []
-    for row in rows:  # the rows are written; hand back persistent objects without a re-insert
-        obj = AuditEvent(**row)
-        make_transient_to_detached(obj)
-        session.add(obj)
-        objs.append(obj)
-    return objs
+    _write(session, rows, nodes, size + len(rows), frontier, last_at)
+    return rows
 
 
 # record() on PostgreSQL: event, completed nodes and head in one statement (one round trip

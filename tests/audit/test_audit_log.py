@@ -104,16 +104,60 @@ def test_concurrent_writers_get_ordered_gap_free_numbers(engine):
         assert log.tree_head(s) == (100, tree.root())
 
 
-def test_append_many_and_record_interleave(engine):
+def test_append_many_now_and_record_at_commit(engine):
     with Session(engine) as s:
-        audit.record(s, "a", actor="x")
+        a = audit.record(s, "a", actor="x")
         rows = log.append_many(s, [{"type": "b", "actor": "y", "detail": {"i": i}} for i in range(300)])
-        audit.record(s, "c", actor="x")
+        c = audit.record(s, "c", actor="x")
+        assert a.seq is None  # numbered at commit
         s.commit()
-    assert [r["seq"] for r in rows] == list(range(2, 302))
+        assert (a.seq, c.seq) == (301, 302)
+        assert s.get(AuditEvent, 301) is a
+    assert [r["seq"] for r in rows] == list(range(1, 301))
     tree = recomputed_tree(engine)
     with Session(engine) as s:
         assert log.tree_head(s) == (302, tree.root())
+
+
+def test_savepoints_rollbacks_and_closed_sessions_drop_their_events(engine):
+    with Session(engine) as s:
+        audit.record(s, "kept.outer", actor="x")
+        with s.begin_nested():
+            audit.record(s, "kept.released", actor="x")
+        nested = s.begin_nested()
+        audit.record(s, "dropped.savepoint", actor="x")
+        with s.begin_nested():
+            audit.record(s, "dropped.inner", actor="x")
+        nested.rollback()
+        audit.record(s, "kept.after", actor="x")
+        s.commit()
+        audit.record(s, "dropped.rollback", actor="x")
+        s.rollback()
+        audit.record(s, "dropped.closed", actor="x")
+        s.close()
+        audit.record(s, "kept.reused", actor="x")  # a closed session can be used again
+        s.commit()
+    assert [e.type for e in all_events(engine)] == ["kept.outer", "kept.released", "kept.after",
+                                                    "kept.reused"]
+    recomputed_tree(engine)
+
+
+@pytest.mark.postgres
+def test_an_open_audited_transaction_blocks_no_one(pg_engine):
+    """The log's lock is taken at commit: while one audited transaction is open (its event
+    recorded, its rows written), another records, writes and commits without waiting."""
+    from sqlalchemy import text
+
+    with Session(pg_engine) as slow, Session(pg_engine) as fast:
+        audit.record(slow, "slow", actor="a")
+        slow.execute(text("SELECT 1"))
+        slow.flush()
+        fast.execute(text("SET lock_timeout = '3s'"))
+        audit.record(fast, "fast", actor="b")
+        fast.commit()  # would time out if `slow` held the log's lock
+        slow.commit()
+    assert [(e.seq, e.type) for e in all_events(pg_engine)] == [(1, "fast"), (2, "slow")]
+    recomputed_tree(pg_engine)
 
 
 def test_checkpoints_are_signed_unique_per_size_and_strictly_later(engine, log_key, tmp_path):
