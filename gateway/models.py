@@ -169,7 +169,7 @@ class ReceivedBundle(Base):
 
 
 class AuditEvent(Base):
-    """Append-only log of everything that happened (see gateway/audit.py).
+    """Append-only log of everything that happened (see gateway/audit/).
 
     Written in the same database transaction as the state change it records.
     Never updated or deleted.
@@ -188,6 +188,48 @@ class AuditEvent(Base):
     authorization_id: Mapped[str | None] = mapped_column(String(64), index=True)
     patient_key: Mapped[str | None] = mapped_column(String(64), index=True)  # hashed, not PHI
     detail: Mapped[dict] = mapped_column(JSON, default=dict)  # ids, counts, sizes, hashes only
+    # SHA-256(0x00 || canonical bytes of the event), hex: the event's Merkle leaf
+    leaf_hash: Mapped[str] = mapped_column(String(64))
 
 
 Index("ix_audit_events_at", AuditEvent.at)
+
+
+class AuditLogHead(Base):
+    """One row (id=1): the log's size and the right edge of its Merkle tree.
+
+    Every append updates this row first, which serializes writers (a row lock on
+    PostgreSQL, the write lock on SQLite) so sequence numbers are gap-free and ordered.
+    """
+
+    __tablename__ = "audit_log_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    frontier: Mapped[list] = mapped_column(JSON, default=list)  # hex hashes of perfect subtrees
+    last_at: Mapped[datetime | None]
+
+
+class AuditTreeNode(Base):
+    """A complete subtree hash of the audit log's Merkle tree (level >= 1; leaves are on
+    audit_events). Immutable once written, so proofs read O(log n) rows."""
+
+    __tablename__ = "audit_tree_nodes"
+
+    level: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(String(64))  # hex, like leaf_hash and root_hash
+
+
+class AuditCheckpoint(Base):
+    """A signed checkpoint (tree size, root hash, time) of the audit log."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tree_size: Mapped[int] = mapped_column(BigInteger, unique=True)
+    root_hash: Mapped[str] = mapped_column(String(64))
+    timestamp_ms: Mapped[int] = mapped_column(BigInteger, unique=True)
+    origin: Mapped[str] = mapped_column(String(255))
+    key_id: Mapped[str] = mapped_column(String(255))
+    signature: Mapped[str] = mapped_column(Text)  # base64 Ed25519 over the checkpoint body
