@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 13:09:58.435725
+Create Date: 2026-11-22 13:51:16.994137
 """
 from alembic import op
 import sqlalchemy as sa
@@ -27,6 +27,18 @@ def upgrade():
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('token_sha256')
     )
+    op.create_table('audit_checkpoints',
+    sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('tree_size', sa.BigInteger(), nullable=False),
+    sa.Column('root_hash', sa.String(length=64), nullable=False),
+    sa.Column('timestamp_ms', sa.BigInteger(), nullable=False),
+    sa.Column('origin', sa.String(length=255), nullable=False),
+    sa.Column('key_id', sa.String(length=255), nullable=False),
+    sa.Column('signature', sa.Text(), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('timestamp_ms'),
+    sa.UniqueConstraint('tree_size')
+    )
     op.create_table('audit_events',
     sa.Column('seq', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('at', gateway.models.UTCDateTime(timezone=True), nullable=False),
@@ -38,6 +50,7 @@ def upgrade():
     sa.Column('authorization_id', sa.String(length=64), nullable=True),
     sa.Column('patient_key', sa.String(length=64), nullable=True),
     sa.Column('detail', sa.JSON(), nullable=False),
+    sa.Column('leaf_hash', sa.String(length=64), nullable=False),
     sa.PrimaryKeyConstraint('seq')
     )
     with op.batch_alter_table('audit_events', schema=None) as batch_op:
@@ -47,6 +60,19 @@ def upgrade():
         batch_op.create_index(batch_op.f('ix_audit_events_transfer_id'), ['transfer_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_audit_events_type'), ['type'], unique=False)
 
+    op.create_table('audit_log_head',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('size', sa.BigInteger(), nullable=False),
+    sa.Column('frontier', sa.JSON(), nullable=False),
+    sa.Column('last_at', gateway.models.UTCDateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('id')
+    )
+    op.create_table('audit_tree_nodes',
+    sa.Column('level', sa.Integer(), autoincrement=False, nullable=False),
+    sa.Column('idx', sa.BigInteger(), autoincrement=False, nullable=False),
+    sa.Column('hash', sa.String(length=64), nullable=False),
+    sa.PrimaryKeyConstraint('level', 'idx')
+    )
     op.create_table('authorizations',
     sa.Column('id', sa.String(length=64), nullable=False),
     sa.Column('issuer', sa.String(length=255), nullable=False),
@@ -160,6 +186,8 @@ def downgrade():
     op.drop_table('transfers')
     op.drop_table('received_bundles')
     op.drop_table('authorizations')
+    op.drop_table('audit_tree_nodes')
+    op.drop_table('audit_log_head')
     with op.batch_alter_table('audit_events', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_audit_events_type'))
         batch_op.drop_index(batch_op.f('ix_audit_events_transfer_id'))
@@ -168,5 +196,6 @@ def downgrade():
         batch_op.drop_index('ix_audit_events_at')
 
     op.drop_table('audit_events')
+    op.drop_table('audit_checkpoints')
     op.drop_table('api_tokens')
     # ### end Alembic commands ###
