@@ -11,7 +11,7 @@ from celery import Celery
 
 from .config import Settings
 
-celery = Celery("records_gateway", include=["gateway.transfers"])
+celery = Celery("records_gateway", include=["gateway.transfers", "gateway.auditing"])
 
 
 def configure_celery(settings: Settings) -> Celery:
@@ -29,6 +29,8 @@ def configure_celery(settings: Settings) -> Celery:
         beat_schedule={
             "reconcile": {"task": "gateway.transfers.reconcile",
                           "schedule": settings.reconcile_interval_s},
+            "audit-checkpoint": {"task": "gateway.auditing.checkpoint",
+                                 "schedule": settings.checkpoint_interval_s},
         },
         timezone="UTC",
         task_default_queue=settings.queue,

@@ -312,6 +312,53 @@ def transfer_cancel(transfer_id: str, reason: str) -> None:
     click.echo(f"transfer {transfer_id} cancelled")
 
 
+# --- audit ---------------------------------------------------------------------------
+from .audit.cli import audit as audit_group  # noqa: E402  (`audit verify` needs no database)
+
+main.add_command(audit_group)
+
+
+@audit_group.command("checkpoint")
+def audit_checkpoint() -> None:
+    """Sign a checkpoint of the log now (the worker also does it periodically)."""
+    from .auditing import checkpoint_now
+
+    cp = checkpoint_now(_services(), actor="cli")
+    if cp is None:
+        raise GatewayError("the audit log is empty; nothing to checkpoint")
+    _out(cp)
+
+
+@audit_group.command("export")
+@click.option("--out", type=click.File("w"), default="-", help="File to write (default stdout).")
+@click.option("--fhir", is_flag=True, help="FHIR AuditEvents instead of log entries.")
+@click.option("--transfer", default=None)
+@click.option("--authorization", default=None)
+def audit_export(out, fhir: bool, transfer: str | None, authorization: str | None) -> None:
+    """Export events with inclusion proofs as NDJSON, for `audit verify`."""
+    from .audit import export
+    from .auditing import identity
+
+    svc = _services()
+    filters = {k: v for k, v in {"transfer_id": transfer, "authorization_id": authorization}.items() if v}
+    with svc.db.session() as s:
+        n = export.write_ndjson(s, out, fhir=fhir, me=identity(svc), **filters)
+    click.echo(f"{n} event(s) exported", err=True)
+
+
+@audit_group.command("checkpoints")
+@click.option("--out", type=click.File("w"), default="-")
+def audit_checkpoints(out) -> None:
+    """Write the checkpoint document (checkpoints, consistency proofs, public keys)."""
+    from .audit import checkpoints
+
+    svc = _services()
+    with svc.db.session() as s:
+        doc = checkpoints.checkpoints_document(s, jwks=svc.keys.jwks())
+    json.dump(doc, out, indent=1)
+    click.echo(f"{len(doc['checkpoints'])} checkpoint(s)", err=True)
+
+
 @main.command()
 @click.option("--keep", is_flag=True, help="Keep the temporary data dir and print its path.")
 def demo(keep: bool) -> None:

@@ -82,6 +82,7 @@ class Settings(BaseSettings):
     retry: RetryConfig = Field(default_factory=RetryConfig)
     step_lease_s: float = 300.0  # a step not finished by then is taken over
     reconcile_interval_s: float = 30.0
+    checkpoint_interval_s: float = 300.0  # how often the audit log's tree head is signed
     max_body_bytes: int = 512 * 1024 * 1024
     http_timeout_s: float = 60.0
     log_level: str = "INFO"

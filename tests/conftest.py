@@ -93,7 +93,7 @@ def sender_config(tmp_path, trust_file, receiver_url, drop_dir) -> dict:
         "peers": {"center": {"base_url": receiver_url, "organization": RECEIVER_ORG,
                              "token_file": str(data / "peer-token")}},
         "retry": {"base_delay_s": 0.2, "max_delay_s": 1.0, "max_attempts": 1000},
-        "step_lease_s": 5, "reconcile_interval_s": 1,
+        "step_lease_s": 5, "reconcile_interval_s": 1, "checkpoint_interval_s": 1,
     }
 
 

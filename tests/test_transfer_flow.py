@@ -131,6 +131,16 @@ def test_pdfs_reach_the_receiver_with_a_verified_receipt(stack, claims_for, sign
             [e.type for e in stack.events("transfer.receipt.verified")]
     assert types == ["transfer.pull.finished", "transfer.receipt.verified"]
     assert stack.events("transfer.pull.finished")[0].detail["items"] == 3
+    # the worker's beat signs checkpoints of the log with the gateway's key
+    from gateway.audit.checkpoints import latest_checkpoint
+    svc = stack.app.extensions["gateway"]
+
+    def checkpoint():
+        with svc.db.session() as s:
+            return latest_checkpoint(s)
+
+    cp = wait_until(checkpoint, 30, 0.2, "a periodic audit checkpoint")
+    assert cp["key_id"] == svc.keys.current().kid and cp["tree_size"] > 0
 
 
 def test_recipient_down_and_worker_killed_still_delivers_once(stack, claims_for, sign, drop_dir):

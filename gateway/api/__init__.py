@@ -27,9 +27,10 @@ def operation_outcome(status: int, message: str, code: str | None = None):
 
 
 def register(app: Flask, mode: str) -> None:
-    from . import authorizations, inbox, meta, transfers, receive
+    from . import audit, authorizations, inbox, meta, receive, transfers
 
     app.register_blueprint(meta.bp)
+    app.register_blueprint(audit.bp)
     if mode in ("send", "both"):
         app.register_blueprint(authorizations.bp)
         app.register_blueprint(transfers.bp)

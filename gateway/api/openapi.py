@@ -46,6 +46,15 @@ SUMMARIES = {
     "transfers.cancel": "Cancel a transfer",
     "receive.transaction": "Receive a transaction Bundle from a peer gateway; answers with a signed receipt",
     "inbox.index": "Bundles received (recipient role)",
+    "audit.events": "Audit events by patient, transfer, authorization, actor, type, time, with inclusion proofs",
+    "audit.chain": "A transfer's whole chain of events, each with its inclusion proof",
+    "audit.export_events": "Export events as NDJSON, FHIR AuditEvent NDJSON, or a FHIR Bundle",
+    "audit.accounting": "Accounting of disclosures for one patient (JSON or PDF)",
+    "audit.checkpoint_list": "Signed checkpoints with consistency proofs and the public keys",
+    "audit.checkpoint_latest": "The latest signed checkpoint",
+    "audit.checkpoint_create": "Sign a checkpoint now",
+    "audit.consistency": "Consistency proof between two tree sizes",
+    "audit.inclusion": "Inclusion proof of one event",
     "inbox.bundle": "One received bundle (audited read)",
 }
 
