@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import create_engine, text
 
 from gateway.authorizations import example_claims, new_issuer_key, sign_authorization
 from gateway.blobstore import new_master_key
 from gateway.trust import trust_document
 
-from tests.helpers import (ISSUER, PG_ADMIN, RECEIVER_ORG, SENDER_ORG, GatewayProcess, bearer,
-                           free_port, make_token)
+from tests.helpers import (ISSUER, RECEIVER_ORG, SENDER_ORG, GatewayProcess, bearer, free_port,
+                           make_token, throwaway_database)
 
 
 @pytest.fixture
@@ -140,13 +139,7 @@ def operator(app) -> dict:
 @pytest.fixture
 def pg_url():
     """A throwaway PostgreSQL database, dropped afterwards."""
-    name = f"gw_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with throwaway_database() as url:
+        yield url
 
 

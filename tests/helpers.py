@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -117,3 +118,25 @@ def write_pdfs(folder: Path, count: int = 3, patient: dict | None = None) -> dic
         out[hashlib.sha256(path.read_bytes()).hexdigest()] = path.name
     staging.rename(folder)
     return out
+
+
+@contextlib.contextmanager
+def throwaway_database(prefix: str = "gw_test"):
+    """Create a PostgreSQL database on the test server; yield its URL; drop it."""
+    from sqlalchemy import create_engine, text
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        admin.dispose()
+        raise AssertionError(f"PostgreSQL is not reachable at {PG_ADMIN} (tests/run.sh starts it): "
+                             f"{type(exc).__name__}") from None
+    try:
+        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
