@@ -32,6 +32,9 @@ def register(app: Flask, mode: str) -> None:
     app.register_blueprint(meta.bp)
     app.register_blueprint(audit.bp)
     if mode in ("send", "both"):
+        from ..web import bp as dashboard
+
+        app.register_blueprint(dashboard)
         app.register_blueprint(authorizations.bp)
         app.register_blueprint(transfers.bp)
     if mode in ("receive", "both"):

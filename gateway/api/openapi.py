@@ -35,6 +35,7 @@ SUMMARIES = {
     "meta.health": "Liveness and database check",
     "meta.jwks": "The gateway's public signing keys (JWKS)",
     "meta.openapi": "This document",
+    "web.dashboard": "Operator dashboard (HTML; reads the API with the user's token)",
     "authorizations.create": "Import a signed release authorization (verified before it is stored)",
     "authorizations.index": "List authorizations",
     "authorizations.show": "One authorization with its claims and Consent (audited read)",
