@@ -1,0 +1,248 @@
+"""Page work on fax files: render, find QR codes, read text, OCR, assemble the PDF.
+
+Runs inside the sandbox child only (see fax_sandbox); every limit here is a second
+line of defence behind the child's rlimits. PDFs go through pypdfium2, TIFFs through
+Pillow; TIFF -> PDF is img2pdf (CCITT G3/G4 data is embedded as is, so lossless).
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from .fax_cover import decode_payloads, looks_like_cover_payload
+from .fax_sandbox import FileRejected, phone_like
+
+_MIN_TEXT = 20  # fewer non-space characters than this is "no text layer"
+
+
+def analyze_file(request: dict) -> dict:
+    limits = request["limits"]
+    out = Path(request["out"])
+    path = Path(request["path"])
+    if request["type"] == "pdf":
+        doc = _open_pdf(path, limits)
+        try:
+            pages = len(doc)
+            encrypted = _pdf_encrypted(doc)
+            images = [_render_pdf_page(doc, i, limits) for i in range(min(pages, limits["scan_pages"]))]
+            layer = [_pdf_text(doc, i) for i in range(min(pages, limits["text_pages"]))]
+        finally:
+            doc.close()
+        fax_number = None
+    else:
+        frames, fax_number = _tiff_frames(path, limits)
+        pages, encrypted, layer = len(frames), False, []
+        images = [_square(frames[i]) for i in range(min(pages, limits["scan_pages"]))]
+
+    codes = []
+    for index, image in enumerate(images):
+        for text in decode_payloads(image):
+            codes.append({"page": index, "text": text[:512]})
+
+    text, source = layer, "layer"
+    if sum(len("".join(t.split())) for t in layer) < _MIN_TEXT:
+        text, source = [], "none"
+        if not any(looks_like_cover_payload(c["text"]) for c in codes):
+            if request["type"] == "tiff":
+                ocr_images = [_square(frames[i]) for i in range(min(pages, limits["ocr_pages"]))]
+            else:
+                ocr_images = images[:limits["ocr_pages"]]
+            if shutil.which("tesseract") is None:
+                source = "ocr-unavailable"
+            else:
+                text = [_ocr(img, limits) for img in ocr_images]
+                source = "ocr" if any(t.strip() for t in text) else "none"
+
+    preview = None
+    if images:
+        first = images[0].convert("L")
+        first.thumbnail((850, 1100))
+        first.save(out / "preview.png", format="PNG")
+        preview = "preview.png"
+    return {"type": request["type"], "pages": pages, "codes": codes, "text": text,
+            "text_source": source, "fax_number": fax_number, "encrypted": encrypted,
+            "preview": preview}
+
+
+def build_file(request: dict) -> dict:
+    limits = request["limits"]
+    path = Path(request["path"])
+    target = Path(request["out"]) / "document.pdf"
+    drop = set(request["drop"])
+    if request["type"] == "pdf":
+        doc = _open_pdf(path, limits)
+        try:
+            count = len(doc)
+            keep = [i for i in range(count) if i not in drop]
+            if not keep:
+                raise FileRejected("no-pages", "nothing left once the cover sheet is removed")
+            if not drop and not _pdf_encrypted(doc):
+                shutil.copyfile(path, target)
+            else:
+                import pypdfium2 as pdfium
+
+                new = pdfium.PdfDocument.new()
+                new.import_pages(doc, keep)
+                with open(target, "wb") as fh:
+                    new.save(fh)
+                new.close()
+        finally:
+            doc.close()
+    else:
+        import img2pdf
+
+        frames, _ = _tiff_frames(path, limits)
+        keep = [i for i in range(len(frames)) if i not in drop]
+        if not keep:
+            raise FileRejected("no-pages", "nothing left once the cover sheet is removed")
+        if not drop:
+            data = img2pdf.convert(str(path), rotation=img2pdf.Rotation.ifvalid)
+        else:
+            data = img2pdf.convert([_frame_bytes(frames[i]) for i in keep],
+                                   rotation=img2pdf.Rotation.ifvalid)
+        target.write_bytes(data)
+    return {"path": str(target), "pages": len(keep), "removed": sorted(drop)}
+
+
+# ---- PDF ----------------------------------------------------------------------------
+
+
+def _open_pdf(path: Path, limits: dict):
+    import pypdfium2 as pdfium
+
+    with open(path, "rb") as fh:
+        fh.seek(max(0, os.fstat(fh.fileno()).st_size - 2048))
+        tail = fh.read()
+    if b"%%EOF" not in tail:
+        raise FileRejected("truncated", "PDF has no %%EOF marker at its end")
+    try:
+        doc = pdfium.PdfDocument(str(path))
+    except pdfium.PdfiumError as exc:
+        message = str(exc).lower()
+        if "password" in message:
+            raise FileRejected("encrypted", "PDF needs a password") from None
+        raise FileRejected("unreadable", f"PDF does not open: {str(exc)[:120]}") from None
+    pages = len(doc)
+    if pages == 0:
+        doc.close()
+        raise FileRejected("no-pages", "PDF has no pages")
+    if pages > limits["max_pages"]:
+        doc.close()
+        raise FileRejected("too-many-pages", f"{pages} pages is over the {limits['max_pages']} limit")
+    return doc
+
+
+def _pdf_encrypted(doc) -> bool:
+    import pypdfium2.raw as raw
+
+    return raw.FPDF_GetSecurityHandlerRevision(doc.raw) != -1
+
+
+def _render_pdf_page(doc, index: int, limits: dict):
+    page = doc[index]
+    try:
+        width, height = page.get_size()
+        inches = max(width, height) / 72
+        if width <= 0 or height <= 0 or inches > limits["max_page_inches"]:
+            raise FileRejected("absurd-size", f"page {index + 1} is {width:.0f} x {height:.0f} pt")
+        scale = limits["render_dpi"] / 72
+        pixels = width * height * scale * scale
+        if pixels > limits["max_pixels"]:
+            scale *= (limits["max_pixels"] / pixels) ** 0.5
+        return page.render(scale=scale, grayscale=True).to_pil().convert("L")
+    finally:
+        page.close()
+
+
+def _pdf_text(doc, index: int) -> str:
+    page = doc[index]
+    try:
+        textpage = page.get_textpage()
+        try:
+            return textpage.get_text_bounded()[:20000]
+        finally:
+            textpage.close()
+    finally:
+        page.close()
+
+
+# ---- TIFF ---------------------------------------------------------------------------
+
+
+def _tiff_frames(path: Path, limits: dict):
+    """Every frame decoded (so a truncated file fails here), with dimension checks."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = limits["max_pixels"]
+    frames = []
+    fax_number = None
+    try:
+        with Image.open(path) as img:
+            description = img.tag_v2.get(270) if hasattr(img, "tag_v2") else None
+            fax_number = phone_like(description if isinstance(description, str) else None)
+            index = 0
+            while True:
+                width, height = img.size
+                if width * height > limits["max_pixels"] or width <= 0 or height <= 0:
+                    raise FileRejected("absurd-size", f"frame {index + 1} is {width} x {height} pixels")
+                img.load()
+                frame = img.copy()
+                frame.info["dpi"] = img.info.get("dpi", (204, 196))
+                frames.append(frame)
+                index += 1
+                if index > limits["max_pages"]:
+                    raise FileRejected("too-many-pages", f"over {limits['max_pages']} frames")
+                try:
+                    img.seek(index)
+                except EOFError:
+                    break
+    except FileRejected:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise FileRejected("absurd-size", str(exc)[:160]) from None
+    except (OSError, ValueError, SyntaxError, IndexError, KeyError, TypeError) as exc:
+        raise FileRejected("unreadable", f"TIFF does not decode: {str(exc)[:120]}") from None
+    if not frames:
+        raise FileRejected("no-pages", "TIFF has no frames")
+    return frames, fax_number
+
+
+def _square(frame):
+    """A fax frame resampled to square pixels (standard resolution is 204 x 98 dpi)."""
+    from PIL import Image
+
+    xdpi, ydpi = (float(v) for v in frame.info.get("dpi", (204, 196)))
+    img = frame.convert("L")
+    if xdpi > 0 and ydpi > 0 and abs(xdpi / ydpi - 1) > 0.1:
+        img = img.resize((img.width, max(1, round(img.height * xdpi / ydpi))), Image.NEAREST)
+    return img
+
+
+def _frame_bytes(frame) -> bytes:
+    """One frame as a lossless single image img2pdf accepts (G4 TIFF for 1-bit, else PNG)."""
+    buf = io.BytesIO()
+    dpi = tuple(float(v) for v in frame.info.get("dpi", (204, 196)))
+    if frame.mode == "1":
+        frame.save(buf, format="TIFF", compression="group4", dpi=dpi)
+    else:
+        frame.save(buf, format="PNG", dpi=dpi)
+    return buf.getvalue()
+
+
+# ---- OCR ----------------------------------------------------------------------------
+
+
+def _ocr(image, limits: dict) -> str:
+    """Tesseract (Debian's tesseract-ocr) on one page image; '' when it gives nothing in time."""
+    buf = io.BytesIO()
+    image.convert("L").save(buf, format="PNG", dpi=(limits["render_dpi"], limits["render_dpi"]))
+    try:
+        done = subprocess.run(["tesseract", "stdin", "stdout", "--psm", "3", "-l", "eng"],
+                              input=buf.getvalue(), capture_output=True,
+                              timeout=limits["ocr_seconds"], check=False)
+    except subprocess.TimeoutExpired:
+        return ""
+    return done.stdout.decode("utf-8", "replace")[:20000]
