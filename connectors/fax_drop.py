@@ -1,0 +1,355 @@
+"""Fax/PDF drop folder: take each received fax, match it to its transfer, lose none.
+
+Two halves, sharing one `FaxStore` (see fax_store for the on-disk states):
+
+* `FaxIngestor` watches the drop folder, claims each file once it is complete (size
+  and mtime unchanged for `settle_seconds`), parses it in the sandbox, matches it
+  (cover code, sidecar, text; see fax_match) and files it under matched/, review/ or
+  quarantine/. The gateway runs it in a long-lived process (`run`) or a periodic task
+  (`scan_once`), passing a callable that lists the open transfers.
+* `FaxDropConnector.fetch(query)` yields the matched faxes of one transfer as
+  `RawRecord(kind="fax", media_type="application/pdf")`; a fax whose origin the
+  gateway reports in `query.already_fetched` moves to done/.
+
+`RawRecord.metadata` of a fax::
+
+    transfer_id   the transfer it belongs to
+    match         "qr" | "sidecar" | "text" | "review" (assigned by a person)
+    fax_id        our id of the fax (also in origin, "fax:<fax_id>")
+    pages         page count of the delivered PDF (cover sheet pages removed)
+    cover_pages_removed  0-based pages of the received file that were removed
+    fax_number    sending fax number when known (sidecar, TIFF description), else None
+    received_at   ISO 8601 UTC (the drop file's modification time)
+    original_media_type, original_sha256, original_size   the file as received
+
+Sidecar: a JSON object next to the fax, named ``<name>.json`` or ``<stem>.json``, with
+any of transfer_id, request_id, patient_name, birth_date, fax_number (or from,
+caller_id, remote_id); it is claimed together with its fax.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import stat
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from .base import Connector, ConnectorError, RawRecord, RecordQuery, SourceUnavailable, Progress, hash_file, safe_name
+from .fax_cover import parse_cover_payload
+from .fax_match import Evidence, MatchResult, TransferDescriptor, match_fax
+from .fax_sandbox import FileRejected, Limits, analyze, build, phone_like
+from .fax_store import FaxStore, StoreBusy, display_name, read_json, write_json
+from .fax_watch import FolderWatcher
+
+log = logging.getLogger(__name__)
+
+DOCUMENT_SUFFIXES = (".pdf", ".tif", ".tiff")
+SIDECAR_MAX = 64 * 1024
+_SIDECAR_FIELDS = {"transfer_id": "transfer_id", "request_id": "request_id", "patient_name": "patient_name",
+                   "birth_date": "birth_date", "fax_number": "fax_number", "from": "fax_number",
+                   "caller_id": "fax_number", "remote_id": "fax_number"}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one fax in a pass (ids and codes only, no patient data)."""
+
+    fax_id: str
+    state: str  # "matched", "review", "quarantine" or "claimed" (retry later)
+    transfer_id: str | None = None
+    method: str | None = None
+    reason: str | None = None
+
+
+def hostile_reason(raw: bytes) -> str | None:
+    """Why a drop-folder name is refused, or None when it is a plain name."""
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "name is not valid UTF-8"
+    if ".." in name:
+        return "name contains '..'"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "name contains control characters (newline, tab, ...)"
+    if safe_name(name) is None:
+        return "name is not a plain file name"
+    return None
+
+
+def read_sidecar(path: Path) -> dict:
+    """Known fields of a sidecar JSON file, validated; {} when it is unusable."""
+    try:
+        with open(path, "rb") as fh:
+            data = json.loads(fh.read(SIDECAR_MAX + 1)[:SIDECAR_MAX])
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    out = {}
+    for key, field in _SIDECAR_FIELDS.items():
+        value = data.get(key)
+        if isinstance(value, (str, int)) and field not in out and 0 < len(str(value)) <= 200:
+            out[field] = str(value).strip()
+    if "fax_number" in out and not phone_like(out["fax_number"]):
+        del out["fax_number"]
+    return out
+
+
+class FaxIngestor:
+    """Claims, parses, matches and files every fax dropped into `drop`."""
+
+    def __init__(self, drop: Path, store: FaxStore, cover_key: bytes,
+                 open_transfers: Callable[[], Sequence[TransferDescriptor]],
+                 limits: Limits = Limits(), settle_seconds: float = 2.0,
+                 empty_settle_seconds: float = 30.0, on_result: Callable[[Outcome], None] | None = None):
+        self.drop = Path(drop)
+        self.store = store
+        self.cover_key = cover_key
+        self.open_transfers = open_transfers
+        self.limits = limits
+        self.settle_seconds = settle_seconds
+        self.empty_settle_seconds = empty_settle_seconds
+        self.on_result = on_result or (lambda outcome: None)
+        self._seen: dict[bytes, tuple[int, int, float]] = {}
+
+    # ---- one pass -----------------------------------------------------------------
+
+    def scan_once(self) -> list[Outcome]:
+        """Recover, claim every complete file, process every claimed fax. Returns outcomes.
+
+        Raises StoreBusy when another ingestor holds the store.
+        """
+        with self.store.locked():
+            self.store.recover(self.drop)
+            for raw, sidecar in self._complete_files():
+                try:
+                    self.store.claim(self.drop, raw, {"hostile": hostile_reason(raw)}, sidecar)
+                except FileNotFoundError:
+                    continue  # taken away meanwhile
+            outcomes = []
+            for fax_id in self.store.ids("claimed"):
+                outcome = self._process(fax_id)
+                outcomes.append(outcome)
+                self.on_result(outcome)
+            return outcomes
+
+    def run(self, stop: threading.Event, poll_seconds: float = 10.0, use_inotify: bool = True) -> None:
+        """Process faxes until `stop` is set; survives errors of single files and busy stores."""
+        watcher = FolderWatcher(self.drop, use_inotify=use_inotify)
+        log.info("fax ingest watching (%s)", watcher.mode)
+        try:
+            while not stop.is_set():
+                try:
+                    self.scan_once()
+                except StoreBusy:
+                    pass
+                except OSError as exc:
+                    log.warning("fax ingest pass failed: %s", type(exc).__name__)
+                wait = min(poll_seconds, self.settle_seconds) if self._seen else poll_seconds
+                if stop.is_set():
+                    break
+                watcher.wait(max(0.05, wait), stop)
+        finally:
+            watcher.close()
+
+    # ---- completeness -----------------------------------------------------------------
+
+    def _complete_files(self) -> list[tuple[bytes, bytes | None]]:
+        now = time.monotonic()
+        names = os.listdir(os.fsencode(self.drop))
+        present = set(names)
+        ready: list[tuple[bytes, bytes | None]] = []
+        sidecars = {n for n in names if n.lower().endswith(b".json")}
+        for raw in names:
+            if raw.startswith(b".") and b".." not in raw:
+                continue  # hidden: a fax server's temporary file, renamed when complete
+            if raw in sidecars and hostile_reason(raw) is None:
+                continue  # taken with its document
+            try:
+                st = os.lstat(os.path.join(os.fsencode(self.drop), raw))
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                continue
+            key = (st.st_size, st.st_mtime_ns)
+            seen = self._seen.get(raw)
+            if seen is None or seen[:2] != key:
+                self._seen[raw] = (*key, now)
+                continue
+            needed = self.empty_settle_seconds if st.st_size == 0 else self.settle_seconds
+            if not stat.S_ISREG(st.st_mode):
+                needed = 0
+            if now - seen[2] < needed:
+                continue
+            del self._seen[raw]
+            ready.append((raw, self._sidecar_for(raw, sidecars)))
+        for raw in list(self._seen):
+            if raw not in present:
+                del self._seen[raw]
+        return ready
+
+    @staticmethod
+    def _sidecar_for(raw: bytes, sidecars: set[bytes]) -> bytes | None:
+        stem, dot, _ = raw.rpartition(b".")
+        for candidate in (raw + b".json", (stem if dot else raw) + b".json"):
+            if candidate in sidecars and candidate != raw:
+                return candidate
+        return None
+
+    # ---- processing ---------------------------------------------------------------------
+
+    def _process(self, fax_id: str) -> Outcome:
+        folder = self.store.path("claimed", fax_id)
+        work = self.store.path("work", fax_id)
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        try:
+            meta = read_json(folder / "meta.json")
+            if meta.get("hostile"):
+                raise FileRejected("hostile-name", meta["hostile"])
+            st = os.lstat(folder / "original")
+            if not stat.S_ISREG(st.st_mode):
+                raise FileRejected("not-a-file", "not a regular file (link, FIFO or device)")
+            outcome = self._match_and_build(fax_id, folder, work, meta)
+        except FileRejected as exc:
+            self.store.quarantine(fax_id, "claimed", exc.reason, exc.detail)
+            log.info("fax %s quarantined: %s", fax_id, exc.reason)
+            outcome = Outcome(fax_id, "quarantine", reason=exc.reason)
+        except OSError as exc:
+            log.warning("fax %s left claimed for a retry: %s", fax_id, type(exc).__name__)
+            outcome = Outcome(fax_id, "claimed", reason=type(exc).__name__)
+        except Exception as exc:  # a bug must not stop the other faxes
+            log.exception("fax %s: unexpected error", fax_id)
+            self.store.quarantine(fax_id, "claimed", "internal-error", type(exc).__name__)
+            outcome = Outcome(fax_id, "quarantine", reason="internal-error")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return outcome
+
+    def _match_and_build(self, fax_id: str, folder: Path, work: Path, meta: dict) -> Outcome:
+        original = folder / "original"
+        analysis = analyze(original, work, self.limits)
+        codes, pages = [], []
+        for found in analysis.codes:
+            code = parse_cover_payload(found["text"], self.cover_key)
+            if code is not None:
+                codes.append(code)
+                pages.append(found["page"])
+        sidecar = read_sidecar(folder / "sidecar") if (folder / "sidecar").exists() else {}
+        evidence = Evidence(tuple(codes), tuple(pages), sidecar or None, tuple(analysis.text),
+                            analysis.text_source)
+        result = match_fax(evidence, list(self.open_transfers()))
+        drop_pages = list(result.cover_pages)
+        reasons = list(result.reasons)
+        if len(drop_pages) >= analysis.pages:
+            drop_pages = []
+            result = MatchResult(None, "review", tuple(reasons) + ("the fax holds only the cover sheet",),
+                                 result.candidates or ((result.transfer_id,) if result.transfer_id else ()))
+        built = build(original, work, drop_pages, self.limits)
+        doc_sha, doc_size = hash_file(Path(built.path))
+        orig_sha, orig_size = hash_file(original)
+        received = datetime.fromtimestamp(meta["source_mtime_ns"] / 1e9, timezone.utc)
+        for name in ("document.pdf", "preview.png"):
+            if (work / name).exists():
+                os.replace(work / name, folder / name)
+        state = "matched" if result.automatic else "review"
+        write_json(folder / "result.json", {
+            "decision": "matched" if result.automatic else "pending",
+            "transfer_id": result.transfer_id, "match": result.method, "reasons": list(result.reasons),
+            "candidates": list(result.candidates), "cover_pages_removed": drop_pages,
+            "pages": built.pages, "received_pages": analysis.pages, "sha256": doc_sha, "size": doc_size,
+            "original_sha256": orig_sha, "original_size": orig_size,
+            "original_media_type": "application/pdf" if analysis.type == "pdf" else "image/tiff",
+            "fax_number": sidecar.get("fax_number") or analysis.fax_number,
+            "received_at": received.isoformat(), "text_source": analysis.text_source,
+        })
+        self.store.move(fax_id, "claimed", state)
+        log.info("fax %s -> %s (%s, %d pages, sha256 %s)", fax_id, state, result.method, built.pages, doc_sha[:12])
+        return Outcome(fax_id, state, result.transfer_id, result.method)
+
+
+class FaxDropConnector(Connector):
+    """Yields the matched faxes of a transfer. Options: drop (folder), store (folder),
+    cover_key_file (HMAC key for cover codes; needed only to ingest)."""
+
+    name = "fax-drop"
+    transient_errors = (SourceUnavailable,)
+
+    def __init__(self, source, options, workdir, progress=None):
+        super().__init__(source, options, workdir, progress)
+        try:
+            self.drop = Path(options["drop"])
+            self.store_root = Path(options["store"])
+        except KeyError as exc:
+            raise ConnectorError(f"fax-drop source {source!r}: option {exc.args[0]!r} is required") from None
+        self._store: FaxStore | None = None
+
+    @property
+    def store(self) -> FaxStore:
+        if self._store is None:
+            self._store = FaxStore(self.store_root)
+        return self._store
+
+    def check(self) -> None:
+        for label, folder in (("drop", self.drop), ("store", self.store_root)):
+            if not folder.is_dir():
+                raise SourceUnavailable(f"fax-drop {label} folder {folder} does not exist")
+            if not os.access(folder, os.R_OK | os.W_OK | os.X_OK):
+                raise SourceUnavailable(f"fax-drop {label} folder {folder} is not readable and writable")
+        self.store  # creates the state folders
+
+    def cover_key(self) -> bytes:
+        path = self.options.get("cover_key_file")
+        if not path:
+            raise ConnectorError(f"fax-drop source {self.source!r}: option 'cover_key_file' is required to ingest")
+        return Path(path).read_bytes().strip()
+
+    def ingestor(self, open_transfers: Callable[[], Sequence[TransferDescriptor]], **kwargs) -> FaxIngestor:
+        return FaxIngestor(self.drop, self.store, self.cover_key(), open_transfers, **kwargs)
+
+    def review_queue(self):
+        from .fax_review import ReviewQueue
+
+        return ReviewQueue(self.store)
+
+    def fetch(self, query: RecordQuery) -> Iterator[RawRecord]:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        done = 0
+        for fax_id in self.store.ids("matched"):
+            folder = self.store.path("matched", fax_id)
+            try:
+                result = read_json(folder / "result.json")
+            except (OSError, ValueError):
+                continue
+            if result.get("transfer_id") != query.transfer_id:
+                continue
+            origin = f"fax:{fax_id}"
+            if origin in query.already_fetched:
+                self.store.move(fax_id, "matched", "done")
+                continue
+            target = self.workdir / f"{fax_id}.pdf"
+            if target.exists():
+                target.unlink()
+            try:
+                os.link(folder / "document.pdf", target)
+            except OSError:
+                shutil.copyfile(folder / "document.pdf", target)
+            sha, size = hash_file(target)
+            if sha != result["sha256"]:
+                raise ConnectorError(f"fax {fax_id}: stored document does not match its sha256")
+            done += 1
+            self.progress(Progress(done=done, bytes=size, message=f"fax {fax_id}"))
+            yield RawRecord(
+                source=self.source, kind="fax", media_type="application/pdf", path=target,
+                sha256=sha, size=size, origin=origin,
+                metadata={"transfer_id": result["transfer_id"], "match": result["match"], "fax_id": fax_id,
+                          "pages": result["pages"], "cover_pages_removed": result["cover_pages_removed"],
+                          "fax_number": result.get("fax_number"), "received_at": result["received_at"],
+                          "original_media_type": result["original_media_type"],
+                          "original_sha256": result["original_sha256"], "original_size": result["original_size"]})
