@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -113,11 +114,13 @@ def build_file(request: dict) -> dict:
 def _open_pdf(path: Path, limits: dict):
     import pypdfium2 as pdfium
 
-    with open(path, "rb") as fh:
-        fh.seek(max(0, os.fstat(fh.fileno()).st_size - 2048))
-        tail = fh.read()
-    if b"%%EOF" not in tail:
+    data = path.read_bytes()
+    if b"%%EOF" not in data[-2048:]:
         raise FileRejected("truncated", "PDF has no %%EOF marker at its end")
+    depth = _max_nesting(data)
+    if depth > limits["max_nesting"]:
+        raise FileRejected("too-deep", f"objects nested {depth} levels deep")
+    del data
     try:
         doc = pdfium.PdfDocument(str(path))
     except pdfium.PdfiumError as exc:
@@ -133,6 +136,24 @@ def _open_pdf(path: Path, limits: dict):
         doc.close()
         raise FileRejected("too-many-pages", f"{pages} pages is over the {limits['max_pages']} limit")
     return doc
+
+
+_STREAM_RE = re.compile(rb"stream\r?\n.*?endstream", re.S)
+_NEST_RE = re.compile(rb"<<|>>|\[|\]")
+
+
+def _max_nesting(data: bytes) -> int:
+    """Deepest nesting of arrays and dictionaries outside streams (a bomb's signature:
+    PDFium caps its own recursion and silently drops what lies deeper)."""
+    depth = deepest = 0
+    for part in _STREAM_RE.split(data):
+        for token in _NEST_RE.finditer(part):
+            if token.group() in (b"<<", b"["):
+                depth += 1
+                deepest = max(deepest, depth)
+            else:
+                depth = max(0, depth - 1)
+    return deepest
 
 
 def _pdf_encrypted(doc) -> bool:

@@ -38,6 +38,7 @@ class Limits:
     max_pages: int = 2000
     max_pixels: int = 60_000_000  # one page or TIFF frame (a fax page is ~4 Mpx)
     max_page_inches: float = 200.0
+    max_nesting: int = 100  # arrays/dictionaries inside each other (PDF bombs nest thousands deep)
     scan_pages: int = 2  # first pages searched for a cover code
     text_pages: int = 3  # first pages whose text is matched
     ocr_pages: int = 2  # first pages OCR'd when there is no text layer
@@ -174,8 +175,11 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 def _child_main() -> None:
     request = json.loads(sys.stdin.buffer.read())
+    # run as __main__, this module's FileRejected is not the one fax_pages raises
+    from connectors.fax_sandbox import FileRejected
+
     try:
-        from . import fax_pages
+        from connectors import fax_pages
 
         if request["op"] == "analyze":
             result = fax_pages.analyze_file(request)
