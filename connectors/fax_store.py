@@ -106,6 +106,16 @@ class FaxStore:
 
     def claim(self, drop: Path, raw_name: bytes, meta: dict, sidecar: bytes | None = None) -> str:
         """Move one drop-folder file (and its sidecar) into the store; return its fax id."""
+        steps = self.claim_steps(drop, raw_name, meta, sidecar)
+        fax_id = next(steps)
+        for _ in steps:
+            pass
+        return fax_id
+
+    def claim_steps(self, drop: Path, raw_name: bytes, meta: dict,
+                    sidecar: bytes | None = None) -> Iterator[str]:
+        """`claim` one durable step at a time (yields the fax id after each step), so a
+        test can stop between any two steps the way a crash would."""
         fax_id = new_fax_id()
         tmp = self.path("tmp", fax_id)
         tmp.mkdir()
@@ -117,17 +127,24 @@ class FaxStore:
                     claimed_at=datetime.now(timezone.utc).isoformat())
         write_json(tmp / "meta.json", meta)
         _fsync_dir(tmp)
-        self._move_in(source, tmp / "original", st)
+        yield fax_id
+        yield from self._move_in_steps(source, tmp / "original", st, fax_id)
         if sidecar:
             side_source = os.path.join(os.fsencode(drop), sidecar)
             try:
-                self._move_in(side_source, tmp / "sidecar", os.lstat(side_source))
+                yield from self._move_in_steps(side_source, tmp / "sidecar", os.lstat(side_source), fax_id)
             except FileNotFoundError:
                 pass
         self._promote(tmp)
-        return fax_id
+        yield fax_id
 
     def _move_in(self, source: bytes, target: Path, st: os.stat_result) -> None:
+        for _ in self._move_in_steps(source, target, st, ""):
+            pass
+
+    def _move_in_steps(self, source: bytes, target: Path, st: os.stat_result, fax_id: str) -> Iterator[str]:
+        """rename(2) when the drop folder is on our file system; else copy to a .part
+        file, fsync, rename it, then unlink the source (recover() finishes the unlink)."""
         try:
             os.rename(source, target)
         except OSError as exc:
@@ -142,10 +159,13 @@ class FaxStore:
                     dst.write(b"not a regular file (mode %o)\n" % st.st_mode)
                 dst.flush()
                 os.fsync(dst.fileno())
+            yield fax_id
             os.rename(part, target)
             _fsync_dir(target.parent)
+            yield fax_id
             os.unlink(source)
         _fsync_dir(target.parent)
+        yield fax_id
 
     def _promote(self, tmp: Path) -> None:
         os.rename(tmp, self.root / "claimed" / tmp.name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,13 @@ class FolderWatcher:
 
     def wait(self, timeout: float, stop: threading.Event | None = None) -> bool:
         if self._inotify is not None:
-            events = self._inotify.read(timeout=int(timeout * 1000), read_delay=50)
-            return bool(events)
+            deadline = time.monotonic() + timeout
+            while True:  # in slices, so a stop request is noticed within half a second
+                left = deadline - time.monotonic()
+                if left <= 0 or (stop is not None and stop.is_set()):
+                    return False
+                if self._inotify.read(timeout=int(min(left, 0.5) * 1000) + 1, read_delay=50):
+                    return True
         if stop is not None:
             stop.wait(timeout)
         else:
