@@ -288,7 +288,7 @@ def test_killed_ingestor_loses_and_duplicates_nothing(tmp_path, descriptors, peo
         try:
             assert proc.stdout.readline().strip() == b"ready"
             if kills < 4:
-                time.sleep(rng.uniform(0.05, 0.6))  # a random moment to crash, not a readiness wait
+                time.sleep(rng.uniform(0.05, 1.5))  # a random moment to crash, not a readiness wait
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 kills += 1
