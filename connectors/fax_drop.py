@@ -35,6 +35,7 @@ import shutil
 import stat
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,7 +45,7 @@ from .base import Connector, ConnectorError, RawRecord, RecordQuery, SourceUnava
 from .fax_cover import parse_cover_payload
 from .fax_match import Evidence, MatchResult, TransferDescriptor, match_fax
 from .fax_sandbox import FileRejected, Limits, analyze, build, phone_like
-from .fax_store import FaxStore, StoreBusy, display_name, read_json, write_json
+from .fax_store import FaxStore, StoreBusy, read_json, write_json
 from .fax_watch import FolderWatcher
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,8 @@ class FaxIngestor:
     def __init__(self, drop: Path, store: FaxStore, cover_key: bytes,
                  open_transfers: Callable[[], Sequence[TransferDescriptor]],
                  limits: Limits = Limits(), settle_seconds: float = 2.0,
-                 empty_settle_seconds: float = 30.0, on_result: Callable[[Outcome], None] | None = None):
+                 empty_settle_seconds: float = 30.0, on_result: Callable[[Outcome], None] | None = None,
+                 workers: int = 1):
         self.drop = Path(drop)
         self.store = store
         self.cover_key = cover_key
@@ -116,6 +118,7 @@ class FaxIngestor:
         self.settle_seconds = settle_seconds
         self.empty_settle_seconds = empty_settle_seconds
         self.on_result = on_result or (lambda outcome: None)
+        self.workers = workers  # faxes parsed at once (each in its own sandbox process)
         self._seen: dict[bytes, tuple[int, int, float]] = {}
 
     # ---- one pass -----------------------------------------------------------------
@@ -123,7 +126,9 @@ class FaxIngestor:
     def scan_once(self) -> list[Outcome]:
         """Recover, claim every complete file, process every claimed fax. Returns outcomes.
 
-        Raises StoreBusy when another ingestor holds the store.
+        With `workers` > 1 faxes are processed in threads (each parses in its own sandbox
+        process) and `on_result` is called from those threads. Raises StoreBusy when
+        another ingestor holds the store.
         """
         with self.store.locked():
             self.store.recover(self.drop)
@@ -132,12 +137,16 @@ class FaxIngestor:
                     self.store.claim(self.drop, raw, {"hostile": hostile_reason(raw)}, sidecar)
                 except FileNotFoundError:
                     continue  # taken away meanwhile
-            outcomes = []
-            for fax_id in self.store.ids("claimed"):
-                outcome = self._process(fax_id)
-                outcomes.append(outcome)
-                self.on_result(outcome)
-            return outcomes
+            claimed = self.store.ids("claimed")
+            if self.workers <= 1 or len(claimed) <= 1:
+                return [self._process_and_report(fax_id) for fax_id in claimed]
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="fax") as pool:
+                return list(pool.map(self._process_and_report, claimed))
+
+    def _process_and_report(self, fax_id: str) -> Outcome:
+        outcome = self._process(fax_id)
+        self.on_result(outcome)
+        return outcome
 
     def run(self, stop: threading.Event, poll_seconds: float = 10.0, use_inotify: bool = True) -> None:
         """Process faxes until `stop` is set; survives errors of single files and busy stores."""

@@ -7,7 +7,6 @@ Pillow; TIFF -> PDF is img2pdf (CCITT G3/G4 data is embedded as is, so lossless)
 from __future__ import annotations
 
 import io
-import os
 import re
 import shutil
 import subprocess
@@ -34,8 +33,9 @@ def analyze_file(request: dict) -> dict:
             doc.close()
         fax_number = None
     else:
-        frames, fax_number = _tiff_frames(path, limits)
-        pages, encrypted, layer = len(frames), False, []
+        wanted = max(limits["scan_pages"], limits["ocr_pages"])
+        frames, pages, fax_number = _tiff_frames(path, limits, lambda i, frame: frame if i < wanted else None)
+        encrypted, layer = False, []
         images = [_square(frames[i]) for i in range(min(pages, limits["scan_pages"]))]
 
     codes = []
@@ -95,14 +95,14 @@ def build_file(request: dict) -> dict:
     else:
         import img2pdf
 
-        frames, _ = _tiff_frames(path, limits)
-        keep = [i for i in range(len(frames)) if i not in drop]
+        blobs, count, _ = _tiff_frames(path, limits, lambda i, frame: None if i in drop else _frame_bytes(frame))
+        keep = [i for i in range(count) if i not in drop]
         if not keep:
             raise FileRejected("no-pages", "nothing left once the cover sheet is removed")
         if not drop:
             data = img2pdf.convert(str(path), rotation=img2pdf.Rotation.ifvalid)
         else:
-            data = img2pdf.convert([_frame_bytes(frames[i]) for i in keep],
+            data = img2pdf.convert([blobs[i] for i in keep],
                                    rotation=img2pdf.Rotation.ifvalid)
         target.write_bytes(data)
     return {"path": str(target), "pages": len(keep), "removed": sorted(drop)}
@@ -193,18 +193,20 @@ def _pdf_text(doc, index: int) -> str:
 # ---- TIFF ---------------------------------------------------------------------------
 
 
-def _tiff_frames(path: Path, limits: dict):
-    """Every frame decoded (so a truncated file fails here), with dimension checks."""
+def _tiff_frames(path: Path, limits: dict, keep):
+    """Decode every frame (so a truncated file fails here) with dimension checks, one at
+    a time; `keep(index, frame)` returns what to keep of each (None for nothing).
+    Returns ({index: kept}, frame count, fax number from the TIFF description)."""
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = limits["max_pixels"]
-    frames = []
+    kept = {}
     fax_number = None
+    index = 0
     try:
         with Image.open(path) as img:
             description = img.tag_v2.get(270) if hasattr(img, "tag_v2") else None
             fax_number = phone_like(description if isinstance(description, str) else None)
-            index = 0
             while True:
                 width, height = img.size
                 if width * height > limits["max_pixels"] or width <= 0 or height <= 0:
@@ -212,7 +214,10 @@ def _tiff_frames(path: Path, limits: dict):
                 img.load()
                 frame = img.copy()
                 frame.info["dpi"] = img.info.get("dpi", (204, 196))
-                frames.append(frame)
+                value = keep(index, frame)
+                if value is not None:
+                    kept[index] = value
+                del frame
                 index += 1
                 if index > limits["max_pages"]:
                     raise FileRejected("too-many-pages", f"over {limits['max_pages']} frames")
@@ -226,9 +231,9 @@ def _tiff_frames(path: Path, limits: dict):
         raise FileRejected("absurd-size", str(exc)[:160]) from None
     except (OSError, ValueError, SyntaxError, IndexError, KeyError, TypeError) as exc:
         raise FileRejected("unreadable", f"TIFF does not decode: {str(exc)[:120]}") from None
-    if not frames:
+    if index == 0:
         raise FileRejected("no-pages", "TIFF has no frames")
-    return frames, fax_number
+    return kept, index, fax_number
 
 
 def _square(frame):

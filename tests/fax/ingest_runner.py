@@ -16,6 +16,6 @@ if __name__ == "__main__":
     descriptors = [TransferDescriptor(t["transfer_id"], t["patient_name"], date.fromisoformat(t["birth_date"]),
                                       t["request_id"]) for t in json.loads(Path(transfers).read_text())]
     ingestor = FaxIngestor(Path(drop), FaxStore(Path(store)), b"test-cover-key-0123456789abcdef!",
-                           lambda: descriptors, settle_seconds=0.05, empty_settle_seconds=0.05)
+                           lambda: descriptors, settle_seconds=0.05, empty_settle_seconds=0.05, workers=2)
     print("ready", flush=True)
     ingestor.run(threading.Event(), poll_seconds=0.05, use_inotify=False)

@@ -83,6 +83,7 @@ def env(tmp_path, descriptors):
 
 
 def test_every_sample_lands_where_expected(env, samples):
+    env.ingestor.workers = 2
     for sample in samples.values():
         shutil.copy(sample.path, env.drop / f"{sample.name}{sample.path.suffix}")
     env.ingest_all()
