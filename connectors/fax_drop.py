@@ -109,7 +109,7 @@ class FaxIngestor:
                  open_transfers: Callable[[], Sequence[TransferDescriptor]],
                  limits: Limits = Limits(), settle_seconds: float = 2.0,
                  empty_settle_seconds: float = 30.0, on_result: Callable[[Outcome], None] | None = None,
-                 workers: int = 1):
+                 workers: int = 1, orphan_sidecar_seconds: float = 3600.0):
         self.drop = Path(drop)
         self.store = store
         self.cover_key = cover_key
@@ -118,6 +118,7 @@ class FaxIngestor:
         self.settle_seconds = settle_seconds
         self.empty_settle_seconds = empty_settle_seconds
         self.on_result = on_result or (lambda outcome: None)
+        self.orphan_sidecar_seconds = orphan_sidecar_seconds  # a sidecar alone this long is set aside
         self.workers = workers  # faxes parsed at once (each in its own sandbox process)
         self._seen: dict[bytes, tuple[int, int, float]] = {}
 
@@ -132,9 +133,9 @@ class FaxIngestor:
         """
         with self.store.locked():
             self.store.recover(self.drop)
-            for raw, sidecar in self._complete_files():
+            for raw, sidecar, facts in self._complete_files():
                 try:
-                    self.store.claim(self.drop, raw, {"hostile": hostile_reason(raw)}, sidecar)
+                    self.store.claim(self.drop, raw, facts, sidecar)
                 except FileNotFoundError:
                     continue  # taken away meanwhile
             claimed = self.store.ids("claimed")
@@ -169,16 +170,20 @@ class FaxIngestor:
 
     # ---- completeness -----------------------------------------------------------------
 
-    def _complete_files(self) -> list[tuple[bytes, bytes | None]]:
+    def _complete_files(self) -> list[tuple[bytes, bytes | None, dict]]:
+        """Drop-folder entries unchanged for long enough: (name, sidecar name, claim facts)."""
         now = time.monotonic()
         names = os.listdir(os.fsencode(self.drop))
         present = set(names)
-        ready: list[tuple[bytes, bytes | None]] = []
         sidecars = {n for n in names if n.lower().endswith(b".json")}
+        owned = {side for n in names if n not in sidecars for side in [self._sidecar_for(n, sidecars)] if side}
+        ready: list[tuple[bytes, bytes | None, dict]] = []
         for raw in names:
             if raw.startswith(b".") and b".." not in raw:
                 continue  # hidden: a fax server's temporary file, renamed when complete
-            if raw in sidecars and hostile_reason(raw) is None:
+            hostile = hostile_reason(raw)
+            orphan = raw in sidecars and hostile is None
+            if raw in owned and hostile is None:
                 continue  # taken with its document
             try:
                 st = os.lstat(os.path.join(os.fsencode(self.drop), raw))
@@ -191,13 +196,17 @@ class FaxIngestor:
             if seen is None or seen[:2] != key:
                 self._seen[raw] = (*key, now)
                 continue
-            needed = self.empty_settle_seconds if st.st_size == 0 else self.settle_seconds
-            if not stat.S_ISREG(st.st_mode):
+            if orphan:
+                needed = self.orphan_sidecar_seconds
+            elif not stat.S_ISREG(st.st_mode):
                 needed = 0
+            else:
+                needed = self.empty_settle_seconds if st.st_size == 0 else self.settle_seconds
             if now - seen[2] < needed:
                 continue
             del self._seen[raw]
-            ready.append((raw, self._sidecar_for(raw, sidecars)))
+            facts = {"hostile": hostile, "orphan_sidecar": orphan}
+            ready.append((raw, None if orphan else self._sidecar_for(raw, sidecars), facts))
         for raw in list(self._seen):
             if raw not in present:
                 del self._seen[raw]
@@ -222,6 +231,8 @@ class FaxIngestor:
             meta = read_json(folder / "meta.json")
             if meta.get("hostile"):
                 raise FileRejected("hostile-name", meta["hostile"])
+            if meta.get("orphan_sidecar"):
+                raise FileRejected("orphan-sidecar", "sidecar file whose fax never arrived")
             st = os.lstat(folder / "original")
             if not stat.S_ISREG(st.st_mode):
                 raise FileRejected("not-a-file", "not a regular file (link, FIFO or device)")

@@ -44,7 +44,8 @@ class Env:
         self.descriptors = descriptors
         self.store = FaxStore(self.store_root)
         self.ingestor = FaxIngestor(self.drop, self.store, KEY, lambda: self.descriptors,
-                                    settle_seconds=0.05, empty_settle_seconds=0.05)
+                                    settle_seconds=0.05, empty_settle_seconds=0.05,
+                                    orphan_sidecar_seconds=0.05)
 
     def connector(self):
         keyfile = self.store_root.parent / "cover.key"
@@ -327,3 +328,28 @@ def test_watcher_picks_up_a_drop(env, samples, use_inotify):
         stop.set()
         thread.join(timeout=60)
     assert not thread.is_alive()
+
+
+def test_cover_sheet_alone_and_orphan_sidecar_go_aside(env, people):
+    from conftest import cover_pdf
+
+    page = faxgen.render(cover_pdf(people[2]), 204)[0]
+    faxgen.save_tiff([faxgen.faxify(page, seed=3)], env.drop / "only-cover.tif")
+    (env.drop / "lonely.json").write_text(json.dumps({"request_id": people[2].request_id}))
+    env.ingest_all()
+    placed = env.by_source()
+    state, fax_id = placed["only-cover.tif"]
+    assert state == "review"
+    item = env.connector().review_queue().get(fax_id)
+    assert "the fax holds only the cover sheet" in item.reasons and item.candidates == (people[2].transfer_id,)
+    assert placed["lonely.json"][0] == "quarantine"
+    assert read_json(env.store.path("quarantine", placed["lonely.json"][1]) / "result.json")["reason"] == \
+        "orphan-sidecar"
+
+
+def test_one_ingestor_per_store(env):
+    from connectors.fax_store import StoreBusy
+
+    with env.store.locked():
+        with pytest.raises(StoreBusy):
+            env.ingestor.scan_once()
