@@ -53,7 +53,8 @@ class CoverCode:
     payload: str
 
 
-def _check_key(key: bytes) -> None:
+def check_key(key: bytes) -> None:
+    """Raise CoverError unless `key` can serve as the cover-code HMAC key."""
     if not isinstance(key, (bytes, bytearray)) or len(key) < _MIN_KEY:
         raise CoverError(f"cover sheet HMAC key must be at least {_MIN_KEY} bytes")
 
@@ -65,7 +66,7 @@ def _mac(key: bytes, transfer_id: str) -> str:
 
 def cover_payload(transfer_id: str, key: bytes) -> str:
     """The text the QR code carries for `transfer_id`."""
-    _check_key(key)
+    check_key(key)
     if not TRANSFER_ID_RE.match(transfer_id or ""):
         raise CoverError("transfer id must be 1-64 letters, digits, '-' or '_'")
     return f"{PREFIX}.{transfer_id}.{_mac(key, transfer_id)}"
@@ -73,7 +74,7 @@ def cover_payload(transfer_id: str, key: bytes) -> str:
 
 def parse_cover_payload(text: str, key: bytes) -> CoverCode | None:
     """Verify one decoded QR text. None when it is not one of our codes at all."""
-    _check_key(key)
+    check_key(key)
     match = _PAYLOAD_RE.match((text or "").strip())
     if not match:
         return None

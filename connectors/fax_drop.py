@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from .base import Connector, ConnectorError, RawRecord, RecordQuery, SourceUnavailable, Progress, hash_file, safe_name
-from .fax_cover import parse_cover_payload
+from .fax_cover import check_key, parse_cover_payload
 from .fax_match import Evidence, MatchResult, TransferDescriptor, match_fax
 from .fax_sandbox import FileRejected, Limits, analyze, build, phone_like
 from .fax_store import FaxStore, StoreBusy, read_json, write_json
@@ -110,6 +110,7 @@ class FaxIngestor:
                  limits: Limits = Limits(), settle_seconds: float = 2.0,
                  empty_settle_seconds: float = 30.0, on_result: Callable[[Outcome], None] | None = None,
                  workers: int = 1, orphan_sidecar_seconds: float = 3600.0):
+        check_key(cover_key)  # a wrong key must fail at start, not quarantine every fax
         self.drop = Path(drop)
         self.store = store
         self.cover_key = cover_key
@@ -139,15 +140,20 @@ class FaxIngestor:
                 except FileNotFoundError:
                     continue  # taken away meanwhile
             claimed = self.store.ids("claimed")
-            if self.workers <= 1 or len(claimed) <= 1:
-                return [self._process_and_report(fax_id) for fax_id in claimed]
-            with ThreadPoolExecutor(self.workers, thread_name_prefix="fax") as pool:
-                return list(pool.map(self._process_and_report, claimed))
+            if not claimed:
+                return []
+            # once a pass, outside the per-fax error handling: if the gateway cannot list
+            # its transfers (database down), the faxes stay claimed for the next pass
+            transfers = list(self.open_transfers())
 
-    def _process_and_report(self, fax_id: str) -> Outcome:
-        outcome = self._process(fax_id)
-        self.on_result(outcome)
-        return outcome
+            def one(fax_id: str) -> Outcome:
+                outcome = self._process(fax_id, transfers)
+                self.on_result(outcome)
+                return outcome
+            if self.workers <= 1 or len(claimed) <= 1:
+                return [one(fax_id) for fax_id in claimed]
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="fax") as pool:
+                return list(pool.map(one, claimed))
 
     def run(self, stop: threading.Event, poll_seconds: float = 10.0, use_inotify: bool = True) -> None:
         """Process faxes until `stop` is set; survives errors of single files and busy stores."""
@@ -159,7 +165,7 @@ class FaxIngestor:
                     self.scan_once()
                 except StoreBusy:
                     pass
-                except OSError as exc:
+                except Exception as exc:  # e.g. the transfer list is unavailable: retry next pass
                     log.warning("fax ingest pass failed: %s", type(exc).__name__)
                 wait = min(poll_seconds, self.settle_seconds) if self._seen else poll_seconds
                 if stop.is_set():
@@ -222,7 +228,7 @@ class FaxIngestor:
 
     # ---- processing ---------------------------------------------------------------------
 
-    def _process(self, fax_id: str) -> Outcome:
+    def _process(self, fax_id: str, transfers: Sequence[TransferDescriptor]) -> Outcome:
         folder = self.store.path("claimed", fax_id)
         work = self.store.path("work", fax_id)
         shutil.rmtree(work, ignore_errors=True)
@@ -236,7 +242,7 @@ class FaxIngestor:
             st = os.lstat(folder / "original")
             if not stat.S_ISREG(st.st_mode):
                 raise FileRejected("not-a-file", "not a regular file (link, FIFO or device)")
-            outcome = self._match_and_build(fax_id, folder, work, meta)
+            outcome = self._match_and_build(fax_id, folder, work, meta, transfers)
         except FileRejected as exc:
             self.store.quarantine(fax_id, "claimed", exc.reason, exc.detail)
             log.info("fax %s quarantined: %s", fax_id, exc.reason)
@@ -252,7 +258,8 @@ class FaxIngestor:
             shutil.rmtree(work, ignore_errors=True)
         return outcome
 
-    def _match_and_build(self, fax_id: str, folder: Path, work: Path, meta: dict) -> Outcome:
+    def _match_and_build(self, fax_id: str, folder: Path, work: Path, meta: dict,
+                         transfers: Sequence[TransferDescriptor]) -> Outcome:
         original = folder / "original"
         analysis = analyze(original, work, self.limits)
         codes, pages = [], []
@@ -264,7 +271,7 @@ class FaxIngestor:
         sidecar = read_sidecar(folder / "sidecar") if (folder / "sidecar").exists() else {}
         evidence = Evidence(tuple(codes), tuple(pages), sidecar or None, tuple(analysis.text),
                             analysis.text_source)
-        result = match_fax(evidence, list(self.open_transfers()))
+        result = match_fax(evidence, transfers)
         drop_pages = list(result.cover_pages)
         reasons = list(result.reasons)
         if len(drop_pages) >= analysis.pages:

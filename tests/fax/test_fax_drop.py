@@ -353,3 +353,28 @@ def test_one_ingestor_per_store(env):
     with env.store.locked():
         with pytest.raises(StoreBusy):
             env.ingestor.scan_once()
+
+
+def test_unavailable_transfer_list_leaves_faxes_claimed(tmp_path, samples, descriptors):
+    env = Env(tmp_path, descriptors)
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("database is down")
+        return descriptors
+    env.ingestor.open_transfers = flaky
+    shutil.copy(samples["text_layer"].path, env.drop / "a.pdf")
+    with pytest.raises(ConnectionError):
+        wait_for(lambda: env.ingestor.scan_once())
+    assert len(env.store.ids("claimed")) == 1 and not env.store.ids("quarantine")
+    env.ingest_all()
+    assert env.by_source()["a.pdf"][0] == "matched"
+
+
+def test_short_cover_key_fails_at_start(tmp_path, descriptors):
+    from connectors.fax_cover import CoverError
+
+    with pytest.raises(CoverError):
+        FaxIngestor(tmp_path, FaxStore(tmp_path / "s"), b"short", lambda: descriptors)
