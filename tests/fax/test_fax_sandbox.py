@@ -48,7 +48,7 @@ def test_pdf_with_empty_user_password_is_delivered_decrypted(tmp_path, good_pdf)
     assert not reader.is_encrypted and len(reader.pages) == 2
 
 
-def test_pdf_bombs(tmp_path):
+def test_pdf_bombs(tmp_path, good_pdf):
     (tmp_path / "deep.pdf").write_bytes(hostile.deep_nesting_pdf())
     (tmp_path / "huge-page.pdf").write_bytes(hostile.huge_page_pdf())
     (tmp_path / "zip.pdf").write_bytes(hostile.zip_bomb_pdf(inflated_mb=1024))
@@ -56,6 +56,8 @@ def test_pdf_bombs(tmp_path):
     assert reject(tmp_path / "huge-page.pdf", tmp_path) == "absurd-size"
     # 1 MB on disk, 1 GB inflated: the child hits its address-space limit, not the worker
     assert reject(tmp_path / "zip.pdf", tmp_path, Limits(memory_mb=512)) == "memory-limit"
+    (tmp_path / "good.pdf").write_bytes(good_pdf)  # while an ordinary fax fits in that limit
+    assert analyze(tmp_path / "good.pdf", tmp_path / "out", Limits(memory_mb=512)).pages == 2
 
 
 def test_slow_file_hits_the_wall_clock_limit(tmp_path):
