@@ -3,7 +3,8 @@
 Two halves, sharing one `FaxStore` (see fax_store for the on-disk states):
 
 * `FaxIngestor` watches the drop folder, claims each file once it is complete (size
-  and mtime unchanged for `settle_seconds`), parses it in the sandbox, matches it
+  and mtime unchanged for `settle_seconds` and no local process holding it open for
+  writing; names starting with "." are taken for temporary files and left alone), parses it in the sandbox, matches it
   (cover code, sidecar, text; see fax_match) and files it under matched/, review/ or
   quarantine/. The gateway runs it in a long-lived process (`run`) or a periodic task
   (`scan_once`), passing a callable that lists the open transfers.
@@ -46,7 +47,7 @@ from .fax_cover import check_key, parse_cover_payload
 from .fax_match import Evidence, MatchResult, TransferDescriptor, match_fax
 from .fax_sandbox import FileRejected, Limits, analyze, build, phone_like
 from .fax_store import FaxStore, StoreBusy, read_json, write_json
-from .fax_watch import FolderWatcher
+from .fax_watch import FolderWatcher, open_for_writing
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +217,11 @@ class FaxIngestor:
         for raw in list(self._seen):
             if raw not in present:
                 del self._seen[raw]
+        if ready:
+            dropb = os.fsencode(self.drop)
+            busy = open_for_writing([os.path.join(dropb, raw) for raw, _, _ in ready])
+            if busy:  # stable, but a local process still writes it: look again later
+                ready = [r for r in ready if os.path.join(dropb, r[0]) not in busy]
         return ready
 
     @staticmethod

@@ -8,6 +8,7 @@ elsewhere (size and mtime stable for a while), never from events alone.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -53,3 +54,47 @@ class FolderWatcher:
         if self._inotify is not None:
             self._inotify.close()
             self._inotify = None
+
+
+def open_for_writing(paths: list[bytes]) -> set[bytes]:
+    """Those of `paths` some local process holds open for writing (Linux /proc).
+
+    A fax server that writes a fax page by page can pause longer than the settle time
+    between pages; while it still holds the file open for writing, the file is not
+    complete. Writers on other machines (network shares) are not visible here, and
+    without privileges only our own user's processes are: the settle time covers those.
+    """
+    targets = {}
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        targets[(st.st_dev, st.st_ino)] = path
+    busy: set[bytes] = set()
+    if not targets or not os.path.isdir("/proc/self/fd"):
+        return busy
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                st = os.stat(f"{fd_dir}/{fd}")
+            except OSError:
+                continue
+            path = targets.get((st.st_dev, st.st_ino))
+            if path is None or path in busy:
+                continue
+            try:
+                with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                    flags = next((int(line.split()[1], 8) for line in info if line.startswith("flags:")), 0)
+            except (OSError, ValueError):
+                flags = os.O_WRONLY  # cannot tell: assume the worst
+            if flags & (os.O_WRONLY | os.O_RDWR):
+                busy.add(path)
+    return busy

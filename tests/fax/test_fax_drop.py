@@ -378,3 +378,25 @@ def test_short_cover_key_fails_at_start(tmp_path, descriptors):
 
     with pytest.raises(CoverError):
         FaxIngestor(tmp_path, FaxStore(tmp_path / "s"), b"short", lambda: descriptors)
+
+
+def test_a_file_held_open_by_its_writer_is_not_taken(env, samples):
+    """A fax server pausing between pages: the file is stable but still open for writing."""
+    target = env.drop / "receiving.pdf"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", "import sys; f = open(sys.argv[1], 'wb'); f.write(sys.stdin.buffer.read(4000)); "
+                               "f.flush(); print('written', flush=True); sys.stdin.buffer.read(); f.close()",
+         str(target)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        writer.stdin.write(samples["text_layer"].path.read_bytes().ljust(4000, b"\n")[:4000])
+        writer.stdin.flush()
+        assert writer.stdout.readline().strip() == b"written"
+        for _ in range(5):  # stable for longer than the settle time, still not taken
+            env.ingestor.scan_once()
+            time.sleep(0.06)
+        assert os.listdir(env.drop) == ["receiving.pdf"] and not env.store.ids("claimed")
+    finally:
+        writer.stdin.close()
+        writer.wait(timeout=30)
+    env.ingest_all()
+    assert list(env.by_source()) == ["receiving.pdf"]
