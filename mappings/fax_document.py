@@ -1,13 +1,16 @@
-"""A received fax (record kind "fax", a PDF) -> DocumentReference + Binary (FHIR R4).
+"""A received fax (record kind "fax", a PDF) -> DocumentReference (FHIR R4, R4B model).
 
-The Binary carries the record's own bytes (`carries_record_bytes`: the bundle streams
-them from the blob store); the DocumentReference points at it by ``urn:uuid:<binary
-id>`` and says what it is: content type, size, hashes, page count, when it was
-received, and the sending fax number when the fax server told us. Ids are uuid5 of the
-record's origin and sha256, so mapping the same fax twice gives the same resources.
+As for PDF records (mappings/pdf_document.py), the record's own bytes become the
+Binary: `carries_record_bytes=True`, and bundle assembly streams them from the blob
+store and points the attachment at that Binary. The DocumentReference says what the
+fax is: content type, size, hashes, page count, when it was received, how it was
+matched to its transfer, and the sending fax number when the fax server told us. Its
+id is uuid5 of the record's sha256 (as for PDFs), so mapping a fax twice gives the same
+resource.
 
-Attachment.hash is SHA-1 as R4 defines it; the sha256 travels as an RFC 6920 ``ni``
-identifier (``ni:///sha-256;<base64url>``), and the page count as an extension.
+Attachment.hash is SHA-1 as R4 defines it; the sha256 travels as an identifier
+(``urn:records-gateway:sha256``, as for PDFs) and as an RFC 6920 ``ni`` URI; the page
+count as an attachment extension.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from . import Mapped, MappingContext, MappingFailed
 PAGE_COUNT_URL = "urn:records-gateway:fhir:StructureDefinition:attachment-page-count"
 MATCH_METHOD_URL = "urn:records-gateway:fhir:StructureDefinition:fax-match-method"
 NI_SYSTEM = "urn:ietf:rfc:6920"
+SHA256_SYSTEM = "urn:records-gateway:sha256"
 _PHONE_RE = re.compile(r"^\+?[0-9][0-9 ()./-]{2,30}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -37,7 +41,6 @@ def _sha1_b64(record: RawRecord) -> str:
 
 
 def map_fax(record: RawRecord, context: MappingContext) -> list[Mapped]:
-    from fhir.resources.R4B.binary import Binary
     from fhir.resources.R4B.documentreference import DocumentReference
 
     meta = record.metadata or {}
@@ -53,9 +56,7 @@ def map_fax(record: RawRecord, context: MappingContext) -> list[Mapped]:
     if received.tzinfo is None:
         raise MappingFailed("fax received_at must carry a time zone", record.origin)
 
-    seed = f"{record.origin}|{record.sha256}"
-    doc_id = str(uuid.uuid5(uuid.NAMESPACE_URL, "fax-docref:" + seed))
-    binary_id = str(uuid.uuid5(uuid.NAMESPACE_URL, "fax-binary:" + seed))
+    doc_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"sha256:{record.sha256}"))
     ni = "ni:///sha-256;" + base64.urlsafe_b64encode(bytes.fromhex(record.sha256)).decode().rstrip("=")
     fax_number = meta.get("fax_number")
     if fax_number and not _PHONE_RE.match(str(fax_number)):
@@ -68,18 +69,20 @@ def map_fax(record: RawRecord, context: MappingContext) -> list[Mapped]:
         "resourceType": "DocumentReference",
         "id": doc_id,
         "status": "current",
-        "identifier": [{"system": NI_SYSTEM, "value": ni}],
-        "type": {"text": "Records received by fax"},
+        "masterIdentifier": {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{doc_id}"},
+        "identifier": [{"system": SHA256_SYSTEM, "value": record.sha256}, {"system": NI_SYSTEM, "value": ni}],
+        "type": {"coding": [{"system": "http://loinc.org", "code": "55188-7", "display": "Patient data Document"}],
+                 "text": "Records received by fax"},
         "subject": {"reference": context.patient_reference},
         "date": received.isoformat(),
         "description": description,
         "content": [{
             "attachment": {
                 "contentType": "application/pdf",
-                "url": f"urn:uuid:{binary_id}",
                 "size": record.size,
                 "hash": _sha1_b64(record),
                 "title": f"fax {meta.get('fax_id', '')}".strip(),
+                "creation": received.date().isoformat(),
                 "extension": [{"url": PAGE_COUNT_URL, "valueInteger": pages}],
             },
             "format": {"system": "urn:oid:1.3.6.1.4.1.19376.1.2.3",
@@ -96,12 +99,7 @@ def map_fax(record: RawRecord, context: MappingContext) -> list[Mapped]:
         doc["author"] = [{"reference": "#fax-sender", "display": f"Fax {fax_number}"}]
     try:
         document = DocumentReference.model_validate(doc)
-        binary = Binary.model_validate({"resourceType": "Binary", "id": binary_id,
-                                        "contentType": "application/pdf"})
     except ValueError as exc:
         raise MappingFailed(f"fax DocumentReference does not validate: {exc}", record.origin) from None
-    clinical = received.date()
-    return [
-        Mapped(document, context.default_data_class, clinical),
-        Mapped(binary, context.default_data_class, clinical, carries_record_bytes=True),
-    ]
+    data_class = meta.get("data_class") or context.default_data_class
+    return [Mapped(document, data_class, received.date(), carries_record_bytes=True)]

@@ -1,19 +1,15 @@
 """Fixtures for the fax connector tests: real files from real tools, made once a session."""
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+from connectors.fax_match import TransferDescriptor
 
-import faxgen  # noqa: E402
-from connectors.fax_cover import CoverSheet, render_cover_pdf  # noqa: E402
-from connectors.fax_match import TransferDescriptor  # noqa: E402
-
-KEY = b"test-cover-key-0123456789abcdef!"
+from . import faxgen
+from .faxgen import KEY, cover_pdf
 
 
 @dataclass(frozen=True)
@@ -42,11 +38,6 @@ def descriptors(people):
     """Open transfers: all but the last person (whose transfer is closed)."""
     return [TransferDescriptor(p.transfer_id, p.name, p.birth_date, p.request_id, "+1 555 0100")
             for p in people[:-1]]
-
-
-def cover_pdf(person, key=KEY) -> bytes:
-    return render_cover_pdf(CoverSheet(person.transfer_id, person.name, person.birth_date,
-                                       person.request_id, "+1 555 0100", "Second Opinion Center"), key)
 
 
 @pytest.fixture(scope="session")

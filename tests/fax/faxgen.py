@@ -17,6 +17,9 @@ from pathlib import Path
 import pypdfium2 as pdfium
 from PIL import Image
 
+#: the cover-code HMAC key of the tests
+KEY = b"test-cover-key-0123456789abcdef!"
+
 FAMILY = ["Alvarez", "Brennan", "Chowdhury", "Dubois", "Eriksen", "Fitzgerald", "Gallagher",
           "Haddad", "Ivanova", "Jablonski", "Kowalczyk", "Lindqvist", "Moreau", "Nakamura",
           "Okafor", "Petrovic", "Quintero", "Rasmussen", "Schneider", "Takahashi", "Underwood",
@@ -158,3 +161,11 @@ def blot(page: Image.Image, box: tuple[float, float, float, float]) -> Image.Ima
     w, h = img.size
     ImageDraw.Draw(img).rectangle((box[0] * w, box[1] * h, box[2] * w, box[3] * h), fill=0)
     return img
+
+
+def cover_pdf(person: Person, key: bytes = KEY) -> bytes:
+    """The gateway's cover sheet for this person's transfer."""
+    from connectors.fax_cover import CoverSheet, render_cover_pdf
+
+    return render_cover_pdf(CoverSheet(person.transfer_id, person.name, person.birth_date,
+                                       person.request_id, "+1 555 0100", "Second Opinion Center"), key)

@@ -5,8 +5,8 @@ from datetime import date
 
 import pytest
 
-import faxgen
-from conftest import KEY, cover_pdf
+from . import faxgen
+from .faxgen import KEY, cover_pdf
 from connectors.fax_cover import (CoverError, CoverSheet, cover_payload, decode_cover,
                                   parse_cover_payload, render_cover_pdf)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-import faxgen
-from conftest import KEY
+from . import faxgen
+from .faxgen import KEY, cover_pdf
 from connectors import connector_class
 from connectors.base import RecordQuery, hash_file
 from connectors.fax_drop import FaxIngestor
@@ -277,7 +277,7 @@ def test_killed_ingestor_loses_and_duplicates_nothing(tmp_path, descriptors, peo
         hashes.add(hash_file(drop / f"fax{n:02d}.pdf")[0])
     rng = random.Random(5)
     runner = Path(__file__).parent / "ingest_runner.py"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[2]), str(runner.parent)]))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2]))
 
     def finished():
         s = FaxStore(store) if store.exists() else None
@@ -331,8 +331,6 @@ def test_watcher_picks_up_a_drop(env, samples, use_inotify):
 
 
 def test_cover_sheet_alone_and_orphan_sidecar_go_aside(env, people):
-    from conftest import cover_pdf
-
     page = faxgen.render(cover_pdf(people[2]), 204)[0]
     faxgen.save_tiff([faxgen.faxify(page, seed=3)], env.drop / "only-cover.tif")
     (env.drop / "lonely.json").write_text(json.dumps({"request_id": people[2].request_id}))

@@ -5,8 +5,7 @@ import zlib
 
 import pytest
 
-import faxgen
-import hostile
+from . import faxgen, hostile
 from connectors.fax_sandbox import FileRejected, Limits, analyze, build
 
 
