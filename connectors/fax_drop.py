@@ -40,13 +40,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from .base import Connector, ConnectorError, RawRecord, RecordQuery, SourceUnavailable, Progress, hash_file, safe_name
 from .fax_cover import check_key, parse_cover_payload
 from .fax_match import Evidence, MatchResult, TransferDescriptor, match_fax
 from .fax_sandbox import FileRejected, Limits, analyze, build, phone_like
-from .fax_store import FaxStore, StoreBusy, read_json, write_json
+from .fax_store import FAX_ID_RE, FaxStore, StoreBusy, read_json, write_json
 from .fax_watch import FolderWatcher, open_for_writing
 
 log = logging.getLogger(__name__)
@@ -350,6 +350,17 @@ class FaxDropConnector(Connector):
         from .fax_review import ReviewQueue
 
         return ReviewQueue(self.store)
+
+    def acknowledge(self, origins: Iterable[str]) -> int:
+        """Mark faxes as stored by the gateway (matched/ -> done/); returns how many moved.
+        `fetch` does the same for the origins in `query.already_fetched`."""
+        moved = 0
+        for origin in origins:
+            fax_id = origin.removeprefix("fax:")
+            if FAX_ID_RE.match(fax_id) and self.store.path("matched", fax_id).is_dir():
+                self.store.move(fax_id, "matched", "done")
+                moved += 1
+        return moved
 
     def fetch(self, query: RecordQuery) -> Iterator[RawRecord]:
         self.workdir.mkdir(parents=True, exist_ok=True)

@@ -131,6 +131,12 @@ def test_fetched_faxes_are_acknowledged_once(env, samples):
     assert env.fetch(tid, {first[0].origin}) == []
     assert env.store.ids("done") == [first[0].metadata["fax_id"]]
     assert env.fetch("tr-other") == []
+    shutil.copy(samples["text_layer"].path, env.drop / "again.pdf")
+    env.ingest_all()
+    (second,) = env.fetch(tid)
+    with env.connector() as c:
+        assert c.acknowledge([second.origin, "fax:../../etc", "fax:unknown"]) == 1
+    assert env.fetch(tid) == [] and len(env.store.ids("done")) == 2
 
 
 def test_review_assign_and_reject(env, samples, people):
