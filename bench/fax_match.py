@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -153,6 +154,7 @@ def main() -> None:
         reference_decoded=f"{ref_ok}/{len(ref_pages)}",
         ratio_pipeline_to_decode=round((ingest_seconds / len(truth)) / max(ref_seconds, 1e-6), 1),
     )
+    shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(stats, sort_keys=True))
 
 

@@ -140,6 +140,8 @@ class FaxIngestor:
                     self.store.claim(self.drop, raw, facts, sidecar)
                 except FileNotFoundError:
                     continue  # taken away meanwhile
+                except OSError as exc:  # this file only; recover() undoes the half claim
+                    log.warning("fax drop: cannot claim a file: %s", type(exc).__name__)
             claimed = self.store.ids("claimed")
             if not claimed:
                 return []
