@@ -259,7 +259,7 @@ class FaxIngestor:
             log.warning("fax %s left claimed for a retry: %s", fax_id, type(exc).__name__)
             outcome = Outcome(fax_id, "claimed", reason=type(exc).__name__)
         except Exception as exc:  # a bug must not stop the other faxes
-            log.exception("fax %s: unexpected error", fax_id)
+            log.error("fax %s: unexpected %s, quarantined", fax_id, type(exc).__name__)  # no message: it may quote content
             self.store.quarantine(fax_id, "claimed", "internal-error", type(exc).__name__)
             outcome = Outcome(fax_id, "quarantine", reason="internal-error")
         finally:

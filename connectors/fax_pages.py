@@ -27,21 +27,29 @@ def analyze_file(request: dict) -> dict:
         try:
             pages = len(doc)
             encrypted = _pdf_encrypted(doc)
-            images = [_render_pdf_page(doc, i, limits) for i in range(min(pages, limits["scan_pages"]))]
+            scan = _scan_indices(pages, limits)
+            images = {i: _render_pdf_page(doc, i, limits) for i in scan}
             layer = [_pdf_text(doc, i) for i in range(min(pages, limits["text_pages"]))]
         finally:
             doc.close()
         fax_number = None
     else:
         wanted = max(limits["scan_pages"], limits["ocr_pages"])
-        frames, pages, fax_number = _tiff_frames(path, limits, lambda i, frame: frame if i < wanted else None)
+        last: list = [None]
+
+        def keep(i, frame):
+            last[0] = frame  # only the latest frame is held beyond the first ones
+            return frame if i < wanted else None
+        frames, pages, fax_number = _tiff_frames(path, limits, keep)
+        frames.setdefault(pages - 1, last[0])
         encrypted, layer = False, []
-        images = [_square(frames[i]) for i in range(min(pages, limits["scan_pages"]))]
+        images = {i: _square(frames[i]) for i in _scan_indices(pages, limits)}
 
     codes = []
-    for index, image in enumerate(images):
+    for index, image in images.items():
         for text in decode_payloads(image):
             codes.append({"page": index, "text": text[:512]})
+    images = [images[i] for i in sorted(images) if i < limits["scan_pages"]]
 
     text, source = layer, "layer"
     if sum(len("".join(t.split())) for t in layer) < _MIN_TEXT:
@@ -66,6 +74,12 @@ def analyze_file(request: dict) -> dict:
     return {"type": request["type"], "pages": pages, "codes": codes, "text": text,
             "text_source": source, "fax_number": fax_number, "encrypted": encrypted,
             "preview": preview}
+
+
+def _scan_indices(pages: int, limits: dict) -> list[int]:
+    """Pages searched for a cover code: the first ones, and the last (a cover sheet sent
+    after the records, or a fax scanned in reverse order)."""
+    return sorted(set(range(min(pages, limits["scan_pages"]))) | {pages - 1})
 
 
 def build_file(request: dict) -> dict:

@@ -404,3 +404,27 @@ def test_a_file_held_open_by_its_writer_is_not_taken(env, samples):
         writer.wait(timeout=30)
     env.ingest_all()
     assert list(env.by_source()) == ["receiving.pdf"]
+
+
+def test_check_names_what_is_wrong(tmp_path):
+    from connectors.base import ConnectorError, SourceUnavailable
+
+    with pytest.raises(ConnectorError, match="'store' is required"):
+        connector_class("fax-drop")("fax", {"drop": str(tmp_path)}, tmp_path / "w")
+    conn = connector_class("fax-drop")("fax", {"drop": str(tmp_path / "missing"), "store": str(tmp_path / "s")},
+                                       tmp_path / "w")
+    with pytest.raises(SourceUnavailable, match="drop folder"):
+        conn.check()
+    with pytest.raises(ConnectorError, match="cover_key_file"):
+        conn.ingestor(lambda: [])
+
+
+def test_cover_sheet_sent_last_is_found_and_removed(env, people):
+    person = people[3]
+    pages = faxgen.render(faxgen.records_pdf(None, 3, seed=8), 204) + faxgen.render(cover_pdf(person), 204)
+    faxgen.save_tiff([faxgen.faxify(p, fine=False, skew=1.0, noise=0.01, seed=i) for i, p in enumerate(pages)],
+                     env.drop / "reversed.tif", fine=False, compression="group3")
+    env.ingest_all()
+    (record,) = env.fetch(person.transfer_id)
+    assert record.metadata["match"] == "qr" and record.metadata["cover_pages_removed"] == [3]
+    assert record.metadata["pages"] == 3
