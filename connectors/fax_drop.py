@@ -383,9 +383,12 @@ class FaxDropConnector(Connector):
             if target.exists():
                 target.unlink()
             try:
-                os.link(folder / "document.pdf", target)
-            except OSError:
-                shutil.copyfile(folder / "document.pdf", target)
+                try:
+                    os.link(folder / "document.pdf", target)
+                except OSError:
+                    shutil.copyfile(folder / "document.pdf", target)
+            except OSError as exc:
+                raise ConnectorError(f"fax {fax_id}: stored document unreadable ({type(exc).__name__})") from None
             sha, size = hash_file(target)
             if sha != result["sha256"]:
                 raise ConnectorError(f"fax {fax_id}: stored document does not match its sha256")
