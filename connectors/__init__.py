@@ -8,6 +8,7 @@ from .base import Connector
 
 CONNECTORS = {
     "pdf-folder": "connectors.pdf_folder:PdfFolderConnector",
+    "fax-drop": "connectors.fax_drop:FaxDropConnector",
 }
 
 

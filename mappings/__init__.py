@@ -46,6 +46,7 @@ class MappingContext:
 
 MAPPINGS = {
     "pdf": "mappings.pdf_document:map_pdf",
+    "fax": "mappings.fax_document:map_fax",
 }
 
 
