@@ -365,6 +365,25 @@ class FaxDropConnector(Connector):
         return moved
 
     def fetch(self, query: RecordQuery) -> Iterator[RawRecord]:
+        """Yield the transfer's matched faxes. Faxes come when the provider sends them:
+        until one has come, and until none has come for `settle_seconds` (option, default
+        600: a provider may send the records in several faxes), this ends with
+        SourceUnavailable after yielding what there is, so the pull is tried again later."""
+        settle = float(self.options.get("settle_seconds", 600))
+        had_any = any(o.startswith("fax:") for o in query.already_fetched)
+        newest = None
+        for record in self._fetch_matched(query):
+            had_any = True
+            received = datetime.fromisoformat(record.metadata["received_at"])
+            newest = received if newest is None or received > newest else newest
+            yield record
+        if not had_any:
+            raise SourceUnavailable(f"fax-drop {self.source!r}: no fax has arrived yet for this transfer")
+        if newest is not None and (datetime.now(timezone.utc) - newest).total_seconds() < settle:
+            raise SourceUnavailable(f"fax-drop {self.source!r}: waiting {settle:.0f} s after the last "
+                                    "fax for further pages")
+
+    def _fetch_matched(self, query: RecordQuery) -> Iterator[RawRecord]:
         self.workdir.mkdir(parents=True, exist_ok=True)
         done = 0
         for fax_id in self.store.ids("matched"):

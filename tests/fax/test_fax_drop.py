@@ -17,7 +17,7 @@ import pytest
 from . import faxgen
 from .faxgen import KEY, cover_pdf
 from connectors import connector_class
-from connectors.base import RecordQuery, hash_file
+from connectors.base import RecordQuery, SourceUnavailable, hash_file
 from connectors.fax_drop import FaxIngestor
 from connectors.fax_review import ReviewError
 from connectors.fax_store import FaxStore, read_json
@@ -51,7 +51,8 @@ class Env:
         keyfile = self.store_root.parent / "cover.key"
         keyfile.write_bytes(KEY)
         return connector_class("fax-drop")("fax", {"drop": str(self.drop), "store": str(self.store_root),
-                                                   "cover_key_file": str(keyfile)}, self.workdir)
+                                                   "cover_key_file": str(keyfile), "settle_seconds": 0},
+                                             self.workdir)
 
     def ingest_all(self):
         """Scan until the drop folder is empty and nothing waits in claimed/."""
@@ -74,8 +75,15 @@ class Env:
         return found
 
     def fetch(self, transfer_id, already=frozenset()):
+        """The records one pull yields (a pull that must wait for more faxes ends with
+        SourceUnavailable after them: see test_pull_waits_for_faxes)."""
+        out = []
         with self.connector() as c:
-            return list(c.fetch(RecordQuery("auth-1", transfer_id, already_fetched=frozenset(already))))
+            try:
+                out.extend(c.fetch(RecordQuery("auth-1", transfer_id, already_fetched=frozenset(already))))
+            except SourceUnavailable:
+                pass
+        return out
 
 
 @pytest.fixture
@@ -137,6 +145,26 @@ def test_fetched_faxes_are_acknowledged_once(env, samples):
     with env.connector() as c:
         assert c.acknowledge([second.origin, "fax:../../etc", "fax:unknown"]) == 1
     assert env.fetch(tid) == [] and len(env.store.ids("done")) == 2
+
+
+def test_pull_waits_for_faxes(env, samples):
+    tid = samples["text_layer"].transfer_id
+    query = RecordQuery("auth-1", tid)
+    with env.connector() as c:
+        with pytest.raises(SourceUnavailable, match="no fax has arrived"):
+            list(c.fetch(query))
+    shutil.copy(samples["text_layer"].path, env.drop / "letter.pdf")
+    env.ingest_all()
+    with env.connector() as c:
+        c.options["settle_seconds"] = 3600  # more pages may follow within the hour
+        got = []
+        with pytest.raises(SourceUnavailable, match="waiting"):
+            for record in c.fetch(query):
+                got.append(record)
+        assert len(got) == 1  # what came is taken at once
+        c.options["settle_seconds"] = 0
+        done = list(c.fetch(RecordQuery("auth-1", tid, already_fetched=frozenset({got[0].origin}))))
+        assert done == []  # nothing new, and it had some: the pull is complete
 
 
 def test_review_assign_and_reject(env, samples, people):
