@@ -156,13 +156,6 @@ def render_cover_pdf(sheet: CoverSheet, key: bytes) -> bytes:
     if sheet.requester:
         page.drawString(1.0 * inch, top - 0.6 * inch, f"Requested by: {sheet.requester}")
 
-    size = 2.6 * inch
-    widget = QrCodeWidget(payload, barLevel="Q", barBorder=4)
-    x0, y0, x1, y1 = widget.getBounds()
-    drawing = Drawing(size, size, transform=[size / (x1 - x0), 0, 0, size / (y1 - y0), 0, 0])
-    drawing.add(widget)
-    renderPDF.draw(drawing, page, width - 1.0 * inch - size, top - 0.9 * inch - size)
-
     lines = [
         ("Patient", sheet.patient_name),
         ("Date of birth", sheet.birth_date.isoformat() if sheet.birth_date else "unknown"),
@@ -177,6 +170,16 @@ def render_cover_pdf(sheet: CoverSheet, key: bytes) -> bytes:
         page.setFont("Helvetica-Bold", 14)
         page.drawString(2.4 * inch, y, value)
         y -= 0.45 * inch
+
+    # the code goes below the text, clear of it whatever the length of the values
+    size = 2.6 * inch
+    widget = QrCodeWidget(payload, barLevel="Q", barBorder=4)
+    x0, y0, x1, y1 = widget.getBounds()
+    drawing = Drawing(size, size, transform=[size / (x1 - x0), 0, 0, size / (y1 - y0), 0, 0])
+    drawing.add(widget)
+    y -= size
+    renderPDF.draw(drawing, page, 1.0 * inch, y)
+    y -= 0.2 * inch
     if sheet.note:
         page.setFont("Helvetica", 10)
         page.drawString(1.0 * inch, y - 0.2 * inch, sheet.note[:120])

@@ -75,6 +75,9 @@ def init(data_dir: Path | None) -> None:
                    "records in flight cannot be read)")
     kid = SigningKeys(settings.keys_dir).ensure()
     click.echo(f"signing key: {kid}")
+    from .faxes import ensure_cover_key
+
+    ensure_cover_key(settings.keys_dir)
     issuers = settings.issuers_file
     if not issuers.exists():
         issuers.parent.mkdir(parents=True, exist_ok=True)
@@ -310,6 +313,90 @@ def transfer_cancel(transfer_id: str, reason: str) -> None:
 
     cancel_transfer(_services(), transfer_id, reason, "cli", "operator")
     click.echo(f"transfer {transfer_id} cancelled")
+
+
+@transfer.command("cover-sheet")
+@click.argument("transfer_id")
+@click.option("--source", default=None, help="The fax source (needed when there are several).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def transfer_cover_sheet(transfer_id: str, source: str | None, out: Path) -> None:
+    """Write the records-request cover sheet the provider faxes back first."""
+    from .faxes import cover_sheet
+
+    out.write_bytes(cover_sheet(_services(), transfer_id, source, "cli", "operator"))
+    click.echo(f"cover sheet written to {out}")
+
+
+# --- faxes ---------------------------------------------------------------------------
+
+@main.group()
+def fax() -> None:
+    """Fax drop folders: ingest now, and the review queue."""
+
+
+@fax.command("ingest")
+def fax_ingest() -> None:
+    """Take every complete fax from the drop folders now (the worker does it periodically)."""
+    from .faxes import ingest_now
+
+    counts = ingest_now(_services())
+    click.echo(", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no new faxes")
+
+
+@fax.command("review")
+@click.option("--source", default=None)
+def fax_review(source: str | None) -> None:
+    """List faxes awaiting review and files in quarantine."""
+    from .faxes import review_queue
+
+    name, queue = review_queue(_services(), source)
+    for item in queue.list():
+        click.echo(f"{item.fax_id}  review  {item.pages}p  received {item.received_at}  "
+                   f"candidates: {', '.join(item.candidates) or '-'}  ({'; '.join(item.reasons)})")
+    for q in queue.quarantined():
+        click.echo(f"{q.fax_id}  quarantine  {q.reason}: {q.detail}")
+
+
+@fax.command("preview")
+@click.argument("fax_id")
+@click.option("--source", default=None)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def fax_preview(fax_id: str, source: str | None, out: Path) -> None:
+    """Write a PNG of the fax's first page."""
+    from connectors.fax_review import ReviewError
+
+    from .faxes import review_queue
+
+    _, queue = review_queue(_services(), source)
+    try:
+        out.write_bytes(queue.preview(fax_id).read_bytes())
+    except ReviewError as exc:
+        raise GatewayError(str(exc)) from None
+    click.echo(f"preview written to {out}")
+
+
+@fax.command("assign")
+@click.argument("fax_id")
+@click.argument("transfer_id")
+@click.option("--source", default=None)
+def fax_assign(fax_id: str, transfer_id: str, source: str | None) -> None:
+    """Attach a fax awaiting review to an open transfer."""
+    from .faxes import assign
+
+    assign(_services(), source, fax_id, transfer_id, "cli", "operator")
+    click.echo(f"fax {fax_id} assigned to transfer {transfer_id}")
+
+
+@fax.command("reject")
+@click.argument("fax_id")
+@click.option("--reason", required=True)
+@click.option("--source", default=None)
+def fax_reject(fax_id: str, reason: str, source: str | None) -> None:
+    """Set a fax aside for good."""
+    from .faxes import reject
+
+    reject(_services(), source, fax_id, reason, "cli", "operator")
+    click.echo(f"fax {fax_id} rejected")
 
 
 # --- audit ---------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from connectors import connector_class
 from connectors.base import ConnectorError, RawRecord, RejectedRecord
 from mappings import MappingContext, MappingFailed, map_record
 
-from . import audit, bundles, delivery, policy
+from . import audit, bundles, delivery, faxes, policy
 from .errors import GatewayError, MappingError, ProviderUnavailable
 from .models import Item, Transfer, TransferSource, utcnow
 from .services import Services
@@ -97,7 +97,8 @@ def _pull_source(svc: Services, t: Transfer, name: str, owner: str) -> None:
         lease.renew_if_due()
 
     try:
-        with connector_class(cfg.kind)(name, cfg.options, workdir, on_progress) as conn:
+        options = faxes.connector_options(svc, cfg)
+        with connector_class(cfg.kind)(name, options, workdir, on_progress) as conn:
             for record in conn.fetch(query):
                 _store_record(svc, t, name, cfg.data_class, record)
                 lease.renew_if_due()

@@ -64,14 +64,22 @@ def drop_dir(tmp_path) -> Path:
 
 
 @pytest.fixture
-def claims_for(receiver_url, drop_dir):
+def fax_dir(tmp_path) -> Path:
+    path = tmp_path / "fax-in"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def claims_for(receiver_url, drop_dir, fax_dir):
     """Build authorization claims covering the test source and recipient."""
 
     def build(jti: str | None = None, **kw):
         return example_claims(
             ISSUER, jti or f"auth-{uuid.uuid4().hex[:12]}",
             disclosers=[{"id": SENDER_ORG, "name": "Test Hospital",
-                         "endpoints": [{"type": "pdf-folder", "address": str(drop_dir)}]}],
+                         "endpoints": [{"type": "pdf-folder", "address": str(drop_dir)},
+                                       {"type": "fax", "address": str(fax_dir)}]}],
             recipient={"id": RECEIVER_ORG, "name": "Test Center",
                        "endpoint": {"type": "gateway", "address": receiver_url}}, **kw)
 
@@ -79,20 +87,26 @@ def claims_for(receiver_url, drop_dir):
 
 
 @pytest.fixture
-def sender_config(tmp_path, trust_file, receiver_url, drop_dir) -> dict:
+def sender_config(tmp_path, trust_file, receiver_url, drop_dir, fax_dir) -> dict:
     data = tmp_path / "sender"
     data.mkdir()
     (data / "peer-token").write_text("not-yet-issued")
+    (tmp_path / "fax-store").mkdir()
     return {
         "data_dir": str(data), "blob_key": new_master_key(), "trust_file": str(trust_file),
         "organization": SENDER_ORG, "port": free_port(),
         "sources": {"records": {"kind": "pdf-folder", "organization": SENDER_ORG,
                                 "endpoint": str(drop_dir), "data_class": "notes",
-                                "options": {"path": str(drop_dir)}}},
+                                "options": {"path": str(drop_dir)}},
+                    "fax": {"kind": "fax-drop", "organization": SENDER_ORG, "endpoint": str(fax_dir),
+                            "options": {"drop": str(fax_dir), "store": str(tmp_path / "fax-store"),
+                                        "settle_seconds": 0, "file_settle_seconds": 0.3,
+                                        "return_fax": "+1 555 0100"}}},
         "peers": {"center": {"base_url": receiver_url, "organization": RECEIVER_ORG,
                              "token_file": str(data / "peer-token")}},
         "retry": {"base_delay_s": 0.2, "max_delay_s": 1.0, "max_attempts": 1000},
         "step_lease_s": 5, "reconcile_interval_s": 1, "checkpoint_interval_s": 1,
+        "fax_scan_interval_s": 0.5,
     }
 
 
@@ -109,8 +123,11 @@ def receiver_config(tmp_path, receiver_url) -> dict:
 def app(sender_config):
     from gateway import create_app
 
+    from gateway.faxes import ensure_cover_key
+
     app = create_app(sender_config)
     app.extensions["gateway"].keys.ensure()
+    ensure_cover_key(app.extensions["gateway"].settings.keys_dir)
     yield app
     app.extensions["gateway"].close()
 

@@ -27,7 +27,7 @@ def operation_outcome(status: int, message: str, code: str | None = None):
 
 
 def register(app: Flask, mode: str) -> None:
-    from . import audit, authorizations, inbox, meta, receive, transfers
+    from . import audit, authorizations, faxes, inbox, meta, receive, transfers
 
     app.register_blueprint(meta.bp)
     app.register_blueprint(audit.bp)
@@ -36,6 +36,7 @@ def register(app: Flask, mode: str) -> None:
 
         app.register_blueprint(dashboard)
         app.register_blueprint(authorizations.bp)
+        app.register_blueprint(faxes.bp)
         app.register_blueprint(transfers.bp)
     if mode in ("receive", "both"):
         app.register_blueprint(receive.bp)

@@ -62,3 +62,17 @@ def test_code_with_another_key_is_found_but_invalid(people):
 def test_page_without_code(people):
     page = faxgen.render(faxgen.records_pdf(people[0], 1), 204)[0]
     assert decode_cover(faxgen.faxify(page), KEY) is None
+
+
+@pytest.mark.parametrize("transfer_id", ["0123456789abcdef0123456789abcdef", "T" * 64])
+def test_code_of_a_long_transfer_id_is_clear_of_the_text(transfer_id):
+    """The gateway's transfer ids are 32 hex characters; the printed id must not run over
+    the code (it once did, and the code no longer decoded)."""
+    import pypdfium2 as pdfium
+
+    pdf = render_cover_pdf(CoverSheet(transfer_id, "Avery Maximilian Testperson-Longname",
+                                      date(1970, 1, 1), "R-0123456789", "+1 555 0100"), KEY)
+    page = pdfium.PdfDocument(pdf)[0]
+    image = page.render(scale=200 / 72, grayscale=True).to_pil()
+    code = decode_cover(image, KEY)
+    assert code is not None and code.valid and code.transfer_id == transfer_id
