@@ -8,6 +8,7 @@ from .base import Connector
 
 CONNECTORS = {
     "pdf-folder": "connectors.pdf_folder:PdfFolderConnector",
+    "fhir-rest": "connectors.fhir_rest:FhirRestConnector",
 }
 
 
