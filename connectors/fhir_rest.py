@@ -36,6 +36,8 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import logging
+import queue
+import threading
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -79,6 +81,7 @@ class FhirRestConnector(Connector):
         self.want_attachments = bool(o.get("attachments", True))
         self.want_supporting = bool(o.get("supporting", True))
         self.max_binary_json = int(o.get("max_binary_json", 256 << 20))
+        self.prefetch = int(o.get("prefetch", 8))  # records the helper thread may run ahead
         timeout = o.get("timeout", (10, 60))
         if isinstance(timeout, (int, float)):
             timeout = (float(timeout), float(timeout))
@@ -105,6 +108,55 @@ class FhirRestConnector(Connector):
         self.http.close()
 
     def fetch(self, query: RecordQuery) -> Iterator[RawRecord]:
+        """Yield the query's records. With `prefetch` (default) the HTTP work runs in a
+        helper thread a few records ahead, so the server prepares the next page while
+        the caller stores (or maps) the current one; progress is still reported from
+        the caller's thread."""
+        if not self.prefetch:
+            yield from self._fetch(query)
+            return
+        box: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        caller_progress = self.progress
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    box.put(item, timeout=0.2)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            self.progress = lambda p: put(("progress", p))
+            try:
+                for rec in self._fetch(query):
+                    if not put(("record", rec)):
+                        return
+                put(("end", None))
+            except BaseException as exc:  # handed to the caller's thread
+                put(("error", exc))
+
+        worker = threading.Thread(target=produce, name=f"fhir-pull-{self.source}", daemon=True)
+        worker.start()
+        try:
+            while True:
+                kind, value = box.get()
+                if kind == "record":
+                    yield value
+                elif kind == "progress":
+                    caller_progress(value)
+                elif kind == "end":
+                    break
+                else:
+                    raise value
+        finally:
+            stop.set()
+            self.progress = caller_progress
+            worker.join(timeout=self.http.timeout[1] + 5)
+
+    def _fetch(self, query: RecordQuery) -> Iterator[RawRecord]:
         cap = self._capability()
         since = instant(getattr(query, "since", None) or self.options.get("since"))
         key = journal_key(self.base_url, query.identifiers, query.family_name, query.given_names,

@@ -46,6 +46,8 @@ class MappingContext:
 
 MAPPINGS = {
     "pdf": "mappings.pdf_document:map_pdf",
+    "fhir-json": "mappings.fhir_r4:map_fhir_json",
+    "fhir-attachment": "mappings.fhir_r4:map_fhir_attachment",
 }
 
 
