@@ -184,11 +184,10 @@ class FhirHttp:
 
     # -- requests ---------------------------------------------------------------
     def get(self, url: str, params: dict | list | None = None, accept: str = FHIR_JSON,
-            to_dir: Path | None = None, inside_base: bool = True) -> Fetched:
+            to_dir: Path | None = None, authenticated: bool = True) -> Fetched:
         """GET with retries. `to_dir`: stream the body to a new file there."""
-        if inside_base:
-            url = self.resolve(url)
-        return self._send("GET", url, params=params, accept=accept, to_dir=to_dir)
+        return self._send("GET", self.resolve(url), params=params, accept=accept, to_dir=to_dir,
+                          authenticated=authenticated)
 
     def post_form(self, url: str, data: dict, accept: str = "application/json") -> Fetched:
         """POST a form (token requests); `url` is trusted configuration or discovery."""

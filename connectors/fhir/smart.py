@@ -127,7 +127,8 @@ class SmartBackendAuth:
     def discover(self) -> str:
         if self.token_url:
             return self.token_url
-        conf = self.http.get(".well-known/smart-configuration", accept="application/json")
+        conf = self.http.get(".well-known/smart-configuration", accept="application/json",
+                             authenticated=False)
         try:
             doc = orjson.loads(conf.content)
         except orjson.JSONDecodeError:
