@@ -262,7 +262,8 @@ class FhirHttp:
             content = b"".join(chunks)
             self._check_length(resp, expected_n, url)
             self.on_bytes(size)
-            return Fetched(url, resp.status_code, headers, content=content, size=size, attempts=attempts)
+            return Fetched(resp.url or url, resp.status_code, headers, content=content, size=size,
+                           attempts=attempts)
         fd, name = tempfile.mkstemp(dir=to_dir, prefix=".dl-", suffix=".part")
         path = Path(name)
         try:
@@ -276,7 +277,7 @@ class FhirHttp:
             path.unlink(missing_ok=True)
             raise
         self.on_bytes(size)
-        return Fetched(url, resp.status_code, headers, path=path, size=size, attempts=attempts)
+        return Fetched(resp.url or url, resp.status_code, headers, path=path, size=size, attempts=attempts)
 
     def _check_size(self, size: int, url: str) -> None:
         if size > self.max_download:
