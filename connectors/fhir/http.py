@@ -116,8 +116,8 @@ def outcome_summary(body: bytes, limit: int = 300) -> str:
     if not isinstance(doc, dict):
         return ""
     if doc.get("resourceType") != "OperationOutcome":
-        text = doc.get("error_description") or doc.get("error") or ""
-        return str(text)[:limit]
+        parts = [str(doc[k]) for k in ("error", "error_description") if doc.get(k)]  # OAuth errors
+        return ": ".join(parts)[:limit]
     bits = []
     for issue in doc.get("issue") or ():
         if isinstance(issue, dict):
