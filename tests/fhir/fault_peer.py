@@ -18,6 +18,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):  # clients hanging up on purpose
+        pass
+
+
 @dataclass
 class Fault:
     match: str
@@ -40,7 +45,7 @@ class FaultPeer:
         self.next_base: str | None = None  # where next links point (default: our base)
         self.on_page = None  # callable(path, offset) run before a search page is built
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server = _QuietServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}/fhir"
