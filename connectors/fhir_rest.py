@@ -259,6 +259,8 @@ class FhirRestConnector(Connector):
         ss = journal.state.stream(stream.key)
         if ss.done:
             return
+        if ss.stop:
+            raise OutsideBase(f"next link of {stream.key} {ss.stop[len('refused URL '):]}")
         if ss.started and ss.next_url is None:
             journal.append({"ev": "stream-done", "stream": stream.key})
             return

@@ -38,6 +38,7 @@ class StreamState:
     next_url: str | None = None
     started: bool = False
     done: bool = False
+    stop: str | None = None  # why paging stopped (a refused next link)
 
 
 @dataclass
@@ -82,6 +83,7 @@ class PullJournal:
             s.started = True
             s.pages = ev["page"] + 1
             s.next_url = ev.get("next")
+            s.stop = ev.get("stop")
             for k in ev.get("keys", ()):
                 rkey, _, version = k.partition("@")
                 st.seen[rkey] = version
