@@ -41,7 +41,7 @@ import requests  # noqa: E402
 from connectors.base import PatientIdentifier, RawRecord, RecordQuery  # noqa: E402
 from connectors.fhir.pages import split_page  # noqa: E402
 from connectors.fhir.state import PullJournal  # noqa: E402
-from connectors.fhir_rest import FhirRestConnector  # noqa: E402
+from connectors.fhir_rest import CHUNK_RESOURCES, FhirRestConnector  # noqa: E402
 from mappings import MappingContext, map_record  # noqa: E402
 
 CONTEXT = MappingContext("urn:uuid:00000000-0000-4000-8000-000000000001")
@@ -51,7 +51,8 @@ def normalize_file(bundle: Path, workdir: Path, base_url: str, patient_id: str) 
     """Our normalization of a whole bundle file; returns the number of items mapped."""
     workdir.mkdir(parents=True, exist_ok=True)
     result = split_page(bundle, workdir / "bench", seen={}, supporting=(), base_url=base_url,
-                        chunk_resources=250, chunk_bytes=4 << 20, want_attachments=False)
+                        chunk_resources=CHUNK_RESOURCES, chunk_bytes=4 << 20,
+                        want_attachments=False)
     items = 0
     meta = {"base_url": base_url, "fhir_version": "4.0.1", "patient_id": patient_id, "stream": "bench",
             "page": 0, "attachments": {}}

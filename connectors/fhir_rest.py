@@ -12,7 +12,7 @@ Options (the source's configuration):
                      "everything" | "search"
     since            ISO timestamp for an incremental pull (RecordQuery.since wins)
     page_size        _count asked of the server (default 500)
-    chunk_resources, chunk_bytes   size of one "fhir-json" record (default 1000, 4 MiB)
+    chunk_resources, chunk_bytes   size of one "fhir-json" record (default 500, 4 MiB)
     timeout          [connect, read] seconds (default [10, 60])
     max_retries, backoff, backoff_max, max_retry_after, max_total_wait   (politeness)
     attachments      fetch attachment URLs (default true); supporting: fetch referenced
@@ -57,6 +57,7 @@ from .fhir.state import PullJournal, journal_key
 log = logging.getLogger(__name__)
 
 NDJSON = "application/fhir+ndjson"
+CHUNK_RESOURCES = 500  # resources per "fhir-json" record: bounds the mapping's memory
 
 
 def resource_uuid(base_url: str, rtype: str, rid: str) -> str:
@@ -75,7 +76,7 @@ class FhirRestConnector(Connector):
             raise SourceRejected("fhir-rest source needs base_url")
         self.base_url = check_base_url(str(o["base_url"]), bool(o.get("allow_http")))
         self.page_size = int(o.get("page_size", 500))
-        self.chunk_resources = int(o.get("chunk_resources", 1000))
+        self.chunk_resources = int(o.get("chunk_resources", CHUNK_RESOURCES))
         self.chunk_bytes = int(o.get("chunk_bytes", 4 << 20))
         self.mode = o.get("retrieval", "auto")
         self.want_attachments = bool(o.get("attachments", True))

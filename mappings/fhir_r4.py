@@ -223,15 +223,15 @@ def _rewrite_attachments(resource: dict, attachments: dict[str, str]) -> None:
 # validators (and their memo of validated elements) shared by the records of one pull:
 # reference rewriting depends only on this key, so identical elements validate once
 _VALIDATORS: "OrderedDict[tuple, MemoValidator]" = OrderedDict()
-MEMO_LIMIT = 50_000  # elements kept per pull before the memo starts over
+MEMO_ENTRIES = 2048  # validated elements kept (oldest dropped first): bounds memory
 
 
 def _validator(norm: _Normalizer) -> MemoValidator:
     key = (norm.base, norm.patient, norm.patient_ref,
            hashlib.sha256(orjson.dumps(norm.full_urls, option=orjson.OPT_SORT_KEYS)).digest())
     validator = _VALIDATORS.get(key)
-    if validator is None or len(validator.memo) > MEMO_LIMIT:
-        validator = MemoValidator({"Reference": norm.reference})
+    if validator is None:
+        validator = MemoValidator({"Reference": norm.reference}, max_entries=MEMO_ENTRIES)
         _VALIDATORS[key] = validator
         while len(_VALIDATORS) > 2:
             _VALIDATORS.popitem(last=False)

@@ -77,8 +77,9 @@ class MemoValidator:
     #: (Meta, Identifier, ...) stops being memoized
     LEARN_AFTER = 64
 
-    def __init__(self, hooks: dict[str, Callable[[dict], dict]] | None = None):
+    def __init__(self, hooks: dict[str, Callable[[dict], dict]] | None = None, max_entries: int = 4096):
         self.memo: dict[tuple[type, bytes], object] = {}
+        self.max_entries = max_entries  # oldest quarter dropped beyond this (bounded memory)
         self.hooks = {k: v for k, v in (hooks or {}).items()}
         self.hits = 0
         self.misses = 0
@@ -108,7 +109,11 @@ class MemoValidator:
             if misses >= self.LEARN_AFTER and self._class_hits.get(klass, 0) * 20 < misses:
                 self._unique.add(klass)
             inst = klass.model_validate(self._prepare(klass, value))
-            self.memo[key] = inst
+            memo = self.memo
+            if len(memo) >= self.max_entries:
+                for old in list(memo)[: self.max_entries // 4]:
+                    del memo[old]
+            memo[key] = inst
         else:
             self.hits += 1
             self._class_hits[klass] = self._class_hits.get(klass, 0) + 1
