@@ -40,7 +40,6 @@ import requests  # noqa: E402
 
 from connectors.base import PatientIdentifier, RawRecord, RecordQuery  # noqa: E402
 from connectors.fhir.pages import split_page  # noqa: E402
-from connectors.fhir.state import PullJournal  # noqa: E402
 from connectors.fhir_rest import CHUNK_RESOURCES, FhirRestConnector  # noqa: E402
 from mappings import MappingContext, map_record  # noqa: E402
 

@@ -49,7 +49,8 @@ from .base import (Connector, Progress, RawRecord, RecordQuery, SourceRejected, 
                    hash_file)
 from .fhir.attachments import fetch_attachment
 from .fhir.http import FHIR_JSON, FhirHttp, OutsideBase, RetryPolicy, check_base_url
-from .fhir.pages import PageResult, PageBroken, split_page
+from .fhir.pages import PageBroken, PageResult, split_page
+from .fhir.patients import match_patient
 from .fhir.plan import SUPPORTING_TYPES, Capability, Stream, instant, plan_streams
 from .fhir.smart import NoAuth, make_auth
 from .fhir.state import PullJournal, journal_key
@@ -210,50 +211,8 @@ class FhirRestConnector(Connector):
         journal.append({"ev": "done"})
         self._report("done")
 
-    # -- patient matching -------------------------------------------------------------
     def match_patient(self, query: RecordQuery) -> str:
-        """The server id of the authorization's patient; zero or several matches stop."""
-        found: set[str] = set()
-        tried = 0
-        for ident in query.identifiers:
-            tried += 1
-            found |= self._patient_search([("identifier", f"{ident.system}|{ident.value}")], None)
-        if not found and query.family_name and query.birth_date:
-            tried += 1
-            params = [("family", query.family_name), ("birthdate", query.birth_date.isoformat())]
-            if query.given_names:
-                params.append(("given", query.given_names[0]))
-            found = self._patient_search(params, query)
-        if not tried:
-            raise SourceRejected("the authorization names no patient identifiers, nor name and birth date")
-        if not found:
-            raise SourceRejected(f"no patient on {self.base_url} matches the authorization "
-                                 f"({len(query.identifiers)} identifiers"
-                                 f"{', name and birth date' if query.family_name and query.birth_date else ''})")
-        if len(found) > 1:
-            raise SourceRejected(f"{len(found)} patients on {self.base_url} match the authorization; "
-                                 f"refusing to guess")
-        return found.pop()
-
-    def _patient_search(self, params, query: RecordQuery | None) -> set[str]:
-        got = self.http.get("Patient", params=[*params, ("_count", "10")])
-        try:
-            doc = orjson.loads(got.content)
-        except orjson.JSONDecodeError:
-            raise SourceRejected("Patient search answered with something that is not JSON") from None
-        ids = set()
-        for entry in doc.get("entry") or () if isinstance(doc, dict) else ():
-            res = entry.get("resource") if isinstance(entry, dict) else None
-            if not isinstance(res, dict) or res.get("resourceType") != "Patient" or not res.get("id"):
-                continue
-            if (entry.get("search") or {}).get("mode", "match") != "match":
-                continue
-            if query is not None and not _same_person(res, query):
-                continue
-            ids.add(res["id"])
-        if any(link.get("relation") == "next" for link in doc.get("link") or () if isinstance(link, dict)):
-            ids.add("(more)")  # more pages of matches: certainly ambiguous
-        return ids
+        return match_patient(self.http, self.base_url, query)
 
     # -- streams and pages --------------------------------------------------------------
     def _stream(self, journal: PullJournal, stream: Stream, done_origins) -> Iterator[RawRecord]:
@@ -444,14 +403,6 @@ def _by_id_streams(keys: list[str], page_size: int) -> list[Stream]:
             streams.append(Stream(f"{rtype}?_id#{digest}", rtype,
                                   (("_id", ",".join(batch)), ("_count", str(min(page_size, 50))))))
     return streams
-
-
-def _same_person(patient: dict, query: RecordQuery) -> bool:
-    if patient.get("birthDate") != query.birth_date.isoformat():
-        return False
-    family = query.family_name.casefold()
-    return any(isinstance(n, dict) and str(n.get("family", "")).casefold() == family
-               for n in patient.get("name") or ())
 
 
 def _short(key: str) -> str:
