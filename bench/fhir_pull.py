@@ -224,6 +224,7 @@ def main() -> None:
             "pull_overhead_search": round(figures["search"][0] / figures["search"][1], 3),
             "pull_pages": figures["auto"][2], "pull_pages_search": figures["search"][2],
             "rounds": args.rounds,
+            "load_avg_1m": round(__import__("os").getloadavg()[0], 2),  # other work on the machine skews figures
         }
     finally:
         server.stop()

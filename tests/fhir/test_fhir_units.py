@@ -280,3 +280,40 @@ def test_attachment_becomes_a_binary_streamed_from_the_record(tmp_path):
     assert item.carries_record_bytes and item.resource.contentType == "application/pdf"
     assert item.resource.id == resource_uuid(BASE, "Binary", "b1")
     assert item.data_class == "radiology" and item.clinical_date == date(2022, 3, 4)
+
+
+# -- golden file ---------------------------------------------------------------------------
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def _golden_view(items) -> list[dict]:
+    out = []
+    for item in items:
+        if isinstance(item, InvalidResource):
+            out.append({"invalid": f"{item.resource_type}/{item.source_id}", "error": item.error,
+                        "data_class": item.data_class})
+        else:
+            out.append({"data_class": item.data_class,
+                        "clinical_date": item.clinical_date.isoformat() if item.clinical_date else None,
+                        "resource": orjson.loads(item.resource.model_dump_json())})
+    return out
+
+
+def test_golden_record(tmp_path):
+    """tests/fhir/golden/record.ndjson (a page chunk as the connector writes it) maps to
+    expected.json. Regenerate with GOLDEN_UPDATE=1 after a deliberate change and review it."""
+    import os
+    import shutil
+    src = tmp_path / "record.ndjson"
+    shutil.copy(GOLDEN / "record.ndjson", src)
+    rec = RawRecord(source="ehr", kind="fhir-json", media_type="application/fhir+ndjson", path=src,
+                    sha256="0" * 64, size=src.stat().st_size, origin=f"{BASE}/Patient/$everything#page=0&chunk=0",
+                    fetched_at=datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
+                    metadata={"base_url": BASE, "fhir_version": "4.0.1", "patient_id": "p1",
+                              "stream": "Patient/$everything", "page": 0, "chunk": 0,
+                              "attachments": {"Binary/b1": resource_uuid(BASE, "Binary", "b1")}})
+    got = _golden_view(map_record(rec, CTX))
+    expected_path = GOLDEN / "expected.json"
+    if os.environ.get("GOLDEN_UPDATE"):
+        expected_path.write_bytes(orjson.dumps(got, option=orjson.OPT_INDENT_2) + b"\n")
+    assert got == orjson.loads(expected_path.read_bytes())
