@@ -91,7 +91,7 @@ class FhirRestConnector(Connector):
                                for k in ("max_retries", "backoff", "backoff_max", "max_retry_after",
                                          "max_total_wait") if k in o})
         self.http = FhirHttp(self.base_url, NoAuth(), timeout=tuple(timeout), retry=retry,
-                             extra_bases=tuple(check_base_url(b, True) for b in o.get("extra_bases", ())),
+                             extra_bases=tuple(check_base_url(b, bool(o.get("allow_http"))) for b in o.get("extra_bases", ())),
                              verify=o.get("verify_tls", True), max_download=int(o.get("max_download", 2 << 30)),
                              on_bytes=self._on_bytes)
         self.http.auth = make_auth(o.get("auth"), self.http)
