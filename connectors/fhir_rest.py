@@ -90,8 +90,8 @@ class FhirRestConnector(Connector):
         retry = RetryPolicy(**{k: float(o[k]) if k != "max_retries" else int(o[k])
                                for k in ("max_retries", "backoff", "backoff_max", "max_retry_after",
                                          "max_total_wait") if k in o})
-        self.http = FhirHttp(self.base_url, NoAuth(), timeout=tuple(timeout), retry=retry,
-                             extra_bases=tuple(check_base_url(b, bool(o.get("allow_http"))) for b in o.get("extra_bases", ())),
+        extra = tuple(check_base_url(b, bool(o.get("allow_http"))) for b in o.get("extra_bases", ()))
+        self.http = FhirHttp(self.base_url, NoAuth(), timeout=tuple(timeout), retry=retry, extra_bases=extra,
                              verify=o.get("verify_tls", True), max_download=int(o.get("max_download", 2 << 30)),
                              on_bytes=self._on_bytes)
         self.http.auth = make_auth(o.get("auth"), self.http)
@@ -319,9 +319,12 @@ class FhirRestConnector(Connector):
             journal.append({"ev": "attachment-refused", "url": absolute, "reason": str(exc)[:300]})
             return
         sha, size = hash_file(path)
-        rtype, _, rid = absolute[len(self.base_url) + 1:].partition("/") if absolute.startswith(self.base_url + "/") else ("", "", "")
-        binary_id = (resource_uuid(self.base_url, "Binary", rid) if rtype == "Binary" and rid and "/" not in rid
-                     else str(uuid.uuid5(uuid.NAMESPACE_URL, absolute)))
+        local = absolute[len(self.base_url) + 1:] if absolute.startswith(self.base_url + "/") else ""
+        rtype, _, rid = local.partition("/")
+        if rtype == "Binary" and rid and "/" not in rid and "?" not in rid:
+            binary_id = resource_uuid(self.base_url, "Binary", rid)  # the Binary's own downstream id
+        else:
+            binary_id = str(uuid.uuid5(uuid.NAMESPACE_URL, absolute))
         rec = {"kind": "fhir-attachment", "media_type": media_type, "file": path.name, "sha256": sha,
                "size": size, "origin": absolute, "fetched_at": _now(),
                "metadata": {"base_url": self.base_url, "url": url, "absolute_url": absolute,

@@ -294,8 +294,8 @@ def map_fhir_json(record: RawRecord, context: MappingContext) -> list[Mapped | I
                     raise ValueError("resource without resourceType or id")
                 model_class(rtype)
             except (KeyError, ValueError) as exc:
-                out.append(InvalidResource(f"{record.origin}#line={line_no}", rtype, rid,
-                                           str(exc) if isinstance(exc, ValueError) else f"unknown resource type {rtype!r}",
+                why = str(exc) if isinstance(exc, ValueError) else f"unknown resource type {rtype!r}"
+                out.append(InvalidResource(f"{record.origin}#line={line_no}", rtype, rid, why,
                                            orjson.dumps(res), klass, when))
                 continue
             new_id = resource_uuid(norm.base, rtype, rid)

@@ -57,8 +57,8 @@ def _decode_binary(src: Path, target: Path, limit: int) -> str:
     except orjson.JSONDecodeError:
         raise SourceRejected("attachment answered as FHIR JSON that does not parse") from None
     if not isinstance(doc, dict) or doc.get("resourceType") != "Binary":
-        raise SourceRejected(f"attachment answered with {doc.get('resourceType') if isinstance(doc, dict) else 'JSON'}, "
-                             f"not Binary")
+        kind = doc.get("resourceType") if isinstance(doc, dict) else "JSON"
+        raise SourceRejected(f"attachment answered with {kind}, not Binary")
     data = doc.pop("data", "") or ""
     if not isinstance(data, str):
         raise SourceRejected("Binary.data is not a string")
