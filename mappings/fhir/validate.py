@@ -83,6 +83,8 @@ class MemoValidator:
         self.hooks = {k: v for k, v in (hooks or {}).items()}
         self.hits = 0
         self.misses = 0
+        self.bypassed = 0  # elements validated without the memo (unique classes, large)
+        self._hot: set = set()  # keys hit since they were last considered for eviction
         self._class_hits: dict[type, int] = {}
         self._class_misses: dict[type, int] = {}
         self._unique: set[type] = set()
@@ -97,9 +99,11 @@ class MemoValidator:
         if hook is not None:
             value = hook(value)
         if klass in self._unique:
+            self.bypassed += 1
             return klass.model_validate(self._prepare(klass, value))
         dumped = _dumps(value)
         if len(dumped) > self.MAX_KEY:
+            self.bypassed += 1
             return klass.model_validate(self._prepare(klass, value))
         key = (klass, dumped)
         inst = self.memo.get(key)
@@ -109,15 +113,28 @@ class MemoValidator:
             if misses >= self.LEARN_AFTER and self._class_hits.get(klass, 0) * 20 < misses:
                 self._unique.add(klass)
             inst = klass.model_validate(self._prepare(klass, value))
-            memo = self.memo
-            if len(memo) >= self.max_entries:
-                for old in list(memo)[: self.max_entries // 4]:
-                    del memo[old]
-            memo[key] = inst
+            if len(self.memo) >= self.max_entries:
+                self._evict()
+            self.memo[key] = inst
         else:
             self.hits += 1
+            self._hot.add(key)
             self._class_hits[klass] = self._class_hits.get(klass, 0) + 1
         return inst
+
+    def _evict(self) -> None:
+        """Drop the oldest quarter of the memo, except entries hit since they were last
+        looked at here (second chance: they move to the young end)."""
+        memo, hot = self.memo, self._hot
+        for key in list(memo)[: self.max_entries // 4]:
+            inst = memo.pop(key)
+            if key in hot:
+                hot.discard(key)
+                memo[key] = inst
+        if len(memo) >= self.max_entries:  # everything was hot: plain FIFO this time
+            for key in list(memo)[: self.max_entries // 4]:
+                del memo[key]
+                hot.discard(key)
 
     def _prepare(self, cls: type, data: dict) -> dict:
         for key, value in data.items():

@@ -161,10 +161,12 @@ def test_memo_validation_builds_the_same_models_as_plain_validation(synthea_file
     doc = orjson.loads(synthea_files[0].read_bytes())
     resources = [e["resource"] for e in doc["entry"]]
     plain = [model_class(r["resourceType"]).model_validate(r) for r in orjson.loads(orjson.dumps(resources))]
-    memo = MemoValidator()
-    fast = [memo.validate(r) for r in orjson.loads(orjson.dumps(resources))]
-    assert memo.hits > memo.misses  # it did share elements
-    assert [m.model_dump_json() for m in fast] == [m.model_dump_json() for m in plain]
+    expected = [m.model_dump_json() for m in plain]
+    for size in (4096, 16):  # a roomy memo, and one that evicts all the time
+        memo = MemoValidator(max_entries=size)
+        fast = [memo.validate(r) for r in orjson.loads(orjson.dumps(resources))]
+        assert memo.hits > 0 and len(memo.memo) <= size
+        assert [m.model_dump_json() for m in fast] == expected
 
 
 def test_memo_validation_still_rejects_what_plain_validation_rejects():
