@@ -317,7 +317,7 @@ def map_fhir_json(record: RawRecord, context: MappingContext) -> list[Mapped | I
             out.append(Mapped(model, klass, when))
             targets.append(f"urn:uuid:{new_id}")
     if targets:
-        out.append(Mapped(_provenance(record, targets), "demographics", None))
+        out.append(Mapped(_provenance(record, targets), "supporting", None))
     return out
 
 

@@ -1,5 +1,11 @@
-"""Which data class (mappings.DATA_CLASSES) a FHIR resource belongs to, and its clinical
-date, read from the resource's JSON so filters work on valid and invalid resources alike.
+"""Which data class a FHIR resource belongs to, and its clinical date, read from the
+resource's JSON so filters work on valid and invalid resources alike.
+
+Two classes beyond mappings.DATA_CLASSES:
+- "supporting": who and where (Practitioner, PractitionerRole, Organization, Location) and
+  Provenance. No clinical content of their own: release them with whatever references
+  them (they carry no clinical date, so a date filter alone would drop them).
+- "billing": Claim, ExplanationOfBenefit, Coverage. Only an "all" authorization covers them.
 """
 from __future__ import annotations
 
@@ -15,9 +21,9 @@ TYPE_CLASS = {
     "Goal": "care-plans", "Device": "procedures", "Specimen": "labs",
     "ServiceRequest": "procedures", "SupplyDelivery": "procedures", "Media": "imaging",
     "DocumentReference": "documents", "DiagnosticReport": "labs", "Observation": "conditions",
-    "Patient": "demographics", "Practitioner": "demographics", "PractitionerRole": "demographics",
-    "Organization": "demographics", "Location": "demographics", "RelatedPerson": "demographics",
-    "Provenance": "demographics", "Coverage": "billing", "Claim": "billing",
+    "Patient": "demographics", "RelatedPerson": "demographics", "Practitioner": "supporting",
+    "PractitionerRole": "supporting", "Organization": "supporting", "Location": "supporting",
+    "Provenance": "supporting", "Coverage": "billing", "Claim": "billing",
     "ExplanationOfBenefit": "billing",
 }
 OBSERVATION_CATEGORY = {

@@ -93,7 +93,7 @@ def test_search_pull_narrowed_by_data_classes_and_dates(sekmet, tmp_path):
     good, bad = mapped(records)
     assert not bad and good
     classes = collections.Counter(i.data_class for i in good)
-    assert set(classes) <= {"labs", "immunizations", "notes", "radiology", "pathology", "demographics"}
+    assert set(classes) <= {"labs", "immunizations", "notes", "radiology", "pathology", "supporting"}
     assert classes["labs"] and classes["immunizations"]
     for item in good:
         if item.data_class in ("labs", "immunizations") and item.clinical_date:

@@ -226,7 +226,8 @@ def test_mapping_normalizes_references_ids_and_classes(tmp_path):
     assert {t.reference for t in prov.target} == {f"urn:uuid:{i.resource.id}" for i in items
                                                   if i.resource.get_resource_type() != "Provenance"}
     assert prov.entity[0].what.identifier.value == rec.origin
-    assert all(i.data_class in DATA_CLASSES | {"billing"} for i in items)
+    assert all(i.data_class in DATA_CLASSES | {"billing", "supporting"} for i in items)
+    assert by_type["Practitioner"].data_class == by_type["Provenance"].data_class == "supporting"
 
 
 def test_invalid_resources_are_kept_with_their_errors(tmp_path):
