@@ -45,8 +45,8 @@ from typing import Iterator
 
 import orjson
 
-from .base import (Connector, Progress, RawRecord, RecordQuery, SourceRejected, SourceUnavailable,
-                   hash_file)
+from .base import (Connector, Progress, RawRecord, RecordQuery, RejectedRecord, SourceRejected,
+                   SourceUnavailable, hash_file)
 from .fhir.attachments import fetch_attachment
 from .fhir.http import FHIR_JSON, FhirHttp, OutsideBase, RetryPolicy, check_base_url
 from .fhir.pages import PageBroken, PageResult, split_page
@@ -280,18 +280,22 @@ class FhirRestConnector(Connector):
             try:
                 absolute = self.http.resolve(att.url)
             except OutsideBase as exc:
-                refused.append({"url": att.url, "reason": "outside the server base (refused)"})
-                self.stats["refused"] += 1
                 log.warning("fhir: %s", exc)
-                continue
-            known = st.attachments.get(absolute)
-            if known is None:
-                yield from self._attachment(journal, att.url, absolute, att.owner, att.content_type)
-                known = st.attachments.get(absolute)
-            if known is None or "refused" in known:
-                refused.append({"url": att.url, "reason": (known or {}).get("refused", "not fetched")})
+                known = {"refused": "outside the server base (refused)"}
             else:
+                known = st.attachments.get(absolute)
+                if known is None:
+                    yield from self._attachment(journal, att.url, absolute, att.owner, att.content_type)
+                    known = st.attachments.get(absolute) or {"refused": "not fetched"}
+            if "refused" not in known:
                 attachment_ids[att.url] = known["metadata"]["binary_id"]
+                continue
+            refused.append({"url": att.url, "reason": known["refused"]})
+            self.stats["refused"] += 1
+            origin = f"refused attachment {printable(att.url)} of {att.owner.get('resourceType')}/" \
+                     f"{printable(str(att.owner.get('id')))}"
+            if origin not in done_origins:
+                yield RejectedRecord(source=self.source, origin=origin, reason=known["refused"])
         records = []
         for i, chunk in enumerate(result.chunks):
             sha, size = hash_file(chunk.path)
@@ -307,7 +311,7 @@ class FhirRestConnector(Connector):
             })
         return result, records, got.url
 
-    def _attachment(self, journal, url: str, absolute: str, owner: dict, content_type):
+    def _attachment(self, journal, url: str, absolute: str, owner: dict, content_type) -> Iterator[RawRecord]:
         name = f"fhir-{self._prefix}-att-{hashlib.sha256(absolute.encode()).hexdigest()[:24]}"
         try:
             path, media_type = fetch_attachment(self.http, absolute, content_type, self.workdir, name,
@@ -315,7 +319,6 @@ class FhirRestConnector(Connector):
         except SourceUnavailable:
             raise
         except SourceRejected as exc:
-            self.stats["refused"] += 1
             journal.append({"ev": "attachment-refused", "url": absolute, "reason": str(exc)[:300]})
             return
         sha, size = hash_file(path)
@@ -406,6 +409,12 @@ def _by_id_streams(keys: list[str], page_size: int) -> list[Stream]:
             streams.append(Stream(f"{rtype}?_id#{digest}", rtype,
                                   (("_id", ",".join(batch)), ("_count", str(min(page_size, 50))))))
     return streams
+
+
+def printable(value: str, limit: int = 200) -> str:
+    """A value from the server made safe to show: non-printables escaped, length bounded."""
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in value[:limit])
+    return text + ("..." if len(value) > limit else "")
 
 
 def _short(key: str) -> str:

@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from connectors.base import PatientIdentifier, RecordQuery, SourceRejected, SourceUnavailable
+from connectors.base import (PatientIdentifier, RawRecord, RecordQuery, RejectedRecord, SourceRejected,
+                             SourceUnavailable)
 from connectors.fhir.http import OutsideBase, RetryLater
 from connectors.fhir_rest import FhirRestConnector
 from mappings import MappingContext, MappingFailed, map_record
@@ -30,7 +31,7 @@ def keys(records):
     import orjson
     out = []
     for r in records:
-        if r.kind == "fhir-json":
+        if isinstance(r, RawRecord) and r.kind == "fhir-json":
             with open(r.path, "rb") as fh:
                 out += [orjson.loads(line)["resource"]["id"] for line in fh]
     return out
@@ -144,8 +145,13 @@ def test_attachments_binary_as_fhir_json_and_foreign_urls(fault_peer, tmp_path):
                                           {"contentType": "image/png", "url": f"{elsewhere.base_url}/Binary/b1"},
                                           {"contentType": "image/png", "url": "Binary/missing"}]})
         records, conn = pull(fault_peer, tmp_path)
+        rejected = {r.origin: r.reason for r in records if isinstance(r, RejectedRecord)}
+        records = [r for r in records if isinstance(r, RawRecord)]
         (att,) = [r for r in records if r.kind == "fhir-attachment"]
         assert att.path.read_bytes() == fault_peer.binaries["b1"][1] and att.media_type == "image/png"
+        assert set(rejected) == {f"refused attachment {elsewhere.base_url}/Binary/b1 of DiagnosticReport/dr1",
+                                 "refused attachment Binary/missing of DiagnosticReport/dr1"}
+        assert "404" in rejected["refused attachment Binary/missing of DiagnosticReport/dr1"]
         page = next(r for r in records if r.kind == "fhir-json")
         reasons = {r["url"]: r["reason"] for r in page.metadata["refused"]}
         assert "outside the server base" in reasons[f"{elsewhere.base_url}/Binary/b1"]

@@ -11,7 +11,7 @@ import orjson
 import pytest
 import requests
 
-from connectors.base import PatientIdentifier, Progress, RecordQuery, SourceRejected
+from connectors.base import PatientIdentifier, Progress, RecordQuery, RejectedRecord, SourceRejected
 from connectors.fhir_rest import FhirRestConnector
 from mappings import MappingContext, map_record
 from mappings.fhir_r4 import InvalidResource, resource_uuid
@@ -20,12 +20,18 @@ from tests.fhir.conftest import mrn_of, query_for
 CTX = MappingContext("urn:uuid:6d0c2d7e-1111-4000-8000-000000000001")
 
 
-def pull(base, query, workdir, **options):
+def pull(base, query, workdir, rejected=None, **options):
+    """Records of a pull; RejectedRecords go to `rejected` (a list) and must be expected."""
     progress: list[Progress] = []
     with FhirRestConnector("ehr", {"base_url": base, **options}, workdir, progress.append) as conn:
         conn.check()
         records = list(conn.fetch(query))
-    return records, conn, progress
+    refused = [r for r in records if isinstance(r, RejectedRecord)]
+    if rejected is None:
+        assert not refused
+    else:
+        rejected.extend(refused)
+    return [r for r in records if not isinstance(r, RejectedRecord)], conn, progress
 
 
 def mapped(records):
@@ -158,7 +164,10 @@ def test_attachments_are_fetched_and_foreign_urls_refused(sekmet, tmp_path):
                     {"attachment": {"contentType": "application/pdf",
                                     "url": "http://169.254.169.254/latest/meta-data"}}]})
     query = query_for(subject["patient"], data_classes=frozenset({"pathology"}))
-    records, conn, _ = pull(sekmet.base_url, query, tmp_path, retrieval="search")
+    rejected = []
+    records, conn, _ = pull(sekmet.base_url, query, tmp_path, rejected, retrieval="search")
+    (refusal,) = rejected  # reported to the gateway as a failed item, with the reason
+    assert "169.254.169.254" in refusal.origin and refusal.reason == "outside the server base (refused)"
     atts = [r for r in records if r.kind == "fhir-attachment"]
     assert len(atts) == 1 and atts[0].path.read_bytes() == pdf and atts[0].media_type == "application/pdf"
     page = next(r for r in records if r.kind == "fhir-json" and f"Binary/{binary['id']}" in r.metadata["attachments"])
