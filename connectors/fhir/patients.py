@@ -15,13 +15,13 @@ def match_patient(http, base_url: str, query: RecordQuery) -> str:
     tried = 0
     for ident in query.identifiers:
         tried += 1
-        found |= _search(http, [("identifier", f"{ident.system}|{ident.value}")], None)
+        found |= _search(http, [("identifier", f"{_escape(ident.system)}|{_escape(ident.value)}")], None)
     by_name = bool(query.family_name and query.birth_date)
     if not found and by_name:
         tried += 1
-        params = [("family", query.family_name), ("birthdate", query.birth_date.isoformat())]
+        params = [("family", _escape(query.family_name)), ("birthdate", query.birth_date.isoformat())]
         if query.given_names:
-            params.append(("given", query.given_names[0]))
+            params.append(("given", _escape(query.given_names[0])))
         found = _search(http, params, query)
     if not tried:
         raise SourceRejected("the authorization names no patient identifiers, nor name and birth date")
@@ -31,6 +31,13 @@ def match_patient(http, base_url: str, query: RecordQuery) -> str:
     if len(found) > 1:
         raise SourceRejected(f"{len(found)} patients on {base_url} match the authorization; refusing to guess")
     return found.pop()
+
+
+def _escape(value: str) -> str:
+    """FHIR search escaping: `\\`, `|`, `,` and `$` are separators unless escaped."""
+    for ch in ("\\", "|", ",", "$"):
+        value = value.replace(ch, "\\" + ch)
+    return value
 
 
 def _search(http, params, query: RecordQuery | None) -> set[str]:

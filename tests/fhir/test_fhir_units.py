@@ -320,3 +320,8 @@ def test_golden_record(tmp_path):
     if os.environ.get("GOLDEN_UPDATE"):
         expected_path.write_bytes(orjson.dumps(got, option=orjson.OPT_INDENT_2) + b"\n")
     assert got == orjson.loads(expected_path.read_bytes())
+
+
+def test_patient_search_values_are_escaped():
+    from connectors.fhir.patients import _escape
+    assert _escape("urn:oid:1.2|3,4$5\\6") == "urn:oid:1.2\\|3\\,4\\$5\\\\6"
