@@ -298,7 +298,7 @@ class FhirRestConnector(Connector):
                 yield RejectedRecord(source=self.source, origin=origin, reason=known["refused"])
         records = []
         for i, chunk in enumerate(result.chunks):
-            sha, size = hash_file(chunk.path)
+            sha, size = chunk.sha256, chunk.size
             records.append({
                 "kind": "fhir-json", "media_type": NDJSON, "file": chunk.path.name, "sha256": sha,
                 "size": size, "origin": f"{self.base_url}/{stream.key}#page={page}&chunk={i}",

@@ -3,6 +3,7 @@ chunks, plus what the page tells us to fetch next (attachments, referenced resou
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,11 @@ class Chunk:
     path: Path
     count: int = 0
     size: int = 0
+    digest: "hashlib._Hash" = field(default_factory=hashlib.sha256)  # of the bytes written
+
+    @property
+    def sha256(self) -> str:
+        return self.digest.hexdigest()
 
 
 @dataclass
@@ -121,6 +127,8 @@ def split_page(page_file: Path, out_prefix: Path, *, seen: dict[str, str],
                 out = open(chunk.path, "wb")
             out.write(line)
             out.write(b"\n")
+            chunk.digest.update(line)
+            chunk.digest.update(b"\n")
             chunk.count += 1
             chunk.size += len(line) + 1
     except BundleFormatError as exc:
