@@ -48,7 +48,7 @@ import orjson
 from .base import (Connector, Progress, RawRecord, RecordQuery, RejectedRecord, SourceRejected,
                    SourceUnavailable, hash_file)
 from .fhir.attachments import fetch_attachment
-from .fhir.http import FHIR_JSON, FhirHttp, OutsideBase, RetryPolicy, check_base_url
+from .fhir.http import FHIR_JSON, FhirHttp, HttpRejected, OutsideBase, RetryPolicy, check_base_url
 from .fhir.pages import PageBroken, PageResult, split_page
 from .fhir.patients import match_patient
 from .fhir.plan import SUPPORTING_TYPES, Capability, Stream, instant, plan_streams
@@ -59,6 +59,11 @@ log = logging.getLogger(__name__)
 
 NDJSON = "application/fhir+ndjson"
 CHUNK_RESOURCES = 500  # resources per "fhir-json" record: bounds the mapping's memory
+REFUSED_SEARCH = frozenset({400, 403, 404, 405, 422, 501})  # a first page answered so: not supported
+
+
+class _EverythingRefused(Exception):
+    pass
 
 
 def resource_uuid(base_url: str, rtype: str, rid: str) -> str:
@@ -196,11 +201,20 @@ class FhirRestConnector(Connector):
             journal.append({"ev": "patient", "id": patient_id, "pull_started": self.pull_started})
         self.pull_started = st.pull_started
         self._patient_id = patient_id
+        mode = "search" if st.everything_refused else self.mode
         streams = plan_streams(cap, patient_id, data_classes=query.data_classes,
                                date_from=query.date_from, date_to=query.date_to, since=since,
-                               page_size=self.page_size, mode=self.mode)
-        for stream in streams:
-            yield from self._stream(journal, stream, done_origins)
+                               page_size=self.page_size, mode=mode)
+        try:
+            for stream in streams:
+                yield from self._stream(journal, stream, done_origins)
+        except _EverythingRefused as exc:  # e.g. not granted to backend clients: search instead
+            log.warning("fhir: %s; falling back to per-type searches", exc)
+            journal.append({"ev": "everything-refused", "reason": str(exc)[:300]})
+            for stream in plan_streams(cap, patient_id, data_classes=query.data_classes,
+                                       date_from=query.date_from, date_to=query.date_to, since=since,
+                                       page_size=self.page_size, mode="search"):
+                yield from self._stream(journal, stream, done_origins)
         if self.want_supporting:
             for _ in range(3):  # PractitionerRole -> Practitioner/Organization/Location
                 missing = sorted(r for r in st.refs if r not in st.seen)
@@ -227,7 +241,21 @@ class FhirRestConnector(Connector):
         url, params = (ss.next_url, None) if ss.started else (stream.path, list(stream.params))
         page = ss.pages
         while url:
-            result, records, url_used = yield from self._page(journal, stream, page, url, params, done_origins)
+            try:
+                result, records, url_used = yield from self._page(journal, stream, page, url, params,
+                                                                  done_origins)
+            except HttpRejected as exc:
+                if page != 0 or exc.status not in REFUSED_SEARCH:
+                    raise
+                if stream.key == "Patient/$everything":
+                    raise _EverythingRefused(str(exc)) from None
+                # the server will not run this search (type or parameter not supported, not
+                # granted): reported as a rejected record, the other types go on
+                origin = f"refused search {stream.key}"
+                if origin not in done_origins:
+                    yield RejectedRecord(source=self.source, origin=origin, reason=str(exc)[:300])
+                journal.append({"ev": "stream-done", "stream": stream.key, "refused": str(exc)[:300]})
+                return
             nxt = None
             stop = None
             if result.next_url:

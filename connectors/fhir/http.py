@@ -38,6 +38,14 @@ class OutsideBase(SourceRejected):
     """A URL from the server points outside its own base: refused (no SSRF)."""
 
 
+class HttpRejected(SourceRejected):
+    """The server answered with a 4xx/5xx that retrying will not change; `status` says which."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
 class RetryLater(SourceUnavailable):
     """The server asked us to come back later than we are willing to wait now."""
 
@@ -234,8 +242,8 @@ class FhirHttp:
                                              f"(redirects are not followed)")
                     else:
                         detail = outcome_summary(resp.raw.read(65536, decode_content=True) or b"")
-                        raise SourceRejected(f"HTTP {status} on {method} {_redact(url)}"
-                                             + (f": {detail}" if detail else ""), ) from None
+                        raise HttpRejected(f"HTTP {status} on {method} {_redact(url)}"
+                                           + (f": {detail}" if detail else ""), status) from None
             if attempt >= policy.max_retries:
                 raise SourceUnavailable(f"{problem}; gave up after {attempt + 1} attempts")
             delay = policy.delay(attempt, retry_after)

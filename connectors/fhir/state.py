@@ -10,7 +10,8 @@ after the work it describes is on disk:
      "records": [{"origin": ..., "file": ..., "sha256": ..., "size": ..., ...}],
      "keys": ["Observation/1@2", ...], "refs": ["Practitioner/9", ...]}
     {"ev": "attachment", "record": {...}}
-    {"ev": "stream-done", "stream": "Observation"}
+    {"ev": "stream-done", "stream": "Observation"}    (+ "refused": why, for a refused search)
+    {"ev": "everything-refused", "reason": "..."}     ($everything refused: per-type searches)
     {"ev": "done"}
 
 On resume the connector replays it: a stream restarts from the `next` of its last
@@ -49,6 +50,7 @@ class PullState:
     refs: set[str] = field(default_factory=set)  # supporting "Type/id" referenced
     records: dict[str, dict] = field(default_factory=dict)  # origin -> record, in order
     pull_started: str | None = None
+    everything_refused: str | None = None  # the server refused $everything: searches instead
     attachments: dict[str, dict] = field(default_factory=dict)  # absolute URL -> record
     done: bool = False
 
@@ -96,6 +98,8 @@ class PullJournal:
             st.records[rec["origin"]] = rec
         elif kind == "attachment-refused":
             st.attachments[ev["url"]] = {"refused": ev["reason"]}
+        elif kind == "everything-refused":
+            st.everything_refused = ev["reason"]
         elif kind == "stream-done":
             st.stream(ev["stream"]).done = True
         elif kind == "done":

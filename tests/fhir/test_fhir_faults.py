@@ -204,3 +204,26 @@ def test_mapping_refuses_records_of_another_version(fault_peer, tmp_path):
     rec.metadata["fhir_version"] = "5.0.0"
     with pytest.raises(MappingFailed, match="5.0.0"):
         map_record(rec, MappingContext("urn:uuid:00000000-0000-4000-8000-000000000000"))
+
+
+def test_refused_everything_falls_back_to_searches(fault_peer, tmp_path):
+    seed(fault_peer, 12)
+    fault_peer.fault("$everything", "status", status=403)
+    records, _ = pull(fault_peer, tmp_path)
+    assert sorted(keys(records)) == sorted(f"o{i}" for i in range(12))
+    assert any(r["path"] == "Observation" for r in fault_peer.requests)
+
+
+def test_a_refused_type_search_is_reported_and_the_others_go_on(tmp_path):
+    peer = FaultPeer(everything=False).start()
+    try:
+        seed(peer, 12)
+        peer.add({"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"}})
+        peer.fault("Observation?", "status", status=400)
+        records, _ = pull(peer, tmp_path)
+        rejected = [r for r in records if isinstance(r, RejectedRecord)]
+        assert [r.origin for r in rejected] == ["refused search Observation"]
+        assert "HTTP 400" in rejected[0].reason
+        assert keys(records) == ["c1"]
+    finally:
+        peer.stop()
