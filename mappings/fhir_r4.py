@@ -88,7 +88,8 @@ def check_version(record: RawRecord) -> None:
 
 
 class _Normalizer:
-    """Reference and attachment rewriting for one record."""
+    """Reference rewriting for one record (the validation memo applies it to every
+    Reference element before looking the element up)."""
 
     def __init__(self, record: RawRecord, context: MappingContext, full_urls: dict[str, str]):
         meta = record.metadata
@@ -97,7 +98,6 @@ class _Normalizer:
         self.patient = f"Patient/{meta['patient_id']}" if meta.get("patient_id") else None
         self.patient_ref = context.patient_reference
         self.full_urls = full_urls  # fullUrl -> "Type/id" for fullUrls not under the base
-        self.attachments = {u: f"urn:uuid:{b}" for u, b in (meta.get("attachments") or {}).items()}
         self._targets: dict[tuple[str, str], str] = {}
         self._refs: dict[str, str | None] = {}
 
@@ -138,14 +138,6 @@ class _Normalizer:
             return None
         m = _REF.match(ref)
         return self.target(m.group(1), m.group(2)) if m else None
-
-    def attachment(self, value: dict) -> dict:
-        url = value.get("url")
-        new = self.attachments.get(url) if isinstance(url, str) else None
-        if new is not None:
-            value = dict(value)
-            value["url"] = new
-        return value
 
 
 def _errors(exc: ValidationError, limit: int = 8) -> str:
