@@ -2,9 +2,11 @@
 
 Record kinds:
 - "fhir-json": NDJSON of Bundle entries from one page chunk. Each resource is
-  validated with its `fhir.resources.R4B` model; an invalid one becomes an
-  `InvalidResource` item in the result (never dropped) carrying the validation errors
-  (locations and messages, no values) and its raw JSON. Normalization, before
+  validated with its `fhir.resources.R4B` model. An invalid one is never dropped:
+  `map_fhir_json` raises `ResourcesInvalid` (a MappingFailed naming each invalid
+  resource and its errors: element paths and messages, no values) carrying the valid
+  `Mapped` items and the `InvalidResource`s (with their raw JSON);
+  `map_fhir_json_items` returns both kinds in one list. Normalization, before
   validation:
   * ids: each resource gets `uuid5(URL, "<base>/<Type>/<id>")` as id (stable across
     pulls, unique across servers) and `meta.source` = its URL on the server, so the
@@ -61,6 +63,29 @@ class InvalidResource:
     raw: bytes  # the entry's resource JSON as served
     data_class: str
     clinical_date: date | None
+
+
+class ResourcesInvalid(MappingFailed):
+    """Some resources of a record fail validation. The record fails as one item (its
+    message lists them, without values), and the exception carries both halves, so a
+    caller may also deliver `valid` and keep `invalid` as failed items of their own."""
+
+    def __init__(self, origin: str, valid: list[Mapped], invalid: list[InvalidResource]):
+        shown = "; ".join(f"{i.resource_type or '?'}/{i.source_id or '?'}: {i.error}" for i in invalid[:5])
+        more = f"; and {len(invalid) - 5} more" if len(invalid) > 5 else ""
+        super().__init__(f"{len(invalid)} of {len(invalid) + len(valid)} resources fail FHIR R4 "
+                         f"validation: {shown}{more}", origin)
+        self.valid = valid
+        self.invalid = invalid
+
+
+def map_fhir_json(record: RawRecord, context: MappingContext) -> list[Mapped]:
+    """Mapped resources of a "fhir-json" record; ResourcesInvalid when any fails validation."""
+    items = map_fhir_json_items(record, context)
+    invalid = [i for i in items if isinstance(i, InvalidResource)]
+    if invalid:
+        raise ResourcesInvalid(record.origin, [i for i in items if isinstance(i, Mapped)], invalid)
+    return items
 
 
 _NS_URL = uuid.NAMESPACE_URL.bytes
@@ -233,7 +258,8 @@ def _validator(norm: _Normalizer) -> MemoValidator:
     return validator
 
 
-def map_fhir_json(record: RawRecord, context: MappingContext) -> list[Mapped | InvalidResource]:
+def map_fhir_json_items(record: RawRecord, context: MappingContext) -> list[Mapped | InvalidResource]:
+    """Every resource of the record, valid (Mapped) or not (InvalidResource), in order."""
     check_version(record)
     base = str(record.metadata.get("base_url") or "").rstrip("/")
     base_full = b'{"fullUrl":"' + base.encode() + b"/"

@@ -14,7 +14,7 @@ import requests
 from connectors.base import PatientIdentifier, Progress, RecordQuery, RejectedRecord, SourceRejected
 from connectors.fhir_rest import FhirRestConnector
 from mappings import MappingContext, map_record
-from mappings.fhir_r4 import InvalidResource, resource_uuid
+from mappings.fhir_r4 import InvalidResource, map_fhir_json_items, resource_uuid
 from tests.fhir.conftest import mrn_of, query_for
 
 CTX = MappingContext("urn:uuid:6d0c2d7e-1111-4000-8000-000000000001")
@@ -35,7 +35,8 @@ def pull(base, query, workdir, rejected=None, **options):
 
 
 def mapped(records):
-    items = [i for r in records for i in map_record(r, CTX)]
+    items = [i for r in records for i in (map_fhir_json_items(r, CTX) if r.kind == "fhir-json"
+                                          else map_record(r, CTX))]
     return [i for i in items if not isinstance(i, InvalidResource)], [i for i in items if isinstance(i, InvalidResource)]
 
 

@@ -18,7 +18,7 @@ from connectors.fhir.smart import load_private_key, public_jwks
 from connectors.fhir_rest import resource_uuid as connector_uuid
 from mappings import DATA_CLASSES, MappingContext, MappingFailed, map_record
 from mappings.fhir.validate import MemoValidator, model_class
-from mappings.fhir_r4 import InvalidResource, resource_uuid
+from mappings.fhir_r4 import InvalidResource, ResourcesInvalid, map_fhir_json_items, resource_uuid
 
 BASE = "https://ehr.example.org/fhir"
 CTX = MappingContext("urn:uuid:7a1f5b7e-0000-4000-8000-000000000001")
@@ -236,7 +236,13 @@ def test_invalid_resources_are_kept_with_their_errors(tmp_path):
     good = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
             "onsetDateTime": "2019-02-03"}
     unknown = {"resourceType": "Spaceship", "id": "s1"}
-    items = map_record(record(tmp_path, [entry(bad), entry(good), entry(unknown)]), CTX)
+    rec = record(tmp_path, [entry(bad), entry(good), entry(unknown)])
+    with pytest.raises(ResourcesInvalid) as err:
+        map_record(rec, CTX)  # the record fails as one item, naming what is wrong
+    assert "2 of 4 resources fail" in str(err.value) and "Observation/bad: status" in str(err.value)
+    assert secret not in str(err.value) and err.value.origin == rec.origin
+    items = err.value.valid + err.value.invalid
+    assert [i.resource.get_resource_type() for i in err.value.valid] == ["Condition", "Provenance"]
     invalid = [i for i in items if isinstance(i, InvalidResource)]
     assert {i.source_id for i in invalid} == {"bad", "s1"}
     bad_item = next(i for i in invalid if i.source_id == "bad")
@@ -315,7 +321,7 @@ def test_golden_record(tmp_path):
                     metadata={"base_url": BASE, "fhir_version": "4.0.1", "patient_id": "p1",
                               "stream": "Patient/$everything", "page": 0, "chunk": 0,
                               "attachments": {"Binary/b1": resource_uuid(BASE, "Binary", "b1")}})
-    got = _golden_view(map_record(rec, CTX))
+    got = _golden_view(map_fhir_json_items(rec, CTX))
     expected_path = GOLDEN / "expected.json"
     if os.environ.get("GOLDEN_UPDATE"):
         expected_path.write_bytes(orjson.dumps(got, option=orjson.OPT_INDENT_2) + b"\n")
