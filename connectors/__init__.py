@@ -9,6 +9,7 @@ from .base import Connector
 CONNECTORS = {
     "pdf-folder": "connectors.pdf_folder:PdfFolderConnector",
     "fax-drop": "connectors.fax_drop:FaxDropConnector",
+    "fhir-rest": "connectors.fhir_rest:FhirRestConnector",
 }
 
 

@@ -47,6 +47,8 @@ class MappingContext:
 MAPPINGS = {
     "pdf": "mappings.pdf_document:map_pdf",
     "fax": "mappings.fax_document:map_fax",
+    "fhir-json": "mappings.fhir_r4:map_fhir_json",
+    "fhir-attachment": "mappings.fhir_r4:map_fhir_attachment",
 }
 
 
