@@ -78,6 +78,9 @@ def init(data_dir: Path | None) -> None:
     from .faxes import ensure_cover_key
 
     ensure_cover_key(settings.keys_dir)
+    from .keys import ClientKeys
+
+    click.echo(f"SMART client key: {ClientKeys(settings.keys_dir).ensure()}")
     issuers = settings.issuers_file
     if not issuers.exists():
         issuers.parent.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from .config import SourceConfig
 from .errors import Conflict, InvalidInput, NotFound
 from .models import Transfer, TransferSource
 from .services import Services, services
+from .sources import connector_options
 
 log = logging.getLogger(__name__)
 _ingestors: dict[str, object] = {}  # per process: an ingestor remembers files settling
@@ -49,13 +50,6 @@ def ensure_cover_key(keys_dir: Path) -> Path:
 
 def fax_sources(svc: Services) -> dict[str, SourceConfig]:
     return {n: s for n, s in svc.settings.sources.items() if s.kind == "fax-drop"}
-
-
-def connector_options(svc: Services, source: SourceConfig) -> dict:
-    """A fax-drop source's options, with the gateway's cover key unless one is set."""
-    if source.kind != "fax-drop":
-        return source.options
-    return {"cover_key_file": str(cover_key_path(svc)), **source.options}
 
 
 def _source(svc: Services, name: str | None) -> tuple[str, SourceConfig]:

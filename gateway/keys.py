@@ -14,7 +14,7 @@ from pathlib import Path
 
 from joserfc import jws
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet, OKPKey
+from joserfc.jwk import ECKey, KeySet, OKPKey
 
 from .errors import ConfigError, ReceiptInvalid
 
@@ -75,6 +75,33 @@ class SigningKeys:
         header = {"alg": ALG, "kid": key.kid, "typ": typ}
         payload = json.dumps(claims, separators=(",", ":"), sort_keys=True).encode()
         return jws.serialize_compact(header, payload, key, algorithms=[ALG])
+
+
+class ClientKeys:
+    """The gateway's SMART Backend Services client key (ES384, P-384), one JWK file in
+    `data_dir/keys/smart/`. Its public half is published beside the signing keys."""
+
+    def __init__(self, keys_dir: Path):
+        self.path = Path(keys_dir) / "smart" / "client.jwk"
+
+    def ensure(self) -> str:
+        if not self.path.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            kid = "smart-" + uuid.uuid4().hex[:12]
+            key = ECKey.generate_key("P-384", parameters={"kid": kid, "alg": "ES384", "use": "sig"})
+            _write_private(self.path, key.as_dict(private=True))
+        return self.kid()
+
+    def kid(self) -> str:
+        try:
+            return json.loads(self.path.read_text())["kid"]
+        except FileNotFoundError:
+            raise ConfigError(f"no SMART client key at {self.path} (run `records-gateway init`)") from None
+
+    def public_jwks(self) -> dict:
+        if not self.path.exists():
+            return {"keys": []}
+        return {"keys": [ECKey.import_key(json.loads(self.path.read_text())).as_dict(private=False)]}
 
 
 def verify_jws(token: str, jwks: dict, typ: str) -> dict:

@@ -106,6 +106,9 @@ class TransferSource(Base):
     bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     total: Mapped[int | None] = mapped_column(Integer)  # expected items, when known
     error: Mapped[str | None] = mapped_column(Text)
+    # where the source says this pull started (its clock): the next pull of the same
+    # authorization from this source asks only for what changed since
+    cursor: Mapped[str | None] = mapped_column(String(64))
 
     transfer: Mapped[Transfer] = relationship(back_populates="sources")
 

@@ -20,7 +20,7 @@ from connectors import connector_class
 from connectors.base import ConnectorError, RawRecord, RejectedRecord
 from mappings import MappingContext, MappingFailed, map_record
 
-from . import audit, bundles, delivery, faxes, policy
+from . import audit, bundles, delivery, policy, sources
 from .errors import GatewayError, MappingError, ProviderUnavailable
 from .models import Item, Transfer, TransferSource, utcnow
 from .services import Services
@@ -85,7 +85,7 @@ def _pull_source(svc: Services, t: Transfer, name: str, owner: str) -> None:
         audit.record(s, "transfer.pull.started", actor="worker", transfer_id=t.id,
                      authorization_id=t.authorization_id, source=name, kind=cfg.kind,
                      already_fetched=len(done))
-    query = policy.record_query(auth, t.id, frozenset(done))
+    query = policy.record_query(auth, t.id, frozenset(done), since=_since(svc, t, name))
     workdir = svc.settings.work_dir / t.id / name
     lease = _Lease(svc, t.id, owner)
 
@@ -97,10 +97,13 @@ def _pull_source(svc: Services, t: Transfer, name: str, owner: str) -> None:
         lease.renew_if_due()
 
     try:
-        options = faxes.connector_options(svc, cfg)
+        options = sources.connector_options(svc, cfg)
+        cursor = None
         with connector_class(cfg.kind)(name, options, workdir, on_progress) as conn:
             for record in conn.fetch(query):
                 _store_record(svc, t, name, cfg.data_class, record)
+                started = getattr(record, "metadata", {}).get("pull_started")
+                cursor = started if started and (cursor is None or started < cursor) else cursor
                 lease.renew_if_due()
     except ConnectorError as exc:
         if exc.transient:
@@ -117,6 +120,7 @@ def _pull_source(svc: Services, t: Transfer, name: str, owner: str) -> None:
         items = s.scalars(select(Item).filter_by(transfer_id=t.id, source=name)
                           .order_by(Item.origin)).all()
         row.state = "done"
+        row.cursor = cursor or row.cursor
         row.items = len(items)
         row.bytes = sum(i.size for i in items)
         row.total = row.items
@@ -125,6 +129,23 @@ def _pull_source(svc: Services, t: Transfer, name: str, owner: str) -> None:
                      authorization_id=t.authorization_id, source=name, items=row.items,
                      bytes=row.bytes, rejected=sum(i.state == "failed" for i in items),
                      items_sha256=digest)
+
+
+def _since(svc: Services, t: Transfer, name: str):
+    """The cursor of the newest earlier complete pull of this authorization from this source."""
+    from datetime import datetime
+
+    with svc.db.session() as s:
+        cursor = s.scalars(
+            select(TransferSource.cursor).join(Transfer)
+            .where(Transfer.authorization_id == t.authorization_id, Transfer.id != t.id,
+                   Transfer.state == "completed", TransferSource.name == name,
+                   TransferSource.cursor.is_not(None))
+            .order_by(Transfer.completed_at.desc()).limit(1)).first()
+    try:
+        return datetime.fromisoformat(cursor) if cursor else None
+    except ValueError:
+        return None
 
 
 def _store_record(svc: Services, t: Transfer, source: str, data_class: str,

@@ -15,6 +15,10 @@ DATA_CLASSES = frozenset({
     "notes", "labs", "imaging", "pathology", "radiology", "medications", "allergies",
     "conditions", "procedures", "immunizations", "encounters", "vitals", "care-plans",
     "documents", "demographics",
+    # who and where (Practitioner, Organization, Location, Provenance): released with the
+    # records that reference them, whatever the classes and dates (see gateway/policy.py)
+    "supporting",
+    "billing",  # Claim, ExplanationOfBenefit, Coverage: only "all" (or "billing") covers them
 })
 
 

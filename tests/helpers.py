@@ -54,8 +54,10 @@ class GatewayProcess:
 
     def start(self, *args: str) -> "GatewayProcess":
         self.log = open(self.log_path, "ab")
+        # its own process group: stopping it also stops its pool and beat children
         self.proc = subprocess.Popen([sys.executable, "-m", "gateway", *args], env=self.env,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+                                     stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
         return self
 
     def wait_http(self, timeout: float = 30) -> "GatewayProcess":
@@ -71,21 +73,30 @@ class GatewayProcess:
         wait_until(up, timeout, what=f"{self.name} to answer /health")
         return self
 
+    def _signal_group(self, sig) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)  # the group id is the PID we started
+        except ProcessLookupError:
+            pass
+
     def kill(self, sig=signal.SIGKILL) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
+        """Kill it and its children at once (a crash: nothing gets to clean up)."""
+        if self.proc:
+            self._signal_group(sig)
             self.proc.wait(15)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self._signal_group(signal.SIGTERM)
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        if self.proc:
-            self.log.close()
+                pass
+        self._signal_group(signal.SIGKILL)  # whatever of the group is left
+        self.proc.wait()
+        self.log.close()
 
 
 def make_token(app, role: str, name: str | None = None) -> str:

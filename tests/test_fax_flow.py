@@ -61,7 +61,7 @@ def test_fax_with_cover_sheet_is_matched_and_delivered(app, client, operator, pr
     assert cover.status_code == 200 and cover.mimetype == "application/pdf"
     # the provider faxes back the cover sheet followed by two pages of records
     _drop(fax_dir, "fax-0001.pdf", PdfReader(io.BytesIO(cover.data)), _records_pdf(tmp_path, 2))
-    view = stack.wait_state(tid, TERMINAL, timeout=90)
+    view = stack.wait_state(tid, TERMINAL, timeout=180)
     assert view["state"] == "completed", view["reason"]
     assert [i["kind"] for i in view["itemList"]] == ["fax"]
     [pdf] = _delivered_pdfs(stack)
@@ -90,7 +90,7 @@ def test_unmatched_fax_waits_for_review_then_goes(app, client, operator, process
     assert bad.status_code == 404
     r = client.post(f"/faxes/review/{item['fax_id']}/assign", json={"transfer": tid}, headers=operator)
     assert r.status_code == 200
-    view = stack.wait_state(tid, TERMINAL, timeout=60)
+    view = stack.wait_state(tid, TERMINAL, timeout=120)
     assert view["state"] == "completed", view["reason"]
     [pdf] = _delivered_pdfs(stack)
     assert len(pdf.pages) == 1

@@ -74,7 +74,7 @@ class Stack:
     def view(self, transfer_id: str) -> dict:
         return self.client.get(f"/transfers/{transfer_id}", headers=self.operator).get_json()
 
-    def wait_state(self, transfer_id: str, states, timeout: float = 60) -> dict:
+    def wait_state(self, transfer_id: str, states, timeout: float = 120) -> dict:
         states = {states} if isinstance(states, str) else set(states)
         return wait_until(lambda: (v := self.view(transfer_id))["state"] in states and v,
                           timeout, 0.2, f"transfer to reach {states}")
@@ -152,7 +152,7 @@ def test_recipient_down_and_worker_killed_still_delivers_once(stack, claims_for,
     stack.worker.kill()  # SIGKILL: whatever it held in memory is gone
     stack.start_receiver()
     stack.worker = stack.start_worker()  # the reconciler re-enqueues the lost step
-    view = stack.wait_state(tid, TERMINAL, timeout=90)
+    view = stack.wait_state(tid, TERMINAL, timeout=180)
     assert view["state"] == "completed", view["reason"]
     assert len(stack.inbox()) == 1
     assert len(stack.events("transfer.delivery.sent")) == 1
@@ -241,7 +241,7 @@ def test_redis_broker_postgres_state_and_a_killed_worker(app, client, operator, 
     stack.worker.kill()
     stack.start_receiver()
     stack.worker = stack.start_worker()
-    view = stack.wait_state(tid, TERMINAL, timeout=90)
+    view = stack.wait_state(tid, TERMINAL, timeout=180)
     assert view["state"] == "completed", view["reason"]
     [received] = stack.inbox()
     assert binaries(stack.received_bundle(received["id"])) == set(sent)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 13:51:16.994137
+Create Date: 2026-11-22 14:24:21.011790
 """
 from alembic import op
 import sqlalchemy as sa
@@ -166,6 +166,7 @@ def upgrade():
     sa.Column('bytes', sa.BigInteger(), nullable=False),
     sa.Column('total', sa.Integer(), nullable=True),
     sa.Column('error', sa.Text(), nullable=True),
+    sa.Column('cursor', sa.String(length=64), nullable=True),
     sa.ForeignKeyConstraint(['transfer_id'], ['transfers.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('transfer_id', 'name')
