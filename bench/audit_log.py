@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import random
 import statistics
 import sys
@@ -235,6 +236,7 @@ def main() -> None:
         out["tamper_cases"] = len(CASES)
         out["honest_log_problems"] = len(clean)
         out["entries"] = TOTAL
+        out["load_avg_1m"] = round(os.getloadavg()[0], 2)  # the machine may be shared
     finally:
         say("dropping the throwaway databases")
         dbs.drop_all()
