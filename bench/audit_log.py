@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import random
 import statistics
 import sys
@@ -100,22 +101,38 @@ def append_rate(url: str, writers: int, per_writer: int) -> float:
     return writers * per_writer / (time.perf_counter() - t0)
 
 
-def plain_insert_rate(engine, n: int) -> float:
-    """Reference: the same row inserted per transaction with no hashing and no lock."""
+PLAIN_INSERT = text(
+    "INSERT INTO plain_events (seq, at, type, actor, outcome, transfer_id, authorization_id, "
+    "patient_key, detail, leaf_hash) VALUES (nextval('plain_seq'), now(), 'pull.finished', :actor, "
+    "'success', :t, :a, :p, :d, '')")
+
+
+def interleaved_rates(engine, rounds: int, per_round: int) -> tuple[float, float]:
+    """record() appends and, as the reference, plain INSERTs of the same row (no hashing,
+    no lock), one per transaction each, alternating in rounds so that a change in the
+    machine's load hits both alike. Returns (appends/s, plain inserts/s)."""
     with engine.begin() as c:
         c.execute(text("CREATE TABLE plain_events (LIKE audit_events INCLUDING DEFAULTS)"))
         c.execute(text("CREATE SEQUENCE plain_seq"))
-    t0 = time.perf_counter()
-    for i in range(n):
-        with Session(engine) as s:
+    t_append = t_plain = 0.0
+    for r in range(rounds):
+        t0 = time.perf_counter()
+        for i in range(r * per_round, (r + 1) * per_round):
+            with Session(engine) as s:
+                audit.record(s, "pull.finished", **event_kwargs(i))
+                s.commit()
+        t1 = time.perf_counter()
+        for i in range(r * per_round, (r + 1) * per_round):
             kw = event_kwargs(i)
-            s.execute(text("INSERT INTO plain_events (seq, at, type, actor, outcome, transfer_id, "
-                           "authorization_id, patient_key, detail, leaf_hash) VALUES (nextval('plain_seq'), "
-                           "now(), 'pull.finished', :actor, 'success', :t, :a, :p, :d, '')"),
-                      {"actor": kw["actor"], "t": kw["transfer_id"], "a": kw["authorization_id"],
-                       "p": kw["patient_key"], "d": json.dumps({"items": kw["items"]})})
-            s.commit()
-    return n / (time.perf_counter() - t0)
+            with Session(engine) as s:
+                s.execute(PLAIN_INSERT, {"actor": kw["actor"], "t": kw["transfer_id"],
+                                         "a": kw["authorization_id"], "p": kw["patient_key"],
+                                         "d": json.dumps({"items": kw["items"]})})
+                s.commit()
+        t_append += t1 - t0
+        t_plain += time.perf_counter() - t1
+    n = rounds * per_round
+    return n / t_append, n / t_plain
 
 
 def grow(engine, key, target: int) -> tuple[float, dict]:
@@ -153,16 +170,17 @@ def main() -> None:
         Base.metadata.create_all(engine)
 
         url = engine.url.render_as_string(hide_password=False)
-        say(f"append: {SINGLE_APPENDS} events through record(), one per transaction, 1 writer")
-        out["append_per_s"] = round(append_rate(url, 1, SINGLE_APPENDS), 1)
-        say(f"  {out['append_per_s']}/s")
+        say(f"append: {SINGLE_APPENDS} events through record(), one per transaction, 1 writer, "
+            f"alternating with as many plain INSERTs (the reference) in 10 rounds")
+        appends, plain = interleaved_rates(engine, 10, SINGLE_APPENDS // 10)
+        out["append_per_s"] = round(appends, 1)
+        out["plain_insert_per_s"] = round(plain, 1)
+        out["append_vs_plain_insert"] = round(appends / plain, 3)
+        say(f"  {out['append_per_s']}/s; plain INSERT {out['plain_insert_per_s']}/s "
+            f"(append/plain = {out['append_vs_plain_insert']})")
         say(f"append: {SINGLE_APPENDS} events, 2 concurrent writer processes")
         out["append_per_s_2_writers"] = round(append_rate(url, 2, SINGLE_APPENDS // 2), 1)
         say(f"  {out['append_per_s_2_writers']}/s")
-        say(f"reference: {SINGLE_APPENDS} plain INSERTs, one per transaction, no hashing or lock")
-        out["plain_insert_per_s"] = round(plain_insert_rate(engine, SINGLE_APPENDS), 1)
-        out["append_vs_plain_insert"] = round(out["append_per_s"] / out["plain_insert_per_s"], 3)
-        say(f"  {out['plain_insert_per_s']}/s (append/plain = {out['append_vs_plain_insert']})")
 
         say(f"grow the log to {TOTAL:,} entries in batches of {BATCH:,} (append_many)")
         rate, cps = grow(engine, key, TOTAL)
@@ -235,6 +253,7 @@ def main() -> None:
         out["tamper_cases"] = len(CASES)
         out["honest_log_problems"] = len(clean)
         out["entries"] = TOTAL
+        out["load_avg_1m"] = round(os.getloadavg()[0], 2)  # the machine may be shared
     finally:
         say("dropping the throwaway databases")
         dbs.drop_all()

@@ -93,6 +93,9 @@ def _prepare(ev: dict) -> dict:
             "detail": normalize_detail(ev.get("detail") or {}), "at": utcnow()}
 
 
+_PENDING = "gateway.audit.pending"  # session.info: [(AuditEvent, row, savepoint or None)]
+
+
 def append(session: Session, type: str, *, actor: str, role: str | None = None,
            outcome: str = "success", transfer_id: str | None = None,
            authorization_id: str | None = None, patient_key: str | None = None,
@@ -109,30 +112,16 @@ def append(session: Session, type: str, *, actor: str, role: str | None = None,
                         transfer_id=transfer_id, authorization_id=authorization_id,
                         patient_key=patient_key, detail=detail))
     obj = AuditEvent(**row)
-    _hook(session)
     if not session.in_transaction():
         session.begin()  # so a close() without commit ends it and drops the queue
     session.info.setdefault(_PENDING, []).append((obj, row, session.get_nested_transaction()))
     return obj
 
 
-_PENDING = "gateway.audit.pending"
-_HOOKED = "gateway.audit.hooked"
-
-
-def _hook(session: Session) -> None:
-    if session.info.get(_HOOKED):
-        return
-    event.listen(session, "before_commit", _write_pending)
-    event.listen(session, "after_soft_rollback", _drop_rolled_back)
-    event.listen(session, "after_transaction_end", _forget_pending)
-    session.info[_HOOKED] = True
-
-
 def _write_pending(session: Session) -> None:
-    if session.get_nested_transaction() is not None:
-        return  # a savepoint is being released: its events wait for the real COMMIT
-    pending = session.info.pop(_PENDING, None)
+    if _PENDING not in session.info or session.get_nested_transaction() is not None:
+        return  # nothing queued, or a savepoint is being released (wait for the COMMIT)
+    pending = session.info.pop(_PENDING)
     if not pending:
         return
     rows = _append_rows(session, [row for _, row, _ in pending])
@@ -143,7 +132,7 @@ def _write_pending(session: Session) -> None:
 
 
 def _drop_rolled_back(session: Session, previous_transaction) -> None:
-    pending = session.info.get(_PENDING)
+    pending = session.info.get(_PENDING) if session.info else None
     if not pending:
         return
     if not previous_transaction.nested:
@@ -161,8 +150,14 @@ def _drop_rolled_back(session: Session, previous_transaction) -> None:
 
 
 def _forget_pending(session: Session, transaction) -> None:
-    if transaction.parent is None:  # the outermost transaction ended without committing them
+    if transaction.parent is None and session.info:  # ended without committing them
         session.info.pop(_PENDING, None)
+
+
+# Once for every Session: a dictionary lookup when nothing is queued.
+event.listen(Session, "before_commit", _write_pending)
+event.listen(Session, "after_soft_rollback", _drop_rolled_back)
+event.listen(Session, "after_transaction_end", _forget_pending)
 
 
 def append_many(session: Session, events: Sequence[dict]) -> list[dict]:
