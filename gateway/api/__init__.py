@@ -27,12 +27,13 @@ def operation_outcome(status: int, message: str, code: str | None = None):
 
 
 def register(app: Flask, mode: str) -> None:
-    from . import authorizations, inbox, meta, transfers, receive
+    from . import authorizations, inbox, meta, receipts, transfers, receive
 
     app.register_blueprint(meta.bp)
     if mode in ("send", "both"):
         app.register_blueprint(authorizations.bp)
         app.register_blueprint(transfers.bp)
+        app.register_blueprint(receipts.bp)
     if mode in ("receive", "both"):
         app.register_blueprint(receive.bp)
         app.register_blueprint(inbox.bp)
