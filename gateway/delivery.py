@@ -52,12 +52,13 @@ def deliver(svc: Services, t: Transfer, part: TransferBundle) -> str:
     plain transaction-response JSON). Raises DeliveryFailed (retried) or
     DeliveryRejected / ReceiptInvalid (terminal)."""
     peer = svc.settings.peers[t.recipient]
-    headers = {"Authorization": f"Bearer {peer.bearer()}",
-               "Content-Type": "application/fhir+json",
+    headers = {"Content-Type": "application/fhir+json",
                "Accept": "application/fhir+json",
                "Idempotency-Key": part.bundle_id,
                receipts.SIGNATURE_HEADER: part.signature,
                "Content-Length": str(part.size)}
+    if peer.kind == "gateway" or peer.token is not None or peer.token_file is not None:
+        headers["Authorization"] = f"Bearer {peer.bearer()}"  # a plain FHIR server may be open
     url = f"{peer.base_url}/fhir" if peer.kind == "gateway" else peer.base_url
     body = _BlobUpload(svc.blobs.open(part.blob_key), part.size)
     try:
