@@ -149,14 +149,16 @@ def test_plain_fhir_recipient_and_dead_letter_replay(dstack, sign, drop_dir, sen
     assert ack["kind"] == "unsigned-acknowledgment" and ack["signed"] is False
     assert view["bundles"][0]["state"] == "acknowledged"
     assert ack["entries"] == len(ack["locations"])
-    docs = [loc for loc in ack["locations"] if loc.startswith("DocumentReference/")]
+    locations = [loc.removeprefix(plain_peer + "/").split("/_history")[0] for loc in ack["locations"]]
+    docs = [loc for loc in locations if loc.startswith("DocumentReference/")]
     assert len(docs) == 4  # two PDFs, the summary PDF, the manifest
-    stored = requests.get(f"{plain_peer}/{docs[0].split('/_history')[0]}", timeout=10).json()
+    stored = requests.get(f"{plain_peer}/{docs[0]}", timeout=10).json()
     assert stored["resourceType"] == "DocumentReference"
     import base64
     import hashlib
-    binaries = [requests.get(f"{plain_peer}/{loc.split('/_history')[0]}", timeout=10).json()
-                for loc in ack["locations"] if loc.startswith("Binary/")]
+    binaries = [requests.get(f"{plain_peer}/{loc}", headers={"Accept": "application/fhir+json"},
+                             timeout=10).json()
+                for loc in locations if loc.startswith("Binary/")]
     got = {hashlib.sha256(base64.b64decode(b["data"])).hexdigest() for b in binaries}
     assert set(sent) <= got
     assert dstack.events("transfer.receipt.acknowledged")
