@@ -78,3 +78,14 @@ def dstack(proxy, plain_peer, app, client, operator, processes, sender_config, r
     stack = Stack(app, client, operator, processes, sender_config, receiver_config, tmp_path)
     stack.proxy = proxy
     return stack
+
+
+@pytest.fixture
+def two_sources(sender_config, tmp_path):
+    """A second PDF folder of the same hospital ("copies"), e.g. the fax copies."""
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    sender_config["sources"]["copies"] = {
+        "kind": "pdf-folder", "organization": "org-test-hospital", "endpoint": str(copies),
+        "data_class": "notes", "options": {"path": str(copies)}}
+    return copies

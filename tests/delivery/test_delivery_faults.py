@@ -17,7 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from conftest import write_pdfs  # noqa: E402  (tests/conftest.py)
-from delivery_fixtures import PLAIN_ORG, dstack, plain_peer, proxy, sekmet  # noqa: E402,F401
+from delivery_fixtures import (PLAIN_ORG, dstack, plain_peer, proxy, sekmet,  # noqa: E402,F401
+                               two_sources)
 from delivery_support import TERMINAL, claims_to, record_binaries, wait_until  # noqa: E402
 
 
@@ -173,3 +174,65 @@ def test_plain_fhir_recipient_and_dead_letter_replay(dstack, sign, drop_dir, sen
     assert view["state"] == "completed", view["reason"]
     assert view["bundles"][0]["signedReceipt"]
     assert len(dstack.inbox()) == 1
+
+
+def test_same_record_from_two_sources_goes_once_with_provenance_of_both(
+        two_sources, dstack, sign, drop_dir, receiver_url):
+    import shutil
+
+    from gateway.authorizations import example_claims
+
+    copies = two_sources
+    claims = example_claims(
+        "https://esign.test.invalid", "auth-two-sources",
+        disclosers=[{"id": "org-test-hospital", "name": "Test Hospital", "endpoints": [
+            {"type": "pdf-folder", "address": str(drop_dir)},
+            {"type": "pdf-folder", "address": str(copies)}]}],
+        recipient={"id": "org-test-center", "name": "Test Center",
+                   "endpoint": {"type": "gateway", "address": receiver_url}})
+    dstack.start_receiver()
+    r = dstack.client.post("/transfers", json={"authorization": dstack.authorize(claims, sign),
+                                               "sources": ["records", "copies"], "recipient": "center"},
+                           headers=dstack.operator)
+    tid = r.get_json()["id"]
+    staging = drop_dir.parent / "copies-staging"
+    sent = write_pdfs(staging, count=2)
+    shared = sorted(staging.iterdir())[0]
+    (staging.parent / "one").mkdir()
+    shutil.copy(shared, staging.parent / "one" / shared.name)
+    (staging.parent / "one").rename(copies / tid)  # the second place holds one of them
+    staging.rename(drop_dir / tid)
+    view = wait_end(dstack, tid)
+    assert view["state"] == "completed", view["reason"]
+    [bundle] = received(dstack)
+    assert record_binaries([bundle]) == sorted(sent)  # two records, not three
+    resources = [e["resource"] for e in bundle["entry"]]
+    provenance = [p for p in resources if p["resourceType"] == "Provenance"]
+    by_source = {p["entity"][0]["what"]["identifier"]["system"].rsplit(":", 1)[-1]:
+                 {t["reference"] for t in p["target"]} for p in provenance}
+    assert len(provenance) == 2
+    assert set(by_source) == {"records", "copies"}
+    assert len(by_source["records"]) == 2 and len(by_source["copies"]) == 1
+    assert by_source["copies"] <= by_source["records"]  # the shared one, recorded twice
+    docs = [e for e in bundle["entry"] if e["resource"]["resourceType"] == "DocumentReference"
+            and e["resource"]["type"]["coding"][0]["code"] == "11506-3"]
+    assert len(docs) == 2
+    dates = [d["resource"]["date"] for d in docs]
+    assert dates == sorted(dates)  # chronological
+    manifest = _manifest(bundle)
+    assert manifest["sources"]["records"]["items"] == 2
+    assert manifest["sources"]["copies"]["items"] == 1
+    assert {d["sha256"] for d in manifest["sources"]["copies"]["delivered"]} <= set(sent)
+    composition = next(r for r in resources if r["resourceType"] == "Composition")
+    assert [s["title"] for s in composition["section"]] == ["Clinical notes"]
+    assert len(composition["section"][0]["entry"]) == 2
+
+
+def _manifest(bundle: dict) -> dict:
+    import base64
+
+    doc = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "DocumentReference"
+               and e["resource"]["type"]["coding"][0]["code"] == "completeness-manifest")
+    url = doc["content"][0]["attachment"]["url"]
+    binary = next(e["resource"] for e in bundle["entry"] if e["fullUrl"] == url)
+    return json.loads(base64.b64decode(binary["data"]))
