@@ -28,7 +28,10 @@ BODIES = {
     "transfers.cancel": {"application/json": {"schema": {"type": "object",
                          "properties": {"reason": {"type": "string"}}}}},
     "receive.transaction": {"application/fhir+json": {"schema": {"type": "object",
-                            "description": "FHIR R4 transaction Bundle"}}},
+                            "description": "FHIR R4 transaction Bundle; headers Idempotency-Key "
+                                           "and X-Bundle-Signature (detached JWS)"}}},
+    "receipts.opened": {"application/json": {"schema": {"type": "object", "required": ["jws"],
+                        "properties": {"jws": {"type": "string"}}}}},
 }
 
 SUMMARIES = {
@@ -45,8 +48,14 @@ SUMMARIES = {
     "transfers.retry": "Resume a failed transfer from the step that failed",
     "transfers.cancel": "Cancel a transfer",
     "receive.transaction": "Receive a transaction Bundle from a peer gateway; answers with a signed receipt",
-    "inbox.index": "Bundles received (recipient role)",
+    "inbox.index": "Bundles received for this center (recipient role, organization-scoped)",
     "inbox.bundle": "One received bundle (audited read)",
+    "inbox.documents": "The documents of a received bundle",
+    "inbox.document_content": "One document's content (audited read)",
+    "inbox.studies": "The imaging studies of a received bundle",
+    "inbox.opened": "Mark a received bundle opened; signs an 'opened' receipt and sends it to the sender",
+    "transfers.replay": "Deliver a dead-lettered transfer again",
+    "receipts.opened": "Take an 'opened' receipt signed by a recipient gateway",
 }
 
 
