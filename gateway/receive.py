@@ -137,6 +137,32 @@ def check_consent(data: dict, sender_org: str, centers: set[str], now: datetime)
     return recipient
 
 
+def _in_reply_to(data: dict) -> str | None:
+    from .replies import IN_REPLY_TO
+
+    for lst in _resources(data, "List"):
+        for ext in lst.get("extension") or []:
+            if ext.get("url") == IN_REPLY_TO:
+                return (ext.get("valueIdentifier") or {}).get("value") or ""
+    return None
+
+
+def check_reply(svc: Services, in_reply_to: str, sender_org: str) -> str:
+    """A reply needs no Consent of its own only if it answers a bundle we sent to that
+    same organization; it is then for us."""
+    from .models import Transfer, TransferBundle
+
+    with svc.db.session() as s:
+        part = s.scalars(select(TransferBundle).filter_by(
+            bundle_id=in_reply_to.removeprefix("urn:uuid:"))).first()
+        transfer = s.get(Transfer, part.transfer_id) if part is not None else None
+        peer = svc.settings.peers.get(transfer.recipient) if transfer is not None else None
+    if peer is None or peer.organization != sender_org or part.state != "receipted":
+        raise ConsentNotCovering("the reply does not answer a bundle this gateway delivered "
+                                 "to its sender")
+    return svc.settings.organization
+
+
 def _group(data: dict) -> tuple[str | None, int, int]:
     for lst in _resources(data, "List"):
         group = next((i.get("value") for i in lst.get("identifier") or [] if i.get("system") == GROUP_SYSTEM), None)
@@ -243,8 +269,11 @@ def accept(svc: Services, *, sender: str, key: str, body: bytes, signature: str)
         f"{trusted.base_url}/.well-known/jwks.json" if trusted.base_url else None), f"sender {sender}")
     receipts.verify_bundle(signature, body, jwks)
     now = utcnow()
-    centers = {svc.settings.organization}
-    recipient = check_consent(data, trusted.organization, centers, now)
+    in_reply_to = _in_reply_to(data)
+    if in_reply_to is not None:
+        recipient = check_reply(svc, in_reply_to, trusted.organization)
+    else:
+        recipient = check_consent(data, trusted.organization, {svc.settings.organization}, now)
     group, part, parts = _group(data)
     hashes = {e["fullUrl"]: entry_hash(e["resource"]) for e in data.get("entry") or []}
     with svc.db.session() as s:

@@ -122,6 +122,21 @@ def studies(received_id: str):
     return jsonify({"studies": out})
 
 
+@bp.post("/<received_id>/reply")
+@require("recipient")
+def reply(received_id: str):
+    """The return path: send the center's written opinion back to the sender, signed;
+    answers with the sender's verified receipt."""
+    from ..replies import send_reply
+    from .auth import json_body
+
+    body = json_body()
+    resource = body.get("resource", body)
+    with svc().db.session() as s:
+        row = _row(s, received_id, "received_reply")
+    return jsonify(send_reply(svc(), row, resource, g.actor))
+
+
 @bp.post("/<received_id>/opened")
 @require("recipient")
 def opened(received_id: str):

@@ -55,6 +55,7 @@ SUMMARIES = {
     "inbox.studies": "The imaging studies of a received bundle",
     "inbox.opened": "Mark a received bundle opened; signs an 'opened' receipt and sends it to the sender",
     "transfers.replay": "Deliver a dead-lettered transfer again",
+    "inbox.reply": "Send the center's second opinion (DiagnosticReport or DocumentReference) back to the sender",
     "receipts.opened": "Take an 'opened' receipt signed by a recipient gateway",
 }
 
