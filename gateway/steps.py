@@ -21,8 +21,8 @@ from connectors.base import ConnectorError, RawRecord, RejectedRecord
 from mappings import MappingContext, MappingFailed, map_record
 
 from . import audit, bundles, delivery, policy, receipts
-from .errors import (DeliveryFailed, GatewayError, MappingError, ProviderRejected,
-                     ProviderUnavailable)
+from .errors import (GatewayError, MappingError, ProviderRejected, ProviderUnavailable,
+                     ReceiptInvalid)
 from .models import Item, Transfer, TransferBundle, TransferSource, utcnow
 from .services import Services
 from .transfers import renew_lease
@@ -276,7 +276,17 @@ def delivering(svc: Services, transfer_id: str, owner: str) -> str:
 
 
 def _verify_part(svc: Services, t: Transfer, part: TransferBundle) -> dict:
-    claims = delivery.check_answer(svc, t, part)
+    try:
+        claims = delivery.check_answer(svc, t, part)
+    except ReceiptInvalid as exc:
+        # no proof: the part counts as not delivered; a retry asks again (the recipient
+        # answers a repeat with its original, untouched receipt)
+        with svc.db.session() as s:
+            s.get(TransferBundle, part.id).state = "assembled"
+            audit.record(s, "transfer.receipt.refused", actor="worker", transfer_id=t.id,
+                         authorization_id=t.authorization_id, outcome="failure",
+                         bundle_id=part.bundle_id, part=part.part, error=str(exc))
+        raise
     kind = "acknowledged" if claims.get("kind") == "unsigned-acknowledgment" else "receipted"
     with svc.db.session() as s:
         row = s.get(TransferBundle, part.id)
@@ -293,11 +303,11 @@ def _verify_part(svc: Services, t: Transfer, part: TransferBundle) -> dict:
 def awaiting_receipt(svc: Services, transfer_id: str, owner: str) -> str:
     t = _load(svc, transfer_id)
     parts = _parts(svc, transfer_id)
+    if any(part.state == "assembled" for part in parts):
+        return "delivering"  # resumed after a refused receipt: deliver again
     for part in parts:
         if part.state == "delivered":
             part.receipt = _verify_part(svc, t, part)
-        elif part.state == "assembled":
-            raise DeliveryFailed(f"bundle {part.part}/{part.parts} is not delivered yet")
     with svc.db.session() as s:
         row = s.get(Transfer, transfer_id)
         parts = s.scalars(select(TransferBundle).filter_by(transfer_id=transfer_id)

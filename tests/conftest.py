@@ -27,6 +27,17 @@ PG_ADMIN = os.environ.get("GATEWAY_TEST_PG_URL", "postgresql+psycopg://postgres@
 REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 
 
+_ROOT_CONFTEST = sys.modules[__name__]
+
+
+def pytest_collectstart(collector):
+    """Test modules here `from conftest import ...`; a sub-folder's conftest.py (also
+    named conftest) replaces this one in sys.modules when pytest loads it, so put this
+    one back before each test module is imported."""
+    if isinstance(collector, pytest.Module):
+        sys.modules["conftest"] = _ROOT_CONFTEST
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

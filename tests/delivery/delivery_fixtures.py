@@ -65,17 +65,58 @@ def proxy(receiver_config, receiver_url):
 
 
 @pytest.fixture
-def plain_peer(sender_config, sekmet):
-    sender_config["peers"]["plain"] = {"base_url": sekmet, "kind": "fhir", "organization": PLAIN_ORG}
-    return sekmet
+def plain_proxy(sekmet):
+    """A fault proxy in front of the plain FHIR server."""
+    upstream = int(sekmet.split(":")[2].split("/")[0])
+    p = FaultProxy(free_port(), upstream).start()
+    p.base = f"http://127.0.0.1:{p.server.server_address[1]}/fhir"
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def plain_peer(sender_config, plain_proxy):
+    """The plain FHIR server as the sender's peer "plain", reached through its proxy."""
+    sender_config["peers"]["plain"] = {"base_url": plain_proxy.base, "kind": "fhir",
+                                       "organization": PLAIN_ORG}
+    return plain_proxy.base
+
+
+def _stack_class():
+    from test_transfer_flow import Stack
+
+    class DeliveryStack(Stack):
+        """The foundation's two-gateway stack, with the receiver's keys and tokens made in
+        process rather than by three command-line runs (the same code, faster)."""
+
+        def __init__(self, app, client, operator, processes, sender_config, receiver_config,
+                     tmp_path, worker_args=("worker", "--beat")):
+            from gateway import create_app
+            from gateway.tokens import create_token
+
+            self.app, self.client, self.operator = app, client, operator
+            self.processes, self.tmp = processes, tmp_path
+            self.sender_config, self.receiver_config = sender_config, receiver_config
+            self.worker_args = worker_args
+            self.receiver = None
+            self.worker = self.start_worker()
+            receiver = create_app(receiver_config)
+            svc = receiver.extensions["gateway"]
+            svc.keys.ensure()
+            with svc.db.session() as s:
+                _, peer_token = create_token(s, "test-hospital", "peer", "test")
+                _, staff = create_token(s, "staff", "recipient", "test")
+            svc.close()
+            (tmp_path / "sender" / "peer-token").write_text(peer_token)
+            self.inbox_headers = {"Authorization": f"Bearer {staff}"}
+
+    return DeliveryStack
 
 
 @pytest.fixture
 def dstack(proxy, plain_peer, app, client, operator, processes, sender_config, receiver_config,
            tmp_path):
-    from test_transfer_flow import Stack
-
-    stack = Stack(app, client, operator, processes, sender_config, receiver_config, tmp_path)
+    stack = _stack_class()(app, client, operator, processes, sender_config, receiver_config, tmp_path)
     stack.proxy = proxy
     return stack
 

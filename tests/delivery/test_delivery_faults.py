@@ -17,8 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from conftest import write_pdfs  # noqa: E402  (tests/conftest.py)
-from delivery_fixtures import (PLAIN_ORG, dstack, plain_peer, proxy, sekmet,  # noqa: E402,F401
-                               two_sources)
+from delivery_fixtures import (PLAIN_ORG, dstack, plain_peer, plain_proxy, proxy,  # noqa: E402,F401
+                               sekmet, two_sources)
 from delivery_support import TERMINAL, claims_to, record_binaries, wait_until  # noqa: E402
 
 
@@ -29,7 +29,7 @@ def start(stack, auth_id: str, recipient: str = "center") -> str:
     return r.get_json()["id"]
 
 
-def wait_end(stack, tid: str, timeout: float = 90) -> dict:
+def wait_end(stack, tid: str, timeout: float = 150) -> dict:
     return stack.wait_state(tid, TERMINAL, timeout)
 
 
@@ -114,8 +114,16 @@ def test_tampered_receipt_is_an_error(dstack, claims_for, sign, drop_dir):
     view = wait_end(dstack, tid)
     assert view["state"] == "failed"
     assert "signature does not verify" in view["reason"]
-    assert view["bundles"][0]["state"] == "delivered"  # sent, but no proof accepted
+    assert view["bundles"][0]["state"] == "assembled"  # sent, but no proof: not delivered
     assert view["receipt"] is None
+    assert dstack.events("transfer.receipt.refused")
+    # a retry asks again; the receiver answers with its original receipt, which verifies
+    r = dstack.client.post(f"/transfers/{tid}/retry", headers=dstack.operator)
+    assert r.status_code == 200, r.get_json()
+    view = wait_end(dstack, tid)
+    assert view["state"] == "completed", view["reason"]
+    assert view["bundles"][0]["signedReceipt"]
+    assert len(dstack.inbox()) == 1
 
 
 def test_untrusted_sender_key_is_refused(dstack, claims_for, sign, drop_dir, tmp_path):
@@ -132,7 +140,7 @@ def test_untrusted_sender_key_is_refused(dstack, claims_for, sign, drop_dir, tmp
 
 
 def test_plain_fhir_recipient_and_dead_letter_replay(dstack, sign, drop_dir, sender_config,
-                                                     plain_peer, receiver_url):
+                                                     plain_peer, plain_proxy, sekmet, receiver_url):
     from test_transfer_flow import cli
 
     dstack.worker.stop()
@@ -142,6 +150,8 @@ def test_plain_fhir_recipient_and_dead_letter_replay(dstack, sign, drop_dir, sen
     stuck = start(dstack, dstack.authorize(claims_to("org-test-center", receiver_url, drop_dir), sign))
     write_pdfs(drop_dir / stuck, count=1)
     # ... while a transfer to the plain FHIR server goes through
+    # (its first answer is cut short: the repeat overwrites, PUT with stable ids)
+    plain_proxy.faults.append("cut_response")
     plain = start(dstack, dstack.authorize(claims_to(PLAIN_ORG, plain_peer, drop_dir), sign), "plain")
     sent = write_pdfs(drop_dir / plain, count=2)
     view = wait_end(dstack, plain)
@@ -150,18 +160,23 @@ def test_plain_fhir_recipient_and_dead_letter_replay(dstack, sign, drop_dir, sen
     assert ack["kind"] == "unsigned-acknowledgment" and ack["signed"] is False
     assert view["bundles"][0]["state"] == "acknowledged"
     assert ack["entries"] == len(ack["locations"])
-    locations = [loc.removeprefix(plain_peer + "/").split("/_history")[0] for loc in ack["locations"]]
+    locations = [loc.removeprefix(sekmet + "/").split("/_history")[0] for loc in ack["locations"]]
     docs = [loc for loc in locations if loc.startswith("DocumentReference/")]
     assert len(docs) == 4  # two PDFs, the summary PDF, the manifest
-    stored = requests.get(f"{plain_peer}/{docs[0]}", timeout=10).json()
+    stored = requests.get(f"{sekmet}/{docs[0]}", timeout=10).json()
     assert stored["resourceType"] == "DocumentReference"
     import base64
     import hashlib
-    binaries = [requests.get(f"{plain_peer}/{loc}", headers={"Accept": "application/fhir+json"},
+    binaries = [requests.get(f"{sekmet}/{loc}", headers={"Accept": "application/fhir+json"},
                              timeout=10).json()
                 for loc in locations if loc.startswith("Binary/")]
     got = {hashlib.sha256(base64.b64decode(b["data"])).hexdigest() for b in binaries}
     assert set(sent) <= got
+    assert [f for _, f, _ in plain_proxy.posts()][:2] == ["cut_response", "pass"]
+    for sha in sent:  # stored once, though delivered twice
+        found = requests.get(f"{sekmet}/DocumentReference",
+                             params={"identifier": f"urn:records-gateway:sha256|{sha}"}, timeout=10).json()
+        assert len(found.get("entry", [])) == 1
     assert dstack.events("transfer.receipt.acknowledged")
 
     dead = wait_end(dstack, stuck)

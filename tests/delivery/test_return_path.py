@@ -11,7 +11,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).parent))
 
 from conftest import RECEIVER_ORG, SENDER_ORG, bearer, make_token, write_pdfs  # noqa: E402
-from delivery_fixtures import dstack, plain_peer, proxy, sekmet  # noqa: E402,F401
+from delivery_fixtures import dstack, plain_peer, plain_proxy, proxy, sekmet  # noqa: E402,F401
 from delivery_support import TERMINAL  # noqa: E402
 
 OPINION = {"resourceType": "DiagnosticReport", "status": "final", "code": {"text": "Second opinion"},
@@ -34,7 +34,7 @@ def test_opened_receipt_and_second_opinion_come_back(dstack, claims_for, sign, d
                            headers=dstack.operator)
     tid = r.get_json()["id"]
     write_pdfs(drop_dir / tid, count=1)
-    view = dstack.wait_state(tid, TERMINAL)
+    view = dstack.wait_state(tid, TERMINAL, 150)
     assert view["state"] == "completed", view["reason"]
     [item] = dstack.inbox()
 
