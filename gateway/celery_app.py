@@ -41,8 +41,10 @@ def configure_celery(settings: Settings) -> Celery:
         folder = settings.broker_dir
         for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
+        from . import fsbroker  # atomic message files (see there)
+
         conf.update(
-            broker_url="filesystem://",
+            broker_url=f"{fsbroker.ALIAS}://",
             broker_transport_options={
                 "data_folder_in": str(folder / "queue"),
                 "data_folder_out": str(folder / "queue"),

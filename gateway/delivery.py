@@ -16,7 +16,8 @@ import json
 import requests
 
 from . import receipts
-from .errors import DeliveryFailed, DeliveryRejected, ReceiptInvalid
+from .errors import DeliveryFailed, DeliveryRejected, GatewayError, ReceiptInvalid
+from .keys import verify_jws
 from .models import Transfer, TransferBundle
 from .services import Services
 
@@ -83,8 +84,9 @@ def deliver(svc: Services, t: Transfer, part: TransferBundle) -> str:
     if status in (408, 409, 425, 429) or status >= 500:
         raise DeliveryFailed(f"recipient {t.recipient}: {_outcome_text(status, content)}")
     if status >= 300:
-        raise DeliveryRejected(f"recipient {t.recipient} refused bundle {part.part}/{part.parts}: "
-                               f"{_outcome_text(status, content)}")
+        proof = _rejection(svc, t, part, response.headers.get("X-Delivery-Receipt"))
+        raise DeliveryRejected(f"recipient {t.recipient} refused bundle {part.part}/{part.parts}"
+                               f"{proof}: {_outcome_text(status, content)}")
     try:
         reply = json.loads(content)
     except (ValueError, UnicodeDecodeError):
@@ -99,6 +101,19 @@ def deliver(svc: Services, t: Transfer, part: TransferBundle) -> str:
         return base64.b64decode(signature["data"]).decode("ascii")
     except (ValueError, KeyError, TypeError, AttributeError):
         raise ReceiptInvalid(f"recipient {t.recipient} answered without a signed receipt") from None
+
+
+def _rejection(svc: Services, t: Transfer, part: TransferBundle, token: str | None) -> str:
+    """Check a signed rejection receipt; say in the error whether it verified."""
+    if not token or svc.settings.peers[t.recipient].kind != "gateway":
+        return ""
+    try:
+        claims = verify_jws(token, peer_jwks(svc, t.recipient), RECEIPT_TYP)
+    except GatewayError:
+        return " (its rejection receipt does not verify)"
+    if claims.get("status") != "rejected" or claims.get("idempotencyKey") != part.bundle_id:
+        return " (its rejection receipt names another delivery)"
+    return " (signed rejection receipt verified)"
 
 
 def peer_jwks(svc: Services, recipient: str) -> dict:

@@ -37,6 +37,7 @@ from .services import Services
 
 KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 RECEIPT_TYP = receipts.RECEIPT_TYP
+REJECTION_HEADER = "X-Delivery-Receipt"  # a signed receipt with status "rejected"
 
 
 class UnprocessableBundle(InvalidInput):
@@ -311,6 +312,17 @@ def accept(svc: Services, *, sender: str, key: str, body: bytes, signature: str)
         svc.blobs.delete(blob.key)
         raise
     return row
+
+
+def rejection_receipt(svc: Services, *, sender: str, key: str, status: int, message: str) -> str:
+    """A signed receipt saying the delivery under `key` was rejected, and why."""
+    trusted = svc.settings.senders.get(sender)
+    return svc.keys.sign({
+        "iss": svc.settings.organization, "sender": trusted.organization if trusted else sender,
+        "idempotencyKey": key, "status": "rejected", "received_at": utcnow().isoformat(),
+        "outcome": {"resourceType": "OperationOutcome", "issue": [{
+            "severity": "error", "code": "processing", "diagnostics": message[:500],
+            "details": {"text": f"HTTP {status}"}}]}}, RECEIPT_TYP)
 
 
 def record_refusal(svc: Services, sender: str, key: str, reason: str) -> None:

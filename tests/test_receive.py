@@ -147,6 +147,11 @@ def test_consent_must_cover_the_delivery(receiver, peer, sender_keys, the_consen
     else:
         assert r.status_code == 403, r.get_json()
         assert text in r.get_json()["issue"][0]["diagnostics"]
+        # the refusal is signed too: a receipt with status "rejected" and the outcome
+        jwks = receiver.test_client().get("/.well-known/jwks.json").get_json()
+        claims = verify_jws(r.headers["X-Delivery-Receipt"], jwks, "delivery-receipt+jwt")
+        assert claims["status"] == "rejected" and claims["idempotencyKey"] == "key-1"
+        assert text in claims["outcome"]["issue"][0]["diagnostics"]
 
 
 def test_consent_must_cover_the_data_classes(receiver, peer, sender_keys):

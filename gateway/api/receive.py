@@ -6,6 +6,7 @@ from flask import Blueprint, g, jsonify, request
 from .. import receive
 from ..errors import GatewayError, InvalidInput, PayloadTooLarge
 from ..receipts import SIGNATURE_HEADER
+from . import operation_outcome
 from .auth import require, svc
 
 bp = Blueprint("receive", __name__)
@@ -48,7 +49,12 @@ def transaction():
     except GatewayError as exc:
         receive.release(svc(), g.actor, key)
         receive.record_refusal(svc(), g.actor, key, str(exc))
-        raise
+        if exc.transient or exc.http_status >= 500:
+            raise
+        response = operation_outcome(exc.http_status, exc.message, exc.code)
+        response.headers[receive.REJECTION_HEADER] = receive.rejection_receipt(
+            svc(), sender=g.actor, key=key, status=exc.http_status, message=exc.message)
+        return response
     except BaseException:  # the sender went away mid-body, or a fault: nothing stored
         receive.release(svc(), g.actor, key)
         raise

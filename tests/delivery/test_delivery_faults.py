@@ -136,6 +136,7 @@ def test_untrusted_sender_key_is_refused(dstack, claims_for, sign, drop_dir, tmp
     view = wait_end(dstack, tid)
     assert view["state"] == "failed"
     assert "HTTP 403" in view["reason"] and "does not verify" in view["reason"]
+    assert "signed rejection receipt verified" in view["reason"]
     assert dstack.inbox() == []
 
 
