@@ -58,4 +58,11 @@ def configure_celery(settings: Settings) -> Celery:
             beat_schedule_filename=str(folder / "beat-schedule"),
         )
     celery.conf.update(conf)
+    # connections pooled under earlier settings (a process that builds several apps,
+    # as tests do) would still send to the old broker: drop them
+    if celery._pool is not None:
+        celery._pool.force_close_all()
+        celery._pool = None
+    if "amqp" in celery.__dict__:
+        celery.amqp._producer_pool = None
     return celery
