@@ -44,8 +44,10 @@ def configure_celery(settings: Settings) -> Celery:
         folder = settings.broker_dir
         for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
+        from . import fsbroker  # atomic message files (see there)
+
         conf.update(
-            broker_url="filesystem://",
+            broker_url=f"{fsbroker.ALIAS}://",
             broker_transport_options={
                 "data_folder_in": str(folder / "queue"),
                 "data_folder_out": str(folder / "queue"),
@@ -59,4 +61,11 @@ def configure_celery(settings: Settings) -> Celery:
             beat_schedule_filename=str(folder / "beat-schedule"),
         )
     celery.conf.update(conf)
+    # connections pooled under earlier settings (a process that builds several apps,
+    # as tests do) would still send to the old broker: drop them
+    if celery._pool is not None:
+        celery._pool.force_close_all()
+        celery._pool = None
+    if "amqp" in celery.__dict__:
+        celery.amqp._producer_pool = None
     return celery

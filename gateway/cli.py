@@ -163,13 +163,15 @@ def token() -> None:
 @click.option("--name", required=True, help="Who or what uses it (shown in the audit log).")
 @click.option("--role", required=True,
               type=click.Choice(["operator", "recipient", "auditor", "admin", "peer"]))
-def token_create(name: str, role: str) -> None:
+@click.option("--organization", default=None,
+              help="Recipient tokens: the center whose inbox it reads (default: this gateway's).")
+def token_create(name: str, role: str, organization: str | None) -> None:
     """Create a token; it is printed once and stored only hashed."""
     from .tokens import create_token
 
     svc = _services()
     with svc.db.session() as s:
-        row, plain = create_token(s, name, role, actor="cli")
+        row, plain = create_token(s, name, role, actor="cli", organization=organization)
         token_id = row.id
     click.echo(f"token id {token_id} ({role}):", err=True)
     click.echo(plain)
@@ -262,7 +264,7 @@ def transfer_status(transfer_id: str, follow: bool, timeout: float | None) -> No
     if follow:
         view = follow_transfer(lambda: get_transfer(svc, transfer_id), timeout)
     _out(view)
-    if view["state"] in ("failed", "cancelled"):
+    if view["state"] in ("failed", "cancelled", "dead_letter"):
         raise GatewayError(f"transfer {transfer_id} {view['state']}: {view['reason']}")
     if follow and view["state"] not in TERMINAL:
         raise GatewayError(f"transfer {transfer_id} still {view['state']} after {timeout}s")
@@ -270,7 +272,7 @@ def transfer_status(transfer_id: str, follow: bool, timeout: float | None) -> No
 
 def follow_transfer(fetch, timeout: float | None) -> dict:
     """Poll until the transfer ends, drawing a progress bar on stderr."""
-    from .transfers import TERMINAL
+    from .transfers import PARKED, TERMINAL
 
     deadline = time.monotonic() + timeout if timeout else None
     view = fetch()
@@ -279,7 +281,7 @@ def follow_transfer(fetch, timeout: float | None) -> dict:
                            item_show_func=lambda _: view["state"]) as bar:
         while True:
             bar.update(view["percent"] - bar.pos)
-            if view["state"] in TERMINAL or (deadline and time.monotonic() > deadline):
+            if view["state"] in TERMINAL | PARKED or (deadline and time.monotonic() > deadline):
                 return view
             time.sleep(0.3)
             view = fetch()
@@ -305,6 +307,16 @@ def transfer_retry(transfer_id: str, skip_failed_items: bool) -> None:
     from .operations import retry_transfer
 
     view = retry_transfer(_services(), transfer_id, "cli", "operator", skip_failed_items)
+    click.echo(f"transfer {transfer_id} resumes at {view['state']}")
+
+
+@transfer.command("replay")
+@click.argument("transfer_id")
+def transfer_replay(transfer_id: str) -> None:
+    """Deliver a dead-lettered transfer again."""
+    from .operations import replay_transfer
+
+    view = replay_transfer(_services(), transfer_id, "cli", "operator")
     click.echo(f"transfer {transfer_id} resumes at {view['state']}")
 
 

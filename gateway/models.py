@@ -147,6 +147,8 @@ class ApiToken(Base):
     name: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16))
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    # recipient tokens: the organization whose inbox it may read (None: any, other roles)
+    organization: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
 
@@ -167,8 +169,47 @@ class ReceivedBundle(Base):
     receipt_jws: Mapped[str] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     opened_at: Mapped[datetime | None]
+    # processing (claimed by a request until claimed_until) -> accepted
+    state: Mapped[str] = mapped_column(String(16), default="accepted")
+    claimed_until: Mapped[datetime | None]
+    recipient_org: Mapped[str | None] = mapped_column(String(255), index=True)  # whose inbox
+    sender_org: Mapped[str | None] = mapped_column(String(255))
+    submission_group: Mapped[str | None] = mapped_column(String(255))  # parts of one transfer
+    part: Mapped[int] = mapped_column(Integer, default=1)
+    parts: Mapped[int] = mapped_column(Integer, default=1)
+    response: Mapped[dict | None]  # the transaction-response, replayed as it was
+    opened_by: Mapped[str | None] = mapped_column(String(255))
+    opened_receipt_jws: Mapped[str | None] = mapped_column(Text)
+    opened_notified_at: Mapped[datetime | None]  # the sender has the "opened" receipt
 
     __table_args__ = (UniqueConstraint("sender", "idempotency_key"),)
+
+
+class TransferBundle(Base):
+    """One transaction Bundle of a transfer (a large transfer is split into parts), its
+    detached signature, and the receipt (or plain acknowledgment) the recipient gave."""
+
+    __tablename__ = "transfer_bundles"
+    __table_args__ = (UniqueConstraint("transfer_id", "part"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    transfer_id: Mapped[str] = mapped_column(ForeignKey("transfers.id", ondelete="CASCADE"), index=True)
+    part: Mapped[int] = mapped_column(Integer)  # 1..parts
+    parts: Mapped[int] = mapped_column(Integer)
+    bundle_id: Mapped[str] = mapped_column(String(64), unique=True)  # also the Idempotency-Key
+    blob_key: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    entries: Mapped[int] = mapped_column(Integer)
+    entry_hashes: Mapped[dict] = mapped_column(JSON, default=dict)  # fullUrl -> sha256
+    signature: Mapped[str] = mapped_column(Text)  # detached JWS (RFC 7515 appendix F)
+    # assembled -> delivered (answer stored) -> receipted (verified) | acknowledged (plain FHIR)
+    state: Mapped[str] = mapped_column(String(16), default="assembled")
+    answer: Mapped[str | None] = mapped_column(Text)  # receipt JWS, or the plain response JSON
+    receipt: Mapped[dict | None]  # verified receipt claims / acknowledgment summary
+    delivered_at: Mapped[datetime | None]
+    opened: Mapped[dict | None]  # verified "opened" receipt claims
+    opened_jws: Mapped[str | None] = mapped_column(Text)
 
 
 class AuditEvent(Base):

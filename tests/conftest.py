@@ -116,7 +116,10 @@ def receiver_config(tmp_path, receiver_url) -> dict:
     data.mkdir()
     return {"data_dir": str(data), "blob_key": new_master_key(), "organization": RECEIVER_ORG,
             "mode": "receive", "port": int(receiver_url.rsplit(":", 1)[1]),
-            "base_url": receiver_url}
+            "base_url": receiver_url,
+            # the sending gateway's public keys, written by the `app` fixture
+            "senders": {"test-hospital": {"organization": SENDER_ORG,
+                                          "jwks_file": str(tmp_path / "sender-jwks.json")}}}
 
 
 @pytest.fixture
@@ -128,6 +131,8 @@ def app(sender_config):
     app = create_app(sender_config)
     app.extensions["gateway"].keys.ensure()
     ensure_cover_key(app.extensions["gateway"].settings.keys_dir)
+    Path(sender_config["data_dir"]).parent.joinpath("sender-jwks.json").write_text(
+        json.dumps(app.extensions["gateway"].keys.jwks()))
     yield app
     app.extensions["gateway"].close()
 

@@ -151,3 +151,17 @@ def throwaway_database(prefix: str = "gw_test"):
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+GENERATED = {"60591-5", "completeness-manifest"}  # the patient summary PDF and the manifest
+
+
+def record_binaries(bundle: dict) -> list[dict]:
+    """The Binary resources of the records in a bundle (not the summary PDF or the
+    manifest the sender adds)."""
+    resources = [e["resource"] for e in bundle["entry"]]
+    generated = {d["content"][0]["attachment"]["url"] for d in resources
+                 if d["resourceType"] == "DocumentReference"
+                 and d["type"]["coding"][0]["code"] in GENERATED}
+    return [e["resource"] for e in bundle["entry"]
+            if e["resource"]["resourceType"] == "Binary" and e["fullUrl"] not in generated]

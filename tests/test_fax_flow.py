@@ -10,7 +10,7 @@ import os
 from pypdf import PdfReader, PdfWriter
 
 from gateway.demo import make_pdf
-from tests.helpers import wait_until
+from tests.helpers import record_binaries, wait_until
 from tests.test_transfer_flow import TERMINAL, Stack
 
 
@@ -47,8 +47,7 @@ def _drop(fax_dir, name: str, *parts: PdfReader) -> None:
 def _delivered_pdfs(stack) -> list[PdfReader]:
     [received] = stack.inbox()
     bundle = stack.received_bundle(received["id"])
-    return [PdfReader(io.BytesIO(base64.b64decode(e["resource"]["data"])))
-            for e in bundle["entry"] if e["resource"]["resourceType"] == "Binary"]
+    return [PdfReader(io.BytesIO(base64.b64decode(b["data"]))) for b in record_binaries(bundle)]
 
 
 def test_fax_with_cover_sheet_is_matched_and_delivered(app, client, operator, processes, sender_config,

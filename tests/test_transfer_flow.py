@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from gateway.models import AuditEvent, Item
 
-from tests.helpers import wait_until, write_pdfs
+from tests.helpers import GENERATED, record_binaries, wait_until, write_pdfs
 
 TERMINAL = {"completed", "failed", "cancelled"}
 
@@ -99,8 +99,8 @@ def stack(app, client, operator, processes, sender_config, receiver_config, tmp_
 
 
 def binaries(bundle: dict) -> set[str]:
-    return {hashlib.sha256(base64.b64decode(e["resource"]["data"])).hexdigest()
-            for e in bundle["entry"] if e["resource"]["resourceType"] == "Binary"}
+    """sha256 of the records' Binaries (not the summary PDF or manifest the sender adds)."""
+    return {hashlib.sha256(base64.b64decode(b["data"])).hexdigest() for b in record_binaries(bundle)}
 
 
 def test_pdfs_reach_the_receiver_with_a_verified_receipt(stack, claims_for, sign, drop_dir):
@@ -121,9 +121,11 @@ def test_pdfs_reach_the_receiver_with_a_verified_receipt(stack, claims_for, sign
     assert bundle["type"] == "transaction"
     assert binaries(bundle) == set(sent)
     kinds = sorted(e["resource"]["resourceType"] for e in bundle["entry"])
-    assert kinds == sorted(["Patient", "Consent", "List", "Provenance"] + ["DocumentReference"] * 3
-                           + ["Binary"] * 3)
-    docs = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "DocumentReference"]
+    # + the patient summary (Composition, and as a PDF) and the completeness manifest
+    assert kinds == sorted(["Patient", "Consent", "List", "Provenance", "Composition"]
+                           + ["DocumentReference"] * 5 + ["Binary"] * 5)
+    docs = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "DocumentReference"
+            and e["resource"]["type"]["coding"][0]["code"] not in GENERATED]
     assert {d["content"][0]["attachment"]["size"] for d in docs} == {
         len(p.read_bytes()) for p in (drop_dir / tid).iterdir()}
     # the log tells the whole story, in order
@@ -216,7 +218,8 @@ def test_records_outside_the_authorization_are_not_delivered(stack, claims_for, 
     [received] = stack.inbox()
     bundle = stack.received_bundle(received["id"])
     assert binaries(bundle) == set()
-    assert not [e for e in bundle["entry"] if e["resource"]["resourceType"] == "DocumentReference"]
+    assert not [e for e in bundle["entry"] if e["resource"]["resourceType"] == "DocumentReference"
+                and e["resource"]["type"]["coding"][0]["code"] not in GENERATED]
 
 
 @pytest.mark.redis

@@ -27,7 +27,7 @@ def operation_outcome(status: int, message: str, code: str | None = None):
 
 
 def register(app: Flask, mode: str) -> None:
-    from . import audit, authorizations, faxes, inbox, meta, receive, transfers
+    from . import audit, authorizations, faxes, inbox, meta, receipts, receive, transfers
 
     app.register_blueprint(meta.bp)
     app.register_blueprint(audit.bp)
@@ -38,6 +38,7 @@ def register(app: Flask, mode: str) -> None:
         app.register_blueprint(authorizations.bp)
         app.register_blueprint(faxes.bp)
         app.register_blueprint(transfers.bp)
+        app.register_blueprint(receipts.bp)
     if mode in ("receive", "both"):
         app.register_blueprint(receive.bp)
         app.register_blueprint(inbox.bp)

@@ -32,7 +32,10 @@ BODIES = {
     "transfers.cancel": {"application/json": {"schema": {"type": "object",
                          "properties": {"reason": {"type": "string"}}}}},
     "receive.transaction": {"application/fhir+json": {"schema": {"type": "object",
-                            "description": "FHIR R4 transaction Bundle"}}},
+                            "description": "FHIR R4 transaction Bundle; headers Idempotency-Key "
+                                           "and X-Bundle-Signature (detached JWS)"}}},
+    "receipts.opened": {"application/json": {"schema": {"type": "object", "required": ["jws"],
+                        "properties": {"jws": {"type": "string"}}}}},
 }
 
 SUMMARIES = {
@@ -56,7 +59,7 @@ SUMMARIES = {
     "transfers.retry": "Resume a failed transfer from the step that failed",
     "transfers.cancel": "Cancel a transfer",
     "receive.transaction": "Receive a transaction Bundle from a peer gateway; answers with a signed receipt",
-    "inbox.index": "Bundles received (recipient role)",
+    "inbox.index": "Bundles received for this center (recipient role, organization-scoped)",
     "audit.events": "Audit events by patient, transfer, authorization, actor, type, time, with inclusion proofs",
     "audit.chain": "A transfer's whole chain of events, each with its inclusion proof",
     "audit.export_events": "Export events as NDJSON, FHIR AuditEvent NDJSON, or a FHIR Bundle",
@@ -67,6 +70,13 @@ SUMMARIES = {
     "audit.consistency": "Consistency proof between two tree sizes",
     "audit.inclusion": "Inclusion proof of one event",
     "inbox.bundle": "One received bundle (audited read)",
+    "inbox.documents": "The documents of a received bundle",
+    "inbox.document_content": "One document's content (audited read)",
+    "inbox.studies": "The imaging studies of a received bundle",
+    "inbox.opened": "Mark a received bundle opened; signs an 'opened' receipt and sends it to the sender",
+    "transfers.replay": "Deliver a dead-lettered transfer again",
+    "inbox.reply": "Send the center's second opinion (DiagnosticReport or DocumentReference) back to the sender",
+    "receipts.opened": "Take an 'opened' receipt signed by a recipient gateway",
 }
 
 

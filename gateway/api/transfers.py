@@ -6,7 +6,7 @@ from flask import Blueprint, g, jsonify, request
 from .. import audit
 from ..errors import InvalidInput
 from ..operations import (cancel_transfer, create_transfer, get_transfer, list_transfers,
-                          retry_transfer)
+                          replay_transfer, retry_transfer)
 from ..transfers import STATES
 from .auth import json_body, require, svc
 
@@ -59,6 +59,12 @@ def retry(transfer_id: str):
     if not isinstance(skip, bool):
         raise InvalidInput("'skip_failed_items' must be true or false")
     return jsonify(retry_transfer(svc(), transfer_id, g.actor, g.role, skip_failed_items=skip))
+
+
+@bp.post("/<transfer_id>/replay")
+@require("operator", "admin")
+def replay(transfer_id: str):
+    return jsonify(replay_transfer(svc(), transfer_id, g.actor, g.role))
 
 
 @bp.post("/<transfer_id>/cancel")
