@@ -75,6 +75,9 @@ class AssembledPart:
     entry_hashes: dict[str, str]
 
 
+FHIR_NATIVE = frozenset({"fhir-json", "fhir-attachment"})  # record kinds of FHIR sources
+
+
 @dataclass
 class _Binary:
     """A Binary entry whose data is streamed from a record blob."""
@@ -151,13 +154,25 @@ def _collect(svc: Services, t: Transfer, shape: _Shape) -> tuple[list[_Unit], di
     items = sorted(items, key=lambda i: (source_order.get(i.source, 99), i.origin))
     units: dict[str, _Unit] = {}
     places: dict[str, list[tuple[str, str]]] = {}  # fullUrl -> [(source, origin)]
+    aliases: dict[str, str] = {}  # reference -> the entry that stands for it
     for item in items:
         if item.state != "mapped":
             continue
         for mapped in json.loads(svc.blobs.read_bytes(item.resources_blob)):
             resource = mapped["resource"]
-            key = _dedup_key(resource, item, mapped["carries_record_bytes"])
-            full_url = urn(t.id, "resource", key)
+            if item.kind in FHIR_NATIVE and resource["resourceType"] == "Patient":
+                # the transfer's own Patient entry (identity as the authorization states
+                # it) stands for the server's copy; references to that copy follow it
+                aliases[f"urn:uuid:{resource['id']}"] = patient_urn(t.id)
+                continue
+            if item.kind in FHIR_NATIVE and resource.get("id"):
+                # resources from a FHIR source already reference each other as
+                # urn:uuid:<id> (mappings/fhir_r4.py): keep those ids as fullUrls
+                key = f"fhir:{resource['id']}"
+                full_url = f"urn:uuid:{resource['id']}"
+            else:
+                key = _dedup_key(resource, item, mapped["carries_record_bytes"])
+                full_url = urn(t.id, "resource", key)
             places.setdefault(full_url, [])
             if (item.source, item.origin) not in places[full_url]:
                 places[full_url].append((item.source, item.origin))
@@ -165,7 +180,11 @@ def _collect(svc: Services, t: Transfer, shape: _Shape) -> tuple[list[_Unit], di
                 continue
             unit = _Unit(date=mapped["clinical_date"] or "", full_url=full_url,
                          data_class=mapped.get("data_class") or "")
-            if mapped["carries_record_bytes"]:
+            if mapped["carries_record_bytes"] and resource["resourceType"] == "Binary":
+                # an attachment fetched from a FHIR source: the record's bytes are its data
+                unit.entries.append(_Binary(full_url, item.blob_key, item.media_type, item.size))
+                unit.estimate = 4 * (item.size // 3 + 1) + 512
+            elif mapped["carries_record_bytes"]:
                 binary_url = urn(t.id, "binary", key)
                 for content in resource.get("content", []):
                     content["attachment"]["url"] = binary_url
@@ -174,10 +193,29 @@ def _collect(svc: Services, t: Transfer, shape: _Shape) -> tuple[list[_Unit], di
                 unit.estimate = 4 * (item.size // 3 + 1) + 512
             else:
                 unit.entries.append(shape.entry(full_url, resource))
-            unit.estimate += len(json.dumps(unit.entries[0]))
+            if isinstance(unit.entries[0], dict):
+                unit.estimate += len(json.dumps(unit.entries[0]))
             units[full_url] = unit
+    if aliases:
+        for unit in units.values():
+            for entry in unit.entries:
+                if isinstance(entry, dict):
+                    _rewrite_references(entry["resource"], aliases)
     ordered = sorted(units.values(), key=lambda u: (u.date, u.full_url))
     return ordered, places, items
+
+
+def _rewrite_references(node, aliases: dict[str, str]) -> None:
+    if isinstance(node, dict):
+        ref = node.get("reference")
+        if isinstance(ref, str) and ref in aliases:
+            node["reference"] = aliases[ref]
+        for value in node.values():
+            if isinstance(value, (dict, list)):
+                _rewrite_references(value, aliases)
+    elif isinstance(node, list):
+        for value in node:
+            _rewrite_references(value, aliases)
 
 
 def _pack(units: list[_Unit], limit: int) -> list[list[_Unit]]:

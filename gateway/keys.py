@@ -13,12 +13,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from joserfc import jws
+from joserfc.jws import JWSRegistry
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, OKPKey
 
 from .errors import ConfigError, ReceiptInvalid
 
 ALG = "Ed25519"  # fully-specified EdDSA (RFC 9864)
+
+
+class _Registry(JWSRegistry):
+    # joserfc refuses payloads over 128 kB by default; a receipt lists a hash per entry
+    # (thousands for one patient) and a detached bundle signature covers the whole bundle
+    max_payload_length = 1 << 30
+
+
+REGISTRY = _Registry(algorithms=[ALG])
 
 
 def _write_private(path: Path, data: dict) -> None:
@@ -108,7 +118,7 @@ def verify_jws(token: str, jwks: dict, typ: str) -> dict:
     """Verify a compact JWS made by `SigningKeys.sign` against a trusted JWKS."""
     try:
         keyset = KeySet.import_key_set(jwks)
-        obj = jws.deserialize_compact(token, keyset, algorithms=[ALG])
+        obj = jws.deserialize_compact(token, keyset, registry=REGISTRY)
     except (JoseError, ValueError, TypeError) as exc:
         raise ReceiptInvalid(f"signature does not verify: {exc.__class__.__name__}") from None
     if obj.headers().get("typ") != typ:

@@ -22,7 +22,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from .errors import ReceiptInvalid
-from .keys import ALG, SigningKeys, verify_jws
+from .keys import ALG, REGISTRY, SigningKeys, verify_jws
 
 BUNDLE_TYP = "fhir-bundle+jws"
 RECEIPT_TYP = "delivery-receipt+jwt"
@@ -50,7 +50,7 @@ def verify_bundle(detached: str, payload: bytes, jwks: dict) -> dict:
         raise SignatureInvalid("the bundle carries no detached JWS signature "
                                f"({SIGNATURE_HEADER} header, RFC 7515 appendix F)")
     try:
-        obj = jws.deserialize_compact(detached, KeySet.import_key_set(jwks), algorithms=[ALG],
+        obj = jws.deserialize_compact(detached, KeySet.import_key_set(jwks), registry=REGISTRY,
                                       payload=payload)
     except (JoseError, ValueError, TypeError) as exc:
         raise SignatureInvalid("the bundle signature does not verify with the sender's trusted "
