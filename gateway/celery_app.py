@@ -11,7 +11,7 @@ from celery import Celery
 
 from .config import Settings
 
-celery = Celery("records_gateway", include=["gateway.transfers", "gateway.auditing", "gateway.faxes"])
+celery = Celery("records_gateway", include=["gateway.transfers", "gateway.auditing"])
 
 
 def configure_celery(settings: Settings) -> Celery:
@@ -31,7 +31,6 @@ def configure_celery(settings: Settings) -> Celery:
                           "schedule": settings.reconcile_interval_s},
             "audit-checkpoint": {"task": "gateway.auditing.checkpoint",
                                  "schedule": settings.checkpoint_interval_s},
-            "fax-ingest": {"task": "gateway.faxes.ingest", "schedule": settings.fax_scan_interval_s},
         },
         timezone="UTC",
         task_default_queue=settings.queue,

@@ -107,6 +107,7 @@ def serve(receive: bool, host: str | None, port: int | None, no_worker: bool) ->
                                    "port": port}.items() if v is not None}
     app = create_app(overrides)
     svc = app.extensions["gateway"]
+    _audit_configuration(svc, "serve")
     server = make_server(svc.settings.host, svc.settings.port, app, threaded=True)
     log.info("serving %s mode on http://%s:%d", svc.settings.mode, svc.settings.host,
              server.server_port)
@@ -125,6 +126,20 @@ def serve(receive: bool, host: str | None, port: int | None, no_worker: bool) ->
         server.shutdown()
 
 
+def _audit_configuration(svc, process: str) -> None:
+    """Log which configuration a serving process runs with: a hash of the settings (secrets
+    left out), so a change of configuration is on the audit log."""
+    import hashlib
+
+    from . import audit
+
+    text = svc.settings.model_dump_json(exclude={"blob_key"})
+    with svc.db.session() as s:
+        audit.record(s, "admin.configuration.loaded", actor=process, role="admin",
+                     settings_sha256=hashlib.sha256(text.encode()).hexdigest(),
+                     organization=svc.settings.organization, mode=svc.settings.mode)
+
+
 def _run_worker(svc, concurrency: int, beat: bool, pool: str | None) -> None:
     from .celery_app import celery
 
@@ -133,10 +148,17 @@ def _run_worker(svc, concurrency: int, beat: bool, pool: str | None) -> None:
                "without_mingle": True, "without_gossip": True, "quiet": True}
     if pool:
         options["pool"] = pool
+    stop = threading.Event()
     if beat:
         options["schedule_filename"] = str(svc.settings.data_dir / "beat-schedule")
+        from .faxes import start_watchers
+
+        start_watchers(svc, stop)  # one watcher per fax folder, beside the one reconciler
     worker = celery.Worker(**options)
-    worker.start()
+    try:
+        worker.start()
+    finally:
+        stop.set()
     if worker.exitcode:
         raise SystemExit(worker.exitcode)
 
@@ -149,7 +171,30 @@ def _run_worker(svc, concurrency: int, beat: bool, pool: str | None) -> None:
               show_default=True)
 def worker(concurrency: int, beat: bool, pool: str) -> None:
     """Run a Celery worker for transfer steps (Redis or the embedded broker)."""
-    _run_worker(_services(), concurrency, beat, pool)
+    svc = _services()
+    _audit_configuration(svc, "worker")
+    _run_worker(svc, concurrency, beat, pool)
+
+
+# --- keys ----------------------------------------------------------------------------
+
+@main.group()
+def keys() -> None:
+    """The gateway's signing keys."""
+
+
+@keys.command("rotate")
+def keys_rotate() -> None:
+    """Sign with a new key from now on; old public keys stay published so old
+    signatures (receipts, checkpoints) still verify."""
+    from . import audit
+
+    svc = _services()
+    old = svc.keys.current().kid
+    kid = svc.keys.rotate()
+    with svc.db.session() as s:
+        audit.record(s, "admin.key.rotated", actor="cli", role="admin", old_kid=old, new_kid=kid)
+    click.echo(f"signing key rotated: {old} -> {kid}")
 
 
 # --- tokens --------------------------------------------------------------------------

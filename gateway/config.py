@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     step_lease_s: float = 300.0  # a step not finished by then is taken over
     reconcile_interval_s: float = 30.0
     checkpoint_interval_s: float = 300.0  # how often the audit log's tree head is signed
-    fax_scan_interval_s: float = 5.0  # how often fax drop folders are ingested
+    fax_scan_interval_s: float = 5.0  # fax drop folders: polling interval where inotify is missing
     max_body_bytes: int = 512 * 1024 * 1024
     http_timeout_s: float = 60.0
     log_level: str = "INFO"

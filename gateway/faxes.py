@@ -2,14 +2,15 @@
 review queue for faxes that matched no transfer unambiguously.
 
 The protocol side (claiming files, sandboxed parsing, QR/text matching, the on-disk
-store) is `connectors.fax_drop`; this module feeds it the open transfers, runs it
-periodically in the worker, and wakes a transfer's pull when its fax arrives.
+store) is `connectors.fax_drop`; this module feeds it the open transfers, runs its
+folder watchers in the worker, and wakes a transfer's pull when its fax arrives.
 """
 from __future__ import annotations
 
 import logging
 import os
 import secrets
+import threading
 from datetime import date
 from pathlib import Path
 
@@ -22,11 +23,10 @@ from connectors.fax_match import TransferDescriptor
 from connectors.fax_store import StoreBusy
 
 from . import audit
-from .celery_app import celery
 from .config import SourceConfig
 from .errors import Conflict, InvalidInput, NotFound
 from .models import Transfer, TransferSource
-from .services import Services, services
+from .services import Services
 from .sources import connector_options
 
 log = logging.getLogger(__name__)
@@ -118,40 +118,56 @@ def wake(svc: Services, transfer_id: str) -> None:
     enqueue(transfer_id, "pulling")
 
 
+def _ingestor(svc: Services, name: str, cfg: SourceConfig):
+    ingestor = _ingestors.get(name)
+    if ingestor is None:
+        conn = _connector(svc, name, cfg)
+        conn.check()
+        ingestor = conn.ingestor(lambda: open_transfers(svc, name),
+                                 settle_seconds=float(cfg.options.get("file_settle_seconds", 2.0)),
+                                 on_result=lambda outcome: _outcome(svc, name, outcome))
+        _ingestors[name] = ingestor
+    return ingestor
+
+
+def _outcome(svc: Services, source: str, outcome) -> None:
+    with svc.db.session() as s:
+        audit.record(s, f"fax.{outcome.state}", actor="worker", transfer_id=outcome.transfer_id,
+                     source=source, fax_id=outcome.fax_id, method=outcome.method,
+                     reason=outcome.reason)
+    if outcome.state == "matched" and outcome.transfer_id:
+        wake(svc, outcome.transfer_id)
+
+
 def ingest_now(svc: Services) -> dict[str, int]:
-    """One pass over every fax drop folder; returns counts by outcome."""
+    """One pass over every fax drop folder now; returns counts by outcome."""
     counts: dict[str, int] = {}
     for name, cfg in fax_sources(svc).items():
-        ingestor = _ingestors.get(name)
-        if ingestor is None:
-            conn = _connector(svc, name, cfg)
-            conn.check()
-            ingestor = conn.ingestor(lambda n=name: open_transfers(svc, n),
-                                     settle_seconds=float(cfg.options.get("file_settle_seconds", 2.0)))
-            _ingestors[name] = ingestor
         try:
-            outcomes = ingestor.scan_once()
+            outcomes = _ingestor(svc, name, cfg).scan_once()
         except StoreBusy:
-            continue  # another worker is ingesting this folder
+            continue  # the worker's watcher is ingesting this folder right now
         for outcome in outcomes:
             counts[outcome.state] = counts.get(outcome.state, 0) + 1
-            with svc.db.session() as s:
-                audit.record(s, f"fax.{outcome.state}", actor="worker", transfer_id=outcome.transfer_id,
-                             source=name, fax_id=outcome.fax_id, method=outcome.method,
-                             reason=outcome.reason)
-            if outcome.state == "matched" and outcome.transfer_id:
-                wake(svc, outcome.transfer_id)
     return counts
 
 
-@celery.task(name="gateway.faxes.ingest", ignore_result=True)
-def ingest() -> None:
-    svc = services()
-    if fax_sources(svc):
+def start_watchers(svc: Services, stop: threading.Event) -> list[threading.Thread]:
+    """Watch every fax drop folder (inotify where available, else polling every
+    fax_scan_interval_s) in threads of this process until `stop` is set. Run by the one
+    worker that also runs the periodic reconciler (`--beat`)."""
+    threads = []
+    for name, cfg in fax_sources(svc).items():
         try:
-            ingest_now(svc)
+            ingestor = _ingestor(svc, name, cfg)
         except ConnectorError as exc:
-            log.warning("fax ingest: %s", exc)
+            log.error("fax source %s cannot be watched: %s", name, exc)
+            continue
+        thread = threading.Thread(target=ingestor.run, name=f"fax-{name}", daemon=True,
+                                  args=(stop, svc.settings.fax_scan_interval_s))
+        thread.start()
+        threads.append(thread)
+    return threads
 
 
 # --- review queue ---------------------------------------------------------------------

@@ -97,3 +97,17 @@ def test_bad_setting_in_a_real_process_is_one_line(tmp_path):
     assert done.returncode == 1
     assert done.stderr.strip() == "error: setting port (GATEWAY_PORT): Input should be a valid " \
                                   "integer, unable to parse string as an integer"
+
+
+def test_keys_rotate_keeps_old_keys_published(runner, app, client):
+    before = client.get("/.well-known/jwks.json").get_json()["keys"]
+    result = run(runner, "keys", "rotate")
+    assert result.exit_code == 0 and "signing key rotated" in result.output
+    after = client.get("/.well-known/jwks.json").get_json()["keys"]
+    assert {k["kid"] for k in before} < {k["kid"] for k in after}
+    from sqlalchemy import select
+
+    from gateway.models import AuditEvent
+    with app.extensions["gateway"].db.session() as s:
+        [event] = s.scalars(select(AuditEvent).filter_by(type="admin.key.rotated")).all()
+    assert event.detail["new_kid"] in {k["kid"] for k in after} - {k["kid"] for k in before}

@@ -67,6 +67,7 @@ def test_fax_with_cover_sheet_is_matched_and_delivered(app, client, operator, pr
     assert len(pdf.pages) == 2  # the cover sheet is not delivered
     assert "Outside records page 0" in pdf.pages[0].extract_text()
     assert [e.detail["method"] for e in stack.events("fax.matched")] == ["qr"]
+    assert "fax ingest watching (inotify)" in stack.worker.log_path.read_text()
 
 
 def test_unmatched_fax_waits_for_review_then_goes(app, client, operator, processes, sender_config,

@@ -133,6 +133,8 @@ def test_pdfs_reach_the_receiver_with_a_verified_receipt(stack, claims_for, sign
             [e.type for e in stack.events("transfer.receipt.verified")]
     assert types == ["transfer.pull.finished", "transfer.receipt.verified"]
     assert stack.events("transfer.pull.finished")[0].detail["items"] == 3
+    [loaded] = stack.events("admin.configuration.loaded")  # the worker logged its settings
+    assert loaded.actor == "worker" and len(loaded.detail["settings_sha256"]) == 64
     # the worker's beat signs checkpoints of the log with the gateway's key
     from gateway.audit.checkpoints import latest_checkpoint
     svc = stack.app.extensions["gateway"]
