@@ -1,0 +1,237 @@
+"""Taking in received instances: check, hash, hand to a sink, and account for each one.
+
+Every path in (the Storage SCP for C-MOVE, our own association for C-GET, WADO-RS parts)
+ends in `Retrieval.take(path, ...)` with a file on local disk:
+
+1. read the header (connectors.dicom.header) and check it: UIDs valid by the grammar, the
+   instance is the one the command announced, the study and patient are the ones this
+   retrieval asked for;
+2. zero the 128-byte preamble, hash the file (sha256) and measure it;
+3. hand it to the retrieval's sink, which moves it where it belongs (a folder by default;
+   the gateway plugs in its encrypted blob store) and returns where it went;
+4. record a `Received` (or an `InstanceError` naming the instance and why) against the
+   retrieval, so completeness can be judged per study, series and instance.
+
+A sink is any callable `sink(transfer_key, tmp_path, sha256, size, meta) -> location`;
+it may move or consume `tmp_path`. Files are named by content hash, never by a UID.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+from ..base import safe_name
+from .header import MalformedDicom, read_header, zero_preamble
+from .uids import clean_uid, describe, is_uid
+
+
+class Sink(Protocol):
+    def __call__(self, transfer_key: str, tmp_path: Path, sha256: str, size: int,
+                 meta: dict) -> Path | str: ...
+
+
+class FolderSink:
+    """Moves each instance to `root/<transfer>/<sha256>.dcm` (renamed where the file
+    system allows, copied otherwise); returns the new path."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def __call__(self, transfer_key, tmp_path, sha256, size, meta) -> Path:
+        folder = self.root / (safe_name(transfer_key) or hashlib.sha256(
+            transfer_key.encode()).hexdigest()[:32])
+        folder.mkdir(parents=True, exist_ok=True)
+        dest = folder / f"{sha256}.dcm"
+        try:
+            os.replace(tmp_path, dest)
+        except OSError:
+            shutil.move(str(tmp_path), dest)
+        return dest
+
+
+@dataclass(frozen=True)
+class Received:
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_uid: str
+    series_uid: str
+    sha256: str
+    size: int
+    location: Path | str
+    transfer_syntax: str
+    header: dict  # attributes from connectors.dicom.header.WANTED
+    via: str  # "c-move", "c-get", "wado-rs"
+
+
+@dataclass(frozen=True)
+class InstanceError:
+    sop_instance_uid: str  # "" when the instance could not even be named
+    reason: str
+    study_uid: str = ""
+    series_uid: str = ""
+    via: str = ""
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb", buffering=0) as fh:
+        buf = bytearray(chunk)
+        view = memoryview(buf)
+        while n := fh.readinto(buf):
+            digest.update(view[:n])
+            size += n
+    return digest.hexdigest(), size
+
+
+@dataclass
+class Retrieval:
+    """What one transfer expects from one source, and what has arrived so far.
+
+    Thread-safe: the SCP's association threads, C-GET and WADO workers all report here.
+    """
+
+    key: str  # the transfer's key (its id); routed to, and passed to the sink
+    sink: Sink
+    studies: frozenset[str] = frozenset()  # only these studies are accepted (empty: any)
+    patient_ids: frozenset[str] = frozenset()  # and only for these patients (empty: any)
+    spool: Path | None = None  # where received files wait (same file system as temp files)
+    received: dict[str, Received] = field(default_factory=dict)
+    errors: dict[str, InstanceError] = field(default_factory=dict)
+    bytes: int = 0
+    on_received: Callable[[Received], None] | None = None
+
+    def __post_init__(self):
+        self._cond = threading.Condition()
+        self._pending = 0
+        self.last_activity = time.monotonic()
+        if self.spool is None:
+            import tempfile
+
+            self.spool = Path(tempfile.gettempdir())
+
+    # -- bookkeeping -------------------------------------------------------------------
+    def touch(self) -> None:
+        self.last_activity = time.monotonic()
+
+    def begin(self) -> None:
+        with self._cond:
+            self._pending += 1
+            self.touch()
+
+    def _end(self) -> None:
+        with self._cond:
+            self._pending -= 1
+            self.touch()
+            self._cond.notify_all()
+
+    def wait_settled(self, timeout: float | None = None) -> bool:
+        """Wait until every instance handed over so far has been checked and stored."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._pending == 0, timeout)
+
+    def error(self, sop_uid: str, reason: str, via: str, study: str = "",
+              series: str = "") -> InstanceError:
+        err = InstanceError(sop_uid, reason, study, series, via)
+        with self._cond:
+            if sop_uid not in self.received:
+                self.errors[sop_uid or f"unnamed-{uuid.uuid4().hex[:8]}"] = err
+        return err
+
+    def stage(self, path: Path) -> Path:
+        """Move a freshly received temp file into this retrieval's spool (a rename)."""
+        dest = Path(self.spool) / f"rx-{uuid.uuid4().hex}.part"
+        try:
+            os.replace(path, dest)
+        except OSError:
+            shutil.copyfile(path, dest)
+            os.unlink(path)
+        return dest
+
+    # -- the work ----------------------------------------------------------------------
+    def take(self, path: Path, *, via: str, sop_uid: str = "", sop_class: str = "",
+             hashed: tuple[str, int] | None = None) -> Received | InstanceError:
+        """Check, hash and store one received file (consumed in every case).
+
+        `sop_uid`/`sop_class` are what the protocol announced (the C-STORE command);
+        the file's own header must agree. `hashed` is (sha256, size) when the writer
+        already zeroed the preamble and hashed the file on the way in. Call `begin()`
+        first; `take` ends it.
+        """
+        try:
+            return self._take(Path(path), via, sop_uid, sop_class, hashed)
+        except Exception as exc:  # never let one instance break the association
+            return self.error(sop_uid, f"could not store: {type(exc).__name__}: {exc}", via)
+        finally:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            self._end()
+
+    def _take(self, path: Path, via: str, sop_uid: str, sop_class: str, hashed):
+        try:
+            header = read_header(path)
+        except MalformedDicom as exc:
+            return self.error(sop_uid, f"malformed dataset: {exc}", via)
+        sop = clean_uid(header.get("SOPInstanceUID"))
+        study = clean_uid(header.get("StudyInstanceUID"))
+        series = clean_uid(header.get("SeriesInstanceUID"))
+        klass = clean_uid(header.get("SOPClassUID"))
+        for name, value in (("SOPInstanceUID", sop), ("StudyInstanceUID", study),
+                            ("SeriesInstanceUID", series), ("SOPClassUID", klass)):
+            if value is None:
+                return self.error(sop_uid, f"malformed dataset: {name} "
+                                  f"{describe(header.get(name))} is not a valid UID", via)
+        if sop_uid and sop != sop_uid:
+            return self.error(sop_uid, f"dataset SOPInstanceUID {sop} differs from the "
+                              f"announced {sop_uid}", via, study, series)
+        if sop_class and klass != sop_class:
+            return self.error(sop, f"dataset SOPClassUID {klass} differs from the "
+                              f"announced {sop_class}", via, study, series)
+        if self.studies and study not in self.studies:
+            return self.error(sop, "instance of a study this transfer did not ask for",
+                              via, study, series)
+        if self.patient_ids and header.get("PatientID", "") not in self.patient_ids:
+            return self.error(sop, "instance of another patient (PatientID differs)",
+                              via, study, series)
+        if hashed is None:
+            zero_preamble(path)
+            sha256, size = file_sha256(path)
+        else:
+            sha256, size = hashed
+        meta = {"sop_instance_uid": sop, "sop_class_uid": klass, "study_uid": study,
+                "series_uid": series, "transfer_syntax": header.get("TransferSyntaxUID", ""),
+                "via": via}
+        location = self.sink(self.key, path, sha256, size, meta)
+        item = Received(sop, klass, study, series, sha256, size, location,
+                        header.get("TransferSyntaxUID", ""), header, via)
+        with self._cond:
+            self.received[sop] = item
+            self.errors.pop(sop, None)
+            self.bytes += size
+        if self.on_received:
+            self.on_received(item)
+        return item
+
+    # -- views ---------------------------------------------------------------------------
+    def received_in(self, study: str, series: str | None = None) -> list[Received]:
+        with self._cond:
+            return [r for r in self.received.values() if r.study_uid == study
+                    and (series is None or r.series_uid == series)]
+
+    def pending(self) -> int:
+        with self._cond:
+            return self._pending
+
+
+def valid_uids(values) -> list[str]:
+    """The values that are valid UIDs (order kept); others are dropped."""
+    return [v for v in values if is_uid(v)]

@@ -1,0 +1,224 @@
+"""The gateway's Storage SCP: where a PACS sends the instances of a C-MOVE.
+
+One SCP per process (AE title and port configured; the PACS must know them), shared by
+every transfer in flight. Each C-STORE is routed to the transfer it belongs to by a key
+designed for that:
+
+1. C-MOVE sub-operations carry the Move Originator Message ID. Every C-MOVE we send uses
+   a message ID unique among the moves in flight in this process (`expect()` allocates
+   it), so the ID names the transfer.
+2. A PACS that leaves the originator out: the calling AE title of the incoming
+   association names the source; if one transfer is moving from it, that is the one.
+3. Otherwise the instance's own StudyInstanceUID picks among the transfers moving from
+   that source that asked for the study.
+
+Anything that matches no transfer is refused (0x0124 Not Authorized) and never stored.
+
+The instance is never decoded: pynetdicom writes the incoming data set to a temp file as
+it arrives (`STORE_RECV_CHUNKED_DATASET`), the handler renames that file into the
+retrieval's spool and answers at once; checking, hashing and storing happen right after
+the response has gone out, in the same thread, while the PACS sends the next instance
+(`net.after_response`). A bad instance is a per-instance error; an aborted association
+loses only the instance in flight; neither stops the SCP or other transfers.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pynetdicom import AllStoragePresentationContexts, _config, evt
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import Verification
+
+from .intake import Retrieval
+from .net import FastAE, after_response, check_version, serve
+from .uids import clean_uid, describe
+
+LOGGER = logging.getLogger(__name__)
+
+# Receive data sets straight to a temp file (never in memory). A process-wide pynetdicom
+# setting; the gateway only ever wants it on.
+_config.STORE_RECV_CHUNKED_DATASET = True
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+IMPLICIT_LE = "1.2.840.10008.1.2"
+#: transfer syntaxes accepted as they are (so files stay byte-identical to the source)
+ACCEPTED_SYNTAXES = [
+    EXPLICIT_LE, IMPLICIT_LE,
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",  # JPEG Baseline / Extended
+    "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",  # JPEG-LS
+    "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+    "1.2.840.10008.1.2.4.100", "1.2.840.10008.1.2.4.101",  # MPEG2
+    "1.2.840.10008.1.2.4.102", "1.2.840.10008.1.2.4.103",  # MPEG-4
+    "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203",  # HTJ2K
+]
+STORAGE_SOP_CLASSES = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
+
+NOT_AUTHORIZED = 0x0124  # Refused: Not Authorized (PS3.7 C.5.1)
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+CANNOT_UNDERSTAND = 0xC000
+
+
+def storage_contexts(sop_classes=None) -> list:
+    """Presentation contexts for storage SOP classes with every accepted syntax."""
+    classes = sorted(sop_classes or STORAGE_SOP_CLASSES)
+    return [build_context(uid, ACCEPTED_SYNTAXES) for uid in classes]
+
+
+def store_handler(resolve, via: str):
+    """An EVT_C_STORE handler that hands each instance to the retrieval `resolve(event)`
+    names (None: refuse). Shared by the SCP (C-MOVE) and our own C-GET associations."""
+
+    def on_store(event) -> int:
+        req = event.request
+        path = None
+        try:
+            path = event.dataset_path
+        except AttributeError:
+            pass
+        try:
+            sop = clean_uid(req.AffectedSOPInstanceUID)
+            klass = clean_uid(req.AffectedSOPClassUID)
+            retrieval = resolve(event)
+            if retrieval is None:
+                LOGGER.warning("C-STORE from %s matches no transfer: refused",
+                               describe(event.assoc.requestor.ae_title))
+                return NOT_AUTHORIZED
+            if sop is None or klass is None:
+                retrieval.error(sop or "", "C-STORE with an invalid SOP Instance/Class "
+                                f"UID {describe(req.AffectedSOPInstanceUID)}", via)
+                return CANNOT_UNDERSTAND
+            if klass not in STORAGE_SOP_CLASSES:
+                retrieval.error(sop, f"unexpected SOP class {klass}", via)
+                return SOP_CLASS_NOT_SUPPORTED
+            if path is None:
+                retrieval.error(sop, "no data set received", via)
+                return CANNOT_UNDERSTAND
+            retrieval.begin()
+            try:
+                staged = retrieval.stage(path)
+            except Exception:
+                retrieval.take(path, via=via, sop_uid=sop, sop_class=klass)  # records why
+                return 0xA700
+            after_response(event.assoc, lambda: retrieval.take(
+                staged, via=via, sop_uid=sop, sop_class=klass))
+            return 0x0000
+        finally:
+            # pynetdicom leaves the temp file open (and, for C-GET, on disk): close it.
+            tmp = getattr(req, "_dataset_file", None)
+            if tmp is not None:
+                try:
+                    tmp.close()
+                except OSError:
+                    pass
+
+    return on_store
+
+
+@dataclass
+class _Expectation:
+    retrieval: Retrieval
+    peer_aet: str
+    move_id: int
+    studies: frozenset[str] = field(default_factory=frozenset)
+
+
+class StorageSCP:
+    """The shared C-MOVE destination. `start()`, then `expect()` around each C-MOVE."""
+
+    def __init__(self, ae_title: str, port: int, host: str = "0.0.0.0", *,
+                 allowed_peers: frozenset[str] | None = None, max_pdu: int = 0,
+                 socket_timeout: float = 120.0):
+        check_version()
+        self.ae_title = ae_title
+        self.host = host
+        self.port = port
+        self.allowed_peers = allowed_peers  # calling AE titles allowed to connect (None: any)
+        self.socket_timeout = socket_timeout
+        self._ae = FastAE(ae_title=ae_title)
+        self._ae.maximum_pdu_size = max_pdu  # 0: the peer may send PDUs of any size
+        self._ae.network_timeout = None  # stalls are caught per socket and per retrieval
+        self._ae.dimse_timeout = None
+        self._ae.maximum_associations = 64
+        self._ae.require_calling_aet = sorted(allowed_peers) if allowed_peers else []
+        self._server = None
+        self._lock = threading.Lock()
+        self._by_id: dict[int, _Expectation] = {}
+        self._ids = itertools.count(random.randint(1, 60000))
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> "StorageSCP":
+        if self._server is None:
+            contexts = storage_contexts() + [build_context(Verification)]
+            self._server = serve(self._ae, (self.host, self.port), contexts=contexts,
+                                 evt_handlers=[(evt.EVT_C_STORE, store_handler(
+                                     self._route, "c-move"))])
+            self._server.socket_timeout = self.socket_timeout
+            self.port = self._server.server_address[1]
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # -- routing -------------------------------------------------------------------------
+    @contextmanager
+    def expect(self, retrieval: Retrieval, peer_aet: str, studies=()):
+        """Route instances from `peer_aet` to `retrieval` while the block runs; yields the
+        message ID to send the C-MOVE with (the Move Originator Message ID it comes back
+        as). Use one `expect()` per C-MOVE in flight."""
+        with self._lock:
+            for _ in range(65535):
+                move_id = next(self._ids) % 65535 + 1
+                if move_id not in self._by_id:
+                    break
+            else:
+                raise RuntimeError("too many C-MOVEs in flight")
+            self._by_id[move_id] = _Expectation(retrieval, peer_aet.strip(), move_id,
+                                                frozenset(studies))
+        try:
+            yield move_id
+        finally:
+            with self._lock:
+                self._by_id.pop(move_id, None)
+
+    def _route(self, event) -> Retrieval | None:
+        req = event.request
+        calling = (event.assoc.requestor.ae_title or "").strip()
+        with self._lock:
+            expectations = list(self._by_id.values())
+            if req.MoveOriginatorMessageID is not None:
+                found = self._by_id.get(int(req.MoveOriginatorMessageID))
+                if found is not None and found.peer_aet == calling:
+                    return found.retrieval
+        candidates = [e for e in expectations if e.peer_aet == calling]
+        if len({id(e.retrieval) for e in candidates}) == 1:
+            return candidates[0].retrieval
+        if not candidates:
+            return None
+        # several transfers moving from this peer: the instance's study decides
+        try:
+            from .header import read_header
+
+            study = clean_uid(read_header(Path(event.dataset_path)).get("StudyInstanceUID"))
+        except Exception:
+            return None
+        for e in candidates:
+            if study in e.studies:
+                return e.retrieval
+        return None
