@@ -76,6 +76,16 @@ class RawRecord:
     metadata: dict = field(default_factory=dict)  # protocol facts (no secrets)
 
 
+@dataclass(frozen=True)
+class RejectedRecord:
+    """A record the source holds that cannot be taken (hostile name, not a file, too
+    large). Yielded instead of a RawRecord so it is reported, never silently skipped."""
+
+    source: str
+    origin: str  # printable, escaped: never the raw hostile value
+    reason: str
+
+
 @dataclass
 class Progress:
     """What a connector reports while it works."""
@@ -109,8 +119,9 @@ class Connector(ABC):
         """Raise a ConnectorError if the source cannot be used right now."""
 
     @abstractmethod
-    def fetch(self, query: RecordQuery) -> Iterator[RawRecord]:
-        """Yield every record of the query's patient the source holds."""
+    def fetch(self, query: RecordQuery) -> Iterator[RawRecord | RejectedRecord]:
+        """Yield every record of the query's patient the source holds (skipping
+        `query.already_fetched`), and a RejectedRecord for each one it cannot take."""
 
     def close(self) -> None:
         """Release connections; safe to call twice."""
@@ -142,6 +153,10 @@ def safe_name(name: str, max_len: int = 200) -> str | None:
         return None
     if os.sep in name or (os.altsep and os.altsep in name) or "\x00" in name:
         return None
-    if any(ord(c) < 32 or ord(c) == 127 for c in name) or name.startswith("."):
+    if not name.isprintable() or name.startswith("."):
+        return None
+    try:
+        name.encode("utf-8")  # file names that were not UTF-8 come as lone surrogates
+    except UnicodeEncodeError:
         return None
     return name

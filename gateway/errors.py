@@ -76,6 +76,13 @@ class AuthorizationInvalid(AuthorizationDenied):
     http_status = 422
 
 
+class AuthorizationTooLarge(AuthorizationInvalid):
+    """The authorization is larger than the gateway accepts (the message says the cap)."""
+
+    code = "too-costly"
+    http_status = 413
+
+
 class AuthorizationExpired(AuthorizationDenied):
     code = "expired"
 

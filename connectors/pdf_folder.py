@@ -1,0 +1,90 @@
+"""PDF drop folder: the PDFs for a transfer lie in a sub-folder named for it.
+
+    <path>/<transfer id>/<name>.pdf
+
+Whoever drops files should write the folder elsewhere and rename it into place, so it
+appears complete; until it appears, the pull is retried later.
+
+A minimal, safe reader: only regular files (no links), plain names, a size cap, and
+the PDF signature checked. Files are copied into the work dir, never moved: the full
+fax workflow (claiming, quarantine, matching) is `fax_drop`.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+from typing import Iterator
+
+from .base import (Connector, Progress, RawRecord, RecordQuery, RejectedRecord, SourceRejected,
+                   SourceUnavailable, hash_file, safe_name)
+
+DEFAULT_MAX_BYTES = 512 * 1024 * 1024
+
+
+class PdfFolderConnector(Connector):
+    name = "pdf-folder"
+
+    @property
+    def root(self) -> Path:
+        try:
+            return Path(self.options["path"])
+        except KeyError:
+            raise SourceRejected(f"source {self.source}: option 'path' is not set") from None
+
+    def check(self) -> None:
+        if not self.root.is_dir():
+            raise SourceUnavailable(f"source {self.source}: drop folder is missing or not a folder")
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            raise SourceUnavailable(f"source {self.source}: drop folder is not readable")
+
+    def fetch(self, query: RecordQuery) -> Iterator[RawRecord | RejectedRecord]:
+        self.check()
+        if safe_name(query.transfer_id) is None:
+            raise SourceRejected("transfer id is not a plain name")
+        folder = self.root / query.transfer_id
+        if folder.is_symlink():
+            raise SourceRejected(f"source {self.source}: the transfer's folder is a link")
+        if not folder.is_dir():  # the provider has not dropped the records yet: come back later
+            raise SourceUnavailable(f"source {self.source}: no folder yet for transfer {query.transfer_id}")
+        max_bytes = int(self.options.get("max_bytes", DEFAULT_MAX_BYTES))
+        entries = sorted(os.scandir(folder), key=lambda e: os.fsencode(e.name))
+        progress = Progress(total=len(entries))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for entry in entries:
+            progress.done += 1
+            origin = ascii(entry.name)[1:-1]  # printable and unambiguous, whatever the bytes
+            if origin in query.already_fetched:
+                continue
+            reason = self._refusal(entry, max_bytes)
+            if reason:
+                yield RejectedRecord(self.source, origin, reason)
+                continue
+            target = self.workdir / f"{progress.done:06d}.pdf"
+            with open(entry.path, "rb") as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            digest, size = hash_file(target)
+            progress.bytes += size
+            self.progress(progress)
+            yield RawRecord(source=self.source, kind="pdf", media_type="application/pdf",
+                            path=target, sha256=digest, size=size, origin=origin,
+                            metadata={"mtime": int(entry.stat().st_mtime)})
+
+    @staticmethod
+    def _refusal(entry: os.DirEntry, max_bytes: int) -> str | None:
+        if safe_name(entry.name) is None or entry.name != entry.name.strip():
+            return "file name is not a plain printable name"
+        st = entry.stat(follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode):
+            return "not a regular file (links and folders are refused)"
+        if not entry.name.lower().endswith(".pdf"):
+            return "not a .pdf file"
+        if st.st_size == 0:
+            return "empty file"
+        if st.st_size > max_bytes:
+            return f"larger than the {max_bytes} byte limit"
+        with open(entry.path, "rb") as fh:
+            if fh.read(5) != b"%PDF-":
+                return "not a PDF (no %PDF- signature)"
+        return None

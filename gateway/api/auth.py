@@ -1,0 +1,46 @@
+"""Bearer-token authentication and role checks for every endpoint."""
+from __future__ import annotations
+
+from functools import wraps
+
+from flask import current_app, g, request
+
+from ..errors import Forbidden, Unauthenticated
+from ..services import Services
+from ..tokens import authenticate
+
+
+def svc() -> Services:
+    return current_app.extensions["gateway"]
+
+
+def require(*roles: str):
+    """Let the request through only with a valid token of one of `roles`."""
+
+    def decorate(view):
+        @wraps(view)
+        def wrapper(*args, **kwargs):
+            header = request.headers.get("Authorization", "")
+            scheme, _, presented = header.partition(" ")
+            if scheme.lower() != "bearer" or not presented.strip():
+                raise Unauthenticated("missing bearer token (Authorization: Bearer <token>)")
+            with svc().db.session() as s:
+                token = authenticate(s, presented.strip())
+            if token.role not in roles:
+                raise Forbidden(f"role {token.role!r} may not do this; needs {' or '.join(roles)}")
+            g.actor, g.role = token.name, token.role
+            return view(*args, **kwargs)
+
+        wrapper.roles = roles  # read by the OpenAPI document
+        return wrapper
+
+    return decorate
+
+
+def json_body() -> dict:
+    from ..errors import InvalidInput
+
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise InvalidInput("request body must be a JSON object")
+    return data

@@ -1,0 +1,84 @@
+"""The OpenAPI 3.1 description, built from the registered routes so it cannot drift:
+each route's roles come from its `require` decorator, its request body from BODIES."""
+from __future__ import annotations
+
+import re
+
+from flask import Flask
+
+from .. import __doc__ as about
+
+OUTCOME = {"description": "error as a FHIR OperationOutcome",
+           "content": {"application/fhir+json": {"schema": {"$ref": "#/components/schemas/OperationOutcome"}}}}
+
+BODIES = {
+    "authorizations.create": {"application/jose": {"schema": {"type": "string",
+                              "description": "compact JWS of a release authorization"}},
+                              "application/json": {"schema": {"type": "object", "required": ["jws"],
+                              "properties": {"jws": {"type": "string"}}}}},
+    "authorizations.revoke": {"application/json": {"schema": {"type": "object", "required": ["reason"],
+                              "properties": {"reason": {"type": "string"}}}}},
+    "transfers.create": {"application/json": {"schema": {"type": "object",
+                         "required": ["authorization", "sources", "recipient"],
+                         "properties": {"authorization": {"type": "string"},
+                                        "sources": {"type": "array", "items": {"type": "string"}},
+                                        "recipient": {"type": "string"}}}}},
+    "transfers.retry": {"application/json": {"schema": {"type": "object",
+                        "properties": {"skip_failed_items": {"type": "boolean"}}}}},
+    "transfers.cancel": {"application/json": {"schema": {"type": "object",
+                         "properties": {"reason": {"type": "string"}}}}},
+    "receive.transaction": {"application/fhir+json": {"schema": {"type": "object",
+                            "description": "FHIR R4 transaction Bundle"}}},
+}
+
+SUMMARIES = {
+    "meta.health": "Liveness and database check",
+    "meta.jwks": "The gateway's public signing keys (JWKS)",
+    "meta.openapi": "This document",
+    "authorizations.create": "Import a signed release authorization (verified before it is stored)",
+    "authorizations.index": "List authorizations",
+    "authorizations.show": "One authorization with its claims and Consent (audited read)",
+    "authorizations.revoke": "Revoke an authorization; transfers in flight under it are cancelled",
+    "transfers.create": "Start a transfer from sources to a recipient under an authorization",
+    "transfers.index": "List transfers (filters: state, authorization, limit)",
+    "transfers.show": "One transfer with per-source progress and items",
+    "transfers.retry": "Resume a failed transfer from the step that failed",
+    "transfers.cancel": "Cancel a transfer",
+    "receive.transaction": "Receive a transaction Bundle from a peer gateway; answers with a signed receipt",
+    "inbox.index": "Bundles received (recipient role)",
+    "inbox.bundle": "One received bundle (audited read)",
+}
+
+
+def document(app: Flask) -> dict:
+    paths: dict = {}
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        view = app.view_functions[rule.endpoint]
+        path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            op = {"operationId": rule.endpoint, "summary": SUMMARIES.get(rule.endpoint, rule.endpoint),
+                  "responses": {"200": {"description": "success"}, "default": OUTCOME}}
+            roles = getattr(view, "roles", None)
+            if roles:
+                op["security"] = [{"bearer": []}]
+                op["x-roles"] = list(roles)
+            params = [{"name": a, "in": "path", "required": True, "schema": {"type": "string"}}
+                      for a in rule.arguments]
+            if params:
+                op["parameters"] = params
+            if rule.endpoint in BODIES and method == "POST":
+                op["requestBody"] = {"required": True, "content": BODIES[rule.endpoint]}
+            paths.setdefault(path, {})[method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "records-gateway", "version": "0.1.0", "description": about},
+        "paths": dict(sorted(paths.items())),
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"OperationOutcome": {"type": "object", "required": ["resourceType", "issue"],
+                                             "properties": {"resourceType": {"const": "OperationOutcome"},
+                                                            "issue": {"type": "array"}}}},
+        },
+    }

@@ -1,0 +1,64 @@
+"""/transfers: start, list, follow, retry and cancel transfers."""
+from __future__ import annotations
+
+from flask import Blueprint, g, jsonify, request
+
+from ..errors import InvalidInput
+from ..operations import (cancel_transfer, create_transfer, get_transfer, list_transfers,
+                          retry_transfer)
+from ..transfers import STATES
+from .auth import json_body, require, svc
+
+bp = Blueprint("transfers", __name__, url_prefix="/transfers")
+
+
+@bp.post("")
+@require("operator", "admin")
+def create():
+    body = json_body()
+    auth_id, sources, recipient = body.get("authorization"), body.get("sources"), body.get("recipient")
+    if not isinstance(auth_id, str) or not isinstance(recipient, str):
+        raise InvalidInput("'authorization' and 'recipient' must be strings")
+    if not isinstance(sources, list) or not all(isinstance(x, str) for x in sources):
+        raise InvalidInput("'sources' must be a list of source names")
+    view = create_transfer(svc(), auth_id, sources, recipient, actor=g.actor, role=g.role)
+    return jsonify(view), 202
+
+
+@bp.get("")
+@require("operator", "admin", "auditor")
+def index():
+    state = request.args.get("state")
+    if state and state not in STATES:
+        raise InvalidInput(f"unknown state {state!r}; states: {', '.join(STATES)}")
+    try:
+        limit = int(request.args.get("limit", 100))
+    except ValueError:
+        raise InvalidInput("limit must be a number") from None
+    return jsonify({"transfers": list_transfers(svc(), state, request.args.get("authorization"),
+                                                limit)})
+
+
+@bp.get("/<transfer_id>")
+@require("operator", "admin", "auditor")
+def show(transfer_id: str):
+    return jsonify(get_transfer(svc(), transfer_id))
+
+
+@bp.post("/<transfer_id>/retry")
+@require("operator", "admin")
+def retry(transfer_id: str):
+    body = request.get_json(silent=True) or {}
+    skip = body.get("skip_failed_items", False) if isinstance(body, dict) else False
+    if not isinstance(skip, bool):
+        raise InvalidInput("'skip_failed_items' must be true or false")
+    return jsonify(retry_transfer(svc(), transfer_id, g.actor, g.role, skip_failed_items=skip))
+
+
+@bp.post("/<transfer_id>/cancel")
+@require("operator", "admin")
+def cancel(transfer_id: str):
+    body = request.get_json(silent=True) or {}
+    reason = body.get("reason") if isinstance(body, dict) else None
+    return jsonify(cancel_transfer(svc(), transfer_id, reason or "cancelled by an operator",
+                                   g.actor, g.role))

@@ -1,0 +1,167 @@
+"""Typed configuration, validated at start-up.
+
+Sources, lowest first: defaults, an optional file (`GATEWAY_CONFIG_FILE`, TOML or JSON),
+environment variables (`GATEWAY_` prefix, `__` for nesting, e.g.
+`GATEWAY_PEERS__CENTER__BASE_URL`), then values passed in code (tests). A wrong setting
+raises `ConfigError` naming it. Secrets come from files or the environment and are
+never logged.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+
+
+class SourceConfig(BaseModel):
+    """A place records come from: a connector kind and the organization behind it."""
+
+    kind: str  # connector kind, see connectors/__init__.py
+    organization: str  # the discloser's id as named in authorizations
+    endpoint: str  # must equal one of that discloser's endpoints in the authorization
+    data_class: str = "documents"  # for records whose class the source cannot tell
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class PeerConfig(BaseModel):
+    """A recipient we deliver to: another gateway in receive mode."""
+
+    base_url: str
+    organization: str  # the recipient's id as named in authorizations
+    token: SecretStr | None = None  # bearer token the peer issued to us
+    token_file: Path | None = None
+    jwks_file: Path | None = None  # the peer's public keys, to verify its receipts
+    jwks_url: str | None = None  # default: {base_url}/.well-known/jwks.json
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return v.rstrip("/")
+
+    def bearer(self) -> str:
+        if self.token is not None:
+            return self.token.get_secret_value()
+        if self.token_file is not None:
+            return self.token_file.read_text().strip()
+        raise ConfigError("peer has neither token nor token_file")
+
+
+class RetryConfig(BaseModel):
+    base_delay_s: float = 2.0
+    max_delay_s: float = 600.0
+    max_attempts: int = 200  # at the max delay this is over a day of retries
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_nested_delimiter="__",
+                                      extra="forbid")
+
+    data_dir: Path = Path("gateway-data")
+    database_url: str | None = None  # default: SQLite file in data_dir
+    redis_url: str | None = None  # Celery broker; None = embedded broker in data_dir
+    queue: str = "records-gateway"  # Celery queue: gateways sharing a Redis each need their own
+    organization: str = "gateway.local"  # our identity in authorizations and receipts
+    base_url: str = "http://127.0.0.1:8080"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    mode: Literal["send", "receive", "both"] = "both"
+    blob_key: SecretStr | None = None  # base64 AES-256 key; else blob_key_file
+    blob_key_file: Path | None = None  # default: data_dir/keys/blob.key
+    trust_file: Path | None = None  # issuers' JWKS; default: data_dir/trust/issuers.json
+    sources: dict[str, SourceConfig] = Field(default_factory=dict)
+    peers: dict[str, PeerConfig] = Field(default_factory=dict)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    step_lease_s: float = 300.0  # a step not finished by then is taken over
+    reconcile_interval_s: float = 30.0
+    max_body_bytes: int = 512 * 1024 * 1024
+    http_timeout_s: float = 60.0
+    log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings,
+                                   dotenv_settings, file_secret_settings):
+        return (init_settings, env_settings, _FileSource(settings_cls))
+
+    @field_validator("database_url")
+    @classmethod
+    def _db_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("sqlite:", "postgresql")):
+            raise ValueError("must be a sqlite:/// or postgresql:// URL")
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("redis://", "rediss://")):
+            raise ValueError("must be a redis:// URL")
+        return v
+
+    # derived paths -------------------------------------------------------------
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'gateway.db').resolve()}"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.data_dir / "work"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir / "broker"
+
+    @property
+    def issuers_file(self) -> Path:
+        return self.trust_file or self.data_dir / "trust" / "issuers.json"
+
+    @property
+    def blob_key_path(self) -> Path:
+        return self.blob_key_file or self.keys_dir / "blob.key"
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """Settings from the file named by GATEWAY_CONFIG_FILE (TOML or JSON)."""
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        name = os.environ.get("GATEWAY_CONFIG_FILE")
+        if not name:
+            return {}
+        path = Path(name)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"GATEWAY_CONFIG_FILE: cannot read {path}: {exc.strerror}") from None
+        try:
+            return json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        except (ValueError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"GATEWAY_CONFIG_FILE: {path} is not valid: {exc}") from None
+
+
+def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
+    """Build the settings or raise ConfigError naming the first wrong setting."""
+    try:
+        return Settings(**(overrides or {}))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        env = "GATEWAY_" + "__".join(str(p) for p in first["loc"]).upper()
+        raise ConfigError(f"setting {where} ({env}): {first['msg']}") from None

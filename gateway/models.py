@@ -1,0 +1,193 @@
+"""Database tables. The database is the source of truth for every transfer."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+from sqlalchemy import (JSON, BigInteger, DateTime, ForeignKey, Integer, String,
+                        Text, UniqueConstraint, Index)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to the database")
+        return value.astimezone(timezone.utc) if value is not None else None
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime, dict: JSON, list: JSON}
+
+
+class Authorization(Base):
+    """A verified release authorization (the signed JWS and what it says)."""
+
+    __tablename__ = "authorizations"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the JWS jti
+    issuer: Mapped[str] = mapped_column(String(255))
+    key_id: Mapped[str] = mapped_column(String(255))
+    jws_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    jws: Mapped[str] = mapped_column(Text)  # kept to re-verify and for auditors
+    claims: Mapped[dict]  # the verified authorization payload (patient data: API only)
+    consent: Mapped[dict]  # the FHIR R4 Consent it carries
+    recipient_id: Mapped[str] = mapped_column(String(255))
+    not_before: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active | revoked
+    revoked_at: Mapped[datetime | None]
+    revoked_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Transfer(Base):
+    """One transfer: a state machine (see gateway/transfers.py)."""
+
+    __tablename__ = "transfers"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    authorization_id: Mapped[str] = mapped_column(ForeignKey("authorizations.id"))
+    recipient: Mapped[str] = mapped_column(String(255))  # configured peer name
+    state: Mapped[str] = mapped_column(String(24), default="pending", index=True)
+    reason: Mapped[str | None] = mapped_column(Text)  # why failed / cancelled
+    created_by: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # a step claims the transfer until lease_until, so a duplicate message is a no-op
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # of the current step
+    next_attempt_at: Mapped[datetime | None]
+    bundle_id: Mapped[str | None] = mapped_column(String(64))
+    bundle_sha256: Mapped[str | None] = mapped_column(String(64))
+    bundle_blob: Mapped[str | None] = mapped_column(String(64))
+    bundle_size: Mapped[int | None] = mapped_column(BigInteger)
+    receipt: Mapped[dict | None]  # verified receipt claims
+    receipt_jws: Mapped[str | None] = mapped_column(Text)
+    completed_at: Mapped[datetime | None]
+
+    sources: Mapped[list["TransferSource"]] = relationship(
+        back_populates="transfer", order_by="TransferSource.position", cascade="all, delete-orphan")
+    authorization: Mapped[Authorization] = relationship()
+
+
+class TransferSource(Base):
+    """One configured source of a transfer, pulled independently."""
+
+    __tablename__ = "transfer_sources"
+    __table_args__ = (UniqueConstraint("transfer_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    transfer_id: Mapped[str] = mapped_column(ForeignKey("transfers.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(255))
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending|pulling|done|failed
+    items: Mapped[int] = mapped_column(Integer, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    total: Mapped[int | None] = mapped_column(Integer)  # expected items, when known
+    error: Mapped[str | None] = mapped_column(Text)
+
+    transfer: Mapped[Transfer] = relationship(back_populates="sources")
+
+
+class Item(Base):
+    """One record pulled for a transfer, and what became of it."""
+
+    __tablename__ = "items"
+    __table_args__ = (UniqueConstraint("transfer_id", "source", "origin"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    transfer_id: Mapped[str] = mapped_column(ForeignKey("transfers.id", ondelete="CASCADE"), index=True)
+    source: Mapped[str] = mapped_column(String(255))
+    origin: Mapped[str] = mapped_column(String(1024))  # id of the record at the source
+    kind: Mapped[str] = mapped_column(String(32))
+    media_type: Mapped[str] = mapped_column(String(128))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    blob_key: Mapped[str] = mapped_column(String(64))
+    fetched_at: Mapped[datetime]
+    record_meta: Mapped[dict] = mapped_column(JSON, default=dict)
+    # pulled -> mapped | excluded (outside the authorization) | failed (with error)
+    state: Mapped[str] = mapped_column(String(16), default="pulled")
+    error: Mapped[str | None] = mapped_column(Text)
+    resources_blob: Mapped[str | None] = mapped_column(String(64))  # mapped FHIR JSON
+    data_class: Mapped[str | None] = mapped_column(String(32))
+    clinical_date: Mapped[str | None] = mapped_column(String(10))
+
+
+class ApiToken(Base):
+    """A bearer token for the API; only its sha256 is kept."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+
+class ReceivedBundle(Base):
+    """Receive mode: a bundle another gateway delivered to us."""
+
+    __tablename__ = "received_bundles"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    sender: Mapped[str] = mapped_column(String(255))  # token name of the sending peer
+    idempotency_key: Mapped[str] = mapped_column(String(128))
+    bundle_identifier: Mapped[str] = mapped_column(String(255))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    entries: Mapped[int] = mapped_column(Integer)
+    blob_key: Mapped[str] = mapped_column(String(64))
+    receipt_jws: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    opened_at: Mapped[datetime | None]
+
+    __table_args__ = (UniqueConstraint("sender", "idempotency_key"),)
+
+
+class AuditEvent(Base):
+    """Append-only log of everything that happened (see gateway/audit.py).
+
+    Written in the same database transaction as the state change it records.
+    Never updated or deleted.
+    """
+
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                     autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    type: Mapped[str] = mapped_column(String(64), index=True)  # e.g. "transfer.pull.finished"
+    actor: Mapped[str] = mapped_column(String(255))  # token name / "worker" / "system"
+    role: Mapped[str | None] = mapped_column(String(16))
+    outcome: Mapped[str] = mapped_column(String(16), default="success")  # success|failure|deny
+    transfer_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    authorization_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    patient_key: Mapped[str | None] = mapped_column(String(64), index=True)  # hashed, not PHI
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)  # ids, counts, sizes, hashes only
+
+
+Index("ix_audit_events_at", AuditEvent.at)

@@ -1,0 +1,262 @@
+"""The body of each transfer step. Each takes (services, transfer id, lease owner),
+commits its own progress as it goes, and returns the next state.
+
+Re-running a step after a crash is safe: pulled items are unique per origin and the
+connector is told which origins it already produced; mapped items are not mapped
+again; the bundle is assembled deterministically.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from connectors import connector_class
+from connectors.base import ConnectorError, RawRecord, RejectedRecord
+from mappings import MappingContext, MappingFailed, map_record
+
+from . import audit, bundles, delivery, policy
+from .errors import GatewayError, MappingError, ProviderUnavailable
+from .models import Item, Transfer, TransferSource, utcnow
+from .services import Services
+from .transfers import renew_lease
+
+log = logging.getLogger(__name__)
+RENEW_EVERY_S = 2.0
+
+
+class SourcesFailed(GatewayError):
+    """One or more sources could not be pulled; the message names each and why."""
+
+
+def _load(svc: Services, transfer_id: str) -> Transfer:
+    with svc.db.session() as s:
+        t = s.get(Transfer, transfer_id)
+        _ = t.sources, t.authorization  # load before the session closes
+        return t
+
+
+class _Lease:
+    """Renews a long step's claim every few seconds; renewing also re-checks the
+    authorization, so a revocation stops a pull between two records."""
+
+    def __init__(self, svc: Services, transfer_id: str, owner: str):
+        self.svc, self.transfer_id, self.owner = svc, transfer_id, owner
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last >= RENEW_EVERY_S
+
+    def renew_if_due(self) -> None:
+        if self.due():
+            renew_lease(self.svc, self.transfer_id, self.owner)
+            self.last = time.monotonic()
+
+
+def pending(svc: Services, transfer_id: str, owner: str) -> str:
+    return "pulling"
+
+
+def pulling(svc: Services, transfer_id: str, owner: str) -> str:
+    t = _load(svc, transfer_id)
+    for src in t.sources:
+        if src.state != "done":
+            _pull_source(svc, t, src.name, owner)
+    with svc.db.session() as s:
+        failed = s.scalars(select(TransferSource).where(TransferSource.transfer_id == transfer_id,
+                                                        TransferSource.state == "failed")).all()
+        if failed:
+            raise SourcesFailed("; ".join(f"source {f.name}: {f.error}" for f in failed))
+    return "mapping"
+
+
+def _pull_source(svc: Services, t: Transfer, name: str, owner: str) -> None:
+    cfg = svc.settings.sources[name]
+    auth = t.authorization
+    with svc.db.session() as s:
+        src = s.scalars(select(TransferSource).filter_by(transfer_id=t.id, name=name)).one()
+        src.state, src.error = "pulling", None
+        done = set(s.scalars(select(Item.origin).filter_by(transfer_id=t.id, source=name)))
+        audit.record(s, "transfer.pull.started", actor="worker", transfer_id=t.id,
+                     authorization_id=t.authorization_id, source=name, kind=cfg.kind,
+                     already_fetched=len(done))
+    query = policy.record_query(auth, t.id, frozenset(done))
+    workdir = svc.settings.work_dir / t.id / name
+    lease = _Lease(svc, t.id, owner)
+
+    def on_progress(p) -> None:
+        if p.total is not None and lease.due():
+            with svc.db.session() as s:
+                row = s.scalars(select(TransferSource).filter_by(transfer_id=t.id, name=name)).one()
+                row.total = p.total
+        lease.renew_if_due()
+
+    try:
+        with connector_class(cfg.kind)(name, cfg.options, workdir, on_progress) as conn:
+            for record in conn.fetch(query):
+                _store_record(svc, t, name, cfg.data_class, record)
+                lease.renew_if_due()
+    except ConnectorError as exc:
+        if exc.transient:
+            raise ProviderUnavailable(f"source {name}: {exc}") from None
+        with svc.db.session() as s:
+            row = s.scalars(select(TransferSource).filter_by(transfer_id=t.id, name=name)).one()
+            row.state, row.error = "failed", str(exc)
+            audit.record(s, "transfer.pull.failed", actor="worker", transfer_id=t.id,
+                         authorization_id=t.authorization_id, outcome="failure", source=name,
+                         error=str(exc))
+        return
+    with svc.db.session() as s:
+        row = s.scalars(select(TransferSource).filter_by(transfer_id=t.id, name=name)).one()
+        items = s.scalars(select(Item).filter_by(transfer_id=t.id, source=name)
+                          .order_by(Item.origin)).all()
+        row.state = "done"
+        row.items = len(items)
+        row.bytes = sum(i.size for i in items)
+        row.total = row.items
+        digest = hashlib.sha256("".join(i.sha256 for i in items).encode()).hexdigest()
+        audit.record(s, "transfer.pull.finished", actor="worker", transfer_id=t.id,
+                     authorization_id=t.authorization_id, source=name, items=row.items,
+                     bytes=row.bytes, rejected=sum(i.state == "failed" for i in items),
+                     items_sha256=digest)
+
+
+def _store_record(svc: Services, t: Transfer, source: str, data_class: str,
+                  record: RawRecord | RejectedRecord) -> None:
+    if isinstance(record, RejectedRecord):
+        item = Item(transfer_id=t.id, source=source, origin=record.origin, kind="rejected",
+                    media_type="", size=0, sha256="", blob_key="", fetched_at=utcnow(),
+                    state="failed", error=f"refused at the source: {record.reason}")
+        blob = None
+    else:
+        blob = svc.blobs.put_file(record.path)
+        record.path.unlink(missing_ok=True)
+        if blob.sha256 != record.sha256:
+            svc.blobs.delete(blob.key)
+            raise ProviderUnavailable(f"source {source}: record changed while it was read")
+        meta = {"data_class": data_class, **record.metadata}
+        item = Item(transfer_id=t.id, source=source, origin=record.origin, kind=record.kind,
+                    media_type=record.media_type, size=blob.size, sha256=blob.sha256,
+                    blob_key=blob.key, fetched_at=record.fetched_at, record_meta=meta)
+    try:
+        with svc.db.session() as s:
+            s.add(item)
+            row = s.scalars(select(TransferSource).filter_by(transfer_id=t.id, name=source)).one()
+            row.items += 1
+            row.bytes += item.size
+    except IntegrityError:  # a resumed pull met a record it already had
+        if blob is not None:
+            svc.blobs.delete(blob.key)
+
+
+def mapping(svc: Services, transfer_id: str, owner: str) -> str:
+    t = _load(svc, transfer_id)
+    with svc.db.session() as s:
+        todo = s.scalars(select(Item.id).filter_by(transfer_id=t.id, state="pulled")
+                         .order_by(Item.id)).all()
+    context = MappingContext(patient_reference=bundles.patient_urn(t.id))
+    tmpdir = svc.settings.work_dir / t.id / "mapping"
+    tmpdir.mkdir(parents=True, exist_ok=True)
+    lease = _Lease(svc, t.id, owner)
+    for item_id in todo:
+        lease.renew_if_due()
+        with svc.db.session() as s:
+            item = s.get(Item, item_id)
+            _map_item(svc, t, item, context, tmpdir / f"{item.id}.rec")
+    with svc.db.session() as s:
+        counts = dict(s.execute(select(Item.state, func.count()).filter_by(transfer_id=t.id)
+                                .group_by(Item.state)).all())
+        audit.record(s, "transfer.mapping.finished", actor="worker", transfer_id=t.id,
+                     authorization_id=t.authorization_id, **{k: v for k, v in counts.items()})
+        failed = s.scalars(select(Item).filter_by(transfer_id=t.id, state="failed")
+                           .order_by(Item.id)).all()
+        if failed:
+            shown = "; ".join(f"{i.source}/{i.origin}: {i.error}" for i in failed[:5])
+            more = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""
+            raise MappingError(f"{len(failed)} record(s) cannot be delivered: {shown}{more}; "
+                               "fix them at the source, or retry with skip_failed_items")
+    return "assembling"
+
+
+def _map_item(svc: Services, t: Transfer, item: Item, context: MappingContext, tmp: Path) -> None:
+    if item.kind == "rejected":
+        item.state = "failed"
+        return
+    svc.blobs.copy_to(item.blob_key, tmp)
+    try:
+        record = RawRecord(source=item.source, kind=item.kind, media_type=item.media_type,
+                           path=tmp, sha256=item.sha256, size=item.size, origin=item.origin,
+                           fetched_at=item.fetched_at, metadata=item.record_meta or {})
+        mapped = map_record(record, context)
+    except MappingFailed as exc:
+        item.state, item.error = "failed", str(exc)
+        return
+    finally:
+        tmp.unlink(missing_ok=True)
+    kept = [m for m in mapped if policy.allows(t.authorization, m.data_class, m.clinical_date)]
+    if not kept:
+        item.state = "excluded"
+        item.error = "outside the authorized data classes or dates"
+        return
+    payload = [{"resource": json.loads(m.resource.model_dump_json()), "data_class": m.data_class,
+                "clinical_date": m.clinical_date.isoformat() if m.clinical_date else None,
+                "carries_record_bytes": m.carries_record_bytes} for m in kept]
+    item.resources_blob = svc.blobs.put_bytes(json.dumps(payload).encode()).key
+    item.data_class = kept[0].data_class
+    item.clinical_date = payload[0]["clinical_date"]
+    item.state = "mapped"
+
+
+def assembling(svc: Services, transfer_id: str, owner: str) -> str:
+    t = _load(svc, transfer_id)
+    info = bundles.assemble(svc, t)
+    with svc.db.session() as s:
+        row = s.get(Transfer, transfer_id)
+        old = row.bundle_blob
+        row.bundle_id, row.bundle_blob = info.bundle_id, info.blob.key
+        row.bundle_sha256, row.bundle_size = info.blob.sha256, info.blob.size
+        audit.record(s, "transfer.bundle.assembled", actor="worker", transfer_id=t.id,
+                     authorization_id=t.authorization_id, bundle_id=info.bundle_id,
+                     sha256=info.blob.sha256, size=info.blob.size, entries=info.entries)
+    if old and old != info.blob.key:
+        svc.blobs.delete(old)
+    return "delivering"
+
+
+def delivering(svc: Services, transfer_id: str, owner: str) -> str:
+    t = _load(svc, transfer_id)
+    with svc.db.session() as s:
+        audit.record(s, "transfer.delivery.attempt", actor="worker", transfer_id=t.id,
+                     authorization_id=t.authorization_id, recipient=t.recipient,
+                     bundle_id=t.bundle_id, attempt=t.attempts + 1)
+    receipt_jws = delivery.deliver(svc, t)
+    with svc.db.session() as s:
+        row = s.get(Transfer, transfer_id)
+        row.receipt_jws = receipt_jws
+        audit.record(s, "transfer.delivery.sent", actor="worker", transfer_id=t.id,
+                     authorization_id=t.authorization_id, recipient=t.recipient,
+                     bundle_id=t.bundle_id, sha256=t.bundle_sha256)
+    return "awaiting_receipt"
+
+
+def awaiting_receipt(svc: Services, transfer_id: str, owner: str) -> str:
+    t = _load(svc, transfer_id)
+    claims = delivery.verify_receipt(svc, t)
+    with svc.db.session() as s:
+        row = s.get(Transfer, transfer_id)
+        row.receipt = claims
+        audit.record(s, "transfer.receipt.verified", actor="worker", transfer_id=t.id,
+                     authorization_id=t.authorization_id, receipt_id=claims.get("receipt_id"),
+                     receiver=claims.get("iss"), sha256=claims.get("sha256"))
+        row.reason = None
+    return "completed"
+
+
+HANDLERS = {"pending": pending, "pulling": pulling, "mapping": mapping,
+            "assembling": assembling, "delivering": delivering,
+            "awaiting_receipt": awaiting_receipt}

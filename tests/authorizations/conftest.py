@@ -1,0 +1,98 @@
+"""Fixtures for the authorization tests: issuer keys, a trust store, a fresh database."""
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
+
+from gateway.authorizations import example_claims, new_issuer_key, sign_authorization
+from gateway.models import Base
+from gateway.trust import TrustStore
+
+from tests.authorizations.authz_support import ISSUER, NOW, OTHER_ISSUER
+
+PG_ADMIN_URL = os.environ.get("GATEWAY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def issuer_key():
+    return new_issuer_key("esign-2026-01")
+
+
+@pytest.fixture(scope="session")
+def es256_key():
+    return new_issuer_key("esign-ec-1", alg="ES256")
+
+
+@pytest.fixture(scope="session")
+def other_key():
+    return new_issuer_key("intake-1")
+
+
+@pytest.fixture(scope="session")
+def trust(issuer_key, es256_key, other_key):
+    return TrustStore.from_issuers({ISSUER: [issuer_key, es256_key], OTHER_ISSUER: [other_key]})
+
+
+@pytest.fixture
+def claims():
+    """A complete valid payload, issued at NOW, valid 30 days."""
+    return example_claims(ISSUER, "auth-0001", now=NOW)
+
+
+@pytest.fixture
+def sign(issuer_key):
+    def _sign(payload, key=None, **kw):
+        return sign_authorization(payload, key or issuer_key, **kw)
+    return _sign
+
+
+def _pg_available() -> bool:
+    try:
+        engine = create_engine(PG_ADMIN_URL, connect_args={"connect_timeout": 3})
+        with engine.connect():
+            pass
+        engine.dispose()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    if not _pg_available():
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} (tests/run.sh starts it)")
+    name = f"auth_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def engine(request, tmp_path):
+    if request.param == "sqlite":
+        eng = create_engine(f"sqlite:///{tmp_path / 'gateway.db'}")
+        Base.metadata.create_all(eng)
+        yield eng
+        eng.dispose()
+        return
+    eng = create_engine(request.getfixturevalue("pg_url"))
+    Base.metadata.drop_all(eng)
+    Base.metadata.create_all(eng)
+    yield eng
+    Base.metadata.drop_all(eng)
+    eng.dispose()
+
+
+@pytest.fixture
+def session(engine):
+    with Session(engine) as s:
+        yield s

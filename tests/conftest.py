@@ -1,0 +1,152 @@
+"""Shared fixtures: gateway settings in a temp dir, the Flask app and client, issuer keys,
+throwaway PostgreSQL databases, and real gateway processes (workers, receivers)."""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import create_engine, text
+
+from gateway.authorizations import example_claims, new_issuer_key, sign_authorization
+from gateway.blobstore import new_master_key
+from gateway.trust import trust_document
+
+from tests.helpers import (ISSUER, PG_ADMIN, RECEIVER_ORG, SENDER_ORG, GatewayProcess, bearer,
+                           free_port, make_token)
+
+
+@pytest.fixture
+def processes():
+    """Start processes through this; each is stopped by PID at teardown."""
+    started: list[GatewayProcess] = []
+
+    def start(config: dict, workdir: Path, name: str, *args: str) -> GatewayProcess:
+        proc = GatewayProcess(config, workdir, name).start(*args)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def issuer_private_key():
+    return new_issuer_key("test-esign-1")
+
+
+@pytest.fixture
+def trust_file(tmp_path, issuer_private_key) -> Path:
+    path = tmp_path / "issuers.json"
+    path.write_text(json.dumps(trust_document({ISSUER: [issuer_private_key]})))
+    return path
+
+
+@pytest.fixture
+def sign(issuer_private_key):
+    return lambda claims: sign_authorization(claims, issuer_private_key)
+
+
+@pytest.fixture
+def receiver_url() -> str:
+    """Where the test recipient gateway listens (started only by tests that need it)."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture
+def drop_dir(tmp_path) -> Path:
+    path = tmp_path / "drop"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def claims_for(receiver_url, drop_dir):
+    """Build authorization claims covering the test source and recipient."""
+
+    def build(jti: str | None = None, **kw):
+        return example_claims(
+            ISSUER, jti or f"auth-{uuid.uuid4().hex[:12]}",
+            disclosers=[{"id": SENDER_ORG, "name": "Test Hospital",
+                         "endpoints": [{"type": "pdf-folder", "address": str(drop_dir)}]}],
+            recipient={"id": RECEIVER_ORG, "name": "Test Center",
+                       "endpoint": {"type": "gateway", "address": receiver_url}}, **kw)
+
+    return build
+
+
+@pytest.fixture
+def sender_config(tmp_path, trust_file, receiver_url, drop_dir) -> dict:
+    data = tmp_path / "sender"
+    data.mkdir()
+    (data / "peer-token").write_text("not-yet-issued")
+    return {
+        "data_dir": str(data), "blob_key": new_master_key(), "trust_file": str(trust_file),
+        "organization": SENDER_ORG, "port": free_port(),
+        "sources": {"records": {"kind": "pdf-folder", "organization": SENDER_ORG,
+                                "endpoint": str(drop_dir), "data_class": "notes",
+                                "options": {"path": str(drop_dir)}}},
+        "peers": {"center": {"base_url": receiver_url, "organization": RECEIVER_ORG,
+                             "token_file": str(data / "peer-token")}},
+        "retry": {"base_delay_s": 0.2, "max_delay_s": 1.0, "max_attempts": 1000},
+        "step_lease_s": 5, "reconcile_interval_s": 1,
+    }
+
+
+@pytest.fixture
+def receiver_config(tmp_path, receiver_url) -> dict:
+    data = tmp_path / "receiver"
+    data.mkdir()
+    return {"data_dir": str(data), "blob_key": new_master_key(), "organization": RECEIVER_ORG,
+            "mode": "receive", "port": int(receiver_url.rsplit(":", 1)[1]),
+            "base_url": receiver_url}
+
+
+@pytest.fixture
+def app(sender_config):
+    from gateway import create_app
+
+    app = create_app(sender_config)
+    app.extensions["gateway"].keys.ensure()
+    yield app
+    app.extensions["gateway"].close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(sender_config, tmp_path, monkeypatch):
+    """CliRunner with GATEWAY_CONFIG_FILE pointing at the sender's settings."""
+    path = tmp_path / "cli-config.json"
+    path.write_text(json.dumps(sender_config))
+    for key in [k for k in os.environ if k.startswith("GATEWAY_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("GATEWAY_CONFIG_FILE", str(path))
+    return CliRunner()
+
+
+@pytest.fixture
+def operator(app) -> dict:
+    return bearer(make_token(app, "operator"))
+
+
+@pytest.fixture
+def pg_url():
+    """A throwaway PostgreSQL database, dropped afterwards."""
+    name = f"gw_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+

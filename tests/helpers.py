@@ -1,0 +1,119 @@
+"""Helpers shared by the tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import requests
+
+
+ISSUER = "https://esign.test.invalid"
+SENDER_ORG, RECEIVER_ORG = "org-test-hospital", "org-test-center"
+PG_ADMIN = os.environ.get("GATEWAY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check, timeout: float = 30, interval: float = 0.1, what: str = "condition"):
+    """Poll `check` until it returns a truthy value (returned) or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class GatewayProcess:
+    """A real `records-gateway` process (serve or worker) with its own config file."""
+
+    def __init__(self, config: dict, workdir: Path, name: str):
+        self.config, self.name = config, name
+        self.config_file = workdir / f"{name}.json"
+        self.config_file.write_text(json.dumps(config, default=str))
+        self.log_path = workdir / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")},
+                    "GATEWAY_CONFIG_FILE": str(self.config_file)}
+
+    def start(self, *args: str) -> "GatewayProcess":
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", *args], env=self.env,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        return self
+
+    def wait_http(self, timeout: float = 30) -> "GatewayProcess":
+        url = f"http://127.0.0.1:{self.config['port']}/health"
+
+        def up():
+            assert self.proc.poll() is None, f"{self.name} exited: {self.log_path.read_text()[-2000:]}"
+            try:
+                return requests.get(url, timeout=1).ok
+            except requests.RequestException:
+                return False
+
+        wait_until(up, timeout, what=f"{self.name} to answer /health")
+        return self
+
+    def kill(self, sig=signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+            self.proc.wait(15)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.proc:
+            self.log.close()
+
+
+def make_token(app, role: str, name: str | None = None) -> str:
+    from gateway.tokens import create_token
+
+    svc = app.extensions["gateway"]
+    with svc.db.session() as s:
+        _, plain = create_token(s, name or f"test-{role}", role, actor="test")
+    return plain
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+
+def write_pdfs(folder: Path, count: int = 3, patient: dict | None = None) -> dict[str, str]:
+    """Synthetic PDFs, written elsewhere and renamed into place; returns sha256 -> name."""
+    import hashlib
+
+    from gateway.demo import make_pdf
+
+    staging = folder.parent / f".staging-{uuid.uuid4().hex}"
+    staging.mkdir()
+    patient = patient or {"name": {"family": "Testperson", "given": ["Avery"]}, "birthDate": "1970-01-01"}
+    out = {}
+    for n in range(count):
+        path = staging / f"document-{n}.pdf"
+        make_pdf(path, f"Synthetic report {n}", [f"line {n}", "synthetic"], patient)
+        out[hashlib.sha256(path.read_bytes()).hexdigest()] = path.name
+    staging.rename(folder)
+    return out

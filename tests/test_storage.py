@@ -1,0 +1,116 @@
+"""The state store on both backends: migrations, leases, audit in the same transaction."""
+import os
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import inspect, select
+
+from gateway import audit
+from gateway.blobstore import BlobStore
+from gateway.config import load_settings
+from gateway.db import Database
+from gateway.keys import SigningKeys
+from gateway.models import AuditEvent, Authorization, Item, Transfer, TransferSource, utcnow
+from gateway.services import Services
+from gateway.transfers import claim, reconcile_now
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db(request, tmp_path):
+    url = (f"sqlite:///{tmp_path}/state.db" if request.param == "sqlite"
+           else request.getfixturevalue("pg_url"))
+    database = Database(url)
+    database.upgrade()
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def svc(db, tmp_path):
+    settings = load_settings({"data_dir": tmp_path, "step_lease_s": 60, "reconcile_interval_s": 0})
+    return Services(settings=settings, db=db, blobs=BlobStore(tmp_path / "b", os.urandom(32)),
+                    keys=SigningKeys(tmp_path / "k"))
+
+
+def _transfer(db, state="pulling") -> str:
+    now = utcnow()
+    with db.session() as s:
+        s.add(Authorization(id="a1", issuer="i", key_id="k", jws_sha256="0" * 64, jws="x",
+                            claims={}, consent={}, recipient_id="r", not_before=now,
+                            expires_at=now + timedelta(days=1)))
+        t = Transfer(id="t" * 32, authorization_id="a1", recipient="r", state=state)
+        t.sources = [TransferSource(name="s1")]
+        s.add(t)
+    return t.id
+
+
+def test_migrations_create_every_table_and_are_idempotent(db):
+    db.upgrade()
+    tables = set(inspect(db.engine).get_table_names())
+    assert {"authorizations", "transfers", "transfer_sources", "items", "api_tokens",
+            "received_bundles", "audit_events", "alembic_version"} <= tables
+
+
+def test_datetimes_come_back_aware_utc(db):
+    tid = _transfer(db)
+    with db.session() as s:
+        t = s.get(Transfer, tid)
+        assert t.created_at.tzinfo is not None and t.created_at.utcoffset() == timedelta(0)
+
+
+def test_only_one_claim_wins(svc, db):
+    tid = _transfer(db)
+    assert claim(svc, tid, "pulling", "worker-a") is True
+    assert claim(svc, tid, "pulling", "worker-b") is False  # held by a
+    assert claim(svc, tid, "mapping", "worker-c") is False  # wrong state
+    with db.session() as s:
+        s.get(Transfer, tid).lease_until = utcnow() - timedelta(seconds=1)  # a died
+    assert claim(svc, tid, "pulling", "worker-b") is True
+    with db.session() as s:
+        assert s.get(Transfer, tid).lease_owner == "worker-b"
+
+
+def test_items_are_unique_per_origin(db):
+    from sqlalchemy.exc import IntegrityError
+
+    tid = _transfer(db)
+    row = dict(transfer_id=tid, source="s1", origin="a.pdf", kind="pdf", media_type="application/pdf",
+               size=1, sha256="0" * 64, blob_key="0" * 32, fetched_at=utcnow())
+    with db.session() as s:
+        s.add(Item(**row))
+    with pytest.raises(IntegrityError):
+        with db.session() as s:
+            s.add(Item(**row))
+    with db.session() as s:
+        assert len(s.scalars(select(Item)).all()) == 1
+
+
+def test_audit_event_rolls_back_with_the_state_change(db):
+    tid = _transfer(db)
+    with pytest.raises(RuntimeError):
+        with db.session() as s:
+            s.get(Transfer, tid).state = "cancelled"
+            audit.record(s, "transfer.cancelled", actor="test", transfer_id=tid)
+            raise RuntimeError("crash before commit")
+    with db.session() as s:
+        assert s.get(Transfer, tid).state == "pulling"
+        assert s.scalars(select(AuditEvent).filter_by(type="transfer.cancelled")).all() == []
+    with db.session() as s:
+        s.get(Transfer, tid).state = "cancelled"
+        audit.record(s, "transfer.cancelled", actor="test", transfer_id=tid, reason="r")
+    with db.session() as s:
+        events = s.scalars(select(AuditEvent).filter_by(type="transfer.cancelled")).all()
+        assert [(e.transfer_id, e.detail) for e in events] == [(tid, {"reason": "r"})]
+
+
+def test_reconciler_finds_stranded_steps(svc, db):
+    sent = []
+    send = lambda tid, state: sent.append((tid, state))  # noqa: E731
+    tid = _transfer(db, state="mapping")
+    with db.session() as s:
+        s.get(Transfer, tid).updated_at = utcnow() - timedelta(minutes=5)
+    assert reconcile_now(svc, send) == 1
+    assert sent == [(tid, "mapping")]
+    assert claim(svc, tid, "mapping", "w")  # now leased: the reconciler leaves it alone
+    sent.clear()
+    assert reconcile_now(svc, send) == 0 and sent == []
