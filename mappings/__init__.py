@@ -46,6 +46,8 @@ class MappingContext:
 
 MAPPINGS = {
     "pdf": "mappings.pdf_document:map_pdf",
+    "dicom": "mappings.dicom_study:map_instance",
+    "dicom-study": "mappings.dicom_study:map_study",
 }
 
 

@@ -30,15 +30,15 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-from ..base import (Connector, Progress, RawRecord, RecordQuery, SourceRejected,
-                    SourceUnavailable)
+from ..base import (Connector, Progress, RawRecord, RecordQuery, RejectedRecord,
+                    SourceRejected, SourceUnavailable)
 from .intake import FolderSink, Retrieval
 from .qr import (IMAGE_KEYS, SERIES_KEYS, STUDY_KEYS, DimsePeer, QueryRetrieveSCU,
                  RetrieveStatus)
 from .scp import StorageSCP
 from .study import (InstanceInfo, SeriesPlan, StudyIncomplete, StudyOutcome, StudyPlan,
                     date_range, in_range, instance_record, judge, manifest_record,
-                    parse_already, wants_imaging)
+                    parse_already, rejected_record, wants_imaging)
 from .uids import clean_uid
 from .web import DicomWebClient
 
@@ -360,7 +360,7 @@ class ImagingConnector(Connector):
         return on_received
 
     def retrieve_study(self, plan: StudyPlan, query: RecordQuery,
-                       already: dict[str, set[str]]) -> Iterator[RawRecord]:
+                       already: dict[str, set[str]]) -> Iterator[RawRecord | RejectedRecord]:
         self.spool.mkdir(parents=True, exist_ok=True)
         retrieval = Retrieval(query.transfer_id, self.sink, studies=frozenset({plan.uid}),
                               patient_ids=frozenset({plan.patient_id}) if plan.patient_id
@@ -393,6 +393,9 @@ class ImagingConnector(Connector):
         received = list(retrieval.received.values())
         for item in received:
             yield instance_record(self.source, item)
+        for error in list(retrieval.errors.values()):
+            if error.permanent:
+                yield rejected_record(self.source, error)
         if outcome.complete:
             for s in plan.series.values():
                 if already.get(s.uid) and s.instances is None:
@@ -400,7 +403,7 @@ class ImagingConnector(Connector):
             yield manifest_record(self.source, self.workdir / "manifests", plan, received,
                                   outcome, self.endpoint())
 
-    def fetch(self, query: RecordQuery) -> Iterator[RawRecord]:
+    def fetch(self, query: RecordQuery) -> Iterator[RawRecord | RejectedRecord]:
         if not wants_imaging(query):
             return
         self.outcomes = []

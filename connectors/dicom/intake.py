@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from ..base import safe_name
-from .header import MalformedDicom, read_header, zero_preamble
+from .header import PREAMBLE, MalformedDicom, read_header
+
+_HEAD = 256 * 1024
 from .uids import clean_uid, describe, is_uid
 
 
@@ -77,6 +79,9 @@ class InstanceError:
     study_uid: str = ""
     series_uid: str = ""
     via: str = ""
+    # True: the instance itself is unacceptable (malformed, another patient's, ...), a
+    # retry would get the same; False: storing it failed here, a retry may succeed
+    permanent: bool = True
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
@@ -138,8 +143,8 @@ class Retrieval:
             return self._cond.wait_for(lambda: self._pending == 0, timeout)
 
     def error(self, sop_uid: str, reason: str, via: str, study: str = "",
-              series: str = "") -> InstanceError:
-        err = InstanceError(sop_uid, reason, study, series, via)
+              series: str = "", permanent: bool = True) -> InstanceError:
+        err = InstanceError(sop_uid, reason, study, series, via, permanent)
         with self._cond:
             if sop_uid not in self.received:
                 self.errors[sop_uid or f"unnamed-{uuid.uuid4().hex[:8]}"] = err
@@ -162,13 +167,14 @@ class Retrieval:
 
         `sop_uid`/`sop_class` are what the protocol announced (the C-STORE command);
         the file's own header must agree. `hashed` is (sha256, size) when the writer
-        already zeroed the preamble and hashed the file on the way in. Call `begin()`
+        already hashed the file on the way in (its preamble zeroed). Call `begin()`
         first; `take` ends it.
         """
         try:
             return self._take(Path(path), via, sop_uid, sop_class, hashed)
         except Exception as exc:  # never let one instance break the association
-            return self.error(sop_uid, f"could not store: {type(exc).__name__}: {exc}", via)
+            return self.error(sop_uid, f"could not store: {type(exc).__name__}: {exc}", via,
+                              permanent=False)
         finally:
             try:
                 os.unlink(path)
@@ -177,10 +183,29 @@ class Retrieval:
             self._end()
 
     def _take(self, path: Path, via: str, sop_uid: str, sop_class: str, hashed):
-        try:
-            header = read_header(path)
-        except MalformedDicom as exc:
-            return self.error(sop_uid, f"malformed dataset: {exc}", via)
+        # One pass over the file: its head gives the header, the preamble and the start
+        # of the hash; the rest is hashed in 1 MB blocks.
+        digest = hashlib.sha256()
+        with open(path, "r+b", buffering=0) as fh:
+            head = fh.read(_HEAD)
+            if len(head) >= PREAMBLE and head[:PREAMBLE].count(0) != PREAMBLE:
+                fh.seek(0)
+                fh.write(bytes(PREAMBLE))  # the preamble can hide another file format
+                head = bytes(PREAMBLE) + head[PREAMBLE:]
+                fh.seek(len(head))
+            try:
+                header = read_header(path, head)
+            except MalformedDicom as exc:
+                return self.error(sop_uid, f"malformed dataset: {exc}", via)
+            if hashed is None:
+                digest.update(head)
+                size = len(head)
+                buf = bytearray(1 << 20)
+                view = memoryview(buf)
+                while n := fh.readinto(buf):
+                    digest.update(view[:n])
+                    size += n
+                hashed = (digest.hexdigest(), size)
         sop = clean_uid(header.get("SOPInstanceUID"))
         study = clean_uid(header.get("StudyInstanceUID"))
         series = clean_uid(header.get("SeriesInstanceUID"))
@@ -202,11 +227,7 @@ class Retrieval:
         if self.patient_ids and header.get("PatientID", "") not in self.patient_ids:
             return self.error(sop, "instance of another patient (PatientID differs)",
                               via, study, series)
-        if hashed is None:
-            zero_preamble(path)
-            sha256, size = file_sha256(path)
-        else:
-            sha256, size = hashed
+        sha256, size = hashed
         meta = {"sop_instance_uid": sop, "sop_class_uid": klass, "study_uid": study,
                 "series_uid": series, "transfer_syntax": header.get("TransferSyntaxUID", ""),
                 "via": via}

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
 
-from ..base import RawRecord, RecordQuery, SourceUnavailable
-from .intake import Received, Retrieval
+from ..base import RawRecord, RecordQuery, RejectedRecord, SourceUnavailable
+from .intake import InstanceError, Received, Retrieval
 from .uids import is_uid
 
 IMAGING_CLASSES = frozenset({"all", "imaging", "radiology"})
@@ -97,7 +97,7 @@ class StudyOutcome:
     already: int  # earlier runs
     missing: list[str]  # SOP Instance UIDs known to be missing
     missing_unnamed: dict[str, int]  # series UID -> count missing but not yet named
-    errors: dict[str, str]  # SOP Instance UID -> why it was not stored
+    rejected: dict[str, str]  # SOP Instance UID -> why it is unacceptable (reported)
     move_failed: int = 0  # sub-operations the PACS itself reported failed
 
     @property
@@ -117,24 +117,29 @@ def parse_already(origins) -> dict[str, dict[str, set[str]]]:
 
 def judge(plan: StudyPlan, retrieval: Retrieval, already: dict[str, set[str]],
           move_failed: int = 0) -> StudyOutcome:
+    """Missing = announced - received - fetched earlier - rejected for good (those are
+    reported on their own: retrying cannot fix a malformed or foreign instance)."""
     received = {r.sop_instance_uid for r in retrieval.received_in(plan.uid)}
+    rejected = {uid: e.reason for uid, e in list(retrieval.errors.items())
+                if e.permanent and uid not in received
+                and (not e.study_uid or e.study_uid == plan.uid)}
     have_total = 0
     missing: list[str] = []
     unnamed: dict[str, int] = {}
     for series in plan.series.values():
         got = {r.sop_instance_uid for r in retrieval.received_in(plan.uid, series.uid)}
         got |= already.get(series.uid, set())
+        got |= {uid for uid, e in retrieval.errors.items()
+                if e.permanent and e.series_uid == series.uid}
         have_total += len(got)
         if series.instances is not None:
-            missing += sorted(set(series.instances) - got)
+            missing += sorted(set(series.instances) - got - set(rejected))
         elif series.expected is not None and len(got) < series.expected:
             unnamed[series.uid] = series.expected - len(got)
     if plan.expected is not None and not plan.series and have_total < plan.expected:
         unnamed[""] = plan.expected - have_total
-    errors = {uid: e.reason for uid, e in retrieval.errors.items()
-              if uid not in received and (not e.study_uid or e.study_uid == plan.uid)}
     return StudyOutcome(plan.uid, plan.expected, len(received),
-                        sum(len(v) for v in already.values()), missing, unnamed, errors,
+                        sum(len(v) for v in already.values()), missing, unnamed, rejected,
                         move_failed)
 
 
@@ -151,9 +156,17 @@ class StudyIncomplete(SourceUnavailable):
             named = f"{len(o.missing)} missing" if o.missing else ""
             unnamed = sum(o.missing_unnamed.values())
             text = ", ".join(x for x in (named, f"{unnamed} unaccounted" if unnamed else "",
-                                         f"{len(o.errors)} rejected" if o.errors else "") if x)
+                                         f"{len(o.rejected)} rejected" if o.rejected else "")
+                             if x)
             parts.append(f"study {o.study_uid}: {text}")
         super().__init__("incomplete DICOM retrieve: " + "; ".join(parts))
+
+
+def rejected_record(source: str, e: InstanceError) -> RejectedRecord:
+    """A per-instance error as the gateway reports it (UIDs are validated or empty)."""
+    origin = "/".join(x for x in (e.study_uid, e.series_uid, e.sop_instance_uid) if x) \
+        or "dicom instance (unnamed)"
+    return RejectedRecord(source=source, origin=origin, reason=f"{e.via}: {e.reason}")
 
 
 def instance_record(source: str, r: Received) -> RawRecord:

@@ -2,16 +2,18 @@
 
 A WADO-RS study response is one multipart/related body of every instance. It is read in
 1 MB chunks and split on the boundary as it streams: each part goes straight to a spool
-file while it is hashed (preamble zeroed on the way), so memory holds one chunk whatever
-the size of the study or of one instance. Each part then goes through the same checks,
+file (preamble zeroed on the way), so memory holds about one chunk whatever the size of
+the study or of one instance; a worker thread hashes and stores each finished part while
+the next one streams in. Each part then goes through the same checks,
 sink and accounting as an instance received over DIMSE (`Retrieval.take`).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
+import queue
 import re
+import threading
 import uuid
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -130,36 +132,40 @@ class MultipartSplitter:
 
 
 class _PartWriter:
-    """Writes each part to a spool file, zeroing its preamble and hashing as it goes."""
+    """Writes each part to a spool file, zeroing its preamble on the way, and hands the
+    finished file to a worker thread that checks, hashes and stores it (`Retrieval.take`)
+    while the next part streams in."""
 
     def __init__(self, retrieval: Retrieval, via: str = "wado-rs"):
         self.retrieval = retrieval
         self.via = via
         self.fh = None
         self.count = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=64)
+        self._worker = threading.Thread(target=self._work, daemon=True, name="wado-intake")
+        self._worker.start()
+
+    def _work(self) -> None:
+        while (path := self._queue.get()) is not None:
+            self.retrieval.take(path, via=self.via)
 
     def start(self, headers: dict) -> None:
         ctype = headers.get("content-type", "application/dicom").split(";")[0].strip().lower()
         self.retrieval.begin()
         self.ok = ctype == "application/dicom"
+        self.reason = "" if self.ok else f"unexpected part type {ctype[:60]!r}"
         self.path = Path(self.retrieval.spool) / f"rx-{uuid.uuid4().hex}.part"
         self.fh = open(self.path, "wb")
-        self.digest = hashlib.sha256()
         self.size = 0
-        if not self.ok:
-            self.reason = f"unexpected part type {ctype[:60]!r}"
 
     def data(self, view: memoryview) -> None:
         if self.size < PREAMBLE and len(view):
             n = min(PREAMBLE - self.size, len(view))
-            zeros = bytes(n)
-            self.fh.write(zeros)
-            self.digest.update(zeros)
+            self.fh.write(bytes(n))
             view = view[n:]
             self.size += n
         if len(view):
             self.fh.write(view)
-            self.digest.update(view)
             self.size += len(view)
 
     def end(self) -> None:
@@ -171,10 +177,10 @@ class _PartWriter:
             os.unlink(self.path)
             self.retrieval._end()
             return
-        self.retrieval.take(self.path, via=self.via, hashed=(self.digest.hexdigest(),
-                                                             self.size))
+        self._queue.put(self.path)
 
-    def abandon(self) -> None:
+    def close(self) -> None:
+        """Finish: drop a part cut off mid-way, let the worker drain, stop it."""
         if self.fh is not None:
             self.fh.close()
             self.fh = None
@@ -183,6 +189,8 @@ class _PartWriter:
             except OSError:
                 pass
             self.retrieval._end()
+        self._queue.put(None)
+        self._worker.join()
 
 
 class DicomWebClient:
@@ -272,8 +280,8 @@ class DicomWebClient:
         except ValueError as exc:
             raise SourceRejected(f"malformed WADO-RS multipart: {exc}") from None
         finally:
-            writer.abandon()
             resp.close()
+            writer.close()
         if not splitter.finished:
             raise SourceUnavailable("WADO-RS stream ended before its closing boundary")
         return writer.count

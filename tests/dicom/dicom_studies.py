@@ -29,6 +29,13 @@ class Study:
     def sop_uids(self) -> list[str]:
         return [u for uids in self.series.values() for u in uids]
 
+    def sop_uids_in_file_order(self) -> list[str]:
+        """SOP Instance UIDs in the order of `files` (for multi-series studies too)."""
+        from pydicom import dcmread
+
+        return [str(dcmread(f, stop_before_pixels=True, specific_tags=[(0x0008, 0x0018)])
+                    .SOPInstanceUID) for f in self.files]
+
     @property
     def size(self) -> int:
         return sum(f.stat().st_size for f in self.files)
@@ -52,6 +59,8 @@ def _template(patient_id: str, patient_name: str, birth_date: str, study_uid: st
     for tag in ("OtherPatientIDs", "RequestAttributesSequence"):
         if tag in ds:
             delattr(ds, tag)
+    if 0xFFFCFFFC in ds:  # trailing padding: PACSs drop it, so files would differ by it
+        del ds[0xFFFCFFFC]
     return ds
 
 
