@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import queue
 import select
 import socket
@@ -282,6 +283,7 @@ class FastDUL(DULServiceProvider):
                     self._run_deferred()  # the response just went out
         finally:
             self._run_deferred()
+            self.assoc._drop_partial()
             with self._wake_lock:
                 wake_w, self._wake_w = self._wake_w, None
             wake_w.close()
@@ -328,8 +330,33 @@ class FastAssociation(Association):
         for event, handler in _STANDARD_HANDLERS:
             self.unbind(event, handler)
 
+    #: called as on_partial(assoc, command_set) when the association ends in the middle
+    #: of a C-STORE request (the instance in flight is lost; its temp file is removed)
+    on_partial: Callable | None = None
+
     def _wake(self) -> None:
         self._work.set()
+
+    def _drop_partial(self) -> None:
+        """Remove the temp file of a C-STORE cut off by an abort or a broken connection
+        (pynetdicom leaves it behind) and report the lost instance."""
+        msg = self.dimse.message
+        if msg is None:
+            return
+        tmp = getattr(msg, "_data_set_file", None)
+        if tmp is not None:
+            try:
+                tmp.close()
+                os.unlink(tmp.name)
+            except OSError:
+                pass
+        command = getattr(msg, "command_set", None)
+        if self.on_partial is not None and command is not None and \
+                getattr(command, "CommandField", None) == 0x0001:
+            try:
+                self.on_partial(self, command)
+            except Exception:
+                LOGGER.exception("on_partial failed")
 
     def _serve_store_inline(self, msg: C_STORE, context_id: int) -> None:
         """Serve a C-STORE request in the DUL thread that just decoded it."""
@@ -425,6 +452,7 @@ class FastRequestHandler(RequestHandler):
         assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
         assoc.acceptor.supported_contexts = deepcopy(server.contexts)
         assoc.requestor.address_info = self.remote
+        assoc.on_partial = getattr(server, "on_partial", None)
         for event, handlers in server._handlers.items():
             if event.is_intervention and handlers:
                 assoc.bind(event, *handlers)

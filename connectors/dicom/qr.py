@@ -278,6 +278,10 @@ class QueryRetrieveSCU:
         handler = store_handler(lambda event: retrieval, "c-get")
         assoc = self._associate(contexts, ext_neg=roles,
                                 handlers=[(evt.EVT_C_STORE, handler)])
+        assoc.on_partial = lambda a, command: retrieval.error(
+            clean_uid(command.get("AffectedSOPInstanceUID")) or "",
+            "association ended while this instance was being received", "c-get",
+            permanent=False)
         try:
             with _Watchdog(assoc, retrieval, self.stall_timeout) as dog:
                 return self._final(assoc.send_c_get(identifier, GET), dog)

@@ -6,7 +6,8 @@ designed for that:
 
 1. C-MOVE sub-operations carry the Move Originator Message ID. Every C-MOVE we send uses
    a message ID unique among the moves in flight in this process (`expect()` allocates
-   it), so the ID names the transfer.
+   it), so the ID names the transfer. (The instance's patient and study are checked
+   against the transfer's in any case, so a forged ID cannot slip in another's data.)
 2. A PACS that leaves the originator out: the calling AE title of the incoming
    association names the source; if one transfer is moving from it, that is the one.
 3. Otherwise the instance's own StudyInstanceUID picks among the transfers moving from
@@ -35,6 +36,7 @@ from pynetdicom import AllStoragePresentationContexts, _config, evt
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification
 
+from .header import read_header
 from .intake import Retrieval
 from .net import FastAE, after_response, check_version, serve
 from .uids import clean_uid, describe
@@ -162,6 +164,7 @@ class StorageSCP:
                                  evt_handlers=[(evt.EVT_C_STORE, store_handler(
                                      self._route, "c-move"))])
             self._server.socket_timeout = self.socket_timeout
+            self._server.on_partial = self._on_partial
             self.port = self._server.server_address[1]
         return self
 
@@ -197,24 +200,38 @@ class StorageSCP:
             with self._lock:
                 self._by_id.pop(move_id, None)
 
-    def _route(self, event) -> Retrieval | None:
-        req = event.request
-        calling = (event.assoc.requestor.ae_title or "").strip()
+    def _on_partial(self, assoc, command) -> None:
+        """An association ended mid-instance: tell the transfer which instance was lost."""
+        retrieval = self._route_by(assoc, command.get("MoveOriginatorMessageID"))
+        sop = clean_uid(command.get("AffectedSOPInstanceUID")) or ""
+        if retrieval is not None:
+            retrieval.error(sop, "association ended while this instance was being received",
+                            "c-move", permanent=False)
+
+    def _route_by(self, assoc, move_id) -> Retrieval | None:
+        calling = (assoc.requestor.ae_title or "").strip()
         with self._lock:
-            expectations = list(self._by_id.values())
-            if req.MoveOriginatorMessageID is not None:
-                found = self._by_id.get(int(req.MoveOriginatorMessageID))
-                if found is not None and found.peer_aet == calling:
+            if move_id is not None:
+                found = self._by_id.get(int(move_id))
+                if found is not None:
                     return found.retrieval
-        candidates = [e for e in expectations if e.peer_aet == calling]
+            candidates = [e for e in self._by_id.values() if e.peer_aet == calling]
         if len({id(e.retrieval) for e in candidates}) == 1:
             return candidates[0].retrieval
+        return None
+
+    def _route(self, event) -> Retrieval | None:
+        req = event.request
+        found = self._route_by(event.assoc, req.MoveOriginatorMessageID)
+        if found is not None:
+            return found
+        calling = (event.assoc.requestor.ae_title or "").strip()
+        with self._lock:
+            candidates = [e for e in self._by_id.values() if e.peer_aet == calling]
         if not candidates:
             return None
         # several transfers moving from this peer: the instance's study decides
         try:
-            from .header import read_header
-
             study = clean_uid(read_header(Path(event.dataset_path)).get("StudyInstanceUID"))
         except Exception:
             return None
