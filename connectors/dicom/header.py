@@ -214,9 +214,11 @@ def _with_pydicom(path: Path) -> dict:
                 else:
                     value = str(value) if value is not None else ""
                 out[kw] = value
-        return out
     except Exception as exc:
         raise MalformedDicom(f"unreadable dataset: {type(exc).__name__}") from None
+    if not out.get("SOPInstanceUID"):
+        raise MalformedDicom("no SOP Instance UID (truncated or not an instance)")
+    return out
 
 
 def read_header(path: Path, head: bytes | None = None) -> dict:
