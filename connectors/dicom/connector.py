@@ -80,7 +80,9 @@ class _DimseBackend:
         self.scu = QueryRetrieveSCU(
             DimsePeer(options["host"], int(options["port"]), options["ae_title"],
                       options.get("calling_aet", "GATEWAY")),
-            stall_timeout=float(options.get("stall_timeout", 900)))
+            stall_timeout=float(options.get("stall_timeout", 900)),
+            start_timeout=float(options.get("start_timeout", 120)))
+
         self.options = options
         method = options.get("retrieve", "auto")
         self.method = "move" if method == "auto" and options.get("scp_port") is not None \

@@ -309,7 +309,11 @@ class _MessageQueue(_NotifyingQueue):
     def put(self, item, block=True, timeout=None):
         context_id, msg = item
         assoc = self._assoc
+        # Only once the association thread has marked the association established: a
+        # peer may send its first C-STORE the instant our A-ASSOCIATE-AC leaves, and
+        # pynetdicom's storage SCP drops the response of a request served before then.
         if (type(msg) is C_STORE and msg.MessageIDBeingRespondedTo is None
+                and assoc.is_established
                 and threading.get_ident() == assoc.dul._thread_id):
             assoc._serve_store_inline(msg, context_id)
             return

@@ -110,11 +110,15 @@ def _keys(ds: Dataset, names) -> dict:
 
 
 class _Watchdog:
-    """Aborts an association when a retrieve makes no progress for `stall` seconds."""
+    """Aborts an association when a retrieve makes no progress: nothing at all (no
+    response, no instance) for `start` seconds after the request, or nothing new for
+    `stall` seconds once it has started. Progress is a response or an instance received
+    for the retrieval, so a long retrieve never times out while data flows."""
 
-    def __init__(self, assoc, retrieval: Retrieval | None, stall: float):
-        self.assoc, self.retrieval, self.stall = assoc, retrieval, stall
-        self.last = time.monotonic()
+    def __init__(self, assoc, retrieval: Retrieval | None, stall: float, start: float):
+        self.assoc, self.retrieval, self.stall, self.start = assoc, retrieval, stall, start
+        self.began = self.last = time.monotonic()
+        self.seen = retrieval.last_activity if retrieval else 0.0
         self.fired = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="dicom-watchdog")
@@ -123,12 +127,14 @@ class _Watchdog:
         self.last = time.monotonic()
 
     def _run(self) -> None:
-        while not self._stop.wait(min(5.0, self.stall / 4)):
-            last = max(self.last, self.retrieval.last_activity if self.retrieval else 0)
-            if time.monotonic() - last > self.stall:
+        while not self._stop.wait(min(1.0, self.start / 4, self.stall / 4)):
+            activity = self.retrieval.last_activity if self.retrieval else 0.0
+            last = max(self.last, activity)
+            started = self.last > self.began or activity > self.seen
+            limit = self.stall if started else self.start
+            if time.monotonic() - last > limit:
                 self.fired = True
-                LOGGER.warning("retrieve stalled for %.0f s: aborting the association",
-                               self.stall)
+                LOGGER.warning("retrieve made no progress for %.0f s: aborting", limit)
                 self.assoc.abort()
                 return
 
@@ -145,13 +151,14 @@ class QueryRetrieveSCU:
 
     def __init__(self, peer: DimsePeer, *, acse_timeout: float = 30,
                  connect_timeout: float = 15, find_timeout: float = 120,
-                 stall_timeout: float = 900, max_pdu: int = 0):
+                 stall_timeout: float = 900, start_timeout: float = 120, max_pdu: int = 0):
         check_version()
         self.peer = peer
         self.acse_timeout = acse_timeout
         self.connect_timeout = connect_timeout
         self.find_timeout = find_timeout
         self.stall_timeout = stall_timeout
+        self.start_timeout = start_timeout
         self.max_pdu = max_pdu
 
     def _ae(self) -> FastAE:
@@ -230,10 +237,12 @@ class QueryRetrieveSCU:
         return ds
 
     @staticmethod
-    def _final(responses, watchdog: _Watchdog) -> RetrieveStatus:
+    def _final(responses, watchdog: _Watchdog, on_response=None) -> RetrieveStatus:
         last = None
         for status, identifier in responses:
             watchdog.poke()
+            if on_response is not None:
+                on_response()
             if status is None or "Status" not in status:
                 break
             last = (status, identifier)
@@ -257,13 +266,13 @@ class QueryRetrieveSCU:
             int(status.get("NumberOfRemainingSuboperations", 0) or 0), failed)
 
     def move(self, identifier: Dataset, destination: str, msg_id: int,
-             retrieval: Retrieval | None = None) -> RetrieveStatus:
+             retrieval: Retrieval | None = None, on_response=None) -> RetrieveStatus:
         """C-MOVE `identifier` to AE `destination`, sent with message ID `msg_id`."""
         assoc = self._associate([build_context(MOVE)])
         try:
-            with _Watchdog(assoc, retrieval, self.stall_timeout) as dog:
+            with _Watchdog(assoc, retrieval, self.stall_timeout, self.start_timeout) as dog:
                 return self._final(assoc.send_c_move(identifier, destination, MOVE,
-                                                     msg_id=msg_id), dog)
+                                                     msg_id=msg_id), dog, on_response)
         finally:
             if assoc.is_established:
                 assoc.release()
@@ -283,7 +292,7 @@ class QueryRetrieveSCU:
             "association ended while this instance was being received", "c-get",
             permanent=False)
         try:
-            with _Watchdog(assoc, retrieval, self.stall_timeout) as dog:
+            with _Watchdog(assoc, retrieval, self.stall_timeout, self.start_timeout) as dog:
                 return self._final(assoc.send_c_get(identifier, GET), dog)
         finally:
             if assoc.is_established:

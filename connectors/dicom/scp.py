@@ -31,6 +31,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from pynetdicom import AllStoragePresentationContexts, _config, evt
 from pynetdicom.presentation import build_context
@@ -131,6 +132,7 @@ class _Expectation:
     peer_aet: str
     move_id: int
     studies: frozenset[str] = field(default_factory=frozenset)
+    on_first: Callable[[], None] | None = None  # called at each instance routed here
 
 
 class StorageSCP:
@@ -181,10 +183,11 @@ class StorageSCP:
 
     # -- routing -------------------------------------------------------------------------
     @contextmanager
-    def expect(self, retrieval: Retrieval, peer_aet: str, studies=()):
+    def expect(self, retrieval: Retrieval, peer_aet: str, studies=(), on_first=None):
         """Route instances from `peer_aet` to `retrieval` while the block runs; yields the
         message ID to send the C-MOVE with (the Move Originator Message ID it comes back
-        as). Use one `expect()` per C-MOVE in flight."""
+        as). Use one `expect()` per C-MOVE in flight. `on_first()` is called when an
+        instance arrives for this move (at each one: make it idempotent)."""
         with self._lock:
             for _ in range(65535):
                 move_id = next(self._ids) % 65535 + 1
@@ -193,7 +196,7 @@ class StorageSCP:
             else:
                 raise RuntimeError("too many C-MOVEs in flight")
             self._by_id[move_id] = _Expectation(retrieval, peer_aet.strip(), move_id,
-                                                frozenset(studies))
+                                                frozenset(studies), on_first)
         try:
             yield move_id
         finally:
@@ -211,10 +214,12 @@ class StorageSCP:
     def _route_by(self, assoc, move_id) -> Retrieval | None:
         calling = (assoc.requestor.ae_title or "").strip()
         with self._lock:
-            if move_id is not None:
-                found = self._by_id.get(int(move_id))
-                if found is not None:
-                    return found.retrieval
+            found = self._by_id.get(int(move_id)) if move_id is not None else None
+        if found is not None:
+            if found.on_first is not None:
+                found.on_first()
+            return found.retrieval
+        with self._lock:
             candidates = [e for e in self._by_id.values() if e.peer_aet == calling]
         if len({id(e.retrieval) for e in candidates}) == 1:
             return candidates[0].retrieval

@@ -96,6 +96,21 @@ def test_store_roundtrip_inline_and_deferred(scp, client, max_pdu):
     assert scp.order[:3] == ["handler", "response-sent", "deferred"]
 
 
+def test_store_sent_the_instant_the_association_is_accepted_is_answered(scp):
+    """A PACS may send its first C-STORE as soon as our A-ASSOCIATE-AC leaves, before our
+    association thread has marked the association established; it must be answered
+    (serving it inline then would make pynetdicom drop the response: a hung C-MOVE)."""
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    ae = net.FastAE(ae_title="SCU")
+    ae.add_requested_context(CTImageStorage)
+    ae.dimse_timeout = 5
+    for _ in range(40):
+        assoc = ae.associate("127.0.0.1", scp.server_address[1], ae_title="FASTSCP")
+        status = assoc.send_c_store(ds)
+        assoc.release()
+        assert status and status.Status == 0
+
+
 def test_many_associations_and_abort_do_not_stop_the_server(scp):
     ds = dcmread(get_testdata_file("CT_small.dcm"))
     ae = net.FastAE(ae_title="SCU")
