@@ -96,19 +96,51 @@ def test_store_roundtrip_inline_and_deferred(scp, client, max_pdu):
     assert scp.order[:3] == ["handler", "response-sent", "deferred"]
 
 
+def test_store_before_the_association_is_established_is_queued_not_served_inline():
+    """A PACS may send its first C-STORE the instant our A-ASSOCIATE-AC leaves, before our
+    association thread has marked the association established. Served inline then,
+    pynetdicom's storage SCP would drop its response (seen as a hung C-MOVE): such a
+    request goes to the queue that the association thread serves once established."""
+    from pynetdicom.dimse_primitives import C_STORE
+
+    assoc = net.FastAssociation(net.FastAE(ae_title="X"), "acceptor")
+    assoc.dul._thread_id = threading.get_ident()  # as if put by its DUL thread
+    request = C_STORE()
+    request.MessageID = 1
+    assert not assoc.is_established
+    assoc.dimse.msg_queue.put((1, request))
+    assert assoc.dimse.msg_queue.get_nowait() == (1, request)
+
+
 def test_store_sent_the_instant_the_association_is_accepted_is_answered(scp):
-    """A PACS may send its first C-STORE as soon as our A-ASSOCIATE-AC leaves, before our
-    association thread has marked the association established; it must be answered
-    (serving it inline then would make pynetdicom drop the response: a hung C-MOVE)."""
+    """The same from outside: replay a recorded association request, then the C-STORE
+    the moment the A-ASSOCIATE-AC arrives, as a fast peer would; each is answered."""
+    import socket
+
     ds = dcmread(get_testdata_file("CT_small.dcm"))
-    ae = net.FastAE(ae_title="SCU")
+    sent = []
+    ae = AE(ae_title="SCU")
     ae.add_requested_context(CTImageStorage)
-    ae.dimse_timeout = 5
-    for _ in range(40):
-        assoc = ae.associate("127.0.0.1", scp.server_address[1], ae_title="FASTSCP")
-        status = assoc.send_c_store(ds)
-        assoc.release()
-        assert status and status.Status == 0
+    assoc = ae.associate("127.0.0.1", scp.server_address[1], ae_title="FASTSCP",
+                         evt_handlers=[(evt.EVT_DATA_SENT, lambda e: sent.append(e.data))])
+    assert assoc.send_c_store(ds).Status == 0
+    assoc.release()
+    request = next(d for d in sent if d[0] == 0x01)  # A-ASSOCIATE-RQ
+    store = b"".join(d for d in sent if d[0] == 0x04)  # the C-STORE's P-DATA-TF PDUs
+
+    def read_pdu(s) -> int:
+        head = s.recv(6, socket.MSG_WAITALL)
+        assert len(head) == 6, "connection closed without an answer"
+        s.recv(int.from_bytes(head[2:], "big"), socket.MSG_WAITALL)
+        return head[0]
+
+    for _ in range(20):
+        with socket.create_connection(("127.0.0.1", scp.server_address[1]), timeout=5) as s:
+            s.sendall(request)
+            assert read_pdu(s) == 0x02  # A-ASSOCIATE-AC ...
+            s.sendall(store)  # ... and the C-STORE at once, as Orthanc does
+            assert read_pdu(s) == 0x04  # the C-STORE-RSP (a timeout here: dropped)
+            s.sendall(bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0]))  # A-ABORT
 
 
 def test_many_associations_and_abort_do_not_stop_the_server(scp):
