@@ -40,20 +40,30 @@ sys.path.insert(0, str(ROOT))
 # -- the receiving process ---------------------------------------------------------------
 def child(args) -> None:
     """Retrieve one patient's studies into a fresh blob store; print wall and count."""
+    import base64
+    import types
+
     from connectors.base import PatientIdentifier, RecordQuery
     from connectors.dicom.connector import DicomConnector
+
+    # The blob store module and its errors only: gateway/__init__.py imports the Flask
+    # app (and with it SQLAlchemy, ~55 MB) that a receiving process does not need.
+    package = types.ModuleType("gateway")
+    package.__path__ = [str(ROOT / "gateway")]
+    sys.modules.setdefault("gateway", package)
     from gateway.blobstore import BlobStore, new_master_key
-    import base64
 
     work = Path(args.workdir)
     store = BlobStore(work / "blobs", base64.b64decode(new_master_key()))
 
+    from connectors.dicom.intake import Stored
+
     def sink(transfer_key, tmp_path, sha256, size, meta):
-        info = store.put_file(tmp_path)  # encrypts in 1 MiB chunks
+        info = store.put_file(tmp_path)  # encrypts in 1 MiB chunks, hashes the plaintext
         os.unlink(tmp_path)
-        if info.sha256 != sha256:
-            raise RuntimeError("blob store and intake disagree on sha256")
-        return info.key
+        return Stored(info.key, info.sha256, info.size)
+
+    sink.hashes = True  # the blob store's sha256 is the per-instance sha256
 
     opts = {"host": "127.0.0.1", "port": args.dicom_port, "ae_title": "ORTHANC",
             "calling_aet": "GATEWAY", "retrieve": args.method, "sink": sink,
@@ -68,7 +78,10 @@ def child(args) -> None:
         records = [r for r in conn.fetch(query) if getattr(r, "kind", "") == "dicom"]
     wall = time.perf_counter() - start
     stored = sum(1 for _ in (work / "blobs").rglob("*") if _.is_file())
+    status = Path("/proc/self/status").read_text()
+    peak_kb = int(status.split("VmHWM:")[1].split()[0])  # peak RSS since exec
     print(json.dumps({"wall": wall, "instances": len(records), "blobs": stored,
+                      "rss_mb": peak_kb / 1024,
                       "complete": all(o.complete for o in conn.outcomes)}))
 
 
@@ -78,16 +91,11 @@ def run_child(method: str, patient: str, env: dict, ctx: dict, parallel: int = 2
            "--workdir", str(work), "--dicom-port", str(ctx["dicom_port"]),
            "--scp-port", str(ctx["scp_port"]), "--dicomweb-url", ctx["dicomweb_url"],
            "--parallel", str(parallel)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, env=env, timeout=900)
     shutil.rmtree(work, ignore_errors=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{method} retrieve failed ({proc.returncode})")
-    result = json.loads(out.decode().strip().splitlines()[-1])
-    result["rss_mb"] = usage.ru_maxrss / 1024  # KiB on Linux
-    return result
+    return json.loads(proc.stdout.decode().strip().splitlines()[-1])
 
 
 def run_movescu(ctx: dict, study_uid: str) -> dict:
@@ -101,13 +109,20 @@ def run_movescu(ctx: dict, study_uid: str) -> dict:
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=peer_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
+    peak_kb = 0
+    while proc.poll() is None:  # its peak RSS, read while it runs (ru_maxrss of a
+        try:                    # forked child counts the parent's pages before exec)
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            peak_kb = max(peak_kb, int(status.split("VmHWM:")[1].split()[0]))
+        except (OSError, IndexError, ValueError):
+            pass
+        time.sleep(0.005)
     wall = time.perf_counter() - start
     count = len(list(out.iterdir()))
     shutil.rmtree(out, ignore_errors=True)
-    if os.waitstatus_to_exitcode(status) != 0:
+    if proc.returncode != 0:
         raise RuntimeError("movescu failed")
-    return {"wall": wall, "instances": count, "rss_mb": usage.ru_maxrss / 1024}
+    return {"wall": wall, "instances": count, "rss_mb": peak_kb / 1024}
 
 
 def main() -> None:

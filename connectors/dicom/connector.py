@@ -368,6 +368,12 @@ class ImagingConnector(Connector):
                               patient_ids=frozenset({plan.patient_id}) if plan.patient_id
                               else frozenset(), spool=self.spool)
         retrieval.on_received = self._report(retrieval, plan.expected)
+        try:
+            yield from self._retrieve(plan, already, retrieval)
+        finally:
+            retrieval.close()
+
+    def _retrieve(self, plan, already, retrieval):
         self.plan_series(plan)
         failed = self._run_units(self._units_for(plan, already), retrieval, plan)
         outcome = judge(plan, retrieval, already, failed)

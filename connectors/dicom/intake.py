@@ -13,7 +13,10 @@ ends in `Retrieval.take(path, ...)` with a file on local disk:
    retrieval, so completeness can be judged per study, series and instance.
 
 A sink is any callable `sink(transfer_key, tmp_path, sha256, size, meta) -> location`;
-it may move or consume `tmp_path`. Files are named by content hash, never by a UID.
+it may move or consume `tmp_path`. Files are named by content hash, never by a UID. A
+sink that hashes what it stores anyway (the gateway's blob store does) sets
+`sink.hashes = True`: it is then called with sha256=None and size=None and returns
+`Stored(location, sha256, size)`, and the file is read once instead of twice.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import shutil
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
@@ -37,6 +41,15 @@ from .uids import clean_uid, describe, is_uid
 class Sink(Protocol):
     def __call__(self, transfer_key: str, tmp_path: Path, sha256: str, size: int,
                  meta: dict) -> Path | str: ...
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What a hashing sink returns: where the file went, its sha256 and size."""
+
+    location: Path | str
+    sha256: str
+    size: int
 
 
 class FolderSink:
@@ -108,6 +121,8 @@ class Retrieval:
     studies: frozenset[str] = frozenset()  # only these studies are accepted (empty: any)
     patient_ids: frozenset[str] = frozenset()  # and only for these patients (empty: any)
     spool: Path | None = None  # where received files wait (same file system as temp files)
+    workers: int = 4  # threads checking, hashing and storing (a sink may fsync each file)
+    max_waiting: int = 32  # received files waiting for a worker before receiving pauses
     received: dict[str, Received] = field(default_factory=dict)
     errors: dict[str, InstanceError] = field(default_factory=dict)
     bytes: int = 0
@@ -116,6 +131,9 @@ class Retrieval:
     def __post_init__(self):
         self._cond = threading.Condition()
         self._pending = 0
+        self._slots = threading.BoundedSemaphore(self.max_waiting)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         self.last_activity = time.monotonic()
         if self.spool is None:
             import tempfile
@@ -160,6 +178,31 @@ class Retrieval:
             os.unlink(path)
         return dest
 
+    def submit(self, path: Path, **kwargs) -> None:
+        """`take()` the file in a worker thread (after `begin()`). Blocks while
+        `max_waiting` files already wait, so a slow sink slows the sender down instead
+        of filling the disk."""
+        self._slots.acquire()
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="dicom-intake")
+            pool = self._pool
+
+        def run():
+            try:
+                self.take(path, **kwargs)
+            finally:
+                self._slots.release()
+
+        pool.submit(run)
+
+    def close(self) -> None:
+        """Wait for the workers to finish and stop them."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
     # -- the work ----------------------------------------------------------------------
     def take(self, path: Path, *, via: str, sop_uid: str = "", sop_class: str = "",
              hashed: tuple[str, int] | None = None) -> Received | InstanceError:
@@ -197,7 +240,7 @@ class Retrieval:
                 header = read_header(path, head)
             except MalformedDicom as exc:
                 return self.error(sop_uid, f"malformed dataset: {exc}", via)
-            if hashed is None:
+            if hashed is None and not getattr(self.sink, "hashes", False):
                 digest.update(head)
                 size = len(head)
                 buf = bytearray(1 << 20)
@@ -227,11 +270,15 @@ class Retrieval:
         if self.patient_ids and header.get("PatientID", "") not in self.patient_ids:
             return self.error(sop, "instance of another patient (PatientID differs)",
                               via, study, series)
-        sha256, size = hashed
+        sha256, size = hashed or (None, None)
         meta = {"sop_instance_uid": sop, "sop_class_uid": klass, "study_uid": study,
                 "series_uid": series, "transfer_syntax": header.get("TransferSyntaxUID", ""),
                 "via": via}
         location = self.sink(self.key, path, sha256, size, meta)
+        if isinstance(location, Stored):
+            location, sha256, size = location.location, location.sha256, location.size
+        if sha256 is None:
+            raise RuntimeError("the sink stored the file but reported no sha256")
         item = Received(sop, klass, study, series, sha256, size, location,
                         header.get("TransferSyntaxUID", ""), header, via)
         with self._cond:

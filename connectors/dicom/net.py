@@ -13,8 +13,8 @@ state machine, ACSE and DIMSE code as they are and change only how threads wait 
 - `FastAssociation` waits on an event set when a DIMSE message or an ACSE primitive is
   queued, instead of sleeping 1 ms per loop, and serves C-STORE requests directly in the
   DUL thread that decoded them (acceptor and C-GET requestor alike), so an instance costs
-  no hand-over between threads. Its handlers must therefore be quick (ours rename the
-  received file and queue it). It binds none of pynetdicom's standard logging handlers,
+  no hand-over between threads before its response. Its handlers must therefore be quick
+  (ours rename the received file and queue it for the intake workers). It binds none of pynetdicom's standard logging handlers,
   which format every message (and would log identifiers at INFO).
 - `FastAE.associate` (requestor) and `FastRequestHandler` (acceptor) build those.
 - `serve(ae, ...)` runs the Storage SCP's server loop with a short poll so it stops fast,
@@ -26,7 +26,6 @@ tests/dicom/test_dicom_net.py checks that they still behave.
 """
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import queue
@@ -113,7 +112,6 @@ class FastDUL(DULServiceProvider):
         self._wake_w.setblocking(False)
         self._wake_lock = threading.Lock()
         self._thread_id: int | None = None
-        self._deferred: collections.deque[Callable[[], None]] = collections.deque()
         # other threads queue work for this thread: wake it when they do
         self.to_provider_queue = _NotifyingQueue(self._poke)
         self.event_queue = _NotifyingQueue(self._poke)
@@ -141,22 +139,7 @@ class FastDUL(DULServiceProvider):
             return True
         return False
 
-    def defer(self, fn: Callable[[], None]) -> None:
-        """Run `fn` in this thread once the current DIMSE response has been sent."""
-        self._deferred.append(fn)
-
-    def _run_deferred(self) -> None:
-        while self._deferred:
-            fn = self._deferred.popleft()
-            try:
-                fn()
-            except Exception:
-                LOGGER.exception("deferred work failed")
-
     def _wait_for_work(self) -> None:
-        if self._deferred:
-            self._run_deferred()
-            return
         readers = [self._wake_r]
         sock = self.socket.socket if self.socket is not None else None
         if sock is not None and self.socket._is_connected:
@@ -279,10 +262,7 @@ class FastDUL(DULServiceProvider):
                     self._wait_for_work()
                     continue
                 self.state_machine.do_action(event)
-                if event == "Evt9" and self._deferred:
-                    self._run_deferred()  # the response just went out
         finally:
-            self._run_deferred()
             self.assoc._drop_partial()
             with self._wake_lock:
                 wake_w, self._wake_w = self._wake_w, None
@@ -480,17 +460,6 @@ class FastServer(ThreadedAssociationServer):
 
     def service_actions(self) -> None:
         """No forced `gc.collect()` (pynetdicom's runs one every 60 polls, ~0.1 s each)."""
-
-
-def after_response(assoc: Association, fn: Callable[[], None]) -> None:
-    """Run `fn` after the response to the request being handled has been sent: later in
-    the same DUL thread on a `FastAssociation`, at once on a stock one. Lets a C-STORE
-    handler answer first and hash/store the instance while the peer sends the next."""
-    dul = assoc.dul
-    if isinstance(dul, FastDUL) and threading.get_ident() == dul._thread_id:
-        dul.defer(fn)
-    else:
-        fn()
 
 
 def serve(ae: ApplicationEntity, address: tuple[str, int], *, evt_handlers=None,

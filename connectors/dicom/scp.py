@@ -17,9 +17,8 @@ Anything that matches no transfer is refused (0x0124 Not Authorized) and never s
 
 The instance is never decoded: pynetdicom writes the incoming data set to a temp file as
 it arrives (`STORE_RECV_CHUNKED_DATASET`), the handler renames that file into the
-retrieval's spool and answers at once; checking, hashing and storing happen right after
-the response has gone out, in the same thread, while the PACS sends the next instance
-(`net.after_response`). A bad instance is a per-instance error; an aborted association
+retrieval's spool and answers at once; checking, hashing and storing (a sink may fsync)
+happen in the retrieval's intake workers while the PACS sends the next instance. A bad instance is a per-instance error; an aborted association
 loses only the instance in flight; neither stops the SCP or other transfers.
 """
 from __future__ import annotations
@@ -39,7 +38,7 @@ from pynetdicom.sop_class import Verification
 
 from .header import read_header
 from .intake import Retrieval
-from .net import FastAE, after_response, check_version, serve
+from .net import FastAE, check_version, serve
 from .uids import clean_uid, describe
 
 LOGGER = logging.getLogger(__name__)
@@ -111,8 +110,7 @@ def store_handler(resolve, via: str):
             except Exception:
                 retrieval.take(path, via=via, sop_uid=sop, sop_class=klass)  # records why
                 return 0xA700
-            after_response(event.assoc, lambda: retrieval.take(
-                staged, via=via, sop_uid=sop, sop_class=klass))
+            retrieval.submit(staged, via=via, sop_uid=sop, sop_class=klass)
             return 0x0000
         finally:
             # pynetdicom leaves the temp file open (and, for C-GET, on disk): close it.

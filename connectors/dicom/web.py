@@ -3,17 +3,15 @@
 A WADO-RS study response is one multipart/related body of every instance. It is read in
 1 MB chunks and split on the boundary as it streams: each part goes straight to a spool
 file (preamble zeroed on the way), so memory holds about one chunk whatever the size of
-the study or of one instance; a worker thread hashes and stores each finished part while
-the next one streams in. Each part then goes through the same checks,
+the study or of one instance; the retrieval's workers hash and store each finished part
+while the next one streams in. Each part then goes through the same checks,
 sink and accounting as an instance received over DIMSE (`Retrieval.take`).
 """
 from __future__ import annotations
 
 import logging
 import os
-import queue
 import re
-import threading
 import uuid
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -133,21 +131,13 @@ class MultipartSplitter:
 
 class _PartWriter:
     """Writes each part to a spool file, zeroing its preamble on the way, and hands the
-    finished file to a worker thread that checks, hashes and stores it (`Retrieval.take`)
-    while the next part streams in."""
+    finished file to the retrieval's workers (`Retrieval.submit`)."""
 
     def __init__(self, retrieval: Retrieval, via: str = "wado-rs"):
         self.retrieval = retrieval
         self.via = via
         self.fh = None
         self.count = 0
-        self._queue: queue.Queue = queue.Queue(maxsize=64)
-        self._worker = threading.Thread(target=self._work, daemon=True, name="wado-intake")
-        self._worker.start()
-
-    def _work(self) -> None:
-        while (path := self._queue.get()) is not None:
-            self.retrieval.take(path, via=self.via)
 
     def start(self, headers: dict) -> None:
         ctype = headers.get("content-type", "application/dicom").split(";")[0].strip().lower()
@@ -177,10 +167,10 @@ class _PartWriter:
             os.unlink(self.path)
             self.retrieval._end()
             return
-        self._queue.put(self.path)
+        self.retrieval.submit(self.path, via=self.via)
 
     def close(self) -> None:
-        """Finish: drop a part cut off mid-way, let the worker drain, stop it."""
+        """Finish: drop a part cut off mid-way."""
         if self.fh is not None:
             self.fh.close()
             self.fh = None
@@ -189,8 +179,6 @@ class _PartWriter:
             except OSError:
                 pass
             self.retrieval._end()
-        self._queue.put(None)
-        self._worker.join()
 
 
 class DicomWebClient:
