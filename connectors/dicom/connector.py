@@ -169,15 +169,20 @@ class _WebBackend:
         return self.client.search_instances(study, series)
 
     def retrieve(self, unit, retrieval, plan) -> int:
+        """WADO-RS one unit; a 404 (gone since the query) counts as failed, not fatal."""
         level, series, sops = unit
-        if level == "study":
-            self.client.retrieve(retrieval, plan.uid)
-        elif level == "series":
-            self.client.retrieve(retrieval, plan.uid, series)
-        else:
-            for sop in sops:
-                self.client.retrieve(retrieval, plan.uid, series, sop)
-        return 0
+        targets = [(plan.uid, None, None)] if level == "study" else \
+            [(plan.uid, series, None)] if level == "series" else \
+            [(plan.uid, series, sop) for sop in sops]
+        failed = 0
+        for study, series_uid, sop in targets:
+            try:
+                self.client.retrieve(retrieval, study, series_uid, sop)
+            except SourceRejected as exc:
+                if getattr(exc, "status", None) != 404:
+                    raise
+                failed += 1
+        return failed
 
 
 class ImagingConnector(Connector):

@@ -25,7 +25,7 @@ from pynetdicom.status import code_to_category
 from ..base import SourceRejected, SourceUnavailable
 from .intake import Retrieval
 from .net import FastAE, check_version
-from .scp import ACCEPTED_SYNTAXES, STORAGE_SOP_CLASSES, store_handler
+from .scp import ACCEPTED_SYNTAXES, EXPLICIT_LE, IMPLICIT_LE, STORAGE_SOP_CLASSES, store_handler
 from .uids import clean_uid, describe
 
 LOGGER = logging.getLogger(__name__)
@@ -88,6 +88,11 @@ class RetrieveStatus:
     def ok(self) -> bool:
         return self.status is not None and code_to_category(self.status) in (
             "Success", "Warning")
+
+
+def _cx(sop_class):
+    """A query/retrieve context proposing Explicit VR Little Endian first."""
+    return build_context(sop_class, [EXPLICIT_LE, IMPLICIT_LE])
 
 
 def _keys(ds: Dataset, names) -> dict:
@@ -188,7 +193,7 @@ class QueryRetrieveSCU:
 
     # -- C-ECHO ----------------------------------------------------------------------------
     def echo(self) -> None:
-        assoc = self._associate([build_context(Verification)], dimse_timeout=30)
+        assoc = self._associate([_cx(Verification)], dimse_timeout=30)
         try:
             status = assoc.send_c_echo()
         finally:
@@ -206,7 +211,7 @@ class QueryRetrieveSCU:
             setattr(ds, name, "")
         for name, value in match.items():
             setattr(ds, name, value)
-        assoc = self._associate([build_context(FIND)], dimse_timeout=self.find_timeout)
+        assoc = self._associate([_cx(FIND)], dimse_timeout=self.find_timeout)
         results = []
         try:
             for status, identifier in assoc.send_c_find(ds, FIND):
@@ -268,7 +273,7 @@ class QueryRetrieveSCU:
     def move(self, identifier: Dataset, destination: str, msg_id: int,
              retrieval: Retrieval | None = None, on_response=None) -> RetrieveStatus:
         """C-MOVE `identifier` to AE `destination`, sent with message ID `msg_id`."""
-        assoc = self._associate([build_context(MOVE)])
+        assoc = self._associate([_cx(MOVE)])
         try:
             with _Watchdog(assoc, retrieval, self.stall_timeout, self.start_timeout) as dog:
                 return self._final(assoc.send_c_move(identifier, destination, MOVE,
@@ -282,7 +287,7 @@ class QueryRetrieveSCU:
         """C-GET `identifier` on one association; instances go to `retrieval`."""
         classes = [c for c in (sop_classes or COMMON_STORAGE_CLASSES)
                    if c in STORAGE_SOP_CLASSES][:127]
-        contexts = [build_context(GET)] + [build_context(c, ACCEPTED_SYNTAXES) for c in classes]
+        contexts = [_cx(GET)] + [build_context(c, ACCEPTED_SYNTAXES) for c in classes]
         roles = [build_role(c, scp_role=True) for c in classes]
         handler = store_handler(lambda event: retrieval, "c-get")
         assoc = self._associate(contexts, ext_neg=roles,

@@ -216,7 +216,9 @@ class DicomWebClient:
             raise SourceUnavailable(f"DICOMweb server answered {resp.status_code}")
         if resp.status_code >= 400:
             resp.close()
-            raise SourceRejected(f"DICOMweb server answered {resp.status_code}")
+            err = SourceRejected(f"DICOMweb server answered {resp.status_code}")
+            err.status = resp.status_code
+            raise err
         return resp
 
     def _qido(self, url: str, params: dict, tags: dict) -> list[dict]:
