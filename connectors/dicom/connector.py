@@ -92,8 +92,12 @@ class _DimseBackend:
         if self.method == "move":
             if options.get("scp_port") is None:
                 raise SourceRejected("retrieve = move needs scp_port (our Storage SCP)")
-            self.scp = acquire_scp(self.move_dest, int(options["scp_port"]),
-                                   options.get("scp_host", "0.0.0.0"))
+            try:
+                self.scp = acquire_scp(self.move_dest, int(options["scp_port"]),
+                                       options.get("scp_host", "0.0.0.0"))
+            except OSError as exc:  # e.g. another worker process holds the port
+                raise SourceUnavailable(f"cannot listen for C-MOVE on port "
+                                        f"{options['scp_port']}: {exc.strerror}") from None
         self.uid_lists = True  # does the PACS accept UID lists in C-MOVE/C-GET?
 
     def close(self):

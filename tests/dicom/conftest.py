@@ -4,7 +4,6 @@ per session on free ports, stopped by PID."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 

@@ -3,8 +3,6 @@ the missing instances are retried; what stays missing is named, instance by inst
 from __future__ import annotations
 
 import collections
-import shutil
-from pathlib import Path
 
 import pytest
 import requests
@@ -87,7 +85,7 @@ def test_instance_the_pacs_cannot_send_is_named(dicom, tmp_path):
         opts = dicom.options(port=pacs.dicom_port)
         with pytest.raises(StudyIncomplete) as err:
             with connector_class("dicom")("pacs", opts, tmp_path / "wd") as conn:
-                records = list(conn.fetch(q("PAT-LOSS")))
+                list(conn.fetch(q("PAT-LOSS")))
         (outcome,) = err.value.outcomes
         assert outcome.missing == [lost]
         assert outcome.move_failed >= 1

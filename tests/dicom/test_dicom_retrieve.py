@@ -12,7 +12,6 @@ import pytest
 
 from connectors import connector_class
 from connectors.base import PatientIdentifier, RawRecord, RecordQuery, RejectedRecord
-from connectors.dicom.study import StudyIncomplete
 
 MRN = "urn:oid:1.2.3.4.5.mrn"
 
