@@ -20,7 +20,8 @@ missing, and a later pull with `already_fetched` retrieves only that.
 Options: host, port, ae_title (the PACS), calling_aet (ours), scp_port / scp_host /
 scp_aet (our Storage SCP; its AE title defaults to calling_aet), dicomweb_url,
 dicomweb_headers, retrieve, parallel (2), retries (2), patient_id_systems, modalities,
-stall_timeout (900 s), sink (a callable, see connectors.dicom.intake), spool.
+stall_timeout (900 s), start_timeout (120 s), sink (a callable, see
+connectors.dicom.intake), spool, intake_workers (4).
 """
 from __future__ import annotations
 
@@ -375,7 +376,8 @@ class ImagingConnector(Connector):
         self.spool.mkdir(parents=True, exist_ok=True)
         retrieval = Retrieval(query.transfer_id, self.sink, studies=frozenset({plan.uid}),
                               patient_ids=frozenset({plan.patient_id}) if plan.patient_id
-                              else frozenset(), spool=self.spool)
+                              else frozenset(), spool=self.spool,
+                              workers=int(self.options.get("intake_workers", 4)))
         retrieval.on_received = self._report(retrieval, plan.expected)
         try:
             yield from self._retrieve(plan, already, retrieval)
