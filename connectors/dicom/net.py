@@ -16,6 +16,8 @@ state machine, ACSE and DIMSE code as they are and change only how threads wait 
   no hand-over between threads before its response. Its handlers must therefore be quick
   (ours rename the received file and queue it for the intake workers). It binds none of pynetdicom's standard logging handlers,
   which format every message (and would log identifiers at INFO).
+- `FastDIMSE` (connectors.dicom.dimse_store) receives C-STORE requests without
+  pynetdicom's per-message pydicom work when the association has a `store_begin` hook.
 - `FastAE.associate` (requestor) and `FastRequestHandler` (acceptor) build those.
 - `serve(ae, ...)` runs the Storage SCP's server loop with a short poll so it stops fast,
   without the full `gc.collect()` pynetdicom's server runs every 60 polls.
@@ -50,6 +52,8 @@ from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.pdu_items import PresentationDataValueItem
 from pynetdicom.transport import (AddressInformation, AssociationSocket, RequestHandler,
                                   ThreadedAssociationServer)
+
+from .dimse_store import FastDIMSE
 
 LOGGER = logging.getLogger(__name__)
 
@@ -307,6 +311,7 @@ class FastAssociation(Association):
         self._work = threading.Event()
         super().__init__(ae, mode)
         self.dul = FastDUL(self)
+        self.dimse = FastDIMSE(self)
         self.dul.to_user_queue = _NotifyingQueue(self._wake)
         self.dimse.msg_queue = _MessageQueue(self)
         # the timeouts were applied to the replaced DUL: apply them again
@@ -315,8 +320,11 @@ class FastAssociation(Association):
             self.unbind(event, handler)
 
     #: called as on_partial(assoc, command_set) when the association ends in the middle
-    #: of a C-STORE request (the instance in flight is lost; its temp file is removed)
+    #: of a C-STORE request pynetdicom was receiving (its temp file is removed)
     on_partial: Callable | None = None
+    #: store_begin(assoc, context_id, StoreCommand) -> StoreTicket | status: receive
+    #: C-STORE requests on the fast path (connectors.dicom.dimse_store)
+    store_begin: Callable | None = None
 
     def _wake(self) -> None:
         self._work.set()
@@ -324,6 +332,7 @@ class FastAssociation(Association):
     def _drop_partial(self) -> None:
         """Remove the temp file of a C-STORE cut off by an abort or a broken connection
         (pynetdicom leaves it behind) and report the lost instance."""
+        self.dimse.drop()
         msg = self.dimse.message
         if msg is None:
             return
@@ -437,6 +446,7 @@ class FastRequestHandler(RequestHandler):
         assoc.acceptor.supported_contexts = deepcopy(server.contexts)
         assoc.requestor.address_info = self.remote
         assoc.on_partial = getattr(server, "on_partial", None)
+        assoc.store_begin = getattr(server, "store_begin", None)
         for event, handlers in server._handlers.items():
             if event.is_intervention and handlers:
                 assoc.bind(event, *handlers)

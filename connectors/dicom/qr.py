@@ -25,7 +25,8 @@ from pynetdicom.status import code_to_category
 from ..base import SourceRejected, SourceUnavailable
 from .intake import Retrieval
 from .net import FastAE, check_version
-from .scp import ACCEPTED_SYNTAXES, EXPLICIT_LE, IMPLICIT_LE, STORAGE_SOP_CLASSES, store_handler
+from .scp import (ACCEPTED_SYNTAXES, EXPLICIT_LE, IMPLICIT_LE, STORAGE_SOP_CLASSES,
+                  store_begin, store_handler)
 from .uids import clean_uid, describe
 
 LOGGER = logging.getLogger(__name__)
@@ -292,6 +293,7 @@ class QueryRetrieveSCU:
         handler = store_handler(lambda event: retrieval, "c-get")
         assoc = self._associate(contexts, ext_neg=roles,
                                 handlers=[(evt.EVT_C_STORE, handler)])
+        assoc.store_begin = store_begin(lambda a, command: retrieval, "c-get")
         assoc.on_partial = lambda a, command: retrieval.error(
             clean_uid(command.get("AffectedSOPInstanceUID")) or "",
             "association ended while this instance was being received", "c-get",

@@ -26,7 +26,9 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import tempfile
 import threading
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +126,70 @@ def store_handler(resolve, via: str):
     return on_store
 
 
+class _Ticket:
+    """One C-STORE being received on the fast path (connectors.dicom.dimse_store): the
+    data set goes to `path` in the retrieval's spool; `end()` hands it to the intake."""
+
+    def __init__(self, path: Path, retrieval: Retrieval | None, via: str, sop: str,
+                 klass: str, late=None):
+        self.path = str(path)
+        self.retrieval, self.via, self.sop, self.klass, self.late = (
+            retrieval, via, sop, klass, late)
+
+    def end(self, complete: bool) -> int:
+        path = Path(self.path)
+        retrieval = self.retrieval
+        if not complete:
+            path.unlink(missing_ok=True)
+            if retrieval is not None:
+                retrieval.error(self.sop, "association ended while this instance was being "
+                                "received", self.via, permanent=False)
+            return 0xA700
+        if retrieval is None and self.late is not None:
+            retrieval = self.late(path)
+            if retrieval is not None:
+                path = retrieval.stage(path)
+        if retrieval is None:
+            path.unlink(missing_ok=True)
+            return NOT_AUTHORIZED
+        retrieval.begin()
+        retrieval.submit(path, via=self.via, sop_uid=self.sop, sop_class=self.klass)
+        return 0x0000
+
+
+LATER = object()  # the command alone cannot name the retrieval: the received file will
+
+
+def store_begin(resolve, via: str, late=None):
+    """A fast-path `store_begin(assoc, context_id, command)` hook: `resolve(assoc,
+    command)` names the retrieval, None (refuse at once) or LATER (`late(path)` names it
+    from the received file). The command's UIDs and SOP class are checked first."""
+
+    def begin(assoc, context_id, command):
+        retrieval = resolve(assoc, command)
+        if retrieval is LATER:
+            retrieval = None
+        elif retrieval is None:
+            LOGGER.warning("C-STORE from %s matches no transfer: refused",
+                           describe(assoc.requestor.ae_title))
+            return NOT_AUTHORIZED
+        sop, klass = clean_uid(command.sop_instance), clean_uid(command.sop_class)
+        if sop is None or klass is None:
+            if retrieval is not None:
+                retrieval.error(sop or "", "C-STORE with an invalid SOP Instance/Class UID "
+                                f"{describe(command.sop_instance)}", via)
+            return CANNOT_UNDERSTAND
+        if klass not in STORAGE_SOP_CLASSES:
+            if retrieval is not None:
+                retrieval.error(sop, f"unexpected SOP class {klass}", via)
+            return SOP_CLASS_NOT_SUPPORTED
+        spool = Path(retrieval.spool) if retrieval is not None else Path(tempfile.gettempdir())
+        return _Ticket(spool / f"rx-{uuid.uuid4().hex}.part", retrieval, via, sop, klass,
+                       late)
+
+    return begin
+
+
 @dataclass
 class _Expectation:
     retrieval: Retrieval
@@ -165,6 +231,8 @@ class StorageSCP:
                                      self._route, "c-move"))])
             self._server.socket_timeout = self.socket_timeout
             self._server.on_partial = self._on_partial
+            self._server.store_begin = store_begin(self._route_command, "c-move",
+                                                   self._route_late)
             self.port = self._server.server_address[1]
         return self
 
@@ -221,6 +289,30 @@ class StorageSCP:
             candidates = [e for e in self._by_id.values() if e.peer_aet == calling]
         if len({id(e.retrieval) for e in candidates}) == 1:
             return candidates[0].retrieval
+        return None
+
+    def _route_command(self, assoc, command):
+        """Fast path: the retrieval the command names, None if no transfer is moving
+        from this peer, LATER if several are (the instance's study will decide)."""
+        found = self._route_by(assoc, command.move_originator_id)
+        if found is not None:
+            return found
+        calling = (assoc.requestor.ae_title or "").strip()
+        with self._lock:
+            several = any(e.peer_aet == calling for e in self._by_id.values())
+        return LATER if several else None
+
+    def _route_late(self, path: Path) -> Retrieval | None:
+        """Fast path, several transfers moving from one peer: the file's study decides.
+        (The calling AE is not known here: any transfer that asked for the study.)"""
+        try:
+            study = clean_uid(read_header(path).get("StudyInstanceUID"))
+        except Exception:
+            return None
+        with self._lock:
+            for e in self._by_id.values():
+                if study in e.studies:
+                    return e.retrieval
         return None
 
     def _route(self, event) -> Retrieval | None:

@@ -207,3 +207,19 @@ def test_unsupported_sop_class_is_refused_at_negotiation(scp, retrieval, tmp_pat
         assert send(scp.port, [good]) == [0]
         assert retrieval.wait_settled(10)
     assert list(retrieval.received) == [good_sop]
+
+
+def test_stores_take_the_fast_path(scp, retrieval, tmp_path):
+    """The SCP receives C-STOREs itself (connectors.dicom.dimse_store), not through
+    pynetdicom's per-message pydicom work: its EVT_C_STORE fallback is never called."""
+    calls = []
+    scp._server.bind(evt.EVT_C_STORE, lambda event: calls.append(1) or 0xA700)
+    files = [craft(tmp_path / f"{n}.dcm")[0] for n in range(3)]
+    with scp.expect(retrieval, "ROGUE"):
+        assert send(scp.port, files) == [0, 0, 0]
+        assert retrieval.wait_settled(10)
+    assert calls == [] and len(retrieval.received) == 3
+    for rec in retrieval.received.values():
+        ds = dcmread(rec.location)
+        assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+        assert ds.file_meta.TransferSyntaxUID == dcmread(files[0]).file_meta.TransferSyntaxUID
