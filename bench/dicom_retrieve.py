@@ -9,10 +9,10 @@ interleaved rounds, it times the same retrieve of the study by
 - dcmtk `movescu -od` (the reference: C-MOVE into its own storescp, files on disk);
 - our DIMSE path: `DicomConnector` with C-MOVE into our Storage SCP (and C-GET);
 - our DICOMweb path: WADO-RS streamed part by part;
-each of ours in a fresh process that writes every instance into the gateway's encrypted
-blob store (gateway.blobstore: AES-256-GCM, 1 MiB chunks) with its per-instance sha256,
-and reports its wall time and peak RSS (the whole receiving process, interpreter
-included). The 2x study and the multi-frame instance are retrieved the same way for
+each of ours in a fresh process that streams every instance into the gateway's
+encrypted blob store (gateway.blobstore: AES-256-GCM in 1 MiB chunks, fsync per blob;
+tests/dicom/blob_sink.py plugs it in) with its per-instance sha256, and reports its wall
+time and peak RSS (the whole receiving process, interpreter included). The 2x study and the multi-frame instance are retrieved the same way for
 their peak RSS. Orthanc runs with its defaults (TCP_NODELAY=1 in its environment and
 dcmtk's, as for every dcmtk tool). Medians are over the rounds.
 
@@ -58,14 +58,9 @@ def child(args) -> None:
     work = Path(args.workdir)
     store = BlobStore(work / "blobs", base64.b64decode(new_master_key()))
 
-    from connectors.dicom.intake import Stored
+    from tests.dicom.blob_sink import BlobStoreSink
 
-    def sink(transfer_key, tmp_path, sha256, size, meta):
-        info = store.put_file(tmp_path)  # encrypts in 1 MiB chunks, hashes the plaintext
-        os.unlink(tmp_path)
-        return Stored(info.key, info.sha256, info.size)
-
-    sink.hashes = True  # the blob store's sha256 is the per-instance sha256
+    sink = BlobStoreSink(store)  # streams each instance into an encrypting blob writer
 
     opts = {"host": "127.0.0.1", "port": args.dicom_port, "ae_title": "ORTHANC",
             "calling_aet": "GATEWAY", "retrieve": args.method, "sink": sink,

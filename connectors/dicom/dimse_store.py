@@ -9,16 +9,16 @@ DIMSEServiceProvider) handles a C-STORE request itself when the association has 
 
 - the command set (implicit VR little endian, group 0000, a few dozen bytes) is read
   with `struct`, and `store_begin(assoc, context_id, command)` decides at once: a ticket
-  with the path to write the data set to, or a refusal status (the data set is then
-  read and dropped);
-- the data set fragments are written to that file as they arrive, after a preamble of
-  zeros, "DICM" and a file meta group built from the command and the accepted transfer
-  syntax: never decoded, never in memory;
+  that takes the instance's bytes, or a refusal status (the data set is then read and
+  dropped);
+- the ticket gets a preamble of zeros, "DICM" and a file meta group built from the
+  command and the accepted transfer syntax, then the data set fragments as they arrive:
+  never decoded, never whole in memory (a file in the spool, or a streaming sink);
 - when the last fragment is in, `ticket.end(True)` returns the status, and the C-STORE
   response (six elements) is encoded with `struct` and queued to the DUL.
 Anything else (other messages, a command set split over several fragments, or
 associations without the hook) goes through pynetdicom unchanged. If the association
-ends mid-instance, `drop()` removes the partial file and calls `ticket.end(False)`.
+ends mid-instance, `drop()` calls `ticket.end(False)`, which discards what came.
 """
 from __future__ import annotations
 
@@ -59,9 +59,12 @@ class StoreCommand:
 
 
 class StoreTicket(Protocol):
-    path: str  # where the data set (as a Part 10 file) is to be written
+    """Where one received instance goes: its bytes (a Part 10 file) are written in
+    order, then `end()` gives the C-STORE status to answer."""
 
-    def end(self, complete: bool) -> int: ...  # the C-STORE status to answer
+    def write(self, data) -> None: ...
+
+    def end(self, complete: bool) -> int: ...
 
 
 def parse_command(data) -> dict[int, bytes]:
@@ -144,19 +147,14 @@ class _Incoming:
         self.context_id = context_id
         self.command = command
         self.ticket = ticket  # a StoreTicket, or an int status (refused: drop the data)
-        self.fh = None
         if not isinstance(ticket, int):
-            self.fh = open(ticket.path, "wb")
-            self.fh.write(head)
+            ticket.write(head)
 
     def write(self, data) -> None:
-        if self.fh is not None:
-            self.fh.write(data)
+        if not isinstance(self.ticket, int):
+            self.ticket.write(data)
 
     def finish(self, complete: bool) -> int:
-        if self.fh is not None:
-            self.fh.close()
-            self.fh = None
         if isinstance(self.ticket, int):
             return self.ticket
         return self.ticket.end(complete)

@@ -247,6 +247,18 @@ def read_header(path: Path, head: bytes | None = None) -> dict:
     return _with_pydicom(path)
 
 
+def read_header_bytes(head: bytes) -> dict:
+    """`read_header` for the first bytes of a file that is not on disk (a stream)."""
+    try:
+        return _walk(head)
+    except (_NeedMore, MalformedDicom, struct.error, UnicodeError, LookupError):
+        if head[PREAMBLE:PREAMBLE + 4] != b"DICM":
+            raise MalformedDicom("not a DICOM file (no DICM prefix)") from None
+    import io
+
+    return _with_pydicom(io.BytesIO(head))
+
+
 def zero_preamble(path: Path) -> None:
     """Overwrite the 128-byte preamble with zeros (it can hide another file format)."""
     with open(path, "r+b") as fh:

@@ -17,6 +17,12 @@ it may move or consume `tmp_path`. Files are named by content hash, never by a U
 sink that hashes what it stores anyway (the gateway's blob store does) sets
 `sink.hashes = True`: it is then called with sha256=None and size=None and returns
 `Stored(location, sha256, size)`, and the file is read once instead of twice.
+
+A sink may also stream: `sink.open(transfer_key, meta)` returns a writer with
+`write(data)`, `commit() -> Stored` and `abort()`. Then nothing is spooled: the bytes go
+from the socket into the writer (an encrypting blob writer, say) as they arrive, the
+first 256 KB are kept to check the header at the end, and `commit()` (which may fsync)
+or `abort()` runs in an intake worker.
 """
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from ..base import safe_name
-from .header import PREAMBLE, MalformedDicom, read_header
+from .header import PREAMBLE, MalformedDicom, read_header, read_header_bytes
 
 _HEAD = 256 * 1024
 from .uids import clean_uid, describe, is_uid
@@ -50,6 +56,38 @@ class Stored:
     location: Path | str
     sha256: str
     size: int
+
+
+class InstanceStream:
+    """One instance streamed into a streaming sink (see the module docs)."""
+
+    def __init__(self, retrieval: "Retrieval", via: str, sop_uid: str, sop_class: str):
+        self.retrieval, self.via, self.sop_uid, self.sop_class = (
+            retrieval, via, sop_uid, sop_class)
+        self.writer = retrieval.sink.open(retrieval.key, {"via": via,
+                                                          "sop_instance_uid": sop_uid})
+        self.head = bytearray()
+        self.size = 0
+        retrieval.begin()
+
+    def write(self, data) -> None:
+        if self.size < PREAMBLE:  # the preamble can hide another file format: zeros
+            n = min(PREAMBLE - self.size, len(data))
+            data = bytes(n) + bytes(data[n:])
+        if len(self.head) < _HEAD:
+            self.head += data[:_HEAD - len(self.head)]
+        self.writer.write(data)
+        self.size += len(data)
+
+    def finish(self, complete: bool) -> None:
+        """Hand the instance to an intake worker: checked, then committed or aborted."""
+        if not complete:
+            self.writer.abort()
+            self.retrieval.error(self.sop_uid, "association ended while this instance was "
+                                 "being received", self.via, permanent=False)
+            self.retrieval._end()
+            return
+        self.retrieval.submit_call(self.retrieval._take_stream, self)
 
 
 class FolderSink:
@@ -122,7 +160,7 @@ class Retrieval:
     patient_ids: frozenset[str] = frozenset()  # and only for these patients (empty: any)
     spool: Path | None = None  # where received files wait (same file system as temp files)
     workers: int = 4  # threads checking, hashing and storing (a sink may fsync each file)
-    max_waiting: int = 32  # received files waiting for a worker before receiving pauses
+    max_waiting: int = 16  # received files waiting for a worker before receiving pauses
     received: dict[str, Received] = field(default_factory=dict)
     errors: dict[str, InstanceError] = field(default_factory=dict)
     bytes: int = 0
@@ -196,6 +234,29 @@ class Retrieval:
 
         pool.submit(run)
 
+    def submit_call(self, fn, *args) -> None:
+        """Run `fn(*args)` in an intake worker (bounded like `submit`)."""
+        self._slots.acquire()
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="dicom-intake")
+            pool = self._pool
+
+        def run():
+            try:
+                fn(*args)
+            finally:
+                self._slots.release()
+
+        pool.submit(run)
+
+    def streams(self) -> bool:
+        """True when the sink takes instances as streams (no spool file)."""
+        return callable(getattr(self.sink, "open", None))
+
+    def stream(self, via: str, sop_uid: str = "", sop_class: str = "") -> InstanceStream:
+        return InstanceStream(self, via, sop_uid, sop_class)
+
     def close(self) -> None:
         """Wait for the workers to finish and stop them."""
         with self._pool_lock:
@@ -249,6 +310,46 @@ class Retrieval:
                     digest.update(view[:n])
                     size += n
                 hashed = (digest.hexdigest(), size)
+        problem = self._check(header, via, sop_uid, sop_class)
+        if problem is not None:
+            return problem
+        sop = clean_uid(header.get("SOPInstanceUID"))
+        study = clean_uid(header.get("StudyInstanceUID"))
+        series = clean_uid(header.get("SeriesInstanceUID"))
+        klass = clean_uid(header.get("SOPClassUID"))
+        sha256, size = hashed or (None, None)
+        meta = {"sop_instance_uid": sop, "sop_class_uid": klass, "study_uid": study,
+                "series_uid": series, "transfer_syntax": header.get("TransferSyntaxUID", ""),
+                "via": via}
+        location = self.sink(self.key, path, sha256, size, meta)
+        return self._record(header, via, location, sha256, size)
+
+    def _take_stream(self, stream: InstanceStream):
+        """Worker side of a streamed instance: check the header, then commit or abort."""
+        try:
+            try:
+                header = read_header_bytes(bytes(stream.head))
+            except MalformedDicom as exc:
+                stream.writer.abort()
+                return self.error(stream.sop_uid, f"malformed dataset: {exc}", stream.via)
+            problem = self._check(header, stream.via, stream.sop_uid, stream.sop_class)
+            if problem is not None:
+                stream.writer.abort()
+                return problem
+            stored = stream.writer.commit()
+            return self._record(header, stream.via, stored, None, None)
+        except Exception as exc:
+            try:
+                stream.writer.abort()
+            except Exception:
+                pass
+            return self.error(stream.sop_uid, f"could not store: {type(exc).__name__}: {exc}",
+                              stream.via, permanent=False)
+        finally:
+            self._end()
+
+    def _check(self, header: dict, via: str, sop_uid: str, sop_class: str):
+        """None if the header is acceptable for this retrieval, else the InstanceError."""
         sop = clean_uid(header.get("SOPInstanceUID"))
         study = clean_uid(header.get("StudyInstanceUID"))
         series = clean_uid(header.get("SeriesInstanceUID"))
@@ -270,11 +371,13 @@ class Retrieval:
         if self.patient_ids and header.get("PatientID", "") not in self.patient_ids:
             return self.error(sop, "instance of another patient (PatientID differs)",
                               via, study, series)
-        sha256, size = hashed or (None, None)
-        meta = {"sop_instance_uid": sop, "sop_class_uid": klass, "study_uid": study,
-                "series_uid": series, "transfer_syntax": header.get("TransferSyntaxUID", ""),
-                "via": via}
-        location = self.sink(self.key, path, sha256, size, meta)
+        return None
+
+    def _record(self, header: dict, via: str, location, sha256, size):
+        sop = clean_uid(header.get("SOPInstanceUID"))
+        study = clean_uid(header.get("StudyInstanceUID"))
+        series = clean_uid(header.get("SeriesInstanceUID"))
+        klass = clean_uid(header.get("SOPClassUID"))
         if isinstance(location, Stored):
             location, sha256, size = location.location, location.sha256, location.size
         if sha256 is None:

@@ -127,18 +127,30 @@ def store_handler(resolve, via: str):
 
 
 class _Ticket:
-    """One C-STORE being received on the fast path (connectors.dicom.dimse_store): the
-    data set goes to `path` in the retrieval's spool; `end()` hands it to the intake."""
+    """One C-STORE being received on the fast path (connectors.dicom.dimse_store): into
+    the retrieval's streaming sink, or a file in its spool that `end()` hands over."""
 
-    def __init__(self, path: Path, retrieval: Retrieval | None, via: str, sop: str,
+    def __init__(self, spool: Path, retrieval: Retrieval | None, via: str, sop: str,
                  klass: str, late=None):
-        self.path = str(path)
         self.retrieval, self.via, self.sop, self.klass, self.late = (
             retrieval, via, sop, klass, late)
+        self.stream = None
+        self.fh = None
+        if retrieval is not None and retrieval.streams():
+            self.stream = retrieval.stream(via, sop, klass)
+        else:
+            self.path = spool / f"rx-{uuid.uuid4().hex}.part"
+            self.fh = open(self.path, "wb")
+
+    def write(self, data) -> None:
+        (self.stream or self.fh).write(data)
 
     def end(self, complete: bool) -> int:
-        path = Path(self.path)
-        retrieval = self.retrieval
+        if self.stream is not None:
+            self.stream.finish(complete)
+            return 0x0000 if complete else 0xA700
+        self.fh.close()
+        path, retrieval = self.path, self.retrieval
         if not complete:
             path.unlink(missing_ok=True)
             if retrieval is not None:
@@ -184,8 +196,7 @@ def store_begin(resolve, via: str, late=None):
                 retrieval.error(sop, f"unexpected SOP class {klass}", via)
             return SOP_CLASS_NOT_SUPPORTED
         spool = Path(retrieval.spool) if retrieval is not None else Path(tempfile.gettempdir())
-        return _Ticket(spool / f"rx-{uuid.uuid4().hex}.part", retrieval, via, sop, klass,
-                       late)
+        return _Ticket(spool, retrieval, via, sop, klass, late)
 
     return begin
 

@@ -137,18 +137,26 @@ class _PartWriter:
         self.retrieval = retrieval
         self.via = via
         self.fh = None
+        self.stream = None
         self.count = 0
 
     def start(self, headers: dict) -> None:
         ctype = headers.get("content-type", "application/dicom").split(";")[0].strip().lower()
-        self.retrieval.begin()
         self.ok = ctype == "application/dicom"
         self.reason = "" if self.ok else f"unexpected part type {ctype[:60]!r}"
+        self.size = 0
+        self.stream = None
+        if self.ok and self.retrieval.streams():
+            self.stream = self.retrieval.stream(self.via)  # zeroes the preamble itself
+            return
+        self.retrieval.begin()
         self.path = Path(self.retrieval.spool) / f"rx-{uuid.uuid4().hex}.part"
         self.fh = open(self.path, "wb")
-        self.size = 0
 
     def data(self, view: memoryview) -> None:
+        if self.stream is not None:
+            self.stream.write(view)
+            return
         if self.size < PREAMBLE and len(view):
             n = min(PREAMBLE - self.size, len(view))
             self.fh.write(bytes(n))
@@ -159,9 +167,13 @@ class _PartWriter:
             self.size += len(view)
 
     def end(self) -> None:
+        self.count += 1
+        if self.stream is not None:
+            stream, self.stream = self.stream, None
+            stream.finish(True)
+            return
         self.fh.close()
         self.fh = None
-        self.count += 1
         if not self.ok:
             self.retrieval.error("", f"WADO-RS part {self.count}: {self.reason}", self.via)
             os.unlink(self.path)
@@ -171,6 +183,9 @@ class _PartWriter:
 
     def close(self) -> None:
         """Finish: drop a part cut off mid-way."""
+        if self.stream is not None:
+            stream, self.stream = self.stream, None
+            stream.finish(False)
         if self.fh is not None:
             self.fh.close()
             self.fh = None

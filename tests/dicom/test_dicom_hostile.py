@@ -223,3 +223,28 @@ def test_stores_take_the_fast_path(scp, retrieval, tmp_path):
         ds = dcmread(rec.location)
         assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
         assert ds.file_meta.TransferSyntaxUID == dcmread(files[0]).file_meta.TransferSyntaxUID
+
+
+def test_streamed_bad_instances_leave_no_blob(scp, tmp_path):
+    """With a streaming sink the bytes go to the blob writer as they arrive; an instance
+    that fails its checks at the end is aborted: no blob, no plaintext."""
+    import base64
+
+    from gateway.blobstore import BlobStore, new_master_key
+    from tests.dicom.blob_sink import BlobStoreSink
+
+    store = BlobStore(tmp_path / "blobs", base64.b64decode(new_master_key()))
+    study = dcmread(CT, stop_before_pixels=True).StudyInstanceUID
+    retrieval = Retrieval("t1", BlobStoreSink(store), studies=frozenset({study}),
+                          patient_ids=frozenset({"PAT-1"}), spool=tmp_path)
+    good, good_sop = craft(tmp_path / "good.dcm", preamble=b"MZ polyglot")
+    malformed, _ = craft(tmp_path / "bad.dcm", garbage=True)
+    foreign, _ = craft(tmp_path / "other.dcm", patient="PAT-2")
+    with scp.expect(retrieval, "ROGUE"):
+        assert send(scp.port, [malformed, foreign, good]) == [0, 0, 0]
+        assert retrieval.wait_settled(10)
+    assert list(retrieval.received) == [good_sop] and len(retrieval.errors) == 2
+    blobs = [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()]
+    assert len(blobs) == 1  # the good one; the others' partial blobs were removed
+    plain = store.read_bytes(retrieval.received[good_sop].location)
+    assert plain[:128] == bytes(128) and plain[128:132] == b"DICM"
