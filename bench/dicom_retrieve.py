@@ -14,7 +14,8 @@ encrypted blob store (gateway.blobstore: AES-256-GCM in 1 MiB chunks, fsync per 
 tests/dicom/blob_sink.py plugs it in) with its per-instance sha256, and reports its wall
 time and peak RSS (the whole receiving process, interpreter included). The 2x study and the multi-frame instance are retrieved the same way for
 their peak RSS. Orthanc runs with its defaults (TCP_NODELAY=1 in its environment and
-dcmtk's, as for every dcmtk tool). Medians are over the rounds.
+dcmtk's, as for every dcmtk tool). Medians are over the rounds; each run starts after
+`sync`, so none pays for writing back the previous run's files.
 
 The last line printed is one JSON object: wall_ratio_vs_movescu (the DIMSE path, C-MOVE
 or C-GET, whichever was faster; both are given too), wado_ratio_vs_movescu,
@@ -84,6 +85,7 @@ def child(args) -> None:
 
 def run_child(method: str, patient: str, env: dict, ctx: dict, parallel: int = 2) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"bench-{method}-", dir=ctx["tmp"]))
+    os.sync()  # start with no dirty pages from the previous run being written back
     cmd = [sys.executable, __file__, "--child", method, "--patient", patient,
            "--workdir", str(work), "--dicom-port", str(ctx["dicom_port"]),
            "--scp-port", str(ctx["scp_port"]), "--dicomweb-url", ctx["dicomweb_url"],
@@ -99,6 +101,7 @@ def run_movescu(ctx: dict, study_uid: str) -> dict:
     from tests.dicom.dicom_peers import dcmtk, peer_env
 
     out = Path(tempfile.mkdtemp(prefix="bench-movescu-", dir=ctx["tmp"]))
+    os.sync()
     cmd = [dcmtk("movescu"), "-S", "-aet", "MOVESCU", "-aec", "ORTHANC", "-aem", "MOVESCU",
            "+P", str(ctx["movescu_port"]), "-od", str(out),
            "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}",
