@@ -59,6 +59,9 @@ class RecordQuery:
     # records this source already produced for this transfer (by origin), so a
     # resumed pull skips them
     already_fetched: frozenset[str] = frozenset()
+    # incremental pull: only what changed at the source since then (the cursor a
+    # previous complete pull of the same authorization and source reported)
+    since: datetime | None = None
 
 
 @dataclass(frozen=True)

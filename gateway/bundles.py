@@ -1,18 +1,28 @@
-"""Assemble a transfer's FHIR transaction Bundle, streamed into the blob store.
+"""Assemble a transfer into FHIR transaction Bundles, streamed into the blob store.
 
-Shape of IHE MHD "Provide Document Bundle": a SubmissionSet List, the Patient, the
-DocumentReferences with their Binaries, other clinical resources, the Consent of the
-authorization and a Provenance per source, ordered by clinical date. Binaries are
-base64-encoded from the encrypted record blobs chunk by chunk, so a large document
-never sits in memory. Ids are derived from the transfer, so assembling twice gives
-the same bytes.
+Shape of IHE MHD "Provide Document Bundle" (ITI-65): per bundle a SubmissionSet List,
+the Patient, the Consent of the authorization, DocumentReferences with their Binaries,
+other clinical resources (ImagingStudy for DICOM studies) and a Provenance per source;
+the first bundle also carries a patient-summary Composition (sections per data class),
+the same summary as a PDF DocumentReference, and the completeness manifest.
+
+- Resources reached from two places (the same bytes, or the same business identifier)
+  go once; the Provenance of every source that had them lists them.
+- Entries are ordered by clinical date.
+- A transfer larger than `bundle_max_bytes` is split into several bundles, each its own
+  transaction and Idempotency-Key, grouped by one submission-group identifier.
+- Binaries are base64-encoded from the encrypted record blobs chunk by chunk; the
+  per-entry sha256 (over the canonical JSON of each resource, see `entry_hash`) is
+  computed while writing, and the receiver's receipt must name the same hashes.
+- Every id is derived from the transfer, so assembling twice gives the same bytes.
 """
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fhir.resources.R4B.consent import Consent
 from fhir.resources.R4B.list import List as FhirList
@@ -21,10 +31,15 @@ from fhir.resources.R4B.provenance import Provenance
 from sqlalchemy import select
 
 from .blobstore import BlobInfo
+from .bundle import manifest as manifest_mod
+from .bundle import summary as summary_mod
 from .models import Item, Transfer
 from .services import Services
 
 NS = uuid.UUID("6f1c1f4e-8f0b-4d55-9a53-2b8e5c1d7a10")
+MHD = "https://profiles.ihe.net/ITI/MHD"
+GROUP_SYSTEM = "urn:records-gateway:submission-group"
+PART_EXT = "urn:records-gateway:bundle-part"
 
 
 def urn(transfer_id: str, *parts: str) -> str:
@@ -35,15 +50,51 @@ def patient_urn(transfer_id: str) -> str:
     return urn(transfer_id, "patient")
 
 
-def bundle_id(transfer_id: str) -> str:
-    return urn(transfer_id, "bundle")[len("urn:uuid:"):]
+def bundle_id(transfer_id: str, part: int = 1, parts: int = 1) -> str:
+    if parts == 1:
+        return urn(transfer_id, "bundle")[len("urn:uuid:"):]
+    return urn(transfer_id, "bundle", str(part), str(parts))[len("urn:uuid:"):]
+
+
+def canonical(resource: dict) -> bytes:
+    return json.dumps(resource, sort_keys=True, separators=(",", ":")).encode()
+
+
+def entry_hash(resource: dict) -> str:
+    """sha256 of a resource's canonical JSON (sorted keys, no spaces): both sides compute it."""
+    return hashlib.sha256(canonical(resource)).hexdigest()
 
 
 @dataclass(frozen=True)
-class Assembled:
+class AssembledPart:
+    part: int
+    parts: int
     bundle_id: str
     blob: BlobInfo
     entries: int
+    entry_hashes: dict[str, str]
+
+
+FHIR_NATIVE = frozenset({"fhir-json", "fhir-attachment"})  # record kinds of FHIR sources
+
+
+@dataclass
+class _Binary:
+    """A Binary entry whose data is streamed from a record blob."""
+    full_url: str
+    blob_key: str
+    media_type: str
+    size: int
+
+
+@dataclass
+class _Unit:
+    """Entries that travel together (a DocumentReference and its Binary)."""
+    date: str
+    full_url: str
+    entries: list = field(default_factory=list)  # dicts or _Binary
+    data_class: str = ""
+    estimate: int = 0
 
 
 def _dump(model) -> dict:
@@ -67,92 +118,246 @@ def consent_resource(consent: dict, patient: str) -> dict:
     return _dump(Consent.model_validate(body))
 
 
-def _entry(full_url: str, resource: dict) -> dict:
-    return {"fullUrl": full_url, "resource": resource,
-            "request": {"method": "POST", "url": resource["resourceType"]}}
+class _Shape:
+    """POST entries for a peer gateway (MHD); PUT with stable ids for a plain FHIR
+    server, so a delivery repeated there overwrites instead of duplicating."""
+
+    def __init__(self, put: bool):
+        self.put = put
+
+    def entry(self, full_url: str, resource: dict) -> dict:
+        rtype = resource["resourceType"]
+        if self.put:
+            rid = full_url.rsplit(":", 1)[-1]
+            resource = {**resource, "id": rid}
+            return {"fullUrl": full_url, "resource": resource,
+                    "request": {"method": "PUT", "url": f"{rtype}/{rid}"}}
+        resource.pop("id", None)
+        return {"fullUrl": full_url, "resource": resource, "request": {"method": "POST", "url": rtype}}
 
 
-def assemble(svc: Services, t: Transfer) -> Assembled:
-    claims = t.authorization.claims
-    patient = patient_urn(t.id)
+def _dedup_key(resource: dict, item: Item, carries_bytes: bool) -> str:
+    if carries_bytes:
+        return f"bytes:{item.sha256}"
+    for ident in resource.get("identifier") or []:
+        if isinstance(ident, dict) and ident.get("value"):
+            return f"{resource['resourceType']}:id:{ident.get('system', '')}|{ident['value']}"
+    body = {k: v for k, v in resource.items() if k not in ("id", "meta")}
+    return f"{resource['resourceType']}:content:{entry_hash(body)}"
+
+
+def _collect(svc: Services, t: Transfer, shape: _Shape) -> tuple[list[_Unit], dict, list[Item]]:
+    """Mapped resources as units (deduplicated), and every place each came from."""
     with svc.db.session() as s:
-        items = s.scalars(select(Item).filter_by(transfer_id=t.id, state="mapped")).all()
-    documents: list[tuple[str, dict, Item | None]] = []  # (clinical date, entry, binary source)
-    by_source: dict[str, list[str]] = {}
+        items = s.scalars(select(Item).filter_by(transfer_id=t.id).order_by(Item.source, Item.origin)).all()
+    source_order = {src.name: i for i, src in enumerate(t.sources)}
+    items = sorted(items, key=lambda i: (source_order.get(i.source, 99), i.origin))
+    units: dict[str, _Unit] = {}
+    places: dict[str, list[tuple[str, str]]] = {}  # fullUrl -> [(source, origin)]
+    aliases: dict[str, str] = {}  # reference -> the entry that stands for it
     for item in items:
-        for n, mapped in enumerate(json.loads(svc.blobs.read_bytes(item.resources_blob))):
+        if item.state != "mapped":
+            continue
+        for mapped in json.loads(svc.blobs.read_bytes(item.resources_blob)):
             resource = mapped["resource"]
-            full_url = urn(t.id, "item", str(item.id), str(n))
-            resource.pop("id", None)
-            binary_url = None
-            if mapped["carries_record_bytes"]:
-                binary_url = urn(t.id, "binary", str(item.id))
+            if item.kind in FHIR_NATIVE and resource["resourceType"] == "Patient":
+                # the transfer's own Patient entry (identity as the authorization states
+                # it) stands for the server's copy; references to that copy follow it
+                aliases[f"urn:uuid:{resource['id']}"] = patient_urn(t.id)
+                continue
+            if item.kind in FHIR_NATIVE and resource.get("id"):
+                # resources from a FHIR source already reference each other as
+                # urn:uuid:<id> (mappings/fhir_r4.py): keep those ids as fullUrls
+                key = f"fhir:{resource['id']}"
+                full_url = f"urn:uuid:{resource['id']}"
+            else:
+                key = _dedup_key(resource, item, mapped["carries_record_bytes"])
+                full_url = urn(t.id, "resource", key)
+            places.setdefault(full_url, [])
+            if (item.source, item.origin) not in places[full_url]:
+                places[full_url].append((item.source, item.origin))
+            if full_url in units:
+                continue
+            unit = _Unit(date=mapped["clinical_date"] or "", full_url=full_url,
+                         data_class=mapped.get("data_class") or "")
+            if mapped["carries_record_bytes"] and resource["resourceType"] == "Binary":
+                # an attachment fetched from a FHIR source: the record's bytes are its data
+                unit.entries.append(_Binary(full_url, item.blob_key, item.media_type, item.size))
+                unit.estimate = 4 * (item.size // 3 + 1) + 512
+            elif mapped["carries_record_bytes"]:
+                binary_url = urn(t.id, "binary", key)
                 for content in resource.get("content", []):
                     content["attachment"]["url"] = binary_url
-            documents.append((mapped["clinical_date"] or "", _entry(full_url, resource),
-                              item if binary_url else None))
-            by_source.setdefault(item.source, []).append(full_url)
-    documents.sort(key=lambda d: (d[0], d[1]["fullUrl"]))
+                unit.entries.append(shape.entry(full_url, resource))
+                unit.entries.append(_Binary(binary_url, item.blob_key, item.media_type, item.size))
+                unit.estimate = 4 * (item.size // 3 + 1) + 512
+            else:
+                unit.entries.append(shape.entry(full_url, resource))
+            if isinstance(unit.entries[0], dict):
+                unit.estimate += len(json.dumps(unit.entries[0]))
+            units[full_url] = unit
+    if aliases:
+        for unit in units.values():
+            for entry in unit.entries:
+                if isinstance(entry, dict):
+                    _rewrite_references(entry["resource"], aliases)
+    ordered = sorted(units.values(), key=lambda u: (u.date, u.full_url))
+    return ordered, places, items
 
-    entries_head = [_entry(patient, patient_resource(claims))]
+
+def _rewrite_references(node, aliases: dict[str, str]) -> None:
+    if isinstance(node, dict):
+        ref = node.get("reference")
+        if isinstance(ref, str) and ref in aliases:
+            node["reference"] = aliases[ref]
+        for value in node.values():
+            if isinstance(value, (dict, list)):
+                _rewrite_references(value, aliases)
+    elif isinstance(node, list):
+        for value in node:
+            _rewrite_references(value, aliases)
+
+
+def _pack(units: list[_Unit], limit: int) -> list[list[_Unit]]:
+    parts: list[list[_Unit]] = [[]]
+    size = 0
+    for unit in units:
+        if parts[-1] and size + unit.estimate > limit:
+            parts.append([])
+            size = 0
+        parts[-1].append(unit)
+        size += unit.estimate
+    return parts
+
+
+def assemble(svc: Services, t: Transfer) -> list[AssembledPart]:
+    """Write the transfer's bundle(s) to the blob store; deterministic for a transfer."""
+    peer = svc.settings.peers[t.recipient]
+    shape = _Shape(put=peer.kind == "fhir")
+    claims = t.authorization.claims
+    patient = patient_urn(t.id)
     consent_url = urn(t.id, "consent")
-    entries_head.append(_entry(consent_url, consent_resource(t.authorization.consent, patient)))
-    submission = _dump(FhirList.model_validate({
-        "resourceType": "List",
-        "identifier": [{"system": "urn:ietf:rfc:3986", "value": urn(t.id, "submissionset")}],
-        "status": "current", "mode": "working", "title": "Records for a second opinion",
-        "code": {"coding": [{"system": "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes",
-                             "code": "submissionset"}]},
-        "subject": {"reference": patient},
-        "date": t.created_at.isoformat(),
-        "source": {"display": svc.settings.organization},
-        "entry": [{"item": {"reference": d[1]["fullUrl"]}} for d in documents
-                  if d[1]["resource"]["resourceType"] == "DocumentReference"],
-    }))
-    submission["extension"] = [{
-        "url": "https://profiles.ihe.net/ITI/MHD/StructureDefinition/ihe-intendedRecipient",
-        "valueReference": {"display": claims["recipient"]["name"]}}]
-    entries_head.append(_entry(urn(t.id, "submissionset"), submission))
-    provenances = [_entry(urn(t.id, "provenance", name), _dump(Provenance.model_validate({
-        "resourceType": "Provenance",
-        "target": [{"reference": u} for u in urls],
-        "recorded": t.created_at.isoformat(),
-        "policy": [consent_url],
-        "agent": [{"who": {"display": svc.settings.sources[name].organization
-                           if name in svc.settings.sources else name}}],
-    }))) for name, urls in sorted(by_source.items())]
+    group = urn(t.id, "submission-group")
+    units, places, items = _collect(svc, t, shape)
+    packed = _pack(units, svc.settings.bundle_max_bytes)
+    total = len(packed)
+    part_of = {u.full_url: n + 1 for n, part in enumerate(packed) for u in part}
+    when = t.created_at.isoformat()
 
-    bid = bundle_id(t.id)
-    head = {"resourceType": "Bundle", "id": bid,
-            "identifier": {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{bid}"},
-            "type": "transaction", "timestamp": t.created_at.isoformat()}
+    summary_units = summary_mod.build(svc, t, shape, units, part_of, patient, claims, urn)
+    manifest_units = manifest_mod.build(svc, t, shape, items, places, part_of, patient, urn)
+    out = []
+    for n, part_units in enumerate(packed, start=1):
+        head = [shape.entry(patient, patient_resource(claims)),
+                shape.entry(consent_url, consent_resource(t.authorization.consent, patient))]
+        body_units = (summary_units + manifest_units if n == 1 else []) + part_units
+        docs = [e for u in body_units for e in u.entries
+                if isinstance(e, dict) and e["resource"]["resourceType"] == "DocumentReference"]
+        submission_url = urn(t.id, "submissionset", str(n))
+        submission = _dump(FhirList.model_validate({
+            "resourceType": "List",
+            "identifier": [{"system": "urn:ietf:rfc:3986", "value": submission_url},
+                           {"system": GROUP_SYSTEM, "value": group}],
+            "status": "current", "mode": "working",
+            "title": "Records for a second opinion" + (f" (part {n} of {total})" if total > 1 else ""),
+            "code": {"coding": [{"system": f"{MHD}/CodeSystem/MHDlistTypes", "code": "submissionset"}]},
+            "subject": {"reference": patient},
+            "date": when,
+            "source": {"display": svc.settings.organization},
+            "entry": [{"item": {"reference": d["fullUrl"]}} for d in docs],
+        }))
+        submission["extension"] = [
+            {"url": f"{MHD}/StructureDefinition/ihe-intendedRecipient",
+             "valueReference": {"identifier": {"system": "urn:records-gateway:organization",
+                                               "value": claims["recipient"]["id"]},
+                                "display": claims["recipient"]["name"]}},
+            {"url": f"{MHD}/StructureDefinition/ihe-sourceId", "valueIdentifier": {
+                "system": "urn:records-gateway:organization", "value": svc.settings.organization}},
+            {"url": PART_EXT, "valueString": f"{n}/{total}"}]
+        head.append(shape.entry(submission_url, submission))
+        provenances = _provenances(t, shape, body_units, places, consent_url, svc, n)
+        out.append(_write(svc, t, n, total, head, body_units, provenances))
+    return out
+
+
+def _provenances(t, shape, body_units, places, consent_url, svc, n) -> list[dict]:
+    by_source: dict[str, list[str]] = {}
+    origins: dict[str, list[str]] = {}
+    for unit in body_units:
+        for source, origin in places.get(unit.full_url, []):
+            by_source.setdefault(source, []).append(unit.full_url)
+            origins.setdefault(source, []).append(origin)
+    result = []
+    for name in sorted(by_source):
+        cfg = svc.settings.sources.get(name)
+        result.append(shape.entry(urn(t.id, "provenance", name, str(n)), _dump(Provenance.model_validate({
+            "resourceType": "Provenance",
+            "target": [{"reference": u} for u in by_source[name]],
+            "recorded": t.created_at.isoformat(),
+            "policy": [consent_url],
+            "agent": [{"who": {"display": cfg.organization if cfg else name}}],
+            "entity": [{"role": "source", "what": {"identifier": {
+                "system": f"urn:records-gateway:origin:{name}", "value": o[:1000]}}}
+                for o in origins[name]],
+        }))))
+    return result
+
+
+def _write(svc: Services, t: Transfer, n: int, total: int, head: list[dict],
+           body_units: list[_Unit], provenances: list[dict]) -> AssembledPart:
+    bid = bundle_id(t.id, n, total)
+    top = {"resourceType": "Bundle", "id": bid,
+           "identifier": {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{bid}"},
+           "type": "transaction", "timestamp": t.created_at.isoformat()}
+    hashes: dict[str, str] = {}
     count = 0
     with svc.blobs.writer() as w:
-        w.write(json.dumps(head)[:-1].encode() + b',"entry":[')
-        for entry in entries_head + [d[1] for d in documents] + provenances:
+        w.write(json.dumps(top)[:-1].encode() + b',"entry":[')
+        plain = head + [e for u in body_units for e in u.entries if isinstance(e, dict)] + provenances
+        for entry in plain:
             w.write((b"," if count else b"") + json.dumps(entry).encode())
+            hashes[entry["fullUrl"]] = entry_hash(entry["resource"])
             count += 1
-        for _, entry, item in documents:
-            if item is not None:
-                w.write(b",")
-                _write_binary(svc, w, entry["resource"]["content"][0]["attachment"]["url"], item)
-                count += 1
+        for unit in body_units:
+            for entry in unit.entries:
+                if isinstance(entry, _Binary):
+                    w.write(b",")
+                    hashes[entry.full_url] = _write_binary(svc, w, entry, put=_is_put(head))
+                    count += 1
         w.write(b"]}")
-    return Assembled(bid, w.info, count)
+    return AssembledPart(n, total, bid, w.info, count, hashes)
 
 
-def _write_binary(svc: Services, w, full_url: str, item: Item) -> None:
-    prefix = {"fullUrl": full_url, "resource": {"resourceType": "Binary",
-                                                "contentType": item.media_type, "data": ""},
-              "request": {"method": "POST", "url": "Binary"}}
-    text = json.dumps(prefix)
+def _is_put(head: list[dict]) -> bool:
+    return head[0]["request"]["method"] == "PUT"
+
+
+def _write_binary(svc: Services, w, b: _Binary, put: bool) -> str:
+    """Stream one Binary entry; return the sha256 of its resource's canonical JSON."""
+    rid = b.full_url.rsplit(":", 1)[-1]
+    resource = {"resourceType": "Binary", "contentType": b.media_type}
+    if put:
+        resource["id"] = rid
+    resource["data"] = ""
+    request = ({"method": "PUT", "url": f"Binary/{rid}"} if put else {"method": "POST", "url": "Binary"})
+    text = json.dumps({"fullUrl": b.full_url, "resource": resource, "request": request})
     cut = text.index('"data": ""') + len('"data": "')
+    canon = canonical(resource).decode()
+    ccut = canon.index('"data":""') + len('"data":"')
+    digest = hashlib.sha256(canon[:ccut].encode())
     w.write(text[:cut].encode())
     pending = b""
-    for chunk in svc.blobs.chunks(item.blob_key):
-        pending += chunk
-        usable = len(pending) - len(pending) % 3
-        w.write(base64.b64encode(pending[:usable]))
-        pending = pending[usable:]
-    w.write(base64.b64encode(pending))
+    if b.blob_key:
+        for chunk in svc.blobs.chunks(b.blob_key):
+            pending += chunk
+            usable = len(pending) - len(pending) % 3
+            encoded = base64.b64encode(pending[:usable])
+            w.write(encoded)
+            digest.update(encoded)
+            pending = pending[usable:]
+    encoded = base64.b64encode(pending)
+    w.write(encoded)
+    digest.update(encoded)
     w.write(text[cut:].encode())
+    digest.update(canon[ccut:].encode())
+    return digest.hexdigest()

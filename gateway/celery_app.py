@@ -11,7 +11,7 @@ from celery import Celery
 
 from .config import Settings
 
-celery = Celery("records_gateway", include=["gateway.transfers"])
+celery = Celery("records_gateway", include=["gateway.transfers", "gateway.auditing", "gateway.faxes"])
 
 
 def configure_celery(settings: Settings) -> Celery:
@@ -29,6 +29,9 @@ def configure_celery(settings: Settings) -> Celery:
         beat_schedule={
             "reconcile": {"task": "gateway.transfers.reconcile",
                           "schedule": settings.reconcile_interval_s},
+            "audit-checkpoint": {"task": "gateway.auditing.checkpoint",
+                                 "schedule": settings.checkpoint_interval_s},
+            "fax-ingest": {"task": "gateway.faxes.ingest", "schedule": settings.fax_scan_interval_s},
         },
         timezone="UTC",
         task_default_queue=settings.queue,
@@ -41,8 +44,10 @@ def configure_celery(settings: Settings) -> Celery:
         folder = settings.broker_dir
         for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
+        from . import fsbroker  # atomic message files (see there)
+
         conf.update(
-            broker_url="filesystem://",
+            broker_url=f"{fsbroker.ALIAS}://",
             broker_transport_options={
                 "data_folder_in": str(folder / "queue"),
                 "data_folder_out": str(folder / "queue"),
@@ -56,4 +61,11 @@ def configure_celery(settings: Settings) -> Celery:
             beat_schedule_filename=str(folder / "beat-schedule"),
         )
     celery.conf.update(conf)
+    # connections pooled under earlier settings (a process that builds several apps,
+    # as tests do) would still send to the old broker: drop them
+    if celery._pool is not None:
+        celery._pool.force_close_all()
+        celery._pool = None
+    if "amqp" in celery.__dict__:
+        celery.amqp._producer_pool = None
     return celery

@@ -75,6 +75,12 @@ def init(data_dir: Path | None) -> None:
                    "records in flight cannot be read)")
     kid = SigningKeys(settings.keys_dir).ensure()
     click.echo(f"signing key: {kid}")
+    from .faxes import ensure_cover_key
+
+    ensure_cover_key(settings.keys_dir)
+    from .keys import ClientKeys
+
+    click.echo(f"SMART client key: {ClientKeys(settings.keys_dir).ensure()}")
     issuers = settings.issuers_file
     if not issuers.exists():
         issuers.parent.mkdir(parents=True, exist_ok=True)
@@ -157,13 +163,15 @@ def token() -> None:
 @click.option("--name", required=True, help="Who or what uses it (shown in the audit log).")
 @click.option("--role", required=True,
               type=click.Choice(["operator", "recipient", "auditor", "admin", "peer"]))
-def token_create(name: str, role: str) -> None:
+@click.option("--organization", default=None,
+              help="Recipient tokens: the center whose inbox it reads (default: this gateway's).")
+def token_create(name: str, role: str, organization: str | None) -> None:
     """Create a token; it is printed once and stored only hashed."""
     from .tokens import create_token
 
     svc = _services()
     with svc.db.session() as s:
-        row, plain = create_token(s, name, role, actor="cli")
+        row, plain = create_token(s, name, role, actor="cli", organization=organization)
         token_id = row.id
     click.echo(f"token id {token_id} ({role}):", err=True)
     click.echo(plain)
@@ -256,7 +264,7 @@ def transfer_status(transfer_id: str, follow: bool, timeout: float | None) -> No
     if follow:
         view = follow_transfer(lambda: get_transfer(svc, transfer_id), timeout)
     _out(view)
-    if view["state"] in ("failed", "cancelled"):
+    if view["state"] in ("failed", "cancelled", "dead_letter"):
         raise GatewayError(f"transfer {transfer_id} {view['state']}: {view['reason']}")
     if follow and view["state"] not in TERMINAL:
         raise GatewayError(f"transfer {transfer_id} still {view['state']} after {timeout}s")
@@ -264,7 +272,7 @@ def transfer_status(transfer_id: str, follow: bool, timeout: float | None) -> No
 
 def follow_transfer(fetch, timeout: float | None) -> dict:
     """Poll until the transfer ends, drawing a progress bar on stderr."""
-    from .transfers import TERMINAL
+    from .transfers import PARKED, TERMINAL
 
     deadline = time.monotonic() + timeout if timeout else None
     view = fetch()
@@ -273,7 +281,7 @@ def follow_transfer(fetch, timeout: float | None) -> dict:
                            item_show_func=lambda _: view["state"]) as bar:
         while True:
             bar.update(view["percent"] - bar.pos)
-            if view["state"] in TERMINAL or (deadline and time.monotonic() > deadline):
+            if view["state"] in TERMINAL | PARKED or (deadline and time.monotonic() > deadline):
                 return view
             time.sleep(0.3)
             view = fetch()
@@ -302,6 +310,16 @@ def transfer_retry(transfer_id: str, skip_failed_items: bool) -> None:
     click.echo(f"transfer {transfer_id} resumes at {view['state']}")
 
 
+@transfer.command("replay")
+@click.argument("transfer_id")
+def transfer_replay(transfer_id: str) -> None:
+    """Deliver a dead-lettered transfer again."""
+    from .operations import replay_transfer
+
+    view = replay_transfer(_services(), transfer_id, "cli", "operator")
+    click.echo(f"transfer {transfer_id} resumes at {view['state']}")
+
+
 @transfer.command("cancel")
 @click.argument("transfer_id")
 @click.option("--reason", default="cancelled by an operator")
@@ -310,6 +328,137 @@ def transfer_cancel(transfer_id: str, reason: str) -> None:
 
     cancel_transfer(_services(), transfer_id, reason, "cli", "operator")
     click.echo(f"transfer {transfer_id} cancelled")
+
+
+@transfer.command("cover-sheet")
+@click.argument("transfer_id")
+@click.option("--source", default=None, help="The fax source (needed when there are several).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def transfer_cover_sheet(transfer_id: str, source: str | None, out: Path) -> None:
+    """Write the records-request cover sheet the provider faxes back first."""
+    from .faxes import cover_sheet
+
+    out.write_bytes(cover_sheet(_services(), transfer_id, source, "cli", "operator"))
+    click.echo(f"cover sheet written to {out}")
+
+
+# --- faxes ---------------------------------------------------------------------------
+
+@main.group()
+def fax() -> None:
+    """Fax drop folders: ingest now, and the review queue."""
+
+
+@fax.command("ingest")
+def fax_ingest() -> None:
+    """Take every complete fax from the drop folders now (the worker does it periodically)."""
+    from .faxes import ingest_now
+
+    counts = ingest_now(_services())
+    click.echo(", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no new faxes")
+
+
+@fax.command("review")
+@click.option("--source", default=None)
+def fax_review(source: str | None) -> None:
+    """List faxes awaiting review and files in quarantine."""
+    from .faxes import review_queue
+
+    name, queue = review_queue(_services(), source)
+    for item in queue.list():
+        click.echo(f"{item.fax_id}  review  {item.pages}p  received {item.received_at}  "
+                   f"candidates: {', '.join(item.candidates) or '-'}  ({'; '.join(item.reasons)})")
+    for q in queue.quarantined():
+        click.echo(f"{q.fax_id}  quarantine  {q.reason}: {q.detail}")
+
+
+@fax.command("preview")
+@click.argument("fax_id")
+@click.option("--source", default=None)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def fax_preview(fax_id: str, source: str | None, out: Path) -> None:
+    """Write a PNG of the fax's first page."""
+    from connectors.fax_review import ReviewError
+
+    from .faxes import review_queue
+
+    _, queue = review_queue(_services(), source)
+    try:
+        out.write_bytes(queue.preview(fax_id).read_bytes())
+    except ReviewError as exc:
+        raise GatewayError(str(exc)) from None
+    click.echo(f"preview written to {out}")
+
+
+@fax.command("assign")
+@click.argument("fax_id")
+@click.argument("transfer_id")
+@click.option("--source", default=None)
+def fax_assign(fax_id: str, transfer_id: str, source: str | None) -> None:
+    """Attach a fax awaiting review to an open transfer."""
+    from .faxes import assign
+
+    assign(_services(), source, fax_id, transfer_id, "cli", "operator")
+    click.echo(f"fax {fax_id} assigned to transfer {transfer_id}")
+
+
+@fax.command("reject")
+@click.argument("fax_id")
+@click.option("--reason", required=True)
+@click.option("--source", default=None)
+def fax_reject(fax_id: str, reason: str, source: str | None) -> None:
+    """Set a fax aside for good."""
+    from .faxes import reject
+
+    reject(_services(), source, fax_id, reason, "cli", "operator")
+    click.echo(f"fax {fax_id} rejected")
+
+
+# --- audit ---------------------------------------------------------------------------
+from .audit.cli import audit as audit_group  # noqa: E402  (`audit verify` needs no database)
+
+main.add_command(audit_group)
+
+
+@audit_group.command("checkpoint")
+def audit_checkpoint() -> None:
+    """Sign a checkpoint of the log now (the worker also does it periodically)."""
+    from .auditing import checkpoint_now
+
+    cp = checkpoint_now(_services(), actor="cli")
+    if cp is None:
+        raise GatewayError("the audit log is empty; nothing to checkpoint")
+    _out(cp)
+
+
+@audit_group.command("export")
+@click.option("--out", type=click.File("w"), default="-", help="File to write (default stdout).")
+@click.option("--fhir", is_flag=True, help="FHIR AuditEvents instead of log entries.")
+@click.option("--transfer", default=None)
+@click.option("--authorization", default=None)
+def audit_export(out, fhir: bool, transfer: str | None, authorization: str | None) -> None:
+    """Export events with inclusion proofs as NDJSON, for `audit verify`."""
+    from .audit import export
+    from .auditing import identity
+
+    svc = _services()
+    filters = {k: v for k, v in {"transfer_id": transfer, "authorization_id": authorization}.items() if v}
+    with svc.db.session() as s:
+        n = export.write_ndjson(s, out, fhir=fhir, me=identity(svc), **filters)
+    click.echo(f"{n} event(s) exported", err=True)
+
+
+@audit_group.command("checkpoints")
+@click.option("--out", type=click.File("w"), default="-")
+def audit_checkpoints(out) -> None:
+    """Write the checkpoint document (checkpoints, consistency proofs, public keys)."""
+    from .audit import checkpoints
+
+    svc = _services()
+    with svc.db.session() as s:
+        doc = checkpoints.checkpoints_document(s, jwks=svc.keys.jwks())
+    json.dump(doc, out, indent=1)
+    click.echo(f"{len(doc['checkpoints'])} checkpoint(s)", err=True)
 
 
 @main.command()

@@ -31,9 +31,11 @@ class SourceConfig(BaseModel):
 
 
 class PeerConfig(BaseModel):
-    """A recipient we deliver to: another gateway in receive mode."""
+    """A recipient we deliver to: another gateway in receive mode (signed receipts), or a
+    plain FHIR server (`kind = "fhir"`, base_url its FHIR base: unsigned acknowledgments)."""
 
     base_url: str
+    kind: Literal["gateway", "fhir"] = "gateway"
     organization: str  # the recipient's id as named in authorizations
     token: SecretStr | None = None  # bearer token the peer issued to us
     token_file: Path | None = None
@@ -53,6 +55,34 @@ class PeerConfig(BaseModel):
         if self.token_file is not None:
             return self.token_file.read_text().strip()
         raise ConfigError("peer has neither token nor token_file")
+
+
+class SenderConfig(BaseModel):
+    """Receive side: a gateway we accept bundles from, named as its peer token is named.
+
+    Its bundles must carry a detached JWS that verifies against these keys; its
+    "opened" receipts and our replies go back to `base_url` with `token`."""
+
+    organization: str  # the sender's id, as the authorizations name the discloser
+    jwks_file: Path | None = None
+    jwks_url: str | None = None  # default: {base_url}/.well-known/jwks.json
+    base_url: str | None = None
+    token: SecretStr | None = None  # a peer token the sender issued to us
+    token_file: Path | None = None
+
+    @field_validator("base_url", "jwks_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return v.rstrip("/") if v else v
+
+    def bearer(self) -> str | None:
+        if self.token is not None:
+            return self.token.get_secret_value()
+        if self.token_file is not None:
+            return self.token_file.read_text().strip()
+        return None
 
 
 class RetryConfig(BaseModel):
@@ -79,9 +109,14 @@ class Settings(BaseSettings):
     trust_file: Path | None = None  # issuers' JWKS; default: data_dir/trust/issuers.json
     sources: dict[str, SourceConfig] = Field(default_factory=dict)
     peers: dict[str, PeerConfig] = Field(default_factory=dict)
+    senders: dict[str, SenderConfig] = Field(default_factory=dict)  # receive side, by token name
+    bundle_max_bytes: int = 256 * 1024 * 1024  # larger transfers go as several bundles
+    receive_claim_s: float = 120.0  # a receive interrupted longer than this is taken over
     retry: RetryConfig = Field(default_factory=RetryConfig)
     step_lease_s: float = 300.0  # a step not finished by then is taken over
     reconcile_interval_s: float = 30.0
+    checkpoint_interval_s: float = 300.0  # how often the audit log's tree head is signed
+    fax_scan_interval_s: float = 5.0  # how often fax drop folders are ingested
     max_body_bytes: int = 512 * 1024 * 1024
     http_timeout_s: float = 60.0
     log_level: str = "INFO"

@@ -1,23 +1,27 @@
-"""Deliver a bundle to the recipient gateway and verify its signed receipt.
+"""Deliver a transfer's bundles to the recipient and check what it answers.
 
-The bundle is streamed from the encrypted blob store (never whole in memory) with an
-`Idempotency-Key`, so a delivery repeated after a crash or a lost answer is stored
-once. The receipt comes back as the transaction-response Bundle's `signature`
-(a compact JWS, sigFormat application/jose), signed by the recipient's key.
+Each bundle is streamed from the encrypted blob store (never whole in memory) with its
+`Idempotency-Key` (the bundle id) and its detached signature, so a delivery repeated
+after a crash or a lost answer is stored once. A peer gateway answers with a signed
+receipt in the transaction-response's `signature`; a plain FHIR server (peer kind
+"fhir") answers with a transaction-response only, recorded as an unsigned
+acknowledgment (its entries are PUT with stable ids, so a repeat overwrites).
 """
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 
 import requests
 
-from .errors import DeliveryFailed, DeliveryRejected, ReceiptInvalid
+from . import receipts
+from .errors import DeliveryFailed, DeliveryRejected, GatewayError, ReceiptInvalid
 from .keys import verify_jws
-from .models import Transfer
+from .models import Transfer, TransferBundle
 from .services import Services
 
-RECEIPT_TYP = "delivery-receipt+jwt"
+RECEIPT_TYP = receipts.RECEIPT_TYP
 MAX_RESPONSE = 16 * 1024 * 1024
 
 
@@ -34,42 +38,63 @@ class _BlobUpload:
         return self._reader.read(n if n and n > 0 else 1 << 20)
 
 
-def _outcome_text(response: requests.Response) -> str:
+def _outcome_text(status: int, content: bytes) -> str:
     try:
-        body = response.json()
+        body = json.loads(content)
         issues = body.get("issue", []) if isinstance(body, dict) else []
-        text = "; ".join(i.get("diagnostics", i.get("code", "")) for i in issues)
-    except ValueError:
+        text = "; ".join(str(i.get("diagnostics", i.get("code", ""))) for i in issues)
+    except (ValueError, UnicodeDecodeError, AttributeError):
         text = ""
-    return f"HTTP {response.status_code}" + (f": {text[:300]}" if text else "")
+    return f"HTTP {status}" + (f": {text[:300]}" if text else "")
 
 
-def deliver(svc: Services, t: Transfer) -> str:
-    """POST the bundle; return the receipt JWS. Raises DeliveryFailed (retry) or
+def deliver(svc: Services, t: Transfer, part: TransferBundle) -> str:
+    """POST one bundle; return what the recipient answered (a receipt JWS, or the
+    plain transaction-response JSON). Raises DeliveryFailed (retried) or
     DeliveryRejected / ReceiptInvalid (terminal)."""
     peer = svc.settings.peers[t.recipient]
-    headers = {"Authorization": f"Bearer {peer.bearer()}",
-               "Content-Type": "application/fhir+json",
+    headers = {"Content-Type": "application/fhir+json",
                "Accept": "application/fhir+json",
-               "Idempotency-Key": t.bundle_id,
-               "Content-Length": str(t.bundle_size)}
-    body = _BlobUpload(svc.blobs.open(t.bundle_blob), t.bundle_size)
+               "Idempotency-Key": part.bundle_id,
+               receipts.SIGNATURE_HEADER: part.signature,
+               "Content-Length": str(part.size)}
+    if peer.kind == "gateway" or peer.token is not None or peer.token_file is not None:
+        headers["Authorization"] = f"Bearer {peer.bearer()}"  # a plain FHIR server may be open
+    url = f"{peer.base_url}/fhir" if peer.kind == "gateway" else peer.base_url
+    body = _BlobUpload(svc.blobs.open(part.blob_key), part.size)
     try:
-        response = requests.post(f"{peer.base_url}/fhir", data=body, headers=headers,
+        response = requests.post(url, data=body, headers=headers,
                                  timeout=(10, svc.settings.http_timeout_s), allow_redirects=False,
                                  stream=True)
         content = response.raw.read(MAX_RESPONSE + 1, decode_content=True)
+        declared = response.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) != len(content) \
+                and len(content) <= MAX_RESPONSE:
+            raise DeliveryFailed(f"recipient {t.recipient}: answer cut short "
+                                 f"({len(content)} of {declared} bytes)")
     except requests.RequestException as exc:
         raise DeliveryFailed(f"recipient {t.recipient} unreachable ({type(exc).__name__})") from None
+    except Exception as exc:  # urllib3 protocol errors surface as their own types
+        if isinstance(exc, DeliveryFailed):
+            raise
+        raise DeliveryFailed(f"recipient {t.recipient}: connection broken ({type(exc).__name__})") from None
     if len(content) > MAX_RESPONSE:
         raise DeliveryFailed(f"recipient {t.recipient} answered with an oversized body")
-    response._content = content
-    if response.status_code in (408, 409, 425, 429) or response.status_code >= 500:
-        raise DeliveryFailed(f"recipient {t.recipient}: {_outcome_text(response)}")
-    if response.status_code >= 300:
-        raise DeliveryRejected(f"recipient {t.recipient} refused the bundle: {_outcome_text(response)}")
+    status = response.status_code
+    if status in (408, 409, 425, 429) or status >= 500:
+        raise DeliveryFailed(f"recipient {t.recipient}: {_outcome_text(status, content)}")
+    if status >= 300:
+        proof = _rejection(svc, t, part, response.headers.get("X-Delivery-Receipt"))
+        raise DeliveryRejected(f"recipient {t.recipient} refused bundle {part.part}/{part.parts}"
+                               f"{proof}: {_outcome_text(status, content)}")
     try:
         reply = json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        raise DeliveryFailed(f"recipient {t.recipient} answered with a body that is not JSON "
+                             "(cut short?)") from None
+    if peer.kind == "fhir":
+        return content.decode()
+    try:
         signature = reply["signature"]
         if signature.get("sigFormat") != "application/jose":
             raise KeyError("sigFormat")
@@ -78,35 +103,56 @@ def deliver(svc: Services, t: Transfer) -> str:
         raise ReceiptInvalid(f"recipient {t.recipient} answered without a signed receipt") from None
 
 
+def _rejection(svc: Services, t: Transfer, part: TransferBundle, token: str | None) -> str:
+    """Check a signed rejection receipt; say in the error whether it verified."""
+    if not token or svc.settings.peers[t.recipient].kind != "gateway":
+        return ""
+    try:
+        claims = verify_jws(token, peer_jwks(svc, t.recipient), RECEIPT_TYP)
+    except GatewayError:
+        return " (its rejection receipt does not verify)"
+    if claims.get("status") != "rejected" or claims.get("idempotencyKey") != part.bundle_id:
+        return " (its rejection receipt names another delivery)"
+    return " (signed rejection receipt verified)"
+
+
 def peer_jwks(svc: Services, recipient: str) -> dict:
     peer = svc.settings.peers[recipient]
-    if peer.jwks_file is not None:
-        return json.loads(peer.jwks_file.read_text())
-    url = peer.jwks_url or f"{peer.base_url}/.well-known/jwks.json"
-    try:
-        response = requests.get(url, timeout=10, allow_redirects=False)
-        response.raise_for_status()
-        return response.json()
-    except (requests.RequestException, ValueError) as exc:
-        raise DeliveryFailed(f"cannot fetch the keys of recipient {recipient} "
-                             f"({type(exc).__name__})") from None
+    return receipts.fetch_jwks(peer.jwks_file, peer.jwks_url or f"{peer.base_url}/.well-known/jwks.json",
+                               f"recipient {recipient}")
 
 
-def verify_receipt(svc: Services, t: Transfer) -> dict:
-    """Check the receipt's signature and that it names exactly what we sent."""
-    claims = verify_jws(t.receipt_jws, peer_jwks(svc, t.recipient), RECEIPT_TYP)
+def check_answer(svc: Services, t: Transfer, part: TransferBundle) -> dict:
+    """The verified receipt claims, or the acknowledgment summary of a plain FHIR server."""
     peer = svc.settings.peers[t.recipient]
-    problems = []
-    if claims.get("iss") != peer.organization:
-        problems.append("issued by another organization")
-    if claims.get("bundle") != f"urn:uuid:{t.bundle_id}":
-        problems.append("names another bundle")
-    if claims.get("sha256") != t.bundle_sha256:
-        problems.append("hash differs from the bundle sent")
-    if claims.get("size") != t.bundle_size:
-        problems.append("size differs from the bundle sent")
-    if claims.get("status") != "accepted":
-        problems.append(f"status is {claims.get('status')!r}")
-    if problems:
-        raise ReceiptInvalid(f"receipt from {t.recipient} does not match: {', '.join(problems)}")
-    return claims
+    if peer.kind == "fhir":
+        return acknowledgment(peer.organization, t, part)
+    return receipts.check_receipt(
+        part.answer, peer_jwks(svc, t.recipient), issuer=peer.organization,
+        sender=svc.settings.organization, bundle=f"urn:uuid:{part.bundle_id}", sha256=part.sha256,
+        size=part.size, entry_hashes=part.entry_hashes, who=t.recipient)
+
+
+def acknowledgment(organization: str, t: Transfer, part: TransferBundle) -> dict:
+    """A plain FHIR server's transaction-response, checked entry by entry; unsigned."""
+    try:
+        reply = json.loads(part.answer)
+        entries = reply["entry"]
+        statuses = [e["response"]["status"] for e in entries]
+        locations = [e["response"].get("location") for e in entries]
+    except (ValueError, KeyError, TypeError):
+        raise ReceiptInvalid(f"recipient {t.recipient} answered without a transaction-response") from None
+    if reply.get("resourceType") != "Bundle" or reply.get("type") != "transaction-response":
+        raise ReceiptInvalid(f"recipient {t.recipient} answered without a transaction-response")
+    if len(entries) != part.entries:
+        raise ReceiptInvalid(f"recipient {t.recipient} answered for {len(entries)} entries, "
+                             f"{part.entries} were sent")
+    bad = [s for s in statuses if not str(s).startswith("2")]
+    if bad:
+        raise ReceiptInvalid(f"recipient {t.recipient} did not store {len(bad)} entries")
+    return {"kind": "unsigned-acknowledgment", "signed": False, "status": "accepted",
+            "iss": organization, "bundle": f"urn:uuid:{part.bundle_id}", "sha256": part.sha256,
+            "size": part.size, "entries": len(entries),
+            "locations": [loc for loc in locations if isinstance(loc, str)][:1000],
+            "responseSha256": hashlib.sha256(part.answer.encode()).hexdigest()}
+

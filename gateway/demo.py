@@ -135,8 +135,13 @@ def run_demo(keep: bool = False, timeout: float = 60) -> dict:
     say = lambda msg: click.echo(f"demo: {msg}", err=True)  # noqa: E731
     sender_port, receiver_port = _free_port(), _free_port()
     drop = root / "drop"
-    receiver = _Gateway("receiver", root, receiver_port,
-                        {"mode": "receive", "organization": RECEIVER_ORG})
+    receiver = _Gateway("receiver", root, receiver_port, {
+        "mode": "receive", "organization": RECEIVER_ORG,
+        # the sending gateway it trusts: its keys, and where "opened" receipts go back
+        "senders": {SENDER_ORG: {"organization": SENDER_ORG,
+                                 "jwks_file": str(root / "sender-jwks.json"),
+                                 "base_url": f"http://127.0.0.1:{sender_port}",
+                                 "token_file": str(root / "receiver" / "sender-token")}}})
     sender = _Gateway("sender", root, sender_port, {
         "organization": SENDER_ORG,
         "sources": {"records-office": {"kind": "pdf-folder", "organization": SENDER_ORG,
@@ -155,6 +160,12 @@ def run_demo(keep: bool = False, timeout: float = 60) -> dict:
                            "--role", "recipient")
         operator_token = _cli(sender.env, "token", "create", "--name", "demo-operator",
                               "--role", "operator")
+        (root / "receiver" / "sender-token").write_text(
+            _cli(sender.env, "token", "create", "--name", RECEIVER_ORG, "--role", "peer"))
+        from .keys import SigningKeys
+
+        (root / "sender-jwks.json").write_text(json.dumps(
+            SigningKeys(sender.dir / "data" / "keys").jwks()))
 
         issuer_key = new_issuer_key("demo-esign-1")
         trust_file = root / "sender" / "data" / "trust" / "issuers.json"
@@ -207,15 +218,24 @@ def run_demo(keep: bool = False, timeout: float = 60) -> dict:
         stored = _api("GET", f"{receiver.url}/inbox/{inbox[0]['id']}/bundle", inbox_token)
         kinds: dict[str, int] = {}
         delivered = set()
+        generated = {d["content"][0]["attachment"]["url"] for d in (e["resource"] for e in stored["entry"])
+                     if d["resourceType"] == "DocumentReference"
+                     and d["type"]["coding"][0]["code"] in ("60591-5", "completeness-manifest")}
         for entry in stored["entry"]:
             rtype = entry["resource"]["resourceType"]
             kinds[rtype] = kinds.get(rtype, 0) + 1
-            if rtype == "Binary":
+            if rtype == "Binary" and entry["fullUrl"] not in generated:
                 delivered.add(hashlib.sha256(base64.b64decode(entry["resource"]["data"])).hexdigest())
         if delivered != set(expected):
             raise DemoFailed("the documents stored by the receiver differ from the PDFs sent")
         if inbox[0]["sha256"] != view["bundle"]["sha256"] != receipt["sha256"]:
             raise DemoFailed("bundle hashes differ between sender, receipt and receiver")
+        opened = _api("POST", f"{receiver.url}/inbox/{inbox[0]['id']}/opened", inbox_token)
+        if not opened["senderNotified"]:
+            raise DemoFailed("the sender did not take the signed 'opened' receipt")
+        view = _api("GET", f"{sender.url}/transfers/{transfer['id']}", operator_token)
+        say(f"the center opened the records; the sender holds the signed 'opened' receipt "
+            f"(by {view['bundles'][0]['opened']['openedBy']})")
         summary = {"transfer": view["id"], "state": view["state"], "bundle": view["bundle"],
                    "receiver_stored": {"id": inbox[0]["id"], "sha256": inbox[0]["sha256"],
                                        "entries": kinds},

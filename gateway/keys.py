@@ -13,12 +13,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from joserfc import jws
+from joserfc.jws import JWSRegistry
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet, OKPKey
+from joserfc.jwk import ECKey, KeySet, OKPKey
 
 from .errors import ConfigError, ReceiptInvalid
 
 ALG = "Ed25519"  # fully-specified EdDSA (RFC 9864)
+
+
+class _Registry(JWSRegistry):
+    # joserfc refuses payloads over 128 kB by default; a receipt lists a hash per entry
+    # (thousands for one patient) and a detached bundle signature covers the whole bundle
+    max_payload_length = 1 << 30
+
+
+REGISTRY = _Registry(algorithms=[ALG])
 
 
 def _write_private(path: Path, data: dict) -> None:
@@ -77,11 +87,38 @@ class SigningKeys:
         return jws.serialize_compact(header, payload, key, algorithms=[ALG])
 
 
+class ClientKeys:
+    """The gateway's SMART Backend Services client key (ES384, P-384), one JWK file in
+    `data_dir/keys/smart/`. Its public half is published beside the signing keys."""
+
+    def __init__(self, keys_dir: Path):
+        self.path = Path(keys_dir) / "smart" / "client.jwk"
+
+    def ensure(self) -> str:
+        if not self.path.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            kid = "smart-" + uuid.uuid4().hex[:12]
+            key = ECKey.generate_key("P-384", parameters={"kid": kid, "alg": "ES384", "use": "sig"})
+            _write_private(self.path, key.as_dict(private=True))
+        return self.kid()
+
+    def kid(self) -> str:
+        try:
+            return json.loads(self.path.read_text())["kid"]
+        except FileNotFoundError:
+            raise ConfigError(f"no SMART client key at {self.path} (run `records-gateway init`)") from None
+
+    def public_jwks(self) -> dict:
+        if not self.path.exists():
+            return {"keys": []}
+        return {"keys": [ECKey.import_key(json.loads(self.path.read_text())).as_dict(private=False)]}
+
+
 def verify_jws(token: str, jwks: dict, typ: str) -> dict:
     """Verify a compact JWS made by `SigningKeys.sign` against a trusted JWKS."""
     try:
         keyset = KeySet.import_key_set(jwks)
-        obj = jws.deserialize_compact(token, keyset, algorithms=[ALG])
+        obj = jws.deserialize_compact(token, keyset, registry=REGISTRY)
     except (JoseError, ValueError, TypeError) as exc:
         raise ReceiptInvalid(f"signature does not verify: {exc.__class__.__name__}") from None
     if obj.headers().get("typ") != typ:

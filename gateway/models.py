@@ -106,6 +106,9 @@ class TransferSource(Base):
     bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     total: Mapped[int | None] = mapped_column(Integer)  # expected items, when known
     error: Mapped[str | None] = mapped_column(Text)
+    # where the source says this pull started (its clock): the next pull of the same
+    # authorization from this source asks only for what changed since
+    cursor: Mapped[str | None] = mapped_column(String(64))
 
     transfer: Mapped[Transfer] = relationship(back_populates="sources")
 
@@ -144,6 +147,8 @@ class ApiToken(Base):
     name: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16))
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    # recipient tokens: the organization whose inbox it may read (None: any, other roles)
+    organization: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
 
@@ -164,12 +169,51 @@ class ReceivedBundle(Base):
     receipt_jws: Mapped[str] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     opened_at: Mapped[datetime | None]
+    # processing (claimed by a request until claimed_until) -> accepted
+    state: Mapped[str] = mapped_column(String(16), default="accepted")
+    claimed_until: Mapped[datetime | None]
+    recipient_org: Mapped[str | None] = mapped_column(String(255), index=True)  # whose inbox
+    sender_org: Mapped[str | None] = mapped_column(String(255))
+    submission_group: Mapped[str | None] = mapped_column(String(255))  # parts of one transfer
+    part: Mapped[int] = mapped_column(Integer, default=1)
+    parts: Mapped[int] = mapped_column(Integer, default=1)
+    response: Mapped[dict | None]  # the transaction-response, replayed as it was
+    opened_by: Mapped[str | None] = mapped_column(String(255))
+    opened_receipt_jws: Mapped[str | None] = mapped_column(Text)
+    opened_notified_at: Mapped[datetime | None]  # the sender has the "opened" receipt
 
     __table_args__ = (UniqueConstraint("sender", "idempotency_key"),)
 
 
+class TransferBundle(Base):
+    """One transaction Bundle of a transfer (a large transfer is split into parts), its
+    detached signature, and the receipt (or plain acknowledgment) the recipient gave."""
+
+    __tablename__ = "transfer_bundles"
+    __table_args__ = (UniqueConstraint("transfer_id", "part"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    transfer_id: Mapped[str] = mapped_column(ForeignKey("transfers.id", ondelete="CASCADE"), index=True)
+    part: Mapped[int] = mapped_column(Integer)  # 1..parts
+    parts: Mapped[int] = mapped_column(Integer)
+    bundle_id: Mapped[str] = mapped_column(String(64), unique=True)  # also the Idempotency-Key
+    blob_key: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    entries: Mapped[int] = mapped_column(Integer)
+    entry_hashes: Mapped[dict] = mapped_column(JSON, default=dict)  # fullUrl -> sha256
+    signature: Mapped[str] = mapped_column(Text)  # detached JWS (RFC 7515 appendix F)
+    # assembled -> delivered (answer stored) -> receipted (verified) | acknowledged (plain FHIR)
+    state: Mapped[str] = mapped_column(String(16), default="assembled")
+    answer: Mapped[str | None] = mapped_column(Text)  # receipt JWS, or the plain response JSON
+    receipt: Mapped[dict | None]  # verified receipt claims / acknowledgment summary
+    delivered_at: Mapped[datetime | None]
+    opened: Mapped[dict | None]  # verified "opened" receipt claims
+    opened_jws: Mapped[str | None] = mapped_column(Text)
+
+
 class AuditEvent(Base):
-    """Append-only log of everything that happened (see gateway/audit.py).
+    """Append-only log of everything that happened (see gateway/audit/).
 
     Written in the same database transaction as the state change it records.
     Never updated or deleted.
@@ -188,6 +232,48 @@ class AuditEvent(Base):
     authorization_id: Mapped[str | None] = mapped_column(String(64), index=True)
     patient_key: Mapped[str | None] = mapped_column(String(64), index=True)  # hashed, not PHI
     detail: Mapped[dict] = mapped_column(JSON, default=dict)  # ids, counts, sizes, hashes only
+    # SHA-256(0x00 || canonical bytes of the event), hex: the event's Merkle leaf
+    leaf_hash: Mapped[str] = mapped_column(String(64))
 
 
 Index("ix_audit_events_at", AuditEvent.at)
+
+
+class AuditLogHead(Base):
+    """One row (id=1): the log's size and the right edge of its Merkle tree.
+
+    Every append updates this row first, which serializes writers (a row lock on
+    PostgreSQL, the write lock on SQLite) so sequence numbers are gap-free and ordered.
+    """
+
+    __tablename__ = "audit_log_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    frontier: Mapped[list] = mapped_column(JSON, default=list)  # hex hashes of perfect subtrees
+    last_at: Mapped[datetime | None]
+
+
+class AuditTreeNode(Base):
+    """A complete subtree hash of the audit log's Merkle tree (level >= 1; leaves are on
+    audit_events). Immutable once written, so proofs read O(log n) rows."""
+
+    __tablename__ = "audit_tree_nodes"
+
+    level: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(String(64))  # hex, like leaf_hash and root_hash
+
+
+class AuditCheckpoint(Base):
+    """A signed checkpoint (tree size, root hash, time) of the audit log."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tree_size: Mapped[int] = mapped_column(BigInteger, unique=True)
+    root_hash: Mapped[str] = mapped_column(String(64))
+    timestamp_ms: Mapped[int] = mapped_column(BigInteger, unique=True)
+    origin: Mapped[str] = mapped_column(String(255))
+    key_id: Mapped[str] = mapped_column(String(255))
+    signature: Mapped[str] = mapped_column(Text)  # base64 Ed25519 over the checkpoint body

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from . import authorizations, transfers
 from .errors import GatewayError, NotFound
-from .models import Authorization, Item, Transfer
+from .models import Authorization, Item, Transfer, TransferBundle
 from .services import Services
 from .trust import TrustStore
 
@@ -74,6 +74,15 @@ def retry_transfer(svc: Services, transfer_id: str, actor: str, role: str | None
     return view
 
 
+def replay_transfer(svc: Services, transfer_id: str, actor: str, role: str | None = None) -> dict:
+    """Replay a dead-lettered delivery."""
+    with svc.db.session() as s:
+        t = transfers.replay(s, transfer_id, actor, role)
+        view = transfer_view(s, t)
+    transfers.enqueue(transfer_id, "delivering")
+    return view
+
+
 def cancel_transfer(svc: Services, transfer_id: str, reason: str, actor: str,
                     role: str | None = None) -> dict:
     with svc.db.session() as s:
@@ -117,6 +126,13 @@ def transfer_view(s, t: Transfer, items: bool = False) -> dict:
         "bundle": ({"id": t.bundle_id, "sha256": t.bundle_sha256, "size": t.bundle_size}
                    if t.bundle_id else None),
         "receipt": t.receipt,
+        "bundles": [{"part": b.part, "parts": b.parts, "id": b.bundle_id, "sha256": b.sha256,
+                     "size": b.size, "entries": b.entries, "state": b.state,
+                     "signedReceipt": b.state == "receipted",
+                     "receiptId": (b.receipt or {}).get("receipt_id"),
+                     "opened": b.opened}
+                    for b in s.scalars(select(TransferBundle).filter_by(transfer_id=t.id)
+                                       .order_by(TransferBundle.part))],
     }
     if items:
         view["itemList"] = [

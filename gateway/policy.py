@@ -6,7 +6,7 @@ connector narrows by.
 """
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 
 from connectors.base import PatientIdentifier, RecordQuery
 
@@ -34,6 +34,10 @@ def covers_recipient(auth: Authorization, peer: PeerConfig) -> None:
 
 
 def allows(auth: Authorization, data_class: str, clinical_date) -> bool:
+    """Whether a mapped resource may be released. Supporting resources (who and where)
+    carry no clinical facts and no clinical date: they go with the records that cite them."""
+    if data_class == "supporting":
+        return True
     return authorizations.allows(auth, data_class, clinical_date)
 
 
@@ -42,7 +46,8 @@ def patient_key(auth: Authorization) -> str | None:
     return audit.patient_key(ids[0]["system"], ids[0]["value"]) if ids else None
 
 
-def record_query(auth: Authorization, transfer_id: str, already_fetched: frozenset[str]) -> RecordQuery:
+def record_query(auth: Authorization, transfer_id: str, already_fetched: frozenset[str],
+                 since: datetime | None = None) -> RecordQuery:
     claims = auth.claims
     patient = claims["patient"]
     info = claims["information"]
@@ -57,4 +62,5 @@ def record_query(auth: Authorization, transfer_id: str, already_fetched: frozens
         date_to=date.fromisoformat(rng["end"]) if rng.get("end") else None,
         data_classes=frozenset(info["dataClasses"]),
         already_fetched=already_fetched,
+        since=since,
     )

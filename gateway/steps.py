@@ -13,16 +13,16 @@ import logging
 import time
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
 from connectors import connector_class
 from connectors.base import ConnectorError, RawRecord, RejectedRecord
 from mappings import MappingContext, MappingFailed, map_record
 
-from . import audit, bundles, delivery, policy
-from .errors import GatewayError, MappingError, ProviderUnavailable
-from .models import Item, Transfer, TransferSource, utcnow
+from . import audit, bundles, delivery, policy, receipts, sources
+from .errors import GatewayError, MappingError, ProviderUnavailable, ReceiptInvalid
+from .models import Item, Transfer, TransferBundle, TransferSource, utcnow
 from .services import Services
 from .transfers import renew_lease
 
@@ -85,7 +85,7 @@ def _pull_source(svc: Services, t: Transfer, name: str, owner: str) -> None:
         audit.record(s, "transfer.pull.started", actor="worker", transfer_id=t.id,
                      authorization_id=t.authorization_id, source=name, kind=cfg.kind,
                      already_fetched=len(done))
-    query = policy.record_query(auth, t.id, frozenset(done))
+    query = policy.record_query(auth, t.id, frozenset(done), since=_since(svc, t, name))
     workdir = svc.settings.work_dir / t.id / name
     lease = _Lease(svc, t.id, owner)
 
@@ -97,9 +97,13 @@ def _pull_source(svc: Services, t: Transfer, name: str, owner: str) -> None:
         lease.renew_if_due()
 
     try:
-        with connector_class(cfg.kind)(name, cfg.options, workdir, on_progress) as conn:
+        options = sources.connector_options(svc, cfg)
+        cursor = None
+        with connector_class(cfg.kind)(name, options, workdir, on_progress) as conn:
             for record in conn.fetch(query):
                 _store_record(svc, t, name, cfg.data_class, record)
+                started = getattr(record, "metadata", {}).get("pull_started")
+                cursor = started if started and (cursor is None or started < cursor) else cursor
                 lease.renew_if_due()
     except ConnectorError as exc:
         if exc.transient:
@@ -116,6 +120,7 @@ def _pull_source(svc: Services, t: Transfer, name: str, owner: str) -> None:
         items = s.scalars(select(Item).filter_by(transfer_id=t.id, source=name)
                           .order_by(Item.origin)).all()
         row.state = "done"
+        row.cursor = cursor or row.cursor
         row.items = len(items)
         row.bytes = sum(i.size for i in items)
         row.total = row.items
@@ -124,6 +129,23 @@ def _pull_source(svc: Services, t: Transfer, name: str, owner: str) -> None:
                      authorization_id=t.authorization_id, source=name, items=row.items,
                      bytes=row.bytes, rejected=sum(i.state == "failed" for i in items),
                      items_sha256=digest)
+
+
+def _since(svc: Services, t: Transfer, name: str):
+    """The cursor of the newest earlier complete pull of this authorization from this source."""
+    from datetime import datetime
+
+    with svc.db.session() as s:
+        cursor = s.scalars(
+            select(TransferSource.cursor).join(Transfer)
+            .where(Transfer.authorization_id == t.authorization_id, Transfer.id != t.id,
+                   Transfer.state == "completed", TransferSource.name == name,
+                   TransferSource.cursor.is_not(None))
+            .order_by(Transfer.completed_at.desc()).limit(1)).first()
+    try:
+        return datetime.fromisoformat(cursor) if cursor else None
+    except ValueError:
+        return None
 
 
 def _store_record(svc: Services, t: Transfer, source: str, data_class: str,
@@ -214,45 +236,104 @@ def _map_item(svc: Services, t: Transfer, item: Item, context: MappingContext, t
 
 def assembling(svc: Services, transfer_id: str, owner: str) -> str:
     t = _load(svc, transfer_id)
-    info = bundles.assemble(svc, t)
+    parts = bundles.assemble(svc, t)
+    signatures = []
+    for info in parts:  # a part is bounded by bundle_max_bytes: signed in memory
+        signatures.append(receipts.sign_bundle(svc.keys, svc.blobs.read_bytes(info.blob.key),
+                                               f"urn:uuid:{info.bundle_id}"))
     with svc.db.session() as s:
         row = s.get(Transfer, transfer_id)
-        old = row.bundle_blob
-        row.bundle_id, row.bundle_blob = info.bundle_id, info.blob.key
-        row.bundle_sha256, row.bundle_size = info.blob.sha256, info.blob.size
-        audit.record(s, "transfer.bundle.assembled", actor="worker", transfer_id=t.id,
-                     authorization_id=t.authorization_id, bundle_id=info.bundle_id,
-                     sha256=info.blob.sha256, size=info.blob.size, entries=info.entries)
-    if old and old != info.blob.key:
-        svc.blobs.delete(old)
+        old = [b.blob_key for b in s.scalars(select(TransferBundle).filter_by(transfer_id=t.id))]
+        s.execute(delete(TransferBundle).where(TransferBundle.transfer_id == t.id))
+        s.flush()
+        for info, signature in zip(parts, signatures):
+            s.add(TransferBundle(transfer_id=t.id, part=info.part, parts=info.parts,
+                                 bundle_id=info.bundle_id, blob_key=info.blob.key,
+                                 sha256=info.blob.sha256, size=info.blob.size, entries=info.entries,
+                                 entry_hashes=info.entry_hashes, signature=signature))
+            audit.record(s, "transfer.bundle.assembled", actor="worker", transfer_id=t.id,
+                         authorization_id=t.authorization_id, bundle_id=info.bundle_id,
+                         part=info.part, parts=info.parts, sha256=info.blob.sha256,
+                         size=info.blob.size, entries=info.entries)
+        first = parts[0]
+        row.bundle_id, row.bundle_blob = first.bundle_id, first.blob.key
+        row.bundle_sha256, row.bundle_size = first.blob.sha256, first.blob.size
+        row.receipt_jws, row.receipt = None, None
+    for key in set(old) - {p.blob.key for p in parts}:
+        svc.blobs.delete(key)
     return "delivering"
 
 
+def _parts(svc: Services, transfer_id: str) -> list[TransferBundle]:
+    with svc.db.session() as s:
+        return s.scalars(select(TransferBundle).filter_by(transfer_id=transfer_id)
+                         .order_by(TransferBundle.part)).all()
+
+
 def delivering(svc: Services, transfer_id: str, owner: str) -> str:
+    """Deliver every part not yet answered, in order; verify each answer at once."""
     t = _load(svc, transfer_id)
-    with svc.db.session() as s:
-        audit.record(s, "transfer.delivery.attempt", actor="worker", transfer_id=t.id,
-                     authorization_id=t.authorization_id, recipient=t.recipient,
-                     bundle_id=t.bundle_id, attempt=t.attempts + 1)
-    receipt_jws = delivery.deliver(svc, t)
-    with svc.db.session() as s:
-        row = s.get(Transfer, transfer_id)
-        row.receipt_jws = receipt_jws
-        audit.record(s, "transfer.delivery.sent", actor="worker", transfer_id=t.id,
-                     authorization_id=t.authorization_id, recipient=t.recipient,
-                     bundle_id=t.bundle_id, sha256=t.bundle_sha256)
+    lease = _Lease(svc, t.id, owner)
+    for part in _parts(svc, transfer_id):
+        if part.state != "assembled":
+            continue
+        lease.renew_if_due()
+        with svc.db.session() as s:
+            audit.record(s, "transfer.delivery.attempt", actor="worker", transfer_id=t.id,
+                         authorization_id=t.authorization_id, recipient=t.recipient,
+                         bundle_id=part.bundle_id, part=part.part, attempt=t.attempts + 1)
+        answer = delivery.deliver(svc, t, part)
+        with svc.db.session() as s:
+            row = s.get(TransferBundle, part.id)
+            row.answer, row.state, row.delivered_at = answer, "delivered", utcnow()
+            if part.part == 1:
+                s.get(Transfer, transfer_id).receipt_jws = answer
+            audit.record(s, "transfer.delivery.sent", actor="worker", transfer_id=t.id,
+                         authorization_id=t.authorization_id, recipient=t.recipient,
+                         bundle_id=part.bundle_id, part=part.part, sha256=part.sha256)
+        part.answer = answer
+        _verify_part(svc, t, part)
     return "awaiting_receipt"
+
+
+def _verify_part(svc: Services, t: Transfer, part: TransferBundle) -> dict:
+    try:
+        claims = delivery.check_answer(svc, t, part)
+    except ReceiptInvalid as exc:
+        # no proof: the part counts as not delivered; a retry asks again (the recipient
+        # answers a repeat with its original, untouched receipt)
+        with svc.db.session() as s:
+            s.get(TransferBundle, part.id).state = "assembled"
+            audit.record(s, "transfer.receipt.refused", actor="worker", transfer_id=t.id,
+                         authorization_id=t.authorization_id, outcome="failure",
+                         bundle_id=part.bundle_id, part=part.part, error=str(exc))
+        raise
+    kind = "acknowledged" if claims.get("kind") == "unsigned-acknowledgment" else "receipted"
+    with svc.db.session() as s:
+        row = s.get(TransferBundle, part.id)
+        row.receipt, row.state = claims, kind
+        audit.record(s, "transfer.receipt.verified" if kind == "receipted"
+                     else "transfer.receipt.acknowledged", actor="worker", transfer_id=t.id,
+                     authorization_id=t.authorization_id, bundle_id=part.bundle_id,
+                     part=part.part, receipt_id=claims.get("receipt_id"),
+                     receiver=claims.get("iss"), sha256=claims.get("sha256"),
+                     signed=kind == "receipted")
+    return claims
 
 
 def awaiting_receipt(svc: Services, transfer_id: str, owner: str) -> str:
     t = _load(svc, transfer_id)
-    claims = delivery.verify_receipt(svc, t)
+    parts = _parts(svc, transfer_id)
+    if any(part.state == "assembled" for part in parts):
+        return "delivering"  # resumed after a refused receipt: deliver again
+    for part in parts:
+        if part.state == "delivered":
+            part.receipt = _verify_part(svc, t, part)
     with svc.db.session() as s:
         row = s.get(Transfer, transfer_id)
-        row.receipt = claims
-        audit.record(s, "transfer.receipt.verified", actor="worker", transfer_id=t.id,
-                     authorization_id=t.authorization_id, receipt_id=claims.get("receipt_id"),
-                     receiver=claims.get("iss"), sha256=claims.get("sha256"))
+        parts = s.scalars(select(TransferBundle).filter_by(transfer_id=transfer_id)
+                          .order_by(TransferBundle.part)).all()
+        row.receipt = dict(parts[0].receipt, parts=len(parts)) if parts else None
         row.reason = None
     return "completed"
 

@@ -22,18 +22,22 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(session: Session, name: str, role: str, actor: str) -> tuple[ApiToken, str]:
-    """Make a token; the plain value is returned once and never stored."""
+def create_token(session: Session, name: str, role: str, actor: str,
+                 organization: str | None = None) -> tuple[ApiToken, str]:
+    """Make a token; the plain value is returned once and never stored. A recipient
+    token is scoped to one center's `organization` (its inbox only)."""
     if role not in ROLES:
         raise InvalidInput(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
     if not name or len(name) > 255:
         raise InvalidInput("a token needs a name of 1-255 characters")
     plain = PREFIX + secrets.token_urlsafe(32)
-    row = ApiToken(name=name, role=role, token_sha256=_digest(plain))
+    if organization is not None and (not organization or len(organization) > 255):
+        raise InvalidInput("an organization scope needs 1-255 characters")
+    row = ApiToken(name=name, role=role, token_sha256=_digest(plain), organization=organization)
     session.add(row)
     session.flush()
     audit.record(session, "admin.token.created", actor=actor, role="admin", token_id=row.id,
-                 token_role=role)
+                 token_role=role, organization=organization)
     return row, plain
 
 

@@ -2,6 +2,7 @@
 
     pending -> pulling -> mapping -> assembling -> delivering -> awaiting_receipt -> completed
                                   (any step) -> failed | cancelled
+    delivering / awaiting_receipt, retries exhausted -> dead_letter -> (replay) delivering
 
 Each task takes a transfer id and the state it expects, claims the transfer with a
 lease (a duplicate message, or the reconciler's re-enqueue, then finds it claimed or
@@ -32,7 +33,9 @@ log = logging.getLogger(__name__)
 ORDER = ["pending", "pulling", "mapping", "assembling", "delivering", "awaiting_receipt",
          "completed"]
 TERMINAL = {"completed", "failed", "cancelled"}
-STATES = ORDER + ["failed", "cancelled"]
+PARKED = {"dead_letter"}  # not terminal (can be replayed or cancelled), but nothing runs
+STATES = ORDER + ["failed", "cancelled", "dead_letter"]
+DELIVERY_STEPS = {"delivering", "awaiting_receipt"}
 
 
 def percent(transfer: Transfer, items_total: int = 0, items_mapped: int = 0) -> int:
@@ -134,6 +137,21 @@ def retry(session: Session, transfer_id: str, actor: str, role: str | None = Non
     audit.record(session, "transfer.retried", actor=actor, role=role, transfer_id=t.id,
                  authorization_id=t.authorization_id, resume_at=resume,
                  skipped_items=len(failed_items) if skip_failed_items else 0)
+    return t
+
+
+def replay(session: Session, transfer_id: str, actor: str, role: str | None = None) -> Transfer:
+    """Send a dead-lettered delivery again (the bundles are kept; the recipient's
+    idempotency makes a repeat harmless); caller enqueues after commit."""
+    t = _get(session, transfer_id)
+    if t.state != "dead_letter":
+        raise Conflict(f"only a dead-lettered transfer can be replayed; {transfer_id} is {t.state}")
+    policy.check_active(t.authorization)
+    last = t.reason
+    t.state, t.reason, t.attempts, t.next_attempt_at = "delivering", None, 0, None
+    t.lease_owner = t.lease_until = None
+    audit.record(session, "transfer.replayed", actor=actor, role=role, transfer_id=t.id,
+                 authorization_id=t.authorization_id, last_error=(last or "")[:300])
     return t
 
 
@@ -264,6 +282,14 @@ def _failed_step(svc: Services, transfer_id: str, state: str, exc: Exception, *,
             audit.record(s, "transfer.step.retry", actor=actor, transfer_id=t.id,
                          authorization_id=t.authorization_id, outcome="failure", step=state,
                          attempt=t.attempts, error=message, delay_s=round(delay, 2))
+        elif transient and state in DELIVERY_STEPS:
+            delay = None
+            t.state, t.reason = "dead_letter", f"{state}: gave up after {t.attempts} attempts: {message}"
+            t.lease_owner = t.lease_until = None
+            audit.record(s, "transfer.dead_letter", actor=actor, transfer_id=t.id,
+                         authorization_id=t.authorization_id, outcome="failure", step=state,
+                         attempts=t.attempts, error=message)
+            return "dead_letter"
         else:
             delay = None
             _finish(s, t, "failed", f"{state}: {message}", actor, None)
@@ -293,7 +319,7 @@ def reconcile_now(svc: Services, send=None) -> int:
     quiet = now - timedelta(seconds=svc.settings.reconcile_interval_s)
     with svc.db.session() as s:
         stuck = s.execute(select(Transfer.id, Transfer.state).where(
-            Transfer.state.not_in(TERMINAL),
+            Transfer.state.not_in(TERMINAL | PARKED),
             or_(Transfer.lease_until.is_(None), Transfer.lease_until < now),
             or_(Transfer.next_attempt_at.is_(None), Transfer.next_attempt_at <= now),
             Transfer.updated_at < quiet)).all()

@@ -15,6 +15,10 @@ DATA_CLASSES = frozenset({
     "notes", "labs", "imaging", "pathology", "radiology", "medications", "allergies",
     "conditions", "procedures", "immunizations", "encounters", "vitals", "care-plans",
     "documents", "demographics",
+    # who and where (Practitioner, Organization, Location, Provenance): released with the
+    # records that reference them, whatever the classes and dates (see gateway/policy.py)
+    "supporting",
+    "billing",  # Claim, ExplanationOfBenefit, Coverage: only "all" (or "billing") covers them
 })
 
 
@@ -48,6 +52,9 @@ MAPPINGS = {
     "pdf": "mappings.pdf_document:map_pdf",
     "dicom": "mappings.dicom_study:map_instance",
     "dicom-study": "mappings.dicom_study:map_study",
+    "fax": "mappings.fax_document:map_fax",
+    "fhir-json": "mappings.fhir_r4:map_fhir_json",
+    "fhir-attachment": "mappings.fhir_r4:map_fhir_attachment",
 }
 
 

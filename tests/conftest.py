@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import create_engine, text
 
 from gateway.authorizations import example_claims, new_issuer_key, sign_authorization
 from gateway.blobstore import new_master_key
 from gateway.trust import trust_document
 
-from tests.helpers import (ISSUER, PG_ADMIN, RECEIVER_ORG, SENDER_ORG, GatewayProcess, bearer,
-                           free_port, make_token)
+from tests.helpers import (ISSUER, RECEIVER_ORG, SENDER_ORG, GatewayProcess, bearer, free_port,
+                           make_token, throwaway_database)
 
 
 @pytest.fixture
@@ -65,14 +64,22 @@ def drop_dir(tmp_path) -> Path:
 
 
 @pytest.fixture
-def claims_for(receiver_url, drop_dir):
+def fax_dir(tmp_path) -> Path:
+    path = tmp_path / "fax-in"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def claims_for(receiver_url, drop_dir, fax_dir):
     """Build authorization claims covering the test source and recipient."""
 
     def build(jti: str | None = None, **kw):
         return example_claims(
             ISSUER, jti or f"auth-{uuid.uuid4().hex[:12]}",
             disclosers=[{"id": SENDER_ORG, "name": "Test Hospital",
-                         "endpoints": [{"type": "pdf-folder", "address": str(drop_dir)}]}],
+                         "endpoints": [{"type": "pdf-folder", "address": str(drop_dir)},
+                                       {"type": "fax", "address": str(fax_dir)}]}],
             recipient={"id": RECEIVER_ORG, "name": "Test Center",
                        "endpoint": {"type": "gateway", "address": receiver_url}}, **kw)
 
@@ -80,20 +87,26 @@ def claims_for(receiver_url, drop_dir):
 
 
 @pytest.fixture
-def sender_config(tmp_path, trust_file, receiver_url, drop_dir) -> dict:
+def sender_config(tmp_path, trust_file, receiver_url, drop_dir, fax_dir) -> dict:
     data = tmp_path / "sender"
     data.mkdir()
     (data / "peer-token").write_text("not-yet-issued")
+    (tmp_path / "fax-store").mkdir()
     return {
         "data_dir": str(data), "blob_key": new_master_key(), "trust_file": str(trust_file),
         "organization": SENDER_ORG, "port": free_port(),
         "sources": {"records": {"kind": "pdf-folder", "organization": SENDER_ORG,
                                 "endpoint": str(drop_dir), "data_class": "notes",
-                                "options": {"path": str(drop_dir)}}},
+                                "options": {"path": str(drop_dir)}},
+                    "fax": {"kind": "fax-drop", "organization": SENDER_ORG, "endpoint": str(fax_dir),
+                            "options": {"drop": str(fax_dir), "store": str(tmp_path / "fax-store"),
+                                        "settle_seconds": 0, "file_settle_seconds": 0.3,
+                                        "return_fax": "+1 555 0100"}}},
         "peers": {"center": {"base_url": receiver_url, "organization": RECEIVER_ORG,
                              "token_file": str(data / "peer-token")}},
         "retry": {"base_delay_s": 0.2, "max_delay_s": 1.0, "max_attempts": 1000},
-        "step_lease_s": 5, "reconcile_interval_s": 1,
+        "step_lease_s": 5, "reconcile_interval_s": 1, "checkpoint_interval_s": 1,
+        "fax_scan_interval_s": 0.5,
     }
 
 
@@ -103,15 +116,23 @@ def receiver_config(tmp_path, receiver_url) -> dict:
     data.mkdir()
     return {"data_dir": str(data), "blob_key": new_master_key(), "organization": RECEIVER_ORG,
             "mode": "receive", "port": int(receiver_url.rsplit(":", 1)[1]),
-            "base_url": receiver_url}
+            "base_url": receiver_url,
+            # the sending gateway's public keys, written by the `app` fixture
+            "senders": {"test-hospital": {"organization": SENDER_ORG,
+                                          "jwks_file": str(tmp_path / "sender-jwks.json")}}}
 
 
 @pytest.fixture
 def app(sender_config):
     from gateway import create_app
 
+    from gateway.faxes import ensure_cover_key
+
     app = create_app(sender_config)
     app.extensions["gateway"].keys.ensure()
+    ensure_cover_key(app.extensions["gateway"].settings.keys_dir)
+    Path(sender_config["data_dir"]).parent.joinpath("sender-jwks.json").write_text(
+        json.dumps(app.extensions["gateway"].keys.jwks()))
     yield app
     app.extensions["gateway"].close()
 
@@ -140,13 +161,7 @@ def operator(app) -> dict:
 @pytest.fixture
 def pg_url():
     """A throwaway PostgreSQL database, dropped afterwards."""
-    name = f"gw_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with throwaway_database() as url:
+        yield url
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -53,8 +54,10 @@ class GatewayProcess:
 
     def start(self, *args: str) -> "GatewayProcess":
         self.log = open(self.log_path, "ab")
+        # its own process group: stopping it also stops its pool and beat children
         self.proc = subprocess.Popen([sys.executable, "-m", "gateway", *args], env=self.env,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+                                     stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
         return self
 
     def wait_http(self, timeout: float = 30) -> "GatewayProcess":
@@ -70,21 +73,30 @@ class GatewayProcess:
         wait_until(up, timeout, what=f"{self.name} to answer /health")
         return self
 
+    def _signal_group(self, sig) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)  # the group id is the PID we started
+        except ProcessLookupError:
+            pass
+
     def kill(self, sig=signal.SIGKILL) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
+        """Kill it and its children at once (a crash: nothing gets to clean up)."""
+        if self.proc:
+            self._signal_group(sig)
             self.proc.wait(15)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self._signal_group(signal.SIGTERM)
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        if self.proc:
-            self.log.close()
+                pass
+        self._signal_group(signal.SIGKILL)  # whatever of the group is left
+        self.proc.wait()
+        self.log.close()
 
 
 def make_token(app, role: str, name: str | None = None) -> str:
@@ -117,3 +129,39 @@ def write_pdfs(folder: Path, count: int = 3, patient: dict | None = None) -> dic
         out[hashlib.sha256(path.read_bytes()).hexdigest()] = path.name
     staging.rename(folder)
     return out
+
+
+@contextlib.contextmanager
+def throwaway_database(prefix: str = "gw_test"):
+    """Create a PostgreSQL database on the test server; yield its URL; drop it."""
+    from sqlalchemy import create_engine, text
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        admin.dispose()
+        raise AssertionError(f"PostgreSQL is not reachable at {PG_ADMIN} (tests/run.sh starts it): "
+                             f"{type(exc).__name__}") from None
+    try:
+        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+GENERATED = {"60591-5", "completeness-manifest"}  # the patient summary PDF and the manifest
+
+
+def record_binaries(bundle: dict) -> list[dict]:
+    """The Binary resources of the records in a bundle (not the summary PDF or the
+    manifest the sender adds)."""
+    resources = [e["resource"] for e in bundle["entry"]]
+    generated = {d["content"][0]["attachment"]["url"] for d in resources
+                 if d["resourceType"] == "DocumentReference"
+                 and d["type"]["coding"][0]["code"] in GENERATED}
+    return [e["resource"] for e in bundle["entry"]
+            if e["resource"]["resourceType"] == "Binary" and e["fullUrl"] not in generated]

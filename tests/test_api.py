@@ -171,3 +171,10 @@ def test_transfer_created_queued_and_listed(app, client, operator, claims_for, s
     assert cancelled.get_json()["state"] == "cancelled"
     _outcome(client.post(f"/transfers/{view['id']}/cancel", headers=operator), 409)
     _outcome(client.post(f"/transfers/{view['id']}/retry", headers=operator), 409)
+
+
+def test_dashboard_page_carries_no_data(client):
+    r = client.get("/dashboard")
+    assert r.status_code == 200 and r.mimetype == "text/html"
+    assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
+    assert b"transfers?limit=100" in r.data and b"sessionStorage" in r.data

@@ -88,7 +88,10 @@ def test_errors_are_one_line(runner, args, message):
 
 
 def test_bad_setting_in_a_real_process_is_one_line(tmp_path):
-    env = {"GATEWAY_PORT": "eighty", "PATH": "/usr/bin:/bin"}
+    import os
+
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")},
+           "GATEWAY_PORT": "eighty"}
     done = subprocess.run([sys.executable, "-m", "gateway", "transfer", "list"], env=env,
                           capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert done.returncode == 1

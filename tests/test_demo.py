@@ -15,6 +15,9 @@ def test_demo_runs_a_whole_transfer(tmp_path):
     assert summary["documents_verified"] == ["lab-report.pdf", "pathology-report.pdf",
                                              "progress-note.pdf"]
     assert summary["receiver_stored"]["sha256"] == summary["bundle"]["sha256"]
-    assert summary["receiver_stored"]["entries"]["Binary"] == 3
+    # the three PDFs, the patient summary PDF and the completeness manifest
+    assert summary["receiver_stored"]["entries"]["Binary"] == 5
+    assert summary["receiver_stored"]["entries"]["Composition"] == 1
+    assert "signed 'opened' receipt" in done.stderr
     assert "receipt verified" in done.stderr
     assert not list(tmp_path.iterdir())  # it cleans up after itself

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from gateway.models import AuditEvent, Item
 
-from tests.helpers import wait_until, write_pdfs
+from tests.helpers import GENERATED, record_binaries, wait_until, write_pdfs
 
 TERMINAL = {"completed", "failed", "cancelled"}
 
@@ -74,7 +74,7 @@ class Stack:
     def view(self, transfer_id: str) -> dict:
         return self.client.get(f"/transfers/{transfer_id}", headers=self.operator).get_json()
 
-    def wait_state(self, transfer_id: str, states, timeout: float = 60) -> dict:
+    def wait_state(self, transfer_id: str, states, timeout: float = 120) -> dict:
         states = {states} if isinstance(states, str) else set(states)
         return wait_until(lambda: (v := self.view(transfer_id))["state"] in states and v,
                           timeout, 0.2, f"transfer to reach {states}")
@@ -99,8 +99,8 @@ def stack(app, client, operator, processes, sender_config, receiver_config, tmp_
 
 
 def binaries(bundle: dict) -> set[str]:
-    return {hashlib.sha256(base64.b64decode(e["resource"]["data"])).hexdigest()
-            for e in bundle["entry"] if e["resource"]["resourceType"] == "Binary"}
+    """sha256 of the records' Binaries (not the summary PDF or manifest the sender adds)."""
+    return {hashlib.sha256(base64.b64decode(b["data"])).hexdigest() for b in record_binaries(bundle)}
 
 
 def test_pdfs_reach_the_receiver_with_a_verified_receipt(stack, claims_for, sign, drop_dir):
@@ -121,9 +121,11 @@ def test_pdfs_reach_the_receiver_with_a_verified_receipt(stack, claims_for, sign
     assert bundle["type"] == "transaction"
     assert binaries(bundle) == set(sent)
     kinds = sorted(e["resource"]["resourceType"] for e in bundle["entry"])
-    assert kinds == sorted(["Patient", "Consent", "List", "Provenance"] + ["DocumentReference"] * 3
-                           + ["Binary"] * 3)
-    docs = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "DocumentReference"]
+    # + the patient summary (Composition, and as a PDF) and the completeness manifest
+    assert kinds == sorted(["Patient", "Consent", "List", "Provenance", "Composition"]
+                           + ["DocumentReference"] * 5 + ["Binary"] * 5)
+    docs = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "DocumentReference"
+            and e["resource"]["type"]["coding"][0]["code"] not in GENERATED]
     assert {d["content"][0]["attachment"]["size"] for d in docs} == {
         len(p.read_bytes()) for p in (drop_dir / tid).iterdir()}
     # the log tells the whole story, in order
@@ -131,6 +133,16 @@ def test_pdfs_reach_the_receiver_with_a_verified_receipt(stack, claims_for, sign
             [e.type for e in stack.events("transfer.receipt.verified")]
     assert types == ["transfer.pull.finished", "transfer.receipt.verified"]
     assert stack.events("transfer.pull.finished")[0].detail["items"] == 3
+    # the worker's beat signs checkpoints of the log with the gateway's key
+    from gateway.audit.checkpoints import latest_checkpoint
+    svc = stack.app.extensions["gateway"]
+
+    def checkpoint():
+        with svc.db.session() as s:
+            return latest_checkpoint(s)
+
+    cp = wait_until(checkpoint, 30, 0.2, "a periodic audit checkpoint")
+    assert cp["key_id"] == svc.keys.current().kid and cp["tree_size"] > 0
 
 
 def test_recipient_down_and_worker_killed_still_delivers_once(stack, claims_for, sign, drop_dir):
@@ -142,7 +154,7 @@ def test_recipient_down_and_worker_killed_still_delivers_once(stack, claims_for,
     stack.worker.kill()  # SIGKILL: whatever it held in memory is gone
     stack.start_receiver()
     stack.worker = stack.start_worker()  # the reconciler re-enqueues the lost step
-    view = stack.wait_state(tid, TERMINAL, timeout=90)
+    view = stack.wait_state(tid, TERMINAL, timeout=180)
     assert view["state"] == "completed", view["reason"]
     assert len(stack.inbox()) == 1
     assert len(stack.events("transfer.delivery.sent")) == 1
@@ -206,7 +218,8 @@ def test_records_outside_the_authorization_are_not_delivered(stack, claims_for, 
     [received] = stack.inbox()
     bundle = stack.received_bundle(received["id"])
     assert binaries(bundle) == set()
-    assert not [e for e in bundle["entry"] if e["resource"]["resourceType"] == "DocumentReference"]
+    assert not [e for e in bundle["entry"] if e["resource"]["resourceType"] == "DocumentReference"
+                and e["resource"]["type"]["coding"][0]["code"] not in GENERATED]
 
 
 @pytest.mark.redis
@@ -231,7 +244,7 @@ def test_redis_broker_postgres_state_and_a_killed_worker(app, client, operator, 
     stack.worker.kill()
     stack.start_receiver()
     stack.worker = stack.start_worker()
-    view = stack.wait_state(tid, TERMINAL, timeout=90)
+    view = stack.wait_state(tid, TERMINAL, timeout=180)
     assert view["state"] == "completed", view["reason"]
     [received] = stack.inbox()
     assert binaries(stack.received_bundle(received["id"])) == set(sent)

@@ -27,12 +27,18 @@ def operation_outcome(status: int, message: str, code: str | None = None):
 
 
 def register(app: Flask, mode: str) -> None:
-    from . import authorizations, inbox, meta, transfers, receive
+    from . import audit, authorizations, faxes, inbox, meta, receipts, receive, transfers
 
     app.register_blueprint(meta.bp)
+    app.register_blueprint(audit.bp)
     if mode in ("send", "both"):
+        from ..web import bp as dashboard
+
+        app.register_blueprint(dashboard)
         app.register_blueprint(authorizations.bp)
+        app.register_blueprint(faxes.bp)
         app.register_blueprint(transfers.bp)
+        app.register_blueprint(receipts.bp)
     if mode in ("receive", "both"):
         app.register_blueprint(receive.bp)
         app.register_blueprint(inbox.bp)

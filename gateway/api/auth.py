@@ -29,6 +29,7 @@ def require(*roles: str):
             if token.role not in roles:
                 raise Forbidden(f"role {token.role!r} may not do this; needs {' or '.join(roles)}")
             g.actor, g.role = token.name, token.role
+            g.organization = token.organization
             return view(*args, **kwargs)
 
         wrapper.roles = roles  # read by the OpenAPI document

@@ -1,5 +1,14 @@
-"""Receive mode: the second-opinion center's inbox of received bundles."""
+"""Receive mode: a second-opinion center's inbox of received bundles.
+
+Recipient role only. Each center sees its own: a recipient token is scoped to an
+organization (`token create --organization`, default this gateway's own), and only
+bundles whose Consent names that organization as the recipient are listed or served.
+Opening a bundle signs an "opened" receipt and sends it back to the sender.
+"""
 from __future__ import annotations
+
+import base64
+import json
 
 from flask import Blueprint, Response, g, jsonify
 from sqlalchemy import select
@@ -7,24 +16,49 @@ from sqlalchemy import select
 from .. import audit
 from ..errors import NotFound
 from ..models import ReceivedBundle
+from ..opened import mark_opened
 from .auth import require, svc
 
 bp = Blueprint("inbox", __name__, url_prefix="/inbox")
 
 
+def _org() -> str:
+    return g.organization or svc().settings.organization
+
+
 def _view(row: ReceivedBundle) -> dict:
-    return {"id": row.id, "sender": row.sender, "bundle": row.bundle_identifier,
+    return {"id": row.id, "sender": row.sender, "senderOrganization": row.sender_org,
+            "recipient": row.recipient_org, "bundle": row.bundle_identifier,
+            "submissionGroup": row.submission_group, "part": row.part, "parts": row.parts,
             "sha256": row.sha256, "size": row.size, "entries": row.entries,
             "receivedAt": row.received_at.isoformat(),
-            "openedAt": row.opened_at.isoformat() if row.opened_at else None}
+            "openedAt": row.opened_at.isoformat() if row.opened_at else None,
+            "openedBy": row.opened_by,
+            "senderNotified": row.opened_notified_at is not None}
+
+
+def _row(s, received_id: str, action: str) -> ReceivedBundle:
+    row = s.get(ReceivedBundle, received_id)
+    if row is None or row.state != "accepted" or row.recipient_org != _org():
+        raise NotFound(f"no received bundle {received_id}")
+    audit.record(s, f"api.read.{action}", actor=g.actor, role=g.role,
+                 bundle=row.bundle_identifier, received_id=row.id)
+    return row
+
+
+def _load(received_id: str, action: str) -> dict:
+    with svc().db.session() as s:
+        key = _row(s, received_id, action).blob_key
+    return json.loads(svc().blobs.read_bytes(key))
 
 
 @bp.get("")
-@require("recipient", "admin")
+@require("recipient")
 def index():
     with svc().db.session() as s:
-        rows = s.scalars(select(ReceivedBundle).order_by(ReceivedBundle.received_at.desc())
-                         .limit(500)).all()
+        rows = s.scalars(select(ReceivedBundle).where(
+            ReceivedBundle.state == "accepted", ReceivedBundle.recipient_org == _org())
+            .order_by(ReceivedBundle.received_at.desc()).limit(500)).all()
         return jsonify({"received": [_view(r) for r in rows]})
 
 
@@ -32,10 +66,81 @@ def index():
 @require("recipient")
 def bundle(received_id: str):
     with svc().db.session() as s:
-        row = s.get(ReceivedBundle, received_id)
-        if row is None:
-            raise NotFound(f"no received bundle {received_id}")
-        audit.record(s, "api.read.received_bundle", actor=g.actor, role=g.role,
-                     bundle=row.bundle_identifier, received_id=row.id)
-        key = row.blob_key
+        key = _row(s, received_id, "received_bundle").blob_key
     return Response(svc().blobs.chunks(key), mimetype="application/fhir+json")
+
+
+@bp.get("/<received_id>/documents")
+@require("recipient")
+def documents(received_id: str):
+    data = _load(received_id, "received_documents")
+    docs = []
+    for entry in data.get("entry", []):
+        res = entry["resource"]
+        if res.get("resourceType") != "DocumentReference":
+            continue
+        att = (res.get("content") or [{}])[0].get("attachment", {})
+        docs.append({"fullUrl": entry["fullUrl"], "date": res.get("date"),
+                     "type": ((res.get("type") or {}).get("coding") or [{}])[0].get("display"),
+                     "description": res.get("description"), "contentType": att.get("contentType"),
+                     "size": att.get("size"), "title": att.get("title"),
+                     "sha256": next((i.get("value") for i in res.get("identifier") or []
+                                     if i.get("system") == "urn:records-gateway:sha256"), None),
+                     "content": f"/inbox/{received_id}/documents/{entry['fullUrl'].rsplit(':', 1)[-1]}"})
+    return jsonify({"documents": docs})
+
+
+@bp.get("/<received_id>/documents/<doc_id>")
+@require("recipient")
+def document_content(received_id: str, doc_id: str):
+    data = _load(received_id, "received_document")
+    entries = {e["fullUrl"]: e["resource"] for e in data.get("entry", [])}
+    doc = entries.get(f"urn:uuid:{doc_id}")
+    if doc is None or doc.get("resourceType") != "DocumentReference":
+        raise NotFound(f"no document {doc_id} in {received_id}")
+    att = doc["content"][0]["attachment"]
+    binary = entries.get(att.get("url", ""))
+    if binary is None or binary.get("resourceType") != "Binary":
+        raise NotFound(f"document {doc_id} has no content in this bundle")
+    return Response(base64.b64decode(binary["data"]), mimetype=binary["contentType"])
+
+
+@bp.get("/<received_id>/studies")
+@require("recipient")
+def studies(received_id: str):
+    data = _load(received_id, "received_studies")
+    out = []
+    for entry in data.get("entry", []):
+        res = entry["resource"]
+        if res.get("resourceType") == "ImagingStudy":
+            uid = next((i.get("value") for i in res.get("identifier") or []
+                        if i.get("system") == "urn:dicom:uid"), None)
+            out.append({"fullUrl": entry["fullUrl"], "studyInstanceUid": uid,
+                        "started": res.get("started"), "description": res.get("description"),
+                        "modalities": [m.get("code") for m in res.get("modality") or []],
+                        "series": res.get("numberOfSeries"), "instances": res.get("numberOfInstances")})
+    return jsonify({"studies": out})
+
+
+@bp.post("/<received_id>/reply")
+@require("recipient")
+def reply(received_id: str):
+    """The return path: send the center's written opinion back to the sender, signed;
+    answers with the sender's verified receipt."""
+    from ..replies import send_reply
+    from .auth import json_body
+
+    body = json_body()
+    resource = body.get("resource", body)
+    with svc().db.session() as s:
+        row = _row(s, received_id, "received_reply")
+    return jsonify(send_reply(svc(), row, resource, g.actor))
+
+
+@bp.post("/<received_id>/opened")
+@require("recipient")
+def opened(received_id: str):
+    with svc().db.session() as s:
+        _row(s, received_id, "received_opened")
+    row = mark_opened(svc(), received_id, g.actor)
+    return jsonify(_view(row))

@@ -19,7 +19,10 @@ def health():
 
 @bp.get("/.well-known/jwks.json")
 def jwks():
-    response = jsonify(svc().keys.jwks())
+    from ..keys import ClientKeys
+
+    keys = svc().keys.jwks()["keys"] + ClientKeys(svc().settings.keys_dir).public_jwks()["keys"]
+    response = jsonify({"keys": keys})
     response.headers["Cache-Control"] = "public, max-age=300"
     return response
 

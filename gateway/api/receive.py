@@ -1,13 +1,31 @@
-"""Receive mode: POST /fhir takes a transaction Bundle from a peer gateway."""
+"""Receive mode: POST /fhir takes a signed transaction Bundle from a trusted peer gateway."""
 from __future__ import annotations
 
 from flask import Blueprint, g, jsonify, request
 
-from ..errors import InvalidInput, PayloadTooLarge
-from ..receive import accept_bundle, response_bundle
+from .. import receive
+from ..errors import GatewayError, InvalidInput, PayloadTooLarge
+from ..receipts import SIGNATURE_HEADER
+from . import operation_outcome
 from .auth import require, svc
 
 bp = Blueprint("receive", __name__)
+
+
+def _answer(row, replayed: bool):
+    response = jsonify(receive.response_bundle(row))
+    response.mimetype = "application/fhir+json"
+    response.status_code = 200
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _body() -> bytes:
+    body = request.get_data(cache=False)
+    if len(body) != request.content_length:
+        raise InvalidInput("the body is shorter than its Content-Length")
+    return body
 
 
 @bp.post("/fhir")
@@ -20,15 +38,24 @@ def transaction():
         raise PayloadTooLarge(f"bundle is larger than the {limit} byte limit")
     if request.mimetype not in ("application/fhir+json", "application/json"):
         raise InvalidInput("Content-Type must be application/fhir+json")
-    body = request.get_data(cache=False)
-    with svc().db.session() as s:
-        row, created = accept_bundle(svc(), s, sender=g.actor,
-                                     idempotency_key=request.headers.get("Idempotency-Key", ""),
-                                     body=body)
-        reply = response_bundle(row)
-    response = jsonify(reply)
-    response.mimetype = "application/fhir+json"
-    response.status_code = 200
-    if not created:
-        response.headers["Idempotent-Replayed"] = "true"
-    return response
+    key = request.headers.get("Idempotency-Key", "")
+    receive.check_key(key)
+    done = receive.claim(svc(), g.actor, key)
+    if done is not None:
+        return _answer(receive.replay(done, _body()), True)
+    try:
+        row = receive.accept(svc(), sender=g.actor, key=key, body=_body(),
+                             signature=request.headers.get(SIGNATURE_HEADER, ""))
+    except GatewayError as exc:
+        receive.release(svc(), g.actor, key)
+        receive.record_refusal(svc(), g.actor, key, str(exc))
+        if exc.transient or exc.http_status >= 500:
+            raise
+        response = operation_outcome(exc.http_status, exc.message, exc.code)
+        response.headers[receive.REJECTION_HEADER] = receive.rejection_receipt(
+            svc(), sender=g.actor, key=key, status=exc.http_status, message=exc.message)
+        return response
+    except BaseException:  # the sender went away mid-body, or a fault: nothing stored
+        receive.release(svc(), g.actor, key)
+        raise
+    return _answer(row, False)

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from flask import Blueprint, g, jsonify, request
 
+from .. import audit
 from ..errors import InvalidInput
 from ..operations import (cancel_transfer, create_transfer, get_transfer, list_transfers,
-                          retry_transfer)
+                          replay_transfer, retry_transfer)
 from ..transfers import STATES
 from .auth import json_body, require, svc
 
@@ -42,7 +43,12 @@ def index():
 @bp.get("/<transfer_id>")
 @require("operator", "admin", "auditor")
 def show(transfer_id: str):
-    return jsonify(get_transfer(svc(), transfer_id))
+    view = get_transfer(svc(), transfer_id)
+    # the item list names records (file names can carry patient data): an audited read
+    with svc().db.session() as s:
+        audit.record(s, "api.read.transfer", actor=g.actor, role=g.role, transfer_id=transfer_id,
+                     authorization_id=view["authorization"])
+    return jsonify(view)
 
 
 @bp.post("/<transfer_id>/retry")
@@ -53,6 +59,12 @@ def retry(transfer_id: str):
     if not isinstance(skip, bool):
         raise InvalidInput("'skip_failed_items' must be true or false")
     return jsonify(retry_transfer(svc(), transfer_id, g.actor, g.role, skip_failed_items=skip))
+
+
+@bp.post("/<transfer_id>/replay")
+@require("operator", "admin")
+def replay(transfer_id: str):
+    return jsonify(replay_transfer(svc(), transfer_id, g.actor, g.role))
 
 
 @bp.post("/<transfer_id>/cancel")

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 13:09:58.435725
+Create Date: 2026-11-22 14:34:11.011566
 """
 from alembic import op
 import sqlalchemy as sa
@@ -22,10 +22,23 @@ def upgrade():
     sa.Column('name', sa.String(length=255), nullable=False),
     sa.Column('role', sa.String(length=16), nullable=False),
     sa.Column('token_sha256', sa.String(length=64), nullable=False),
+    sa.Column('organization', sa.String(length=255), nullable=True),
     sa.Column('created_at', gateway.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('revoked_at', gateway.models.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('token_sha256')
+    )
+    op.create_table('audit_checkpoints',
+    sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('tree_size', sa.BigInteger(), nullable=False),
+    sa.Column('root_hash', sa.String(length=64), nullable=False),
+    sa.Column('timestamp_ms', sa.BigInteger(), nullable=False),
+    sa.Column('origin', sa.String(length=255), nullable=False),
+    sa.Column('key_id', sa.String(length=255), nullable=False),
+    sa.Column('signature', sa.Text(), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('timestamp_ms'),
+    sa.UniqueConstraint('tree_size')
     )
     op.create_table('audit_events',
     sa.Column('seq', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
@@ -38,6 +51,7 @@ def upgrade():
     sa.Column('authorization_id', sa.String(length=64), nullable=True),
     sa.Column('patient_key', sa.String(length=64), nullable=True),
     sa.Column('detail', sa.JSON(), nullable=False),
+    sa.Column('leaf_hash', sa.String(length=64), nullable=False),
     sa.PrimaryKeyConstraint('seq')
     )
     with op.batch_alter_table('audit_events', schema=None) as batch_op:
@@ -47,6 +61,19 @@ def upgrade():
         batch_op.create_index(batch_op.f('ix_audit_events_transfer_id'), ['transfer_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_audit_events_type'), ['type'], unique=False)
 
+    op.create_table('audit_log_head',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('size', sa.BigInteger(), nullable=False),
+    sa.Column('frontier', sa.JSON(), nullable=False),
+    sa.Column('last_at', gateway.models.UTCDateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('id')
+    )
+    op.create_table('audit_tree_nodes',
+    sa.Column('level', sa.Integer(), autoincrement=False, nullable=False),
+    sa.Column('idx', sa.BigInteger(), autoincrement=False, nullable=False),
+    sa.Column('hash', sa.String(length=64), nullable=False),
+    sa.PrimaryKeyConstraint('level', 'idx')
+    )
     op.create_table('authorizations',
     sa.Column('id', sa.String(length=64), nullable=False),
     sa.Column('issuer', sa.String(length=255), nullable=False),
@@ -77,9 +104,23 @@ def upgrade():
     sa.Column('receipt_jws', sa.Text(), nullable=False),
     sa.Column('received_at', gateway.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('opened_at', gateway.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('state', sa.String(length=16), nullable=False),
+    sa.Column('claimed_until', gateway.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('recipient_org', sa.String(length=255), nullable=True),
+    sa.Column('sender_org', sa.String(length=255), nullable=True),
+    sa.Column('submission_group', sa.String(length=255), nullable=True),
+    sa.Column('part', sa.Integer(), nullable=False),
+    sa.Column('parts', sa.Integer(), nullable=False),
+    sa.Column('response', sa.JSON(), nullable=True),
+    sa.Column('opened_by', sa.String(length=255), nullable=True),
+    sa.Column('opened_receipt_jws', sa.Text(), nullable=True),
+    sa.Column('opened_notified_at', gateway.models.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('sender', 'idempotency_key')
     )
+    with op.batch_alter_table('received_bundles', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_received_bundles_recipient_org'), ['recipient_org'], unique=False)
+
     op.create_table('transfers',
     sa.Column('id', sa.String(length=32), nullable=False),
     sa.Column('authorization_id', sa.String(length=64), nullable=False),
@@ -130,6 +171,32 @@ def upgrade():
     with op.batch_alter_table('items', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_items_transfer_id'), ['transfer_id'], unique=False)
 
+    op.create_table('transfer_bundles',
+    sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('transfer_id', sa.String(length=32), nullable=False),
+    sa.Column('part', sa.Integer(), nullable=False),
+    sa.Column('parts', sa.Integer(), nullable=False),
+    sa.Column('bundle_id', sa.String(length=64), nullable=False),
+    sa.Column('blob_key', sa.String(length=64), nullable=False),
+    sa.Column('sha256', sa.String(length=64), nullable=False),
+    sa.Column('size', sa.BigInteger(), nullable=False),
+    sa.Column('entries', sa.Integer(), nullable=False),
+    sa.Column('entry_hashes', sa.JSON(), nullable=False),
+    sa.Column('signature', sa.Text(), nullable=False),
+    sa.Column('state', sa.String(length=16), nullable=False),
+    sa.Column('answer', sa.Text(), nullable=True),
+    sa.Column('receipt', sa.JSON(), nullable=True),
+    sa.Column('delivered_at', gateway.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('opened', sa.JSON(), nullable=True),
+    sa.Column('opened_jws', sa.Text(), nullable=True),
+    sa.ForeignKeyConstraint(['transfer_id'], ['transfers.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('bundle_id'),
+    sa.UniqueConstraint('transfer_id', 'part')
+    )
+    with op.batch_alter_table('transfer_bundles', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_transfer_bundles_transfer_id'), ['transfer_id'], unique=False)
+
     op.create_table('transfer_sources',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('transfer_id', sa.String(length=32), nullable=False),
@@ -140,6 +207,7 @@ def upgrade():
     sa.Column('bytes', sa.BigInteger(), nullable=False),
     sa.Column('total', sa.Integer(), nullable=True),
     sa.Column('error', sa.Text(), nullable=True),
+    sa.Column('cursor', sa.String(length=64), nullable=True),
     sa.ForeignKeyConstraint(['transfer_id'], ['transfers.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('transfer_id', 'name')
@@ -150,6 +218,10 @@ def upgrade():
 def downgrade():
     # ### commands auto generated by Alembic - please adjust! ###
     op.drop_table('transfer_sources')
+    with op.batch_alter_table('transfer_bundles', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_transfer_bundles_transfer_id'))
+
+    op.drop_table('transfer_bundles')
     with op.batch_alter_table('items', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_items_transfer_id'))
 
@@ -158,8 +230,13 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_transfers_state'))
 
     op.drop_table('transfers')
+    with op.batch_alter_table('received_bundles', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_received_bundles_recipient_org'))
+
     op.drop_table('received_bundles')
     op.drop_table('authorizations')
+    op.drop_table('audit_tree_nodes')
+    op.drop_table('audit_log_head')
     with op.batch_alter_table('audit_events', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_audit_events_type'))
         batch_op.drop_index(batch_op.f('ix_audit_events_transfer_id'))
@@ -168,5 +245,6 @@ def downgrade():
         batch_op.drop_index('ix_audit_events_at')
 
     op.drop_table('audit_events')
+    op.drop_table('audit_checkpoints')
     op.drop_table('api_tokens')
     # ### end Alembic commands ###

