@@ -8,6 +8,8 @@ from .base import Connector
 
 CONNECTORS = {
     "pdf-folder": "connectors.pdf_folder:PdfFolderConnector",
+    "dicom": "connectors.dicom.connector:DicomConnector",
+    "dicomweb": "connectors.dicom.connector:DicomWebConnector",
     "fax-drop": "connectors.fax_drop:FaxDropConnector",
     "fhir-rest": "connectors.fhir_rest:FhirRestConnector",
 }

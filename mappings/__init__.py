@@ -50,6 +50,8 @@ class MappingContext:
 
 MAPPINGS = {
     "pdf": "mappings.pdf_document:map_pdf",
+    "dicom": "mappings.dicom_study:map_instance",
+    "dicom-study": "mappings.dicom_study:map_study",
     "fax": "mappings.fax_document:map_fax",
     "fhir-json": "mappings.fhir_r4:map_fhir_json",
     "fhir-attachment": "mappings.fhir_r4:map_fhir_attachment",

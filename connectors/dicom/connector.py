@@ -1,0 +1,453 @@
+"""The imaging connectors: find the authorized studies, retrieve them complete, yield them.
+
+Kinds (connectors/__init__.py):
+- "dicom": a PACS over DIMSE (C-FIND, then C-MOVE to our Storage SCP or C-GET), or over
+  DICOMweb when it offers it (`dicomweb_url`): `retrieve = auto` picks WADO-RS when a
+  DICOMweb URL is configured, else C-MOVE when a Storage SCP is configured, else C-GET;
+  `retrieve = move | get | wado` forces one.
+- "dicomweb": a DICOMweb-only source (QIDO-RS + WADO-RS).
+
+For each study: find it by the authorization's patient identifiers (narrowed by its date
+range and configured modalities, re-checked locally), list its series with their
+announced instance counts, retrieve series by series over `parallel` associations or
+requests, then compare what arrived with what was announced and with the PACS's final
+sub-operation counts. Shortfalls are named instance by instance (an instance-level query)
+and retried alone, `retries` times. Then it yields one "dicom" record per instance and,
+once the study is complete, a "dicom-study" manifest for the ImagingStudy mapping; if a
+study stays incomplete, `fetch` ends by raising `StudyIncomplete`, naming what is
+missing, and a later pull with `already_fetched` retrieves only that.
+
+Options: host, port, ae_title (the PACS), calling_aet (ours), scp_port / scp_host /
+scp_aet (our Storage SCP; its AE title defaults to calling_aet), dicomweb_url,
+dicomweb_headers, retrieve, parallel (2), retries (2), patient_id_systems, modalities,
+stall_timeout (900 s), start_timeout (120 s), sink (a callable, see
+connectors.dicom.intake), spool, intake_workers (4).
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from pathlib import Path
+from typing import Iterator
+
+from ..base import (Connector, Progress, RawRecord, RecordQuery, RejectedRecord,
+                    SourceRejected, SourceUnavailable)
+from .intake import FolderSink, Retrieval
+from .qr import (IMAGE_KEYS, SERIES_KEYS, STUDY_KEYS, DimsePeer, QueryRetrieveSCU,
+                 RetrieveStatus)
+from .scp import StorageSCP
+from .study import (InstanceInfo, SeriesPlan, StudyIncomplete, StudyOutcome, StudyPlan,
+                    date_range, in_range, instance_record, judge, manifest_record,
+                    parse_already, rejected_record, wants_imaging)
+from .uids import clean_uid
+from .web import DicomWebClient
+
+LOGGER = logging.getLogger(__name__)
+
+_WILDCARDS = set("*?\\")
+
+# One Storage SCP per (AE title, host, port) in this process, shared by every transfer.
+_scps: dict[tuple, list] = {}
+_scps_lock = threading.Lock()
+
+
+def acquire_scp(ae_title: str, port: int, host: str = "0.0.0.0") -> StorageSCP:
+    with _scps_lock:
+        entry = _scps.get((ae_title, host, port))
+        if entry is None:
+            entry = _scps[(ae_title, host, port)] = [StorageSCP(ae_title, port, host).start(), 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def release_scp(scp: StorageSCP) -> None:
+    with _scps_lock:
+        for key, entry in list(_scps.items()):
+            if entry[0] is scp:
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    scp.stop()
+                    del _scps[key]
+                return
+
+
+def _text(value) -> str:
+    return "" if value is None else str(value)
+
+
+class _DimseBackend:
+    def __init__(self, options: dict):
+        self.scu = QueryRetrieveSCU(
+            DimsePeer(options["host"], int(options["port"]), options["ae_title"],
+                      options.get("calling_aet", "GATEWAY")),
+            stall_timeout=float(options.get("stall_timeout", 900)),
+            start_timeout=float(options.get("start_timeout", 120)))
+
+        self.options = options
+        method = options.get("retrieve", "auto")
+        self.method = "move" if method == "auto" and options.get("scp_port") is not None \
+            else ("get" if method == "auto" else method)
+        self.scp = None
+        self.move_dest = options.get("scp_aet") or options.get("calling_aet", "GATEWAY")
+        if self.method == "move":
+            if options.get("scp_port") is None:
+                raise SourceRejected("retrieve = move needs scp_port (our Storage SCP)")
+            try:
+                self.scp = acquire_scp(self.move_dest, int(options["scp_port"]),
+                                       options.get("scp_host", "0.0.0.0"))
+            except OSError as exc:  # e.g. another worker process holds the port
+                raise SourceUnavailable(f"cannot listen for C-MOVE on port "
+                                        f"{options['scp_port']}: {exc.strerror}") from None
+        self.uid_lists = True  # does the PACS accept UID lists in C-MOVE/C-GET?
+
+    def close(self):
+        if self.scp is not None:
+            release_scp(self.scp)
+            self.scp = None
+
+    def echo(self):
+        self.scu.echo()
+
+    def studies(self, match):
+        return self.scu.find("STUDY", match, STUDY_KEYS)
+
+    def series(self, study):
+        return self.scu.find("SERIES", {"StudyInstanceUID": study}, SERIES_KEYS)
+
+    def instances(self, study, series):
+        return self.scu.find("IMAGE", {"StudyInstanceUID": study, "SeriesInstanceUID": series},
+                             IMAGE_KEYS)
+
+    def _one(self, level, study, series, sops, retrieval, plan) -> RetrieveStatus:
+        ident = self.scu._identifier(level, study, series, sops)
+        if self.method == "get":
+            return self.scu.get(ident, retrieval, plan.sop_classes or None)
+        with self.scp.expect(retrieval, self.scu.peer.ae_title, studies=[study]) as move_id:
+            return self.scu.move(ident, self.move_dest, move_id, retrieval)
+
+    def retrieve(self, unit, retrieval, plan) -> int:
+        level, series, sops = unit
+        if level == "study":
+            status = self._one("STUDY", plan.uid, None, None, retrieval, plan)
+        elif level == "series":
+            status = self._one("SERIES", plan.uid, series, None, retrieval, plan)
+        else:
+            status = None
+            if self.uid_lists or len(sops) == 1:
+                status = self._one("IMAGE", plan.uid, series, sops, retrieval, plan)
+                if len(sops) > 1 and not status.ok and status.completed == 0:
+                    self.uid_lists = False  # retry one instance at a time
+                    status = None
+            if status is None:
+                failed = 0
+                for sop in sops:
+                    s = self._one("IMAGE", plan.uid, series, [sop], retrieval, plan)
+                    failed += s.failed + (0 if s.ok else 1)
+                return failed
+        if status.status is None:
+            LOGGER.warning("retrieve of %s %s: %s", level, series or plan.uid, status.reason)
+        return status.failed
+
+
+class _WebBackend:
+    def __init__(self, options: dict):
+        self.client = DicomWebClient(options["dicomweb_url"],
+                                     headers=options.get("dicomweb_headers"),
+                                     auth=options.get("dicomweb_auth"),
+                                     verify=options.get("verify", True),
+                                     timeout=float(options.get("timeout", 60)))
+
+    def close(self):
+        self.client.session.close()
+
+    def echo(self):
+        self.client.echo()
+
+    def studies(self, match):
+        return self.client.search_studies(match)
+
+    def series(self, study):
+        return self.client.search_series(study)
+
+    def instances(self, study, series):
+        return self.client.search_instances(study, series)
+
+    def retrieve(self, unit, retrieval, plan) -> int:
+        """WADO-RS one unit; a 404 (gone since the query) counts as failed, not fatal."""
+        level, series, sops = unit
+        targets = [(plan.uid, None, None)] if level == "study" else \
+            [(plan.uid, series, None)] if level == "series" else \
+            [(plan.uid, series, sop) for sop in sops]
+        failed = 0
+        for study, series_uid, sop in targets:
+            try:
+                self.client.retrieve(retrieval, study, series_uid, sop)
+            except SourceRejected as exc:
+                if getattr(exc, "status", None) != 404:
+                    raise
+                failed += 1
+        return failed
+
+
+class ImagingConnector(Connector):
+    """Shared study-by-study retrieve; `_backend()` picks the protocol."""
+
+    name = "dicom"
+    transient_errors = (SourceUnavailable,)
+
+    def __init__(self, source, options, workdir, progress=None):
+        super().__init__(source, options, workdir, progress)
+        self.retries = int(options.get("retries", 2))
+        self.parallel = max(1, int(options.get("parallel", 2)))
+        self.sink = options.get("sink") or FolderSink(self.workdir / "dicom")
+        self.spool = Path(options.get("spool") or self.workdir / "spool")
+        self.outcomes: list[StudyOutcome] = []
+        self.backend = self._backend()
+
+    def _backend(self):
+        use_web = self.options.get("dicomweb_url") and self.options.get(
+            "retrieve", "auto") in ("auto", "wado")
+        return _WebBackend(self.options) if use_web else _DimseBackend(self.options)
+
+    def endpoint(self) -> dict:
+        if isinstance(self.backend, _WebBackend):
+            return {"type": "dicom-wado-rs", "address": self.backend.client.base}
+        peer = self.backend.scu.peer
+        return {"type": "dicom-c-move" if self.backend.method == "move" else "dicom-c-get",
+                "address": f"dicom://{peer.ae_title}@{peer.host}:{peer.port}"}
+
+    def check(self) -> None:
+        self.backend.echo()
+
+    def close(self) -> None:
+        self.backend.close()
+
+    # -- find ------------------------------------------------------------------------------
+    def _patient_ids(self, query: RecordQuery) -> list[str]:
+        systems = self.options.get("patient_id_systems")
+        ids = []
+        for ident in query.identifiers:
+            if systems and ident.system not in systems:
+                continue
+            if not ident.value or len(ident.value) > 64 or _WILDCARDS & set(ident.value):
+                LOGGER.warning("patient identifier of system %s not usable as PatientID",
+                               ident.system)
+                continue
+            ids.append(ident.value)
+        if not ids:
+            raise SourceRejected("no patient identifier usable as a DICOM PatientID")
+        return list(dict.fromkeys(ids))
+
+    def find_studies(self, query: RecordQuery) -> list[StudyPlan]:
+        ids = self._patient_ids(query)
+        modalities = [m.upper() for m in self.options.get("modalities") or []]
+        found: dict[str, StudyPlan] = {}
+        for pid in ids:
+            match = {"PatientID": pid}
+            if date_range(query):
+                match["StudyDate"] = date_range(query)
+            if modalities:
+                match["ModalitiesInStudy"] = modalities if len(modalities) > 1 else modalities[0]
+            for row in self.backend.studies(match):
+                uid = clean_uid(row.get("StudyInstanceUID"))
+                if uid is None or uid in found:
+                    continue
+                if _text(row.get("PatientID")) != pid:
+                    continue  # the PACS matched more loosely than asked
+                birth = _text(row.get("PatientBirthDate"))
+                if query.birth_date and birth and birth != query.birth_date.strftime("%Y%m%d"):
+                    LOGGER.warning("study skipped: PatientID matches, birth date differs")
+                    continue
+                if not in_range(_text(row.get("StudyDate")), query):
+                    continue
+                in_study = row.get("ModalitiesInStudy") or []
+                in_study = [in_study] if isinstance(in_study, str) else in_study
+                if modalities and in_study and not set(modalities) & set(in_study):
+                    continue
+                classes = row.get("SOPClassesInStudy") or []
+                found[uid] = StudyPlan(
+                    uid, patient_id=pid, patient_name=_text(row.get("PatientName")),
+                    birth_date=birth, date=_text(row.get("StudyDate")),
+                    time=_text(row.get("StudyTime")),
+                    accession=_text(row.get("AccessionNumber")),
+                    description=_text(row.get("StudyDescription")),
+                    referrer=_text(row.get("ReferringPhysicianName")),
+                    study_id=_text(row.get("StudyID")), modalities=list(in_study),
+                    sop_classes=[c for c in ([classes] if isinstance(classes, str)
+                                             else classes) if clean_uid(c)],
+                    expected=row.get("NumberOfStudyRelatedInstances"))
+        return sorted(found.values(), key=lambda p: (p.date, p.uid))
+
+    def plan_series(self, plan: StudyPlan) -> None:
+        for row in self.backend.series(plan.uid):
+            uid = clean_uid(row.get("SeriesInstanceUID"))
+            if uid is None:
+                continue
+            plan.series[uid] = SeriesPlan(
+                uid, modality=_text(row.get("Modality")), number=row.get("SeriesNumber"),
+                description=_text(row.get("SeriesDescription")),
+                body_part=_text(row.get("BodyPartExamined")),
+                laterality=_text(row.get("Laterality")),
+                started=_text(row.get("SeriesDate")) + _text(row.get("SeriesTime")),
+                expected=row.get("NumberOfSeriesRelatedInstances"))
+
+    def list_instances(self, plan: StudyPlan, series: SeriesPlan) -> None:
+        series.instances = {}
+        for row in self.backend.instances(plan.uid, series.uid):
+            uid = clean_uid(row.get("SOPInstanceUID"))
+            if uid is not None:
+                series.instances[uid] = InstanceInfo(
+                    uid, _text(row.get("SOPClassUID")), row.get("InstanceNumber"),
+                    row.get("NumberOfFrames"))
+
+    # -- retrieve ----------------------------------------------------------------------------
+    def _run_units(self, units, retrieval: Retrieval, plan: StudyPlan) -> int:
+        """Retrieve `units` over up to `parallel` workers; returns failed sub-operations."""
+        work: queue.Queue = queue.Queue()
+        for unit in units:
+            work.put(unit)
+        failed = [0]
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+
+        def worker():
+            while True:
+                try:
+                    unit = work.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    n = self.backend.retrieve(unit, retrieval, plan)
+                    with lock:
+                        failed[0] += n
+                except BaseException as exc:  # noqa: BLE001 - re-raised below
+                    errors.append(exc)
+
+        threads = [threading.Thread(target=worker, name="dicom-retrieve", daemon=True)
+                   for _ in range(min(self.parallel, len(units)))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        retrieval.wait_settled()
+        rejected = [e for e in errors if isinstance(e, SourceRejected)]
+        if rejected:
+            raise rejected[0]
+        if errors and not retrieval.received:
+            raise errors[0]
+        for e in errors:
+            LOGGER.warning("retrieve unit failed: %s", e)
+        return failed[0]
+
+    def _units_for(self, plan: StudyPlan, already: dict[str, set[str]]) -> list:
+        if not plan.series:
+            return [("study", None, None)]
+        units = []
+        for s in sorted(plan.series.values(), key=lambda s: -(s.expected or 0)):
+            have = already.get(s.uid, set())
+            if not have:
+                units.append(("series", s.uid, None))
+            elif s.expected is None or len(have) < s.expected:
+                self.list_instances(plan, s)
+                missing = sorted(set(s.instances) - have)
+                if missing:
+                    units.append(("image", s.uid, missing))
+        if len(units) == 1 and units[0][0] == "series" and self.parallel > 1:
+            s = plan.series[units[0][1]]
+            if (s.expected or 0) >= 8 * self.parallel:
+                # one big series: split it by instance so it, too, goes in parallel
+                self.list_instances(plan, s)
+                sops = sorted(s.instances)
+                units = [("image", s.uid, sops[i::self.parallel])
+                         for i in range(self.parallel)]
+        return units
+
+    def _report(self, retrieval: Retrieval, total: int | None):
+        def on_received(item):
+            n = len(retrieval.received)
+            if n == 1 or n % 25 == 0 or (total and n == total):
+                self.progress(Progress(done=n, total=total, bytes=retrieval.bytes,
+                                       message="receiving instances"))
+        return on_received
+
+    def retrieve_study(self, plan: StudyPlan, query: RecordQuery,
+                       already: dict[str, set[str]]) -> Iterator[RawRecord | RejectedRecord]:
+        self.spool.mkdir(parents=True, exist_ok=True)
+        retrieval = Retrieval(query.transfer_id, self.sink, studies=frozenset({plan.uid}),
+                              patient_ids=frozenset({plan.patient_id}) if plan.patient_id
+                              else frozenset(), spool=self.spool,
+                              workers=int(self.options.get("intake_workers", 4)))
+        retrieval.on_received = self._report(retrieval, plan.expected)
+        try:
+            yield from self._retrieve(plan, already, retrieval)
+        finally:
+            retrieval.close()
+
+    def _retrieve(self, plan, already, retrieval):
+        self.plan_series(plan)
+        failed = self._run_units(self._units_for(plan, already), retrieval, plan)
+        outcome = judge(plan, retrieval, already, failed)
+        for attempt in range(self.retries + 1):
+            if outcome.complete:
+                break
+            for suid in outcome.missing_unnamed:
+                if suid and suid in plan.series:
+                    self.list_instances(plan, plan.series[suid])
+            outcome = judge(plan, retrieval, already, failed)
+            if outcome.complete or attempt == self.retries:
+                break
+            by_series: dict[str, list[str]] = {}
+            missing = set(outcome.missing)
+            for s in plan.series.values():
+                for sop in sorted(set(s.instances or ()) & missing):
+                    by_series.setdefault(s.uid, []).append(sop)
+            if not by_series:
+                break
+            LOGGER.info("study retrieve incomplete: retrying %d instances", len(missing))
+            failed += self._run_units([("image", suid, sops) for suid, sops in
+                                       by_series.items()], retrieval, plan)
+            outcome = judge(plan, retrieval, already, failed)
+        self.outcomes.append(outcome)
+        received = list(retrieval.received.values())
+        for item in received:
+            yield instance_record(self.source, item)
+        for error in list(retrieval.errors.values()):
+            if error.permanent:
+                yield rejected_record(self.source, error)
+        if outcome.complete:
+            for s in plan.series.values():
+                if already.get(s.uid) and s.instances is None:
+                    self.list_instances(plan, s)  # earlier runs' instances, for the manifest
+            yield manifest_record(self.source, self.workdir / "manifests", plan, received,
+                                  outcome, self.endpoint())
+
+    def fetch(self, query: RecordQuery) -> Iterator[RawRecord | RejectedRecord]:
+        if not wants_imaging(query):
+            return
+        self.outcomes = []
+        already = parse_already(query.already_fetched)
+        for plan in self.find_studies(query):
+            if plan.uid in query.already_fetched:
+                continue  # its manifest was produced: complete in an earlier run
+            yield from self.retrieve_study(plan, query, already.get(plan.uid, {}))
+        incomplete = [o for o in self.outcomes if not o.complete]
+        if incomplete:
+            raise StudyIncomplete(incomplete)
+
+
+class DicomConnector(ImagingConnector):
+    """A PACS over DIMSE, or over DICOMweb where configured (see module docs)."""
+
+    name = "dicom"
+
+
+class DicomWebConnector(ImagingConnector):
+    """A DICOMweb-only source: QIDO-RS to find, WADO-RS to retrieve."""
+
+    name = "dicomweb"
+
+    def _backend(self):
+        if not self.options.get("dicomweb_url"):
+            raise SourceRejected("a dicomweb source needs dicomweb_url")
+        return _WebBackend(self.options)
