@@ -15,7 +15,7 @@ from .config import PeerConfig, SourceConfig
 from .models import Authorization
 
 # connector kind -> endpoint type in authorizations
-ENDPOINT_TYPE = {"pdf-folder": "pdf-folder", "fhir-rest": "fhir", "dicom-dimse": "dicom",
+ENDPOINT_TYPE = {"pdf-folder": "pdf-folder", "fhir-rest": "fhir", "dicom": "dicom",
                  "dicomweb": "dicom", "fax-drop": "fax"}
 
 
