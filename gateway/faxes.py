@@ -27,6 +27,7 @@ from .config import SourceConfig
 from .errors import Conflict, InvalidInput, NotFound
 from .models import Transfer, TransferSource
 from .services import Services
+from .transfers import TERMINAL
 from .sources import connector_options
 
 log = logging.getLogger(__name__)
@@ -83,19 +84,25 @@ def open_transfers(svc: Services, source: str) -> list[TransferDescriptor]:
     with svc.db.session() as s:
         rows = s.scalars(select(Transfer).join(TransferSource).where(
             TransferSource.name == source, TransferSource.state != "done",
-            Transfer.state.not_in(("completed", "failed", "cancelled")))).all()
+            Transfer.state.not_in(TERMINAL))).all()
         return [_descriptor(t) for t in rows]
+
+
+def _transfer_from(s, transfer_id: str, source: str) -> Transfer:
+    """The transfer, which must pull from this fax source."""
+    t = s.get(Transfer, transfer_id)
+    if t is None:
+        raise NotFound(f"no transfer {transfer_id}")
+    if source not in {src.name for src in t.sources}:
+        raise InvalidInput(f"transfer {transfer_id} does not pull from {source!r}")
+    return t
 
 
 def cover_sheet(svc: Services, transfer_id: str, source: str | None, actor: str,
                 role: str | None = None) -> bytes:
     name, cfg = _source(svc, source)
     with svc.db.session() as s:
-        t = s.get(Transfer, transfer_id)
-        if t is None:
-            raise NotFound(f"no transfer {transfer_id}")
-        if name not in {src.name for src in t.sources}:
-            raise InvalidInput(f"transfer {transfer_id} does not pull from {name!r}")
+        t = _transfer_from(s, transfer_id, name)
         d = _descriptor(t)
         audit.record(s, "fax.cover_sheet", actor=actor, role=role, transfer_id=t.id,
                      authorization_id=t.authorization_id, source=name)
@@ -184,13 +191,9 @@ def assign(svc: Services, source: str | None, fax_id: str, transfer_id: str, act
 
     name, queue = review_queue(svc, source)
     with svc.db.session() as s:
-        t = s.get(Transfer, transfer_id)
-        if t is None:
-            raise NotFound(f"no transfer {transfer_id}")
-        if t.state in ("completed", "failed", "cancelled"):
+        t = _transfer_from(s, transfer_id, name)
+        if t.state in TERMINAL:
             raise Conflict(f"transfer {transfer_id} is {t.state}; a fax can join only an open transfer")
-        if name not in {src.name for src in t.sources}:
-            raise InvalidInput(f"transfer {transfer_id} does not pull from {name!r}")
         try:
             queue.assign(fax_id, transfer_id, by=actor)
         except ReviewError as exc:

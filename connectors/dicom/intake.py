@@ -26,6 +26,8 @@ or `abort()` runs in an intake worker.
 """
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import os
 import shutil
@@ -220,19 +222,7 @@ class Retrieval:
         """`take()` the file in a worker thread (after `begin()`). Blocks while
         `max_waiting` files already wait, so a slow sink slows the sender down instead
         of filling the disk."""
-        self._slots.acquire()
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="dicom-intake")
-            pool = self._pool
-
-        def run():
-            try:
-                self.take(path, **kwargs)
-            finally:
-                self._slots.release()
-
-        pool.submit(run)
+        self.submit_call(functools.partial(self.take, path, **kwargs))
 
     def submit_call(self, fn, *args) -> None:
         """Run `fn(*args)` in an intake worker (bounded like `submit`)."""
