@@ -6,8 +6,10 @@ other clinical resources (ImagingStudy for DICOM studies) and a Provenance per s
 the first bundle also carries a patient-summary Composition (sections per data class),
 the same summary as a PDF DocumentReference, and the completeness manifest.
 
-- Resources reached from two places (the same bytes, or the same business identifier)
-  go once; the Provenance of every source that had them lists them.
+- Resources reached from two places (the same bytes, the same business identifier, or
+  the same document in other bytes, e.g. a report and its fax copy: see
+  bundle/same_document.py) go once; the Provenance of every source that had them lists
+  them.
 - Entries are ordered by clinical date.
 - A transfer larger than `bundle_max_bytes` is split into several bundles, each its own
   transaction and Idempotency-Key, grouped by one submission-group identifier.
@@ -32,6 +34,7 @@ from sqlalchemy import select
 
 from .blobstore import BlobInfo
 from .bundle import manifest as manifest_mod
+from .bundle import same_document
 from .bundle import summary as summary_mod
 from .models import Item, Transfer
 from .services import Services
@@ -155,8 +158,11 @@ def _collect(svc: Services, t: Transfer, shape: _Shape) -> tuple[list[_Unit], di
     units: dict[str, _Unit] = {}
     places: dict[str, list[tuple[str, str]]] = {}  # fullUrl -> [(source, origin)]
     aliases: dict[str, str] = {}  # reference -> the entry that stands for it
+    by_identifier: dict[str, str] = {}  # "Type|system|value" -> fullUrl of a FHIR resource
+    copies = _document_copies(items)  # item id -> id of the item holding the original
+    document_url: dict[int, str] = {}  # item id -> fullUrl of the entry carrying its bytes
     for item in items:
-        if item.state != "mapped":
+        if item.state != "mapped" or item.id in copies:
             continue
         for mapped in json.loads(svc.blobs.read_bytes(item.resources_blob)):
             resource = mapped["resource"]
@@ -170,9 +176,17 @@ def _collect(svc: Services, t: Transfer, shape: _Shape) -> tuple[list[_Unit], di
                 # urn:uuid:<id> (mappings/fhir_r4.py): keep those ids as fullUrls
                 key = f"fhir:{resource['id']}"
                 full_url = f"urn:uuid:{resource['id']}"
+                # the same lab from two servers has two ids but one business identifier:
+                # the first stands for both, and references to the other follow it
+                first = _first_with_identifier(by_identifier, resource, full_url)
+                if first != full_url:
+                    aliases[full_url] = first
+                    full_url = first
             else:
                 key = _dedup_key(resource, item, mapped["carries_record_bytes"])
                 full_url = urn(t.id, "resource", key)
+            if mapped["carries_record_bytes"]:
+                document_url.setdefault(item.id, full_url)
             places.setdefault(full_url, [])
             if (item.source, item.origin) not in places[full_url]:
                 places[full_url].append((item.source, item.origin))
@@ -196,6 +210,11 @@ def _collect(svc: Services, t: Transfer, shape: _Shape) -> tuple[list[_Unit], di
             if isinstance(unit.entries[0], dict):
                 unit.estimate += len(json.dumps(unit.entries[0]))
             units[full_url] = unit
+    by_id = {i.id: i for i in items}
+    for copy_id, original_id in copies.items():  # a copy is named where its original went
+        if original_id in document_url:
+            copy = by_id[copy_id]
+            places[document_url[original_id]].append((copy.source, copy.origin))
     if aliases:
         for unit in units.values():
             for entry in unit.entries:
@@ -203,6 +222,29 @@ def _collect(svc: Services, t: Transfer, shape: _Shape) -> tuple[list[_Unit], di
                     _rewrite_references(entry["resource"], aliases)
     ordered = sorted(units.values(), key=lambda u: (u.date, u.full_url))
     return ordered, places, items
+
+
+# which copy of a document is delivered: the electronic original before a scan of it
+_ORIGINALS_FIRST = {"fhir-attachment": 0, "pdf": 1, "fax": 2}
+
+
+def _document_copies(items: list[Item]) -> dict[int, int]:
+    """Documents that came twice in different bytes (see bundle/same_document.py)."""
+    candidates = [(i.id, (i.record_meta or {}).get("fingerprint")) for i in sorted(
+        (i for i in items if i.state == "mapped"),
+        key=lambda i: _ORIGINALS_FIRST.get(i.kind, 3))]  # stable: source order kept
+    return same_document.duplicates(candidates)
+
+
+def _first_with_identifier(seen: dict[str, str], resource: dict, full_url: str) -> str:
+    """The fullUrl of the first resource of this type sharing a business identifier."""
+    keys = [f"{resource['resourceType']}|{i['system']}|{i['value']}"
+            for i in resource.get("identifier") or []
+            if isinstance(i, dict) and i.get("system") and i.get("value")]
+    first = next((seen[k] for k in keys if k in seen), full_url)
+    for k in keys:
+        seen.setdefault(k, first)
+    return first
 
 
 def _rewrite_references(node, aliases: dict[str, str]) -> None:

@@ -21,6 +21,7 @@ from connectors.base import ConnectorError, RawRecord, RejectedRecord
 from mappings import MappingContext, MappingFailed, map_record
 
 from . import audit, bundles, delivery, policy, receipts, sources
+from .bundle import same_document
 from .errors import GatewayError, MappingError, ProviderUnavailable, ReceiptInvalid
 from .models import Item, Transfer, TransferBundle, TransferSource, utcnow
 from .services import Services
@@ -215,6 +216,10 @@ def _map_item(svc: Services, t: Transfer, item: Item, context: MappingContext, t
                            path=tmp, sha256=item.sha256, size=item.size, origin=item.origin,
                            fetched_at=item.fetched_at, metadata=item.record_meta or {})
         mapped = map_record(record, context)
+        if len(t.sources) > 1 and any(m.carries_record_bytes for m in mapped):
+            # a copy of this document may have come from another source in other bytes
+            item.record_meta = {**(item.record_meta or {}),
+                                "fingerprint": same_document.fingerprint(tmp, item.media_type)}
     except MappingFailed as exc:
         item.state, item.error = "failed", str(exc)
         return
