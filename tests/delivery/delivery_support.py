@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import uuid
 
 from gateway.authorizations import example_claims
@@ -26,3 +27,30 @@ def record_binaries(bundles: list[dict]) -> list[str]:
     """sha256 of every record Binary across bundles (not the summary PDF or manifest)."""
     return sorted(hashlib.sha256(base64.b64decode(b["data"])).hexdigest()
                   for bundle in bundles for b in helpers.record_binaries(bundle))
+
+
+def start_from_two_sources(stack, sign, drop_dir, copies, receiver_url) -> str:
+    """Start a transfer from the "records" and "copies" PDF folders (the `two_sources`
+    fixture) to the test center; return its id."""
+    claims = example_claims(
+        ISSUER, f"auth-{uuid.uuid4().hex[:12]}",
+        disclosers=[{"id": SENDER_ORG, "name": "Test Hospital", "endpoints": [
+            {"type": "pdf-folder", "address": str(drop_dir)},
+            {"type": "pdf-folder", "address": str(copies)}]}],
+        recipient={"id": "org-test-center", "name": "Test Center",
+                   "endpoint": {"type": "gateway", "address": receiver_url}})
+    stack.start_receiver()
+    r = stack.client.post("/transfers", json={"authorization": stack.authorize(claims, sign),
+                                              "sources": ["records", "copies"], "recipient": "center"},
+                          headers=stack.operator)
+    assert r.status_code == 202, r.get_json()
+    return r.get_json()["id"]
+
+
+def manifest_of(bundle: dict) -> dict:
+    """The completeness manifest a bundle carries."""
+    doc = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "DocumentReference"
+               and e["resource"]["type"]["coding"][0]["code"] == "completeness-manifest")
+    url = doc["content"][0]["attachment"]["url"]
+    binary = next(e["resource"] for e in bundle["entry"] if e["fullUrl"] == url)
+    return json.loads(base64.b64decode(binary["data"]))

@@ -14,7 +14,8 @@ from gateway.keys import SigningKeys
 
 
 from tests.delivery.delivery_fixtures import PLAIN_ORG
-from tests.delivery.delivery_support import TERMINAL, claims_to, record_binaries
+from tests.delivery.delivery_support import (TERMINAL, claims_to, manifest_of,
+                                             record_binaries, start_from_two_sources)
 from tests.helpers import wait_until, write_pdfs
 
 
@@ -192,21 +193,8 @@ def test_same_record_from_two_sources_goes_once_with_provenance_of_both(
         two_sources, dstack, sign, drop_dir, receiver_url):
     import shutil
 
-    from gateway.authorizations import example_claims
-
     copies = two_sources
-    claims = example_claims(
-        "https://esign.test.invalid", "auth-two-sources",
-        disclosers=[{"id": "org-test-hospital", "name": "Test Hospital", "endpoints": [
-            {"type": "pdf-folder", "address": str(drop_dir)},
-            {"type": "pdf-folder", "address": str(copies)}]}],
-        recipient={"id": "org-test-center", "name": "Test Center",
-                   "endpoint": {"type": "gateway", "address": receiver_url}})
-    dstack.start_receiver()
-    r = dstack.client.post("/transfers", json={"authorization": dstack.authorize(claims, sign),
-                                               "sources": ["records", "copies"], "recipient": "center"},
-                           headers=dstack.operator)
-    tid = r.get_json()["id"]
+    tid = start_from_two_sources(dstack, sign, drop_dir, copies, receiver_url)
     staging = drop_dir.parent / "copies-staging"
     sent = write_pdfs(staging, count=2)
     shared = sorted(staging.iterdir())[0]
@@ -231,20 +219,10 @@ def test_same_record_from_two_sources_goes_once_with_provenance_of_both(
     assert len(docs) == 2
     dates = [d["resource"]["date"] for d in docs]
     assert dates == sorted(dates)  # chronological
-    manifest = _manifest(bundle)
+    manifest = manifest_of(bundle)
     assert manifest["sources"]["records"]["items"] == 2
     assert manifest["sources"]["copies"]["items"] == 1
     assert {d["sha256"] for d in manifest["sources"]["copies"]["delivered"]} <= set(sent)
     composition = next(r for r in resources if r["resourceType"] == "Composition")
     assert [s["title"] for s in composition["section"]] == ["Clinical notes"]
     assert len(composition["section"][0]["entry"]) == 2
-
-
-def _manifest(bundle: dict) -> dict:
-    import base64
-
-    doc = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "DocumentReference"
-               and e["resource"]["type"]["coding"][0]["code"] == "completeness-manifest")
-    url = doc["content"][0]["attachment"]["url"]
-    binary = next(e["resource"] for e in bundle["entry"] if e["fullUrl"] == url)
-    return json.loads(base64.b64decode(binary["data"]))

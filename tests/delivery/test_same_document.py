@@ -3,7 +3,6 @@ faxed copy) is delivered once, with the Provenance of both places; a report that
 in one value is a different document and is delivered too."""
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import json
@@ -11,7 +10,8 @@ import json
 from gateway.bundle import same_document
 from gateway.bundles import _first_with_identifier
 from gateway.demo import make_pdf
-from tests.delivery.delivery_support import TERMINAL, record_binaries
+from tests.delivery.delivery_support import (TERMINAL, manifest_of, record_binaries,
+                                             start_from_two_sources)
 
 PATIENT = {"name": {"family": "Testperson", "given": ["Avery"]}, "birthDate": "1970-01-01"}
 CBC = ["Hemoglobin 13.2 g/dL (ref 12.0-15.5)", "Leukocytes 6.1 10*3/uL",
@@ -82,21 +82,8 @@ def test_a_resource_with_the_identifier_of_an_earlier_one_follows_it():
 
 def test_a_report_and_its_scanned_copy_from_two_sources_go_once(two_sources, dstack, sign,
                                                                 drop_dir, receiver_url):
-    from gateway.authorizations import example_claims
-
     copies = two_sources
-    claims = example_claims(
-        "https://esign.test.invalid", "auth-same-document",
-        disclosers=[{"id": "org-test-hospital", "name": "Test Hospital", "endpoints": [
-            {"type": "pdf-folder", "address": str(drop_dir)},
-            {"type": "pdf-folder", "address": str(copies)}]}],
-        recipient={"id": "org-test-center", "name": "Test Center",
-                   "endpoint": {"type": "gateway", "address": receiver_url}})
-    dstack.start_receiver()
-    r = dstack.client.post("/transfers", json={"authorization": dstack.authorize(claims, sign),
-                                               "sources": ["records", "copies"], "recipient": "center"},
-                           headers=dstack.operator)
-    tid = r.get_json()["id"]
+    tid = start_from_two_sources(dstack, sign, drop_dir, copies, receiver_url)
     work = drop_dir.parent / "make"
     (work / "records").mkdir(parents=True)
     (work / "copies").mkdir()
@@ -128,12 +115,7 @@ def test_a_report_and_its_scanned_copy_from_two_sources_go_once(two_sources, dst
     assert doc["resourceType"] == "DocumentReference"
     assert {"system": "urn:records-gateway:sha256", "value": sha["cbc.pdf"]} in doc["identifier"]
     # the manifest lists the fax copy with its own sha256, delivered as that entry
-    manifest_doc = next(e["resource"] for e in bundle["entry"]
-                        if e["resource"]["resourceType"] == "DocumentReference"
-                        and e["resource"]["type"]["coding"][0]["code"] == "completeness-manifest")
-    url = manifest_doc["content"][0]["attachment"]["url"]
-    manifest = json.loads(base64.b64decode(next(e["resource"]["data"] for e in bundle["entry"]
-                                                if e["fullUrl"] == url)))
+    manifest = manifest_of(bundle)
     delivered = {d["origin"]: d for d in manifest["sources"]["copies"]["delivered"]}
     assert delivered["cbc-fax.pdf"]["sha256"] == sha["cbc-fax.pdf"]
     assert delivered["cbc-fax.pdf"]["entry"] == next(iter(shared))
