@@ -101,7 +101,6 @@ class FhirRestConnector(Connector):
                              on_bytes=self._on_bytes)
         self.http.auth = make_auth(o.get("auth"), self.http)
         self.capability: Capability | None = None
-        self._following: Stream | None = None  # the stream whose first page is asked ahead
         self.pull_started: str | None = None
         self.stats = {"pages": 0, "resources": 0, "bytes": 0, "attachments": 0, "duplicates": 0,
                       "refused": 0, "outcomes": 0}
@@ -207,19 +206,22 @@ class FhirRestConnector(Connector):
                                date_from=query.date_from, date_to=query.date_to, since=since,
                                page_size=self.page_size, mode=mode)
         try:
-            yield from self._streams(journal, streams, done_origins)
+            for stream in streams:
+                yield from self._stream(journal, stream, done_origins)
         except _EverythingRefused as exc:  # e.g. not granted to backend clients: search instead
             log.warning("fhir: %s; falling back to per-type searches", exc)
             journal.append({"ev": "everything-refused", "reason": str(exc)[:300]})
-            yield from self._streams(journal, plan_streams(
-                cap, patient_id, data_classes=query.data_classes, date_from=query.date_from,
-                date_to=query.date_to, since=since, page_size=self.page_size, mode="search"), done_origins)
+            for stream in plan_streams(cap, patient_id, data_classes=query.data_classes,
+                                       date_from=query.date_from, date_to=query.date_to, since=since,
+                                       page_size=self.page_size, mode="search"):
+                yield from self._stream(journal, stream, done_origins)
         if self.want_supporting:
             for _ in range(3):  # PractitionerRole -> Practitioner/Organization/Location
                 missing = sorted(r for r in st.refs if r not in st.seen)
                 if not missing:
                     break
-                yield from self._streams(journal, _by_id_streams(missing, self.page_size), done_origins)
+                for stream in _by_id_streams(missing, self.page_size):
+                    yield from self._stream(journal, stream, done_origins)
         journal.append({"ev": "done"})
         self._report("done")
 
@@ -227,17 +229,6 @@ class FhirRestConnector(Connector):
         return match_patient(self.http, self.base_url, query)
 
     # -- streams and pages --------------------------------------------------------------
-    def _streams(self, journal: PullJournal, streams: list[Stream], done_origins) -> Iterator[RawRecord]:
-        """The streams in order. The first page of the next stream not yet begun is asked
-        for as soon as the current page has arrived, so the server prepares it while this
-        page is split, stored and mapped (most per-type searches are one page)."""
-        for i, stream in enumerate(streams):
-            following = streams[i + 1] if i + 1 < len(streams) else None
-            begun = following is not None and following.key in journal.state.streams
-            self._following = None if begun else following
-            yield from self._stream(journal, stream, done_origins)
-        self._following = None
-
     def _stream(self, journal: PullJournal, stream: Stream, done_origins) -> Iterator[RawRecord]:
         ss = journal.state.stream(stream.key)
         if ss.done:
@@ -293,10 +284,6 @@ class FhirRestConnector(Connector):
         seen = st.seen if not redo_keys else {k: v for k, v in st.seen.items() if k not in redo_keys}
         for attempt in range(3):
             got = self.http.get(url, params=params, accept=FHIR_JSON, to_dir=self.workdir)
-            if self._following is not None:
-                self.http.ask_ahead(self._following.path, list(self._following.params), accept=FHIR_JSON,
-                                    to_dir=self.workdir)
-                self._following = None
             prefix = self.workdir / f"fhir-{self._prefix}-{_short(stream.key)}-p{page:05d}"
             try:
                 result: PageResult = split_page(

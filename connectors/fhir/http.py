@@ -14,9 +14,7 @@ import logging
 import os
 import random
 import tempfile
-import threading
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -180,10 +178,8 @@ class FhirHttp:
     def __post_init__(self):
         self.session.headers["User-Agent"] = self.user_agent
         self.session.verify = self.verify
-        self._ahead: tuple[tuple, Future] | None = None  # one GET requested ahead (see `ask_ahead`)
 
     def close(self) -> None:
-        self.drop_ahead()
         self.session.close()
 
     # -- URLs -------------------------------------------------------------------
@@ -198,46 +194,8 @@ class FhirHttp:
     def get(self, url: str, params: dict | list | None = None, accept: str = FHIR_JSON,
             to_dir: Path | None = None, authenticated: bool = True) -> Fetched:
         """GET with retries. `to_dir`: stream the body to a new file there."""
-        absolute = self.resolve(url)
-        if self._ahead is not None and self._ahead[0] == _get_key(absolute, params, accept, to_dir, authenticated):
-            future = self._ahead[1]
-            self._ahead = None
-            return future.result()  # its answer, or the error it ended with, as if asked now
-        return self._send("GET", absolute, params=params, accept=accept, to_dir=to_dir,
+        return self._send("GET", self.resolve(url), params=params, accept=accept, to_dir=to_dir,
                           authenticated=authenticated)
-
-    def ask_ahead(self, url: str, params: dict | list | None = None, accept: str = FHIR_JSON,
-                  to_dir: Path | None = None, authenticated: bool = True) -> None:
-        """Start, in a background thread, the GET that `get` with the same arguments will
-        make next, so the server prepares it while we process the previous answer. One at
-        a time (ignored while one is pending); `drop_ahead` discards an unused one."""
-        if self._ahead is not None:
-            return
-        absolute = self.resolve(url)
-        future: Future = Future()
-
-        def run() -> None:
-            try:
-                future.set_result(self._send("GET", absolute, params=params, accept=accept, to_dir=to_dir,
-                                             authenticated=authenticated))
-            except BaseException as exc:  # handed to whoever takes the answer
-                future.set_exception(exc)
-
-        threading.Thread(target=run, name="fhir-ask-ahead", daemon=True).start()
-        self._ahead = (_get_key(absolute, params, accept, to_dir, authenticated), future)
-
-    def drop_ahead(self) -> None:
-        """Wait for a GET asked ahead and never taken, and delete its downloaded body."""
-        if self._ahead is None:
-            return
-        future = self._ahead[1]
-        self._ahead = None
-        try:
-            got = future.result(timeout=sum(self.timeout) + self.retry.max_total_wait)
-        except BaseException:  # noqa: BLE001 - nobody wants this answer, nor its error
-            return
-        if got.path is not None:
-            got.path.unlink(missing_ok=True)
 
     def post_form(self, url: str, data: dict, accept: str = "application/json") -> Fetched:
         """POST a form (token requests); `url` is trusted configuration or discovery."""
@@ -344,11 +302,6 @@ class FhirHttp:
 
 class _Truncated(Exception):
     pass
-
-
-def _get_key(url: str, params, accept: str, to_dir: Path | None, authenticated: bool) -> tuple:
-    items = tuple(params.items()) if isinstance(params, dict) else tuple(params or ())
-    return url, items, accept, str(to_dir), authenticated
 
 
 def _redact(url: str) -> str:

@@ -227,28 +227,3 @@ def test_a_refused_type_search_is_reported_and_the_others_go_on(tmp_path):
         assert keys(records) == ["c1"]
     finally:
         peer.stop()
-
-
-def test_next_search_asked_ahead_once_and_dropped_when_the_pull_stops(tmp_path):
-    peer = FaultPeer(everything=False).start()
-    elsewhere = FaultPeer().start()
-    try:
-        seed(peer, 3)
-        peer.add(*[{"resourceType": "Condition", "id": f"c{i}", "subject": {"reference": "Patient/p1"}}
-                   for i in range(25)])
-        records, _ = pull(peer, tmp_path / "whole")
-        assert sorted(keys(records)) == sorted([f"c{i}" for i in range(25)] + ["o0", "o1", "o2"])
-        firsts = [r["path"] for r in data_requests(peer) if "_offset" not in r["params"]]
-        assert len(firsts) == len(set(firsts)) == 4  # every search's first page asked for once
-        assert not list((tmp_path / "whole").glob(".dl-*"))
-
-        peer.requests.clear()
-        peer.next_base = elsewhere.base_url  # Condition's next link leaves the server
-        with pytest.raises(OutsideBase, match="next link of Condition"):
-            pull(peer, tmp_path / "stopped")
-        assert [r["path"] for r in data_requests(peer)] == ["Condition", "DiagnosticReport"]  # asked ahead
-        assert not list((tmp_path / "stopped").glob(".dl-*"))  # and its answer dropped
-        assert elsewhere.requests == []
-    finally:
-        peer.stop()
-        elsewhere.stop()
