@@ -227,8 +227,8 @@ def main() -> None:
             bare_once(base, identifier, urls, attachments)
             label = "$everything" if mode == "auto" else "per-type search"
             print(f"pull ({label}): the bare fetch makes the connector's own {2 + len(urls) + len(attachments)} "
-                  f"requests (metadata, patient search, {len(urls)} page URLs and {len(attachments)} "
-                  f"attachments from its journal), with requests + orjson")
+                  f"requests (metadata, patient search, then the pages ({len(urls)}) and attachments "
+                  f"({len(attachments)}) its journal lists), with requests + orjson")
             pulls, cpus, bares, server_cpu = [], [], [], []
             for _ in range(args.rounds):
                 gc.collect()
