@@ -3,6 +3,7 @@ chunks, plus what the page tells us to fetch next (attachments, referenced resou
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -13,7 +14,14 @@ import orjson
 from ..base import SourceRejected
 from .bundles import BundleFormatError, BundleReader, next_link
 
-_REFERENCE = re.compile(rb'"reference"\s*:\s*"([^"\\]{1,300})"')
+
+@functools.lru_cache(maxsize=16)
+def _supporting_refs(supporting: tuple[str, ...], base_prefix: str) -> re.Pattern:
+    """A regex for references to supporting types ("Type/id", relative or under the base),
+    so the scan of each entry's raw JSON finds only those (most references are not)."""
+    types = b"|".join(re.escape(t.encode()) for t in supporting)
+    return re.compile(rb'"reference"\s*:\s*"(?=[^"\\]{1,300}")(?:' + re.escape(base_prefix.encode())
+                      + rb")?((?:" + types + rb')/[^"\\/]+)"')
 
 
 @dataclass
@@ -84,7 +92,7 @@ def split_page(page_file: Path, out_prefix: Path, *, seen: dict[str, str],
     reader = BundleReader(page_file)
     out = None
     chunk: Chunk | None = None
-    base_prefix = base_url.rstrip("/") + "/"
+    refs_re = _supporting_refs(tuple(supporting), base_url.rstrip("/") + "/") if supporting else None
     try:
         for raw, entry in reader.entries():
             resource = entry.get("resource")
@@ -108,14 +116,9 @@ def split_page(page_file: Path, out_prefix: Path, *, seen: dict[str, str],
                 continue
             result.keys[rkey] = marker
             result.resources += 1
-            if supporting:
-                for m in _REFERENCE.finditer(raw):
-                    ref = m.group(1).decode("utf-8", "replace")
-                    if ref.startswith(base_prefix):
-                        ref = ref[len(base_prefix):]
-                    head, _, tail = ref.partition("/")
-                    if head in supporting and tail and "/" not in tail:
-                        result.refs.add(ref)
+            if refs_re is not None:
+                for m in refs_re.finditer(raw):
+                    result.refs.add(m.group(1).decode("utf-8", "replace"))
             if want_attachments and rtype in ("DocumentReference", "DiagnosticReport"):
                 result.attachments.extend(_attachments(resource))
             line = raw if b"\n" not in raw and b"\r" not in raw else orjson.dumps(entry)
