@@ -156,8 +156,8 @@ def _collect(svc: Services, t: Transfer, shape: _Shape) -> tuple[list[_Unit], di
     places: dict[str, list[tuple[str, str]]] = {}  # fullUrl -> [(source, origin)]
     aliases: dict[str, str] = {}  # reference -> the entry that stands for it
     for item in items:
-        if item.state != "mapped":
-            continue
+        if item.state != "mapped" or item.resources_blob is None:
+            continue  # DICOM instances have no resources: they go beside the bundle
         for mapped in json.loads(svc.blobs.read_bytes(item.resources_blob)):
             resource = mapped["resource"]
             if item.kind in FHIR_NATIVE and resource["resourceType"] == "Patient":
