@@ -131,7 +131,9 @@ def check_answer(svc: Services, t: Transfer, part: TransferBundle) -> dict:
         part.answer, peer_jwks(svc, t.recipient), issuer=peer.organization,
         sender=svc.settings.organization, bundle=f"urn:uuid:{part.bundle_id}", sha256=part.sha256,
         size=part.size, entry_hashes=part.entry_hashes, who=t.recipient)
-    if part.part == 1:  # the part with the manifest: the receiver counted its studies
+    if part.part == 1 and peer.dicom is None:
+        # the peer took the instances itself (STOW-RS); the part with the manifest has its
+        # count of what it holds of each study
         check_instances(claims, imaging.expected_studies(svc, t.id), t.recipient)
     return claims
 
