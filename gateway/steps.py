@@ -338,10 +338,10 @@ def awaiting_receipt(svc: Services, transfer_id: str, owner: str) -> str:
         row = s.get(Transfer, transfer_id)
         parts = s.scalars(select(TransferBundle).filter_by(transfer_id=transfer_id)
                           .order_by(TransferBundle.part)).all()
-        row.receipt = dict(parts[0].receipt, parts=len(parts)) if parts else None
+        # the per-instance C-STORE / STOW-RS outcomes acknowledge the images
         forwarded = imaging.forward_summary(s, transfer_id)
-        if row.receipt is not None and forwarded:
-            row.receipt["dicomForwarded"] = forwarded
+        extra = {"dicomForwarded": forwarded} if forwarded else {}
+        row.receipt = dict(parts[0].receipt, parts=len(parts), **extra) if parts else None
         row.reason = None
     return "completed"
 
