@@ -95,3 +95,34 @@ def test_parser_finds_parts_across_reads(step):
     body = b"preamble\r\n" + multipart(blobs) + b"epilogue"
     got = [b"".join(p.chunks()) for p in parts(_Trickle(body, step), len(body), b"b0undary")]
     assert got == blobs
+
+
+def test_a_receipt_short_of_instances_is_not_a_delivery():
+    from gateway.bundle.manifest import study_digest
+    from gateway.delivery import check_instances
+    from gateway.errors import ReceiptInvalid
+
+    sent = {"1.2.3": {"instances": 3, "sha256": study_digest(["a", "b", "c"])}}
+    full = {"dicomInstances": {"1.2.3": 3}, "dicomSha256": {"1.2.3": study_digest(["c", "b", "a"])}}
+    check_instances(full, sent, "center")
+    with pytest.raises(ReceiptInvalid, match="holds 2 of 3 instances"):
+        check_instances({**full, "dicomInstances": {"1.2.3": 2}}, sent, "center")
+    with pytest.raises(ReceiptInvalid, match="instance hashes differ"):
+        check_instances({**full, "dicomSha256": {"1.2.3": study_digest(["a", "b", "x"])}},
+                        sent, "center")
+    with pytest.raises(ReceiptInvalid, match="holds 0 of 3"):
+        check_instances({}, sent, "center")  # a receiver that says nothing of the images
+
+
+def test_dicom_destinations_are_validated_at_start_up():
+    from gateway.config import load_settings
+    from gateway.errors import ConfigError
+
+    peer = {"base_url": "http://127.0.0.1:1/fhir", "kind": "fhir", "organization": "o"}
+    with pytest.raises(ConfigError, match="needs host, port and ae_title"):
+        load_settings({"peers": {"p": {**peer, "dicom": {"kind": "c-store", "host": "h"}}}})
+    with pytest.raises(ConfigError, match="needs url"):
+        load_settings({"peers": {"p": {**peer, "dicom": {"kind": "stow-rs"}}}})
+    settings = load_settings({"peers": {"p": peer, "g": {**peer, "kind": "gateway"}}})
+    assert settings.peers["p"].dicom_destination() is None  # a plain FHIR server: none
+    assert settings.peers["g"].dicom_destination().url == "http://127.0.0.1:1/fhir/dicomweb"
