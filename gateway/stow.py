@@ -201,8 +201,11 @@ def _take(svc, sender, content_type, head, writer, study, result: StowResult) ->
     try:
         with svc.db.session() as s:
             s.add(row)
-    except IntegrityError:  # held already (a resumed delivery): keep the first copy
-        svc.blobs.delete(info.key)
+    except BaseException as exc:
+        svc.blobs.delete(info.key)  # not recorded: no blob left behind
+        if not isinstance(exc, IntegrityError):
+            raise
+        # held already (a resumed delivery): keep the first copy
         with svc.db.session() as s:
             held = s.scalars(select(ReceivedInstance.sha256).filter_by(
                 sender=sender, sop_instance_uid=sop)).first()

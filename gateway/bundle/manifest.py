@@ -49,13 +49,7 @@ def manifest_document(t, items, places, part_of, group: str) -> dict:
 
 def dicom_counts(manifest: dict) -> dict[str, int]:
     """Instances per study sent beside the bundle, from a manifest."""
-    counts: dict[str, int] = {}
-    for src in manifest.get("sources", {}).values():
-        for d in src.get("delivered", []):
-            if d.get("kind") == "dicom":
-                key = d.get("study") or "unknown"
-                counts[key] = counts.get(key, 0) + 1
-    return counts
+    return {study: len(sops) for study, sops in dicom_instances(manifest).items()}
 
 
 def dicom_instances(manifest: dict) -> dict[str, dict[str, str]]:

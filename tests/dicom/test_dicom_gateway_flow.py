@@ -185,6 +185,8 @@ def test_resumed_delivery_sends_only_the_missing_instances(stack, sign, dicom, t
     # no instance went twice: the resumed attempts sent only the 14 missing ones
     assert accepted_before == 10 and refusing.c_stores - refusing.refused == 24
     assert all(i.forwarded_at is not None for i in sender_items(stack, tid).values())
+    assert [i["forwarded"] for i in view["itemList"] if i["kind"] == "dicom"] == \
+        ["c-store 0x0000"] * 24
     sources = source_data_sets(study)
     assert refusing.stored == sources
     finished = [e.detail for e in stack.events("transfer.dicom.forward.finished")
