@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import uuid
+from pathlib import Path
 
 import pytest
 import requests
@@ -109,6 +110,13 @@ def test_study_to_a_receiving_gateway_by_stow_rs(stack, sign, dicom, tmp_path, r
     assert receipt["dicomForwarded"]["instances"] == 24
     items = sender_items(stack, tid)
     assert sorted(items) == sorted(study.sop_uids)
+    # pulled straight into the encrypted blob store: one blob each, no plaintext left over
+    sender = stack.app.extensions["gateway"]
+    assert len({i.blob_key for i in items.values()}) == 24
+    for item in items.values():
+        assert hashlib.sha256(sender.blobs.read_bytes(item.blob_key)).hexdigest() == item.sha256
+    work = Path(stack.sender_config["data_dir"]) / "work" / tid
+    assert [p for p in work.rglob("*") if p.is_file()] == []
     # the bundle describes the study; the instances are not in it
     [received] = stack.inbox()
     bundle = stack.received_bundle(received["id"])
