@@ -301,7 +301,9 @@ def accept(svc: Services, *, sender: str, key: str, body: bytes, signature: str)
             row.receipt_jws = svc.keys.sign({
                 "iss": svc.settings.organization, "receipt_id": row.id,
                 "bundle": row.bundle_identifier, "sha256": digest, "size": row.size,
-                "entries": row.entries, "entryHashes": hashes, "dicomInstances": {u: h["instances"] for u, h in holding.items()},
+                "entries": row.entries, "entryHashes": hashes,
+                # per study: instances we hold (as listed, same sha256), their digest
+                "dicomInstances": {u: h["instances"] for u, h in holding.items()},
                 "dicomSha256": {u: h["sha256"] for u, h in holding.items()},
                 "dicomListed": {u: len(v) for u, v in listed.items()},
                 "sender": trusted.organization, "recipient": recipient,
