@@ -6,6 +6,7 @@ resumed delivery sent again."""
 from __future__ import annotations
 
 import hashlib
+import struct
 import threading
 
 from pynetdicom import AE, AllStoragePresentationContexts, evt
@@ -34,7 +35,7 @@ class RefusingStoreSCP:
                 self.refused += 1
                 return 0xA700
             sop = str(event.request.AffectedSOPInstanceUID)
-            self.stored[sop] = hashlib.sha256(event.request.DataSet.getvalue()).hexdigest()
+            self.stored[sop] = hashlib.sha256(_received(event)).hexdigest()
             return 0x0000
 
     def start(self) -> "RefusingStoreSCP":
@@ -48,3 +49,21 @@ class RefusingStoreSCP:
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
+
+
+def data_set(body: bytes) -> bytes:
+    """A Part 10 file's data set (after the file meta group, which each writer makes)."""
+    assert body[128:132] == b"DICM"
+    (meta_len,) = struct.unpack_from("<I", body, 132 + 8)
+    return body[132 + 12 + meta_len:]
+
+
+def _received(event) -> bytes:
+    """The data set as sent, whether pynetdicom received it in memory or, with
+    STORE_RECV_CHUNKED_DATASET (set process-wide by our own SCP), into a Part 10 file."""
+    try:
+        path = event.dataset_path
+    except AttributeError:
+        return event.request.DataSet.getvalue()
+    with open(path, "rb") as fh:
+        return data_set(fh.read())

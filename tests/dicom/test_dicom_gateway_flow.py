@@ -6,7 +6,6 @@ destination that stops taking instances half way, then the resumed delivery."""
 from __future__ import annotations
 
 import hashlib
-import struct
 import uuid
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from gateway.authorizations import example_claims
 from gateway.models import AuditEvent, Item, ReceivedInstance
 from tests.delivery.delivery_fixtures import PLAIN_ORG, _stack_class, sekmet  # noqa: F401
 from tests.dicom.dicom_studies import make_study
-from tests.dicom.store_peer import RefusingStoreSCP
+from tests.dicom.store_peer import RefusingStoreSCP, data_set
 from tests.helpers import ISSUER, RECEIVER_ORG, SENDER_ORG
 
 TERMINAL = {"completed", "failed", "cancelled", "dead_letter"}
@@ -77,13 +76,6 @@ def transfer(stack, sign, dicom, study, recipient: str, org: str, address: str) 
                                               "recipient": recipient}, headers=stack.operator)
     assert r.status_code == 202, r.get_json()
     return r.get_json()["id"]
-
-
-def data_set(body: bytes) -> bytes:
-    """A Part 10 file's data set (after the file meta group, which each writer makes)."""
-    assert body[128:132] == b"DICM"
-    (meta_len,) = struct.unpack_from("<I", body, 132 + 8)
-    return body[132 + 12 + meta_len:]
 
 
 def source_data_sets(study) -> dict[str, str]:
