@@ -64,6 +64,8 @@ def _received(event) -> bytes:
     try:
         path = event.dataset_path
     except AttributeError:
+        path = None
+    if path is None:
         return event.request.DataSet.getvalue()
     with open(path, "rb") as fh:
         return data_set(fh.read())
