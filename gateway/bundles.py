@@ -162,8 +162,8 @@ def _collect(svc: Services, t: Transfer, shape: _Shape) -> tuple[list[_Unit], di
     copies = _document_copies(items)  # item id -> id of the item holding the original
     document_url: dict[int, str] = {}  # item id -> fullUrl of the entry carrying its bytes
     for item in items:
-        if item.state != "mapped" or item.id in copies:
-            continue
+        if item.state != "mapped" or item.resources_blob is None or item.id in copies:
+            continue  # DICOM instances have no resources (they go beside the bundle)
         for mapped in json.loads(svc.blobs.read_bytes(item.resources_blob)):
             resource = mapped["resource"]
             if item.kind in FHIR_NATIVE and resource["resourceType"] == "Patient":

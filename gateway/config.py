@@ -14,7 +14,8 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import (BaseModel, Field, SecretStr, ValidationError, field_validator,
+                      model_validator)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
@@ -30,9 +31,42 @@ class SourceConfig(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class DicomDestination(BaseModel):
+    """Where a recipient takes DICOM instances: a PACS by C-STORE (`kind = "c-store"`:
+    host, port, ae_title, calling_aet) or a DICOMweb base by STOW-RS (`kind = "stow-rs"`:
+    url; the peer's bearer token is sent when `send_token`)."""
+
+    kind: Literal["c-store", "stow-rs"]
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    ae_title: str | None = Field(default=None, max_length=16)
+    calling_aet: str = Field(default="GATEWAY", max_length=16)
+    url: str | None = None
+    send_token: bool = False
+    batch_bytes: int = 32 << 20  # STOW-RS: at most this much per request
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return v.rstrip("/") if v else v
+
+    @model_validator(mode="after")
+    def _complete(self) -> "DicomDestination":
+        if self.kind == "c-store" and not (self.host and self.port and self.ae_title):
+            raise ValueError("a c-store destination needs host, port and ae_title")
+        if self.kind == "stow-rs" and not self.url:
+            raise ValueError("a stow-rs destination needs url")
+        return self
+
+
 class PeerConfig(BaseModel):
     """A recipient we deliver to: another gateway in receive mode (signed receipts), or a
-    plain FHIR server (`kind = "fhir"`, base_url its FHIR base: unsigned acknowledgments)."""
+    plain FHIR server (`kind = "fhir"`, base_url its FHIR base: unsigned acknowledgments).
+
+    DICOM instances go to `dicom`; a peer gateway takes them by default itself, by
+    STOW-RS at {base_url}/dicomweb with our token. A plain FHIR server has no default."""
 
     base_url: str
     kind: Literal["gateway", "fhir"] = "gateway"
@@ -41,6 +75,7 @@ class PeerConfig(BaseModel):
     token_file: Path | None = None
     jwks_file: Path | None = None  # the peer's public keys, to verify its receipts
     jwks_url: str | None = None  # default: {base_url}/.well-known/jwks.json
+    dicom: DicomDestination | None = None
 
     @field_validator("base_url")
     @classmethod
@@ -48,6 +83,11 @@ class PeerConfig(BaseModel):
         if not v.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL")
         return v.rstrip("/")
+
+    def dicom_destination(self) -> DicomDestination | None:
+        if self.dicom is not None or self.kind != "gateway":
+            return self.dicom
+        return DicomDestination(kind="stow-rs", url=f"{self.base_url}/dicomweb", send_token=True)
 
     def bearer(self) -> str:
         if self.token is not None:

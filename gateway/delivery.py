@@ -15,7 +15,7 @@ import json
 
 import requests
 
-from . import receipts
+from . import imaging, receipts
 from .errors import DeliveryFailed, DeliveryRejected, GatewayError, ReceiptInvalid
 from .keys import verify_jws
 from .models import Transfer, TransferBundle
@@ -127,10 +127,31 @@ def check_answer(svc: Services, t: Transfer, part: TransferBundle) -> dict:
     peer = svc.settings.peers[t.recipient]
     if peer.kind == "fhir":
         return acknowledgment(peer.organization, t, part)
-    return receipts.check_receipt(
+    claims = receipts.check_receipt(
         part.answer, peer_jwks(svc, t.recipient), issuer=peer.organization,
         sender=svc.settings.organization, bundle=f"urn:uuid:{part.bundle_id}", sha256=part.sha256,
         size=part.size, entry_hashes=part.entry_hashes, who=t.recipient)
+    if part.part == 1 and peer.dicom is None:
+        # the peer took the instances itself (STOW-RS); the part with the manifest has its
+        # count of what it holds of each study
+        check_instances(claims, imaging.expected_studies(svc, t.id), t.recipient)
+    return claims
+
+
+def check_instances(claims: dict, expected: dict[str, dict], who: str) -> None:
+    """The receipt must say the receiver holds every instance we forwarded, by count and
+    by the digest of their sha256s; a shortfall is not a delivery."""
+    counts, digests = claims.get("dicomInstances") or {}, claims.get("dicomSha256") or {}
+    problems = []
+    for study, want in sorted(expected.items()):
+        got = counts.get(study, 0) if isinstance(counts, dict) else 0
+        if got != want["instances"]:
+            problems.append(f"study {study}: holds {got} of {want['instances']} instances")
+        elif not isinstance(digests, dict) or digests.get(study) != want["sha256"]:
+            problems.append(f"study {study}: instance hashes differ")
+    if problems:
+        raise ReceiptInvalid(f"receipt from {who} does not match the DICOM instances sent: "
+                             + "; ".join(problems[:5]))
 
 
 def acknowledgment(organization: str, t: Transfer, part: TransferBundle) -> dict:

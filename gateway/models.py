@@ -130,12 +130,18 @@ class Item(Base):
     blob_key: Mapped[str] = mapped_column(String(64))
     fetched_at: Mapped[datetime]
     record_meta: Mapped[dict] = mapped_column(JSON, default=dict)
-    # pulled -> mapped | excluded (outside the authorization) | failed (with error)
+    # pulled -> mapped | excluded (outside the authorization) | failed (with error).
+    # A DICOM instance (kind "dicom") is "mapped" when its study is: it has no FHIR
+    # resources of its own and goes beside the bundle (C-STORE / STOW-RS)
     state: Mapped[str] = mapped_column(String(16), default="pulled")
     error: Mapped[str | None] = mapped_column(Text)
     resources_blob: Mapped[str | None] = mapped_column(String(64))  # mapped FHIR JSON
     data_class: Mapped[str | None] = mapped_column(String(32))
     clinical_date: Mapped[str | None] = mapped_column(String(10))
+    # DICOM instances: when the recipient's DICOM destination confirmed it, and what it
+    # answered (C-STORE status, STOW-RS outcome); a resumed delivery skips these
+    forwarded_at: Mapped[datetime | None]
+    forward_status: Mapped[str | None] = mapped_column(String(255))
 
 
 class ApiToken(Base):
@@ -183,6 +189,26 @@ class ReceivedBundle(Base):
     opened_notified_at: Mapped[datetime | None]  # the sender has the "opened" receipt
 
     __table_args__ = (UniqueConstraint("sender", "idempotency_key"),)
+
+
+class ReceivedInstance(Base):
+    """Receive mode: a DICOM instance a peer gateway sent us by STOW-RS, stored encrypted.
+    Counted per study in the receipts of the bundles that describe it."""
+
+    __tablename__ = "received_instances"
+    __table_args__ = (UniqueConstraint("sender", "sop_instance_uid"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sender: Mapped[str] = mapped_column(String(255))  # token name of the sending peer
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    series_uid: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    blob_key: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class TransferBundle(Base):

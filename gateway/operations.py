@@ -137,6 +137,7 @@ def transfer_view(s, t: Transfer, items: bool = False) -> dict:
     if items:
         view["itemList"] = [
             {"source": i.source, "origin": i.origin, "kind": i.kind, "size": i.size,
-             "sha256": i.sha256, "state": i.state, "error": i.error, "dataClass": i.data_class}
+             "sha256": i.sha256, "state": i.state, "error": i.error, "dataClass": i.data_class,
+             **({"forwarded": i.forward_status} if i.kind == "dicom" else {})}
             for i in s.scalars(select(Item).filter_by(transfer_id=t.id).order_by(Item.id))]
     return view

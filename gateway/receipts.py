@@ -7,7 +7,9 @@
   the body it got, so one changed byte fails.
 - Delivery receipt: a compact JWS by the receiver naming the bundle, the sha256 and
   size of the bytes it received, the sha256 of every entry (canonical JSON of each
-  resource, `bundles.entry_hash`), DICOM instance counts, time, receiver and status.
+  resource, `bundles.entry_hash`), per DICOM study the instances it holds (received by
+  STOW-RS, as the manifest lists them) with a digest of their sha256s, time, receiver
+  and status.
   The sender checks every claim against what it sent; any difference is an error.
 - "Opened" receipt: signed by the receiver when a person at the center opens the
   records, posted back to the sender (`POST /receipts`).

@@ -28,8 +28,8 @@ from sqlalchemy.exc import IntegrityError
 
 from mappings.consent import DATA_CLASS_SYSTEM, DISCLOSER_ROLE, ORG_SYSTEM, RECIPIENT_ROLE, ROLE_SYSTEM
 
-from . import audit, receipts
-from .bundle.manifest import MANIFEST_TYPE, dicom_counts
+from . import audit, receipts, stow
+from .bundle.manifest import MANIFEST_TYPE, dicom_instances
 from .bundles import GROUP_SYSTEM, PART_EXT, entry_hash
 from .errors import Conflict, Forbidden, InvalidInput
 from .models import ReceivedBundle, utcnow
@@ -176,7 +176,8 @@ def _group(data: dict) -> tuple[str | None, int, int]:
     return None, 1, 1
 
 
-def _manifest_counts(data: dict) -> dict[str, int]:
+def _manifest_instances(data: dict) -> dict[str, dict[str, str]]:
+    """Study -> {SOP UID: sha256} of the DICOM instances the bundle's manifest lists."""
     docs = [d for d in _resources(data, "DocumentReference")
             if any(c.get("code") == MANIFEST_TYPE["code"] for c in (d.get("type") or {}).get("coding") or [])]
     if not docs:
@@ -185,7 +186,7 @@ def _manifest_counts(data: dict) -> dict[str, int]:
     for entry in data.get("entry") or []:
         if entry["fullUrl"] == url and entry["resource"].get("resourceType") == "Binary":
             try:
-                return dicom_counts(json.loads(base64.b64decode(entry["resource"]["data"])))
+                return dicom_instances(json.loads(base64.b64decode(entry["resource"]["data"])))
             except (ValueError, KeyError, TypeError):
                 return {}
     return {}
@@ -283,6 +284,9 @@ def accept(svc: Services, *, sender: str, key: str, body: bytes, signature: str)
         if dup is not None:
             raise UnprocessableBundle("this bundle was already received under another "
                                       "Idempotency-Key (a replay); nothing stored")
+    # what we hold of the studies it describes: counted from what arrived by STOW-RS
+    listed = _manifest_instances(data)
+    holding = stow.held(svc, sender, listed)
     blob = svc.blobs.put_bytes(body)
     try:
         with svc.db.session() as s:
@@ -297,7 +301,11 @@ def accept(svc: Services, *, sender: str, key: str, body: bytes, signature: str)
             row.receipt_jws = svc.keys.sign({
                 "iss": svc.settings.organization, "receipt_id": row.id,
                 "bundle": row.bundle_identifier, "sha256": digest, "size": row.size,
-                "entries": row.entries, "entryHashes": hashes, "dicomInstances": _manifest_counts(data),
+                "entries": row.entries, "entryHashes": hashes,
+                # per study: instances we hold (as listed, same sha256), their digest
+                "dicomInstances": {u: h["instances"] for u, h in holding.items()},
+                "dicomSha256": {u: h["sha256"] for u, h in holding.items()},
+                "dicomListed": {u: len(v) for u, v in listed.items()},
                 "sender": trusted.organization, "recipient": recipient,
                 "received_at": now.isoformat(), "status": "accepted",
                 "outcome": {"resourceType": "OperationOutcome", "issue": [{

@@ -20,7 +20,7 @@ from connectors import connector_class
 from connectors.base import ConnectorError, RawRecord, RejectedRecord
 from mappings import MappingContext, MappingFailed, map_record
 
-from . import audit, bundles, delivery, policy, receipts, sources
+from . import audit, bundles, delivery, dicom_sink, imaging, policy, receipts, sources
 from .bundle import same_document
 from .errors import GatewayError, MappingError, ProviderUnavailable, ReceiptInvalid
 from .models import Item, Transfer, TransferBundle, TransferSource, utcnow
@@ -157,8 +157,10 @@ def _store_record(svc: Services, t: Transfer, source: str, data_class: str,
                     state="failed", error=f"refused at the source: {record.reason}")
         blob = None
     else:
-        blob = svc.blobs.put_file(record.path)
-        record.path.unlink(missing_ok=True)
+        blob = dicom_sink.adopt(svc.blobs, record)  # received straight into the store
+        if blob is None:
+            blob = svc.blobs.put_file(record.path)
+            record.path.unlink(missing_ok=True)
         if blob.sha256 != record.sha256:
             svc.blobs.delete(blob.key)
             raise ProviderUnavailable(f"source {source}: record changed while it was read")
@@ -181,7 +183,7 @@ def mapping(svc: Services, transfer_id: str, owner: str) -> str:
     t = _load(svc, transfer_id)
     with svc.db.session() as s:
         todo = s.scalars(select(Item.id).filter_by(transfer_id=t.id, state="pulled")
-                         .order_by(Item.id)).all()
+                         .where(Item.kind != imaging.INSTANCE).order_by(Item.id)).all()
     context = MappingContext(patient_reference=bundles.patient_urn(t.id))
     tmpdir = svc.settings.work_dir / t.id / "mapping"
     tmpdir.mkdir(parents=True, exist_ok=True)
@@ -191,6 +193,7 @@ def mapping(svc: Services, transfer_id: str, owner: str) -> str:
         with svc.db.session() as s:
             item = s.get(Item, item_id)
             _map_item(svc, t, item, context, tmpdir / f"{item.id}.rec")
+    imaging.settle_instances(svc, t)  # after their studies: instances follow them
     with svc.db.session() as s:
         counts = dict(s.execute(select(Item.state, func.count()).filter_by(transfer_id=t.id)
                                 .group_by(Item.state)).all())
@@ -276,9 +279,11 @@ def _parts(svc: Services, transfer_id: str) -> list[TransferBundle]:
 
 
 def delivering(svc: Services, transfer_id: str, owner: str) -> str:
-    """Deliver every part not yet answered, in order; verify each answer at once."""
+    """Forward the DICOM instances not yet forwarded, then deliver every part not yet
+    answered, in order; verify each answer at once."""
     t = _load(svc, transfer_id)
     lease = _Lease(svc, t.id, owner)
+    imaging.forward(svc, t, lease.renew_if_due)
     for part in _parts(svc, transfer_id):
         if part.state != "assembled":
             continue
@@ -338,7 +343,10 @@ def awaiting_receipt(svc: Services, transfer_id: str, owner: str) -> str:
         row = s.get(Transfer, transfer_id)
         parts = s.scalars(select(TransferBundle).filter_by(transfer_id=transfer_id)
                           .order_by(TransferBundle.part)).all()
-        row.receipt = dict(parts[0].receipt, parts=len(parts)) if parts else None
+        # the per-instance C-STORE / STOW-RS outcomes acknowledge the images
+        forwarded = imaging.forward_summary(s, transfer_id)
+        extra = {"dicomForwarded": forwarded} if forwarded else {}
+        row.receipt = dict(parts[0].receipt, parts=len(parts), **extra) if parts else None
         row.reason = None
     return "completed"
 

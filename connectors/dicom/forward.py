@@ -7,8 +7,9 @@ what is missing (pass the delivered SOP Instance UIDs as `already_sent`).
 C-STORE streams each file from disk as it is (`STORE_SEND_CHUNKED_DATASET`): no pixel
 data is decoded or held in memory, and the recipient gets the source's bytes in the
 source's transfer syntax. An instance whose syntax the recipient refuses is reported as
-such (no transcoding). STOW-RS uses dicomweb-client; requests are batched by size so a
-request holds at most `batch_bytes` (or one instance larger than that).
+such (no transcoding). STOW-RS sends the files' bytes as
+they are (multipart/related, streamed from disk), batched by size so a request holds at
+most `batch_bytes` (or one instance larger than that).
 """
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import requests
-from pydicom import dcmread
 from pynetdicom import _config
 from pynetdicom.presentation import build_context
 from pynetdicom.status import code_to_category
@@ -158,9 +158,7 @@ def forward_stow_rs(items: Iterable[Outgoing], url: str, *,
                     headers: dict | None = None, batch_bytes: int = 32 << 20,
                     timeout: float = 300) -> ForwardReport:
     """STOW-RS every item not in `already_sent` to the DICOMweb base `url`."""
-    from dicomweb_client.api import DICOMwebClient
-
-    client = DICOMwebClient(url, session=session, headers=headers, timeout=timeout)
+    session = session or requests.Session()
     report = ForwardReport()
     batch: list[Outgoing] = []
     size = 0
@@ -170,47 +168,84 @@ def forward_stow_rs(items: Iterable[Outgoing], url: str, *,
             continue
         item_size = item.path.stat().st_size
         if batch and size + item_size > batch_bytes:
-            _stow_batch(client, batch, report, on_result)
+            _stow_batch(session, url, headers or {}, timeout, batch, report, on_result)
             batch, size = [], 0
         batch.append(item)
         size += item_size
     if batch:
-        _stow_batch(client, batch, report, on_result)
+        _stow_batch(session, url, headers or {}, timeout, batch, report, on_result)
     return report
 
 
-def _stow_batch(client, batch: list[Outgoing], report: ForwardReport,
-                on_result: ResultCallback) -> None:
+class _Multipart:
+    """A multipart/related body of Part 10 files, read from disk as it is sent: the
+    recipient gets the files' exact bytes (nothing decoded or re-encoded), and memory
+    holds one block. Has a length, so requests sends Content-Length."""
+
+    def __init__(self, paths: list[Path], boundary: str):
+        self._parts = [(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode(), p)
+                       for p in paths]
+        self._tail = f"\r\n--{boundary}--\r\n".encode()
+        self._size = sum(len(h) + p.stat().st_size for h, p in self._parts) \
+            + 2 * (len(paths) - 1) + len(self._tail)
+        self._gen = self._blocks()
+        self._buf = b""
+
+    def __len__(self) -> int:
+        return self._size
+
+    def _blocks(self):
+        for n, (head, path) in enumerate(self._parts):
+            yield (b"\r\n" if n else b"") + head
+            with open(path, "rb") as fh:
+                while block := fh.read(1 << 20):
+                    yield block
+        yield self._tail
+
+    def read(self, n: int = -1) -> bytes:
+        n = n if n and n > 0 else 1 << 20
+        while len(self._buf) < n:
+            block = next(self._gen, None)
+            if block is None:
+                break
+            self._buf += block
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+
+def _stow_batch(session, url: str, headers: dict, timeout: float, batch: list[Outgoing],
+                report: ForwardReport, on_result: ResultCallback) -> None:
+    import uuid
+
     uids = [i.sop_instance_uid for i in batch]
+    boundary = uuid.uuid4().hex
     try:
-        datasets = [dcmread(i.path) for i in batch]
-    except Exception as exc:
+        body = _Multipart([i.path for i in batch], boundary)
+    except OSError as exc:
         for uid in uids:
             report.failed[uid] = f"unreadable file: {type(exc).__name__}"
             on_result(uid, False, report.failed[uid])
         return
-    answer = None
+    head = {**headers, "Accept": "application/dicom+json",
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Content-Length": str(len(body))}
     try:
-        answer = client.store_instances(datasets)
-    except requests.HTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else 0
-        body = exc.response.content if exc.response is not None else b""
-        if status == 409 and body:
-            answer = _parse_answer(body)
-        if answer is None:
-            if status in (408, 429) or status >= 500 or status == 0:
-                report.pending += uids
-            else:
-                for uid in uids:
-                    report.failed[uid] = f"recipient refused the request: HTTP {status}"
-                    on_result(uid, False, report.failed[uid])
-            return
+        response = session.post(f"{url.rstrip('/')}/studies", data=body, headers=head,
+                                timeout=(10, timeout), allow_redirects=False)
     except requests.RequestException as exc:
         LOGGER.warning("STOW-RS request failed: %s", type(exc).__name__)
         report.pending += uids
         return
-    finally:
-        del datasets
+    status = response.status_code
+    answer = _parse_answer(response.content) if status in (200, 202, 409) else None
+    if answer is None:
+        if status in (408, 429) or status >= 500 or status in (200, 202, 409):
+            report.pending += uids  # unconfirmed either way: send again later
+        else:
+            for uid in uids:
+                report.failed[uid] = f"recipient refused the request: HTTP {status}"
+                on_result(uid, False, report.failed[uid])
+        return
     stored = set()
     failed = {}
     for ref in getattr(answer, "ReferencedSOPSequence", None) or []:

@@ -27,7 +27,8 @@ def operation_outcome(status: int, message: str, code: str | None = None):
 
 
 def register(app: Flask, mode: str) -> None:
-    from . import audit, authorizations, faxes, inbox, meta, receipts, receive, transfers
+    from . import (audit, authorizations, dicomweb, faxes, inbox, meta, receipts, receive,
+                   transfers)
 
     app.register_blueprint(meta.bp)
     app.register_blueprint(audit.bp)
@@ -41,6 +42,7 @@ def register(app: Flask, mode: str) -> None:
         app.register_blueprint(receipts.bp)
     if mode in ("receive", "both"):
         app.register_blueprint(receive.bp)
+        app.register_blueprint(dicomweb.bp)
         app.register_blueprint(inbox.bp)
 
     @app.errorhandler(GatewayError)

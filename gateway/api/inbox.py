@@ -108,7 +108,14 @@ def document_content(received_id: str, doc_id: str):
 @bp.get("/<received_id>/studies")
 @require("recipient")
 def studies(received_id: str):
-    data = _load(received_id, "received_studies")
+    """The ImagingStudies of a bundle, each with the instances it announces and how many
+    of them this gateway actually holds (received by STOW-RS from the same sender)."""
+    from .. import stow
+
+    with svc().db.session() as s:
+        row = _row(s, received_id, "received_studies")
+        sender, key = row.sender, row.blob_key
+    data = json.loads(svc().blobs.read_bytes(key))
     out = []
     for entry in data.get("entry", []):
         res = entry["resource"]
@@ -119,6 +126,10 @@ def studies(received_id: str):
                         "started": res.get("started"), "description": res.get("description"),
                         "modalities": [m.get("code") for m in res.get("modality") or []],
                         "series": res.get("numberOfSeries"), "instances": res.get("numberOfInstances")})
+    uids = [o["studyInstanceUid"].removeprefix("urn:oid:") for o in out if o["studyInstanceUid"]]
+    held = stow.received_counts(svc(), sender, uids)
+    for o in out:
+        o["instancesReceived"] = held.get((o["studyInstanceUid"] or "").removeprefix("urn:oid:"), 0)
     return jsonify({"studies": out})
 
 

@@ -34,6 +34,9 @@ BODIES = {
     "receive.transaction": {"application/fhir+json": {"schema": {"type": "object",
                             "description": "FHIR R4 transaction Bundle; headers Idempotency-Key "
                                            "and X-Bundle-Signature (detached JWS)"}}},
+    "dicomweb.store_instances": {"multipart/related": {"schema": {"type": "string", "format": "binary",
+                                 "description": 'STOW-RS: multipart/related; type="application/dicom", '
+                                                "one DICOM Part 10 instance a part"}}},
     "receipts.opened": {"application/json": {"schema": {"type": "object", "required": ["jws"],
                         "properties": {"jws": {"type": "string"}}}}},
 }
@@ -59,6 +62,7 @@ SUMMARIES = {
     "transfers.retry": "Resume a failed transfer from the step that failed",
     "transfers.cancel": "Cancel a transfer",
     "receive.transaction": "Receive a transaction Bundle from a peer gateway; answers with a signed receipt",
+    "dicomweb.store_instances": "Receive DICOM instances from a peer gateway by STOW-RS (stored encrypted, counted in receipts)",
     "inbox.index": "Bundles received for this center (recipient role, organization-scoped)",
     "audit.events": "Audit events by patient, transfer, authorization, actor, type, time, with inclusion proofs",
     "audit.chain": "A transfer's whole chain of events, each with its inclusion proof",

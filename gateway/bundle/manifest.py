@@ -49,13 +49,24 @@ def manifest_document(t, items, places, part_of, group: str) -> dict:
 
 def dicom_counts(manifest: dict) -> dict[str, int]:
     """Instances per study sent beside the bundle, from a manifest."""
-    counts: dict[str, int] = {}
+    return {study: len(sops) for study, sops in dicom_instances(manifest).items()}
+
+
+def dicom_instances(manifest: dict) -> dict[str, dict[str, str]]:
+    """Study UID -> {SOP Instance UID: sha256} of the instances sent beside the bundle."""
+    out: dict[str, dict[str, str]] = {}
     for src in manifest.get("sources", {}).values():
         for d in src.get("delivered", []):
-            if d.get("kind") == "dicom":
-                key = d.get("study") or "unknown"
-                counts[key] = counts.get(key, 0) + 1
-    return counts
+            if d.get("kind") == "dicom" and isinstance(d.get("origin"), str):
+                sop = d["origin"].rsplit("/", 1)[-1]
+                out.setdefault(d.get("study") or "unknown", {})[sop] = str(d.get("sha256"))
+    return out
+
+
+def study_digest(sha256s) -> str:
+    """One hash for a study's instances: sha256 over their sorted sha256s (hex); the
+    sender and the receiving gateway compute it alike."""
+    return hashlib.sha256("".join(sorted(sha256s)).encode()).hexdigest()
 
 
 def build(svc, t, shape, items, places, part_of, patient_url, urn) -> list:

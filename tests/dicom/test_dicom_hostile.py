@@ -231,7 +231,7 @@ def test_streamed_bad_instances_leave_no_blob(scp, tmp_path):
     import base64
 
     from gateway.blobstore import BlobStore, new_master_key
-    from tests.dicom.blob_sink import BlobStoreSink
+    from gateway.dicom_sink import BlobStoreSink
 
     store = BlobStore(tmp_path / "blobs", base64.b64decode(new_master_key()))
     study = dcmread(CT, stop_before_pixels=True).StudyInstanceUID

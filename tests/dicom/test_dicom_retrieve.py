@@ -157,7 +157,7 @@ def test_retrieve_streams_into_the_encrypted_blob_store(dicom, tmp_path, method)
     import base64
 
     from gateway.blobstore import BlobStore, new_master_key
-    from tests.dicom.blob_sink import BlobStoreSink
+    from gateway.dicom_sink import BlobStoreSink
 
     store = BlobStore(tmp_path / "blobs", base64.b64decode(new_master_key()))
     opts = {"retrieve": method, "sink": BlobStoreSink(store)}

@@ -121,6 +121,24 @@ def upgrade():
     with op.batch_alter_table('received_bundles', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_received_bundles_recipient_org'), ['recipient_org'], unique=False)
 
+    op.create_table('received_instances',
+    sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('sender', sa.String(length=255), nullable=False),
+    sa.Column('study_uid', sa.String(length=64), nullable=False),
+    sa.Column('series_uid', sa.String(length=64), nullable=False),
+    sa.Column('sop_instance_uid', sa.String(length=64), nullable=False),
+    sa.Column('sop_class_uid', sa.String(length=64), nullable=False),
+    sa.Column('transfer_syntax', sa.String(length=64), nullable=False),
+    sa.Column('sha256', sa.String(length=64), nullable=False),
+    sa.Column('size', sa.BigInteger(), nullable=False),
+    sa.Column('blob_key', sa.String(length=64), nullable=False),
+    sa.Column('received_at', gateway.models.UTCDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('sender', 'sop_instance_uid')
+    )
+    with op.batch_alter_table('received_instances', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_received_instances_study_uid'), ['study_uid'], unique=False)
+
     op.create_table('transfers',
     sa.Column('id', sa.String(length=32), nullable=False),
     sa.Column('authorization_id', sa.String(length=64), nullable=False),
@@ -164,6 +182,8 @@ def upgrade():
     sa.Column('resources_blob', sa.String(length=64), nullable=True),
     sa.Column('data_class', sa.String(length=32), nullable=True),
     sa.Column('clinical_date', sa.String(length=10), nullable=True),
+    sa.Column('forwarded_at', gateway.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('forward_status', sa.String(length=255), nullable=True),
     sa.ForeignKeyConstraint(['transfer_id'], ['transfers.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('transfer_id', 'source', 'origin')
@@ -234,6 +254,10 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_received_bundles_recipient_org'))
 
     op.drop_table('received_bundles')
+    with op.batch_alter_table('received_instances', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_received_instances_study_uid'))
+
+    op.drop_table('received_instances')
     op.drop_table('authorizations')
     op.drop_table('audit_tree_nodes')
     op.drop_table('audit_log_head')
