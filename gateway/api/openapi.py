@@ -34,6 +34,9 @@ BODIES = {
     "receive.transaction": {"application/fhir+json": {"schema": {"type": "object",
                             "description": "FHIR R4 transaction Bundle; headers Idempotency-Key "
                                            "and X-Bundle-Signature (detached JWS)"}}},
+    "receive.binary_put": {"application/octet-stream": {"schema": {"type": "string", "format": "binary",
+                           "description": "a document's raw bytes, sent before the bundle that "
+                                          "references it as Binary/{id} (HEAD asks whether it is held)"}}},
     "receipts.opened": {"application/json": {"schema": {"type": "object", "required": ["jws"],
                         "properties": {"jws": {"type": "string"}}}}},
 }
@@ -59,6 +62,7 @@ SUMMARIES = {
     "transfers.retry": "Resume a failed transfer from the step that failed",
     "transfers.cancel": "Cancel a transfer",
     "receive.transaction": "Receive a transaction Bundle from a peer gateway; answers with a signed receipt",
+    "receive.binary_put": "Receive a large document before its bundle; ETag is its sha256",
     "inbox.index": "Bundles received for this center (recipient role, organization-scoped)",
     "audit.events": "Audit events by patient, transfer, authorization, actor, type, time, with inclusion proofs",
     "audit.chain": "A transfer's whole chain of events, each with its inclusion proof",
