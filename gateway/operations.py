@@ -130,6 +130,7 @@ def transfer_view(s, t: Transfer, items: bool = False) -> dict:
                      "size": b.size, "entries": b.entries, "state": b.state,
                      "signedReceipt": b.state == "receipted",
                      "receiptId": (b.receipt or {}).get("receipt_id"),
+                     "attachments": b.attachments or {},  # documents uploaded before it
                      "opened": b.opened}
                     for b in s.scalars(select(TransferBundle).filter_by(transfer_id=t.id)
                                        .order_by(TransferBundle.part))],
