@@ -10,9 +10,11 @@ import hashlib
 import pytest
 import requests
 
+from gateway.demo import make_pdf
+
 from tests.delivery.delivery_fixtures import PLAIN_ORG
 from tests.delivery.delivery_support import TERMINAL, claims_to, write_large_pdf
-from tests.helpers import wait_until, write_pdfs
+from tests.helpers import wait_until
 
 INLINE_MAX = 512 * 1024
 SMALL_BUNDLE = 100_000  # the bundle without the scan: summary PDF, manifest, one small PDF
@@ -26,7 +28,11 @@ def small_inline(sender_config):
 def records(drop_dir, tid: str) -> tuple[str, str]:
     """One small PDF (inline) and a ~2 MB scan (uploaded) in the transfer's folder."""
     staging = drop_dir.parent / f"staging-{tid}"
-    [small] = write_pdfs(staging, count=1)
+    staging.mkdir()
+    # titled by the transfer: sekmet is shared by the session, its documents must differ
+    make_pdf(staging / "note.pdf", f"Synthetic note {tid}", ["synthetic"],
+             {"name": {"family": "Testperson", "given": ["Avery"]}, "birthDate": "1970-01-01"})
+    small = hashlib.sha256((staging / "note.pdf").read_bytes()).hexdigest()
     big = write_large_pdf(staging / "scan.pdf", 2)
     staging.rename(drop_dir / tid)
     return small, big

@@ -51,7 +51,9 @@ def test_retry_waits_for_retry_after_while_others_are_delivered(dstack, claims_f
     busy = start(dstack, dstack.authorize(claims_for(), sign), "center")
     write_pdfs(drop_dir / busy, count=1)
     plain = start(dstack, dstack.authorize(claims_to(PLAIN_ORG, plain_peer, drop_dir), sign), "plain")
-    write_pdfs(drop_dir / plain, count=1)
+    # named for the transfer: sekmet is shared by the session, its documents must differ
+    write_pdfs(drop_dir / plain, count=1,
+               patient={"name": {"family": "Testperson", "given": [plain]}, "birthDate": "1970-01-01"})
     view = dstack.wait_state(busy, TERMINAL, 150)
     assert view["state"] == "completed", view["reason"]
     assert [f for _, f, _ in dstack.proxy.posts()] == ["retry_after:4", "retry_after_date:4", "pass"]
