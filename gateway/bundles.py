@@ -239,8 +239,8 @@ def _point_at_uploads(units: dict[str, _Unit], relocated: dict[str, Upload],
         for entry in unit.entries:
             if isinstance(entry, dict):
                 for att in _attachments(entry["resource"], relocated):
-                    point_at(att, relocated[att["url"]])
                     used.add(att["url"])
+                    point_at(att, relocated[att["url"]])
     for full_url, up in relocated.items():
         if full_url not in used:
             unit = units[full_url]
