@@ -74,6 +74,7 @@ def test_large_document_goes_before_its_bundle_to_a_gateway(small_inline, dstack
     size = (drop_dir / tid / "scan.pdf").stat().st_size
     assert part["attachments"] == {ref: {"sha256": big, "size": size}}
     assert view["receipt"]["attachments"] == part["attachments"]  # the receiver says it holds them
+    assert view["uploads"] == {"uploaded": 1}
     assert set(inbox_documents(dstack)) == {small, big}
     [item] = dstack.inbox()
     assert item["size"] == part["size"] < SMALL_BUNDLE < size
