@@ -25,6 +25,7 @@ from .services import Services
 
 RECEIPT_TYP = receipts.RECEIPT_TYP
 MAX_RESPONSE = 16 * 1024 * 1024
+TRANSIENT = (408, 409, 425, 429)  # and 5xx: retried, never sooner than a Retry-After says
 
 
 class _BlobUpload:
@@ -71,7 +72,7 @@ def answer_error(recipient: str, what: str, status: int, headers, content: bytes
     """The error for a non-2xx answer: transient (retried, honouring Retry-After) for
     408/409/425/429/5xx, else a refusal."""
     text = _outcome_text(status, content)
-    if status in (408, 409, 425, 429) or status >= 500:
+    if status in TRANSIENT or status >= 500:
         return DeliveryFailed(f"recipient {recipient}: {what}: {text}",
                               retry_after=retry_after(headers.get("Retry-After")))
     return DeliveryRejected(f"recipient {recipient} refused {what}: {text}")
@@ -110,9 +111,9 @@ def deliver(svc: Services, t: Transfer, part: TransferBundle) -> str:
     if len(content) > MAX_RESPONSE:
         raise DeliveryFailed(f"recipient {t.recipient} answered with an oversized body")
     status = response.status_code
-    if status in (408, 409, 425, 429) or status >= 500:
-        raise DeliveryFailed(f"recipient {t.recipient}: {_outcome_text(status, content)}",
-                             retry_after=retry_after(response.headers.get("Retry-After")))
+    if status in TRANSIENT or status >= 500:
+        raise answer_error(t.recipient, f"bundle {part.part}/{part.parts}", status,
+                           response.headers, content)
     if status >= 300:
         attachments.reset(svc, t, part)  # a retry then asks the recipient for each upload again
         proof = _rejection(svc, t, part, response.headers.get("X-Delivery-Receipt"))

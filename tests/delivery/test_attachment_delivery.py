@@ -135,3 +135,16 @@ def test_large_document_to_a_plain_fhir_server(small_inline, dstack, sign, drop_
                          params={"identifier": f"urn:records-gateway:sha256|{big}"}, timeout=10).json()
     [doc] = [e["resource"] for e in found["entry"]]
     assert doc["content"][0]["attachment"]["url"].endswith(ref)
+
+
+def test_upload_over_the_receivers_cap_is_refused_for_good(small_inline, dstack, claims_for, sign,
+                                                           drop_dir):
+    dstack.receiver_config["max_binary_bytes"] = 1_000_000
+    dstack.start_receiver()
+    tid = start(dstack, dstack.authorize(claims_for(), sign))
+    records(drop_dir, tid)
+    view = dstack.wait_state(tid, TERMINAL, 150)
+    assert view["state"] == "failed"
+    assert "HTTP 413" in view["reason"] and "1000000 byte limit" in view["reason"]
+    assert len(dstack.proxy.posts(method="PUT")) == 1 and dstack.proxy.posts() == []  # no bundle sent
+    assert view["uploads"] == {"pending": 1} and dstack.inbox() == []
