@@ -69,6 +69,7 @@ def test_large_document_goes_before_its_bundle_to_a_gateway(small_inline, dstack
     assert view["state"] == "completed", view["reason"]
     [put] = dstack.proxy.posts(method="PUT")  # once: the retried POST did not upload again
     assert [f for _, f, _ in dstack.proxy.posts()] == ["503", "pass"]
+    assert len(dstack.proxy.posts(method="HEAD")) == 1  # the retry knew: not even asked again
     [part] = view["bundles"]
     ref = put[0].split("/fhir/", 1)[1]
     size = (drop_dir / tid / "scan.pdf").stat().st_size

@@ -45,9 +45,9 @@ def test_retry_after_is_capped_by_the_setting(sender_config):
 
 def test_retry_waits_for_retry_after_while_others_are_delivered(dstack, claims_for, sign, drop_dir,
                                                                 plain_peer):
-    """Backoff in these tests is at most 1 s: gaps of 3 s come from the recipient's answer."""
+    """Backoff in these tests is at most 1 s: longer gaps come from the recipient's answer."""
     dstack.start_receiver()
-    dstack.proxy.faults.extend(["retry_after:4", "retry_after_date:4"])
+    dstack.proxy.faults.extend(["retry_after:4", "retry_after_date:6"])
     busy = start(dstack, dstack.authorize(claims_for(), sign), "center")
     write_pdfs(drop_dir / busy, count=1)
     plain = start(dstack, dstack.authorize(claims_to(PLAIN_ORG, plain_peer, drop_dir), sign), "plain")
@@ -56,14 +56,14 @@ def test_retry_waits_for_retry_after_while_others_are_delivered(dstack, claims_f
                patient={"name": {"family": "Testperson", "given": [plain]}, "birthDate": "1970-01-01"})
     view = dstack.wait_state(busy, TERMINAL, 150)
     assert view["state"] == "completed", view["reason"]
-    assert [f for _, f, _ in dstack.proxy.posts()] == ["retry_after:4", "retry_after_date:4", "pass"]
+    assert [f for _, f, _ in dstack.proxy.posts()] == ["retry_after:4", "retry_after_date:6", "pass"]
     first, second, third = dstack.proxy.times()
     assert second - first >= 4.0  # Retry-After: 4
-    assert third - second >= 3.0  # an HTTP-date 4 s ahead, to the second
+    assert third - second >= 5.0  # an HTTP-date 6 s ahead, to the second
     asked = [e.detail["retry_after_s"] for e in dstack.events("transfer.step.retry")
              if e.transfer_id == busy]
-    assert asked[0] == 4.0 and 3.0 <= asked[1] <= 4.0
-    # the other recipient did not wait for this one
+    assert asked[0] == 4.0 and 5.0 <= asked[1] <= 6.0
+    # the other recipient did not wait for this one: delivered within the 10 s this one waited
     other = dstack.wait_state(plain, TERMINAL, 60)
     assert other["state"] == "completed", other["reason"]
     done = datetime.fromisoformat(other["completedAt"]).timestamp()
