@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from . import audit
 from .attachments import declared_sha256, referenced
 from .blobstore import CHUNK
-from .errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge
+from .errors import Conflict, Forbidden, InvalidInput, NotFound
 from .models import ReceivedBinary
 from .services import Services
 
@@ -40,12 +40,10 @@ def check_id(binary_id: str) -> None:
 
 def store(svc: Services, sender: str, binary_id: str, stream: BinaryIO, length: int,
           content_type: str) -> tuple[ReceivedBinary, bool]:
-    """Stream one upload into the blob store; return its row and whether it is new."""
+    """Stream one upload of `length` bytes (checked against `max_binary_bytes` by the
+    endpoint) into the blob store; return its row and whether it is new."""
     if sender not in svc.settings.senders:
         raise Forbidden(f"sender {sender!r} is not a trusted sender of this gateway")
-    limit = svc.settings.max_binary_bytes
-    if length > limit:
-        raise PayloadTooLarge(f"document is larger than the {limit} byte limit")
     got = 0
     with svc.blobs.writer() as w:
         while got < length:

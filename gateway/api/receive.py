@@ -80,6 +80,10 @@ def binary_put(binary_id: str):
     receive_binaries.check_id(binary_id)
     if request.content_length is None:
         raise InvalidInput("Content-Length is required")
+    limit = svc().settings.max_binary_bytes
+    if request.content_length > limit:
+        raise PayloadTooLarge(f"document is larger than the {limit} byte limit")
+    request.max_content_length = limit  # documents have their own cap, not max_body_bytes
     row, created = receive_binaries.store(svc(), g.actor, binary_id, request.stream,
                                           request.content_length,
                                           request.mimetype or "application/octet-stream")

@@ -97,7 +97,7 @@ def test_missing_or_different_upload_refuses_the_bundle(receiver, peer, sender_k
 def test_upload_limits_and_who_may_upload(receiver_config, tmp_path, sender_keys):
     from gateway import create_app
 
-    config = {**receiver_config, "max_binary_bytes": 1000, "senders": {"hospital-a": {
+    config = {**receiver_config, "max_binary_bytes": 1000, "max_body_bytes": 500, "senders": {"hospital-a": {
         "organization": "org-test-hospital", "jwks_file": str(tmp_path / "hospital-a-jwks.json")}}}
     app = create_app(config)
     try:
@@ -105,7 +105,7 @@ def test_upload_limits_and_who_may_upload(receiver_config, tmp_path, sender_keys
         peer = bearer(make_token(app, "peer", "hospital-a"))
         r = put(client, peer, b"x" * 1001)
         assert r.status_code == 413 and "1000 byte limit" in r.get_json()["issue"][0]["diagnostics"]
-        assert put(client, peer, b"x" * 1000).status_code == 201
+        assert put(client, peer, b"x" * 1000).status_code == 201  # over max_body_bytes: not a bundle
         assert put(client, peer, b"x", binary="../etc").status_code in (400, 404)
         assert put(client, peer, b"x", binary="a" * 65).status_code == 400
         stranger = bearer(make_token(app, "peer", "hospital-b"))  # a peer token, not a sender
