@@ -123,6 +123,7 @@ class Settings(BaseSettings):
     fax_scan_interval_s: float = 5.0  # fax drop folders: polling interval where inotify is missing
     max_body_bytes: int = 512 * 1024 * 1024
     max_binary_bytes: int = 4 * 1024 * 1024 * 1024  # receive side: one uploaded document
+    receive_upload_ttl_s: float = 7 * 24 * 3600.0  # an upload no bundle took is deleted after
     http_timeout_s: float = 60.0
     log_level: str = "INFO"
 

@@ -8,21 +8,24 @@ bytes; once a bundle is accepted its documents never change. The bundle is refus
 all or nothing, if an attachment it references as `Binary/{id}` was not uploaded, or
 its sha256 or size differ from what the attachment names; the receipt then names the
 sha256 and size of each stored upload, so the sender's check proves they arrived.
+Uploads no bundle took within `receive_upload_ttl_s` are deleted (hourly, by beat).
 """
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from typing import BinaryIO
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from . import audit
+from .celery_app import celery
 from .attachments import declared_sha256, referenced
 from .blobstore import CHUNK
 from .errors import Conflict, Forbidden, InvalidInput, NotFound
-from .models import ReceivedBinary
-from .services import Services
+from .models import ReceivedBinary, utcnow
+from .services import Services, services
 
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
@@ -145,3 +148,26 @@ def open_for(svc: Services, sender: str, ref: str) -> ReceivedBinary | None:
         return None
     with svc.db.session() as s:
         return s.scalars(select(ReceivedBinary).filter_by(sender=sender, binary_id=binary_id)).first()
+
+
+def sweep_now(svc: Services) -> int:
+    """Delete uploads no accepted bundle references, older than `receive_upload_ttl_s`
+    (a sender that gave up): their bytes and rows. Returns how many."""
+    cutoff = utcnow() - timedelta(seconds=svc.settings.receive_upload_ttl_s)
+    with svc.db.session() as s:
+        stale = s.scalars(select(ReceivedBinary).where(
+            ReceivedBinary.bundle_id.is_(None), ReceivedBinary.received_at < cutoff)
+            .with_for_update()).all()
+        for row in stale:
+            s.delete(row)
+            audit.record(s, "receive.binary.expired", actor="system", binary_id=row.binary_id,
+                         sender=row.sender, sha256=row.sha256, size=row.size)
+        keys = [row.blob_key for row in stale]
+    for key in keys:  # after the commit: a row never names a deleted blob
+        svc.blobs.delete(key)
+    return len(keys)
+
+
+@celery.task(name="gateway.receive_binaries.sweep", ignore_result=True)
+def sweep() -> int:
+    return sweep_now(services())

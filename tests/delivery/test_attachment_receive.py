@@ -115,3 +115,27 @@ def test_upload_limits_and_who_may_upload(receiver_config, tmp_path, sender_keys
         assert client.head(f"/fhir/Binary/{BID}", headers=stranger).status_code == 404
     finally:
         app.extensions["gateway"].close()
+
+
+def test_uploads_no_bundle_took_expire(receiver, peer, sender_keys):
+    from datetime import timedelta
+
+    from gateway.models import ReceivedBinary, utcnow
+    from gateway.receive_binaries import sweep_now
+
+    client = receiver.test_client()
+    other = "5d3c1d8e-7a3b-5a6e-9c1f-000000000002"
+    assert put(client, peer, SCAN).status_code == 201
+    assert put(client, peer, b"never referenced", binary=other).status_code == 201
+    assert post(client, peer, with_upload(), sender_keys).status_code == 200
+    svc = receiver.extensions["gateway"]
+    assert sweep_now(svc) == 0  # young
+    with svc.db.session() as s:
+        rows = s.query(ReceivedBinary).all()
+        for row in rows:
+            row.received_at = utcnow() - timedelta(days=8)
+        keys = {row.binary_id: row.blob_key for row in rows}
+    assert sweep_now(svc) == 1
+    assert not svc.blobs.exists(keys[other]) and svc.blobs.exists(keys[BID])
+    assert client.head(f"/fhir/Binary/{other}", headers=peer).status_code == 404
+    assert client.head(f"/fhir/Binary/{BID}", headers=peer).status_code == 200  # its bundle's
