@@ -6,6 +6,9 @@ after a crash or a lost answer is stored once. A peer gateway answers with a sig
 receipt in the transaction-response's `signature`; a plain FHIR server (peer kind
 "fhir") answers with a transaction-response only, recorded as an unsigned
 acknowledgment (its entries are PUT with stable ids, so a repeat overwrites).
+Documents too large to go inline are uploaded before their bundle (attachments.py).
+A transient answer (408/409/425/429, 5xx) is retried, never sooner than its
+`Retry-After` asks (transfers.py schedules the next attempt).
 """
 from __future__ import annotations
 
