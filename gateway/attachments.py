@@ -68,18 +68,19 @@ def point_at(attachment: dict, up: Upload) -> None:
     attachment["extension"] = kept + [{"url": SHA256_EXT, "valueString": up.sha256}]
 
 
-def referenced(node) -> Iterator[dict]:
-    """Every attachment in a resource whose url is a `Binary/{id}` reference."""
+def referenced(node, urls=None) -> Iterator[dict]:
+    """Every attachment in a resource whose url is a `Binary/{id}` reference (or, given
+    `urls`, one of those)."""
     if isinstance(node, dict):
         url = node.get("url")
-        if isinstance(url, str) and url.startswith("Binary/"):
+        if isinstance(url, str) and (url in urls if urls is not None else url.startswith("Binary/")):
             yield node
         for value in node.values():
             if isinstance(value, (dict, list)):
-                yield from referenced(value)
+                yield from referenced(value, urls)
     elif isinstance(node, list):
         for value in node:
-            yield from referenced(value)
+            yield from referenced(value, urls)
 
 
 def declared_sha256(attachment: dict) -> str | None:

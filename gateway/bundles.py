@@ -36,6 +36,7 @@ from .attachments import Upload, binary_id, point_at, referenced
 from .blobstore import BlobInfo
 from .bundle import manifest as manifest_mod
 from .bundle import summary as summary_mod
+from .bundle import uploads as uploads_mod
 from .models import Item, Transfer
 from .services import Services
 
@@ -225,42 +226,9 @@ def _collect(svc: Services, t: Transfer, shape: _Shape
             for entry in unit.entries:
                 if isinstance(entry, dict):
                     _rewrite_references(entry["resource"], aliases)
-    _point_at_uploads(units, relocated, uploads)
+    uploads_mod.point_units_at_uploads(units, relocated, uploads)
     ordered = sorted(units.values(), key=lambda u: (u.date, u.full_url))
     return ordered, places, items, uploads
-
-
-def _point_at_uploads(units: dict[str, _Unit], relocated: dict[str, Upload],
-                      uploads: dict[str, Upload]) -> None:
-    """Point attachments at the uploads that replace a FHIR source's Binaries; a Binary
-    nothing references goes inline after all (no attachment would name its upload)."""
-    used = set()
-    for unit in units.values():
-        for entry in unit.entries:
-            if isinstance(entry, dict):
-                for att in _attachments(entry["resource"], relocated):
-                    used.add(att["url"])
-                    point_at(att, relocated[att["url"]])
-    for full_url, up in relocated.items():
-        if full_url not in used:
-            unit = units[full_url]
-            unit.entries.append(unit.inline)
-            unit.estimate = 4 * (up.size // 3 + 1) + 512
-            uploads.pop(up.ref, None)
-
-
-def _attachments(node, urls: dict) -> list[dict]:
-    found = []
-    if isinstance(node, dict):
-        if node.get("url") in urls:
-            found.append(node)
-        for value in node.values():
-            if isinstance(value, (dict, list)):
-                found += _attachments(value, urls)
-    elif isinstance(node, list):
-        for value in node:
-            found += _attachments(value, urls)
-    return found
 
 
 def _rewrite_references(node, aliases: dict[str, str]) -> None:

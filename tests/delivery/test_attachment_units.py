@@ -4,7 +4,8 @@ inline after all when nothing does."""
 from __future__ import annotations
 
 from gateway.attachments import SHA256_EXT, Upload, binary_id, declared_sha256, referenced
-from gateway.bundles import _Binary, _point_at_uploads, _Unit
+from gateway.bundle.uploads import point_units_at_uploads
+from gateway.bundles import _Binary, _Unit
 
 
 def test_fhir_binaries_over_the_limit_become_uploads_only_where_referenced():
@@ -17,7 +18,7 @@ def test_fhir_binaries_over_the_limit_become_uploads_only_where_referenced():
              used: _Unit("", used, inline=_Binary(used, "k1", "application/pdf", up1.size)),
              unused: _Unit("", unused, inline=_Binary(unused, "k2", "image/tiff", up2.size))}
     uploads = {up1.ref: up1, up2.ref: up2}
-    _point_at_uploads(units, {used: up1, unused: up2}, uploads)
+    point_units_at_uploads(units, {used: up1, unused: up2}, uploads)
     [att] = list(referenced(report))
     assert att["url"] == f"Binary/{up1.binary_id}" and att["size"] == up1.size
     assert declared_sha256(att) == "a" * 64 and att["extension"][0]["url"] == SHA256_EXT
