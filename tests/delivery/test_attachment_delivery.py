@@ -149,3 +149,67 @@ def test_upload_over_the_receivers_cap_is_refused_for_good(small_inline, dstack,
     assert "HTTP 413" in view["reason"] and "1000000 byte limit" in view["reason"]
     assert len(dstack.proxy.posts(method="PUT")) == 1 and dstack.proxy.posts() == []  # no bundle sent
     assert view["uploads"] == {"pending": 1} and dstack.inbox() == []
+
+
+@pytest.fixture
+def ehr_source(sender_config, sekmet):
+    """sekmet-fhir as a FHIR source too (source "ehr")."""
+    from tests.helpers import SENDER_ORG
+
+    sender_config["sources"]["ehr"] = {"kind": "fhir-rest", "organization": SENDER_ORG, "endpoint": sekmet,
+                                       "options": {"base_url": sekmet, "auth": {"type": "none"},
+                                                   "retrieval": "search"}}
+
+
+def test_large_attachment_from_a_fhir_source_goes_by_upload(small_inline, ehr_source, dstack, sign,
+                                                           sekmet, receiver_url):
+    """A FHIR source's DocumentReference -> Binary: the Binary goes before the bundle and
+    the DocumentReference (the source's own) points at the upload."""
+    import os
+    import uuid
+
+    from gateway.authorizations import example_claims
+    from tests.helpers import ISSUER, RECEIVER_ORG, SENDER_ORG
+
+    mrn = uuid.uuid4().hex[:10]
+    patient = requests.post(f"{sekmet}/Patient", json={
+        "resourceType": "Patient", "identifier": [{"system": "urn:test:mrn", "value": mrn}],
+        "name": [{"family": "Testperson", "given": ["Avery"]}], "birthDate": "1970-01-01"},
+        headers={"Content-Type": "application/fhir+json"}, timeout=10).json()
+    scan = b"%PDF-1.4\n" + os.urandom(900_000)
+    binary = requests.post(f"{sekmet}/Binary", json={
+        "resourceType": "Binary", "contentType": "application/pdf", "data": base64.b64encode(scan).decode()},
+        headers={"Content-Type": "application/fhir+json"}, timeout=30).json()
+    requests.post(f"{sekmet}/DocumentReference", json={
+        "resourceType": "DocumentReference", "status": "current",
+        "type": {"coding": [{"system": "http://loinc.org", "code": "11526-1"}]},
+        "subject": {"reference": f"Patient/{patient['id']}"}, "date": "2024-04-05T00:00:00Z",
+        "content": [{"attachment": {"contentType": "application/pdf", "url": f"Binary/{binary['id']}"}}]},
+        headers={"Content-Type": "application/fhir+json"}, timeout=10).raise_for_status()
+    dstack.start_receiver()
+    claims = example_claims(
+        ISSUER, f"auth-{uuid.uuid4().hex[:12]}",
+        patient={"name": {"family": "Testperson", "given": ["Avery"]}, "birthDate": "1970-01-01",
+                 "identifiers": [{"system": "urn:test:mrn", "value": mrn}]},
+        disclosers=[{"id": SENDER_ORG, "name": "Test Hospital", "endpoints": [{"type": "fhir", "address": sekmet}]}],
+        recipient={"id": RECEIVER_ORG, "name": "Test Center", "endpoint": {"type": "gateway", "address": receiver_url}})
+    r = dstack.client.post("/transfers", json={"authorization": dstack.authorize(claims, sign),
+                                               "sources": ["ehr"], "recipient": "center"},
+                           headers=dstack.operator)
+    assert r.status_code == 202, r.get_json()
+    view = dstack.wait_state(r.get_json()["id"], TERMINAL, 150)
+    assert view["state"] == "completed", view["reason"]
+    [put] = dstack.proxy.posts(method="PUT")
+    ref = put[0].split("/fhir/", 1)[1]
+    assert view["receipt"]["attachments"] == {ref: {"sha256": hashlib.sha256(scan).hexdigest(),
+                                                    "size": len(scan)}}
+    [item] = dstack.inbox()
+    bundle = dstack.received_bundle(item["id"])
+    assert not [e for e in bundle["entry"] if e["resource"]["resourceType"] == "Binary"
+                and e["resource"].get("contentType") == "application/pdf"
+                and len(e["resource"].get("data", "")) > INLINE_MAX]
+    [doc] = [e for e in bundle["entry"] if e["resource"]["resourceType"] == "DocumentReference"
+             and e["resource"]["content"][0]["attachment"].get("url") == ref]
+    served = requests.get(f"{dstack.receiver_config['base_url']}/inbox/{item['id']}/documents/"
+                          f"{doc['fullUrl'].rsplit(':', 1)[-1]}", headers=dstack.inbox_headers, timeout=30)
+    assert served.content == scan
