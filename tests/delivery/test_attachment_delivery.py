@@ -152,19 +152,22 @@ def test_upload_over_the_receivers_cap_is_refused_for_good(small_inline, dstack,
 
 
 @pytest.fixture
-def ehr_source(sender_config, sekmet):
-    """sekmet-fhir as a FHIR source too (source "ehr")."""
+def ehr_source(sender_config, sekmet, inline_max):
+    """sekmet-fhir as a FHIR source too (source "ehr"), and the inline limit of the test."""
     from tests.helpers import SENDER_ORG
 
+    sender_config["attachment_inline_max_bytes"] = inline_max
     sender_config["sources"]["ehr"] = {"kind": "fhir-rest", "organization": SENDER_ORG, "endpoint": sekmet,
                                        "options": {"base_url": sekmet, "auth": {"type": "none"},
                                                    "retrieval": "search"}}
 
 
-def test_large_attachment_from_a_fhir_source_goes_by_upload(small_inline, ehr_source, dstack, sign,
-                                                           sekmet, receiver_url):
-    """A FHIR source's DocumentReference -> Binary: the Binary goes before the bundle and
-    the DocumentReference (the source's own) points at the upload."""
+@pytest.mark.parametrize("inline_max", [INLINE_MAX, 4 * 1024 * 1024])
+def test_attachment_from_a_fhir_source_by_upload_or_inline(inline_max, sender_config, ehr_source, dstack,
+                                                          sign, sekmet, receiver_url):
+    """A FHIR source's DocumentReference -> Binary: over the limit the Binary goes before
+    the bundle and the DocumentReference (the source's own) points at the upload; under
+    it, the Binary travels inline. Either way the center is served the same bytes."""
     import os
     import uuid
 
@@ -199,15 +202,21 @@ def test_large_attachment_from_a_fhir_source_goes_by_upload(small_inline, ehr_so
     assert r.status_code == 202, r.get_json()
     view = dstack.wait_state(r.get_json()["id"], TERMINAL, 150)
     assert view["state"] == "completed", view["reason"]
-    [put] = dstack.proxy.posts(method="PUT")
-    ref = put[0].split("/fhir/", 1)[1]
-    assert view["receipt"]["attachments"] == {ref: {"sha256": hashlib.sha256(scan).hexdigest(),
-                                                    "size": len(scan)}}
     [item] = dstack.inbox()
     bundle = dstack.received_bundle(item["id"])
-    assert not [e for e in bundle["entry"] if e["resource"]["resourceType"] == "Binary"
-                and e["resource"].get("contentType") == "application/pdf"
-                and len(e["resource"].get("data", "")) > INLINE_MAX]
+    inline = [e for e in bundle["entry"] if e["resource"]["resourceType"] == "Binary"
+              and e["resource"].get("contentType") == "application/pdf"
+              and len(e["resource"].get("data", "")) > len(scan)]
+    if inline_max < len(scan):
+        [put] = dstack.proxy.posts(method="PUT")
+        ref = put[0].split("/fhir/", 1)[1]
+        assert view["receipt"]["attachments"] == {ref: {"sha256": hashlib.sha256(scan).hexdigest(),
+                                                        "size": len(scan)}}
+        assert not inline and item["size"] < SMALL_BUNDLE
+    else:
+        assert not dstack.proxy.posts(method="PUT") and view["receipt"]["attachments"] == {}
+        [binary_entry] = inline
+        ref = binary_entry["fullUrl"]
     [doc] = [e for e in bundle["entry"] if e["resource"]["resourceType"] == "DocumentReference"
              and e["resource"]["content"][0]["attachment"].get("url") == ref]
     served = requests.get(f"{dstack.receiver_config['base_url']}/inbox/{item['id']}/documents/"
