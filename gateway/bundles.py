@@ -13,7 +13,9 @@ the same summary as a PDF DocumentReference, and the completeness manifest.
 - Entries are ordered by clinical date.
 - A transfer larger than `bundle_max_bytes` is split into several bundles, each its own
   transaction and Idempotency-Key, grouped by one submission-group identifier.
-- Binaries are base64-encoded from the encrypted record blobs chunk by chunk; the
+- Binaries are base64-encoded from the encrypted record blobs chunk by chunk. A
+  document over `attachment_inline_max_bytes` does not travel inline: it is uploaded
+  before its bundle and referenced as `Binary/{id}` (see attachments.py). The
   per-entry sha256 (over the canonical JSON of each resource, see `entry_hash`) is
   computed while writing, and the receiver's receipt must name the same hashes.
 - Every id is derived from the transfer, so assembling twice gives the same bytes.
@@ -32,10 +34,12 @@ from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.provenance import Provenance
 from sqlalchemy import select
 
+from .attachments import Upload, binary_id, point_at, referenced
 from .blobstore import BlobInfo
 from .bundle import manifest as manifest_mod
 from .bundle import same_document
 from .bundle import summary as summary_mod
+from .bundle import uploads as uploads_mod
 from .models import Item, Transfer
 from .services import Services
 
@@ -76,6 +80,7 @@ class AssembledPart:
     blob: BlobInfo
     entries: int
     entry_hashes: dict[str, str]
+    uploads: tuple[Upload, ...] = ()  # documents this bundle references as Binary/{id}
 
 
 FHIR_NATIVE = frozenset({"fhir-json", "fhir-attachment"})  # record kinds of FHIR sources
@@ -98,6 +103,7 @@ class _Unit:
     entries: list = field(default_factory=list)  # dicts or _Binary
     data_class: str = ""
     estimate: int = 0
+    inline: _Binary | None = None  # a FHIR source's Binary kept aside for upload
 
 
 def _dump(model) -> dict:
@@ -149,8 +155,13 @@ def _dedup_key(resource: dict, item: Item, carries_bytes: bool) -> str:
     return f"{resource['resourceType']}:content:{entry_hash(body)}"
 
 
-def _collect(svc: Services, t: Transfer, shape: _Shape) -> tuple[list[_Unit], dict, list[Item]]:
-    """Mapped resources as units (deduplicated), and every place each came from."""
+def _collect(svc: Services, t: Transfer, shape: _Shape
+             ) -> tuple[list[_Unit], dict, list[Item], dict[str, Upload]]:
+    """Mapped resources as units (deduplicated), every place each came from, and the
+    documents too large to go inline (by their `Binary/{id}` reference)."""
+    limit = svc.settings.attachment_inline_max_bytes
+    uploads: dict[str, Upload] = {}
+    relocated: dict[str, Upload] = {}  # fullUrl of a FHIR source's Binary -> its upload
     with svc.db.session() as s:
         items = s.scalars(select(Item).filter_by(transfer_id=t.id).order_by(Item.source, Item.origin)).all()
     source_order = {src.name: i for i, src in enumerate(t.sources)}
@@ -194,7 +205,21 @@ def _collect(svc: Services, t: Transfer, shape: _Shape) -> tuple[list[_Unit], di
                 continue
             unit = _Unit(date=mapped["clinical_date"] or "", full_url=full_url,
                          data_class=mapped.get("data_class") or "")
-            if mapped["carries_record_bytes"] and resource["resourceType"] == "Binary":
+            big = mapped["carries_record_bytes"] and item.blob_key and item.size > limit
+            if big:
+                up = Upload(binary_id(t.id, item.sha256), item.blob_key, item.media_type,
+                            item.sha256, item.size)
+                uploads[up.ref] = up
+            if big and resource["resourceType"] == "Binary":
+                # a FHIR source's attachment: whatever references it is pointed at the upload
+                relocated[full_url] = up
+                unit.inline = _Binary(full_url, item.blob_key, item.media_type, item.size)
+            elif big:
+                for content in resource.get("content", []):
+                    point_at(content["attachment"], up)
+                unit.entries.append(shape.entry(full_url, resource))
+                unit.estimate = 512
+            elif mapped["carries_record_bytes"] and resource["resourceType"] == "Binary":
                 # an attachment fetched from a FHIR source: the record's bytes are its data
                 unit.entries.append(_Binary(full_url, item.blob_key, item.media_type, item.size))
                 unit.estimate = 4 * (item.size // 3 + 1) + 512
@@ -207,7 +232,7 @@ def _collect(svc: Services, t: Transfer, shape: _Shape) -> tuple[list[_Unit], di
                 unit.estimate = 4 * (item.size // 3 + 1) + 512
             else:
                 unit.entries.append(shape.entry(full_url, resource))
-            if isinstance(unit.entries[0], dict):
+            if unit.entries and isinstance(unit.entries[0], dict):
                 unit.estimate += len(json.dumps(unit.entries[0]))
             units[full_url] = unit
     by_id = {i.id: i for i in items}
@@ -220,8 +245,9 @@ def _collect(svc: Services, t: Transfer, shape: _Shape) -> tuple[list[_Unit], di
             for entry in unit.entries:
                 if isinstance(entry, dict):
                     _rewrite_references(entry["resource"], aliases)
+    uploads_mod.point_units_at_uploads(units, relocated, uploads)
     ordered = sorted(units.values(), key=lambda u: (u.date, u.full_url))
-    return ordered, places, items
+    return ordered, places, items, uploads
 
 
 # which copy of a document is delivered: the electronic original before a scan of it
@@ -280,7 +306,7 @@ def assemble(svc: Services, t: Transfer) -> list[AssembledPart]:
     patient = patient_urn(t.id)
     consent_url = urn(t.id, "consent")
     group = urn(t.id, "submission-group")
-    units, places, items = _collect(svc, t, shape)
+    units, places, items, uploads = _collect(svc, t, shape)
     packed = _pack(units, svc.settings.bundle_max_bytes)
     total = len(packed)
     part_of = {u.full_url: n + 1 for n, part in enumerate(packed) for u in part}
@@ -318,7 +344,7 @@ def assemble(svc: Services, t: Transfer) -> list[AssembledPart]:
             {"url": PART_EXT, "valueString": f"{n}/{total}"}]
         head.append(shape.entry(submission_url, submission))
         provenances = _provenances(t, shape, body_units, places, consent_url, svc, n)
-        out.append(_write(svc, t, n, total, head, body_units, provenances))
+        out.append(_write(svc, t, n, total, head, body_units, provenances, uploads))
     return out
 
 
@@ -346,12 +372,14 @@ def _provenances(t, shape, body_units, places, consent_url, svc, n) -> list[dict
 
 
 def _write(svc: Services, t: Transfer, n: int, total: int, head: list[dict],
-           body_units: list[_Unit], provenances: list[dict]) -> AssembledPart:
+           body_units: list[_Unit], provenances: list[dict],
+           uploads: dict[str, Upload]) -> AssembledPart:
     bid = bundle_id(t.id, n, total)
     top = {"resourceType": "Bundle", "id": bid,
            "identifier": {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{bid}"},
            "type": "transaction", "timestamp": t.created_at.isoformat()}
     hashes: dict[str, str] = {}
+    needs: dict[str, Upload] = {}
     count = 0
     with svc.blobs.writer() as w:
         w.write(json.dumps(top)[:-1].encode() + b',"entry":[')
@@ -359,6 +387,9 @@ def _write(svc: Services, t: Transfer, n: int, total: int, head: list[dict],
         for entry in plain:
             w.write((b"," if count else b"") + json.dumps(entry).encode())
             hashes[entry["fullUrl"]] = entry_hash(entry["resource"])
+            for att in referenced(entry["resource"]):
+                if att["url"] in uploads:
+                    needs[att["url"]] = uploads[att["url"]]
             count += 1
         for unit in body_units:
             for entry in unit.entries:
@@ -367,7 +398,8 @@ def _write(svc: Services, t: Transfer, n: int, total: int, head: list[dict],
                     hashes[entry.full_url] = _write_binary(svc, w, entry, put=_is_put(head))
                     count += 1
         w.write(b"]}")
-    return AssembledPart(n, total, bid, w.info, count, hashes)
+    return AssembledPart(n, total, bid, w.info, count, hashes,
+                         tuple(needs[ref] for ref in sorted(needs)))
 
 
 def _is_put(head: list[dict]) -> bool:

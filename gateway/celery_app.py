@@ -11,7 +11,8 @@ from celery import Celery
 
 from .config import Settings
 
-celery = Celery("records_gateway", include=["gateway.transfers", "gateway.auditing"])
+celery = Celery("records_gateway", include=["gateway.transfers", "gateway.auditing",
+                                            "gateway.receive_binaries"])
 
 
 def configure_celery(settings: Settings) -> Celery:
@@ -31,6 +32,7 @@ def configure_celery(settings: Settings) -> Celery:
                           "schedule": settings.reconcile_interval_s},
             "audit-checkpoint": {"task": "gateway.auditing.checkpoint",
                                  "schedule": settings.checkpoint_interval_s},
+            "sweep-uploads": {"task": "gateway.receive_binaries.sweep", "schedule": 3600.0},
         },
         timezone="UTC",
         task_default_queue=settings.queue,

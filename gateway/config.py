@@ -129,6 +129,7 @@ class RetryConfig(BaseModel):
     base_delay_s: float = 2.0
     max_delay_s: float = 600.0
     max_attempts: int = 200  # at the max delay this is over a day of retries
+    max_retry_after_s: float = 3600.0  # a recipient's Retry-After is honoured up to this
 
 
 class Settings(BaseSettings):
@@ -151,6 +152,9 @@ class Settings(BaseSettings):
     peers: dict[str, PeerConfig] = Field(default_factory=dict)
     senders: dict[str, SenderConfig] = Field(default_factory=dict)  # receive side, by token name
     bundle_max_bytes: int = 256 * 1024 * 1024  # larger transfers go as several bundles
+    # a document larger than this is uploaded as Binary/{id} before its bundle, which
+    # then only references it (the receiver never holds a huge bundle)
+    attachment_inline_max_bytes: int = Field(4 * 1024 * 1024, ge=0)
     receive_claim_s: float = 120.0  # a receive interrupted longer than this is taken over
     retry: RetryConfig = Field(default_factory=RetryConfig)
     step_lease_s: float = 300.0  # a step not finished by then is taken over
@@ -158,6 +162,8 @@ class Settings(BaseSettings):
     checkpoint_interval_s: float = 300.0  # how often the audit log's tree head is signed
     fax_scan_interval_s: float = 5.0  # fax drop folders: polling interval where inotify is missing
     max_body_bytes: int = 512 * 1024 * 1024
+    max_binary_bytes: int = 4 * 1024 * 1024 * 1024  # receive side: one uploaded document
+    receive_upload_ttl_s: float = 7 * 24 * 3600.0  # an upload no bundle took is deleted after
     http_timeout_s: float = 60.0
     log_level: str = "INFO"
 

@@ -6,16 +6,21 @@ after a crash or a lost answer is stored once. A peer gateway answers with a sig
 receipt in the transaction-response's `signature`; a plain FHIR server (peer kind
 "fhir") answers with a transaction-response only, recorded as an unsigned
 acknowledgment (its entries are PUT with stable ids, so a repeat overwrites).
+Documents too large to go inline are uploaded before their bundle (attachments.py).
+A transient answer (408/409/425/429, 5xx) is retried, never sooner than its
+`Retry-After` asks (transfers.py schedules the next attempt).
 """
 from __future__ import annotations
 
 import base64
 import hashlib
 import json
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 
 import requests
 
-from . import imaging, receipts
+from . import attachments, imaging, receipts
 from .errors import DeliveryFailed, DeliveryRejected, GatewayError, ReceiptInvalid
 from .keys import verify_jws
 from .models import Transfer, TransferBundle
@@ -23,6 +28,7 @@ from .services import Services
 
 RECEIPT_TYP = receipts.RECEIPT_TYP
 MAX_RESPONSE = 16 * 1024 * 1024
+TRANSIENT = (408, 409, 425, 429)  # and 5xx: retried, never sooner than a Retry-After says
 
 
 class _BlobUpload:
@@ -46,6 +52,33 @@ def _outcome_text(status: int, content: bytes) -> str:
     except (ValueError, UnicodeDecodeError, AttributeError):
         text = ""
     return f"HTTP {status}" + (f": {text[:300]}" if text else "")
+
+
+def retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds a `Retry-After` header (delta-seconds or HTTP-date, RFC 9110 10.2.3) asks
+    us to wait; None when absent or unreadable."""
+    if not value or not value.strip():
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
+
+
+def answer_error(recipient: str, what: str, status: int, headers, content: bytes) -> Exception:
+    """The error for a non-2xx answer: transient (retried, honouring Retry-After) for
+    408/409/425/429/5xx, else a refusal."""
+    text = _outcome_text(status, content)
+    if status in TRANSIENT or status >= 500:
+        return DeliveryFailed(f"recipient {recipient}: {what}: {text}",
+                              retry_after=retry_after(headers.get("Retry-After")))
+    return DeliveryRejected(f"recipient {recipient} refused {what}: {text}")
 
 
 def deliver(svc: Services, t: Transfer, part: TransferBundle) -> str:
@@ -81,9 +114,11 @@ def deliver(svc: Services, t: Transfer, part: TransferBundle) -> str:
     if len(content) > MAX_RESPONSE:
         raise DeliveryFailed(f"recipient {t.recipient} answered with an oversized body")
     status = response.status_code
-    if status in (408, 409, 425, 429) or status >= 500:
-        raise DeliveryFailed(f"recipient {t.recipient}: {_outcome_text(status, content)}")
+    if status in TRANSIENT or status >= 500:
+        raise answer_error(t.recipient, f"bundle {part.part}/{part.parts}", status,
+                           response.headers, content)
     if status >= 300:
+        attachments.reset(svc, t, part)  # a retry then asks the recipient for each upload again
         proof = _rejection(svc, t, part, response.headers.get("X-Delivery-Receipt"))
         raise DeliveryRejected(f"recipient {t.recipient} refused bundle {part.part}/{part.parts}"
                                f"{proof}: {_outcome_text(status, content)}")
@@ -130,7 +165,8 @@ def check_answer(svc: Services, t: Transfer, part: TransferBundle) -> dict:
     claims = receipts.check_receipt(
         part.answer, peer_jwks(svc, t.recipient), issuer=peer.organization,
         sender=svc.settings.organization, bundle=f"urn:uuid:{part.bundle_id}", sha256=part.sha256,
-        size=part.size, entry_hashes=part.entry_hashes, who=t.recipient)
+        size=part.size, entry_hashes=part.entry_hashes, who=t.recipient,
+        attachments=part.attachments or {})
     if part.part == 1 and peer.dicom is None:
         # the peer took the instances itself (STOW-RS); the part with the manifest has its
         # count of what it holds of each study
@@ -173,7 +209,7 @@ def acknowledgment(organization: str, t: Transfer, part: TransferBundle) -> dict
         raise ReceiptInvalid(f"recipient {t.recipient} did not store {len(bad)} entries")
     return {"kind": "unsigned-acknowledgment", "signed": False, "status": "accepted",
             "iss": organization, "bundle": f"urn:uuid:{part.bundle_id}", "sha256": part.sha256,
-            "size": part.size, "entries": len(entries),
+            "size": part.size, "entries": len(entries), "attachments": part.attachments or {},
             "locations": [loc for loc in locations if isinstance(loc, str)][:1000],
             "responseSha256": hashlib.sha256(part.answer.encode()).hexdigest()}
 

@@ -228,6 +228,8 @@ class TransferBundle(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     entries: Mapped[int] = mapped_column(Integer)
     entry_hashes: Mapped[dict] = mapped_column(JSON, default=dict)  # fullUrl -> sha256
+    # documents uploaded beside it: "Binary/{id}" -> {"sha256", "size"} (the receipt names them)
+    attachments: Mapped[dict] = mapped_column(JSON, default=dict)
     signature: Mapped[str] = mapped_column(Text)  # detached JWS (RFC 7515 appendix F)
     # assembled -> delivered (answer stored) -> receipted (verified) | acknowledged (plain FHIR)
     state: Mapped[str] = mapped_column(String(16), default="assembled")
@@ -236,6 +238,44 @@ class TransferBundle(Base):
     delivered_at: Mapped[datetime | None]
     opened: Mapped[dict | None]  # verified "opened" receipt claims
     opened_jws: Mapped[str | None] = mapped_column(Text)
+
+
+class TransferUpload(Base):
+    """A document too large to travel inline (over `attachment_inline_max_bytes`): its
+    bytes go to the recipient as `Binary/{binary_id}` before the first bundle that
+    references it (TransferBundle.attachments); this row records that the recipient
+    holds them, so a resumed delivery does not send them again."""
+
+    __tablename__ = "transfer_uploads"
+    __table_args__ = (UniqueConstraint("transfer_id", "binary_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    transfer_id: Mapped[str] = mapped_column(ForeignKey("transfers.id", ondelete="CASCADE"), index=True)
+    binary_id: Mapped[str] = mapped_column(String(64))  # stable: from the transfer and the sha256
+    blob_key: Mapped[str] = mapped_column(String(64))  # the record's blob
+    media_type: Mapped[str] = mapped_column(String(128))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending -> uploaded
+    uploaded_at: Mapped[datetime | None]
+
+
+class ReceivedBinary(Base):
+    """Receive mode: a document's bytes uploaded by a sender as `Binary/{binary_id}`
+    before the bundle that references it; bound to that bundle once it is accepted."""
+
+    __tablename__ = "received_binaries"
+    __table_args__ = (UniqueConstraint("sender", "binary_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sender: Mapped[str] = mapped_column(String(255))  # token name of the sending peer
+    binary_id: Mapped[str] = mapped_column(String(64))
+    content_type: Mapped[str] = mapped_column(String(128))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    blob_key: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    bundle_id: Mapped[str | None] = mapped_column(String(32), index=True)  # ReceivedBundle.id
 
 
 class AuditEvent(Base):

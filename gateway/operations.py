@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from . import authorizations, transfers
 from .errors import GatewayError, NotFound
-from .models import Authorization, Item, Transfer, TransferBundle
+from .models import Authorization, Item, Transfer, TransferBundle, TransferUpload
 from .services import Services
 from .trust import TrustStore
 
@@ -126,10 +126,14 @@ def transfer_view(s, t: Transfer, items: bool = False) -> dict:
         "bundle": ({"id": t.bundle_id, "sha256": t.bundle_sha256, "size": t.bundle_size}
                    if t.bundle_id else None),
         "receipt": t.receipt,
+        # large documents sent before their bundles: how many the recipient holds
+        "uploads": dict(s.execute(select(TransferUpload.state, func.count())
+                                  .filter_by(transfer_id=t.id).group_by(TransferUpload.state)).all()),
         "bundles": [{"part": b.part, "parts": b.parts, "id": b.bundle_id, "sha256": b.sha256,
                      "size": b.size, "entries": b.entries, "state": b.state,
                      "signedReceipt": b.state == "receipted",
                      "receiptId": (b.receipt or {}).get("receipt_id"),
+                     "attachments": b.attachments or {},  # documents uploaded before it
                      "opened": b.opened}
                     for b in s.scalars(select(TransferBundle).filter_by(transfer_id=t.id)
                                        .order_by(TransferBundle.part))],

@@ -85,8 +85,10 @@ def fetch_jwks(jwks_file, url: str | None, who: str) -> dict:
 
 
 def check_receipt(receipt_jws: str, jwks: dict, *, issuer: str, sender: str, bundle: str,
-                  sha256: str, size: int, entry_hashes: dict[str, str], who: str) -> dict:
-    """Verify a delivery receipt and that it names exactly what was sent."""
+                  sha256: str, size: int, entry_hashes: dict[str, str], who: str,
+                  attachments: dict[str, dict] | None = None) -> dict:
+    """Verify a delivery receipt and that it names exactly what was sent, including the
+    sha256 and size of every document uploaded beside the bundle (`attachments`)."""
     claims = verify_jws(receipt_jws, jwks, RECEIPT_TYP)
     problems = []
     if claims.get("iss") != issuer:
@@ -104,6 +106,8 @@ def check_receipt(receipt_jws: str, jwks: dict, *, issuer: str, sender: str, bun
         differ = (len(set(entry_hashes.items()) ^ set(got.items()))
                   if isinstance(got, dict) else len(entry_hashes))
         problems.append(f"per-entry hashes differ ({differ} entries)")
+    if (claims.get("attachments") or {}) != (attachments or {}):
+        problems.append("the uploaded documents it holds differ from those sent")
     if claims.get("status") != "accepted":
         problems.append(f"status is {claims.get('status')!r}")
     if problems:

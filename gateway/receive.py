@@ -12,6 +12,10 @@ A replay of the same bytes gets the original answer; the same key with other byt
 gets 422; a second request while the first is still processing gets 409; a claim
 left by a receiver killed mid-request is taken over once it expires. The same bundle
 under a new key is refused (a replay), so nothing is stored twice.
+
+Documents too large to travel inline arrive before their bundle as `Binary/{id}`
+uploads (receive_binaries.py); the bundle is refused if one it references is missing
+or differs, and the receipt names the sha256 and size of each.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from sqlalchemy.exc import IntegrityError
 
 from mappings.consent import DATA_CLASS_SYSTEM, DISCLOSER_ROLE, ORG_SYSTEM, RECIPIENT_ROLE, ROLE_SYSTEM
 
-from . import audit, receipts, stow
+from . import audit, receipts, receive_binaries, stow
 from .bundle.manifest import MANIFEST_TYPE, dicom_instances
 from .bundles import GROUP_SYSTEM, PART_EXT, entry_hash
 from .errors import Conflict, Forbidden, InvalidInput
@@ -278,6 +282,7 @@ def accept(svc: Services, *, sender: str, key: str, body: bytes, signature: str)
         recipient = check_consent(data, trusted.organization, {svc.settings.organization}, now)
     group, part, parts = _group(data)
     hashes = {e["fullUrl"]: entry_hash(e["resource"]) for e in data.get("entry") or []}
+    uploads = receive_binaries.check(svc, sender, data)  # documents sent before the bundle
     with svc.db.session() as s:
         dup = s.scalars(select(ReceivedBundle).filter_by(
             sender=sender, bundle_identifier=bundle.identifier.value, state="accepted")).first()
@@ -294,6 +299,7 @@ def accept(svc: Services, *, sender: str, key: str, body: bytes, signature: str)
                             .with_for_update()).one()
             if row.state != "processing":
                 raise Conflict("this delivery was completed by another request; retry for its answer")
+            receive_binaries.bind(s, sender, uploads, row.id)
             row.bundle_identifier, row.sha256, row.size = bundle.identifier.value, digest, len(body)
             row.entries, row.blob_key, row.received_at = len(hashes), blob.key, now
             row.recipient_org, row.sender_org = recipient, trusted.organization
@@ -306,6 +312,7 @@ def accept(svc: Services, *, sender: str, key: str, body: bytes, signature: str)
                 "dicomInstances": {u: h["instances"] for u, h in holding.items()},
                 "dicomSha256": {u: h["sha256"] for u, h in holding.items()},
                 "dicomListed": {u: len(v) for u, v in listed.items()},
+                "attachments": uploads,
                 "sender": trusted.organization, "recipient": recipient,
                 "received_at": now.isoformat(), "status": "accepted",
                 "outcome": {"resourceType": "OperationOutcome", "issue": [{

@@ -20,7 +20,7 @@ from connectors import connector_class
 from connectors.base import ConnectorError, RawRecord, RejectedRecord
 from mappings import MappingContext, MappingFailed, map_record
 
-from . import audit, bundles, delivery, dicom_sink, imaging, policy, receipts, sources
+from . import attachments, audit, bundles, delivery, dicom_sink, imaging, policy, receipts, sources
 from .bundle import same_document
 from .errors import GatewayError, MappingError, ProviderUnavailable, ReceiptInvalid
 from .models import Item, Transfer, TransferBundle, TransferSource, utcnow
@@ -258,11 +258,14 @@ def assembling(svc: Services, transfer_id: str, owner: str) -> str:
             s.add(TransferBundle(transfer_id=t.id, part=info.part, parts=info.parts,
                                  bundle_id=info.bundle_id, blob_key=info.blob.key,
                                  sha256=info.blob.sha256, size=info.blob.size, entries=info.entries,
-                                 entry_hashes=info.entry_hashes, signature=signature))
+                                 entry_hashes=info.entry_hashes, signature=signature,
+                                 attachments={u.ref: {"sha256": u.sha256, "size": u.size}
+                                              for u in info.uploads}))
             audit.record(s, "transfer.bundle.assembled", actor="worker", transfer_id=t.id,
                          authorization_id=t.authorization_id, bundle_id=info.bundle_id,
                          part=info.part, parts=info.parts, sha256=info.blob.sha256,
                          size=info.blob.size, entries=info.entries)
+        attachments.plan(s, t.id, [u for info in parts for u in info.uploads])
         first = parts[0]
         row.bundle_id, row.bundle_blob = first.bundle_id, first.blob.key
         row.bundle_sha256, row.bundle_size = first.blob.sha256, first.blob.size
@@ -292,6 +295,7 @@ def delivering(svc: Services, transfer_id: str, owner: str) -> str:
             audit.record(s, "transfer.delivery.attempt", actor="worker", transfer_id=t.id,
                          authorization_id=t.authorization_id, recipient=t.recipient,
                          bundle_id=part.bundle_id, part=part.part, attempt=t.attempts + 1)
+        attachments.send(svc, t, part, lease.renew_if_due)  # large documents go first
         answer = delivery.deliver(svc, t, part)
         with svc.db.session() as s:
             row = s.get(TransferBundle, part.id)

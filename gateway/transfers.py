@@ -224,6 +224,16 @@ def _backoff(svc: Services, attempts: int) -> float:
     return delay * random.uniform(0.5, 1.0)  # jitter spreads retries of many transfers
 
 
+def _retry_after(svc: Services, exc: Exception) -> float | None:
+    """The wait a recipient asked for (Retry-After on 429/503), capped by the setting:
+    the next attempt of this transfer is scheduled no earlier. Other transfers are
+    separate tasks, so one recipient's wait never holds up deliveries to others."""
+    asked = exc.details.get("retry_after") if isinstance(exc, GatewayError) else None
+    if asked is None:
+        return None
+    return min(float(asked), svc.settings.retry.max_retry_after_s)
+
+
 def run_step(svc: Services, transfer_id: str, state: str) -> str | None:
     """Run one step; return the state it moved to (None if it did not run)."""
     from .steps import HANDLERS  # the step bodies live beside, in steps.py
@@ -275,13 +285,15 @@ def _failed_step(svc: Services, transfer_id: str, state: str, exc: Exception, *,
             return t.state
         t.attempts += 1
         if transient and t.attempts < svc.settings.retry.max_attempts:
-            delay = _backoff(svc, t.attempts)
+            asked = _retry_after(svc, exc)
+            delay = max(_backoff(svc, t.attempts), asked or 0.0)
             t.next_attempt_at = utcnow() + timedelta(seconds=delay)
             t.reason = f"retrying {state} (attempt {t.attempts}): {message}"
             t.lease_owner = t.lease_until = None
             audit.record(s, "transfer.step.retry", actor=actor, transfer_id=t.id,
                          authorization_id=t.authorization_id, outcome="failure", step=state,
-                         attempt=t.attempts, error=message, delay_s=round(delay, 2))
+                         attempt=t.attempts, error=message, delay_s=round(delay, 2),
+                         retry_after_s=asked)
         elif transient and state in DELIVERY_STEPS:
             delay = None
             t.state, t.reason = "dead_letter", f"{state}: gave up after {t.attempts} attempts: {message}"

@@ -17,6 +17,7 @@ from .. import audit
 from ..errors import NotFound
 from ..models import ReceivedBundle
 from ..opened import mark_opened
+from ..receive_binaries import open_for
 from .auth import require, svc
 
 bp = Blueprint("inbox", __name__, url_prefix="/inbox")
@@ -93,16 +94,30 @@ def documents(received_id: str):
 @bp.get("/<received_id>/documents/<doc_id>")
 @require("recipient")
 def document_content(received_id: str, doc_id: str):
-    data = _load(received_id, "received_document")
+    with svc().db.session() as s:
+        row = _row(s, received_id, "received_document")
+    data = json.loads(svc().blobs.read_bytes(row.blob_key))
     entries = {e["fullUrl"]: e["resource"] for e in data.get("entry", [])}
     doc = entries.get(f"urn:uuid:{doc_id}")
     if doc is None or doc.get("resourceType") != "DocumentReference":
         raise NotFound(f"no document {doc_id} in {received_id}")
     att = doc["content"][0]["attachment"]
+    if str(att.get("url", "")).startswith("Binary/"):
+        return _uploaded(row, att)
     binary = entries.get(att.get("url", ""))
     if binary is None or binary.get("resourceType") != "Binary":
         raise NotFound(f"document {doc_id} has no content in this bundle")
     return Response(base64.b64decode(binary["data"]), mimetype=binary["contentType"])
+
+
+def _uploaded(row: ReceivedBundle, att: dict) -> Response:
+    """A document sent before its bundle (Binary/{id}); the bundle's acceptance checked
+    its sha256 and size, so it is streamed as stored."""
+    upload = open_for(svc(), row.sender, att["url"])
+    if upload is None or upload.bundle_id is None:
+        raise NotFound("the document's content is not held by this gateway")
+    return Response(svc().blobs.chunks(upload.blob_key), mimetype=upload.content_type,
+                    headers={"Content-Length": str(upload.size)})
 
 
 @bp.get("/<received_id>/studies")

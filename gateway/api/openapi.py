@@ -37,6 +37,9 @@ BODIES = {
     "dicomweb.store_instances": {"multipart/related": {"schema": {"type": "string", "format": "binary",
                                  "description": 'STOW-RS: multipart/related; type="application/dicom", '
                                                 "one DICOM Part 10 instance a part"}}},
+    "receive.binary_put": {"application/octet-stream": {"schema": {"type": "string", "format": "binary",
+                           "description": "a document's raw bytes, sent before the bundle that "
+                                          "references it as Binary/{id} (HEAD asks whether it is held)"}}},
     "receipts.opened": {"application/json": {"schema": {"type": "object", "required": ["jws"],
                         "properties": {"jws": {"type": "string"}}}}},
 }
@@ -63,6 +66,7 @@ SUMMARIES = {
     "transfers.cancel": "Cancel a transfer",
     "receive.transaction": "Receive a transaction Bundle from a peer gateway; answers with a signed receipt",
     "dicomweb.store_instances": "Receive DICOM instances from a peer gateway by STOW-RS (stored encrypted, counted in receipts)",
+    "receive.binary_put": "Receive a large document before its bundle; ETag is its sha256",
     "inbox.index": "Bundles received for this center (recipient role, organization-scoped)",
     "audit.events": "Audit events by patient, transfer, authorization, actor, type, time, with inclusion proofs",
     "audit.chain": "A transfer's whole chain of events, each with its inclusion proof",

@@ -1,9 +1,10 @@
-"""Receive mode: POST /fhir takes a signed transaction Bundle from a trusted peer gateway."""
+"""Receive mode: POST /fhir takes a signed transaction Bundle from a trusted peer gateway;
+PUT /fhir/Binary/{id} the documents too large to travel inside it, sent before it."""
 from __future__ import annotations
 
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 
-from .. import receive
+from .. import receive, receive_binaries
 from ..errors import GatewayError, InvalidInput, PayloadTooLarge
 from ..receipts import SIGNATURE_HEADER
 from . import operation_outcome
@@ -59,3 +60,44 @@ def transaction():
         receive.release(svc(), g.actor, key)
         raise
     return _answer(row, False)
+
+
+# --- documents uploaded before their bundle (Binary/{id}) -----------------------------
+
+def _binary_headers(response, row):
+    from ..attachments import etag
+
+    response.headers["ETag"] = etag(row.sha256)
+    response.headers["Location"] = f"Binary/{row.binary_id}"
+    return response
+
+
+@bp.put("/fhir/Binary/<binary_id>")
+@require("peer")
+def binary_put(binary_id: str):
+    """A document's raw bytes (Content-Type the document's), streamed into the blob
+    store; answers with its sha256 as the ETag."""
+    receive_binaries.check_id(binary_id)
+    if request.content_length is None:
+        raise InvalidInput("Content-Length is required")
+    limit = svc().settings.max_binary_bytes
+    if request.content_length > limit:
+        raise PayloadTooLarge(f"document is larger than the {limit} byte limit")
+    request.max_content_length = limit  # documents have their own cap, not max_body_bytes
+    row, created = receive_binaries.store(svc(), g.actor, binary_id, request.stream,
+                                          request.content_length,
+                                          request.mimetype or "application/octet-stream")
+    response = jsonify({"resourceType": "Binary", "id": row.binary_id, "contentType": row.content_type})
+    response.mimetype = "application/fhir+json"
+    response.status_code = 201 if created else 200
+    return _binary_headers(response, row)
+
+
+@bp.route("/fhir/Binary/<binary_id>", methods=["HEAD"])
+@require("peer")
+def binary_head(binary_id: str):
+    """Whether this sender's upload is held, and its sha256 (the ETag): a resumed
+    delivery asks before sending it again."""
+    receive_binaries.check_id(binary_id)
+    row = receive_binaries.held(svc(), g.actor, binary_id)
+    return _binary_headers(Response(status=200, mimetype=row.content_type), row)

@@ -48,6 +48,8 @@ def reference_to(unit, part_of: dict, resource: dict) -> dict:
 def _sections(units) -> dict[str, list]:
     sections: dict[str, list] = {}
     for unit in units:
+        if not unit.entries or not isinstance(unit.entries[0], dict):
+            continue  # a FHIR source's Binary: listed through what references it
         sections.setdefault(unit.data_class or "documents", []).append(unit)
     return sections
 

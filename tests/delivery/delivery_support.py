@@ -54,3 +54,25 @@ def manifest_of(bundle: dict) -> dict:
     url = doc["content"][0]["attachment"]["url"]
     binary = next(e["resource"] for e in bundle["entry"] if e["fullUrl"] == url)
     return json.loads(base64.b64decode(binary["data"]))
+
+
+def write_large_pdf(path, megabytes: float) -> str:
+    """A one-page PDF carrying an incompressible image of about `megabytes` (like a
+    scan) at `path`; returns its sha256."""
+    import io
+    import os
+
+    from PIL import Image
+    from reportlab.lib.pagesizes import letter
+    from reportlab.lib.utils import ImageReader
+    from reportlab.pdfgen import canvas
+
+    side = int((megabytes * 1024 * 1024 / 3) ** 0.5)
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(buf, "PNG")
+    c = canvas.Canvas(str(path), pagesize=letter, invariant=1)
+    c.drawString(72, 740, "Synthetic scan (random pixels)")
+    c.drawImage(ImageReader(io.BytesIO(buf.getvalue())), 72, 72, 400, 400)
+    c.showPage()
+    c.save()
+    return hashlib.sha256(path.read_bytes()).hexdigest()
