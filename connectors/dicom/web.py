@@ -1,11 +1,12 @@
 """DICOMweb: QIDO-RS to find, WADO-RS to retrieve, streamed part by part.
 
 A WADO-RS study response is one multipart/related body of every instance. It is read in
-1 MB chunks and split on the boundary as it streams: each part goes straight to a spool
-file (preamble zeroed on the way), so memory holds about one chunk whatever the size of
-the study or of one instance; the retrieval's workers hash and store each finished part
-while the next one streams in. Each part then goes through the same checks,
-sink and accounting as an instance received over DIMSE (`Retrieval.take`).
+1 MB chunks and split on the boundary as it streams, without copying the bodies: each
+part goes to the retrieval's streaming sink (`Retrieval.stream`: an intake worker hashes,
+encrypts and stores it while the next part streams in) or else to a spool file (preamble
+zeroed on the way), so memory holds a few chunks whatever the size of the study or of
+one instance. Each part then goes through the same checks, sink and accounting as an
+instance received over DIMSE (`Retrieval.take`).
 """
 from __future__ import annotations
 
@@ -72,8 +73,9 @@ class MultipartSplitter:
 
     Calls `start(headers)` at each part, `data(piece)` for its body in pieces, and
     `end()` when it is complete. The pieces are memoryviews of the chunks fed (so those
-    must be bytes, never reused): a body is never copied here. Between chunks it keeps
-    at most a delimiter's length of body, or one part's headers.
+    must be bytes, never reused): bodies are not copied. Between chunks it keeps at most
+    a delimiter's length of body, or the start of a part's headers (the next chunk is
+    then joined to it: once a request, and where headers straddle two chunks).
     """
 
     def __init__(self, boundary: bytes, start, data, end):
