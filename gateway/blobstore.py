@@ -171,7 +171,8 @@ class BlobWriter:
     def __init__(self, store: BlobStore):
         self.store = store
         self.key = uuid.uuid4().hex
-        self._tmp = store.path(self.key).with_suffix(".part")
+        self._final = os.path.join(store.root, self.key[:2], self.key)  # str: no pathlib
+        self._tmp = self._final + ".part"  # per blob; writers write hundreds a second
         self._fh = open(self._tmp, "wb")
         salt = secrets.token_bytes(SALT_LEN)
         self._header = MAGIC + salt
@@ -205,13 +206,16 @@ class BlobWriter:
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
-        os.replace(self._tmp, self.store.path(self.key))
+        os.replace(self._tmp, self._final)
         self.info = BlobInfo(self.key, self._sha.hexdigest(), self._size)
         return self.info
 
     def abort(self) -> None:
         self._fh.close()
-        self._tmp.unlink(missing_ok=True)
+        try:
+            os.unlink(self._tmp)
+        except FileNotFoundError:
+            pass
 
     def __enter__(self):
         return self

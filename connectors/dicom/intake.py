@@ -73,6 +73,7 @@ class InstanceStream:
     """
 
     QUEUED = 4 << 20
+    BATCH = 256 << 10  # the worker wakes for this much (or the end), not for every PDV
 
     def __init__(self, retrieval: "Retrieval", via: str, sop_uid: str, sop_class: str):
         self.retrieval, self.via, self.sop_uid, self.sop_class = (
@@ -92,7 +93,8 @@ class InstanceStream:
                 self._cond.wait()
             self._pieces.append(data)
             self._queued += len(data)
-            self._cond.notify_all()
+            if self._queued >= self.BATCH:
+                self._cond.notify_all()
 
     def finish(self, complete: bool) -> None:
         """The instance ended (`complete`) or was cut off: the worker commits or aborts."""
@@ -104,7 +106,7 @@ class InstanceStream:
         """Worker side: (what arrived since the last call, None while more may come,
         else whether the instance arrived complete)."""
         with self._cond:
-            while not self._pieces and self._complete is None:
+            while self._queued < self.BATCH and self._complete is None:
                 self._cond.wait()
             pieces, self._pieces = self._pieces, []
             return pieces, self._complete
