@@ -21,9 +21,9 @@ sink that hashes what it stores anyway (the gateway's blob store does) sets
 A sink may also stream: `sink.open(transfer_key, meta)` returns a writer with
 `write(data)`, `commit() -> Stored` and `abort()`. Then nothing is spooled: the bytes go
 from the socket into the writer (an encrypting blob writer, say) as they arrive. The
-receiving thread only queues them (`InstanceStream`); an intake worker opens the writer,
-feeds it, keeps the first 256 KB to check the header at the end, and commits (which may
-fsync) or aborts.
+receiving thread only queues them (`InstanceStream`); intake workers open the writer,
+feed it, keep the first 256 KB to check the header at the end, and commit (which may
+fsync) or abort.
 """
 from __future__ import annotations
 
@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from ..base import safe_name
-from .header import PREAMBLE, MalformedDicom, read_header, read_header_bytes
-
-_HEAD = 256 * 1024
+from .header import PREAMBLE, MalformedDicom, read_header
+from .streaming import HEAD as _HEAD
+from .streaming import InstanceStream
 from .uids import clean_uid, describe, is_uid
 
 
@@ -59,63 +59,6 @@ class Stored:
     location: Path | str
     sha256: str
     size: int
-
-
-class InstanceStream:
-    """One instance streamed into a streaming sink (see the module docs).
-
-    The receiving thread only queues what arrives (`write`, then `finish`); an intake
-    worker opens the sink's writer and feeds it (`Retrieval._take_stream`), so creating
-    the blob, hashing and encrypting run beside the receive instead of holding it up.
-    At most QUEUED bytes wait per instance; beyond that `write` waits for the worker.
-    What is passed to `write` must not change afterwards: both receivers hand over
-    views of buffers they never reuse.
-    """
-
-    QUEUED = 4 << 20
-    BATCH = 256 << 10  # the worker wakes for this much (or the end), not for every PDV
-
-    def __init__(self, retrieval: "Retrieval", via: str, sop_uid: str, sop_class: str):
-        self.retrieval, self.via, self.sop_uid, self.sop_class = (
-            retrieval, via, sop_uid, sop_class)
-        self._cond = threading.Condition()
-        self._pieces: list = []
-        self._queued = 0
-        self._complete: bool | None = None  # set by finish()
-        retrieval.begin()
-        retrieval.submit_call(retrieval._take_stream, self)
-
-    def write(self, data) -> None:
-        if not len(data):
-            return
-        with self._cond:
-            while self._queued >= self.QUEUED:
-                self._cond.wait()
-            self._pieces.append(data)
-            self._queued += len(data)
-            if self._queued >= self.BATCH:
-                self._cond.notify_all()
-
-    def finish(self, complete: bool) -> None:
-        """The instance ended (`complete`) or was cut off: the worker commits or aborts."""
-        with self._cond:
-            self._complete = complete
-            self._cond.notify_all()
-
-    def take(self) -> tuple[list, bool | None]:
-        """Worker side: (what arrived since the last call, None while more may come,
-        else whether the instance arrived complete)."""
-        with self._cond:
-            while self._queued < self.BATCH and self._complete is None:
-                self._cond.wait()
-            pieces, self._pieces = self._pieces, []
-            return pieces, self._complete
-
-    def taken(self, pieces: list) -> None:
-        """Worker side: `pieces` were written; the receiving thread may queue more."""
-        with self._cond:
-            self._queued -= sum(len(p) for p in pieces)
-            self._cond.notify_all()
 
 
 class FolderSink:
@@ -340,60 +283,6 @@ class Retrieval:
         location = self.sink(self.key, path, sha256, size, meta)
         return self._record(header, via, location, sha256, size)
 
-    def _take_stream(self, stream: InstanceStream):
-        """Worker side of a streamed instance: feed the sink's writer as the pieces come
-        (preamble zeroed), then check the header and commit, or abort."""
-        writer = failure = None
-        head: list = []  # the first _HEAD bytes, as the pieces that hold them
-        size = 0
-        try:
-            writer = self.sink.open(self.key, {"via": stream.via,
-                                               "sop_instance_uid": stream.sop_uid})
-        except Exception as exc:
-            failure = exc
-        try:
-            while True:
-                pieces, complete = stream.take()
-                for piece in pieces:
-                    if size < _HEAD:
-                        head.append(piece)
-                    if failure is None:
-                        try:
-                            _write_zeroing(writer, piece, size)
-                        except Exception as exc:
-                            failure = exc  # keep draining: the receiver must not block
-                    size += len(piece)
-                stream.taken(pieces)
-                if complete is not None:
-                    break
-            if failure is not None:
-                raise failure
-            if not complete:
-                writer.abort()
-                return self.error(stream.sop_uid, "association ended while this instance "
-                                  "was being received", stream.via, permanent=False)
-            try:
-                header = read_header_bytes(head[0] if len(head) == 1 else b"".join(head))
-            except MalformedDicom as exc:
-                writer.abort()
-                return self.error(stream.sop_uid, f"malformed dataset: {exc}", stream.via)
-            problem = self._check(header, stream.via, stream.sop_uid, stream.sop_class)
-            if problem is not None:
-                writer.abort()
-                return problem
-            stored = writer.commit()
-            return self._record(header, stream.via, stored, None, None)
-        except Exception as exc:
-            if writer is not None:
-                try:
-                    writer.abort()
-                except Exception:
-                    pass
-            return self.error(stream.sop_uid, f"could not store: {type(exc).__name__}: {exc}",
-                              stream.via, permanent=False)
-        finally:
-            self._end()
-
     def _check(self, header: dict, via: str, sop_uid: str, sop_class: str):
         """None if the header is acceptable for this retrieval, else the InstanceError."""
         sop = clean_uid(header.get("SOPInstanceUID"))
@@ -447,18 +336,6 @@ class Retrieval:
     def pending(self) -> int:
         with self._cond:
             return self._pending
-
-
-def _write_zeroing(writer, piece, offset: int) -> None:
-    """Write `piece` (at `offset` in the file) with the preamble zeroed: it can hide
-    another file format."""
-    if offset >= PREAMBLE:
-        writer.write(piece)
-        return
-    n = min(PREAMBLE - offset, len(piece))
-    writer.write(bytes(n))
-    if len(piece) > n:
-        writer.write(memoryview(piece)[n:])
 
 
 def valid_uids(values) -> list[str]:

@@ -5,12 +5,14 @@ receiver could queue ahead of a stalled sink, and what a failing sink leaves beh
 from __future__ import annotations
 
 import hashlib
+import sys
 import threading
 from pathlib import Path
 
 from pydicom.data import get_testdata_file
 
-from connectors.dicom.intake import InstanceError, InstanceStream, Received, Retrieval, Stored
+from connectors.dicom.intake import InstanceError, Received, Retrieval, Stored
+from connectors.dicom.streaming import InstanceStream
 from tests.helpers import wait_until
 
 CT = Path(get_testdata_file("CT_small.dcm"))
@@ -68,6 +70,16 @@ def _pieces(data: bytes, size: int) -> list[memoryview]:
     return [view[i:i + size] for i in range(0, len(data), size)]
 
 
+def _waiting_in_write(thread: threading.Thread) -> bool:
+    """True while `thread` waits inside InstanceStream.write (the queue is full)."""
+    frame = sys._current_frames().get(thread.ident)
+    names = []
+    while frame is not None:
+        names.append(frame.f_code.co_name)
+        frame = frame.f_back
+    return len(names) > 1 and names[0] == "wait" and "write" in names[1:3]
+
+
 def test_worker_writes_the_instance_with_its_preamble_zeroed(tmp_path):
     data = b"MZ polyglot" + CT.read_bytes()[11:]
     sink = RecordingSink()
@@ -106,9 +118,8 @@ def test_receiver_queues_at_most_queued_bytes_ahead_of_a_stalled_sink(tmp_path):
     receiver = threading.Thread(target=receive)
     receiver.start()
     try:
-        wait_until(lambda: stream._queued >= InstanceStream.QUEUED, 10, 0.01, "a full queue")
-        threading.Event().wait(0.3)  # the receiver had time to run ahead: it must not
-        assert receiver.is_alive() and sum(sent) <= InstanceStream.QUEUED
+        wait_until(lambda: _waiting_in_write(receiver), 10, 0.01, "the receiver to wait")
+        assert stream._queued >= InstanceStream.QUEUED >= sum(sent)
     finally:
         gate.set()
     receiver.join(30)
@@ -156,3 +167,25 @@ def test_cut_off_instance_is_aborted(tmp_path):
     retrieval.close()
     assert sink.writers[0].state == "aborted" and not retrieval.received
     assert not retrieval.errors["1.2.5"].permanent
+
+
+def test_no_worker_waits_for_a_sender(tmp_path):
+    """One intake worker, two instances received at once (two associations): the one
+    still arriving does not hold the worker, the other is stored meanwhile."""
+    sink = RecordingSink()
+    retrieval = Retrieval("t", sink, spool=tmp_path, workers=1)
+    data = CT.read_bytes() + bytes(MIB)
+    slow = retrieval.stream("c-move", "", "")
+    slow.write(data[:InstanceStream.BATCH + 1000])  # a worker writes this much, leaves
+    fast = retrieval.stream("c-move", "", "")
+    for piece in _pieces(data, 16384):
+        fast.write(piece)
+    fast.finish(True)
+    wait_until(lambda: len(retrieval.received) == 1, 10, 0.01, "the fast instance")
+    assert slow.complete is None and [w.state for w in sink.writers] == ["open", "committed"]
+    slow.write(data[InstanceStream.BATCH + 1000:])
+    slow.finish(True)
+    assert retrieval.wait_settled(10)
+    retrieval.close()
+    assert [w.state for w in sink.writers] == ["committed", "committed"]
+    assert all(bytes(w.data) == bytes(128) + data[128:] for w in sink.writers)
