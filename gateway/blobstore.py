@@ -8,12 +8,12 @@ dropped, or the blob truncated without `BlobCorrupted` on read (the streaming AE
 construction of Hoang, Reyhanitabar, Rogaway and Vizár, as in Tink). A 2 GB record
 never sits in memory: writers and readers hold one chunk.
 
-Blobs live in 256 folders by the first two hex digits of their key, all made when the
-store is opened: creating folders on the write path cost more than writing the data
-(a fresh ext4 folder takes ~1 ms; two levels of 256 meant one or two new folders per
-blob until the tree filled up), and ext4 folders stay fast with millions of entries.
-A blob is written as `<key>.part` in its own folder and renamed when complete: writers
-in parallel then rarely wait on one folder's lock (creating a file holds it).
+Blobs live in 256 folders by the first two hex digits of their key, each made by the
+first blob that needs it: two levels of 256 made one or two new folders per blob until
+the tree filled up (an ext4 folder costs more to make than a blob's data to write), and
+ext4 folders stay fast with millions of entries. A blob is written as `<key>.part` in
+its own folder and renamed when complete: writers in parallel then rarely wait on one
+folder's lock (creating a file holds it).
 """
 from __future__ import annotations
 
@@ -83,9 +83,6 @@ class BlobStore:
         self.root = Path(root)
         self._master = master_key
         self.root.mkdir(parents=True, exist_ok=True)
-        if not (self.root / "ff").is_dir():  # made in order: "ff" last
-            for i in range(256):
-                (self.root / f"{i:02x}").mkdir(exist_ok=True)
 
     def _derive(self, salt: bytes) -> AESGCM:
         hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=b"records-gateway blob v1")
@@ -173,7 +170,11 @@ class BlobWriter:
         self.key = uuid.uuid4().hex
         self._final = os.path.join(store.root, self.key[:2], self.key)  # str: no pathlib
         self._tmp = self._final + ".part"  # per blob; writers write hundreds a second
-        self._fh = open(self._tmp, "wb")
+        try:
+            self._fh = open(self._tmp, "wb")
+        except FileNotFoundError:  # the first blob in its folder
+            os.makedirs(os.path.dirname(self._tmp), exist_ok=True)
+            self._fh = open(self._tmp, "wb")
         salt = secrets.token_bytes(SALT_LEN)
         self._header = MAGIC + salt
         self._fh.write(self._header)

@@ -131,7 +131,7 @@ class Retrieval:
     patient_ids: frozenset[str] = frozenset()  # and only for these patients (empty: any)
     spool: Path | None = None  # where received files wait (same file system as temp files)
     workers: int = 4  # threads checking, hashing and storing (a sink may fsync each file)
-    max_waiting: int = 6  # received files waiting for a worker before receiving pauses
+    max_waiting: int = 6  # files or stream drains waiting for a worker before receiving pauses
     received: dict[str, Received] = field(default_factory=dict)
     errors: dict[str, InstanceError] = field(default_factory=dict)
     bytes: int = 0
