@@ -152,8 +152,9 @@ class MultipartSplitter:
 
 
 class _PartWriter:
-    """Writes each part to a spool file, zeroing its preamble on the way, and hands the
-    finished file to the retrieval's workers (`Retrieval.submit`)."""
+    """Hands each part to the retrieval's streaming sink (`Retrieval.stream`), or else
+    writes it to a spool file, zeroing its preamble on the way, and hands the finished
+    file to the retrieval's workers (`Retrieval.submit`)."""
 
     def __init__(self, retrieval: Retrieval, via: str = "wado-rs"):
         self.retrieval = retrieval
