@@ -8,12 +8,13 @@ dropped, or the blob truncated without `BlobCorrupted` on read (the streaming AE
 construction of Hoang, Reyhanitabar, Rogaway and Vizár, as in Tink). A 2 GB record
 never sits in memory: writers and readers hold one chunk.
 
-Blobs live in 256 folders by the first two hex digits of their key, each made by the
-first blob that needs it: two levels of 256 made one or two new folders per blob until
-the tree filled up (an ext4 folder costs more to make than a blob's data to write), and
-ext4 folders stay fast with millions of entries. A blob is written as `<key>.part` in
-its own folder and renamed when complete: writers in parallel then rarely wait on one
-folder's lock (creating a file holds it).
+Blobs live in 16 folders by the first hex digit of their key, each made by the first
+blob that needs it. Making a folder costs more than writing a blob's data (on a busy
+ext4 file system, 1-2 ms of CPU), so a young store should make few: two levels of 256
+made one or two per blob until the tree filled up. ext4 folders stay fast with millions
+of entries. A blob is written as `<key>.part` in its own folder and renamed when
+complete: writers in parallel then seldom wait on one folder's lock (creating a file
+holds it, and takes about as long as making a folder).
 """
 from __future__ import annotations
 
@@ -91,7 +92,7 @@ class BlobStore:
     def path(self, key: str) -> Path:
         if not _valid_key(key):
             raise NotFound(f"no blob {key!r}")
-        return self.root / key[:2] / key
+        return self.root / key[:1] / key
 
     # writing ---------------------------------------------------------------
     def writer(self) -> "BlobWriter":
@@ -168,7 +169,7 @@ class BlobWriter:
     def __init__(self, store: BlobStore):
         self.store = store
         self.key = uuid.uuid4().hex
-        self._final = os.path.join(store.root, self.key[:2], self.key)  # str: no pathlib
+        self._final = os.path.join(store.root, self.key[:1], self.key)  # str: no pathlib
         self._tmp = self._final + ".part"  # per blob; writers write hundreds a second
         try:
             self._fh = open(self._tmp, "wb")
