@@ -102,3 +102,14 @@ def test_master_key_loading(tmp_path):
         load_master_key("AAAA", tmp_path)
     with pytest.raises(ConfigError, match="base64"):
         load_master_key("not base64!", tmp_path)
+
+
+def test_blobs_in_sixteen_folders_and_no_partial_files_left(store):
+    keys = [store.put_bytes(os.urandom(100)).key for _ in range(40)]
+    aborted = store.writer()
+    aborted.write(b"never committed")
+    aborted.abort()
+    files = [p for p in store.root.rglob("*") if p.is_file()]
+    assert sorted(p.name for p in files) == sorted(keys)
+    assert all(p.parent.name == p.name[0] and p.parent.parent == store.root for p in files)
+    assert len({p.parent for p in files}) <= 16

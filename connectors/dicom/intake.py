@@ -20,9 +20,10 @@ sink that hashes what it stores anyway (the gateway's blob store does) sets
 
 A sink may also stream: `sink.open(transfer_key, meta)` returns a writer with
 `write(data)`, `commit() -> Stored` and `abort()`. Then nothing is spooled: the bytes go
-from the socket into the writer (an encrypting blob writer, say) as they arrive, the
-first 256 KB are kept to check the header at the end, and `commit()` (which may fsync)
-or `abort()` runs in an intake worker.
+from the socket into the writer (an encrypting blob writer, say) as they arrive. The
+receiving thread only queues them (`InstanceStream`); intake workers open the writer,
+feed it, keep the first 256 KB to check the header at the end, and commit (which may
+fsync) or abort.
 """
 from __future__ import annotations
 
@@ -40,9 +41,9 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from ..base import safe_name
-from .header import PREAMBLE, MalformedDicom, read_header, read_header_bytes
-
-_HEAD = 256 * 1024
+from .header import PREAMBLE, MalformedDicom, read_header
+from .streaming import HEAD as _HEAD
+from .streaming import InstanceStream
 from .uids import clean_uid, describe, is_uid
 
 
@@ -58,38 +59,6 @@ class Stored:
     location: Path | str
     sha256: str
     size: int
-
-
-class InstanceStream:
-    """One instance streamed into a streaming sink (see the module docs)."""
-
-    def __init__(self, retrieval: "Retrieval", via: str, sop_uid: str, sop_class: str):
-        self.retrieval, self.via, self.sop_uid, self.sop_class = (
-            retrieval, via, sop_uid, sop_class)
-        self.writer = retrieval.sink.open(retrieval.key, {"via": via,
-                                                          "sop_instance_uid": sop_uid})
-        self.head = bytearray()
-        self.size = 0
-        retrieval.begin()
-
-    def write(self, data) -> None:
-        if self.size < PREAMBLE:  # the preamble can hide another file format: zeros
-            n = min(PREAMBLE - self.size, len(data))
-            data = bytes(n) + bytes(data[n:])
-        if len(self.head) < _HEAD:
-            self.head += data[:_HEAD - len(self.head)]
-        self.writer.write(data)
-        self.size += len(data)
-
-    def finish(self, complete: bool) -> None:
-        """Hand the instance to an intake worker: checked, then committed or aborted."""
-        if not complete:
-            self.writer.abort()
-            self.retrieval.error(self.sop_uid, "association ended while this instance was "
-                                 "being received", self.via, permanent=False)
-            self.retrieval._end()
-            return
-        self.retrieval.submit_call(self.retrieval._take_stream, self)
 
 
 class FolderSink:
@@ -162,7 +131,7 @@ class Retrieval:
     patient_ids: frozenset[str] = frozenset()  # and only for these patients (empty: any)
     spool: Path | None = None  # where received files wait (same file system as temp files)
     workers: int = 4  # threads checking, hashing and storing (a sink may fsync each file)
-    max_waiting: int = 6  # received files waiting for a worker before receiving pauses
+    max_waiting: int = 6  # files or stream drains waiting for a worker before receiving pauses
     received: dict[str, Received] = field(default_factory=dict)
     errors: dict[str, InstanceError] = field(default_factory=dict)
     bytes: int = 0
@@ -313,30 +282,6 @@ class Retrieval:
                 "via": via}
         location = self.sink(self.key, path, sha256, size, meta)
         return self._record(header, via, location, sha256, size)
-
-    def _take_stream(self, stream: InstanceStream):
-        """Worker side of a streamed instance: check the header, then commit or abort."""
-        try:
-            try:
-                header = read_header_bytes(bytes(stream.head))
-            except MalformedDicom as exc:
-                stream.writer.abort()
-                return self.error(stream.sop_uid, f"malformed dataset: {exc}", stream.via)
-            problem = self._check(header, stream.via, stream.sop_uid, stream.sop_class)
-            if problem is not None:
-                stream.writer.abort()
-                return problem
-            stored = stream.writer.commit()
-            return self._record(header, stream.via, stored, None, None)
-        except Exception as exc:
-            try:
-                stream.writer.abort()
-            except Exception:
-                pass
-            return self.error(stream.sop_uid, f"could not store: {type(exc).__name__}: {exc}",
-                              stream.via, permanent=False)
-        finally:
-            self._end()
 
     def _check(self, header: dict, via: str, sop_uid: str, sop_class: str):
         """None if the header is acceptable for this retrieval, else the InstanceError."""

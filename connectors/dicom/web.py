@@ -1,11 +1,12 @@
 """DICOMweb: QIDO-RS to find, WADO-RS to retrieve, streamed part by part.
 
 A WADO-RS study response is one multipart/related body of every instance. It is read in
-1 MB chunks and split on the boundary as it streams: each part goes straight to a spool
-file (preamble zeroed on the way), so memory holds about one chunk whatever the size of
-the study or of one instance; the retrieval's workers hash and store each finished part
-while the next one streams in. Each part then goes through the same checks,
-sink and accounting as an instance received over DIMSE (`Retrieval.take`).
+1 MB chunks and split on the boundary as it streams, without copying the bodies: each
+part goes to the retrieval's streaming sink (`Retrieval.stream`: an intake worker hashes,
+encrypts and stores it while the next part streams in) or else to a spool file (preamble
+zeroed on the way), so memory holds a few chunks whatever the size of the study or of
+one instance. Each part then goes through the same checks, sink and accounting as an
+instance received over DIMSE (`Retrieval.take`).
 """
 from __future__ import annotations
 
@@ -70,68 +71,90 @@ def _from_json(obj: dict, tags: dict) -> dict:
 class MultipartSplitter:
     """Incremental multipart/related parser: feed() bytes, get part events.
 
-    Calls `start(headers)` at each part, `data(memoryview)` for its body in pieces, and
-    `end()` when it is complete. Holds at most one chunk plus the boundary length.
+    Calls `start(headers)` at each part, `data(piece)` for its body in pieces, and
+    `end()` when it is complete. The pieces are memoryviews of the chunks fed (so those
+    must be bytes, never reused): bodies are not copied. Between chunks it keeps at most
+    a delimiter's length of body, or the start of a part's headers (the next chunk is
+    then joined to it: once a request, and where headers straddle two chunks).
     """
 
     def __init__(self, boundary: bytes, start, data, end):
         self.delim = b"\r\n--" + boundary
         self.start, self.data, self.end = start, data, end
-        self.buf = bytearray(b"\r\n")  # so a boundary on the very first line matches
+        self.carry = b"\r\n"  # so a boundary on the very first line matches
         self.state = "preamble"
         self.finished = False
 
     def feed(self, chunk: bytes) -> None:
-        self.buf += chunk
+        width = len(self.delim)
+        pos = 0
+        if self.state == "body" and self.carry and len(chunk) >= width:
+            # the held-back tail of the last chunk: a delimiter, or body after all
+            joined = self.carry + chunk[:width - 1]
+            at = joined.find(self.delim)
+            if at < 0:
+                self.data(memoryview(self.carry))
+            else:
+                if at:
+                    self.data(memoryview(self.carry)[:at])
+                self.end()
+                pos = at + width - len(self.carry)
+                self.state = "after-delim"
+            self.carry = b""
+        elif self.carry:
+            chunk, self.carry = self.carry + chunk, b""  # small: headers, a short tail
+        self._parse(chunk, pos)
+
+    def _parse(self, buf: bytes, pos: int) -> None:
+        width = len(self.delim)
         while True:
             if self.state in ("preamble", "body"):
-                at = self.buf.find(self.delim)
+                at = buf.find(self.delim, pos)
                 if at < 0:
-                    keep = len(self.delim) - 1
-                    if self.state == "body" and len(self.buf) > keep:
-                        cut = len(self.buf) - keep
-                        self.data(memoryview(self.buf)[:cut])
-                        del self.buf[:cut]
-                    elif self.state == "preamble" and len(self.buf) > keep:
-                        del self.buf[:len(self.buf) - keep]
+                    cut = max(pos, len(buf) - width + 1)
+                    if self.state == "body" and cut > pos:
+                        self.data(memoryview(buf)[pos:cut])
+                    self.carry = buf[cut:]
                     return
                 if self.state == "body":
-                    self.data(memoryview(self.buf)[:at])
+                    if at > pos:
+                        self.data(memoryview(buf)[pos:at])
                     self.end()
-                del self.buf[:at + len(self.delim)]
+                pos = at + width
                 self.state = "after-delim"
             if self.state == "after-delim":
-                if len(self.buf) < 2:
+                if len(buf) - pos < 2:
+                    self.carry = buf[pos:]
                     return
-                if self.buf[:2] == b"--":
+                if buf[pos:pos + 2] == b"--":
                     self.finished = True
                     self.state = "epilogue"
-                    self.buf.clear()
                     return
                 self.state = "headers"
             if self.state == "headers":
-                at = self.buf.find(b"\r\n\r\n")
+                at = buf.find(b"\r\n\r\n", pos)
                 if at < 0:
-                    if len(self.buf) > 64 * 1024:
+                    if len(buf) - pos > 64 * 1024:
                         raise ValueError("multipart part headers too long")
+                    self.carry = buf[pos:]
                     return
-                lines = bytes(self.buf[:at]).decode("latin-1").split("\r\n")
+                lines = buf[pos:at].decode("latin-1").split("\r\n")
                 headers = {}
                 for line in lines[1:] if lines and not lines[0].strip() else lines:
                     name, _, value = line.partition(":")
                     if name.strip():
                         headers[name.strip().lower()] = value.strip()
-                del self.buf[:at + 4]
+                pos = at + 4
                 self.start(headers)
                 self.state = "body"
             if self.state == "epilogue":
-                self.buf.clear()
                 return
 
 
 class _PartWriter:
-    """Writes each part to a spool file, zeroing its preamble on the way, and hands the
-    finished file to the retrieval's workers (`Retrieval.submit`)."""
+    """Hands each part to the retrieval's streaming sink (`Retrieval.stream`), or else
+    writes it to a spool file, zeroing its preamble on the way, and hands the finished
+    file to the retrieval's workers (`Retrieval.submit`)."""
 
     def __init__(self, retrieval: Retrieval, via: str = "wado-rs"):
         self.retrieval = retrieval

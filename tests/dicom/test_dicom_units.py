@@ -109,6 +109,41 @@ def test_multipart_boundaries_cut_everywhere():
         assert [b for _, b in _split(body, boundary, sizes)] == parts
 
 
+def test_multipart_cut_in_two_at_every_position():
+    boundary = b"b0undary-1234"
+    rng = random.Random(11)
+    parts = [rng.randbytes(n) for n in (40, 0, 3, 90)]
+    body = _multipart(parts, boundary)
+    for cut in range(1, len(body)):
+        assert [b for _, b in _split(body, boundary, [cut])] == parts, cut
+
+
+def test_multipart_bodies_are_views_of_the_chunks_fed():
+    """No body byte is copied, delimiters cut in two included: a piece longer than a
+    delimiter is a view of a chunk (only a chunk that starts inside a part's headers,
+    rare with 1 MiB chunks, is joined to the headers' start)."""
+    boundary = b"b0undary-1234"
+    rng = random.Random(5)
+    parts = [rng.randbytes(n) for n in (70000, 300, 150000)]
+    body = _multipart(parts, boundary)
+    cuts, pos = [], 0
+    for part in parts:
+        start = body.index(b"\r\n\r\n", pos) + 4
+        end = start + len(part)
+        cuts += [start + 3, start + len(part) // 2, end + 5]  # in the body; in the delimiter
+        pos = end
+    chunks = [body[a:b] for a, b in zip([0] + cuts, cuts + [len(body)])]
+    pieces: list = []
+    splitter = MultipartSplitter(boundary, lambda h: None, pieces.append, lambda: None)
+    for chunk in chunks:
+        splitter.feed(chunk)
+    assert splitter.finished
+    assert b"".join(pieces) == b"".join(parts)
+    long = [p for p in pieces if len(p) > len(boundary) + 4]
+    assert sum(map(len, long)) > 0.99 * len(b"".join(parts))
+    assert all(isinstance(p, memoryview) and any(p.obj is c for c in chunks) for p in long)
+
+
 def test_multipart_without_closing_boundary_is_not_finished():
     boundary = b"xyz"
     body = _multipart([b"abc"], boundary)[:-20]
