@@ -7,9 +7,11 @@ what is missing (pass the delivered SOP Instance UIDs as `already_sent`).
 C-STORE streams each file from disk as it is (`STORE_SEND_CHUNKED_DATASET`): no pixel
 data is decoded or held in memory, and the recipient gets the source's bytes in the
 source's transfer syntax. An instance whose syntax the recipient refuses is reported as
-such (no transcoding). STOW-RS sends the files' bytes as
-they are (multipart/related, streamed from disk), batched by size so a request holds at
-most `batch_bytes` (or one instance larger than that).
+such (no transcoding). STOW-RS sends the files' bytes as they are (multipart/related,
+streamed from disk), batched by size so a request holds at most `batch_bytes` (or one
+instance larger than that). Not dicomweb-client's `store_instances`: it takes decoded
+pydicom datasets and writes them again, whole in memory, so the recipient's sha256 would
+not be the source's.
 """
 from __future__ import annotations
 
