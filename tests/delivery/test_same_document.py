@@ -3,9 +3,12 @@ faxed copy) is delivered once, with the Provenance of both places; a report that
 in one value is a different document and is delivered too."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
+
+import pytest
 
 from gateway.bundle import same_document
 from gateway.bundles import _first_with_identifier
@@ -119,3 +122,74 @@ def test_a_report_and_its_scanned_copy_from_two_sources_go_once(two_sources, dst
     delivered = {d["origin"]: d for d in manifest["sources"]["copies"]["delivered"]}
     assert delivered["cbc-fax.pdf"]["sha256"] == sha["cbc-fax.pdf"]
     assert delivered["cbc-fax.pdf"]["entry"] == next(iter(shared))
+
+
+@pytest.fixture
+def ehr_and_copies(two_sources, sender_config, sekmet):
+    """sekmet-fhir as the hospital's FHIR API (source "ehr") beside the "copies" folder."""
+    from tests.helpers import SENDER_ORG
+
+    sender_config["sources"]["ehr"] = {"kind": "fhir-rest", "organization": SENDER_ORG, "endpoint": sekmet,
+                                       "options": {"base_url": sekmet, "auth": {"type": "none"},
+                                                   "retrieval": "search"}}
+    return two_sources
+
+
+def test_a_fhir_report_and_its_scanned_copy_go_once_as_the_fhir_original(
+        ehr_and_copies, sekmet, dstack, sign, receiver_url, tmp_path):
+    """The report as the EHR's FHIR API serves it (a DocumentReference and its PDF
+    Binary), and the same report scanned in a drop folder: the FHIR original goes once,
+    and the scan's source is named in the Provenance of that Binary."""
+    import uuid
+
+    import requests
+
+    from gateway.authorizations import example_claims
+    from tests.helpers import ISSUER, RECEIVER_ORG, SENDER_ORG
+
+    copies = ehr_and_copies
+    mrn = uuid.uuid4().hex[:10]
+    report = _report(tmp_path / "report.pdf", [*CBC, f"Accession {mrn}"])  # unique in the shared server
+    scan = _scan(report, tmp_path / "report-fax.pdf")
+    json_headers = {"Content-Type": "application/fhir+json"}
+    patient = requests.post(f"{sekmet}/Patient", json={
+        "resourceType": "Patient", "identifier": [{"system": "urn:test:mrn", "value": mrn}],
+        "name": [{"family": "Testperson", "given": ["Avery"]}], "birthDate": "1970-01-01"},
+        headers=json_headers, timeout=10).json()
+    binary = requests.post(f"{sekmet}/Binary", json={
+        "resourceType": "Binary", "contentType": "application/pdf",
+        "data": base64.b64encode(report.read_bytes()).decode()}, headers=json_headers, timeout=30).json()
+    requests.post(f"{sekmet}/DocumentReference", json={
+        "resourceType": "DocumentReference", "status": "current",
+        "type": {"coding": [{"system": "http://loinc.org", "code": "58410-2"}]},
+        "subject": {"reference": f"Patient/{patient['id']}"}, "date": "2026-03-04T00:00:00Z",
+        "content": [{"attachment": {"contentType": "application/pdf", "url": f"Binary/{binary['id']}"}}]},
+        headers=json_headers, timeout=10).raise_for_status()
+    claims = example_claims(
+        ISSUER, f"auth-{uuid.uuid4().hex[:12]}",
+        patient={**PATIENT, "identifiers": [{"system": "urn:test:mrn", "value": mrn}]},
+        disclosers=[{"id": SENDER_ORG, "name": "Test Hospital", "endpoints": [
+            {"type": "fhir", "address": sekmet}, {"type": "pdf-folder", "address": str(copies)}]}],
+        recipient={"id": RECEIVER_ORG, "name": "Test Center",
+                   "endpoint": {"type": "gateway", "address": receiver_url}})
+    dstack.start_receiver()
+    r = dstack.client.post("/transfers", json={"authorization": dstack.authorize(claims, sign),
+                                               "sources": ["ehr", "copies"], "recipient": "center"},
+                           headers=dstack.operator)
+    assert r.status_code == 202, r.get_json()
+    tid = r.get_json()["id"]
+    (copies / f".{tid}").mkdir()
+    scan.rename(copies / f".{tid}" / "report-fax.pdf")
+    (copies / f".{tid}").rename(copies / tid)
+
+    view = dstack.wait_state(tid, TERMINAL, timeout=180)
+    assert view["state"] == "completed", view["reason"]
+    [bundle] = [dstack.received_bundle(b["id"]) for b in dstack.inbox()]
+    assert record_binaries([bundle]) == [_sha(report)]  # the FHIR original only
+    provenance = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Provenance"
+                  and e["resource"]["entity"][0]["what"]["identifier"]["system"].endswith(":copies")]
+    [from_copies] = provenance
+    [target] = [t["reference"] for t in from_copies["target"]]
+    [original] = [e for e in bundle["entry"] if e["fullUrl"] == target]
+    assert original["resource"]["resourceType"] == "Binary"
+    assert hashlib.sha256(base64.b64decode(original["resource"]["data"])).hexdigest() == _sha(report)
