@@ -209,6 +209,9 @@ class ReceivedInstance(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     blob_key: Mapped[str] = mapped_column(String(64))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # the first accepted bundle whose manifest lists it; instances no bundle took within
+    # receive_upload_ttl_s (a sender that gave up, no Consent ever shown) are deleted
+    bundle_id: Mapped[str | None] = mapped_column(String(32), index=True)  # ReceivedBundle.id
 
 
 class TransferBundle(Base):

@@ -300,6 +300,7 @@ def accept(svc: Services, *, sender: str, key: str, body: bytes, signature: str)
             if row.state != "processing":
                 raise Conflict("this delivery was completed by another request; retry for its answer")
             receive_binaries.bind(s, sender, uploads, row.id)
+            stow.bind(s, sender, listed, row.id)
             row.bundle_identifier, row.sha256, row.size = bundle.identifier.value, digest, len(body)
             row.entries, row.blob_key, row.received_at = len(hashes), blob.key, now
             row.recipient_org, row.sender_org = recipient, trusted.organization

@@ -170,4 +170,8 @@ def sweep_now(svc: Services) -> int:
 
 @celery.task(name="gateway.receive_binaries.sweep", ignore_result=True)
 def sweep() -> int:
-    return sweep_now(services())
+    """Uploads no bundle took: documents (here) and DICOM instances (gateway/stow.py)."""
+    from . import stow
+
+    svc = services()
+    return sweep_now(svc) + stow.sweep_now(svc)

@@ -7,10 +7,14 @@ checked by the DICOM grammar (connectors/dicom/uids.py), the 128-byte preamble i
 as on every path in, and each instance is recorded with its sha256 against the sending
 peer and its study. The same instance sent again (a resumed delivery) is taken once.
 The answer is the STOW-RS response (DICOM JSON) naming each instance stored or failed.
+An accepted bundle whose manifest lists an instance takes it (`bind`); instances no
+bundle took within `receive_upload_ttl_s` (a sender that gave up: no Consent was ever
+shown for them) are deleted by the hourly sweep of uploads (gateway/receive_binaries.py).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import BinaryIO, Iterator
 
 from sqlalchemy import select
@@ -22,7 +26,7 @@ from connectors.dicom.uids import clean_uid
 from . import audit
 from .bundle.manifest import study_digest
 from .errors import InvalidInput
-from .models import ReceivedInstance
+from .models import ReceivedInstance, utcnow
 from .services import Services
 
 HEAD = 256 * 1024
@@ -234,3 +238,32 @@ def received_counts(svc: Services, sender: str, studies: list[str]) -> dict[str,
     with svc.db.session() as s:
         return {uid: len(s.scalars(select(ReceivedInstance.id).filter_by(
             sender=sender, study_uid=uid)).all()) for uid in studies}
+
+
+def bind(s, sender: str, listed: dict[str, dict[str, str]], bundle_row_id: str) -> None:
+    """Inside the acceptance transaction: the instances the bundle lists (same sha256)
+    that no earlier bundle took are this bundle's now."""
+    for study, sops in listed.items():
+        for row in s.scalars(select(ReceivedInstance).filter_by(
+                sender=sender, study_uid=study, bundle_id=None).with_for_update()):
+            if sops.get(row.sop_instance_uid) == row.sha256:
+                row.bundle_id = bundle_row_id
+
+
+def sweep_now(svc: Services) -> int:
+    """Delete instances no accepted bundle took, older than `receive_upload_ttl_s`: their
+    bytes and rows. Returns how many."""
+    cutoff = utcnow() - timedelta(seconds=svc.settings.receive_upload_ttl_s)
+    with svc.db.session() as s:
+        stale = s.scalars(select(ReceivedInstance).where(
+            ReceivedInstance.bundle_id.is_(None), ReceivedInstance.received_at < cutoff)
+            .with_for_update()).all()
+        for row in stale:
+            s.delete(row)
+        if stale:
+            audit.record(s, "receive.dicom.expired", actor="system", sender=stale[0].sender,
+                         instances=len(stale), studies=len({r.study_uid for r in stale}))
+        keys = [row.blob_key for row in stale]
+    for key in keys:  # after the commit: a row never names a deleted blob
+        svc.blobs.delete(key)
+    return len(keys)

@@ -135,6 +135,8 @@ def test_study_to_a_receiving_gateway_by_stow_rs(stack, sign, dicom, tmp_path, r
     with svc.db.session() as s:
         rows = s.scalars(select(ReceivedInstance)).all()
     assert {r.sop_instance_uid: r.sha256 for r in rows} == {k: i.sha256 for k, i in items.items()}
+    # the accepted bundle took them: the sweep of uploads no bundle took leaves them be
+    assert {r.bundle_id for r in rows} == {received["id"]}
     sources = source_data_sets(study)
     for row in rows:
         body = svc.blobs.read_bytes(row.blob_key)

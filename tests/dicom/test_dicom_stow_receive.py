@@ -58,6 +58,27 @@ def test_instances_are_stored_once_with_their_sha256(receiver, peer, study):
     assert r.status_code == 200 and held(receiver) == sums
 
 
+def test_instances_no_bundle_took_expire(receiver, peer, study):
+    from gateway import stow
+
+    assert post(receiver.test_client(), peer, multipart([f.read_bytes() for f in study.files])).status_code == 200
+    svc = receiver.extensions["gateway"]
+    kept = held(receiver)
+    taken = dict(sorted(kept.items())[:3])
+    with svc.db.session() as s:  # an accepted bundle listing three of them (one with other bytes)
+        listed = {study.study_uid: {**taken, "9.9.9": "0" * 64}}
+        wrong_sop = sorted(kept)[3]
+        listed[study.study_uid][wrong_sop] = "f" * 64
+        stow.bind(s, "hospital-a", listed, "bundle-row-1")
+    assert stow.sweep_now(svc) == 0  # younger than receive_upload_ttl_s
+    svc.settings.receive_upload_ttl_s = 0
+    with svc.db.session() as s:
+        gone = [r.blob_key for r in s.scalars(select(ReceivedInstance).filter_by(bundle_id=None))]
+    assert stow.sweep_now(svc) == len(kept) - 3 == len(gone)
+    assert held(receiver) == taken
+    assert not any(svc.blobs.exists(key) for key in gone)
+
+
 def test_bad_parts_and_requests_are_refused(receiver, peer, study):
     client = receiver.test_client()
     good = study.files[0].read_bytes()

@@ -133,10 +133,12 @@ def upgrade():
     sa.Column('size', sa.BigInteger(), nullable=False),
     sa.Column('blob_key', sa.String(length=64), nullable=False),
     sa.Column('received_at', gateway.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('bundle_id', sa.String(length=32), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('sender', 'sop_instance_uid')
     )
     with op.batch_alter_table('received_instances', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_received_instances_bundle_id'), ['bundle_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_received_instances_study_uid'), ['study_uid'], unique=False)
 
     op.create_table('transfers',
@@ -298,6 +300,7 @@ def downgrade():
     op.drop_table('received_bundles')
     with op.batch_alter_table('received_instances', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_received_instances_study_uid'))
+        batch_op.drop_index(batch_op.f('ix_received_instances_bundle_id'))
 
     op.drop_table('received_instances')
     op.drop_table('authorizations')
