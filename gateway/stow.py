@@ -240,6 +240,18 @@ def received_counts(svc: Services, sender: str, studies: list[str]) -> dict[str,
             sender=sender, study_uid=uid)).all()) for uid in studies}
 
 
+def taken(svc: Services, sender: str, study: str, sop: str | None = None) -> list[ReceivedInstance]:
+    """Instances of a study held from `sender` that an accepted bundle took (the inbox
+    serves these), in series and instance order of arrival."""
+    query = select(ReceivedInstance).where(ReceivedInstance.sender == sender,
+                                           ReceivedInstance.study_uid == study,
+                                           ReceivedInstance.bundle_id.is_not(None))
+    if sop is not None:
+        query = query.where(ReceivedInstance.sop_instance_uid == sop)
+    with svc.db.session() as s:
+        return s.scalars(query.order_by(ReceivedInstance.series_uid, ReceivedInstance.id)).all()
+
+
 def bind(s, sender: str, listed: dict[str, dict[str, str]], bundle_row_id: str) -> None:
     """Inside the acceptance transaction: the instances the bundle lists (same sha256)
     that no earlier bundle took are this bundle's now."""

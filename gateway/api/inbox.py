@@ -3,17 +3,22 @@
 Recipient role only. Each center sees its own: a recipient token is scoped to an
 organization (`token create --organization`, default this gateway's own), and only
 bundles whose Consent names that organization as the recipient are listed or served.
-Opening a bundle signs an "opened" receipt and sends it back to the sender.
+Opening a bundle signs an "opened" receipt and sends it back to the sender. The images
+of the bundle's studies (received by STOW-RS beside it) are served as WADO-RS serves
+them: a study as multipart/related; type="application/dicom", or one instance.
 """
 from __future__ import annotations
 
 import base64
 import json
+import uuid
 
 from flask import Blueprint, Response, g, jsonify
 from sqlalchemy import select
 
 from .. import audit
+from connectors.dicom.uids import clean_uid
+
 from ..errors import NotFound
 from ..models import ReceivedBundle
 from ..opened import mark_opened
@@ -144,8 +149,59 @@ def studies(received_id: str):
     uids = [o["studyInstanceUid"].removeprefix("urn:oid:") for o in out if o["studyInstanceUid"]]
     held = stow.received_counts(svc(), sender, uids)
     for o in out:
-        o["instancesReceived"] = held.get((o["studyInstanceUid"] or "").removeprefix("urn:oid:"), 0)
+        uid = (o["studyInstanceUid"] or "").removeprefix("urn:oid:")
+        o["instancesReceived"] = held.get(uid, 0)
+        o["retrieve"] = f"/inbox/{received_id}/studies/{uid}" if uid else None
     return jsonify({"studies": out})
+
+
+def _study_rows(received_id: str, study_uid: str, sop_uid: str | None = None):
+    """The instances of one of this bundle's studies that this gateway holds."""
+    study = clean_uid(study_uid)
+    if study is None or (sop_uid is not None and clean_uid(sop_uid) is None):
+        raise NotFound("not a DICOM UID")
+    from .. import stow
+
+    with svc().db.session() as s:
+        row = _row(s, received_id, "received_images")
+        sender, key = row.sender, row.blob_key
+    data = json.loads(svc().blobs.read_bytes(key))
+    described = {i.get("value") for e in data.get("entry", [])
+                 if e["resource"].get("resourceType") == "ImagingStudy"
+                 for i in e["resource"].get("identifier") or [] if i.get("system") == "urn:dicom:uid"}
+    if f"urn:oid:{study}" not in described:
+        raise NotFound(f"bundle {received_id} describes no study {study}")
+    rows = stow.taken(svc(), sender, study, sop_uid)
+    if not rows:
+        raise NotFound(f"no instances of study {study} are held here" if sop_uid is None
+                       else f"instance {sop_uid} is not held here")
+    return rows
+
+
+@bp.get("/<received_id>/studies/<study_uid>")
+@require("recipient")
+def study_instances(received_id: str, study_uid: str):
+    """Every held instance of the study, streamed from the blob store part by part."""
+    rows = _study_rows(received_id, study_uid)
+    boundary, blobs = uuid.uuid4().hex, svc().blobs  # the generator runs after the request context
+
+    def parts():
+        for r in rows:
+            yield (f"--{boundary}\r\nContent-Type: application/dicom\r\n"
+                   f"Content-Length: {r.size}\r\n\r\n").encode()
+            yield from blobs.chunks(r.blob_key)
+            yield b"\r\n"
+        yield f"--{boundary}--\r\n".encode()
+    return Response(parts(), content_type=f'multipart/related; type="application/dicom"; '
+                                          f"boundary={boundary}")
+
+
+@bp.get("/<received_id>/studies/<study_uid>/instances/<sop_uid>")
+@require("recipient")
+def study_instance(received_id: str, study_uid: str, sop_uid: str):
+    [r] = _study_rows(received_id, study_uid, sop_uid)
+    return Response(svc().blobs.chunks(r.blob_key), mimetype="application/dicom",
+                    headers={"Content-Length": str(r.size)})
 
 
 @bp.post("/<received_id>/reply")

@@ -81,6 +81,8 @@ SUMMARIES = {
     "inbox.documents": "The documents of a received bundle",
     "inbox.document_content": "One document's content (audited read)",
     "inbox.studies": "The imaging studies of a received bundle",
+    "inbox.study_instances": "A study's images as received (multipart/related of application/dicom, as WADO-RS)",
+    "inbox.study_instance": "One image as received (application/dicom)",
     "inbox.opened": "Mark a received bundle opened; signs an 'opened' receipt and sends it to the sender",
     "transfers.replay": "Deliver a dead-lettered transfer again",
     "inbox.reply": "Send the center's second opinion (DiagnosticReport or DocumentReference) back to the sender",

@@ -127,6 +127,21 @@ def test_study_to_a_receiving_gateway_by_stow_rs(stack, sign, dicom, tmp_path, r
     [listed] = requests.get(f"{url}/inbox/{received['id']}/studies", headers=stack.inbox_headers,
                             timeout=10).json()["studies"]
     assert listed["instances"] == listed["instancesReceived"] == 24
+    # the center retrieves the images from its inbox (WADO-RS style): the source's bytes
+    got = requests.get(url + listed["retrieve"], headers=stack.inbox_headers, timeout=30)
+    assert got.status_code == 200, got.text
+    boundary = got.headers["Content-Type"].split("boundary=")[1].encode()
+    bodies = [p.split(b"\r\n\r\n", 1)[1][:-2] for p in got.content.split(b"--" + boundary)[1:-1]]
+    assert sorted(hashlib.sha256(b).hexdigest() for b in bodies) == \
+        sorted(i.sha256 for i in sender_items(stack, tid).values())
+    sop = study.sop_uids[0]
+    one = requests.get(f"{url}{listed['retrieve']}/instances/{sop}", headers=stack.inbox_headers,
+                       timeout=30)
+    assert one.headers["Content-Type"] == "application/dicom"
+    assert hashlib.sha256(one.content).hexdigest() == sender_items(stack, tid)[sop].sha256
+    for path in (f"/inbox/{received['id']}/studies/1.2.3.4", f"{listed['retrieve']}/instances/../x",
+                 f"/inbox/{received['id']}/studies/..%2F..%2Fetc"):
+        assert requests.get(url + path, headers=stack.inbox_headers, timeout=10).status_code == 404
     # the receiver holds each instance with the sender's sha256, the source's data set
     from gateway import create_app
 
