@@ -150,22 +150,30 @@ def open_for(svc: Services, sender: str, ref: str) -> ReceivedBinary | None:
         return s.scalars(select(ReceivedBinary).filter_by(sender=sender, binary_id=binary_id)).first()
 
 
-def sweep_now(svc: Services) -> int:
-    """Delete uploads no accepted bundle references, older than `receive_upload_ttl_s`
-    (a sender that gave up): their bytes and rows. Returns how many."""
+def expire_unbound(svc: Services, model, record_expiry) -> int:
+    """Delete rows of `model` (an upload: sender, blob_key, bundle_id, received_at) no
+    accepted bundle took, older than `receive_upload_ttl_s` (a sender that gave up):
+    their bytes and rows; `record_expiry(session, rows)` audits them. Returns how many."""
     cutoff = utcnow() - timedelta(seconds=svc.settings.receive_upload_ttl_s)
     with svc.db.session() as s:
-        stale = s.scalars(select(ReceivedBinary).where(
-            ReceivedBinary.bundle_id.is_(None), ReceivedBinary.received_at < cutoff)
-            .with_for_update()).all()
+        stale = s.scalars(select(model).where(model.bundle_id.is_(None), model.received_at < cutoff)
+                          .with_for_update()).all()
         for row in stale:
             s.delete(row)
-            audit.record(s, "receive.binary.expired", actor="system", binary_id=row.binary_id,
-                         sender=row.sender, sha256=row.sha256, size=row.size)
+        if stale:
+            record_expiry(s, stale)
         keys = [row.blob_key for row in stale]
     for key in keys:  # after the commit: a row never names a deleted blob
         svc.blobs.delete(key)
     return len(keys)
+
+
+def sweep_now(svc: Services) -> int:
+    def record_expiry(s, rows):
+        for row in rows:
+            audit.record(s, "receive.binary.expired", actor="system", binary_id=row.binary_id,
+                         sender=row.sender, sha256=row.sha256, size=row.size)
+    return expire_unbound(svc, ReceivedBinary, record_expiry)
 
 
 @celery.task(name="gateway.receive_binaries.sweep", ignore_result=True)

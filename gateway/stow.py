@@ -14,7 +14,6 @@ shown for them) are deleted by the hourly sweep of uploads (gateway/receive_bina
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import BinaryIO, Iterator
 
 from sqlalchemy import select
@@ -26,7 +25,7 @@ from connectors.dicom.uids import clean_uid
 from . import audit
 from .bundle.manifest import study_digest
 from .errors import InvalidInput
-from .models import ReceivedInstance, utcnow
+from .models import ReceivedInstance
 from .services import Services
 
 HEAD = 256 * 1024
@@ -263,19 +262,12 @@ def bind(s, sender: str, listed: dict[str, dict[str, str]], bundle_row_id: str) 
 
 
 def sweep_now(svc: Services) -> int:
-    """Delete instances no accepted bundle took, older than `receive_upload_ttl_s`: their
-    bytes and rows. Returns how many."""
-    cutoff = utcnow() - timedelta(seconds=svc.settings.receive_upload_ttl_s)
-    with svc.db.session() as s:
-        stale = s.scalars(select(ReceivedInstance).where(
-            ReceivedInstance.bundle_id.is_(None), ReceivedInstance.received_at < cutoff)
-            .with_for_update()).all()
-        for row in stale:
-            s.delete(row)
-        if stale:
-            audit.record(s, "receive.dicom.expired", actor="system", sender=stale[0].sender,
-                         instances=len(stale), studies=len({r.study_uid for r in stale}))
-        keys = [row.blob_key for row in stale]
-    for key in keys:  # after the commit: a row never names a deleted blob
-        svc.blobs.delete(key)
-    return len(keys)
+    """Delete instances no accepted bundle took, older than `receive_upload_ttl_s`."""
+    from .receive_binaries import expire_unbound
+
+    def record_expiry(s, rows):
+        for sender in sorted({r.sender for r in rows}):
+            mine = [r for r in rows if r.sender == sender]
+            audit.record(s, "receive.dicom.expired", actor="system", sender=sender,
+                         instances=len(mine), studies=len({r.study_uid for r in mine}))
+    return expire_unbound(svc, ReceivedInstance, record_expiry)

@@ -29,22 +29,27 @@ def record_binaries(bundles: list[dict]) -> list[str]:
                   for bundle in bundles for b in helpers.record_binaries(bundle))
 
 
-def start_from_two_sources(stack, sign, drop_dir, copies, receiver_url) -> str:
-    """Start a transfer from the "records" and "copies" PDF folders (the `two_sources`
-    fixture) to the test center; return its id."""
+def start_from_sources(stack, sign, receiver_url, sources: dict[str, dict], **kw) -> str:
+    """Start a transfer from the named sources (name -> the authorization's endpoint for
+    it) to the test center; return its id. `kw` goes to example_claims (patient, ...)."""
     claims = example_claims(
         ISSUER, f"auth-{uuid.uuid4().hex[:12]}",
-        disclosers=[{"id": SENDER_ORG, "name": "Test Hospital", "endpoints": [
-            {"type": "pdf-folder", "address": str(drop_dir)},
-            {"type": "pdf-folder", "address": str(copies)}]}],
+        disclosers=[{"id": SENDER_ORG, "name": "Test Hospital", "endpoints": list(sources.values())}],
         recipient={"id": "org-test-center", "name": "Test Center",
-                   "endpoint": {"type": "gateway", "address": receiver_url}})
+                   "endpoint": {"type": "gateway", "address": receiver_url}}, **kw)
     stack.start_receiver()
     r = stack.client.post("/transfers", json={"authorization": stack.authorize(claims, sign),
-                                              "sources": ["records", "copies"], "recipient": "center"},
+                                              "sources": list(sources), "recipient": "center"},
                           headers=stack.operator)
     assert r.status_code == 202, r.get_json()
     return r.get_json()["id"]
+
+
+def start_from_two_sources(stack, sign, drop_dir, copies, receiver_url) -> str:
+    """From the "records" and "copies" PDF folders (the `two_sources` fixture)."""
+    return start_from_sources(stack, sign, receiver_url, {
+        "records": {"type": "pdf-folder", "address": str(drop_dir)},
+        "copies": {"type": "pdf-folder", "address": str(copies)}})
 
 
 def manifest_of(bundle: dict) -> dict:

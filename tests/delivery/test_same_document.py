@@ -14,7 +14,7 @@ from gateway.bundle import same_document
 from gateway.bundles import _first_with_identifier
 from gateway.demo import make_pdf
 from tests.delivery.delivery_support import (TERMINAL, manifest_of, record_binaries,
-                                             start_from_two_sources)
+                                             start_from_sources, start_from_two_sources)
 
 PATIENT = {"name": {"family": "Testperson", "given": ["Avery"]}, "birthDate": "1970-01-01"}
 CBC = ["Hemoglobin 13.2 g/dL (ref 12.0-15.5)", "Leukocytes 6.1 10*3/uL",
@@ -144,9 +144,6 @@ def test_a_fhir_report_and_its_scanned_copy_go_once_as_the_fhir_original(
 
     import requests
 
-    from gateway.authorizations import example_claims
-    from tests.helpers import ISSUER, RECEIVER_ORG, SENDER_ORG
-
     copies = ehr_and_copies
     mrn = uuid.uuid4().hex[:10]
     report = _report(tmp_path / "report.pdf", [*CBC, f"Accession {mrn}"])  # unique in the shared server
@@ -165,19 +162,10 @@ def test_a_fhir_report_and_its_scanned_copy_go_once_as_the_fhir_original(
         "subject": {"reference": f"Patient/{patient['id']}"}, "date": "2026-03-04T00:00:00Z",
         "content": [{"attachment": {"contentType": "application/pdf", "url": f"Binary/{binary['id']}"}}]},
         headers=json_headers, timeout=10).raise_for_status()
-    claims = example_claims(
-        ISSUER, f"auth-{uuid.uuid4().hex[:12]}",
-        patient={**PATIENT, "identifiers": [{"system": "urn:test:mrn", "value": mrn}]},
-        disclosers=[{"id": SENDER_ORG, "name": "Test Hospital", "endpoints": [
-            {"type": "fhir", "address": sekmet}, {"type": "pdf-folder", "address": str(copies)}]}],
-        recipient={"id": RECEIVER_ORG, "name": "Test Center",
-                   "endpoint": {"type": "gateway", "address": receiver_url}})
-    dstack.start_receiver()
-    r = dstack.client.post("/transfers", json={"authorization": dstack.authorize(claims, sign),
-                                               "sources": ["ehr", "copies"], "recipient": "center"},
-                           headers=dstack.operator)
-    assert r.status_code == 202, r.get_json()
-    tid = r.get_json()["id"]
+    tid = start_from_sources(dstack, sign, receiver_url, {
+        "ehr": {"type": "fhir", "address": sekmet},
+        "copies": {"type": "pdf-folder", "address": str(copies)}},
+        patient={**PATIENT, "identifiers": [{"system": "urn:test:mrn", "value": mrn}]})
     (copies / f".{tid}").mkdir()
     scan.rename(copies / f".{tid}" / "report-fax.pdf")
     (copies / f".{tid}").rename(copies / tid)
