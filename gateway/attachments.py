@@ -183,13 +183,13 @@ def _put(svc: Services, t: Transfer, row: TransferUpload, renew: Callable[[], No
     url, headers = _target(svc, t, row.binary_id)
     chunks = svc.blobs.chunks(row.blob_key)
     if svc.settings.peers[t.recipient].kind == "gateway":
-        body = _Body([], chunks, [], row.size, renew)
+        body = StreamedBody([], chunks, [], row.size, renew)
         headers["Content-Type"] = row.media_type or "application/octet-stream"
     else:
         head = json.dumps({"resourceType": "Binary", "id": row.binary_id,
                            "contentType": row.media_type or "application/octet-stream", "data": ""})
         cut = head.rindex('""') + 1
-        body = _Body([head[:cut].encode()], _base64(chunks), [head[cut:].encode()],
+        body = StreamedBody([head[:cut].encode()], base64_chunks(chunks), [head[cut:].encode()],
                      4 * ((row.size + 2) // 3), renew)
         headers["Content-Type"] = "application/fhir+json"
     headers["Content-Length"] = str(len(body))
@@ -210,7 +210,8 @@ def _put(svc: Services, t: Transfer, row: TransferUpload, renew: Callable[[], No
                              "than were sent (sha256 differs); sending again")
 
 
-def _base64(chunks: Iterator[bytes]) -> Iterator[bytes]:
+def base64_chunks(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Base64 of a byte stream, chunk by chunk (each piece a whole number of 3-byte groups)."""
     pending = b""
     for chunk in chunks:
         pending += chunk
@@ -220,7 +221,7 @@ def _base64(chunks: Iterator[bytes]) -> Iterator[bytes]:
     yield base64.b64encode(pending)
 
 
-class _Body:
+class StreamedBody:
     """A streamed request body of known length (requests sends Content-Length); renews
     the step's lease as it goes and keeps the error if that fails."""
 

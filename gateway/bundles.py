@@ -22,7 +22,6 @@ the same summary as a PDF DocumentReference, and the completeness manifest.
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import uuid
@@ -35,6 +34,7 @@ from fhir.resources.R4B.provenance import Provenance
 from sqlalchemy import select
 
 from .attachments import Upload, binary_id, point_at, referenced
+from .attachments import base64_chunks
 from .blobstore import BlobInfo
 from .bundle import manifest as manifest_mod
 from .bundle import same_document
@@ -420,18 +420,9 @@ def _write_binary(svc: Services, w, b: _Binary, put: bool) -> str:
     ccut = canon.index('"data":""') + len('"data":"')
     digest = hashlib.sha256(canon[:ccut].encode())
     w.write(text[:cut].encode())
-    pending = b""
-    if b.blob_key:
-        for chunk in svc.blobs.chunks(b.blob_key):
-            pending += chunk
-            usable = len(pending) - len(pending) % 3
-            encoded = base64.b64encode(pending[:usable])
-            w.write(encoded)
-            digest.update(encoded)
-            pending = pending[usable:]
-    encoded = base64.b64encode(pending)
-    w.write(encoded)
-    digest.update(encoded)
+    for encoded in base64_chunks(svc.blobs.chunks(b.blob_key) if b.blob_key else iter(())):
+        w.write(encoded)
+        digest.update(encoded)
     w.write(text[cut:].encode())
     digest.update(canon[ccut:].encode())
     return digest.hexdigest()

@@ -31,19 +31,6 @@ MAX_RESPONSE = 16 * 1024 * 1024
 TRANSIENT = (408, 409, 425, 429)  # and 5xx: retried, never sooner than a Retry-After says
 
 
-class _BlobUpload:
-    """A file-like body of known length for requests (sent with Content-Length)."""
-
-    def __init__(self, reader, size: int):
-        self._reader, self._size = reader, size
-
-    def __len__(self) -> int:
-        return self._size
-
-    def read(self, n: int = -1) -> bytes:
-        return self._reader.read(n if n and n > 0 else 1 << 20)
-
-
 def _outcome_text(status: int, content: bytes) -> str:
     try:
         body = json.loads(content)
@@ -94,7 +81,7 @@ def deliver(svc: Services, t: Transfer, part: TransferBundle) -> str:
     if peer.kind == "gateway" or peer.token is not None or peer.token_file is not None:
         headers["Authorization"] = f"Bearer {peer.bearer()}"  # a plain FHIR server may be open
     url = f"{peer.base_url}/fhir" if peer.kind == "gateway" else peer.base_url
-    body = _BlobUpload(svc.blobs.open(part.blob_key), part.size)
+    body = attachments.StreamedBody([], svc.blobs.chunks(part.blob_key), [], part.size, lambda: None)
     try:
         response = requests.post(url, data=body, headers=headers,
                                  timeout=(10, svc.settings.http_timeout_s), allow_redirects=False,
