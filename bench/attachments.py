@@ -30,8 +30,9 @@ def say(msg: str) -> None:
 
 
 def _assemble(root: Path, inline: bool):
-    from gateway import bundles, receipts
-    from gateway.models import Transfer
+    from gateway.outbound import bundles
+    from gateway.trust import receipts
+    from gateway.storage.models import Transfer
 
     svc, tid, _ = base.setup(root)
     base.add_records(svc, tid)
@@ -47,8 +48,8 @@ def _assemble(root: Path, inline: bool):
 
 def _receiver(root: Path, sender_svc):
     from gateway import create_app
-    from gateway.blobstore import new_master_key
-    from gateway.tokens import create_token
+    from gateway.storage.blobstore import new_master_key
+    from gateway.trust.tokens import create_token
 
     (root / "sender-jwks.json").write_text(json.dumps(sender_svc.keys.jwks()))
     app = create_app({"data_dir": str(root / "receiver"), "blob_key": new_master_key(),
@@ -62,7 +63,7 @@ def _receiver(root: Path, sender_svc):
 
 
 def _receive(root: Path, sender_svc, part, body: bytes, signature: str) -> tuple[float, float]:
-    from gateway.receipts import SIGNATURE_HEADER
+    from gateway.trust.receipts import SIGNATURE_HEADER
 
     app, auth = _receiver(root, sender_svc)
     client = app.test_client()

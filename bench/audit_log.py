@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "tests" / "audit"))
 
 from gateway import audit  # noqa: E402
 from gateway.audit import checkpoints, log, merkle  # noqa: E402
-from gateway.models import AuditEvent, Base  # noqa: E402
+from gateway.storage.models import AuditEvent, Base  # noqa: E402
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/"
 TOTAL = 1_000_000

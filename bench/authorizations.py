@@ -26,12 +26,12 @@ from joserfc.jwk import ECKey, OKPKey  # noqa: E402
 from sqlalchemy import create_engine  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
-from gateway.authorizations import (allows, check_active, covers_source, example_claims,  # noqa: E402
-                                    import_authorization, new_issuer_key, sign_authorization,
-                                    verify_authorization)
-from gateway.authorizations.schema import JWS_REGISTRY  # noqa: E402
-from gateway.models import Authorization, Base  # noqa: E402
-from gateway.trust import TrustStore  # noqa: E402
+from gateway.trust.authorizations import (allows, check_active, covers_source, example_claims,
+                                          import_authorization, new_issuer_key,
+                                          sign_authorization, verify_authorization)
+from gateway.trust.authorizations.schema import JWS_REGISTRY  # noqa: E402
+from gateway.storage.models import Authorization, Base  # noqa: E402
+from gateway.trust.issuers import TrustStore  # noqa: E402
 
 ISSUER = "https://bench-issuer.example"
 NOW = datetime.now(timezone.utc)

@@ -43,11 +43,11 @@ def say(msg: str) -> None:
 
 def setup(root: Path, max_bytes: int | None = None):
     from gateway import create_app
-    from gateway.authorizations import example_claims, new_issuer_key, sign_authorization
-    from gateway.blobstore import new_master_key
-    from gateway.operations import import_authorization
-    from gateway.transfers import create_transfer
-    from gateway.trust import trust_document
+    from gateway.trust.authorizations import example_claims, new_issuer_key, sign_authorization
+    from gateway.storage.blobstore import new_master_key
+    from gateway.engine.operations import import_authorization
+    from gateway.engine.transfers import create_transfer
+    from gateway.trust.issuers import trust_document
 
     root.mkdir(parents=True, exist_ok=True)
     key = new_issuer_key("bench-1")
@@ -78,7 +78,7 @@ def setup(root: Path, max_bytes: int | None = None):
 
 
 def add_records(svc, tid: str) -> list[str]:
-    from gateway.models import Item, TransferSource
+    from gateway.storage.models import Item, TransferSource
 
     size = int(SIZE_MB * 1024 * 1024)
     keys = []
@@ -113,8 +113,9 @@ def timed(fn):
 
 
 def main() -> None:
-    from gateway import bundles, receipts
-    from gateway.models import Transfer
+    from gateway.outbound import bundles
+    from gateway.trust import receipts
+    from gateway.storage.models import Transfer
 
     root = Path(tempfile.mkdtemp(prefix="bench-delivery-"))
     total_mb = DOCS * SIZE_MB
@@ -179,9 +180,9 @@ def main() -> None:
 
 def _receive(root: Path, sender_svc, body: bytes, signature: str) -> float:
     from gateway import create_app
-    from gateway.blobstore import new_master_key
-    from gateway.receipts import SIGNATURE_HEADER
-    from gateway.tokens import create_token
+    from gateway.storage.blobstore import new_master_key
+    from gateway.trust.receipts import SIGNATURE_HEADER
+    from gateway.trust.tokens import create_token
 
     (root / "sender-jwks.json").write_text(json.dumps(sender_svc.keys.jwks()))
     app = create_app({"data_dir": str(root / "receiver"), "blob_key": new_master_key(),

@@ -43,8 +43,8 @@ def timed(fn) -> float:
 def start_receiver(tmp: Path, rounds: int):
     """A gateway in receive mode, with one trusted sender and peer token per round."""
     from gateway import create_app
-    from gateway.blobstore import new_master_key
-    from gateway.tokens import create_token
+    from gateway.storage.blobstore import new_master_key
+    from gateway.trust.tokens import create_token
     from tests.helpers import GatewayProcess, free_port
 
     port = free_port()
@@ -69,7 +69,7 @@ def start_receiver(tmp: Path, rounds: int):
         app2 = create_app(config)
         from sqlalchemy import func, select
 
-        from gateway.models import ReceivedInstance
+        from gateway.storage.models import ReceivedInstance
         with app2.extensions["gateway"].db.session() as s:
             n = s.scalar(select(func.count()).select_from(ReceivedInstance))
         app2.extensions["gateway"].close()

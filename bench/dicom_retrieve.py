@@ -11,7 +11,7 @@ interleaved rounds, it times the same retrieve of the study by
 - our DICOMweb path: WADO-RS streamed part by part;
 each of ours in a fresh process that streams every instance into the gateway's
 encrypted blob store (gateway.blobstore: AES-256-GCM in 1 MiB chunks, fsync per blob;
-gateway/dicom_sink.py plugs it in) with its per-instance sha256, and reports its wall
+gateway/engine/dicom_sink.py plugs it in) with its per-instance sha256, and reports its wall
 time and peak RSS (the whole receiving process, interpreter included). The 2x study and the multi-frame instance are retrieved the same way for
 their peak RSS. Orthanc runs with its defaults (TCP_NODELAY=1 in its environment and
 dcmtk's, as for every dcmtk tool). Medians are over the rounds; each run starts after
@@ -54,12 +54,12 @@ def child(args) -> None:
     package = types.ModuleType("gateway")
     package.__path__ = [str(ROOT / "gateway")]
     sys.modules.setdefault("gateway", package)
-    from gateway.blobstore import BlobStore, new_master_key
+    from gateway.storage.blobstore import BlobStore, new_master_key
 
     work = Path(args.workdir)
     store = BlobStore(work / "blobs", base64.b64decode(new_master_key()))
 
-    from gateway.dicom_sink import BlobStoreSink
+    from gateway.engine.dicom_sink import BlobStoreSink
 
     sink = BlobStoreSink(store)  # streams each instance into an encrypting blob writer
 

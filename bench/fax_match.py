@@ -28,10 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "fax")]
 
 import faxgen  # noqa: E402
-from connectors.fax_cover import CoverSheet, decode_cover, render_cover_pdf  # noqa: E402
-from connectors.fax_drop import FaxIngestor  # noqa: E402
-from connectors.fax_match import TransferDescriptor  # noqa: E402
-from connectors.fax_store import FaxStore, read_json  # noqa: E402
+from connectors.fax.cover import CoverSheet, decode_cover, render_cover_pdf  # noqa: E402
+from connectors.fax.connector import FaxIngestor  # noqa: E402
+from connectors.fax.match import TransferDescriptor  # noqa: E402
+from connectors.fax.store import FaxStore, read_json  # noqa: E402
 
 KEY = b"bench-cover-key-0123456789abcdef"
 PLAN = [("cover", 160), ("letter", 30), ("scan", 15), ("blotted", 15), ("forged", 10), ("closed", 10)]

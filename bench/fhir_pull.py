@@ -45,7 +45,7 @@ import requests  # noqa: E402
 
 from connectors.base import PatientIdentifier, RawRecord, RecordQuery  # noqa: E402
 from connectors.fhir.pages import split_page  # noqa: E402
-from connectors.fhir_rest import CHUNK_RESOURCES, FhirRestConnector  # noqa: E402
+from connectors.fhir.connector import CHUNK_RESOURCES, FhirRestConnector  # noqa: E402
 from mappings import MappingContext, map_record  # noqa: E402
 
 CONTEXT = MappingContext("urn:uuid:00000000-0000-4000-8000-000000000001")

@@ -10,8 +10,8 @@ CONNECTORS = {
     "pdf-folder": "connectors.pdf_folder:PdfFolderConnector",
     "dicom": "connectors.dicom.connector:DicomConnector",
     "dicomweb": "connectors.dicom.connector:DicomWebConnector",
-    "fax-drop": "connectors.fax_drop:FaxDropConnector",
-    "fhir-rest": "connectors.fhir_rest:FhirRestConnector",
+    "fax-drop": "connectors.fax.connector:FaxDropConnector",
+    "fhir-rest": "connectors.fhir.connector:FhirRestConnector",
 }
 
 

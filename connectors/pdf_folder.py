@@ -7,7 +7,7 @@ appears complete; until it appears, the pull is retried later.
 
 A minimal, safe reader: only regular files (no links), plain names, a size cap, and
 the PDF signature checked. Files are copied into the work dir, never moved: the full
-fax workflow (claiming, quarantine, matching) is `fax_drop`.
+fax workflow (claiming, quarantine, matching) is `connectors.fax`.
 """
 from __future__ import annotations
 
@@ -17,8 +17,17 @@ import stat
 from pathlib import Path
 from typing import Iterator
 
-from .base import (Connector, Progress, RawRecord, RecordQuery, RejectedRecord, SourceRejected,
-                   SourceUnavailable, hash_file, safe_name)
+from .base import (
+    Connector,
+    Progress,
+    RawRecord,
+    RecordQuery,
+    RejectedRecord,
+    SourceRejected,
+    SourceUnavailable,
+    hash_file,
+    safe_name,
+)
 
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 

@@ -1,12 +1,17 @@
-"""Records interoperability gateway for second opinions."""
+"""Records interoperability gateway for second opinions.
+
+One package per role (docs/architecture.md has the map): storage, exchange, audit,
+trust, runtime, outbound (sending) and inbound (receiving), engine, and the faces (api,
+web, cli). This module builds the Flask app from settings."""
 from __future__ import annotations
 
 from typing import Any
 
 from flask import Flask
 
+from gateway.runtime.services import init_services
+
 from .config import load_settings
-from .services import init_services
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:

@@ -16,7 +16,7 @@ DATA_CLASSES = frozenset({
     "conditions", "procedures", "immunizations", "encounters", "vitals", "care-plans",
     "documents", "demographics",
     # who and where (Practitioner, Organization, Location, Provenance): released with the
-    # records that reference them, whatever the classes and dates (see gateway/policy.py)
+    # records that reference them, whatever the classes and dates (see gateway/engine/policy.py)
     "supporting",
     "billing",  # Claim, ExplanationOfBenefit, Coverage: only "all" (or "billing") covers them
 })

@@ -1,4 +1,4 @@
-"""FHIR R4 JSON pulled by connectors/fhir_rest.py -> validated, normalized R4B models.
+"""FHIR R4 JSON pulled by connectors/fhir/connector.py -> validated, normalized R4B models.
 
 Record kinds:
 - "fhir-json": NDJSON of Bundle entries from one page chunk. Each resource is
@@ -43,7 +43,7 @@ import orjson
 from pydantic import ValidationError
 
 from connectors.base import RawRecord
-from mappings import MappingContext, MappingFailed, Mapped
+from mappings import Mapped, MappingContext, MappingFailed
 from mappings.fhir.classify import clinical_date, data_class
 from mappings.fhir.validate import MemoValidator, model_class
 
@@ -92,7 +92,7 @@ _NS_URL = uuid.NAMESPACE_URL.bytes
 
 
 def resource_uuid(base_url: str, rtype: str, rid: str) -> str:
-    """uuid5(NAMESPACE_URL, "<base>/<Type>/<id>"), as connectors.fhir_rest computes it."""
+    """uuid5(NAMESPACE_URL, "<base>/<Type>/<id>"), as connectors.fhir.connector computes it."""
     return uuid5_str(f"{base_url.rstrip('/')}/{rtype}/{rid}")
 
 

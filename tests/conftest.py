@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from gateway.authorizations import example_claims, new_issuer_key, sign_authorization
-from gateway.blobstore import new_master_key
-from gateway.trust import trust_document
+from gateway.trust.authorizations import example_claims, new_issuer_key, sign_authorization
+from gateway.storage.blobstore import new_master_key
+from gateway.trust.issuers import trust_document
 
 from tests.helpers import (ISSUER, RECEIVER_ORG, SENDER_ORG, GatewayProcess, bearer, free_port,
                            make_token, throwaway_database)
@@ -126,7 +126,7 @@ def receiver_config(tmp_path, receiver_url) -> dict:
 def app(sender_config):
     from gateway import create_app
 
-    from gateway.faxes import ensure_cover_key
+    from gateway.engine.faxes import ensure_cover_key
 
     app = create_app(sender_config)
     app.extensions["gateway"].keys.ensure()

@@ -100,7 +100,7 @@ class GatewayProcess:
 
 
 def make_token(app, role: str, name: str | None = None) -> str:
-    from gateway.tokens import create_token
+    from gateway.trust.tokens import create_token
 
     svc = app.extensions["gateway"]
     with svc.db.session() as s:
@@ -117,7 +117,7 @@ def write_pdfs(folder: Path, count: int = 3, patient: dict | None = None) -> dic
     """Synthetic PDFs, written elsewhere and renamed into place; returns sha256 -> name."""
     import hashlib
 
-    from gateway.demo import make_pdf
+    from gateway.cli.demo import make_pdf
 
     staging = folder.parent / f".staging-{uuid.uuid4().hex}"
     staging.mkdir()

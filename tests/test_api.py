@@ -2,7 +2,7 @@
 import pytest
 from sqlalchemy import select
 
-from gateway.models import AuditEvent, Transfer
+from gateway.storage.models import AuditEvent, Transfer
 
 from tests.helpers import bearer, make_token
 
@@ -35,20 +35,20 @@ def test_no_token_is_401(client, method, path):
 
 
 def test_unknown_and_revoked_tokens_are_401(app, client):
-    from gateway.tokens import revoke_token
+    from gateway.trust.tokens import revoke_token
 
     _outcome(client.get("/transfers", headers=bearer("rgw_nope")), 401)
     token = make_token(app, "operator")
     assert client.get("/transfers", headers=bearer(token)).status_code == 200
     with app.extensions["gateway"].db.session() as s:
-        from gateway.models import ApiToken
+        from gateway.storage.models import ApiToken
         row = s.scalars(select(ApiToken)).first()
         revoke_token(s, row.id, actor="test")
     _outcome(client.get("/transfers", headers=bearer(token)), 401)
 
 
 def test_tokens_are_stored_hashed(app):
-    from gateway.models import ApiToken
+    from gateway.storage.models import ApiToken
 
     token = make_token(app, "auditor")
     with app.extensions["gateway"].db.session() as s:
@@ -136,7 +136,7 @@ def test_transfer_refused_for_unnamed_source_or_recipient(app, client, operator,
     claims = claims_for("auth-api-3")
     claims["disclosers"][0]["endpoints"][0]["address"] = str(tmp_path / "elsewhere")
     # the consent inside must agree with the elements; rebuild it through the issuer helper
-    from gateway.authorizations import example_claims
+    from gateway.trust.authorizations import example_claims
     from tests.helpers import ISSUER
     claims = example_claims(ISSUER, "auth-api-3", disclosers=claims["disclosers"],
                             recipient=claims["recipient"])

@@ -4,7 +4,7 @@ import json
 
 from sqlalchemy import text
 
-from gateway.cli import main
+from gateway.cli.main import main
 from tests.helpers import bearer, make_token
 
 

@@ -4,7 +4,8 @@ import struct
 
 import pytest
 
-from gateway.blobstore import CHUNK, HEADER_LEN, BlobStore, load_master_key, new_master_key
+from gateway.storage.blobstore import (CHUNK, HEADER_LEN, BlobStore, load_master_key,
+                                       new_master_key)
 from gateway.errors import BlobCorrupted, ConfigError, NotFound
 
 

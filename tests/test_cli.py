@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from gateway.cli import main
+from gateway.cli.main import main
 
 
 def run(runner, *args, input=None):
@@ -107,7 +107,7 @@ def test_keys_rotate_keeps_old_keys_published(runner, app, client):
     assert {k["kid"] for k in before} < {k["kid"] for k in after}
     from sqlalchemy import select
 
-    from gateway.models import AuditEvent
+    from gateway.storage.models import AuditEvent
     with app.extensions["gateway"].db.session() as s:
         [event] = s.scalars(select(AuditEvent).filter_by(type="admin.key.rotated")).all()
     assert event.detail["new_kid"] in {k["kid"] for k in after} - {k["kid"] for k in before}

@@ -9,7 +9,7 @@ import os
 
 from pypdf import PdfReader, PdfWriter
 
-from gateway.demo import make_pdf
+from gateway.cli.demo import make_pdf
 from tests.helpers import record_binaries, wait_until
 from tests.test_transfer_flow import TERMINAL, Stack
 

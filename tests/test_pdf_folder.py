@@ -7,7 +7,7 @@ import pytest
 
 from connectors import connector_class
 from connectors.base import RawRecord, RecordQuery, RejectedRecord, SourceRejected, SourceUnavailable
-from gateway.demo import make_pdf
+from gateway.cli.demo import make_pdf
 from mappings import MappingContext, MappingFailed, map_record
 
 PATIENT = {"name": {"family": "Testperson", "given": ["Avery"]}, "birthDate": "1970-01-01"}

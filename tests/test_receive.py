@@ -7,10 +7,10 @@ import json
 import pytest
 
 from gateway import create_app
-from gateway.authorizations import example_claims
-from gateway.bundles import entry_hash
-from gateway.keys import SigningKeys, verify_jws
-from gateway.receipts import SIGNATURE_HEADER, sign_bundle
+from gateway.trust.authorizations import example_claims
+from gateway.exchange.ids import entry_hash
+from gateway.trust.keys import SigningKeys, verify_jws
+from gateway.trust.receipts import SIGNATURE_HEADER, sign_bundle
 
 from tests.helpers import RECEIVER_ORG, SENDER_ORG, bearer, make_token
 
@@ -169,7 +169,7 @@ def test_consent_must_cover_the_data_classes(receiver, peer, sender_keys):
 
 
 def test_in_progress_claim_is_409_until_it_expires(receiver, peer, sender_keys):
-    from gateway.receive import claim
+    from gateway.inbound.receive import claim
 
     svc = receiver.extensions["gateway"]
     assert claim(svc, "hospital-a", "key-busy") is None  # a request holds the key

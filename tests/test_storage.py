@@ -6,13 +6,15 @@ import pytest
 from sqlalchemy import inspect, select
 
 from gateway import audit
-from gateway.blobstore import BlobStore
+from gateway.storage.blobstore import BlobStore
 from gateway.config import load_settings
-from gateway.db import Database
-from gateway.keys import SigningKeys
-from gateway.models import AuditEvent, Authorization, Item, Transfer, TransferSource, utcnow
-from gateway.services import Services
-from gateway.transfers import claim, reconcile_now
+from gateway.storage.db import Database
+from gateway.trust.keys import SigningKeys
+from gateway.storage.models import (AuditEvent, Authorization, Item, Transfer, TransferSource,
+                                    utcnow)
+from gateway.runtime.services import Services
+from gateway.engine.lease import claim
+from gateway.engine.transfers import reconcile_now
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -16,7 +16,7 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from gateway.models import AuditEvent, Item
+from gateway.storage.models import AuditEvent, Item
 
 from tests.helpers import GENERATED, record_binaries, wait_until, write_pdfs
 

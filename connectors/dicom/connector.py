@@ -31,15 +31,34 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-from ..base import (Connector, Progress, RawRecord, RecordQuery, RejectedRecord,
-                    SourceRejected, SourceUnavailable)
+from connectors.base import (
+    Connector,
+    Progress,
+    RawRecord,
+    RecordQuery,
+    RejectedRecord,
+    SourceRejected,
+    SourceUnavailable,
+)
+
 from .intake import FolderSink, Retrieval
-from .qr import (IMAGE_KEYS, SERIES_KEYS, STUDY_KEYS, DimsePeer, QueryRetrieveSCU,
-                 RetrieveStatus)
+from .qr import IMAGE_KEYS, SERIES_KEYS, STUDY_KEYS, DimsePeer, QueryRetrieveSCU, RetrieveStatus
 from .scp import StorageSCP
-from .study import (InstanceInfo, SeriesPlan, StudyIncomplete, StudyOutcome, StudyPlan,
-                    date_range, in_range, instance_record, judge, manifest_record,
-                    parse_already, rejected_record, wants_imaging)
+from .study import (
+    InstanceInfo,
+    SeriesPlan,
+    StudyIncomplete,
+    StudyOutcome,
+    StudyPlan,
+    date_range,
+    in_range,
+    instance_record,
+    judge,
+    manifest_record,
+    parse_already,
+    rejected_record,
+    wants_imaging,
+)
 from .uids import clean_uid
 from .web import DicomWebClient
 

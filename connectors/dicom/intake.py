@@ -28,7 +28,6 @@ fsync) or abort.
 from __future__ import annotations
 
 import functools
-
 import hashlib
 import os
 import shutil
@@ -40,7 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-from ..base import safe_name
+from connectors.base import safe_name
+
 from .header import PREAMBLE, MalformedDicom, read_header
 from .streaming import HEAD as _HEAD
 from .streaming import InstanceStream

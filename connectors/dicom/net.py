@@ -42,16 +42,24 @@ from typing import Callable
 import pynetdicom
 from pynetdicom import evt
 from pynetdicom._globals import MODE_ACCEPTOR, MODE_REQUESTOR
-from pynetdicom._handlers import (standard_dimse_recv_handler, standard_dimse_sent_handler,
-                                  standard_pdu_recv_handler, standard_pdu_sent_handler)
+from pynetdicom._handlers import (
+    standard_dimse_recv_handler,
+    standard_dimse_sent_handler,
+    standard_pdu_recv_handler,
+    standard_pdu_sent_handler,
+)
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.pdu_items import PresentationDataValueItem
-from pynetdicom.transport import (AddressInformation, AssociationSocket, RequestHandler,
-                                  ThreadedAssociationServer)
+from pynetdicom.transport import (
+    AddressInformation,
+    AssociationSocket,
+    RequestHandler,
+    ThreadedAssociationServer,
+)
 
 from .dimse_store import FastDIMSE
 

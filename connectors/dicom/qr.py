@@ -16,17 +16,24 @@ from dataclasses import dataclass, field
 from pydicom.dataset import Dataset
 from pynetdicom import build_role, evt
 from pynetdicom.presentation import build_context
-from pynetdicom.sop_class import (StudyRootQueryRetrieveInformationModelFind as FIND,
-                                  StudyRootQueryRetrieveInformationModelGet as GET,
-                                  StudyRootQueryRetrieveInformationModelMove as MOVE,
-                                  Verification)
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove as MOVE
+from pynetdicom.sop_class import Verification
 from pynetdicom.status import code_to_category
 
-from ..base import SourceRejected, SourceUnavailable
+from connectors.base import SourceRejected, SourceUnavailable
+
 from .intake import Retrieval
 from .net import FastAE, check_version
-from .scp import (ACCEPTED_SYNTAXES, EXPLICIT_LE, IMPLICIT_LE, STORAGE_SOP_CLASSES,
-                  store_begin, store_handler)
+from .scp import (
+    ACCEPTED_SYNTAXES,
+    EXPLICIT_LE,
+    IMPLICIT_LE,
+    STORAGE_SOP_CLASSES,
+    store_begin,
+    store_handler,
+)
 from .uids import clean_uid, describe
 
 LOGGER = logging.getLogger(__name__)

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
 
-from ..base import RawRecord, RecordQuery, RejectedRecord, SourceUnavailable
+from connectors.base import RawRecord, RecordQuery, RejectedRecord, SourceUnavailable
+
 from .intake import InstanceError, Received, Retrieval
 from .uids import is_uid
 

@@ -20,7 +20,8 @@ from urllib.parse import quote, urlsplit
 import requests
 import urllib3
 
-from ..base import SourceRejected, SourceUnavailable
+from connectors.base import SourceRejected, SourceUnavailable
+
 from .intake import Retrieval
 from .uids import is_uid
 

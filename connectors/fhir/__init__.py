@@ -1,3 +1,3 @@
-"""Pieces of the FHIR R4 REST connector (connectors/fhir_rest.py): HTTP with retries and
+"""FHIR R4 REST: the "fhir-rest" connector (connector.py) and its pieces: HTTP with retries and
 the base-URL guard, SMART Backend Services auth, the retrieval plan, page splitting,
 attachments and the resume journal."""

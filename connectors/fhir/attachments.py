@@ -15,7 +15,8 @@ from pathlib import Path
 
 import orjson
 
-from ..base import SourceRejected
+from connectors.base import SourceRejected
+
 from .http import FHIR_JSON, FhirHttp
 
 FHIR_TYPES = ("application/fhir+json", "application/json+fhir", "application/json")

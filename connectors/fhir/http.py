@@ -23,7 +23,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 import orjson
 import requests
 
-from ..base import SourceRejected, SourceUnavailable
+from connectors.base import SourceRejected, SourceUnavailable
 
 log = logging.getLogger(__name__)
 

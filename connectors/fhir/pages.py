@@ -11,7 +11,8 @@ from pathlib import Path
 
 import orjson
 
-from ..base import SourceRejected
+from connectors.base import SourceRejected
+
 from .bundles import BundleFormatError, BundleReader, next_link
 
 

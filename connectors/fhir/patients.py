@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import orjson
 
-from ..base import RecordQuery, SourceRejected
+from connectors.base import RecordQuery, SourceRejected
 
 
 def match_patient(http, base_url: str, query: RecordQuery) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 
-from ..base import SourceRejected
+from connectors.base import SourceRejected
 
 # data class -> resource types searched for it (US Core types first)
 CLASS_TYPES: dict[str, tuple[str, ...]] = {

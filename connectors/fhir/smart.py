@@ -19,7 +19,7 @@ import orjson
 from joserfc import jwt
 from joserfc.jwk import ECKey, JWKRegistry, RSAKey
 
-from ..base import SourceRejected, SourceUnavailable
+from connectors.base import SourceRejected, SourceUnavailable
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ALGORITHMS = {"RSA": "RS384", "EC": "ES384"}
@@ -197,7 +197,7 @@ class SmartBackendAuth:
 
 
 def make_auth(options: dict, http) -> NoAuth | BearerAuth | SmartBackendAuth:
-    """Auth from the connector's `auth` options (see connectors/fhir_rest.py)."""
+    """Auth from the connector's `auth` options (see connectors/fhir/connector.py)."""
     auth = dict(options or {"type": "none"})
     kind = auth.get("type", "none")
     if kind == "none":

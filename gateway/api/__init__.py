@@ -1,39 +1,28 @@
-"""HTTP API: one blueprint per resource, FHIR OperationOutcome errors."""
+"""The HTTP API: one blueprint per resource (sending side: authorizations, transfers,
+faxes, receipts; receive mode: receive, dicomweb, inbox; audit and meta for both), errors
+as FHIR OperationOutcome bodies (outcomes.py), the OpenAPI document built from the
+routes (openapi.py). A face: it may import any room below it (engine, outbound,
+inbound, runtime, trust, audit, storage, exchange); only `create_app` imports it."""
 from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask
 from werkzeug.exceptions import HTTPException
 
-from ..errors import GatewayError
+from gateway.errors import GatewayError
+
+from .outcomes import operation_outcome
 
 log = logging.getLogger(__name__)
 
-HTTP_CODE = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found",
-             405: "not-supported", 409: "conflict", 413: "too-costly", 415: "not-supported",
-             422: "invalid", 429: "throttled"}
-
-
-def operation_outcome(status: int, message: str, code: str | None = None):
-    body = {"resourceType": "OperationOutcome", "issue": [{
-        "severity": "error" if status < 500 else "fatal",
-        "code": code or HTTP_CODE.get(status, "exception"),
-        "diagnostics": message}]}
-    response = jsonify(body)
-    response.status_code = status
-    response.mimetype = "application/fhir+json"
-    return response
-
-
 def register(app: Flask, mode: str) -> None:
-    from . import (audit, authorizations, dicomweb, faxes, inbox, meta, receipts, receive,
-                   transfers)
+    from . import audit, authorizations, dicomweb, faxes, inbox, meta, receipts, receive, transfers
 
     app.register_blueprint(meta.bp)
     app.register_blueprint(audit.bp)
     if mode in ("send", "both"):
-        from ..web import bp as dashboard
+        from gateway.web import bp as dashboard
 
         app.register_blueprint(dashboard)
         app.register_blueprint(authorizations.bp)

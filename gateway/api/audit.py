@@ -6,10 +6,12 @@ from datetime import datetime
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from .. import audit
-from ..audit import checkpoints, export, log as audit_log, queries
-from ..auditing import checkpoint_now, identity, patient_key_from
-from ..errors import InvalidInput
+from gateway import audit
+from gateway.audit import checkpoints, export, queries
+from gateway.audit import log as audit_log
+from gateway.engine.checkpoints import checkpoint_now, identity, patient_key_from
+from gateway.errors import InvalidInput
+
 from .auth import require, svc
 
 bp = Blueprint("audit", __name__, url_prefix="/audit")

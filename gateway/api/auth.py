@@ -5,9 +5,9 @@ from functools import wraps
 
 from flask import current_app, g, request
 
-from ..errors import Forbidden, Unauthenticated
-from ..services import Services
-from ..tokens import authenticate
+from gateway.errors import Forbidden, Unauthenticated
+from gateway.runtime.services import Services
+from gateway.trust.tokens import authenticate
 
 
 def svc() -> Services:
@@ -39,7 +39,7 @@ def require(*roles: str):
 
 
 def json_body() -> dict:
-    from ..errors import InvalidInput
+    from gateway.errors import InvalidInput
 
     data = request.get_json(silent=True)
     if not isinstance(data, dict):

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from flask import Blueprint, g, jsonify, request
 
-from .. import audit
-from ..authorizations import MAX_JWS_BYTES
-from ..errors import InvalidInput, NotFound, PayloadTooLarge
-from ..models import Authorization
-from ..operations import authorization_view, import_authorization, revoke_authorization
+from gateway import audit
+from gateway.engine.operations import authorization_view, import_authorization, revoke_authorization
+from gateway.errors import InvalidInput, NotFound, PayloadTooLarge
+from gateway.storage.models import Authorization
+from gateway.trust.authorizations import MAX_JWS_BYTES
+
 from .auth import json_body, require, svc
 
 bp = Blueprint("authorizations", __name__, url_prefix="/authorizations")
@@ -60,7 +61,7 @@ def show(auth_id: str):
 
 
 def audit_key(row: Authorization) -> str | None:
-    from ..policy import patient_key
+    from gateway.engine.policy import patient_key
 
     return patient_key(row)
 

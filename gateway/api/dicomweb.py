@@ -1,11 +1,12 @@
 """Receive mode: STOW-RS (POST /dicomweb/studies[/{study}]) for a trusted peer gateway's
-DICOM instances; see gateway/stow.py."""
+DICOM instances; see gateway/inbound/stow.py."""
 from __future__ import annotations
 
 from flask import Blueprint, g, jsonify, request
 
-from .. import stow
-from ..errors import Forbidden, InvalidInput, PayloadTooLarge
+from gateway.errors import Forbidden, InvalidInput, PayloadTooLarge
+from gateway.inbound import stow
+
 from .auth import require, svc
 
 bp = Blueprint("dicomweb", __name__, url_prefix="/dicomweb")

@@ -5,10 +5,10 @@ from dataclasses import asdict
 
 from flask import Blueprint, Response, g, jsonify, request, send_file
 
-from connectors.fax_review import ReviewError
+from connectors.fax.review import ReviewError
+from gateway.engine import faxes
+from gateway.errors import Conflict, InvalidInput
 
-from .. import faxes
-from ..errors import Conflict, InvalidInput
 from .auth import json_body, require, svc
 
 bp = Blueprint("faxes", __name__)

@@ -16,13 +16,13 @@ import uuid
 from flask import Blueprint, Response, g, jsonify
 from sqlalchemy import select
 
-from .. import audit
 from connectors.dicom.uids import clean_uid
+from gateway import audit
+from gateway.errors import NotFound
+from gateway.inbound.opened import mark_opened
+from gateway.inbound.uploads import open_for
+from gateway.storage.models import ReceivedBundle
 
-from ..errors import NotFound
-from ..models import ReceivedBundle
-from ..opened import mark_opened
-from ..receive_binaries import open_for
 from .auth import require, svc
 
 bp = Blueprint("inbox", __name__, url_prefix="/inbox")
@@ -130,7 +130,7 @@ def _uploaded(row: ReceivedBundle, att: dict) -> Response:
 def studies(received_id: str):
     """The ImagingStudies of a bundle, each with the instances it announces and how many
     of them this gateway actually holds (received by STOW-RS from the same sender)."""
-    from .. import stow
+    from gateway.inbound import stow
 
     with svc().db.session() as s:
         row = _row(s, received_id, "received_studies")
@@ -160,7 +160,7 @@ def _study_rows(received_id: str, study_uid: str, sop_uid: str | None = None):
     study = clean_uid(study_uid)
     if study is None or (sop_uid is not None and clean_uid(sop_uid) is None):
         raise NotFound("not a DICOM UID")
-    from .. import stow
+    from gateway.inbound import stow
 
     with svc().db.session() as s:
         row = _row(s, received_id, "received_images")
@@ -209,7 +209,8 @@ def study_instance(received_id: str, study_uid: str, sop_uid: str):
 def reply(received_id: str):
     """The return path: send the center's written opinion back to the sender, signed;
     answers with the sender's verified receipt."""
-    from ..replies import send_reply
+    from gateway.inbound.replies import send_reply
+
     from .auth import json_body
 
     body = json_body()

@@ -19,7 +19,7 @@ def health():
 
 @bp.get("/.well-known/jwks.json")
 def jwks():
-    from ..keys import ClientKeys
+    from gateway.trust.keys import ClientKeys
 
     keys = svc().keys.jwks()["keys"] + ClientKeys(svc().settings.keys_dir).public_jwks()["keys"]
     response = jsonify({"keys": keys})

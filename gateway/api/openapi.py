@@ -6,7 +6,7 @@ import re
 
 from flask import Flask
 
-from .. import __doc__ as about
+DESCRIPTION = "Records interoperability gateway for second opinions."
 
 OUTCOME = {"description": "error as a FHIR OperationOutcome",
            "content": {"application/fhir+json": {"schema": {"$ref": "#/components/schemas/OperationOutcome"}}}}
@@ -113,7 +113,7 @@ def document(app: Flask) -> dict:
             paths.setdefault(path, {})[method.lower()] = op
     return {
         "openapi": "3.1.0",
-        "info": {"title": "records-gateway", "version": "0.1.0", "description": about},
+        "info": {"title": "records-gateway", "version": "0.1.0", "description": DESCRIPTION},
         "paths": dict(sorted(paths.items())),
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

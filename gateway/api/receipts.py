@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from flask import Blueprint, g, jsonify
 
-from ..errors import InvalidInput
-from ..opened import store_opened
+from gateway.errors import InvalidInput
+from gateway.outbound.opened import store_opened
+
 from .auth import json_body, require, svc
 
 bp = Blueprint("receipts", __name__)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from .. import receive, receive_binaries
-from ..errors import GatewayError, InvalidInput, PayloadTooLarge
-from ..receipts import SIGNATURE_HEADER
-from . import operation_outcome
+from gateway.errors import GatewayError, InvalidInput, PayloadTooLarge
+from gateway.inbound import receive, uploads
+from gateway.trust.receipts import SIGNATURE_HEADER
+
 from .auth import require, svc
+from .outcomes import operation_outcome
 
 bp = Blueprint("receive", __name__)
 
@@ -65,7 +66,7 @@ def transaction():
 # --- documents uploaded before their bundle (Binary/{id}) -----------------------------
 
 def _binary_headers(response, row):
-    from ..attachments import etag
+    from gateway.exchange.ids import etag
 
     response.headers["ETag"] = etag(row.sha256)
     response.headers["Location"] = f"Binary/{row.binary_id}"
@@ -77,14 +78,14 @@ def _binary_headers(response, row):
 def binary_put(binary_id: str):
     """A document's raw bytes (Content-Type the document's), streamed into the blob
     store; answers with its sha256 as the ETag."""
-    receive_binaries.check_id(binary_id)
+    uploads.check_id(binary_id)
     if request.content_length is None:
         raise InvalidInput("Content-Length is required")
     limit = svc().settings.max_binary_bytes
     if request.content_length > limit:
         raise PayloadTooLarge(f"document is larger than the {limit} byte limit")
     request.max_content_length = limit  # documents have their own cap, not max_body_bytes
-    row, created = receive_binaries.store(svc(), g.actor, binary_id, request.stream,
+    row, created = uploads.store(svc(), g.actor, binary_id, request.stream,
                                           request.content_length,
                                           request.mimetype or "application/octet-stream")
     response = jsonify({"resourceType": "Binary", "id": row.binary_id, "contentType": row.content_type})
@@ -98,6 +99,6 @@ def binary_put(binary_id: str):
 def binary_head(binary_id: str):
     """Whether this sender's upload is held, and its sha256 (the ETag): a resumed
     delivery asks before sending it again."""
-    receive_binaries.check_id(binary_id)
-    row = receive_binaries.held(svc(), g.actor, binary_id)
+    uploads.check_id(binary_id)
+    row = uploads.held(svc(), g.actor, binary_id)
     return _binary_headers(Response(status=200, mimetype=row.content_type), row)

@@ -3,11 +3,18 @@ from __future__ import annotations
 
 from flask import Blueprint, g, jsonify, request
 
-from .. import audit
-from ..errors import InvalidInput
-from ..operations import (cancel_transfer, create_transfer, get_transfer, list_transfers,
-                          replay_transfer, retry_transfer)
-from ..transfers import STATES
+from gateway import audit
+from gateway.engine.operations import (
+    cancel_transfer,
+    create_transfer,
+    get_transfer,
+    list_transfers,
+    replay_transfer,
+    retry_transfer,
+)
+from gateway.engine.transfers import STATES
+from gateway.errors import InvalidInput
+
 from .auth import json_body, require, svc
 
 bp = Blueprint("transfers", __name__, url_prefix="/transfers")

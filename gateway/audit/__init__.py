@@ -4,6 +4,7 @@ Events carry ids, counts, sizes and hashes, never record contents or patient nam
 The log is a Merkle tree in the shape of Certificate Transparency (RFC 9162): see
 log.py (appends, stored subtree hashes, proofs), checkpoints.py (signed tree heads),
 verify.py (the offline verifier), fhir_auditevent.py and export.py (auditor formats).
+May import: storage and `gateway.errors` only; every room that changes state records here.
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import hashlib
 
 from sqlalchemy.orm import Session
 
-from ..models import AuditEvent
+from gateway.storage.models import AuditEvent
+
 from . import log
 
 

@@ -23,8 +23,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..errors import InvalidInput, NotFound
-from ..models import AuditCheckpoint
+from gateway.errors import InvalidInput, NotFound
+from gateway.storage.models import AuditCheckpoint
+
 from . import log, merkle
 
 _log = logging.getLogger("gateway.audit")

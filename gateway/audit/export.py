@@ -12,7 +12,8 @@ from fhir.resources.R4B.bundle import Bundle
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..models import AuditEvent, Authorization
+from gateway.storage.models import AuditEvent, Authorization
+
 from . import checkpoints, queries
 from .canonical import format_time
 from .fhir_auditevent import GatewayIdentity, is_disclosure, to_fhir

@@ -26,8 +26,9 @@ from sqlalchemy import event, insert, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 
-from ..errors import NotFound, InvalidInput
-from ..models import AuditEvent, AuditLogHead, AuditTreeNode, utcnow
+from gateway.errors import InvalidInput, NotFound
+from gateway.storage.models import AuditEvent, AuditLogHead, AuditTreeNode, utcnow
+
 from . import merkle
 from .canonical import canonical_bytes, normalize_detail
 

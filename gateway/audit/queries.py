@@ -9,8 +9,9 @@ from datetime import datetime
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from ..errors import NotFound
-from ..models import AuditEvent
+from gateway.errors import NotFound
+from gateway.storage.models import AuditEvent
+
 from . import checkpoints, log
 from .canonical import event_fields
 

@@ -15,7 +15,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import InvalidInput
+from gateway.errors import InvalidInput
+
 from . import checkpoints as cpmod
 from . import merkle
 from .canonical import FORMAT_VERSION, CanonicalError, canonical_bytes

@@ -1,5 +1,6 @@
 """The operator dashboard: one static page that reads the API with the user's token
-(kept in the browser tab's sessionStorage), so it carries no data and needs no session."""
+(kept in the browser tab's sessionStorage), so it carries no data and needs no session.
+A face, like the API: it may import any room below it."""
 from __future__ import annotations
 
 from importlib import resources

@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session
 from gateway import audit
 from gateway.audit import checkpoints, export, log, merkle, verify
 from gateway.audit.canonical import canonical_bytes, event_fields
-from gateway.models import AuditCheckpoint, AuditEvent, AuditLogHead, AuditTreeNode, Base
+from gateway.storage.models import (AuditCheckpoint, AuditEvent, AuditLogHead, AuditTreeNode,
+                                    Base)
 
 ORIGIN = "gateway.test/audit"
 EVENTS = 200

@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import create_engine, event, text
 
-from gateway.models import Base
+from gateway.storage.models import Base
 
 sys.path.insert(0, str(Path(__file__).parent))  # audit_tamper, shared with bench/
 

@@ -11,7 +11,7 @@ from fhir.resources.R4B.bundle import Bundle
 from pypdf import PdfReader
 from sqlalchemy.orm import Session
 
-from gateway.models import Authorization
+from gateway.storage.models import Authorization
 
 from gateway import audit
 from gateway.audit import checkpoints, export, queries, verify

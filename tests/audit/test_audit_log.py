@@ -14,7 +14,7 @@ from gateway import audit
 from gateway.audit import checkpoints, log, merkle, queries
 from gateway.audit.canonical import CanonicalError, canonical_bytes, event_fields
 from gateway.errors import InvalidInput
-from gateway.models import AuditEvent
+from gateway.storage.models import AuditEvent
 
 
 def all_events(engine) -> list[AuditEvent]:

@@ -5,7 +5,7 @@ import pytest
 from click.testing import CliRunner
 
 from audit_tamper import CASES, detected, run_case
-from gateway.audit.cli import audit as audit_group
+from gateway.cli.audit import audit as audit_group
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_tamper_case_is_detected(name, sqlite_engine, log_key, tmp_path):

@@ -6,9 +6,9 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-from gateway.authorizations import example_claims, new_issuer_key, sign_authorization
-from gateway.models import Base
-from gateway.trust import TrustStore
+from gateway.trust.authorizations import example_claims, new_issuer_key, sign_authorization
+from gateway.storage.models import Base
+from gateway.trust.issuers import TrustStore
 
 from tests.authorizations.authz_support import ISSUER, NOW, OTHER_ISSUER
 from tests.helpers import throwaway_database

@@ -7,8 +7,9 @@ from datetime import date, datetime, timezone
 import pytest
 
 from tests.authorizations.authz_support import ISSUER, NOW
-from gateway.authorizations import (allows, covers_recipient, covers_source, example_claims,
-                                    import_authorization, verify_authorization)
+from gateway.trust.authorizations import (allows, covers_recipient, covers_source,
+                                          example_claims, import_authorization,
+                                          verify_authorization)
 from gateway.errors import AuthorizationDenied
 
 DISCLOSERS = [
@@ -32,14 +33,14 @@ def auth(request, sign, trust, tmp_path):
         return verify_authorization(jws, trust, now=NOW)
     from sqlalchemy import create_engine
     from sqlalchemy.orm import Session
-    from gateway.models import Base
+    from gateway.storage.models import Base
     engine = create_engine(f"sqlite:///{tmp_path / 'cov.db'}")
     Base.metadata.create_all(engine)
     with Session(engine) as session:
         import_authorization(session, jws, trust, actor="t", now=NOW)
         session.commit()
     with Session(engine) as session:  # a fresh load, as a transfer step does
-        from gateway.models import Authorization
+        from gateway.storage.models import Authorization
         row = session.get(Authorization, "auth-cov")
         session.expunge(row)
     engine.dispose()

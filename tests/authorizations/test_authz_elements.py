@@ -7,7 +7,8 @@ import copy
 import pytest
 
 from tests.authorizations.authz_support import ISSUER, NOW
-from gateway.authorizations import REQUIRED_ELEMENTS, example_claims, verify_authorization
+from gateway.trust.authorizations import (REQUIRED_ELEMENTS, example_claims,
+                                          verify_authorization)
 from gateway.errors import AuthorizationInvalid
 
 # What 45 CFR 164.508(c) and our format require, written out independently of the code's

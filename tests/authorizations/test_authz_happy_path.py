@@ -6,9 +6,10 @@ from datetime import date, timedelta
 
 from sqlalchemy import select
 
-from gateway.authorizations import (allows, check_active, covers_recipient, covers_source,
-                                    import_authorization, verify_authorization)
-from gateway.models import AuditEvent, Authorization
+from gateway.trust.authorizations import (allows, check_active, covers_recipient,
+                                          covers_source, import_authorization,
+                                          verify_authorization)
+from gateway.storage.models import AuditEvent, Authorization
 
 from tests.authorizations.authz_support import ISSUER, NOW
 

@@ -10,12 +10,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tests.authorizations.authz_support import ISSUER, NOW
-from gateway.authorizations import (check_active, example_claims, import_authorization, revoke,
-                                    signed_form,
-                                    verify_authorization)
+from gateway.trust.authorizations import (check_active, example_claims, import_authorization,
+                                          revoke, signed_form, verify_authorization)
 from gateway.errors import (AuthorizationExpired, AuthorizationInvalid, AuthorizationNotYetValid,
                             AuthorizationRevoked, Conflict, InvalidInput, NotFound)
-from gateway.models import AuditEvent, Authorization
+from gateway.storage.models import AuditEvent, Authorization
 
 PATIENT_VALUES = ("Testperson", "Avery", "MRN-000001", "1970-01-01")
 
@@ -201,7 +200,7 @@ def test_concurrent_import_of_the_same_authorization(claims, sign, trust, pg_url
     from sqlalchemy import create_engine
     from sqlalchemy.exc import IntegrityError
 
-    from gateway.models import Base
+    from gateway.storage.models import Base
     engine = create_engine(pg_url)
     Base.metadata.drop_all(engine)
     Base.metadata.create_all(engine)

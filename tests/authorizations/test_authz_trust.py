@@ -8,10 +8,10 @@ import pytest
 from joserfc.jwk import ECKey, RSAKey
 
 from tests.authorizations.authz_support import ISSUER, NOW
-from gateway.authorizations import (example_claims, new_issuer_key, public_jwks, sign_authorization,
-                                    verify_authorization)
+from gateway.trust.authorizations import (example_claims, new_issuer_key, public_jwks,
+                                          sign_authorization, verify_authorization)
 from gateway.errors import AuthorizationInvalid, ConfigError
-from gateway.trust import TrustStore, trust_document
+from gateway.trust.issuers import TrustStore, trust_document
 
 
 def write(tmp_path, doc) -> str:

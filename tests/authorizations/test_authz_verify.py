@@ -11,8 +11,8 @@ from joserfc import jws as jose_jws
 from joserfc.jwk import OctKey
 
 from tests.authorizations.authz_support import ISSUER, NOW, OTHER_ISSUER
-from gateway.authorizations import (MAX_JWS_BYTES, example_claims, new_issuer_key, sign_authorization,
-                                    verify_authorization)
+from gateway.trust.authorizations import (MAX_JWS_BYTES, example_claims, new_issuer_key,
+                                          sign_authorization, verify_authorization)
 from gateway.errors import (AuthorizationDenied, AuthorizationExpired, AuthorizationInvalid,
                             AuthorizationNotYetValid, AuthorizationTooLarge)
 

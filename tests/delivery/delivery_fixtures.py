@@ -89,7 +89,7 @@ def _stack_class():
         def __init__(self, app, client, operator, processes, sender_config, receiver_config,
                      tmp_path, worker_args=("worker", "--beat")):
             from gateway import create_app
-            from gateway.tokens import create_token
+            from gateway.trust.tokens import create_token
 
             self.app, self.client, self.operator = app, client, operator
             self.processes, self.tmp = processes, tmp_path

@@ -6,7 +6,7 @@ import hashlib
 import json
 import uuid
 
-from gateway.authorizations import example_claims
+from gateway.trust.authorizations import example_claims
 from tests import helpers
 
 ISSUER = "https://esign.test.invalid"

@@ -10,7 +10,7 @@ import hashlib
 import pytest
 import requests
 
-from gateway.demo import make_pdf
+from gateway.cli.demo import make_pdf
 
 from tests.delivery.delivery_fixtures import PLAIN_ORG
 from tests.delivery.delivery_support import TERMINAL, claims_to, write_large_pdf
@@ -171,7 +171,7 @@ def test_attachment_from_a_fhir_source_by_upload_or_inline(inline_max, sender_co
     import os
     import uuid
 
-    from gateway.authorizations import example_claims
+    from gateway.trust.authorizations import example_claims
     from tests.helpers import ISSUER, RECEIVER_ORG, SENDER_ORG
 
     mrn = uuid.uuid4().hex[:10]

@@ -9,8 +9,9 @@ import os
 
 import pytest
 
-from gateway.attachments import SHA256_EXT, etag
-from gateway.keys import verify_jws
+from gateway.exchange.attachments import SHA256_EXT
+from gateway.exchange.ids import etag
+from gateway.trust.keys import verify_jws
 
 from tests.helpers import bearer, make_token
 from tests.test_receive import PATIENT, bundle, post, receipt_of
@@ -120,8 +121,8 @@ def test_upload_limits_and_who_may_upload(receiver_config, tmp_path, sender_keys
 def test_uploads_no_bundle_took_expire(receiver, peer, sender_keys):
     from datetime import timedelta
 
-    from gateway.models import ReceivedBinary, utcnow
-    from gateway.receive_binaries import sweep_now
+    from gateway.storage.models import ReceivedBinary, utcnow
+    from gateway.inbound.uploads import sweep_now
 
     client = receiver.test_client()
     other = "5d3c1d8e-7a3b-5a6e-9c1f-000000000002"

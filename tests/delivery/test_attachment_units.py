@@ -3,9 +3,11 @@ inline limit is replaced by an upload wherever an attachment references it, and 
 inline after all when nothing does."""
 from __future__ import annotations
 
-from gateway.attachments import SHA256_EXT, Upload, binary_id, declared_sha256, referenced
-from gateway.bundle.uploads import point_units_at_uploads
-from gateway.bundles import _Binary, _Unit
+from gateway.exchange.attachments import SHA256_EXT, declared_sha256, referenced
+from gateway.outbound.attachments import Upload
+from gateway.exchange.ids import binary_id
+from gateway.outbound.uploads import point_units_at_uploads
+from gateway.outbound.units import StreamedBinary, Unit
 
 
 def test_fhir_binaries_over_the_limit_become_uploads_only_where_referenced():
@@ -14,9 +16,9 @@ def test_fhir_binaries_over_the_limit_become_uploads_only_where_referenced():
     up2 = Upload(binary_id("t-1", "b" * 64), "k2", "image/tiff", "b" * 64, 8_000_000)
     report = {"resourceType": "DiagnosticReport",
               "presentedForm": [{"contentType": "application/pdf", "url": used, "size": 1}]}
-    units = {doc_url: _Unit("2026-01-01", doc_url, [{"fullUrl": doc_url, "resource": report}]),
-             used: _Unit("", used, inline=_Binary(used, "k1", "application/pdf", up1.size)),
-             unused: _Unit("", unused, inline=_Binary(unused, "k2", "image/tiff", up2.size))}
+    units = {doc_url: Unit("2026-01-01", doc_url, [{"fullUrl": doc_url, "resource": report}]),
+             used: Unit("", used, inline=StreamedBinary(used, "k1", "application/pdf", up1.size)),
+             unused: Unit("", unused, inline=StreamedBinary(unused, "k2", "image/tiff", up2.size))}
     uploads = {up1.ref: up1, up2.ref: up2}
     point_units_at_uploads(units, {used: up1, unused: up2}, uploads)
     [att] = list(referenced(report))

@@ -9,7 +9,7 @@ import json
 
 import requests
 
-from gateway.keys import SigningKeys
+from gateway.trust.keys import SigningKeys
 
 
 

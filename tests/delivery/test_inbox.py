@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 import json
 
-from gateway.keys import verify_jws
-from gateway.receipts import OPENED_TYP
+from gateway.trust.keys import verify_jws
+from gateway.trust.receipts import OPENED_TYP
 
 from tests.helpers import RECEIVER_ORG, bearer, make_token
 from tests.test_receive import PATIENT, bundle, post
@@ -54,7 +54,7 @@ def test_inbox_lists_serves_and_marks_opened(receiver, peer, sender_keys):
     assert opened["openedBy"] == "dr-staff" and opened["openedAt"]
     assert opened["senderNotified"] is False  # no way back to this sender configured
     svc = receiver.extensions["gateway"]
-    from gateway.models import ReceivedBundle
+    from gateway.storage.models import ReceivedBundle
 
     with svc.db.session() as s:
         jws = s.get(ReceivedBundle, item["id"]).opened_receipt_jws
@@ -69,7 +69,7 @@ def test_each_center_sees_its_own_and_only_recipients_read(receiver, peer, sende
     assert post(client, peer, rich_bundle(), sender_keys).status_code == 200
     own = bearer(make_token(receiver, "recipient"))
     [item] = client.get("/inbox", headers=own).get_json()["received"]
-    from gateway.tokens import create_token
+    from gateway.trust.tokens import create_token
 
     with receiver.extensions["gateway"].db.session() as s:
         _, plain = create_token(s, "other-staff", "recipient", "test", organization="org-other-center")

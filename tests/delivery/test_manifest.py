@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 from types import SimpleNamespace as NS
 
-from gateway.bundle.manifest import dicom_counts, manifest_document
+from gateway.exchange.manifest import dicom_counts
+from gateway.outbound.manifest import manifest_document
 
 
 def item(source, origin, kind, state, sha, study=None):

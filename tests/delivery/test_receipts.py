@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import ReceiptInvalid
-from gateway.keys import SigningKeys
-from gateway.receipts import RECEIPT_TYP, SignatureInvalid, check_receipt, sign_bundle, verify_bundle
+from gateway.trust.keys import SigningKeys
+from gateway.trust.receipts import (RECEIPT_TYP, SignatureInvalid, check_receipt, sign_bundle,
+                                    verify_bundle)
 
 SENT = {"issuer": "org-center", "sender": "org-hospital", "bundle": "urn:uuid:b-1", "sha256": "a" * 64,
         "size": 1234, "entry_hashes": {"urn:uuid:e-1": "1" * 64, "urn:uuid:e-2": "2" * 64}}

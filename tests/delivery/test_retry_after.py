@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
-from gateway.delivery import retry_after
+from gateway.outbound.answers import retry_after
 from gateway.errors import DeliveryFailed
 
 from tests.delivery.delivery_fixtures import PLAIN_ORG
@@ -31,7 +31,7 @@ def test_retry_after_values():
 
 def test_retry_after_is_capped_by_the_setting(sender_config):
     from gateway import create_app
-    from gateway.transfers import _retry_after
+    from gateway.engine.transfers import _retry_after
 
     app = create_app({**sender_config, "retry": {**sender_config["retry"], "max_retry_after_s": 30}})
     try:

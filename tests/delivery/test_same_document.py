@@ -10,9 +10,9 @@ import json
 
 import pytest
 
-from gateway.bundle import same_document
-from gateway.bundles import _first_with_identifier
-from gateway.demo import make_pdf
+from gateway.outbound import same_document
+from gateway.outbound.bundles import _first_with_identifier
+from gateway.cli.demo import make_pdf
 from tests.delivery.delivery_support import (TERMINAL, manifest_of, record_binaries,
                                              start_from_sources, start_from_two_sources)
 

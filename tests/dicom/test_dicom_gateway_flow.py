@@ -13,8 +13,8 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from gateway.authorizations import example_claims
-from gateway.models import AuditEvent, Item, ReceivedInstance
+from gateway.trust.authorizations import example_claims
+from gateway.storage.models import AuditEvent, Item, ReceivedInstance
 from tests.delivery.delivery_fixtures import PLAIN_ORG, _stack_class, sekmet  # noqa: F401
 from tests.dicom.dicom_studies import make_study
 from tests.dicom.store_peer import RefusingStoreSCP, data_set

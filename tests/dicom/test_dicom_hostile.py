@@ -230,8 +230,8 @@ def test_streamed_bad_instances_leave_no_blob(scp, tmp_path):
     that fails its checks at the end is aborted: no blob, no plaintext."""
     import base64
 
-    from gateway.blobstore import BlobStore, new_master_key
-    from gateway.dicom_sink import BlobStoreSink
+    from gateway.storage.blobstore import BlobStore, new_master_key
+    from gateway.engine.dicom_sink import BlobStoreSink
 
     store = BlobStore(tmp_path / "blobs", base64.b64decode(new_master_key()))
     study = dcmread(CT, stop_before_pixels=True).StudyInstanceUID

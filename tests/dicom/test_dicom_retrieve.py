@@ -156,8 +156,8 @@ def test_retrieve_streams_into_the_encrypted_blob_store(dicom, tmp_path, method)
     decrypts to the instance, whose sha256 is the record's."""
     import base64
 
-    from gateway.blobstore import BlobStore, new_master_key
-    from gateway.dicom_sink import BlobStoreSink
+    from gateway.storage.blobstore import BlobStore, new_master_key
+    from gateway.engine.dicom_sink import BlobStoreSink
 
     store = BlobStore(tmp_path / "blobs", base64.b64decode(new_master_key()))
     opts = {"retrieve": method, "sink": BlobStoreSink(store)}

@@ -8,8 +8,8 @@ import io
 import pytest
 from sqlalchemy import select
 
-from gateway.models import ReceivedInstance
-from gateway.stow import parts
+from gateway.storage.models import ReceivedInstance
+from gateway.inbound.stow import parts
 from tests.dicom.dicom_studies import make_study
 from tests.helpers import bearer, make_token
 from tests.test_receive import peer, receiver, sender_keys  # noqa: F401  (fixtures)
@@ -59,7 +59,7 @@ def test_instances_are_stored_once_with_their_sha256(receiver, peer, study):
 
 
 def test_instances_no_bundle_took_expire(receiver, peer, study):
-    from gateway import stow
+    from gateway.inbound import stow
 
     assert post(receiver.test_client(), peer, multipart([f.read_bytes() for f in study.files])).status_code == 200
     svc = receiver.extensions["gateway"]
@@ -119,8 +119,8 @@ def test_parser_finds_parts_across_reads(step):
 
 
 def test_a_receipt_short_of_instances_is_not_a_delivery():
-    from gateway.bundle.manifest import study_digest
-    from gateway.delivery import check_instances
+    from gateway.exchange.manifest import study_digest
+    from gateway.outbound.delivery import check_instances
     from gateway.errors import ReceiptInvalid
 
     sent = {"1.2.3": {"instances": 3, "sha256": study_digest(["a", "b", "c"])}}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from connectors.fax_match import TransferDescriptor
+from connectors.fax.match import TransferDescriptor
 
 from . import faxgen
 from .faxgen import KEY, cover_pdf

@@ -165,7 +165,7 @@ def blot(page: Image.Image, box: tuple[float, float, float, float]) -> Image.Ima
 
 def cover_pdf(person: Person, key: bytes = KEY) -> bytes:
     """The gateway's cover sheet for this person's transfer."""
-    from connectors.fax_cover import CoverSheet, render_cover_pdf
+    from connectors.fax.cover import CoverSheet, render_cover_pdf
 
     return render_cover_pdf(CoverSheet(person.transfer_id, person.name, person.birth_date,
                                        person.request_id, "+1 555 0100", "Second Opinion Center"), key)

@@ -7,9 +7,9 @@ import threading
 from datetime import date
 from pathlib import Path
 
-from connectors.fax_drop import FaxIngestor
-from connectors.fax_match import TransferDescriptor
-from connectors.fax_store import FaxStore
+from connectors.fax.connector import FaxIngestor
+from connectors.fax.match import TransferDescriptor
+from connectors.fax.store import FaxStore
 
 if __name__ == "__main__":
     drop, store, transfers = sys.argv[1:4]

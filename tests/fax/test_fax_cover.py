@@ -7,7 +7,7 @@ import pytest
 
 from . import faxgen
 from .faxgen import KEY, cover_pdf
-from connectors.fax_cover import (CoverError, CoverSheet, cover_payload, decode_cover,
+from connectors.fax.cover import (CoverError, CoverSheet, cover_payload, decode_cover,
                                   parse_cover_payload, render_cover_pdf)
 
 

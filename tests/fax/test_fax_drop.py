@@ -18,9 +18,9 @@ from . import faxgen
 from .faxgen import KEY, cover_pdf
 from connectors import connector_class
 from connectors.base import RecordQuery, SourceUnavailable, hash_file
-from connectors.fax_drop import FaxIngestor
-from connectors.fax_review import ReviewError
-from connectors.fax_store import FaxStore, read_json
+from connectors.fax.connector import FaxIngestor
+from connectors.fax.review import ReviewError
+from connectors.fax.store import FaxStore, read_json
 
 FINAL = ("matched", "review", "quarantine", "rejected", "done")
 
@@ -380,7 +380,7 @@ def test_cover_sheet_alone_and_orphan_sidecar_go_aside(env, people):
 
 
 def test_one_ingestor_per_store(env):
-    from connectors.fax_store import StoreBusy
+    from connectors.fax.store import StoreBusy
 
     with env.store.locked():
         with pytest.raises(StoreBusy):
@@ -406,7 +406,7 @@ def test_unavailable_transfer_list_leaves_faxes_claimed(tmp_path, samples, descr
 
 
 def test_short_cover_key_fails_at_start(tmp_path, descriptors):
-    from connectors.fax_cover import CoverError
+    from connectors.fax.cover import CoverError
 
     with pytest.raises(CoverError):
         FaxIngestor(tmp_path, FaxStore(tmp_path / "s"), b"short", lambda: descriptors)

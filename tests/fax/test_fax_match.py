@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from datetime import date
 
-from connectors.fax_cover import CoverCode
-from connectors.fax_match import Evidence, TransferDescriptor, match_fax
+from connectors.fax.cover import CoverCode
+from connectors.fax.match import Evidence, TransferDescriptor, match_fax
 
 A = TransferDescriptor("tr-a", "Clara Moreau", date(1970, 3, 5), "RQ-100001")
 B = TransferDescriptor("tr-b", "Jonas Haddad", date(1982, 11, 20), "RQ-100002")

@@ -6,7 +6,7 @@ import zlib
 import pytest
 
 from . import faxgen, hostile
-from connectors.fax_sandbox import FileRejected, Limits, analyze, build
+from connectors.fax.sandbox import FileRejected, Limits, analyze, build
 
 
 @pytest.fixture(scope="module")

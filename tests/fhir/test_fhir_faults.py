@@ -8,7 +8,7 @@ import pytest
 from connectors.base import (PatientIdentifier, RawRecord, RecordQuery, RejectedRecord, SourceRejected,
                              SourceUnavailable)
 from connectors.fhir.http import OutsideBase, RetryLater
-from connectors.fhir_rest import FhirRestConnector
+from connectors.fhir.connector import FhirRestConnector
 from mappings import MappingContext, MappingFailed, map_record
 from tests.fhir.fault_peer import FaultPeer, observation, patient
 

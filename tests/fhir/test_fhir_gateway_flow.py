@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 
-from gateway.authorizations import example_claims
+from gateway.trust.authorizations import example_claims
 from tests.fhir.conftest import MRN_SYSTEM
 from tests.helpers import ISSUER, RECEIVER_ORG, SENDER_ORG
 from tests.test_transfer_flow import TERMINAL, Stack

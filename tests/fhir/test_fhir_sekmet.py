@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from connectors.base import PatientIdentifier, Progress, RecordQuery, RejectedRecord, SourceRejected
-from connectors.fhir_rest import FhirRestConnector
+from connectors.fhir.connector import FhirRestConnector
 from mappings import MappingContext, map_record
 from mappings.fhir_r4 import InvalidResource, map_fhir_json_items, resource_uuid
 from tests.fhir.conftest import mrn_of, query_for

@@ -9,7 +9,7 @@ import requests
 
 from connectors.base import SourceRejected
 from connectors.fhir.smart import ASSERTION_TYPE, SmartBackendAuth
-from connectors.fhir_rest import FhirRestConnector
+from connectors.fhir.connector import FhirRestConnector
 from tests.fhir.conftest import query_for
 
 

@@ -15,7 +15,7 @@ from connectors.fhir.bundles import BundleFormatError, BundleReader
 from connectors.fhir.http import retry_after_seconds, under_base
 from connectors.fhir.plan import Capability, plan_streams, search_types
 from connectors.fhir.smart import load_private_key, public_jwks
-from connectors.fhir_rest import resource_uuid as connector_uuid
+from connectors.fhir.connector import resource_uuid as connector_uuid
 from mappings import DATA_CLASSES, MappingContext, MappingFailed, map_record
 from mappings.fhir.validate import MemoValidator, model_class
 from mappings.fhir_r4 import InvalidResource, ResourcesInvalid, map_fhir_json_items, resource_uuid

@@ -1,0 +1,178 @@
+"""Parse untrusted fax files in a child process with memory, CPU, time and size limits.
+
+A PDF bomb, an absurd TIFF or a parser bug must cost one child process, never the
+worker. The parent (`analyze`, `build`) starts ``python -m connectors.fax.child``
+with rlimits set before exec (address space, CPU seconds, file size, no core dumps),
+sends one JSON request on stdin and reads one JSON answer from stdout, killing the
+child's whole process group at the wall-clock limit. Every failure becomes a
+`FileRejected` with a short reason code (for quarantine) and a one-line detail.
+
+The child needs no secrets: it reports every QR text it finds; the parent verifies.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from connectors.base import RecordRejected
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding connectors/
+_PHONE_RE = re.compile(r"^\+?[0-9][0-9 ()./-]{2,30}$")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds for parsing one file. Defaults fit real faxes with a wide margin."""
+
+    memory_mb: int = 1024  # address space of the child
+    cpu_seconds: int = 60
+    wall_seconds: float = 120.0
+    output_mb: int = 512  # largest file the child may write
+    max_file_mb: int = 256  # larger drops are refused before parsing
+    max_pages: int = 2000
+    max_pixels: int = 60_000_000  # one page or TIFF frame (a fax page is ~4 Mpx)
+    max_page_inches: float = 200.0
+    max_nesting: int = 100  # arrays/dictionaries inside each other (PDF bombs nest thousands deep)
+    scan_pages: int = 2  # first pages searched for a cover code
+    text_pages: int = 3  # first pages whose text is matched
+    ocr_pages: int = 2  # first pages OCR'd when there is no text layer
+    render_dpi: int = 200
+    ocr_seconds: float = 60.0
+
+
+class FileRejected(RecordRejected):
+    """This file cannot be processed; `reason` is a short code kept with it in quarantine."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class Analysis:
+    """What the child found in a file."""
+
+    type: str  # "pdf" or "tiff"
+    pages: int
+    codes: list[dict] = field(default_factory=list)  # {"page": i, "text": qr text}
+    text: list[str] = field(default_factory=list)  # per page, first `text_pages`
+    text_source: str = "none"  # "layer", "ocr" or "none"
+    fax_number: str | None = None  # TIFF ImageDescription when it is a phone number
+    encrypted: bool = False  # opened with an empty user password
+    preview: str | None = None  # PNG of the first page, in the output folder
+
+
+@dataclass
+class Built:
+    path: str  # the delivered PDF
+    pages: int
+    removed: list[int]
+
+
+def sniff(path: Path) -> str:
+    """'pdf', 'tiff' or raise FileRejected, from the first bytes only."""
+    with open(path, "rb") as fh:
+        head = fh.read(1024)
+    if not head:
+        raise FileRejected("empty", "zero-byte file")
+    if b"%PDF-" in head:
+        return "pdf"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if head[:4] in (b"II+\x00", b"MM\x00+"):
+        raise FileRejected("unsupported", "BigTIFF is not a fax format")
+    raise FileRejected("unsupported", "neither a PDF nor a TIFF")
+
+
+def analyze(path: Path, outdir: Path, limits: Limits = Limits()) -> Analysis:
+    """Inspect a fax in the sandbox: pages, QR texts, text (layer or OCR), preview PNG."""
+    result = _run_child({"op": "analyze", "path": str(path), "out": str(outdir)}, path, limits)
+    return Analysis(**result)
+
+
+def build(path: Path, outdir: Path, drop_pages: list[int], limits: Limits = Limits()) -> Built:
+    """Make the delivered PDF in the sandbox: TIFF -> PDF (img2pdf), minus `drop_pages`."""
+    result = _run_child({"op": "build", "path": str(path), "out": str(outdir),
+                         "drop": sorted(set(drop_pages))}, path, limits)
+    return Built(**result)
+
+
+def _run_child(request: dict, path: Path, limits: Limits) -> dict:
+    size = os.stat(path).st_size
+    if size > limits.max_file_mb * 1024 * 1024:
+        raise FileRejected("too-large", f"{size} bytes is over the {limits.max_file_mb} MB limit")
+    request["limits"] = asdict(limits)
+    request["type"] = sniff(path)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": _PACKAGE_ROOT,
+           "LANG": "C.UTF-8", "OMP_THREAD_LIMIT": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    if "TESSDATA_PREFIX" in os.environ:
+        env["TESSDATA_PREFIX"] = os.environ["TESSDATA_PREFIX"]
+
+    def set_limits():
+        import resource
+
+        mem = limits.memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))
+        out = limits.output_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_FSIZE, (out, out))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    proc = subprocess.Popen([sys.executable, "-m", "connectors.fax.child"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            cwd=request["out"], preexec_fn=set_limits, start_new_session=True)
+    try:
+        out, err = proc.communicate(json.dumps(request).encode(), timeout=limits.wall_seconds)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        raise FileRejected("time-limit", f"parsing took over {limits.wall_seconds:g} s") from None
+    finally:
+        _kill_group(proc)
+    answer = None
+    for line in reversed(out.decode("utf-8", "replace").splitlines()):
+        if line.startswith("{"):
+            try:
+                answer = json.loads(line)
+            except ValueError:
+                pass
+            break
+    if answer is None or proc.returncode != 0:
+        if proc.returncode in (-signal.SIGXCPU, -signal.SIGKILL) and b"MemoryError" not in err:
+            raise FileRejected("time-limit", f"parser used over {limits.cpu_seconds} s of CPU")
+        if answer and not answer.get("ok"):
+            raise FileRejected(answer["reason"], answer["detail"])
+        if proc.returncode == -signal.SIGXFSZ:
+            raise FileRejected("output-limit", f"output over {limits.output_mb} MB")
+        tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+        if "MemoryError" in tail[0] or proc.returncode in (-signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS):
+            raise FileRejected("memory-limit", f"parser exceeded {limits.memory_mb} MB or crashed "
+                                               f"(exit {proc.returncode})")
+        raise FileRejected("parser-failed", f"exit {proc.returncode}: {tail[0][:200]}")
+    if not answer.get("ok"):
+        raise FileRejected(answer["reason"], answer["detail"])
+    answer.pop("ok")
+    return answer
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def phone_like(value: str | None) -> str | None:
+    """A fax number from outside, or None when it does not look like one."""
+    if not value:
+        return None
+    value = value.strip()
+    return value if _PHONE_RE.match(value) else None

@@ -1,0 +1,85 @@
+"""The `records-gateway` command line: the root group, `init` and `demo`, and every
+command group attached.
+
+Every error a user can act on is one line on stderr and a non-zero exit; never a
+traceback.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import click
+
+from .audit import audit  # `audit verify` needs no database
+from .authorizations import authorization
+from .common import OneLineErrors
+from .faxes import fax
+from .keys import keys
+from .serve import serve, worker
+from .tokens import token
+from .transfers import transfer
+
+
+@click.group(cls=OneLineErrors)
+@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING (default from settings).")
+def main(log_level: str | None) -> None:
+    """Records interoperability gateway for second opinions."""
+    logging.basicConfig(level=(log_level or os.environ.get("GATEWAY_LOG_LEVEL", "INFO")).upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+for _command in (serve, worker, keys, token, authorization, transfer, fax, audit):
+    main.add_command(_command)
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Where state lives (default: GATEWAY_DATA_DIR or ./gateway-data).")
+def init(data_dir: Path | None) -> None:
+    """Create the data dir, the blob encryption key, the signing key and the trust store."""
+    from gateway.config import load_settings
+    from gateway.storage.blobstore import new_master_key
+    from gateway.trust.keys import SigningKeys
+
+    settings = load_settings({"data_dir": data_dir} if data_dir else None)
+    settings.keys_dir.mkdir(parents=True, exist_ok=True)
+    key_path = settings.blob_key_path
+    if settings.blob_key is None and not key_path.exists():
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(new_master_key())
+        click.echo(f"created blob encryption key {key_path} (back it up: without it the "
+                   "records in flight cannot be read)")
+    kid = SigningKeys(settings.keys_dir).ensure()
+    click.echo(f"signing key: {kid}")
+    from gateway.engine.faxes import ensure_cover_key
+
+    ensure_cover_key(settings.keys_dir)
+    from gateway.trust.keys import ClientKeys
+
+    click.echo(f"SMART client key: {ClientKeys(settings.keys_dir).ensure()}")
+    issuers = settings.issuers_file
+    if not issuers.exists():
+        issuers.parent.mkdir(parents=True, exist_ok=True)
+        issuers.write_text(json.dumps({"keys": [], "issuers": {}}, indent=2))
+        click.echo(f"created empty issuer trust store {issuers}: add the issuers you accept")
+    from gateway.storage.db import Database
+
+    Database(settings.db_url).upgrade()
+    click.echo(f"database ready: {settings.db_url.split('?')[0]}")
+
+
+@main.command()
+@click.option("--keep", is_flag=True, help="Keep the temporary data dir and print its path.")
+def demo(keep: bool) -> None:
+    """Run a whole transfer on this machine: two gateways, a signed authorization, PDFs."""
+    from .demo import run_demo
+
+    run_demo(keep=keep)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,96 @@
+"""`records-gateway serve` and `records-gateway worker`: the long-running processes."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import click
+
+from .common import services
+
+log = logging.getLogger("gateway")
+
+
+@click.command()
+@click.option("--receive", is_flag=True, help="Receive mode only (a second-opinion center).")
+@click.option("--host", default=None)
+@click.option("--port", type=int, default=None)
+@click.option("--no-worker", is_flag=True, help="Do not run the embedded worker.")
+def serve(receive: bool, host: str | None, port: int | None, no_worker: bool) -> None:
+    """Serve the API; on the embedded default also run a worker in this process."""
+    from werkzeug.serving import make_server
+
+    from gateway import create_app
+
+    overrides = {k: v for k, v in {"mode": "receive" if receive else None, "host": host,
+                                   "port": port}.items() if v is not None}
+    app = create_app(overrides)
+    svc = app.extensions["gateway"]
+    _audit_configuration(svc, "serve")
+    server = make_server(svc.settings.host, svc.settings.port, app, threaded=True)
+    log.info("serving %s mode on http://%s:%d", svc.settings.mode, svc.settings.host,
+             server.server_port)
+    embedded = svc.settings.redis_url is None and svc.settings.mode != "receive" and not no_worker
+    if not embedded:
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        return
+    thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+    thread.start()
+    try:
+        _run_worker(svc, concurrency=2, beat=True, pool="threads")
+    finally:
+        server.shutdown()
+
+
+@click.command()
+@click.option("--concurrency", type=int, default=2, show_default=True)
+@click.option("--beat/--no-beat", default=False,
+              help="Also run the periodic reconciler (run it in exactly one worker).")
+@click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="threads",
+              show_default=True)
+def worker(concurrency: int, beat: bool, pool: str) -> None:
+    """Run a Celery worker for transfer steps (Redis or the embedded broker)."""
+    svc = services()
+    _audit_configuration(svc, "worker")
+    _run_worker(svc, concurrency, beat, pool)
+
+
+def _audit_configuration(svc, process: str) -> None:
+    """Log which configuration a serving process runs with: a hash of the settings (secrets
+    left out), so a change of configuration is on the audit log."""
+    import hashlib
+
+    from gateway import audit
+
+    text = svc.settings.model_dump_json(exclude={"blob_key"})
+    with svc.db.session() as s:
+        audit.record(s, "admin.configuration.loaded", actor=process, role="admin",
+                     settings_sha256=hashlib.sha256(text.encode()).hexdigest(),
+                     organization=svc.settings.organization, mode=svc.settings.mode)
+
+
+def _run_worker(svc, concurrency: int, beat: bool, pool: str | None) -> None:
+    from gateway.runtime.celery_app import celery
+
+    options = {"concurrency": concurrency, "beat": beat,
+               "loglevel": svc.settings.log_level, "hostname": f"gateway@{os.uname().nodename}-{os.getpid()}",
+               "without_mingle": True, "without_gossip": True, "quiet": True}
+    if pool:
+        options["pool"] = pool
+    stop = threading.Event()
+    if beat:
+        options["schedule_filename"] = str(svc.settings.data_dir / "beat-schedule")
+        from gateway.engine.faxes import start_watchers
+
+        start_watchers(svc, stop)  # one watcher per fax folder, beside the one reconciler
+    worker = celery.Worker(**options)
+    try:
+        worker.start()
+    finally:
+        stop.set()
+    if worker.exitcode:
+        raise SystemExit(worker.exitcode)

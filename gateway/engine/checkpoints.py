@@ -1,0 +1,49 @@
+"""The gateway's side of the audit log: signing checkpoints with our key, periodically.
+
+The log itself (tree, proofs, exports, verifier) is `gateway.audit`; this module ties it
+to our keys, settings and Celery.
+"""
+from __future__ import annotations
+
+import logging
+
+from gateway import audit
+from gateway.audit import checkpoints
+from gateway.audit.fhir_auditevent import GatewayIdentity
+from gateway.errors import InvalidInput
+from gateway.runtime.celery_app import celery
+from gateway.runtime.services import Services, services
+
+log = logging.getLogger(__name__)
+
+
+def identity(svc: Services) -> GatewayIdentity:
+    return GatewayIdentity(name=svc.settings.organization, base_url=svc.settings.base_url)
+
+
+def checkpoint_now(svc: Services, actor: str = "system") -> dict | None:
+    """Sign a checkpoint of the log as it stands (None if the log is empty)."""
+    key = svc.keys.current()
+    with svc.db.session() as s:
+        try:
+            cp = checkpoints.create_checkpoint(s, key.private_key, origin=svc.settings.base_url,
+                                               key_id=key.kid)
+        except InvalidInput:
+            return None
+    log.info("audit checkpoint at tree size %d", cp["tree_size"])
+    return cp
+
+
+@celery.task(name="gateway.auditing.checkpoint", ignore_result=True)
+def checkpoint() -> None:
+    checkpoint_now(services())
+
+
+def patient_key_from(value: str) -> str:
+    """A patient filter as given by an auditor: a 64-hex patient key or `system|value`."""
+    if len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return value
+    system, sep, ident = value.partition("|")
+    if not sep or not system or not ident:
+        raise InvalidInput("patient must be a patient key (64 hex) or 'system|value'")
+    return audit.patient_key(system, ident)

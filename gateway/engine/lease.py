@@ -1,0 +1,66 @@
+"""Leases on the transfer row: one worker at a time runs a transfer's step.
+
+A step claims the row for `step_lease_s`; a duplicate message, or the reconciler's
+re-enqueue, then finds it claimed or moved on and does nothing. A long step renews its
+claim as it goes, and each renewal re-checks the authorization, so a revocation stops a
+pull between two records. A worker killed mid-step leaves a lease that expires.
+"""
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+from sqlalchemy import or_, update
+
+from gateway.runtime.services import Services
+from gateway.storage.models import Transfer, utcnow
+
+from . import policy
+
+RENEW_EVERY_S = 2.0
+
+
+def claim(svc: Services, transfer_id: str, state: str, owner: str) -> bool:
+    """Take the step for this worker, unless another holds it or the state moved on."""
+    now = utcnow()
+    with svc.db.session() as s:
+        result = s.execute(
+            update(Transfer)
+            .where(Transfer.id == transfer_id, Transfer.state == state,
+                   or_(Transfer.lease_until.is_(None), Transfer.lease_until < now),
+                   or_(Transfer.next_attempt_at.is_(None), Transfer.next_attempt_at <= now))
+            .values(lease_owner=owner,
+                    lease_until=now + timedelta(seconds=svc.settings.step_lease_s))
+            .execution_options(synchronize_session=False))
+        return result.rowcount == 1
+
+
+def renew_lease(svc: Services, transfer_id: str, owner: str) -> None:
+    """Keep a long step's claim and stop it at once if the transfer was cancelled."""
+    with svc.db.session() as s:
+        t = s.get(Transfer, transfer_id)
+        if t.lease_owner != owner:  # cancelled, revoked, or the lease expired and was taken
+            raise Superseded()
+        policy.check_active(t.authorization)
+        t.lease_until = utcnow() + timedelta(seconds=svc.settings.step_lease_s)
+
+
+class Superseded(Exception):
+    """Our lease was lost (expired and taken): stop quietly, the new owner goes on."""
+
+
+class Lease:
+    """Renews a long step's claim every few seconds; renewing also re-checks the
+    authorization, so a revocation stops a pull between two records."""
+
+    def __init__(self, svc: Services, transfer_id: str, owner: str):
+        self.svc, self.transfer_id, self.owner = svc, transfer_id, owner
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last >= RENEW_EVERY_S
+
+    def renew_if_due(self) -> None:
+        if self.due():
+            renew_lease(self.svc, self.transfer_id, self.owner)
+            self.last = time.monotonic()

@@ -1,0 +1,37 @@
+"""Connector options as configured, plus what the gateway holds for them (keys kept in
+its data dir, never in the configuration file, and the blob store DICOM instances are
+received into).
+
+DICOM sources: C-MOVE needs our Storage SCP. It runs inside the worker process that runs
+the pull step, on `scp_port` (`scp_host`, default all interfaces; AE title `scp_aet`,
+default `calling_aet`), from the first C-MOVE of a pull to its end, shared by the pulls
+of that process. The PACS must know that AE title, host and port as a move destination.
+A second worker process on the same host pulling at the same time cannot listen on the
+port: its pull is retried later (ProviderUnavailable). Without `scp_port` the connector
+retrieves by C-GET (no inbound port), or by WADO-RS where `dicomweb_url` is set."""
+from __future__ import annotations
+
+from gateway.config import SourceConfig
+from gateway.runtime.services import Services
+
+
+def connector_options(svc: Services, source: SourceConfig) -> dict:
+    options = dict(source.options)
+    if source.kind == "fax-drop":
+        options.setdefault("cover_key_file", str(svc.settings.keys_dir / "fax-cover.key"))
+    if source.kind in ("dicom", "dicomweb"):
+        from .dicom_sink import BlobStoreSink
+
+        options["sink"] = BlobStoreSink(svc.blobs)  # received once, encrypted, hashed
+    if source.kind == "fhir-rest":
+        auth = dict(options.get("auth") or {})
+        if auth.get("type") == "smart-backend" and not (auth.get("private_key") or
+                                                          auth.get("private_key_file")):
+            # the gateway's own SMART client key, published in /.well-known/jwks.json
+            from gateway.trust.keys import ClientKeys
+
+            keys = ClientKeys(svc.settings.keys_dir)
+            auth["private_key_file"] = str(keys.path)
+            auth.setdefault("kid", keys.kid())
+            options["auth"] = auth
+    return options

@@ -1,0 +1,344 @@
+"""The body of each transfer step. Each takes (services, transfer id, lease owner),
+commits its own progress as it goes, and returns the next state.
+
+Re-running a step after a crash is safe: pulled items are unique per origin and the
+connector is told which origins it already produced; mapped items are not mapped
+again; the bundle is assembled deterministically.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+
+from connectors import connector_class
+from connectors.base import ConnectorError, RawRecord, RejectedRecord
+from gateway import audit
+from gateway.errors import GatewayError, MappingError, ProviderUnavailable, ReceiptInvalid
+from gateway.exchange.ids import patient_urn
+from gateway.outbound import attachments, bundles, delivery, imaging, same_document
+from gateway.runtime.services import Services
+from gateway.storage.models import Item, Transfer, TransferBundle, TransferSource, utcnow
+from gateway.trust import receipts
+from mappings import MappingContext, MappingFailed, map_record
+
+from . import dicom_sink, policy, sources
+from .lease import Lease
+
+log = logging.getLogger(__name__)
+
+
+class SourcesFailed(GatewayError):
+    """One or more sources could not be pulled; the message names each and why."""
+
+
+def _load(svc: Services, transfer_id: str) -> Transfer:
+    with svc.db.session() as s:
+        t = s.get(Transfer, transfer_id)
+        _ = t.sources, t.authorization  # load before the session closes
+        return t
+
+
+def pending(svc: Services, transfer_id: str, owner: str) -> str:
+    return "pulling"
+
+
+def pulling(svc: Services, transfer_id: str, owner: str) -> str:
+    t = _load(svc, transfer_id)
+    for src in t.sources:
+        if src.state != "done":
+            _pull_source(svc, t, src.name, owner)
+    with svc.db.session() as s:
+        failed = s.scalars(select(TransferSource).where(TransferSource.transfer_id == transfer_id,
+                                                        TransferSource.state == "failed")).all()
+        if failed:
+            raise SourcesFailed("; ".join(f"source {f.name}: {f.error}" for f in failed))
+    return "mapping"
+
+
+def _pull_source(svc: Services, t: Transfer, name: str, owner: str) -> None:
+    cfg = svc.settings.sources[name]
+    auth = t.authorization
+    with svc.db.session() as s:
+        src = s.scalars(select(TransferSource).filter_by(transfer_id=t.id, name=name)).one()
+        src.state, src.error = "pulling", None
+        done = set(s.scalars(select(Item.origin).filter_by(transfer_id=t.id, source=name)))
+        audit.record(s, "transfer.pull.started", actor="worker", transfer_id=t.id,
+                     authorization_id=t.authorization_id, source=name, kind=cfg.kind,
+                     already_fetched=len(done))
+    query = policy.record_query(auth, t.id, frozenset(done), since=_since(svc, t, name))
+    workdir = svc.settings.work_dir / t.id / name
+    lease = Lease(svc, t.id, owner)
+
+    def on_progress(p) -> None:
+        if p.total is not None and lease.due():
+            with svc.db.session() as s:
+                row = s.scalars(select(TransferSource).filter_by(transfer_id=t.id, name=name)).one()
+                row.total = p.total
+        lease.renew_if_due()
+
+    try:
+        options = sources.connector_options(svc, cfg)
+        cursor = None
+        with connector_class(cfg.kind)(name, options, workdir, on_progress) as conn:
+            for record in conn.fetch(query):
+                _store_record(svc, t, name, cfg.data_class, record)
+                started = getattr(record, "metadata", {}).get("pull_started")
+                cursor = started if started and (cursor is None or started < cursor) else cursor
+                lease.renew_if_due()
+    except ConnectorError as exc:
+        if exc.transient:
+            raise ProviderUnavailable(f"source {name}: {exc}") from None
+        with svc.db.session() as s:
+            row = s.scalars(select(TransferSource).filter_by(transfer_id=t.id, name=name)).one()
+            row.state, row.error = "failed", str(exc)
+            audit.record(s, "transfer.pull.failed", actor="worker", transfer_id=t.id,
+                         authorization_id=t.authorization_id, outcome="failure", source=name,
+                         error=str(exc))
+        return
+    with svc.db.session() as s:
+        row = s.scalars(select(TransferSource).filter_by(transfer_id=t.id, name=name)).one()
+        items = s.scalars(select(Item).filter_by(transfer_id=t.id, source=name)
+                          .order_by(Item.origin)).all()
+        row.state = "done"
+        row.cursor = cursor or row.cursor
+        row.items = len(items)
+        row.bytes = sum(i.size for i in items)
+        row.total = row.items
+        digest = hashlib.sha256("".join(i.sha256 for i in items).encode()).hexdigest()
+        audit.record(s, "transfer.pull.finished", actor="worker", transfer_id=t.id,
+                     authorization_id=t.authorization_id, source=name, items=row.items,
+                     bytes=row.bytes, rejected=sum(i.state == "failed" for i in items),
+                     items_sha256=digest)
+
+
+def _since(svc: Services, t: Transfer, name: str):
+    """The cursor of the newest earlier complete pull of this authorization from this source."""
+    from datetime import datetime
+
+    with svc.db.session() as s:
+        cursor = s.scalars(
+            select(TransferSource.cursor).join(Transfer)
+            .where(Transfer.authorization_id == t.authorization_id, Transfer.id != t.id,
+                   Transfer.state == "completed", TransferSource.name == name,
+                   TransferSource.cursor.is_not(None))
+            .order_by(Transfer.completed_at.desc()).limit(1)).first()
+    try:
+        return datetime.fromisoformat(cursor) if cursor else None
+    except ValueError:
+        return None
+
+
+def _store_record(svc: Services, t: Transfer, source: str, data_class: str,
+                  record: RawRecord | RejectedRecord) -> None:
+    if isinstance(record, RejectedRecord):
+        item = Item(transfer_id=t.id, source=source, origin=record.origin, kind="rejected",
+                    media_type="", size=0, sha256="", blob_key="", fetched_at=utcnow(),
+                    state="failed", error=f"refused at the source: {record.reason}")
+        blob = None
+    else:
+        blob = dicom_sink.adopt(svc.blobs, record)  # received straight into the store
+        if blob is None:
+            blob = svc.blobs.put_file(record.path)
+            record.path.unlink(missing_ok=True)
+        if blob.sha256 != record.sha256:
+            svc.blobs.delete(blob.key)
+            raise ProviderUnavailable(f"source {source}: record changed while it was read")
+        meta = {"data_class": data_class, **record.metadata}
+        item = Item(transfer_id=t.id, source=source, origin=record.origin, kind=record.kind,
+                    media_type=record.media_type, size=blob.size, sha256=blob.sha256,
+                    blob_key=blob.key, fetched_at=record.fetched_at, record_meta=meta)
+    try:
+        with svc.db.session() as s:
+            s.add(item)
+            row = s.scalars(select(TransferSource).filter_by(transfer_id=t.id, name=source)).one()
+            row.items += 1
+            row.bytes += item.size
+    except IntegrityError:  # a resumed pull met a record it already had
+        if blob is not None:
+            svc.blobs.delete(blob.key)
+
+
+def mapping(svc: Services, transfer_id: str, owner: str) -> str:
+    t = _load(svc, transfer_id)
+    with svc.db.session() as s:
+        todo = s.scalars(select(Item.id).filter_by(transfer_id=t.id, state="pulled")
+                         .where(Item.kind != imaging.INSTANCE).order_by(Item.id)).all()
+    context = MappingContext(patient_reference=patient_urn(t.id))
+    tmpdir = svc.settings.work_dir / t.id / "mapping"
+    tmpdir.mkdir(parents=True, exist_ok=True)
+    lease = Lease(svc, t.id, owner)
+    for item_id in todo:
+        lease.renew_if_due()
+        with svc.db.session() as s:
+            item = s.get(Item, item_id)
+            _map_item(svc, t, item, context, tmpdir / f"{item.id}.rec")
+    imaging.settle_instances(svc, t)  # after their studies: instances follow them
+    with svc.db.session() as s:
+        counts = dict(s.execute(select(Item.state, func.count()).filter_by(transfer_id=t.id)
+                                .group_by(Item.state)).all())
+        audit.record(s, "transfer.mapping.finished", actor="worker", transfer_id=t.id,
+                     authorization_id=t.authorization_id, **{k: v for k, v in counts.items()})
+        failed = s.scalars(select(Item).filter_by(transfer_id=t.id, state="failed")
+                           .order_by(Item.id)).all()
+        if failed:
+            shown = "; ".join(f"{i.source}/{i.origin}: {i.error}" for i in failed[:5])
+            more = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""
+            raise MappingError(f"{len(failed)} record(s) cannot be delivered: {shown}{more}; "
+                               "fix them at the source, or retry with skip_failed_items")
+    return "assembling"
+
+
+def _map_item(svc: Services, t: Transfer, item: Item, context: MappingContext, tmp: Path) -> None:
+    if item.kind == "rejected":
+        item.state = "failed"
+        return
+    svc.blobs.copy_to(item.blob_key, tmp)
+    try:
+        record = RawRecord(source=item.source, kind=item.kind, media_type=item.media_type,
+                           path=tmp, sha256=item.sha256, size=item.size, origin=item.origin,
+                           fetched_at=item.fetched_at, metadata=item.record_meta or {})
+        mapped = map_record(record, context)
+        if len(t.sources) > 1 and any(m.carries_record_bytes for m in mapped):
+            # a copy of this document may have come from another source in other bytes
+            item.record_meta = {**(item.record_meta or {}),
+                                "fingerprint": same_document.fingerprint(tmp, item.media_type)}
+    except MappingFailed as exc:
+        item.state, item.error = "failed", str(exc)
+        return
+    finally:
+        tmp.unlink(missing_ok=True)
+    kept = [m for m in mapped if policy.allows(t.authorization, m.data_class, m.clinical_date)]
+    if not kept:
+        item.state = "excluded"
+        item.error = "outside the authorized data classes or dates"
+        return
+    payload = [{"resource": json.loads(m.resource.model_dump_json()), "data_class": m.data_class,
+                "clinical_date": m.clinical_date.isoformat() if m.clinical_date else None,
+                "carries_record_bytes": m.carries_record_bytes} for m in kept]
+    item.resources_blob = svc.blobs.put_bytes(json.dumps(payload).encode()).key
+    item.data_class = kept[0].data_class
+    item.clinical_date = payload[0]["clinical_date"]
+    item.state = "mapped"
+
+
+def assembling(svc: Services, transfer_id: str, owner: str) -> str:
+    t = _load(svc, transfer_id)
+    parts = bundles.assemble(svc, t)
+    signatures = []
+    for info in parts:  # a part is bounded by bundle_max_bytes: signed in memory
+        signatures.append(receipts.sign_bundle(svc.keys, svc.blobs.read_bytes(info.blob.key),
+                                               f"urn:uuid:{info.bundle_id}"))
+    with svc.db.session() as s:
+        row = s.get(Transfer, transfer_id)
+        old = [b.blob_key for b in s.scalars(select(TransferBundle).filter_by(transfer_id=t.id))]
+        s.execute(delete(TransferBundle).where(TransferBundle.transfer_id == t.id))
+        s.flush()
+        for info, signature in zip(parts, signatures):
+            s.add(TransferBundle(transfer_id=t.id, part=info.part, parts=info.parts,
+                                 bundle_id=info.bundle_id, blob_key=info.blob.key,
+                                 sha256=info.blob.sha256, size=info.blob.size, entries=info.entries,
+                                 entry_hashes=info.entry_hashes, signature=signature,
+                                 attachments={u.ref: {"sha256": u.sha256, "size": u.size}
+                                              for u in info.uploads}))
+            audit.record(s, "transfer.bundle.assembled", actor="worker", transfer_id=t.id,
+                         authorization_id=t.authorization_id, bundle_id=info.bundle_id,
+                         part=info.part, parts=info.parts, sha256=info.blob.sha256,
+                         size=info.blob.size, entries=info.entries)
+        attachments.plan(s, t.id, [u for info in parts for u in info.uploads])
+        first = parts[0]
+        row.bundle_id, row.bundle_blob = first.bundle_id, first.blob.key
+        row.bundle_sha256, row.bundle_size = first.blob.sha256, first.blob.size
+        row.receipt_jws, row.receipt = None, None
+    for key in set(old) - {p.blob.key for p in parts}:
+        svc.blobs.delete(key)
+    return "delivering"
+
+
+def _parts(svc: Services, transfer_id: str) -> list[TransferBundle]:
+    with svc.db.session() as s:
+        return s.scalars(select(TransferBundle).filter_by(transfer_id=transfer_id)
+                         .order_by(TransferBundle.part)).all()
+
+
+def delivering(svc: Services, transfer_id: str, owner: str) -> str:
+    """Forward the DICOM instances not yet forwarded, then deliver every part not yet
+    answered, in order; verify each answer at once."""
+    t = _load(svc, transfer_id)
+    lease = Lease(svc, t.id, owner)
+    imaging.forward(svc, t, lease.renew_if_due)
+    for part in _parts(svc, transfer_id):
+        if part.state != "assembled":
+            continue
+        lease.renew_if_due()
+        with svc.db.session() as s:
+            audit.record(s, "transfer.delivery.attempt", actor="worker", transfer_id=t.id,
+                         authorization_id=t.authorization_id, recipient=t.recipient,
+                         bundle_id=part.bundle_id, part=part.part, attempt=t.attempts + 1)
+        attachments.send(svc, t, part, lease.renew_if_due)  # large documents go first
+        answer = delivery.deliver(svc, t, part)
+        with svc.db.session() as s:
+            row = s.get(TransferBundle, part.id)
+            row.answer, row.state, row.delivered_at = answer, "delivered", utcnow()
+            if part.part == 1:
+                s.get(Transfer, transfer_id).receipt_jws = answer
+            audit.record(s, "transfer.delivery.sent", actor="worker", transfer_id=t.id,
+                         authorization_id=t.authorization_id, recipient=t.recipient,
+                         bundle_id=part.bundle_id, part=part.part, sha256=part.sha256)
+        part.answer = answer
+        _verify_part(svc, t, part)
+    return "awaiting_receipt"
+
+
+def _verify_part(svc: Services, t: Transfer, part: TransferBundle) -> dict:
+    try:
+        claims = delivery.check_answer(svc, t, part)
+    except ReceiptInvalid as exc:
+        # no proof: the part counts as not delivered; a retry asks again (the recipient
+        # answers a repeat with its original, untouched receipt)
+        with svc.db.session() as s:
+            s.get(TransferBundle, part.id).state = "assembled"
+            audit.record(s, "transfer.receipt.refused", actor="worker", transfer_id=t.id,
+                         authorization_id=t.authorization_id, outcome="failure",
+                         bundle_id=part.bundle_id, part=part.part, error=str(exc))
+        raise
+    kind = "acknowledged" if claims.get("kind") == "unsigned-acknowledgment" else "receipted"
+    with svc.db.session() as s:
+        row = s.get(TransferBundle, part.id)
+        row.receipt, row.state = claims, kind
+        audit.record(s, "transfer.receipt.verified" if kind == "receipted"
+                     else "transfer.receipt.acknowledged", actor="worker", transfer_id=t.id,
+                     authorization_id=t.authorization_id, bundle_id=part.bundle_id,
+                     part=part.part, receipt_id=claims.get("receipt_id"),
+                     receiver=claims.get("iss"), sha256=claims.get("sha256"),
+                     signed=kind == "receipted")
+    return claims
+
+
+def awaiting_receipt(svc: Services, transfer_id: str, owner: str) -> str:
+    t = _load(svc, transfer_id)
+    parts = _parts(svc, transfer_id)
+    if any(part.state == "assembled" for part in parts):
+        return "delivering"  # resumed after a refused receipt: deliver again
+    for part in parts:
+        if part.state == "delivered":
+            part.receipt = _verify_part(svc, t, part)
+    with svc.db.session() as s:
+        row = s.get(Transfer, transfer_id)
+        parts = s.scalars(select(TransferBundle).filter_by(transfer_id=transfer_id)
+                          .order_by(TransferBundle.part)).all()
+        # the per-instance C-STORE / STOW-RS outcomes acknowledge the images
+        forwarded = imaging.forward_summary(s, transfer_id)
+        extra = {"dicomForwarded": forwarded} if forwarded else {}
+        row.receipt = dict(parts[0].receipt, parts=len(parts), **extra) if parts else None
+        row.reason = None
+    return "completed"
+
+
+HANDLERS = {"pending": pending, "pulling": pulling, "mapping": mapping,
+            "assembling": assembling, "delivering": delivering,
+            "awaiting_receipt": awaiting_receipt}

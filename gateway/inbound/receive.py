@@ -1,0 +1,355 @@
+"""Receive mode: accept a transaction Bundle from a trusted peer gateway, all or
+nothing, store it encrypted, answer with the transaction-response and a signed receipt.
+
+Before anything is stored: the sender must be a configured trusted sender, the
+detached JWS over the exact bytes must verify with that sender's keys, and the
+Bundle's Consent must be active now, name that sender as a discloser and one of our
+centers as the recipient, and cover the data classes the bundle carries.
+
+Idempotent by (sender, Idempotency-Key): the request first claims the key (a row in
+state "processing" held for `receive_claim_s`), then reads and processes the body.
+A replay of the same bytes gets the original answer; the same key with other bytes
+gets 422; a second request while the first is still processing gets 409; a claim
+left by a receiver killed mid-request is taken over once it expires. The same bundle
+under a new key is refused (a replay), so nothing is stored twice.
+
+Documents too large to travel inline arrive before their bundle as `Binary/{id}`
+uploads (uploads.py); the bundle is refused if one it references is missing
+or differs, and the receipt names the sha256 and size of each.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from datetime import datetime, timedelta, timezone
+
+from fhir.resources.R4B.bundle import Bundle
+from pydantic import ValidationError
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from gateway import audit
+from gateway.errors import Conflict, Forbidden, InvalidInput
+from gateway.exchange.ids import GROUP_SYSTEM, PART_EXT, entry_hash
+from gateway.exchange.manifest import MANIFEST_TYPE, dicom_instances
+from gateway.runtime.services import Services
+from gateway.storage.models import ReceivedBundle, utcnow
+from gateway.trust import receipts
+from mappings.consent import (
+    DATA_CLASS_SYSTEM,
+    DISCLOSER_ROLE,
+    ORG_SYSTEM,
+    RECIPIENT_ROLE,
+    ROLE_SYSTEM,
+)
+
+from . import stow, uploads
+
+KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+RECEIPT_TYP = receipts.RECEIPT_TYP
+REJECTION_HEADER = "X-Delivery-Receipt"  # a signed receipt with status "rejected"
+
+
+class UnprocessableBundle(InvalidInput):
+    http_status = 422
+
+
+class ConsentNotCovering(Forbidden):
+    """The Consent in the bundle does not cover this delivery."""
+
+
+def check_key(key: str) -> None:
+    if not key or len(key) > 128 or not set(key) <= KEY_CHARS:
+        raise InvalidInput("Idempotency-Key header is missing or malformed")
+
+
+def _validate(body: bytes) -> tuple[dict, Bundle]:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"body is not JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("resourceType") != "Bundle":
+        raise UnprocessableBundle("body is not a FHIR Bundle")
+    if data.get("type") != "transaction":
+        raise UnprocessableBundle("Bundle.type must be 'transaction'")
+    try:
+        bundle = Bundle.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise UnprocessableBundle(f"invalid Bundle at {where}: {first['msg']} "
+                                  f"({exc.error_count()} problem(s))") from None
+    if not bundle.identifier or not bundle.identifier.value:
+        raise UnprocessableBundle("Bundle.identifier is required")
+    for n, entry in enumerate(data.get("entry") or []):
+        if not isinstance(entry.get("resource"), dict) or not entry.get("fullUrl"):
+            raise UnprocessableBundle(f"entry {n} needs a fullUrl and a resource")
+    return data, bundle
+
+
+def _resources(data: dict, rtype: str) -> list[dict]:
+    return [e["resource"] for e in data.get("entry") or [] if e["resource"].get("resourceType") == rtype]
+
+
+def _when(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def check_consent(data: dict, sender_org: str, centers: set[str], now: datetime) -> str:
+    """Return the recipient organization the Consent names, or raise ConsentNotCovering."""
+    consents = _resources(data, "Consent")
+    if len(consents) != 1:
+        raise ConsentNotCovering(f"the bundle must carry exactly one Consent (found {len(consents)})")
+    consent = consents[0]
+    if consent.get("status") != "active":
+        raise ConsentNotCovering("the Consent is not active")
+    prov = consent.get("provision") or {}
+    if prov.get("type") != "permit":
+        raise ConsentNotCovering("the Consent does not permit disclosure")
+    start, end = _when((prov.get("period") or {}).get("start")), _when((prov.get("period") or {}).get("end"))
+    if start is None or end is None or not start <= now <= end:
+        raise ConsentNotCovering("the Consent's period does not cover today")
+    actors: dict[str, set[str]] = {DISCLOSER_ROLE: set(), RECIPIENT_ROLE: set()}
+    for actor in prov.get("actor") or []:
+        codes = {c.get("code") for c in (actor.get("role") or {}).get("coding") or []
+                 if c.get("system") == ROLE_SYSTEM}
+        ident = (actor.get("reference") or {}).get("identifier") or {}
+        if ident.get("system") == ORG_SYSTEM:
+            for code in codes & actors.keys():
+                actors[code].add(ident.get("value"))
+    if sender_org not in actors[DISCLOSER_ROLE]:
+        raise ConsentNotCovering("the Consent does not name the sender as a discloser")
+    recipients = actors[RECIPIENT_ROLE] & centers
+    if len(actors[RECIPIENT_ROLE]) != 1 or not recipients:
+        raise ConsentNotCovering("the Consent does not name this recipient")
+    recipient = recipients.pop()
+    for lst in _resources(data, "List"):
+        for ext in lst.get("extension") or []:
+            if ext.get("url", "").endswith("ihe-intendedRecipient"):
+                value = ((ext.get("valueReference") or {}).get("identifier") or {}).get("value")
+                if value is not None and value != recipient:
+                    raise ConsentNotCovering("the SubmissionSet is meant for another recipient")
+    allowed = {c.get("code") for c in prov.get("class") or [] if c.get("system") == DATA_CLASS_SYSTEM}
+    for comp in _resources(data, "Composition"):
+        for section in comp.get("section") or []:
+            for coding in (section.get("code") or {}).get("coding") or []:
+                if coding.get("system") == DATA_CLASS_SYSTEM and "all" not in allowed \
+                        and coding.get("code") not in allowed:
+                    raise ConsentNotCovering(f"the Consent does not cover data class {coding.get('code')!r}")
+    patients = {e["fullUrl"] for e in data.get("entry") or [] if e["resource"].get("resourceType") == "Patient"}
+    if (consent.get("patient") or {}).get("reference") not in patients:
+        raise ConsentNotCovering("the Consent is about another patient than the bundle's")
+    return recipient
+
+
+def _in_reply_to(data: dict) -> str | None:
+    from .replies import IN_REPLY_TO
+
+    for lst in _resources(data, "List"):
+        for ext in lst.get("extension") or []:
+            if ext.get("url") == IN_REPLY_TO:
+                return (ext.get("valueIdentifier") or {}).get("value") or ""
+    return None
+
+
+def check_reply(svc: Services, in_reply_to: str, sender_org: str) -> str:
+    """A reply needs no Consent of its own only if it answers a bundle we sent to that
+    same organization; it is then for us."""
+    from gateway.storage.models import Transfer, TransferBundle
+
+    with svc.db.session() as s:
+        part = s.scalars(select(TransferBundle).filter_by(
+            bundle_id=in_reply_to.removeprefix("urn:uuid:"))).first()
+        transfer = s.get(Transfer, part.transfer_id) if part is not None else None
+        peer = svc.settings.peers.get(transfer.recipient) if transfer is not None else None
+    if peer is None or peer.organization != sender_org or part.state != "receipted":
+        raise ConsentNotCovering("the reply does not answer a bundle this gateway delivered "
+                                 "to its sender")
+    return svc.settings.organization
+
+
+def _group(data: dict) -> tuple[str | None, int, int]:
+    for lst in _resources(data, "List"):
+        group = next((i.get("value") for i in lst.get("identifier") or [] if i.get("system") == GROUP_SYSTEM), None)
+        part = next((e.get("valueString") for e in lst.get("extension") or [] if e.get("url") == PART_EXT), "1/1")
+        try:
+            n, total = (int(x) for x in part.split("/"))
+        except ValueError:
+            n, total = 1, 1
+        return group, n, total
+    return None, 1, 1
+
+
+def _manifest_instances(data: dict) -> dict[str, dict[str, str]]:
+    """Study -> {SOP UID: sha256} of the DICOM instances the bundle's manifest lists."""
+    docs = [d for d in _resources(data, "DocumentReference")
+            if any(c.get("code") == MANIFEST_TYPE["code"] for c in (d.get("type") or {}).get("coding") or [])]
+    if not docs:
+        return {}
+    url = docs[0]["content"][0]["attachment"].get("url")
+    for entry in data.get("entry") or []:
+        if entry["fullUrl"] == url and entry["resource"].get("resourceType") == "Binary":
+            try:
+                return dicom_instances(json.loads(base64.b64decode(entry["resource"]["data"])))
+            except (ValueError, KeyError, TypeError):
+                return {}
+    return {}
+
+
+def response_bundle(row: ReceivedBundle) -> dict:
+    """The transaction-response, with the receipt as the Bundle's signature."""
+    return row.response
+
+
+def _build_response(row: ReceivedBundle, data: dict, org: str) -> dict:
+    entries = []
+    for entry in data.get("entry") or []:
+        rtype = entry["resource"]["resourceType"]
+        rid = uuid.uuid5(uuid.NAMESPACE_URL, f"{row.id}:{entry['fullUrl']}")
+        entries.append({"response": {"status": "201 Created", "location": f"{rtype}/{rid}/_history/1"}})
+    return {
+        "resourceType": "Bundle", "type": "transaction-response", "id": row.id, "entry": entries,
+        "signature": {
+            "type": [{"system": "urn:iso-astm:E1762-95:2013", "code": "1.2.840.10065.1.12.1.5",
+                      "display": "Verification Signature"}],
+            "when": row.received_at.isoformat(),
+            "who": {"identifier": {"system": ORG_SYSTEM, "value": org}},
+            "sigFormat": "application/jose",
+            "data": base64.b64encode(row.receipt_jws.encode()).decode(),
+        },
+    }
+
+
+def claim(svc: Services, sender: str, key: str) -> ReceivedBundle | None:
+    """Claim (sender, key) for this request; return the accepted row if it is a replay.
+    Raises Conflict while another request holds a live claim."""
+    now = utcnow()
+    until = now + timedelta(seconds=svc.settings.receive_claim_s)
+    with svc.db.session() as s:
+        row = s.scalars(select(ReceivedBundle).filter_by(sender=sender, idempotency_key=key)).first()
+        if row is not None and row.state == "accepted":
+            return row
+        if row is None:
+            try:
+                with s.begin_nested():
+                    s.add(ReceivedBundle(id=uuid.uuid4().hex, sender=sender, idempotency_key=key,
+                                         bundle_identifier="", sha256="", size=0, entries=0,
+                                         blob_key="", receipt_jws="", received_at=now,
+                                         state="processing", claimed_until=until))
+                return None
+            except IntegrityError:
+                pass
+        taken = s.execute(update(ReceivedBundle).where(
+            ReceivedBundle.sender == sender, ReceivedBundle.idempotency_key == key,
+            ReceivedBundle.state == "processing",
+            or_(ReceivedBundle.claimed_until.is_(None), ReceivedBundle.claimed_until < now))
+            .values(claimed_until=until).execution_options(synchronize_session=False))
+        if taken.rowcount == 1:
+            return None
+    raise Conflict("this delivery is still being processed; retry shortly")
+
+
+def release(svc: Services, sender: str, key: str) -> None:
+    """Drop our claim after a refusal: nothing was stored."""
+    with svc.db.session() as s:
+        row = s.scalars(select(ReceivedBundle).filter_by(sender=sender, idempotency_key=key,
+                                                         state="processing")).first()
+        if row is not None:
+            s.delete(row)
+
+
+def replay(row: ReceivedBundle, body: bytes) -> ReceivedBundle:
+    if row.sha256 != hashlib.sha256(body).hexdigest():
+        raise UnprocessableBundle("Idempotency-Key was already used for a different bundle")
+    return row
+
+
+def accept(svc: Services, *, sender: str, key: str, body: bytes, signature: str) -> ReceivedBundle:
+    """Verify and store a claimed delivery, all or nothing; return the accepted row."""
+    trusted = svc.settings.senders.get(sender)
+    if trusted is None:
+        raise Forbidden(f"sender {sender!r} is not a trusted sender of this gateway")
+    digest = hashlib.sha256(body).hexdigest()
+    data, bundle = _validate(body)
+    jwks = receipts.fetch_jwks(trusted.jwks_file, trusted.jwks_url or (
+        f"{trusted.base_url}/.well-known/jwks.json" if trusted.base_url else None), f"sender {sender}")
+    receipts.verify_bundle(signature, body, jwks)
+    now = utcnow()
+    in_reply_to = _in_reply_to(data)
+    if in_reply_to is not None:
+        recipient = check_reply(svc, in_reply_to, trusted.organization)
+    else:
+        recipient = check_consent(data, trusted.organization, {svc.settings.organization}, now)
+    group, part, parts = _group(data)
+    hashes = {e["fullUrl"]: entry_hash(e["resource"]) for e in data.get("entry") or []}
+    attachments = uploads.check(svc, sender, data)  # documents sent before the bundle
+    with svc.db.session() as s:
+        dup = s.scalars(select(ReceivedBundle).filter_by(
+            sender=sender, bundle_identifier=bundle.identifier.value, state="accepted")).first()
+        if dup is not None:
+            raise UnprocessableBundle("this bundle was already received under another "
+                                      "Idempotency-Key (a replay); nothing stored")
+    # what we hold of the studies it describes: counted from what arrived by STOW-RS
+    listed = _manifest_instances(data)
+    holding = stow.held(svc, sender, listed)
+    blob = svc.blobs.put_bytes(body)
+    try:
+        with svc.db.session() as s:
+            row = s.scalars(select(ReceivedBundle).filter_by(sender=sender, idempotency_key=key)
+                            .with_for_update()).one()
+            if row.state != "processing":
+                raise Conflict("this delivery was completed by another request; retry for its answer")
+            uploads.bind(s, sender, attachments, row.id)
+            stow.bind(s, sender, listed, row.id)
+            row.bundle_identifier, row.sha256, row.size = bundle.identifier.value, digest, len(body)
+            row.entries, row.blob_key, row.received_at = len(hashes), blob.key, now
+            row.recipient_org, row.sender_org = recipient, trusted.organization
+            row.submission_group, row.part, row.parts = group, part, parts
+            row.receipt_jws = svc.keys.sign({
+                "iss": svc.settings.organization, "receipt_id": row.id,
+                "bundle": row.bundle_identifier, "sha256": digest, "size": row.size,
+                "entries": row.entries, "entryHashes": hashes,
+                # per study: instances we hold (as listed, same sha256), their digest
+                "dicomInstances": {u: h["instances"] for u, h in holding.items()},
+                "dicomSha256": {u: h["sha256"] for u, h in holding.items()},
+                "dicomListed": {u: len(v) for u, v in listed.items()},
+                "attachments": attachments,
+                "sender": trusted.organization, "recipient": recipient,
+                "received_at": now.isoformat(), "status": "accepted",
+                "outcome": {"resourceType": "OperationOutcome", "issue": [{
+                    "severity": "information", "code": "informational",
+                    "diagnostics": f"all {row.entries} entries stored"}]}}, RECEIPT_TYP)
+            row.response = _build_response(row, data, svc.settings.organization)
+            row.state, row.claimed_until = "accepted", None
+            audit.record(s, "receive.bundle.accepted", actor=sender, role="peer",
+                         bundle=row.bundle_identifier, sha256=digest, size=row.size,
+                         entries=row.entries, receipt_id=row.id, part=part, parts=parts)
+    except BaseException:
+        svc.blobs.delete(blob.key)
+        raise
+    return row
+
+
+def rejection_receipt(svc: Services, *, sender: str, key: str, status: int, message: str) -> str:
+    """A signed receipt saying the delivery under `key` was rejected, and why."""
+    trusted = svc.settings.senders.get(sender)
+    return svc.keys.sign({
+        "iss": svc.settings.organization, "sender": trusted.organization if trusted else sender,
+        "idempotencyKey": key, "status": "rejected", "received_at": utcnow().isoformat(),
+        "outcome": {"resourceType": "OperationOutcome", "issue": [{
+            "severity": "error", "code": "processing", "diagnostics": message[:500],
+            "details": {"text": f"HTTP {status}"}}]}}, RECEIPT_TYP)
+
+
+def record_refusal(svc: Services, sender: str, key: str, reason: str) -> None:
+    with svc.db.session() as s:
+        audit.record(s, "receive.bundle.refused", actor=sender, role="peer", outcome="deny",
+                     idempotency_key=key, reason=reason[:300])

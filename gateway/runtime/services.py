@@ -1,0 +1,48 @@
+"""The process-wide services every part of the gateway uses, built once from settings."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.config import Settings, load_settings
+from gateway.storage.blobstore import BlobStore, load_master_key
+from gateway.storage.db import Database
+from gateway.trust.keys import SigningKeys
+
+from .celery_app import configure_celery
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    blobs: BlobStore
+    keys: SigningKeys
+
+    def close(self) -> None:
+        self.db.dispose()
+
+
+_current: Services | None = None
+
+
+def init_services(settings: Settings, migrate: bool = True) -> Services:
+    """Open the database (migrated), blob store and keys; configure Celery."""
+    global _current
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    secret = settings.blob_key.get_secret_value() if settings.blob_key else None
+    db = Database(settings.db_url)
+    if migrate:
+        db.upgrade()
+    svc = Services(settings=settings, db=db,
+                   blobs=BlobStore(settings.blobs_dir, load_master_key(secret, settings.blob_key_path)),
+                   keys=SigningKeys(settings.keys_dir))
+    configure_celery(settings)
+    if _current is not None:
+        _current.close()
+    _current = svc
+    return svc
+
+
+def services() -> Services:
+    """The current services; a worker process builds them from its environment."""
+    return _current if _current is not None else init_services(load_settings())

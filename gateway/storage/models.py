@@ -1,0 +1,357 @@
+"""Database tables. The database is the source of truth for every transfer."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to the database")
+        return value.astimezone(timezone.utc) if value is not None else None
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime, dict: JSON, list: JSON}
+
+
+class Authorization(Base):
+    """A verified release authorization (the signed JWS and what it says)."""
+
+    __tablename__ = "authorizations"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the JWS jti
+    issuer: Mapped[str] = mapped_column(String(255))
+    key_id: Mapped[str] = mapped_column(String(255))
+    jws_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    jws: Mapped[str] = mapped_column(Text)  # kept to re-verify and for auditors
+    claims: Mapped[dict]  # the verified authorization payload (patient data: API only)
+    consent: Mapped[dict]  # the FHIR R4 Consent it carries
+    recipient_id: Mapped[str] = mapped_column(String(255))
+    not_before: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active | revoked
+    revoked_at: Mapped[datetime | None]
+    revoked_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Transfer(Base):
+    """One transfer: a state machine (see gateway/engine/transfers.py)."""
+
+    __tablename__ = "transfers"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    authorization_id: Mapped[str] = mapped_column(ForeignKey("authorizations.id"))
+    recipient: Mapped[str] = mapped_column(String(255))  # configured peer name
+    state: Mapped[str] = mapped_column(String(24), default="pending", index=True)
+    reason: Mapped[str | None] = mapped_column(Text)  # why failed / cancelled
+    created_by: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # a step claims the transfer until lease_until, so a duplicate message is a no-op
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # of the current step
+    next_attempt_at: Mapped[datetime | None]
+    bundle_id: Mapped[str | None] = mapped_column(String(64))
+    bundle_sha256: Mapped[str | None] = mapped_column(String(64))
+    bundle_blob: Mapped[str | None] = mapped_column(String(64))
+    bundle_size: Mapped[int | None] = mapped_column(BigInteger)
+    receipt: Mapped[dict | None]  # verified receipt claims
+    receipt_jws: Mapped[str | None] = mapped_column(Text)
+    completed_at: Mapped[datetime | None]
+
+    sources: Mapped[list["TransferSource"]] = relationship(
+        back_populates="transfer", order_by="TransferSource.position", cascade="all, delete-orphan")
+    authorization: Mapped[Authorization] = relationship()
+
+
+class TransferSource(Base):
+    """One configured source of a transfer, pulled independently."""
+
+    __tablename__ = "transfer_sources"
+    __table_args__ = (UniqueConstraint("transfer_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    transfer_id: Mapped[str] = mapped_column(ForeignKey("transfers.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(255))
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending|pulling|done|failed
+    items: Mapped[int] = mapped_column(Integer, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    total: Mapped[int | None] = mapped_column(Integer)  # expected items, when known
+    error: Mapped[str | None] = mapped_column(Text)
+    # where the source says this pull started (its clock): the next pull of the same
+    # authorization from this source asks only for what changed since
+    cursor: Mapped[str | None] = mapped_column(String(64))
+
+    transfer: Mapped[Transfer] = relationship(back_populates="sources")
+
+
+class Item(Base):
+    """One record pulled for a transfer, and what became of it."""
+
+    __tablename__ = "items"
+    __table_args__ = (UniqueConstraint("transfer_id", "source", "origin"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    transfer_id: Mapped[str] = mapped_column(ForeignKey("transfers.id", ondelete="CASCADE"), index=True)
+    source: Mapped[str] = mapped_column(String(255))
+    origin: Mapped[str] = mapped_column(String(1024))  # id of the record at the source
+    kind: Mapped[str] = mapped_column(String(32))
+    media_type: Mapped[str] = mapped_column(String(128))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    blob_key: Mapped[str] = mapped_column(String(64))
+    fetched_at: Mapped[datetime]
+    record_meta: Mapped[dict] = mapped_column(JSON, default=dict)
+    # pulled -> mapped | excluded (outside the authorization) | failed (with error).
+    # A DICOM instance (kind "dicom") is "mapped" when its study is: it has no FHIR
+    # resources of its own and goes beside the bundle (C-STORE / STOW-RS)
+    state: Mapped[str] = mapped_column(String(16), default="pulled")
+    error: Mapped[str | None] = mapped_column(Text)
+    resources_blob: Mapped[str | None] = mapped_column(String(64))  # mapped FHIR JSON
+    data_class: Mapped[str | None] = mapped_column(String(32))
+    clinical_date: Mapped[str | None] = mapped_column(String(10))
+    # DICOM instances: when the recipient's DICOM destination confirmed it, and what it
+    # answered (C-STORE status, STOW-RS outcome); a resumed delivery skips these
+    forwarded_at: Mapped[datetime | None]
+    forward_status: Mapped[str | None] = mapped_column(String(255))
+
+
+class ApiToken(Base):
+    """A bearer token for the API; only its sha256 is kept."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    # recipient tokens: the organization whose inbox it may read (None: any, other roles)
+    organization: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+
+class ReceivedBundle(Base):
+    """Receive mode: a bundle another gateway delivered to us."""
+
+    __tablename__ = "received_bundles"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    sender: Mapped[str] = mapped_column(String(255))  # token name of the sending peer
+    idempotency_key: Mapped[str] = mapped_column(String(128))
+    bundle_identifier: Mapped[str] = mapped_column(String(255))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    entries: Mapped[int] = mapped_column(Integer)
+    blob_key: Mapped[str] = mapped_column(String(64))
+    receipt_jws: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    opened_at: Mapped[datetime | None]
+    # processing (claimed by a request until claimed_until) -> accepted
+    state: Mapped[str] = mapped_column(String(16), default="accepted")
+    claimed_until: Mapped[datetime | None]
+    recipient_org: Mapped[str | None] = mapped_column(String(255), index=True)  # whose inbox
+    sender_org: Mapped[str | None] = mapped_column(String(255))
+    submission_group: Mapped[str | None] = mapped_column(String(255))  # parts of one transfer
+    part: Mapped[int] = mapped_column(Integer, default=1)
+    parts: Mapped[int] = mapped_column(Integer, default=1)
+    response: Mapped[dict | None]  # the transaction-response, replayed as it was
+    opened_by: Mapped[str | None] = mapped_column(String(255))
+    opened_receipt_jws: Mapped[str | None] = mapped_column(Text)
+    opened_notified_at: Mapped[datetime | None]  # the sender has the "opened" receipt
+
+    __table_args__ = (UniqueConstraint("sender", "idempotency_key"),)
+
+
+class ReceivedInstance(Base):
+    """Receive mode: a DICOM instance a peer gateway sent us by STOW-RS, stored encrypted.
+    Counted per study in the receipts of the bundles that describe it."""
+
+    __tablename__ = "received_instances"
+    __table_args__ = (UniqueConstraint("sender", "sop_instance_uid"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sender: Mapped[str] = mapped_column(String(255))  # token name of the sending peer
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    series_uid: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    blob_key: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # the first accepted bundle whose manifest lists it; instances no bundle took within
+    # receive_upload_ttl_s (a sender that gave up, no Consent ever shown) are deleted
+    bundle_id: Mapped[str | None] = mapped_column(String(32), index=True)  # ReceivedBundle.id
+
+
+class TransferBundle(Base):
+    """One transaction Bundle of a transfer (a large transfer is split into parts), its
+    detached signature, and the receipt (or plain acknowledgment) the recipient gave."""
+
+    __tablename__ = "transfer_bundles"
+    __table_args__ = (UniqueConstraint("transfer_id", "part"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    transfer_id: Mapped[str] = mapped_column(ForeignKey("transfers.id", ondelete="CASCADE"), index=True)
+    part: Mapped[int] = mapped_column(Integer)  # 1..parts
+    parts: Mapped[int] = mapped_column(Integer)
+    bundle_id: Mapped[str] = mapped_column(String(64), unique=True)  # also the Idempotency-Key
+    blob_key: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    entries: Mapped[int] = mapped_column(Integer)
+    entry_hashes: Mapped[dict] = mapped_column(JSON, default=dict)  # fullUrl -> sha256
+    # documents uploaded beside it: "Binary/{id}" -> {"sha256", "size"} (the receipt names them)
+    attachments: Mapped[dict] = mapped_column(JSON, default=dict)
+    signature: Mapped[str] = mapped_column(Text)  # detached JWS (RFC 7515 appendix F)
+    # assembled -> delivered (answer stored) -> receipted (verified) | acknowledged (plain FHIR)
+    state: Mapped[str] = mapped_column(String(16), default="assembled")
+    answer: Mapped[str | None] = mapped_column(Text)  # receipt JWS, or the plain response JSON
+    receipt: Mapped[dict | None]  # verified receipt claims / acknowledgment summary
+    delivered_at: Mapped[datetime | None]
+    opened: Mapped[dict | None]  # verified "opened" receipt claims
+    opened_jws: Mapped[str | None] = mapped_column(Text)
+
+
+class TransferUpload(Base):
+    """A document too large to travel inline (over `attachment_inline_max_bytes`): its
+    bytes go to the recipient as `Binary/{binary_id}` before the first bundle that
+    references it (TransferBundle.attachments); this row records that the recipient
+    holds them, so a resumed delivery does not send them again."""
+
+    __tablename__ = "transfer_uploads"
+    __table_args__ = (UniqueConstraint("transfer_id", "binary_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    transfer_id: Mapped[str] = mapped_column(ForeignKey("transfers.id", ondelete="CASCADE"), index=True)
+    binary_id: Mapped[str] = mapped_column(String(64))  # stable: from the transfer and the sha256
+    blob_key: Mapped[str] = mapped_column(String(64))  # the record's blob
+    media_type: Mapped[str] = mapped_column(String(128))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending -> uploaded
+    uploaded_at: Mapped[datetime | None]
+
+
+class ReceivedBinary(Base):
+    """Receive mode: a document's bytes uploaded by a sender as `Binary/{binary_id}`
+    before the bundle that references it; bound to that bundle once it is accepted."""
+
+    __tablename__ = "received_binaries"
+    __table_args__ = (UniqueConstraint("sender", "binary_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sender: Mapped[str] = mapped_column(String(255))  # token name of the sending peer
+    binary_id: Mapped[str] = mapped_column(String(64))
+    content_type: Mapped[str] = mapped_column(String(128))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    blob_key: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    bundle_id: Mapped[str | None] = mapped_column(String(32), index=True)  # ReceivedBundle.id
+
+
+class AuditEvent(Base):
+    """Append-only log of everything that happened (see gateway/audit/).
+
+    Written in the same database transaction as the state change it records.
+    Never updated or deleted.
+    """
+
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                     autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    type: Mapped[str] = mapped_column(String(64), index=True)  # e.g. "transfer.pull.finished"
+    actor: Mapped[str] = mapped_column(String(255))  # token name / "worker" / "system"
+    role: Mapped[str | None] = mapped_column(String(16))
+    outcome: Mapped[str] = mapped_column(String(16), default="success")  # success|failure|deny
+    transfer_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    authorization_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    patient_key: Mapped[str | None] = mapped_column(String(64), index=True)  # hashed, not PHI
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)  # ids, counts, sizes, hashes only
+    # SHA-256(0x00 || canonical bytes of the event), hex: the event's Merkle leaf
+    leaf_hash: Mapped[str] = mapped_column(String(64))
+
+
+Index("ix_audit_events_at", AuditEvent.at)
+
+
+class AuditLogHead(Base):
+    """One row (id=1): the log's size and the right edge of its Merkle tree.
+
+    Every append updates this row first, which serializes writers (a row lock on
+    PostgreSQL, the write lock on SQLite) so sequence numbers are gap-free and ordered.
+    """
+
+    __tablename__ = "audit_log_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    frontier: Mapped[list] = mapped_column(JSON, default=list)  # hex hashes of perfect subtrees
+    last_at: Mapped[datetime | None]
+
+
+class AuditTreeNode(Base):
+    """A complete subtree hash of the audit log's Merkle tree (level >= 1; leaves are on
+    audit_events). Immutable once written, so proofs read O(log n) rows."""
+
+    __tablename__ = "audit_tree_nodes"
+
+    level: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(String(64))  # hex, like leaf_hash and root_hash
+
+
+class AuditCheckpoint(Base):
+    """A signed checkpoint (tree size, root hash, time) of the audit log."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tree_size: Mapped[int] = mapped_column(BigInteger, unique=True)
+    root_hash: Mapped[str] = mapped_column(String(64))
+    timestamp_ms: Mapped[int] = mapped_column(BigInteger, unique=True)
+    origin: Mapped[str] = mapped_column(String(255))
+    key_id: Mapped[str] = mapped_column(String(255))
+    signature: Mapped[str] = mapped_column(Text)  # base64 Ed25519 over the checkpoint body
