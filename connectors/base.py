@@ -89,6 +89,34 @@ class RejectedRecord:
     reason: str
 
 
+@dataclass(frozen=True)
+class SkippedRecord:
+    """A record the source holds that was found and deliberately not taken (a study whose
+    patient demographics differ from the authorization's, instances a PACS never sent
+    where an incomplete study may go): reported with its reason, never delivered. Unlike
+    a RejectedRecord it does not hold the transfer up."""
+
+    source: str
+    origin: str  # printable, escaped (a study UID, a resource URL)
+    reason: str  # one line, no patient data
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Something the source may hold that this pull could not ask for or get: a resource
+    type with no patient search parameter ("not-searchable"), a reference the source left
+    out and would not resolve ("unresolved"). Reported, so a transfer never looks
+    complete when it is not."""
+
+    source: str
+    kind: str  # "not-searchable" | "unresolved"
+    what: str  # "Claim", "Device/123": printable, no patient data
+    reason: str
+
+
+Outcome = RawRecord | RejectedRecord | SkippedRecord | Gap  # what fetch() yields
+
+
 @dataclass
 class Progress:
     """What a connector reports while it works."""
@@ -122,9 +150,11 @@ class Connector(ABC):
         """Raise a ConnectorError if the source cannot be used right now."""
 
     @abstractmethod
-    def fetch(self, query: RecordQuery) -> Iterator[RawRecord | RejectedRecord]:
+    def fetch(self, query: RecordQuery) -> Iterator[Outcome]:
         """Yield every record of the query's patient the source holds (skipping
-        `query.already_fetched`), and a RejectedRecord for each one it cannot take."""
+        `query.already_fetched`), a RejectedRecord for each one it cannot take, a
+        SkippedRecord for each one found and deliberately not taken, and a Gap for each
+        part of the source it could not ask for or get."""
 
     def close(self) -> None:
         """Release connections; safe to call twice."""

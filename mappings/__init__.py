@@ -30,6 +30,18 @@ class MappingFailed(Exception):
         self.origin = origin
 
 
+class PartlyInvalid(MappingFailed):
+    """Some parts of a record (resources of a FHIR page) fail validation, the rest are
+    valid. `valid` (Mapped) can still be delivered; each of `invalid` has an `origin`
+    (the part, inside the record) and an `error` (why, element paths and messages, never
+    values), to be reported one by one rather than failing the whole record."""
+
+    def __init__(self, message: str, origin: str, valid: list, invalid: list):
+        super().__init__(message, origin)
+        self.valid = valid
+        self.invalid = invalid
+
+
 @dataclass(frozen=True)
 class Mapped:
     """One FHIR resource made from a record, with what filtering needs."""

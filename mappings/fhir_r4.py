@@ -43,7 +43,7 @@ import orjson
 from pydantic import ValidationError
 
 from connectors.base import RawRecord
-from mappings import Mapped, MappingContext, MappingFailed
+from mappings import Mapped, MappingContext, MappingFailed, PartlyInvalid
 from mappings.fhir.classify import clinical_date, data_class
 from mappings.fhir.validate import MemoValidator, model_class
 
@@ -65,18 +65,16 @@ class InvalidResource:
     clinical_date: date | None
 
 
-class ResourcesInvalid(MappingFailed):
-    """Some resources of a record fail validation. The record fails as one item (its
-    message lists them, without values), and the exception carries both halves, so a
-    caller may also deliver `valid` and keep `invalid` as failed items of their own."""
+class ResourcesInvalid(PartlyInvalid):
+    """Some resources of a record fail validation: the message lists them, without
+    values, and the exception carries both halves (`valid`, `invalid`), so the caller
+    delivers the valid ones and reports each invalid one."""
 
     def __init__(self, origin: str, valid: list[Mapped], invalid: list[InvalidResource]):
         shown = "; ".join(f"{i.resource_type or '?'}/{i.source_id or '?'}: {i.error}" for i in invalid[:5])
         more = f"; and {len(invalid) - 5} more" if len(invalid) > 5 else ""
         super().__init__(f"{len(invalid)} of {len(invalid) + len(valid)} resources fail FHIR R4 "
-                         f"validation: {shown}{more}", origin)
-        self.valid = valid
-        self.invalid = invalid
+                         f"validation: {shown}{more}", origin, valid, invalid)
 
 
 def map_fhir_json(record: RawRecord, context: MappingContext) -> list[Mapped]:

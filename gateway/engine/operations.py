@@ -8,6 +8,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from gateway.errors import GatewayError, NotFound
+from gateway.outbound import completeness
 from gateway.runtime.services import Services
 from gateway.storage.models import Authorization, Item, Transfer, TransferBundle, TransferUpload
 from gateway.trust import authorizations
@@ -125,6 +126,9 @@ def transfer_view(s, t: Transfer, items: bool = False) -> dict:
                      "bytes": src.bytes, "total": src.total, "error": src.error}
                     for src in t.sources],
         "items": counts,
+        # per source: found, delivered, refused (by reason), and what could not be asked for
+        "completeness": completeness.report(
+            t.sources, s.scalars(select(Item).filter_by(transfer_id=t.id))),
         "bundle": ({"id": t.bundle_id, "sha256": t.bundle_sha256, "size": t.bundle_size}
                    if t.bundle_id else None),
         "receipt": t.receipt,

@@ -16,7 +16,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
 from connectors import connector_class
-from connectors.base import ConnectorError, RawRecord, RejectedRecord
+from connectors.base import ConnectorError, Gap, Outcome, RawRecord, RejectedRecord, SkippedRecord
 from gateway import audit
 from gateway.errors import GatewayError, MappingError, ProviderUnavailable, ReceiptInvalid
 from gateway.exchange.ids import patient_urn
@@ -24,7 +24,7 @@ from gateway.outbound import attachments, bundles, delivery, imaging, same_docum
 from gateway.runtime.services import Services
 from gateway.storage.models import Item, Transfer, TransferBundle, TransferSource, utcnow
 from gateway.trust import receipts
-from mappings import MappingContext, MappingFailed, map_record
+from mappings import MappingContext, MappingFailed, PartlyInvalid, map_record
 
 from . import dicom_sink, policy, sources
 from .lease import Lease
@@ -102,8 +102,9 @@ def _pull_source(svc: Services, t: Transfer, name: str, owner: str) -> None:
         return
     with svc.db.session() as s:
         row = s.scalars(select(TransferSource).filter_by(transfer_id=t.id, name=name)).one()
-        items = s.scalars(select(Item).filter_by(transfer_id=t.id, source=name)
-                          .order_by(Item.origin)).all()
+        rows = s.scalars(select(Item).filter_by(transfer_id=t.id, source=name)
+                         .order_by(Item.origin)).all()
+        items = [i for i in rows if i.kind != "gap"]  # gaps are reported, not records
         row.state = "done"
         row.cursor = cursor or row.cursor
         row.items = len(items)
@@ -113,6 +114,8 @@ def _pull_source(svc: Services, t: Transfer, name: str, owner: str) -> None:
         audit.record(s, "transfer.pull.finished", actor="worker", transfer_id=t.id,
                      authorization_id=t.authorization_id, source=name, items=row.items,
                      bytes=row.bytes, rejected=sum(i.state == "failed" for i in items),
+                     skipped=sum(i.kind == "skipped" for i in items),
+                     gaps=len(rows) - len(items),
                      items_sha256=digest)
 
 
@@ -134,12 +137,15 @@ def _since(svc: Services, t: Transfer, name: str):
 
 
 def _store_record(svc: Services, t: Transfer, source: str, data_class: str,
-                  record: RawRecord | RejectedRecord) -> None:
-    if isinstance(record, RejectedRecord):
-        item = Item(transfer_id=t.id, source=source, origin=record.origin, kind="rejected",
-                    media_type="", size=0, sha256="", blob_key="", fetched_at=utcnow(),
-                    state="failed", error=f"refused at the source: {record.reason}")
-        blob = None
+                  record: Outcome) -> None:
+    blob = None
+    if isinstance(record, RejectedRecord):  # holds the transfer up until an operator acts
+        item = _noted(t, source, record.origin, "rejected", "failed",
+                      f"refused at the source: {record.reason}")
+    elif isinstance(record, SkippedRecord):  # found, deliberately not taken: reported
+        item = _noted(t, source, record.origin, "skipped", "excluded", record.reason)
+    elif isinstance(record, Gap):  # what could not be asked for or got: reported
+        item = _noted(t, source, f"{record.kind}:{record.what}", "gap", record.kind, record.reason)
     else:
         blob = dicom_sink.adopt(svc.blobs, record)  # received straight into the store
         if blob is None:
@@ -161,6 +167,13 @@ def _store_record(svc: Services, t: Transfer, source: str, data_class: str,
     except IntegrityError:  # a resumed pull met a record it already had
         if blob is not None:
             svc.blobs.delete(blob.key)
+
+
+def _noted(t: Transfer, source: str, origin: str, kind: str, state: str, reason: str) -> Item:
+    """An item that carries no bytes: only what was found and why it is not delivered."""
+    return Item(transfer_id=t.id, source=source, origin=origin[:1024], kind=kind, media_type="",
+                size=0, sha256="", blob_key="", fetched_at=utcnow(), state=state,
+                error=reason[:2000])
 
 
 def mapping(svc: Services, transfer_id: str, owner: str) -> str:
@@ -202,7 +215,14 @@ def _map_item(svc: Services, t: Transfer, item: Item, context: MappingContext, t
         record = RawRecord(source=item.source, kind=item.kind, media_type=item.media_type,
                            path=tmp, sha256=item.sha256, size=item.size, origin=item.origin,
                            fetched_at=item.fetched_at, metadata=item.record_meta or {})
-        mapped = map_record(record, context)
+        try:
+            mapped = map_record(record, context)
+        except PartlyInvalid as exc:  # the valid resources go; each invalid one is reported
+            if not exc.valid:
+                raise
+            mapped = exc.valid
+            item.record_meta = {**(item.record_meta or {}), "invalid": [
+                {"origin": bad.origin, "reason": bad.error} for bad in exc.invalid]}
         if len(t.sources) > 1 and any(m.carries_record_bytes for m in mapped):
             # a copy of this document may have come from another source in other bytes
             item.record_meta = {**(item.record_meta or {}),

@@ -12,6 +12,7 @@ from fhir.resources.R4B.documentreference import DocumentReference
 
 from gateway.exchange.manifest import MANIFEST_TYPE, MEDIA_TYPE
 
+from . import completeness
 from .units import Unit
 
 
@@ -40,6 +41,10 @@ def manifest_document(t, items, places, part_of, group: str) -> dict:
             "part": part_of.get(full_url, 1) if full_url and item.kind != "dicom" else None,
             "sentBeside": item.kind == "dicom",
             **({"study": item.record_meta.get("study_uid")} if item.kind == "dicom" else {})})
+    for name, found in completeness.report(t.sources, items).items():
+        entry = sources.setdefault(name, {"state": found["state"], "items": 0, "bytes": 0,
+                                          "byState": {}, "delivered": [], "sha256": None})
+        entry["completeness"] = {k: v for k, v in found.items() if k != "state"}
     for entry in sources.values():
         entry["delivered"].sort(key=lambda d: d["origin"])
         entry["sha256"] = hashlib.sha256("".join(d["sha256"] for d in entry["delivered"])
@@ -48,7 +53,6 @@ def manifest_document(t, items, places, part_of, group: str) -> dict:
 
 
 def build(svc, t, shape, items, places, part_of, patient_url, urn) -> list:
-
     group = urn(t.id, "submission-group")
     data = json.dumps(manifest_document(t, items, places, part_of, group),
                       sort_keys=True, separators=(",", ":")).encode()
@@ -69,4 +73,4 @@ def build(svc, t, shape, items, places, part_of, patient_url, urn) -> list:
     binary = {"resourceType": "Binary", "contentType": MEDIA_TYPE,
               "data": base64.b64encode(data).decode()}
     return [Unit(date="", full_url=doc_url, data_class="manifest",
-                  entries=[shape.entry(doc_url, doc), shape.entry(bin_url, binary)])]
+                 entries=[shape.entry(doc_url, doc), shape.entry(bin_url, binary)])]

@@ -12,7 +12,7 @@ from gateway.outbound.manifest import manifest_document
 def item(source, origin, kind, state, sha, study=None):
     return NS(source=source, origin=origin, kind=kind, state=state, sha256=sha, size=10,
               media_type="application/dicom" if kind == "dicom" else "application/pdf",
-              record_meta={"study_uid": study} if study else {})
+              record_meta={"study_uid": study} if study else {}, error=None)
 
 
 def test_manifest_counts_hashes_and_dicom_beside_the_bundle():
@@ -32,3 +32,38 @@ def test_manifest_counts_hashes_and_dicom_beside_the_bundle():
     assert records["delivered"][0]["entry"] == "urn:uuid:doc-a"
     assert records["sha256"] == hashlib.sha256(("a" * 64).encode()).hexdigest()
     assert dicom_counts(doc) == {"1.2.3": 3, "1.2.9": 1}
+
+
+def test_completeness_says_what_was_found_delivered_refused_and_not_asked_for():
+    """Per source: found, delivered, refused counted by reason (never named), invalid
+    resources of a record, and the gaps (types not searchable, unresolved references)."""
+    from gateway.outbound.completeness import report
+
+    t = NS(id="t-2", sources=[NS(name="ehr", state="done"), NS(name="pacs", state="done")])
+
+    def row(source, origin, kind, state, error=None, meta=None):
+        return NS(source=source, origin=origin, kind=kind, state=state, sha256="c" * 64, size=1,
+                  media_type="application/fhir+json", record_meta=meta or {}, error=error)
+
+    items = [row("ehr", "page-1", "fhir-json", "mapped",
+                 meta={"invalid": [{"origin": "page-1#Observation/o9", "reason": "value: bad"}]}),
+             row("ehr", "page-2", "fhir-json", "mapped"),
+             row("ehr", "not-searchable:Claim", "gap", "not-searchable", "no patient search"),
+             row("ehr", "unresolved:Device/d1", "gap", "unresolved", "read answered 404"),
+             row("pacs", "study/1.2.3", "skipped", "excluded", "birth date differs"),
+             row("pacs", "study/1.2.4", "skipped", "excluded", "birth date differs"),
+             row("pacs", "1.2.5/1", "dicom", "pulled")]
+    got = report(t.sources, items)
+    assert got["ehr"] == {
+        "state": "done", "found": 2, "delivered": 2, "pending": 0, "invalidResources": 1,
+        "refused": [{"reason": "invalid resource: value: bad", "count": 1}],
+        "notSearchable": [{"what": "Claim", "reason": "no patient search"}],
+        "unresolved": [{"what": "Device/d1", "reason": "read answered 404"}], "complete": False}
+    assert got["pacs"]["found"] == 3 and got["pacs"]["delivered"] == 0
+    assert got["pacs"]["pending"] == 1 and got["pacs"]["complete"] is False
+    assert got["pacs"]["refused"] == [{"reason": "birth date differs", "count": 2}]
+    doc = manifest_document(t, items, {}, {}, "urn:uuid:group")
+    assert doc["sources"]["pacs"]["completeness"]["refused"] == got["pacs"]["refused"]
+    assert "1.2.3" not in str(doc["sources"]["pacs"]["completeness"])  # counted, not named
+    clean = report([NS(name="ehr", state="done")], [row("ehr", "page-1", "fhir-json", "mapped")])
+    assert clean["ehr"]["complete"] is True
