@@ -207,7 +207,26 @@ def test_bad_records_are_reported_then_skipped_on_request(stack, claims_for, sig
     assert view["state"] == "completed", view["reason"]
     assert view["items"] == {"mapped": 1, "skipped": 5}
     [received] = stack.inbox()
-    assert binaries(stack.received_bundle(received["id"])) == set(good)
+    bundle = stack.received_bundle(received["id"])
+    assert binaries(bundle) == set(good)
+    # the completeness report: in the API, the manifest the recipient got, and the CLI
+    report = view["completeness"]["records"]
+    assert (report["found"], report["delivered"], report["pending"]) == (6, 1, 0)
+    assert sum(r["count"] for r in report["refused"]) == 5 and report["complete"] is False
+    reasons = {r["reason"] for r in report["refused"]}
+    assert reasons == {i["error"] for i in view["itemList"] if i["state"] == "skipped"}
+    [manifest] = [json.loads(base64.b64decode(e["resource"]["data"])) for e in bundle["entry"]
+                  if e["resource"]["resourceType"] == "Binary"
+                  and e["resource"].get("contentType") == "application/json"]
+    assert manifest["sources"]["records"]["completeness"]["refused"] == report["refused"]
+    assert "truncated.pdf" not in json.dumps(manifest)  # refused records are counted, not named
+    config = tmp_path / "sender-cli.json"
+    config.write_text(json.dumps(stack.sender_config))
+    lines = cli(config, "transfer", "report", tid).splitlines()
+    assert lines[0] == f"transfer {tid}  completed"
+    assert lines[2].split() == ["records", "done", "6", "1", "0", "5"]
+    assert lines[-1] == "complete: no (see above)"
+    assert json.loads(cli(config, "transfer", "report", tid, "--json")) == view["completeness"]
 
 
 def test_records_outside_the_authorization_are_not_delivered(stack, claims_for, sign, drop_dir):

@@ -46,6 +46,38 @@ def transfer_status(transfer_id: str, follow: bool, timeout: float | None) -> No
         raise GatewayError(f"transfer {transfer_id} still {view['state']} after {timeout}s")
 
 
+@transfer.command("report")
+@click.argument("transfer_id")
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
+def transfer_report(transfer_id: str, as_json: bool) -> None:
+    """What each source found, delivers, refused (and why), and could not be asked for."""
+    from gateway.engine.operations import get_transfer
+
+    view = get_transfer(services(), transfer_id)
+    if as_json:
+        echo_json(view["completeness"])
+        return
+    click.echo(f"transfer {view['id']}  {view['state']}")
+    for line in completeness_lines(view["completeness"]):
+        click.echo(line)
+
+
+def completeness_lines(report: dict) -> list[str]:
+    """The completeness report as a table a person reads: a row per source, then why."""
+    head = f"{'source':<20} {'state':<10} {'found':>6} {'delivered':>9} {'pending':>7} {'refused':>7}"
+    lines = [head]
+    for name, src in report.items():
+        refused = sum(r["count"] for r in src["refused"])
+        lines.append(f"{name:<20} {src['state']:<10} {src['found']:>6} {src['delivered']:>9} "
+                     f"{src['pending']:>7} {refused:>7}")
+        lines += [f"  refused {r['count']}: {r['reason']}" for r in src["refused"]]
+        lines += [f"  not searchable: {g['what']} ({g['reason']})" for g in src["notSearchable"]]
+        lines += [f"  unresolved: {g['what']} ({g['reason']})" for g in src["unresolved"]]
+    complete = all(src["complete"] for src in report.values())
+    lines.append("complete: yes" if complete else "complete: no (see above)")
+    return lines
+
+
 @transfer.command("list")
 @click.option("--state", default=None)
 @click.option("--authorization", "authorization_id", default=None)
