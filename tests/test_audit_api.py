@@ -81,3 +81,20 @@ def test_cli_export_then_offline_verify_detects_tampering(app, client, operator,
                                "--public-key", str(key)])
     assert bad.exit_code == 1
     assert bad.stdout.strip()  # one line per problem
+
+
+def test_export_streams_every_format_over_http(app, client, operator, claims_for, sign):
+    """NDJSON exports are streamed after the view returns: each line is an event of the
+    log, as many as the log holds, in both formats."""
+    _activity(client, operator, claims_for, sign, "auth-audit-export")
+    auditor = bearer(make_token(app, "auditor"))
+    with app.extensions["gateway"].db.session() as s:
+        size = s.execute(text("SELECT count(*) FROM audit_events")).scalar()
+    plain = client.get("/audit/export?format=ndjson", headers=auditor)
+    assert plain.status_code == 200 and plain.mimetype == "application/x-ndjson"
+    entries = [json.loads(line) for line in plain.data.decode().splitlines()]
+    assert len(entries) >= size and [e["event"]["seq"] for e in entries[:3]] == [1, 2, 3]
+    fhir = client.get("/audit/export?format=fhir-ndjson", headers=auditor)
+    assert fhir.status_code == 200
+    events = [json.loads(line) for line in fhir.data.decode().splitlines()]
+    assert len(events) >= size and {e["resourceType"] for e in events} == {"AuditEvent"}

@@ -94,8 +94,10 @@ def export_events():
         response.mimetype = "application/fhir+json"
         return response
 
+    db = svc().db  # the body is streamed after this view returns, outside its app context
+
     def stream():
-        with svc().db.session() as s:
+        with db.session() as s:
             yield from export.iter_ndjson(s, fhir=fmt == "fhir-ndjson", me=me, **filters)
 
     return Response(stream(), mimetype="application/x-ndjson")
