@@ -85,6 +85,12 @@ def test_unmatched_fax_waits_for_review_then_goes(app, client, operator, process
     assert item["pages"] == 1
     preview = client.get(f"/faxes/review/{item['fax_id']}/preview", headers=operator)
     assert preview.mimetype == "image/png" and preview.data.startswith(b"\x89PNG")
+    shown = client.get(f"/faxes/review/{item['fax_id']}", headers=operator).get_json()
+    assert shown["fax_id"] == item["fax_id"]
+    reads = stack.events("fax.review.read")  # a fax awaiting review is patient data
+    assert {e.detail["what"] for e in reads} == {"list", "item", "preview"}
+    assert all(e.actor and e.role == "operator" for e in reads)
+    assert {e.detail["fax_id"] for e in reads if e.detail["what"] != "list"} == {item["fax_id"]}
     assert stack.view(tid)["state"] in ("pending", "pulling")  # nothing is guessed
     bad = client.post(f"/faxes/review/{item['fax_id']}/assign", json={"transfer": "nope"}, headers=operator)
     assert bad.status_code == 404

@@ -14,8 +14,8 @@ from .auth import json_body, require, svc
 bp = Blueprint("faxes", __name__)
 
 
-def _queue():
-    return faxes.review_queue(svc(), request.args.get("source"))
+def _queue(what: str, fax_id: str | None = None):
+    return faxes.read_review(svc(), request.args.get("source"), what, g.actor, g.role, fax_id)
 
 
 @bp.get("/transfers/<transfer_id>/cover-sheet")
@@ -30,7 +30,7 @@ def cover_sheet(transfer_id: str):
 @bp.get("/faxes/review")
 @require("operator", "admin")
 def review_list():
-    name, queue = _queue()
+    name, queue = _queue("list")
     return jsonify({"source": name, "review": [asdict(i) for i in queue.list()],
                     "quarantine": [asdict(i) for i in queue.quarantined()]})
 
@@ -38,7 +38,7 @@ def review_list():
 @bp.get("/faxes/review/<fax_id>")
 @require("operator", "admin")
 def review_show(fax_id: str):
-    _, queue = _queue()
+    _, queue = _queue("item", fax_id)
     try:
         return jsonify(asdict(queue.get(fax_id)))
     except ReviewError as exc:
@@ -48,7 +48,7 @@ def review_show(fax_id: str):
 @bp.get("/faxes/review/<fax_id>/preview")
 @require("operator", "admin")
 def review_preview(fax_id: str):
-    _, queue = _queue()
+    _, queue = _queue("preview", fax_id)
     try:
         return send_file(queue.preview(fax_id), mimetype="image/png")
     except ReviewError as exc:

@@ -28,9 +28,9 @@ def fax_ingest() -> None:
 @click.option("--source", default=None)
 def fax_review(source: str | None) -> None:
     """List faxes awaiting review and files in quarantine."""
-    from gateway.engine.faxes import review_queue
+    from gateway.engine.faxes import read_review
 
-    name, queue = review_queue(services(), source)
+    name, queue = read_review(services(), source, "list", "cli", "operator")
     for item in queue.list():
         click.echo(f"{item.fax_id}  review  {item.pages}p  received {item.received_at}  "
                    f"candidates: {', '.join(item.candidates) or '-'}  ({'; '.join(item.reasons)})")
@@ -45,9 +45,9 @@ def fax_review(source: str | None) -> None:
 def fax_preview(fax_id: str, source: str | None, out: Path) -> None:
     """Write a PNG of the fax's first page."""
     from connectors.fax.review import ReviewError
-    from gateway.engine.faxes import review_queue
+    from gateway.engine.faxes import read_review
 
-    _, queue = review_queue(services(), source)
+    _, queue = read_review(services(), source, "preview", "cli", "operator", fax_id)
     try:
         out.write_bytes(queue.preview(fax_id).read_bytes())
     except ReviewError as exc:

@@ -184,6 +184,17 @@ def review_queue(svc: Services, source: str | None):
     return name, _connector(svc, name, cfg).review_queue()
 
 
+def read_review(svc: Services, source: str | None, what: str, actor: str, role: str | None,
+                fax_id: str | None = None):
+    """The review queue, for a person about to read it (`what`: list, item or preview): a
+    fax awaiting review is patient data, so each read is on the audit log first."""
+    name, queue = review_queue(svc, source)
+    with svc.db.session() as s:
+        audit.record(s, "fax.review.read", actor=actor, role=role, source=name, what=what,
+                     fax_id=fax_id)
+    return name, queue
+
+
 def assign(svc: Services, source: str | None, fax_id: str, transfer_id: str, actor: str,
            role: str | None = None) -> None:
     """A person matched the fax: attach it to an open transfer that pulls from this source."""
