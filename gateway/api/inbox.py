@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
 
 from flask import Blueprint, Response, g, jsonify
@@ -112,7 +113,7 @@ def document_content(received_id: str, doc_id: str):
     binary = entries.get(att.get("url", ""))
     if binary is None or binary.get("resourceType") != "Binary":
         raise NotFound(f"document {doc_id} has no content in this bundle")
-    return Response(base64.b64decode(binary["data"]), mimetype=binary["contentType"])
+    return _document(base64.b64decode(binary["data"]), binary.get("contentType"), doc_id)
 
 
 def _uploaded(row: ReceivedBundle, att: dict) -> Response:
@@ -121,8 +122,31 @@ def _uploaded(row: ReceivedBundle, att: dict) -> Response:
     upload = open_for(svc(), row.sender, att["url"])
     if upload is None or upload.bundle_id is None:
         raise NotFound("the document's content is not held by this gateway")
-    return Response(svc().blobs.chunks(upload.blob_key), mimetype=upload.content_type,
-                    headers={"Content-Length": str(upload.size)})
+    response = _document(svc().blobs.chunks(upload.blob_key), upload.content_type,
+                         att["url"].rsplit("/", 1)[-1])
+    response.headers["Content-Length"] = str(upload.size)
+    return response
+
+
+# Media types served as they are; anything else a sender names (text/html, SVG, scripts)
+# goes as application/octet-stream. Always as an attachment in a sandbox: the document
+# never runs in the gateway's origin, whatever it holds.
+SERVED_AS_IS = {"application/pdf": "pdf", "image/tiff": "tiff", "image/png": "png",
+                "image/jpeg": "jpg", "text/plain": "txt", "application/json": "json",
+                "application/fhir+json": "json", "application/dicom": "dcm"}
+
+
+def _document(body, content_type: str | None, name: str) -> Response:
+    media = str(content_type or "").split(";")[0].strip().lower()
+    ext = SERVED_AS_IS.get(media)
+    if ext is None:
+        media, ext = "application/octet-stream", "bin"
+    stem = name if re.fullmatch(r"[A-Za-z0-9-]{1,64}", name or "") else "document"
+    response = Response(body, mimetype=media)
+    response.headers["Content-Disposition"] = f'attachment; filename="{stem}.{ext}"'
+    response.headers["Content-Security-Policy"] = "sandbox"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
 
 
 @bp.get("/<received_id>/studies")

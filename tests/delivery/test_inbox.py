@@ -81,3 +81,36 @@ def test_each_center_sees_its_own_and_only_recipients_read(receiver, peer, sende
     operator = bearer(make_token(receiver, "operator"))
     assert client.get("/inbox", headers=operator).status_code == 403
     assert client.get("/inbox", headers=peer).status_code == 403
+
+
+def test_documents_are_served_as_sandboxed_attachments_of_allowed_types(receiver, peer, sender_keys):
+    """A sender names a document's content type: text/html (or SVG, or a script) must never
+    render in the gateway's origin. Allowed types go as they are, others as octet-stream,
+    all as attachments under a sandboxing Content-Security-Policy."""
+    data = json.loads(rich_bundle())
+    html = b"<html><script>fetch('/inbox')</script></html>"
+    doc_url, bin_url = ("urn:uuid:11111111-0000-4000-8000-000000000004",
+                        "urn:uuid:11111111-0000-4000-8000-000000000005")
+    data["entry"] += [
+        {"fullUrl": doc_url, "request": {"method": "POST", "url": "DocumentReference"}, "resource": {
+            "resourceType": "DocumentReference", "status": "current",
+            "subject": {"reference": PATIENT}, "date": "2026-01-03T00:00:00Z",
+            "content": [{"attachment": {"contentType": "text/html", "url": bin_url,
+                                        "size": len(html), "title": "page.html"}}]}},
+        {"fullUrl": bin_url, "request": {"method": "POST", "url": "Binary"}, "resource": {
+            "resourceType": "Binary", "contentType": "text/html",
+            "data": base64.b64encode(html).decode()}}]
+    client = receiver.test_client()
+    assert post(client, peer, json.dumps(data).encode(), sender_keys).status_code == 200
+    staff = bearer(make_token(receiver, "recipient", "dr-staff"))
+    [item] = client.get("/inbox", headers=staff).get_json()["received"]
+    docs = client.get(f"/inbox/{item['id']}/documents", headers=staff).get_json()["documents"]
+    served = {d["contentType"]: client.get(d["content"], headers=staff) for d in docs}
+    page, pdf = served["text/html"], served["application/pdf"]
+    assert page.data == html and page.mimetype == "application/octet-stream"
+    assert pdf.data == PDF and pdf.mimetype == "application/pdf"
+    for response in (page, pdf):
+        assert response.headers["Content-Security-Policy"] == "sandbox"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Content-Disposition"].startswith("attachment; filename=")
+    assert page.headers["Content-Disposition"].endswith('.bin"')
