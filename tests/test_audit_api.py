@@ -98,3 +98,35 @@ def test_export_streams_every_format_over_http(app, client, operator, claims_for
     assert fhir.status_code == 200
     events = [json.loads(line) for line in fhir.data.decode().splitlines()]
     assert len(events) >= size and {e["resourceType"] for e in events} == {"AuditEvent"}
+
+
+def test_public_checkpoint_list_is_paged_and_cacheable(app, client):
+    """The public list is bounded (100 a page by default, 1000 at most), each page's proofs
+    chain on to the next, a full page may be cached for good and the last revalidated."""
+    from gateway import audit
+    from gateway.audit import checkpoints
+
+    svc = app.extensions["gateway"]
+    key = svc.keys.current()
+    for n in range(103):  # 103 checkpoints of a growing log
+        with svc.db.session() as s:
+            audit.record(s, "test.event", actor="test", n=n)  # numbered at commit
+        with svc.db.session() as s:
+            checkpoints.create_checkpoint(s, key.private_key, origin="test", key_id=key.kid)
+    first = client.get("/audit/checkpoints")
+    doc = first.get_json()
+    assert len(doc["checkpoints"]) == 100 and len(doc["consistency_proofs"]) == 99
+    assert first.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    last_size = doc["checkpoints"][-1]["tree_size"]
+    assert doc["next"] == f"/audit/checkpoints?since_size={last_size}&limit=100"
+    rest = client.get(doc["next"])
+    tail = rest.get_json()
+    assert [c["tree_size"] for c in tail["checkpoints"]][0] == last_size  # the chain goes on
+    assert len(tail["checkpoints"]) == 4 and "next" not in tail
+    assert rest.headers["Cache-Control"] == "no-cache"
+    again = client.get(doc["next"], headers={"If-None-Match": rest.headers["ETag"]})
+    assert again.status_code == 304 and again.data == b""
+    small = client.get("/audit/checkpoints?limit=2").get_json()
+    assert len(small["checkpoints"]) == 2 and small["next"].endswith("&limit=2")
+    assert client.get("/audit/checkpoints?limit=5000").status_code == 400
+    assert client.get("/audit/checkpoints?limit=0").status_code == 400

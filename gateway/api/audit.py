@@ -2,6 +2,8 @@
 chains, exports and accountings are for the auditor role, and reading them is logged."""
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime
 
 from flask import Blueprint, Response, g, jsonify, request
@@ -15,6 +17,8 @@ from gateway.errors import InvalidInput
 from .auth import require, svc
 
 bp = Blueprint("audit", __name__, url_prefix="/audit")
+
+CHECKPOINT_PAGE, CHECKPOINT_PAGE_MAX = 100, 1000  # the public list is paged: each page has proofs
 
 
 def _int(name: str, default: int | None = None) -> int | None:
@@ -120,11 +124,28 @@ def accounting():
 
 @bp.get("/checkpoints")
 def checkpoint_list():
+    """Public: one page of checkpoints with the consistency proof between each pair. A page
+    that is followed by another never changes (the log only grows), so it may be cached
+    for good; the last page is revalidated by its ETag without building proofs again."""
+    since, limit = _int("since_size", 0), _int("limit", CHECKPOINT_PAGE)
+    if not 1 <= limit <= CHECKPOINT_PAGE_MAX:
+        raise InvalidInput(f"limit must be between 1 and {CHECKPOINT_PAGE_MAX}")
     with svc().db.session() as s:
-        doc = checkpoints.checkpoints_document(s, since_size=_int("since_size", 0),
-                                               limit=_int("limit"), jwks=svc().keys.jwks())
-    response = jsonify(doc)
-    response.headers["Cache-Control"] = "no-cache"
+        page = checkpoints.list_checkpoints(s, since_size=since, limit=limit + 1)
+        more, page = len(page) > limit, page[:limit]
+        etag = hashlib.sha256(json.dumps([[c["tree_size"], c["root_hash"], c["key_id"]]
+                                          for c in page]).encode()).hexdigest()[:32]
+        if etag in request.if_none_match:
+            response = Response(status=304)
+        else:
+            doc = checkpoints.checkpoints_document(s, since_size=since, limit=limit,
+                                                   jwks=svc().keys.jwks())
+            if more:  # the next page starts at this one's last checkpoint: proofs chain on
+                doc["next"] = f"/audit/checkpoints?since_size={page[-1]['tree_size']}&limit={limit}"
+            response = jsonify(doc)
+    response.set_etag(etag)
+    response.headers["Cache-Control"] = ("public, max-age=31536000, immutable" if more
+                                         else "no-cache")
     return response
 
 
