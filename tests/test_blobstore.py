@@ -78,6 +78,18 @@ def test_tampering_is_detected(store):
     assert len(cases) == 5
 
 
+def test_a_blob_put_in_another_blobs_place_is_refused(store):
+    """Two whole, valid blob files swapped on disk: each key must still read only its
+    own record (the key is bound into the encryption), never the other's."""
+    first, second = store.put_bytes(b"record of patient A"), store.put_bytes(b"record of patient B")
+    a, b = store.path(first.key).read_bytes(), store.path(second.key).read_bytes()
+    store.path(first.key).write_bytes(b)
+    store.path(second.key).write_bytes(a)
+    for key in (first.key, second.key):
+        with pytest.raises(BlobCorrupted):
+            store.read_bytes(key)
+
+
 def test_wrong_key_fails_authentication(tmp_path):
     a = BlobStore(tmp_path / "b", os.urandom(32))
     info = a.put_bytes(b"x" * 100)

@@ -3,8 +3,9 @@
 Each blob gets its own key, derived with HKDF-SHA256 from the configured master key
 and a random salt in the blob's header, so nonces never repeat across blobs. The
 plaintext is cut into 1 MiB chunks; chunk i is sealed with nonce = i (8 bytes) + a
-last-chunk flag, and the header as associated data, so chunks cannot be reordered,
-dropped, or the blob truncated without `BlobCorrupted` on read (the streaming AEAD
+last-chunk flag, and the header and the blob's key as associated data, so chunks cannot
+be reordered, dropped, the blob truncated, or one blob's file put in another's place
+(another patient's record read under this key) without `BlobCorrupted` on read (the streaming AEAD
 construction of Hoang, Reyhanitabar, Rogaway and Vizár, as in Tink). A 2 GB record
 never sits in memory: writers and readers hold one chunk.
 
@@ -35,7 +36,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway.errors import BlobCorrupted, ConfigError, NotFound
 
-MAGIC = b"RGB1"
+MAGIC = b"RGB2"  # v2: the blob key is bound into every chunk
 SALT_LEN = 16
 HEADER_LEN = len(MAGIC) + SALT_LEN
 CHUNK = 1 << 20
@@ -126,6 +127,7 @@ class BlobStore:
             if len(header) != HEADER_LEN or not header.startswith(MAGIC):
                 raise BlobCorrupted(f"blob {key} has a bad header")
             aead = self._derive(header[len(MAGIC):])
+            bound = header + key.encode()
             index = 0
             while True:
                 raw_len = fh.read(4)
@@ -137,7 +139,7 @@ class BlobStore:
                 sealed = fh.read(length)
                 last = fh.peek(1) == b"" if hasattr(fh, "peek") else False
                 try:
-                    plain = aead.decrypt(_nonce(index, last), sealed, header)
+                    plain = aead.decrypt(_nonce(index, last), sealed, bound)
                 except InvalidTag:
                     raise BlobCorrupted(f"blob {key} failed authentication at chunk {index}") from None
                 yield plain
@@ -179,6 +181,7 @@ class BlobWriter:
         salt = secrets.token_bytes(SALT_LEN)
         self._header = MAGIC + salt
         self._fh.write(self._header)
+        self._bound = self._header + self.key.encode()  # associated data of every chunk
         self._aead = store._derive(salt)
         self._buf = bytearray()
         self._index = 0
@@ -196,7 +199,7 @@ class BlobWriter:
             del self._buf[:CHUNK]
 
     def _seal(self, plain, last: bool) -> None:
-        sealed = self._aead.encrypt(_nonce(self._index, last), plain, self._header)
+        sealed = self._aead.encrypt(_nonce(self._index, last), plain, self._bound)
         self._fh.write(struct.pack(">I", len(sealed)))
         self._fh.write(sealed)
         self._index += 1
