@@ -35,6 +35,7 @@ from gateway.trust.issuers import TrustStore  # noqa: E402
 
 ISSUER = "https://bench-issuer.example"
 NOW = datetime.now(timezone.utc)
+SECRET = b"b" * 32  # the deployment secret patient keys are an HMAC with
 
 
 def rate(label: str, fn, n: int) -> float:
@@ -79,12 +80,12 @@ def main() -> None:
         start = time.perf_counter()
         with Session(engine) as session:
             for jws in signed:
-                import_authorization(session, jws, trust, actor="bench")
+                import_authorization(session, jws, trust, actor="bench", patient_secret=SECRET)
                 session.commit()
         imports = len(signed) / (time.perf_counter() - start)
         print(f"  import_authorization: {len(signed)} = {imports:,.0f}/s")
         with Session(engine) as session:
-            import_authorization(session, jws_ed, trust, actor="bench")
+            import_authorization(session, jws_ed, trust, actor="bench", patient_secret=SECRET)
             session.commit()
             row = session.get(Authorization, "bench-1")
             print("checks each transfer step makes, on the stored row")

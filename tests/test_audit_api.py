@@ -130,3 +130,26 @@ def test_public_checkpoint_list_is_paged_and_cacheable(app, client):
     assert len(small["checkpoints"]) == 2 and small["next"].endswith("&limit=2")
     assert client.get("/audit/checkpoints?limit=5000").status_code == 400
     assert client.get("/audit/checkpoints?limit=0").status_code == 400
+
+
+def test_patient_keys_are_keyed_with_the_deployment_secret(app, client, operator, claims_for, sign):
+    """An MRN cannot be found again by hashing candidates: the log's patient key is an HMAC
+    with a secret kept in the keys folder (0600), and auditors look patients up by the
+    identifier itself."""
+    import hashlib
+    import hmac
+    import stat
+
+    _activity(client, operator, claims_for, sign, "auth-audit-hmac")
+    svc = app.extensions["gateway"]
+    identifier = "urn:oid:2.16.840.1.113883.19.5|MRN-000001"
+    with svc.db.session() as s:
+        keys = {k for (k,) in s.execute(text(
+            "SELECT DISTINCT patient_key FROM audit_events WHERE patient_key IS NOT NULL"))}
+    secret_file = svc.settings.keys_dir / "patient-key.secret"
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    assert keys == {hmac.new(svc.patient_secret, identifier.encode(), hashlib.sha256).hexdigest()}
+    assert hashlib.sha256(identifier.encode()).hexdigest() not in keys  # not a bare hash
+    auditor = bearer(make_token(app, "auditor"))
+    found = client.get(f"/audit/events?patient={identifier}", headers=auditor).get_json()["events"]
+    assert {"authorization.verified", "transfer.created"} <= {e["event"]["type"] for e in found}

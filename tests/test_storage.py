@@ -31,7 +31,7 @@ def db(request, tmp_path):
 def svc(db, tmp_path):
     settings = load_settings({"data_dir": tmp_path, "step_lease_s": 60, "reconcile_interval_s": 0})
     return Services(settings=settings, db=db, blobs=BlobStore(tmp_path / "b", os.urandom(32)),
-                    keys=SigningKeys(tmp_path / "k"))
+                    keys=SigningKeys(tmp_path / "k"), patient_secret=os.urandom(32))
 
 
 def _transfer(db, state="pulling") -> str:

@@ -50,7 +50,7 @@ def _filters() -> dict:
          "actor": request.args.get("actor"), "type_prefix": request.args.get("type"),
          "since": _time("since"), "until": _time("until")}
     if patient := request.args.get("patient"):
-        f["patient_key"] = patient_key_from(patient)
+        f["patient_key"] = patient_key_from(svc(), patient)
     return {k: v for k, v in f.items() if v is not None}
 
 
@@ -113,7 +113,7 @@ def accounting():
     patient = request.args.get("patient")
     if not patient:
         raise InvalidInput("patient is required (a patient key or 'system|value')")
-    key = patient_key_from(patient)
+    key = patient_key_from(svc(), patient)
     _log_read("accounting", {"patient_key": key})
     with svc().db.session() as s:
         acc = export.accounting(s, key, since=_time("since"), until=_time("until"))

@@ -63,7 +63,7 @@ def show(auth_id: str):
 def audit_key(row: Authorization) -> str | None:
     from gateway.engine.policy import patient_key
 
-    return patient_key(row)
+    return patient_key(row, svc().patient_secret)
 
 
 @bp.post("/<auth_id>/revoke")

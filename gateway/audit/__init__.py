@@ -9,6 +9,7 @@ May import: storage and `gateway.errors` only; every room that changes state rec
 from __future__ import annotations
 
 import hashlib
+import hmac
 
 from sqlalchemy.orm import Session
 
@@ -17,9 +18,11 @@ from gateway.storage.models import AuditEvent
 from . import log
 
 
-def patient_key(system: str, value: str) -> str:
-    """A stable, non-reversible key for a patient identifier, for querying the log."""
-    return hashlib.sha256(f"{system}|{value}".encode()).hexdigest()
+def patient_key(system: str, value: str, secret: bytes) -> str:
+    """A stable key for a patient identifier, for querying the log without naming the
+    patient: an HMAC with the deployment's secret (kept outside the database), so an
+    MRN cannot be found again by hashing every candidate."""
+    return hmac.new(secret, f"{system}|{value}".encode(), hashlib.sha256).hexdigest()
 
 
 def record(session: Session, type: str, *, actor: str, role: str | None = None,

@@ -148,7 +148,7 @@ def accounting_pdf(acc: dict, *, title: str = "Accounting of disclosures") -> by
                             leftMargin=36, rightMargin=36, topMargin=36, bottomMargin=36)
     cp = acc.get("checkpoint")
     story = [Paragraph(title, styles["Title"]),
-             Paragraph(f"Patient key (SHA-256 of the identifier): {acc['patient_key']}", small),
+             Paragraph(f"Patient key (HMAC-SHA-256 of the identifier): {acc['patient_key']}", small),
              Paragraph(f"Generated {acc['generated']}; period {acc['period']['since'] or 'start'} "
                        f"to {acc['period']['until'] or 'now'}; {len(acc['disclosures'])} disclosure(s).",
                        small)]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 
-from gateway import audit
 from gateway.audit import checkpoints
 from gateway.audit.fhir_auditevent import GatewayIdentity
 from gateway.errors import InvalidInput
@@ -39,11 +38,12 @@ def checkpoint() -> None:
     checkpoint_now(services())
 
 
-def patient_key_from(value: str) -> str:
-    """A patient filter as given by an auditor: a 64-hex patient key or `system|value`."""
+def patient_key_from(svc: Services, value: str) -> str:
+    """A patient filter as given by an auditor: a 64-hex patient key or `system|value`
+    (the identifier itself, keyed here with the deployment's secret)."""
     if len(value) == 64 and all(c in "0123456789abcdef" for c in value):
         return value
     system, sep, ident = value.partition("|")
     if not sep or not system or not ident:
         raise InvalidInput("patient must be a patient key (64 hex) or 'system|value'")
-    return audit.patient_key(system, ident)
+    return svc.patient_key(system, ident)

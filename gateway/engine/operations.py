@@ -40,7 +40,8 @@ def import_authorization(svc: Services, jws: str, actor: str, role: str | None =
     trust = trust_store(svc)
     with svc.db.session() as s:
         try:
-            return authorizations.import_authorization(s, jws, trust, actor=actor, role=role)
+            return authorizations.import_authorization(s, jws, trust, actor=actor, role=role,
+                                                       patient_secret=svc.patient_secret)
         except GatewayError:
             s.commit()  # keep the rejection on the audit log
             raise

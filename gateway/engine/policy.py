@@ -41,9 +41,10 @@ def allows(auth: Authorization, data_class: str, clinical_date) -> bool:
     return authorizations.allows(auth, data_class, clinical_date)
 
 
-def patient_key(auth: Authorization) -> str | None:
+def patient_key(auth: Authorization, secret: bytes) -> str | None:
+    """The audit log's key for the authorization's patient (its first identifier)."""
     ids = auth.claims.get("patient", {}).get("identifiers", [])
-    return audit.patient_key(ids[0]["system"], ids[0]["value"]) if ids else None
+    return audit.patient_key(ids[0]["system"], ids[0]["value"], secret) if ids else None
 
 
 def record_query(auth: Authorization, transfer_id: str, already_fetched: frozenset[str],

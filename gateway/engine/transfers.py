@@ -94,7 +94,7 @@ def create_transfer(svc: Services, session: Session, *, authorization_id: str,
     transfer.sources = [TransferSource(name=n, position=i) for i, n in enumerate(sources)]
     session.add(transfer)
     audit.record(session, "transfer.created", actor=actor, role=role, transfer_id=transfer.id,
-                 authorization_id=auth.id, patient_key=policy.patient_key(auth),
+                 authorization_id=auth.id, patient_key=policy.patient_key(auth, svc.patient_secret),
                  sources=sources, recipient=recipient)
     return transfer
 

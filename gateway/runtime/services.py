@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway import audit
 from gateway.config import Settings, load_settings
 from gateway.storage.blobstore import BlobStore, load_master_key
 from gateway.storage.db import Database
-from gateway.trust.keys import SigningKeys
+from gateway.trust.keys import SigningKeys, patient_key_secret
 
 from .celery_app import configure_celery
 
@@ -17,6 +18,10 @@ class Services:
     db: Database
     blobs: BlobStore
     keys: SigningKeys
+    patient_secret: bytes  # keys the audit log's patient keys (HMAC), from the keys dir
+
+    def patient_key(self, system: str, value: str) -> str:
+        return audit.patient_key(system, value, self.patient_secret)
 
     def close(self) -> None:
         self.db.dispose()
@@ -35,7 +40,8 @@ def init_services(settings: Settings, migrate: bool = True) -> Services:
         db.upgrade()
     svc = Services(settings=settings, db=db,
                    blobs=BlobStore(settings.blobs_dir, load_master_key(secret, settings.blob_key_path)),
-                   keys=SigningKeys(settings.keys_dir))
+                   keys=SigningKeys(settings.keys_dir),
+                   patient_secret=patient_key_secret(settings.keys_dir))
     configure_celery(settings)
     if _current is not None:
         _current.close()

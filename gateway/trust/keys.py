@@ -6,8 +6,10 @@ stay in the published JWKS (`/.well-known/jwks.json`) so old signatures still ve
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
+import secrets
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,6 +37,30 @@ def _write_private(path: Path, data: dict) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(data, fh)
+
+
+def patient_key_secret(keys_dir: Path) -> bytes:
+    """The deployment's secret for patient keys in the audit log (see `audit.patient_key`):
+    made on first use beside the other keys (0600), never stored in the database."""
+    path = Path(keys_dir) / "patient-key.secret"
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first
+            return patient_key_secret(keys_dir)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(base64.b64encode(secrets.token_bytes(32)).decode())
+        return patient_key_secret(keys_dir)
+    try:
+        secret = base64.b64decode(text.strip(), validate=True)
+    except ValueError:
+        secret = b""
+    if len(secret) < 32:
+        raise ConfigError(f"{path} must hold at least 32 random bytes in base64")
+    return secret
 
 
 class SigningKeys:

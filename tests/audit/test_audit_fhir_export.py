@@ -18,8 +18,9 @@ from gateway.audit import checkpoints, export, queries, verify
 from gateway.audit.fhir_auditevent import (DCM, LIFECYCLE, LOG_ENTRY_URL, GatewayIdentity,
                                            to_fhir)
 
-PATIENT = audit.patient_key("urn:oid:2.16.840.1.113883.4.1", "123-45-6789")
-OTHER = audit.patient_key("urn:oid:2.16.840.1.113883.4.1", "987-65-4321")
+SECRET = b"s" * 32  # the deployment secret patient keys are an HMAC with
+PATIENT = audit.patient_key("urn:oid:2.16.840.1.113883.4.1", "123-45-6789", SECRET)
+OTHER = audit.patient_key("urn:oid:2.16.840.1.113883.4.1", "987-65-4321", SECRET)
 ME = GatewayIdentity("St. Example Records Gateway", "https://gw.example.org")
 
 

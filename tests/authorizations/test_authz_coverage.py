@@ -6,7 +6,7 @@ from datetime import date, datetime, timezone
 
 import pytest
 
-from tests.authorizations.authz_support import ISSUER, NOW
+from tests.authorizations.authz_support import ISSUER, NOW, PATIENT_SECRET
 from gateway.trust.authorizations import (allows, covers_recipient, covers_source,
                                           example_claims, import_authorization,
                                           verify_authorization)
@@ -37,7 +37,7 @@ def auth(request, sign, trust, tmp_path):
     engine = create_engine(f"sqlite:///{tmp_path / 'cov.db'}")
     Base.metadata.create_all(engine)
     with Session(engine) as session:
-        import_authorization(session, jws, trust, actor="t", now=NOW)
+        import_authorization(session, jws, trust, actor="t", now=NOW, patient_secret=PATIENT_SECRET)
         session.commit()
     with Session(engine) as session:  # a fresh load, as a transfer step does
         from gateway.storage.models import Authorization

@@ -11,7 +11,7 @@ from gateway.trust.authorizations import (allows, check_active, covers_recipient
                                           verify_authorization)
 from gateway.storage.models import AuditEvent, Authorization
 
-from tests.authorizations.authz_support import ISSUER, NOW
+from tests.authorizations.authz_support import ISSUER, NOW, PATIENT_SECRET
 
 
 def test_valid_authorization_verifies(claims, sign, trust):
@@ -40,7 +40,7 @@ def test_es256_authorization_verifies(claims, sign, trust, es256_key):
 
 def test_import_stores_row_consent_claims_and_audit(claims, sign, trust, session):
     jws = sign(claims)
-    row = import_authorization(session, jws, trust, actor="tester", role="operator", now=NOW)
+    row = import_authorization(session, jws, trust, actor="tester", role="operator", now=NOW, patient_secret=PATIENT_SECRET)
     session.commit()
     session.expire_all()
     stored = session.get(Authorization, "auth-0001")

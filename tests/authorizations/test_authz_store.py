@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from tests.authorizations.authz_support import ISSUER, NOW
+from tests.authorizations.authz_support import ISSUER, NOW, PATIENT_SECRET
 from gateway.trust.authorizations import (check_active, example_claims, import_authorization,
                                           revoke, signed_form, verify_authorization)
 from gateway.errors import (AuthorizationExpired, AuthorizationInvalid, AuthorizationNotYetValid,
@@ -30,9 +30,9 @@ def count(session) -> int:
 
 def test_reimport_of_the_same_jws_is_idempotent(claims, sign, trust, session):
     jws = sign(claims)
-    first = import_authorization(session, jws, trust, actor="a", now=NOW)
+    first = import_authorization(session, jws, trust, actor="a", now=NOW, patient_secret=PATIENT_SECRET)
     session.commit()
-    again = import_authorization(session, jws + "\n", trust, actor="b", now=NOW + timedelta(hours=1))
+    again = import_authorization(session, jws + "\n", trust, actor="b", now=NOW + timedelta(hours=1), patient_secret=PATIENT_SECRET)
     session.commit()
     assert again.id == first.id == "auth-0001"
     assert count(session) == 1
@@ -43,11 +43,11 @@ def test_reimport_of_the_same_jws_is_idempotent(claims, sign, trust, session):
 
 
 def test_same_jti_with_a_different_jws_is_a_conflict(claims, sign, trust, session):
-    import_authorization(session, sign(claims), trust, actor="a", now=NOW)
+    import_authorization(session, sign(claims), trust, actor="a", now=NOW, patient_secret=PATIENT_SECRET)
     session.commit()
     claims["purpose"] = "A different purpose"
     with pytest.raises(Conflict) as info:
-        import_authorization(session, sign(claims), trust, actor="a", now=NOW)
+        import_authorization(session, sign(claims), trust, actor="a", now=NOW, patient_secret=PATIENT_SECRET)
     session.commit()  # the caller keeps the rejection on the audit log
     assert str(info.value).startswith("authorization auth-0001 is already stored with a different JWS")
     assert info.value.http_status == 409
@@ -63,7 +63,7 @@ def test_rejection_is_audited_and_nothing_is_stored(claims, sign, trust, session
     jws = sign(claims)
     with caplog.at_level(logging.INFO, logger="gateway"):
         with pytest.raises(AuthorizationInvalid):
-            import_authorization(session, jws, trust, actor="intake", role="operator", now=NOW)
+            import_authorization(session, jws, trust, actor="intake", role="operator", now=NOW, patient_secret=PATIENT_SECRET)
     session.commit()
     assert count(session) == 0
     rejected = session.scalars(select(AuditEvent).where(AuditEvent.type == "authorization.rejected")).one()
@@ -80,7 +80,7 @@ def test_rejection_is_audited_and_nothing_is_stored(claims, sign, trust, session
 
 def test_expired_authorization_is_refused_on_import(claims, sign, trust, session):
     with pytest.raises(AuthorizationExpired):
-        import_authorization(session, sign(claims), trust, actor="a", now=NOW + timedelta(days=40))
+        import_authorization(session, sign(claims), trust, actor="a", now=NOW + timedelta(days=40), patient_secret=PATIENT_SECRET)
     session.commit()
     assert count(session) == 0
     assert events(session)[-1][:2] == ("authorization.rejected", "failure")
@@ -88,7 +88,7 @@ def test_expired_authorization_is_refused_on_import(claims, sign, trust, session
 
 def test_no_patient_data_in_logs_on_success(claims, sign, trust, session, caplog):
     with caplog.at_level(logging.DEBUG):
-        import_authorization(session, sign(claims), trust, actor="a", now=NOW)
+        import_authorization(session, sign(claims), trust, actor="a", now=NOW, patient_secret=PATIENT_SECRET)
         revoke(session, "auth-0001", "patient asked", actor="a", now=NOW)
     assert "auth-0001 verified" in caplog.text and "auth-0001 revoked" in caplog.text
     for value in PATIENT_VALUES:
@@ -96,7 +96,7 @@ def test_no_patient_data_in_logs_on_success(claims, sign, trust, session, caplog
 
 
 def test_revoke_takes_effect_at_once_for_every_reader(claims, sign, trust, session, engine):
-    import_authorization(session, sign(claims), trust, actor="a", now=NOW)
+    import_authorization(session, sign(claims), trust, actor="a", now=NOW, patient_secret=PATIENT_SECRET)
     session.commit()
     with Session(engine) as worker:  # another process's view, e.g. a transfer step
         check_active(worker.get(Authorization, "auth-0001"), now=NOW + timedelta(days=1))
@@ -118,7 +118,7 @@ def test_revoke_takes_effect_at_once_for_every_reader(claims, sign, trust, sessi
 
 
 def test_revoking_twice_is_harmless(claims, sign, trust, session):
-    import_authorization(session, sign(claims), trust, actor="a", now=NOW)
+    import_authorization(session, sign(claims), trust, actor="a", now=NOW, patient_secret=PATIENT_SECRET)
     revoke(session, "auth-0001", "first", actor="a", now=NOW + timedelta(days=1))
     session.commit()
     row = revoke(session, "auth-0001", "second", actor="a", now=NOW + timedelta(days=5))
@@ -133,10 +133,10 @@ def test_revoking_twice_is_harmless(claims, sign, trust, session):
 
 def test_reimport_does_not_reactivate_a_revoked_authorization(claims, sign, trust, session):
     jws = sign(claims)
-    import_authorization(session, jws, trust, actor="a", now=NOW)
+    import_authorization(session, jws, trust, actor="a", now=NOW, patient_secret=PATIENT_SECRET)
     revoke(session, "auth-0001", "withdrawn", actor="a", now=NOW)
     session.commit()
-    row = import_authorization(session, jws, trust, actor="a", now=NOW)
+    row = import_authorization(session, jws, trust, actor="a", now=NOW, patient_secret=PATIENT_SECRET)
     session.commit()
     assert row.status == "revoked"
     with pytest.raises(AuthorizationRevoked):
@@ -146,7 +146,7 @@ def test_reimport_does_not_reactivate_a_revoked_authorization(claims, sign, trus
 def test_revoke_errors(claims, sign, trust, session):
     with pytest.raises(NotFound, match="authorization nope is not stored here"):
         revoke(session, "nope", "reason", actor="a")
-    import_authorization(session, sign(claims), trust, actor="a", now=NOW)
+    import_authorization(session, sign(claims), trust, actor="a", now=NOW, patient_secret=PATIENT_SECRET)
     with pytest.raises(InvalidInput, match="needs a reason"):
         revoke(session, "auth-0001", "  ", actor="a")
     with pytest.raises(InvalidInput, match="longer than 1000"):
@@ -157,7 +157,7 @@ def test_revoke_errors(claims, sign, trust, session):
 def test_check_active_validity_period_from_the_stored_row(sign, trust, session):
     claims = example_claims(ISSUER, "auth-later", valid_days=10, now=NOW + timedelta(days=5))
     # imported before it starts: stored, but not usable yet
-    import_authorization(session, sign(claims), trust, actor="a", now=NOW + timedelta(days=5))
+    import_authorization(session, sign(claims), trust, actor="a", now=NOW + timedelta(days=5), patient_secret=PATIENT_SECRET)
     session.commit()
     session.expire_all()
     row = session.get(Authorization, "auth-later")
@@ -173,7 +173,7 @@ def test_signed_form_is_kept_once(sign, trust, session):
     pdf = b"%PDF-1.4\n% synthetic signed form\n%%EOF\n"
     claims = example_claims(ISSUER, "auth-form", signed_form=pdf, now=NOW)
     jws = sign(claims)
-    row = import_authorization(session, jws, trust, actor="a", now=NOW)
+    row = import_authorization(session, jws, trust, actor="a", now=NOW, patient_secret=PATIENT_SECRET)
     session.commit()
     import hashlib
     assert "attachment" not in row.claims
@@ -185,7 +185,7 @@ def test_signed_form_is_kept_once(sign, trust, session):
 
 
 def test_no_signed_form(claims, sign, trust, session):
-    row = import_authorization(session, sign(claims), trust, actor="a", now=NOW)
+    row = import_authorization(session, sign(claims), trust, actor="a", now=NOW, patient_secret=PATIENT_SECRET)
     assert signed_form(row) is None
 
 
@@ -208,17 +208,21 @@ def test_concurrent_import_of_the_same_authorization(claims, sign, trust, pg_url
     outcome = {}
     try:
         with Session(engine) as first, Session(engine) as second:
-            import_authorization(first, jws, trust, actor="first", now=NOW)  # flushed, not committed
+            import_authorization(first, jws, trust, actor="first", now=NOW,
+                                 patient_secret=PATIENT_SECRET)  # flushed, not committed
 
             def race():
                 try:
-                    import_authorization(second, jws, trust, actor="second", now=NOW)
+                    import_authorization(second, jws, trust, actor="second", now=NOW,
+                                         patient_secret=PATIENT_SECRET)
                     second.commit()
                     outcome["second"] = "stored"
                 except IntegrityError:
                     second.rollback()
                     outcome["second"] = "conflict"
-                    outcome["retry"] = import_authorization(second, jws, trust, actor="second", now=NOW).id
+                    outcome["retry"] = import_authorization(
+                        second, jws, trust, actor="second", now=NOW,
+                        patient_secret=PATIENT_SECRET).id
                     second.commit()
 
             racer = threading.Thread(target=race)

@@ -7,7 +7,7 @@ stored nothing else, then raises the error; the caller commits the session (so t
 rejection is on the audit log) and reports the error:
 
     try:
-        row = import_authorization(session, jws, trust, actor="api:intake")
+        row = import_authorization(session, jws, trust, actor="api:intake", patient_secret=secret)
     except GatewayError as exc:
         session.commit()   # keeps the audit events of the rejection
         raise
@@ -63,7 +63,8 @@ def _stored_claims(payload: dict, form_sha256: str | None) -> dict:
 
 
 def import_authorization(session: Session, jws: str | bytes, trust: TrustStore, actor: str,
-                         role: str | None = None, now: datetime | None = None) -> models.Authorization:
+                         role: str | None = None, now: datetime | None = None, *,
+                         patient_secret: bytes) -> models.Authorization:
     """Verify a signed authorization and store it (not committed); see the module docstring
     for rejections. The same JWS again returns the stored row; another JWS with a stored
     authorization's id is a Conflict."""
@@ -97,8 +98,10 @@ def import_authorization(session: Session, jws: str | bytes, trust: TrustStore, 
         recipient_id=verified.recipient.id, not_before=verified.not_before,
         expires_at=verified.expires_at, status="active")
     session.add(row)
+    first = verified.patient.identifiers[0]  # the key auditors find the patient's events by
     audit.record(session, "authorization.verified", actor=actor, role=role,
-                 authorization_id=verified.id, patient_key=verified.patient_key,
+                 authorization_id=verified.id,
+                 patient_key=audit.patient_key(first.system, first.value, patient_secret),
                  issuer=verified.issuer, kid=verified.kid, alg=verified.alg, sha256=verified.jws_sha256,
                  disclosers=[d.id for d in verified.disclosers], recipient=verified.recipient.id,
                  data_classes=sorted(verified.data_classes),

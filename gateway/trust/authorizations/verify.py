@@ -27,7 +27,6 @@ from typing import Any
 from joserfc import jws as jose_jws
 from joserfc.errors import BadSignatureError, JoseError
 
-from gateway.audit import patient_key as audit_patient_key
 from gateway.errors import (
     AuthorizationDenied,
     AuthorizationExpired,
@@ -69,7 +68,6 @@ class VerifiedAuthorization:
     kid: str
     alg: str
     patient: Patient
-    patient_key: str  # audit.patient_key of the first identifier (not PHI)
     data_classes: frozenset[str]  # may contain "all"
     date_range: tuple[date | None, date | None] | None
     disclosers: tuple[Discloser, ...]
@@ -207,10 +205,8 @@ def verify_authorization(jws: str | bytes, trust: TrustStore,
     if problems:
         raise AuthorizationInvalid("authorization's Consent disagrees with it: " + "; ".join(problems),
                                    element="consent", problems=problems)
-    first = claims.patient.identifiers[0]
     return VerifiedAuthorization(
         id=claims.jti, issuer=claims.iss, kid=trusted.kid, alg=alg, patient=claims.patient,
-        patient_key=audit_patient_key(first.system, first.value),
         data_classes=frozenset(claims.information.dataClasses), date_range=date_range,
         disclosers=claims.disclosers, recipient=claims.recipient, purpose=claims.purpose,
         issued_at=_utc(claims.iat), not_before=not_before, expires_at=expires_at,
