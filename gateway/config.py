@@ -8,16 +8,39 @@ never logged.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
+
+
+def loopback(url: str) -> bool:
+    """Whether a URL's host is this machine (127.0.0.0/8, ::1, localhost)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _tls_required(model: BaseModel, *fields: str) -> None:
+    """Everything between hosts goes over TLS: plain HTTP only to loopback, or where the
+    configuration says so explicitly (`allow_http = true`)."""
+    for name in fields:
+        url = getattr(model, name)
+        if url and url.startswith("http://") and not model.allow_http and not loopback(url):
+            raise ValueError(f"{name} {url} is plain HTTP to another host: use https, "
+                             "or set allow_http = true for this peer")
 
 
 class SourceConfig(BaseModel):
@@ -43,6 +66,7 @@ class DicomDestination(BaseModel):
     url: str | None = None
     send_token: bool = False
     batch_bytes: int = 32 << 20  # STOW-RS: at most this much per request
+    allow_http: bool = False  # plain HTTP to a host other than loopback
 
     @field_validator("url")
     @classmethod
@@ -57,6 +81,7 @@ class DicomDestination(BaseModel):
             raise ValueError("a c-store destination needs host, port and ae_title")
         if self.kind == "stow-rs" and not self.url:
             raise ValueError("a stow-rs destination needs url")
+        _tls_required(self, "url")
         return self
 
 
@@ -75,13 +100,19 @@ class PeerConfig(BaseModel):
     jwks_file: Path | None = None  # the peer's public keys, to verify its receipts
     jwks_url: str | None = None  # default: {base_url}/.well-known/jwks.json
     dicom: DicomDestination | None = None
+    allow_http: bool = False  # plain HTTP to a host other than loopback
 
-    @field_validator("base_url")
+    @field_validator("base_url", "jwks_url")
     @classmethod
-    def _http_url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL")
-        return v.rstrip("/")
+        return v.rstrip("/") if v else v
+
+    @model_validator(mode="after")
+    def _tls(self) -> "PeerConfig":
+        _tls_required(self, "base_url", "jwks_url")
+        return self
 
     def dicom_destination(self) -> DicomDestination | None:
         if self.dicom is not None or self.kind != "gateway":
@@ -108,6 +139,7 @@ class SenderConfig(BaseModel):
     base_url: str | None = None
     token: SecretStr | None = None  # a peer token the sender issued to us
     token_file: Path | None = None
+    allow_http: bool = False  # plain HTTP to a host other than loopback
 
     @field_validator("base_url", "jwks_url")
     @classmethod
@@ -115,6 +147,11 @@ class SenderConfig(BaseModel):
         if v is not None and not v.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL")
         return v.rstrip("/") if v else v
+
+    @model_validator(mode="after")
+    def _tls(self) -> "SenderConfig":
+        _tls_required(self, "base_url", "jwks_url")
+        return self
 
     def bearer(self) -> str | None:
         if self.token is not None:

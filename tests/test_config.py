@@ -71,3 +71,34 @@ def test_unreadable_or_broken_file(monkeypatch, tmp_path):
     monkeypatch.setenv("GATEWAY_CONFIG_FILE", str(bad))
     with pytest.raises(ConfigError, match="not valid"):
         load_settings()
+
+
+@pytest.mark.parametrize("where, settings", [
+    ("peers.center", {"peers": {"center": {"base_url": "http://center.example",
+                                           "organization": "org-center"}}}),
+    ("peers.center", {"peers": {"center": {"base_url": "https://center.example",
+                                           "jwks_url": "http://keys.example/jwks.json",
+                                           "organization": "org-center"}}}),
+    ("peers.center.dicom", {"peers": {"center": {
+        "base_url": "https://center.example", "organization": "org-center",
+        "dicom": {"kind": "stow-rs", "url": "http://pacs.center.example/dicom-web"}}}}),
+    ("senders.hospital", {"senders": {"hospital": {"organization": "org-h",
+                                                   "base_url": "http://10.1.2.3:8080"}}}),
+])
+def test_plain_http_to_another_host_is_refused(where, settings):
+    """Everything between hosts goes over TLS unless a setting says so explicitly."""
+    with pytest.raises(ConfigError) as err:
+        load_settings(settings)
+    assert f"setting {where}" in str(err.value) and "allow_http" in str(err.value)
+
+
+def test_plain_http_on_loopback_or_when_allowed():
+    s = load_settings({
+        "peers": {"local": {"base_url": "http://127.0.0.1:8081", "organization": "o1"},
+                  "v6": {"base_url": "http://[::1]:8082", "organization": "o2"},
+                  "named": {"base_url": "http://localhost:8083", "organization": "o3"},
+                  "lab": {"base_url": "http://center.example", "organization": "o4",
+                          "allow_http": True},
+                  "tls": {"base_url": "https://center.example", "organization": "o5"}},
+        "senders": {"h": {"organization": "oh", "base_url": "http://127.0.0.5:9000"}}})
+    assert s.peers["lab"].base_url == "http://center.example" and len(s.peers) == 5
