@@ -56,7 +56,7 @@ def test_public_checkpoints_and_proofs(app, client, operator, claims_for, sign):
     doc = client.get("/audit/checkpoints").get_json()  # no token: published
     assert [c["tree_size"] for c in doc["checkpoints"]] == [first["tree_size"], second["tree_size"]]
     assert doc["consistency_proofs"][0]["first"] == first["tree_size"]
-    assert doc["jwks"]["keys"][0]["kid"] == second["key_id"]
+    assert {k["kid"]: k["purpose"] for k in doc["jwks"]["keys"]}[second["key_id"]] == "checkpoint"
     proof = client.get(f"/audit/events/1/proof?tree_size={second['tree_size']}").get_json()
     assert proof["tree_size"] == second["tree_size"] and proof["path"]
 
@@ -107,7 +107,7 @@ def test_public_checkpoint_list_is_paged_and_cacheable(app, client):
     from gateway.audit import checkpoints
 
     svc = app.extensions["gateway"]
-    key = svc.keys.current()
+    key = svc.keys.current("checkpoint")
     for n in range(103):  # 103 checkpoints of a growing log
         with svc.db.session() as s:
             audit.record(s, "test.event", actor="test", n=n)  # numbered at commit

@@ -25,7 +25,8 @@ def test_init_creates_keys_and_is_idempotent(runner, sender_config, tmp_path, mo
     before = key.read_text()
     assert run(runner, "init").exit_code == 0
     assert key.read_text() == before  # never overwritten
-    assert len(list((tmp_path / "fresh" / "keys" / "signing").glob("*.jwk"))) == 1
+    signing = sorted(p.name.split("-")[0] for p in (tmp_path / "fresh" / "keys" / "signing").glob("*.jwk"))
+    assert signing == ["bundle", "checkpoint", "receipt"]  # one key per purpose, made once
 
 
 def test_token_create_prints_it_once(runner):
@@ -110,4 +111,5 @@ def test_keys_rotate_keeps_old_keys_published(runner, app, client):
     from gateway.storage.models import AuditEvent
     with app.extensions["gateway"].db.session() as s:
         [event] = s.scalars(select(AuditEvent).filter_by(type="admin.key.rotated")).all()
-    assert event.detail["new_kid"] in {k["kid"] for k in after} - {k["kid"] for k in before}
+    assert set(event.detail["new_kids"].values()) == {k["kid"] for k in after} - {k["kid"] for k in before}
+    assert {k["kid"] for k in after if k.get("retired")} == {k["kid"] for k in before}

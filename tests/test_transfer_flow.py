@@ -144,7 +144,7 @@ def test_pdfs_reach_the_receiver_with_a_verified_receipt(stack, claims_for, sign
             return latest_checkpoint(s)
 
     cp = wait_until(checkpoint, 30, 0.2, "a periodic audit checkpoint")
-    assert cp["key_id"] == svc.keys.current().kid and cp["tree_size"] > 0
+    assert cp["key_id"] == svc.keys.current("checkpoint").kid and cp["tree_size"] > 0
 
 
 def test_recipient_down_and_worker_killed_still_delivers_once(stack, claims_for, sign, drop_dir):

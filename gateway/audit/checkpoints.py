@@ -197,7 +197,9 @@ def load_public_keys(data: bytes | str | Path | dict) -> PublicKeys:
             raise InvalidInput("the public key file is neither PEM nor JSON (JWK/JWKS)") from exc
     jwks = data.get("keys") if isinstance(data, dict) and "keys" in data else [data]
     for jwk in jwks or []:
-        if isinstance(jwk, dict) and (key := _jwk_key(jwk)) is not None:
+        if not isinstance(jwk, dict) or jwk.get("purpose") not in (None, "checkpoint"):
+            continue  # a key published for bundles or receipts never vouches for the log
+        if (key := _jwk_key(jwk)) is not None:
             keys.add(key, jwk.get("kid"))
     if not len(keys):
         raise InvalidInput("no Ed25519 public key found in the key file")

@@ -39,7 +39,7 @@ for _command in (serve, worker, keys, token, authorization, transfer, fax, audit
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="Where state lives (default: GATEWAY_DATA_DIR or ./gateway-data).")
 def init(data_dir: Path | None) -> None:
-    """Create the data dir, the blob encryption key, the signing key and the trust store."""
+    """Create the data dir, the blob encryption key, the signing keys and the trust store."""
     from gateway.config import load_settings
     from gateway.storage.blobstore import new_master_key
     from gateway.trust.keys import SigningKeys
@@ -53,8 +53,8 @@ def init(data_dir: Path | None) -> None:
             fh.write(new_master_key())
         click.echo(f"created blob encryption key {key_path} (back it up: without it the "
                    "records in flight cannot be read)")
-    kid = SigningKeys(settings.keys_dir).ensure()
-    click.echo(f"signing key: {kid}")
+    for purpose, kid in SigningKeys(settings.keys_dir).ensure().items():
+        click.echo(f"{purpose} signing key: {kid}")
     from gateway.engine.faxes import ensure_cover_key
 
     ensure_cover_key(settings.keys_dir)

@@ -22,7 +22,7 @@ def identity(svc: Services) -> GatewayIdentity:
 
 def checkpoint_now(svc: Services, actor: str = "system") -> dict | None:
     """Sign a checkpoint of the log as it stands (None if the log is empty)."""
-    key = svc.keys.current()
+    key = svc.keys.current("checkpoint")
     with svc.db.session() as s:
         try:
             cp = checkpoints.create_checkpoint(s, key.private_key, origin=svc.settings.base_url,

@@ -1,8 +1,10 @@
-"""The gateway's own signing keys (bundles, receipts, log checkpoints).
+"""The gateway's own keys: signing keys per purpose (bundles, receipts, log checkpoints),
+the SMART client key, and the secret patient keys in the audit log are made with.
 
-Private keys live as JWK files in `data_dir/keys/signing/`, one per key id; `current`
-names the key that signs. Rotation adds a key and moves `current`; old public keys
-stay in the published JWKS (`/.well-known/jwks.json`) so old signatures still verify.
+Signing keys live as JWK files in `data_dir/keys/signing/`, their purposes and states
+in `keys.json` there (see `SigningKeys`). Rotation adds a key and retires the old one:
+old public keys stay in the published JWKS (`/.well-known/jwks.json`) so old signatures
+still verify; a revoked key is left out, so nothing it signed verifies.
 """
 from __future__ import annotations
 
@@ -63,26 +65,91 @@ def patient_key_secret(keys_dir: Path) -> bytes:
     return secret
 
 
+# What each signed object is, and the purpose of the key that may sign it: one key per
+# purpose, so a key that signs bundles cannot vouch for a receipt or a log checkpoint.
+BUNDLE_TYP = "fhir-bundle+jws"
+RECEIPT_TYP = "delivery-receipt+jwt"
+OPENED_TYP = "opened-receipt+jwt"
+PURPOSES = ("bundle", "receipt", "checkpoint")
+PURPOSE_OF_TYP = {BUNDLE_TYP: "bundle", RECEIPT_TYP: "receipt", OPENED_TYP: "receipt"}
+
+
 class SigningKeys:
+    """The gateway's signing keys: one current key per purpose (bundles, receipts, log
+    checkpoints), JWK files in `keys/signing/`, their purposes and states in `keys.json`.
+
+    A key is active (signs), retired (still verifies what it signed, signs nothing new)
+    or revoked (verifies nothing: left out of the published JWKS). Key files without an
+    entry (from before purposes) count as retired. The JWKS names each key's purpose.
+    """
+
     def __init__(self, keys_dir: Path):
         self.dir = Path(keys_dir) / "signing"
+        self._index_path = self.dir / "keys.json"
 
-    def ensure(self) -> str:
-        """Create the first key if there is none; return the current key id."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        current = self.dir / "current"
-        if not current.exists():
-            return self.rotate()
-        return current.read_text().strip()
+    def _index(self) -> dict:
+        try:
+            return json.loads(self._index_path.read_text())
+        except FileNotFoundError:
+            return {"current": {}, "keys": {}}
 
-    def rotate(self) -> str:
+    def _save(self, index: dict) -> None:
+        tmp = self.dir / "keys.json.tmp"
+        tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
+        os.replace(tmp, self._index_path)
+
+    def ensure(self) -> dict[str, str]:
+        """Make a key for each purpose that has none; return purpose -> current key id."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        kid = datetime.now(timezone.utc).strftime("%Y%m%d") + "-" + uuid.uuid4().hex[:8]
+        index = self._index()
+        for purpose in PURPOSES:
+            if purpose not in index["current"]:
+                self._new(index, purpose)
+        self._save(index)
+        return dict(index["current"])
+
+    def rotate(self, purpose: str | None = None) -> dict[str, str]:
+        """New current keys (for one purpose, or all); the old ones are retired."""
+        if purpose is not None and purpose not in PURPOSES:
+            raise ConfigError(f"unknown key purpose {purpose!r}; one of {', '.join(PURPOSES)}")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        index = self._index()
+        made = {}
+        for p in [purpose] if purpose else PURPOSES:
+            old = index["current"].get(p)
+            if old:
+                index["keys"][old].update(state="retired", retired_at=_now())
+            made[p] = self._new(index, p)
+        self._save(index)
+        return made
+
+    def retire(self, kid: str) -> None:
+        """Sign nothing new with `kid`; it still verifies what it signed."""
+        self._set_state(kid, "retired")
+
+    def revoke(self, kid: str) -> None:
+        """`kid` leaked: it verifies nothing from now on (gone from the JWKS)."""
+        self._set_state(kid, "revoked")
+
+    def _set_state(self, kid: str, state: str) -> None:
+        index = self._index()
+        entry = index["keys"].get(kid)
+        if entry is None:
+            if not (self.dir / f"{kid}.jwk").exists():
+                raise ConfigError(f"no signing key {kid}")
+            entry = index["keys"][kid] = {"purpose": None, "state": "retired"}
+        entry.update(state=state, **{f"{state}_at": _now()})
+        for purpose, current in list(index["current"].items()):
+            if current == kid:  # its purpose needs a new key at once
+                self._new(index, purpose)
+        self._save(index)
+
+    def _new(self, index: dict, purpose: str) -> str:
+        kid = f"{purpose}-{datetime.now(timezone.utc):%Y%m%d}-{uuid.uuid4().hex[:8]}"
         key = OKPKey.generate_key("Ed25519", parameters={"kid": kid, "use": "sig", "alg": ALG})
         _write_private(self.dir / f"{kid}.jwk", key.as_dict(private=True))
-        tmp = self.dir / "current.tmp"
-        tmp.write_text(kid)
-        os.replace(tmp, self.dir / "current")
+        index["keys"][kid] = {"purpose": purpose, "state": "active", "created_at": _now()}
+        index["current"][purpose] = kid
         return kid
 
     def _load(self, kid: str) -> OKPKey:
@@ -92,25 +159,54 @@ class SigningKeys:
             raise ConfigError(f"signing key {kid} is missing from {self.dir} "
                               "(run `records-gateway init`)") from None
 
-    def current(self) -> OKPKey:
-        try:
-            kid = (self.dir / "current").read_text().strip()
-        except FileNotFoundError:
-            raise ConfigError(f"no signing key in {self.dir} (run `records-gateway init`)") from None
+    def current(self, purpose: str) -> OKPKey:
+        """The key that signs for `purpose` now."""
+        kid = self._index()["current"].get(purpose)
+        if kid is None:
+            raise ConfigError(f"no {purpose} signing key in {self.dir} (run `records-gateway init`)")
         return self._load(kid)
 
+    def states(self) -> list[dict]:
+        """Every key with its purpose and state, newest first."""
+        index = self._index()
+        out = [{"kid": path.stem, **index["keys"].get(path.stem, {"purpose": None,
+                                                                   "state": "retired"})}
+               for path in self.dir.glob("*.jwk")]
+        return sorted(out, key=lambda k: k.get("created_at") or "", reverse=True)
+
     def jwks(self) -> dict:
+        """The public keys that may verify: active and retired ones, with their purpose."""
         keys = []
-        for path in sorted(self.dir.glob("*.jwk")):
-            keys.append(OKPKey.import_key(json.loads(path.read_text())).as_dict(private=False))
+        for entry in sorted(self.states(), key=lambda k: k["kid"]):
+            if entry["state"] == "revoked":
+                continue
+            jwk = self._load(entry["kid"]).as_dict(private=False)
+            if entry.get("purpose"):
+                jwk["purpose"] = entry["purpose"]
+            if entry["state"] == "retired":
+                jwk["retired"] = True
+            keys.append(jwk)
         return {"keys": keys}
 
     def sign(self, claims: dict, typ: str) -> str:
-        """A compact JWS of `claims` signed with the current key."""
-        key = self.current()
+        """A compact JWS of `claims`, signed with the current key of `typ`'s purpose."""
+        key = self.current(PURPOSE_OF_TYP[typ])
         header = {"alg": ALG, "kid": key.kid, "typ": typ}
         payload = json.dumps(claims, separators=(",", ":"), sort_keys=True).encode()
         return jws.serialize_compact(header, payload, key, algorithms=[ALG])
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def check_purpose(jwks: dict, kid: str | None, typ: str) -> None:
+    """A signature must come from a key published for that purpose (keys published
+    without a purpose, by gateways from before purposes, are taken for any)."""
+    jwk = next((k for k in jwks.get("keys", []) if k.get("kid") == kid), None)
+    wanted = PURPOSE_OF_TYP.get(typ)
+    if jwk is not None and jwk.get("purpose") and jwk["purpose"] != wanted:
+        raise ReceiptInvalid(f"a {typ} signed with a key for {jwk['purpose']}s, not {wanted}s")
 
 
 class ClientKeys:
@@ -149,6 +245,7 @@ def verify_jws(token: str, jwks: dict, typ: str) -> dict:
         raise ReceiptInvalid(f"signature does not verify: {exc.__class__.__name__}") from None
     if obj.headers().get("typ") != typ:
         raise ReceiptInvalid(f"signed object is not a {typ}")
+    check_purpose(jwks, obj.headers().get("kid"), typ)
     try:
         return json.loads(obj.payload)
     except ValueError:

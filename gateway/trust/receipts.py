@@ -25,11 +25,17 @@ from joserfc.jwk import KeySet
 
 from gateway.errors import ReceiptInvalid
 
-from .keys import ALG, REGISTRY, SigningKeys, verify_jws
+from .keys import (
+    ALG,
+    BUNDLE_TYP,
+    OPENED_TYP,
+    RECEIPT_TYP,
+    REGISTRY,
+    SigningKeys,
+    check_purpose,
+    verify_jws,
+)
 
-BUNDLE_TYP = "fhir-bundle+jws"
-RECEIPT_TYP = "delivery-receipt+jwt"
-OPENED_TYP = "opened-receipt+jwt"
 SIGNATURE_HEADER = "X-Bundle-Signature"
 
 
@@ -41,7 +47,7 @@ class SignatureInvalid(ReceiptInvalid):
 
 def sign_bundle(keys: SigningKeys, payload: bytes, bundle_identifier: str) -> str:
     """Detached compact JWS (header..signature) over `payload`."""
-    key = keys.current()
+    key = keys.current("bundle")
     header = {"alg": ALG, "kid": key.kid, "typ": BUNDLE_TYP}
     compact = jws.serialize_compact(header, payload, key, algorithms=[ALG])
     return jws.detach_content(compact)
@@ -61,6 +67,10 @@ def verify_bundle(detached: str, payload: bytes, jwks: dict) -> dict:
     header = obj.headers()
     if header.get("typ") != BUNDLE_TYP:
         raise SignatureInvalid(f"the bundle signature is not a {BUNDLE_TYP}")
+    try:
+        check_purpose(jwks, header.get("kid"), BUNDLE_TYP)
+    except ReceiptInvalid as exc:
+        raise SignatureInvalid(str(exc)) from None
     return header
 
 

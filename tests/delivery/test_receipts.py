@@ -68,3 +68,53 @@ def test_detached_bundle_signature(keys):
         verify_bundle(detached, body + b" ", keys.jwks())
     with pytest.raises(SignatureInvalid, match="no detached JWS"):
         verify_bundle("", body, keys.jwks())
+
+
+def test_one_key_per_purpose_and_none_vouches_for_another(tmp_path):
+    """Bundles, receipts and log checkpoints are signed with three keys; a receipt made
+    with the bundle key (say, one that leaked from a sender's signing path) is refused,
+    and the log's verifier takes only the checkpoint key."""
+    import json
+
+    from joserfc import jws
+
+    from gateway.audit.checkpoints import load_public_keys
+    from gateway.trust.keys import ALG
+
+    k = SigningKeys(tmp_path / "keys")
+    current = k.ensure()
+    assert sorted(current) == ["bundle", "checkpoint", "receipt"] and len(set(current.values())) == 3
+    published = {j["kid"]: j["purpose"] for j in k.jwks()["keys"]}
+    assert published == {kid: purpose for purpose, kid in current.items()}
+    body = b'{"resourceType":"Bundle"}'
+    assert verify_bundle(sign_bundle(k, body, "urn:uuid:b-1"), body, k.jwks())["kid"] == current["bundle"]
+    claims = check_receipt(receipt(k), k.jwks(), who="center", **SENT)
+    assert claims["receipt_id"] == "r-1"
+    bundle_key = k.current("bundle")
+    forged = jws.serialize_compact({"alg": ALG, "kid": bundle_key.kid, "typ": RECEIPT_TYP},
+                                   json.dumps({"iss": SENT["issuer"]}).encode(), bundle_key,
+                                   algorithms=[ALG])
+    with pytest.raises(ReceiptInvalid, match="key for bundles"):
+        check_receipt(forged, k.jwks(), who="center", **SENT)
+    assert set(load_public_keys(k.jwks()).by_kid) >= {current["checkpoint"]}
+    assert current["bundle"] not in load_public_keys(k.jwks()).by_kid
+
+
+def test_retired_keys_verify_old_signatures_revoked_ones_nothing(tmp_path):
+    k = SigningKeys(tmp_path / "keys")
+    first = k.ensure()["receipt"]
+    old = receipt(k)
+    k.retire(first)
+    assert k.current("receipt").kid != first  # a new key took the purpose at once
+    assert check_receipt(old, k.jwks(), who="center", **SENT)["receipt_id"] == "r-1"
+    assert {j["kid"]: j.get("retired") for j in k.jwks()["keys"]}[first] is True
+    assert check_receipt(receipt(k), k.jwks(), who="center", **SENT)  # signed by the new key
+    rotated = k.rotate("receipt")["receipt"]
+    assert k.current("receipt").kid == rotated
+    k.revoke(first)  # it leaked: what it signed is worthless now
+    assert first not in {j["kid"] for j in k.jwks()["keys"]}
+    with pytest.raises(ReceiptInvalid):
+        check_receipt(old, k.jwks(), who="center", **SENT)
+    states = {e["kid"]: e["state"] for e in k.states()}
+    assert states[first] == "revoked" and states[rotated] == "active"
+    assert list(states.values()).count("active") == 3
