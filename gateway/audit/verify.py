@@ -20,7 +20,7 @@ from gateway.errors import InvalidInput
 from . import checkpoints as cpmod
 from . import merkle
 from .canonical import FORMAT_VERSION, CanonicalError, canonical_bytes
-from .fhir_auditevent import LOG_ENTRY_URL
+from .fhir_auditevent import LOG_ENTRY_URL, GatewayIdentity, to_fhir
 
 
 @dataclass
@@ -44,6 +44,7 @@ class Entry:
     leaf_hash: str | None = None
     proof_size: int | None = None
     proof: list[str] | None = None
+    altered: str | None = None  # an AuditEvent whose readable fields its event does not give
 
 
 # -- loading --------------------------------------------------------------------------
@@ -65,7 +66,26 @@ def _entry_from_fhir(resource: dict, where: str) -> Entry:
     if "proofTreeSize" in parts:
         entry.proof_size = int(parts["proofTreeSize"][0]["valueString"])
         entry.proof = [p["valueString"] for p in parts.get("proofPath", [])]
+    entry.altered = _rebuilt_differs(resource, event, entry)
     return entry
+
+
+def _rebuilt_differs(resource: dict, event: dict, entry: Entry) -> str | None:
+    """Only the canonical event is hashed into the log: the readable fields of its
+    AuditEvent (agents, outcome, entities) must be exactly what that event gives, or an
+    export could say something else than what was logged and still verify."""
+    observer = (resource.get("source") or {}).get("observer") or {}
+    ident = observer.get("identifier") or {}
+    me = GatewayIdentity(name=observer.get("display") or "",
+                         base_url=ident.get("value") if ident.get("system") == "urn:ietf:rfc:3986" else None)
+    proof = ({"tree_size": entry.proof_size, "path": entry.proof}
+             if entry.proof_size is not None else None)
+    try:
+        rebuilt = to_fhir({**event, "leaf_hash": entry.leaf_hash}, me=me, proof=proof)
+    except Exception as exc:  # noqa: BLE001 - a broken event is reported, not raised
+        return f"cannot be rebuilt from its canonical event ({type(exc).__name__})"
+    changed = sorted(k for k in set(rebuilt) | set(resource) if rebuilt.get(k) != resource.get(k))
+    return f"fields {', '.join(changed)} differ from its canonical event" if changed else None
 
 
 def _entry(obj: dict, where: str) -> Entry:
@@ -194,6 +214,8 @@ def verify_log(entries: list[Entry], raw_checkpoints: list[dict], consistency: l
     prev_seq, prev_at = 0, ""
     for e in entries:
         seq = e.event.get("seq")
+        if e.altered:
+            problems.append(f"seq {seq} ({e.where}): AuditEvent altered: {e.altered}")
         if e.event.get("v", FORMAT_VERSION) != FORMAT_VERSION:
             problems.append(f"{e.where}: unknown canonical format version {e.event.get('v')!r}")
             continue

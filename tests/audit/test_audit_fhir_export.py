@@ -135,6 +135,32 @@ def test_bundle_and_ndjson_exports_verify_offline(filled, log_key, tmp_path):
     assert any("seq 3:" in p for p in problems), problems
 
 
+def test_readable_fields_of_an_export_cannot_be_changed(filled, log_key, tmp_path):
+    """Only the canonical event is hashed into the log; the AuditEvent's readable fields
+    (agent, outcome, entities) are rebuilt from it and compared, so an export cannot say
+    something else than what was logged."""
+    with Session(filled) as s:
+        buf = io.StringIO()
+        export.write_ndjson(s, buf, fhir=True, me=ME)
+        (tmp_path / "cps.json").write_text(json.dumps(checkpoints.checkpoints_document(s)))
+    (tmp_path / "jwks.json").write_text(json.dumps(
+        {"keys": [checkpoints.public_jwk(log_key.public_key())]}))
+    events = [json.loads(line) for line in buf.getvalue().splitlines()]
+    changes = {
+        "agent": lambda r: r["agent"][0]["who"].update(display="Someone Else"),
+        "outcome": lambda r: r.update(outcome="0" if r["outcome"] != "0" else "8"),
+        "entity": lambda r: r.setdefault("entity", []).append({"what": {"display": "Extra"}}),
+    }
+    for field, change in changes.items():
+        edited = json.loads(json.dumps(events))
+        change(edited[4])
+        path = tmp_path / f"{field}.ndjson"
+        path.write_text("\n".join(json.dumps(e) for e in edited) + "\n")
+        problems = verify.verify_files(path, tmp_path / "cps.json", tmp_path / "jwks.json")
+        assert problems == [f"seq 5 (line 5): AuditEvent altered: fields {field} differ from its "
+                            "canonical event"], problems
+
+
 def test_accounting_of_disclosures_json_and_pdf(filled):
     with Session(filled) as s:
         acc = export.accounting(s, PATIENT)
