@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -85,7 +86,29 @@ class DicomDestination(BaseModel):
         return self
 
 
-class PeerConfig(BaseModel):
+class TlsClient(BaseModel):
+    """How we check another gateway's certificate (a CA bundle; default: the system's)
+    and, for mutual TLS, the client certificate we present to it."""
+
+    ca_file: Path | None = None
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> "TlsClient":
+        if (self.client_cert_file is None) != (self.client_key_file is None):
+            raise ValueError("client_cert_file and client_key_file go together")
+        return self
+
+    def tls(self) -> dict:
+        """The `requests` arguments for calls to this party."""
+        out: dict = {"verify": str(self.ca_file) if self.ca_file else True}
+        if self.client_cert_file is not None:
+            out["cert"] = (str(self.client_cert_file), str(self.client_key_file))
+        return out
+
+
+class PeerConfig(TlsClient):
     """A recipient we deliver to: another gateway in receive mode (signed receipts), or a
     plain FHIR server (`kind = "fhir"`, base_url its FHIR base: unsigned acknowledgments).
 
@@ -127,7 +150,7 @@ class PeerConfig(BaseModel):
         raise ConfigError("peer has neither token nor token_file")
 
 
-class SenderConfig(BaseModel):
+class SenderConfig(TlsClient):
     """Receive side: a gateway we accept bundles from, named as its peer token is named.
 
     Its bundles must carry a detached JWS that verifies against these keys; its
@@ -202,6 +225,11 @@ class Settings(BaseSettings):
     receive_upload_ttl_s: float = 7 * 24 * 3600.0  # an upload no bundle took is deleted after
     http_timeout_s: float = 60.0
     log_level: str = "INFO"
+    # HTTPS for `serve` (gunicorn takes the same files: deploy/gunicorn.conf.py); with
+    # tls_client_ca_file every client must present a certificate it signed (mutual TLS)
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings,
@@ -214,6 +242,27 @@ class Settings(BaseSettings):
         if v is not None and not v.startswith(("sqlite:", "postgresql")):
             raise ValueError("must be a sqlite:/// or postgresql:// URL")
         return v
+
+    @model_validator(mode="after")
+    def _server_tls(self) -> "Settings":
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        return self
+
+    def server_tls(self) -> "ssl.SSLContext | None":
+        """The TLS context `serve` listens with: TLS 1.2 at least; with
+        tls_client_ca_file, a client certificate signed by that CA is required."""
+        if self.tls_cert_file is None:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+        if self.tls_client_ca_file is not None:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(self.tls_client_ca_file)
+        return context
 
     @field_validator("redis_url")
     @classmethod

@@ -28,9 +28,10 @@ def serve(receive: bool, host: str | None, port: int | None, no_worker: bool) ->
     app = create_app(overrides)
     svc = app.extensions["gateway"]
     _audit_configuration(svc, "serve")
-    server = make_server(svc.settings.host, svc.settings.port, app, threaded=True)
-    log.info("serving %s mode on http://%s:%d", svc.settings.mode, svc.settings.host,
-             server.server_port)
+    tls = svc.settings.server_tls()
+    server = make_server(svc.settings.host, svc.settings.port, app, threaded=True, ssl_context=tls)
+    log.info("serving %s mode on %s://%s:%d", svc.settings.mode, "https" if tls else "http",
+             svc.settings.host, server.server_port)
     embedded = svc.settings.redis_url is None and svc.settings.mode != "receive" and not no_worker
     if not embedded:
         try:

@@ -41,7 +41,7 @@ def _notify(svc: Services, row: ReceivedBundle) -> None:
     try:
         response = requests.post(f"{sender.base_url}/receipts", json={"jws": row.opened_receipt_jws},
                                  headers={"Authorization": f"Bearer {token}"}, timeout=10,
-                                 allow_redirects=False)
+                                 allow_redirects=False, **sender.tls())
     except requests.RequestException as exc:
         log.warning("opened receipt %s not delivered to %s (%s)", row.id, row.sender,
                     type(exc).__name__)

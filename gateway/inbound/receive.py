@@ -280,7 +280,8 @@ def accept(svc: Services, *, sender: str, key: str, body: bytes, signature: str)
     digest = hashlib.sha256(body).hexdigest()
     data, bundle = _validate(body)
     jwks = receipts.fetch_jwks(trusted.jwks_file, trusted.jwks_url or (
-        f"{trusted.base_url}/.well-known/jwks.json" if trusted.base_url else None), f"sender {sender}")
+        f"{trusted.base_url}/.well-known/jwks.json" if trusted.base_url else None), f"sender {sender}",
+        tls=trusted.tls())
     receipts.verify_bundle(signature, body, jwks)
     now = utcnow()
     in_reply_to = _in_reply_to(data)

@@ -113,7 +113,8 @@ def send_reply(svc: Services, row: ReceivedBundle, resource: dict, actor: str) -
                receipts.SIGNATURE_HEADER: receipts.sign_bundle(svc.keys, body, f"urn:uuid:{bid}")}
     try:
         response = requests.post(f"{sender.base_url}/fhir", data=body, headers=headers,
-                                 timeout=(10, svc.settings.http_timeout_s), allow_redirects=False)
+                                 timeout=(10, svc.settings.http_timeout_s), allow_redirects=False,
+                                 **sender.tls())
     except requests.RequestException as exc:
         raise DeliveryFailed(f"sender {row.sender} unreachable ({type(exc).__name__}); "
                              "send the reply again later (it is idempotent)") from None
@@ -129,7 +130,7 @@ def send_reply(svc: Services, row: ReceivedBundle, resource: dict, actor: str) -
     except (ValueError, KeyError, TypeError):
         raise ReceiptInvalid(f"sender {row.sender} answered without a signed receipt") from None
     jwks = receipts.fetch_jwks(sender.jwks_file, sender.jwks_url or f"{sender.base_url}/.well-known/jwks.json",
-                               f"sender {row.sender}")
+                               f"sender {row.sender}", tls=sender.tls())
     data = json.loads(body)
     claims = receipts.check_receipt(
         receipt_jws, jwks, issuer=sender.organization, sender=svc.settings.organization,

@@ -133,7 +133,7 @@ def _held(svc: Services, t: Transfer, row: TransferUpload) -> bool:
     url, headers = _target(svc, t, row.binary_id)
     try:
         response = requests.head(url, headers=headers, timeout=(10, svc.settings.http_timeout_s),
-                                 allow_redirects=False)
+                                 allow_redirects=False, **svc.settings.peers[t.recipient].tls())
     except requests.RequestException as exc:
         raise DeliveryFailed(f"recipient {t.recipient} unreachable ({type(exc).__name__})") from None
     if response.status_code in (404, 405, 410, 501):
@@ -147,7 +147,6 @@ def _held(svc: Services, t: Transfer, row: TransferUpload) -> bool:
 
 
 def _put(svc: Services, t: Transfer, row: TransferUpload, renew: Callable[[], None]) -> None:
-
     url, headers = _target(svc, t, row.binary_id)
     chunks = svc.blobs.chunks(row.blob_key)
     if svc.settings.peers[t.recipient].kind == "gateway":
@@ -163,7 +162,8 @@ def _put(svc: Services, t: Transfer, row: TransferUpload, renew: Callable[[], No
     headers["Content-Length"] = str(len(body))
     try:
         response = requests.put(url, data=body, headers=headers, allow_redirects=False,
-                                timeout=(10, svc.settings.http_timeout_s), stream=True)
+                                timeout=(10, svc.settings.http_timeout_s), stream=True,
+                                **svc.settings.peers[t.recipient].tls())
         content = response.raw.read(MAX_ANSWER, decode_content=True)
     except Exception as exc:  # requests' and urllib3's errors alike: the upload did not land
         if body.error is not None:

@@ -49,7 +49,7 @@ def deliver(svc: Services, t: Transfer, part: TransferBundle) -> str:
     try:
         response = requests.post(url, data=body, headers=headers,
                                  timeout=(10, svc.settings.http_timeout_s), allow_redirects=False,
-                                 stream=True)
+                                 stream=True, **peer.tls())
         content = response.raw.read(MAX_RESPONSE + 1, decode_content=True)
         declared = response.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) != len(content) \
@@ -105,7 +105,7 @@ def _rejection(svc: Services, t: Transfer, part: TransferBundle, token: str | No
 def peer_jwks(svc: Services, recipient: str) -> dict:
     peer = svc.settings.peers[recipient]
     return receipts.fetch_jwks(peer.jwks_file, peer.jwks_url or f"{peer.base_url}/.well-known/jwks.json",
-                               f"recipient {recipient}")
+                               f"recipient {recipient}", tls=peer.tls())
 
 
 def check_answer(svc: Services, t: Transfer, part: TransferBundle) -> dict:

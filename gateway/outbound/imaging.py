@@ -18,6 +18,7 @@ from __future__ import annotations
 import shutil
 from typing import Callable
 
+import requests
 from sqlalchemy import func, select
 
 from connectors.dicom.forward import Outgoing, forward_c_store, forward_stow_rs
@@ -124,7 +125,11 @@ def forward(svc: Services, t: Transfer, keep_alive: Callable[[], None]) -> None:
                                          dest.calling_aet, on_result=on_result)
             else:
                 headers = {"Authorization": f"Bearer {peer.bearer()}"} if dest.send_token else {}
-                report = forward_stow_rs(outgoing, dest.url, on_result=on_result,
+                session = requests.Session()
+                if dest.url.startswith(peer.base_url):  # the peer gateway's own STOW-RS
+                    tls = peer.tls()
+                    session.verify, session.cert = tls["verify"], tls.get("cert")
+                report = forward_stow_rs(outgoing, dest.url, on_result=on_result, session=session,
                                          headers=headers, batch_bytes=dest.batch_bytes,
                                          timeout=svc.settings.http_timeout_s)
         finally:

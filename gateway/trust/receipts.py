@@ -74,8 +74,9 @@ def verify_bundle(detached: str, payload: bytes, jwks: dict) -> dict:
     return header
 
 
-def fetch_jwks(jwks_file, url: str | None, who: str) -> dict:
-    """A party's public keys, from its configured file or URL."""
+def fetch_jwks(jwks_file, url: str | None, who: str, tls: dict | None = None) -> dict:
+    """A party's public keys, from its configured file or URL (`tls`: the `requests`
+    arguments that check the party's certificate, see `TlsClient.tls`)."""
     from gateway.errors import DeliveryFailed
 
     if jwks_file is not None:
@@ -88,7 +89,7 @@ def fetch_jwks(jwks_file, url: str | None, who: str) -> dict:
         from gateway.errors import ConfigError
         raise ConfigError(f"no keys configured for {who} (jwks_file or jwks_url)")
     try:
-        response = requests.get(url, timeout=10, allow_redirects=False)
+        response = requests.get(url, timeout=10, allow_redirects=False, **(tls or {}))
         response.raise_for_status()
         return response.json()
     except (requests.RequestException, ValueError) as exc:
