@@ -120,6 +120,7 @@ class FhirRestConnector(Connector):
                              on_bytes=self._on_bytes)
         self.http.auth = make_auth(o.get("auth"), self.http)
         self.capability: Capability | None = None
+        self._reported: set[str] = set()
         self.pull_started: str | None = None
         self.stats = {"pages": 0, "resources": 0, "bytes": 0, "attachments": 0, "duplicates": 0,
                       "refused": 0, "outcomes": 0}
@@ -257,12 +258,14 @@ class FhirRestConnector(Connector):
         resource references more), bounded by max_reference_reads; a Gap for each one
         that stays unresolved."""
         st = journal.state
+        reported = self._reported = set()  # each unresolved reference once a pull
         while True:
             wanted: list[str] = []
             for ref in sorted(st.refs):
-                if ref in st.seen:
+                if ref in st.seen or ref in reported:
                     continue
-                if ref in st.unresolved:
+                if ref in st.unresolved:  # journaled earlier (this run, or before a crash)
+                    reported.add(ref)
                     yield from self._gap(ref, st.unresolved[ref], done_origins)
                     continue
                 verdict = references.judge(ref, self._patient_id, scope)
@@ -270,6 +273,7 @@ class FhirRestConnector(Connector):
                     wanted.append(ref)
                 elif verdict is not None:
                     journal.append({"ev": "unresolved", "ref": ref, "reason": verdict})
+                    reported.add(ref)
                     yield from self._gap(ref, verdict, done_origins)
             if not wanted:
                 return
@@ -277,6 +281,7 @@ class FhirRestConnector(Connector):
             for ref in wanted[max(budget, 0):]:
                 reason = f"not read: over the limit of {self.max_reference_reads} reads a pull (max_reference_reads)"
                 journal.append({"ev": "unresolved", "ref": ref, "reason": reason})
+                reported.add(ref)
                 yield from self._gap(ref, reason, done_origins)
             wanted = wanted[:max(budget, 0)]
             if not wanted:
@@ -336,6 +341,7 @@ class FhirRestConnector(Connector):
                 yield self._raw(rec)
         if not redo:
             for ref, reason in failed:
+                self._reported.add(ref)
                 yield from self._gap(ref, reason, done_origins)
         self._report(key)
 

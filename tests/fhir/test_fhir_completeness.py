@@ -114,6 +114,7 @@ def test_references_everything_left_out_are_read_or_reported(tmp_path):
         assert {"Device/d1", "Practitioner/dr1", "Organization/org1"} <= set(got)  # org1: a second round
         assert "Specimen/sp1" not in got and "Practitioner/secret" not in got
         unresolved = gaps(records, "unresolved")
+        assert len(unresolved) == sum(isinstance(g, Gap) and g.kind == "unresolved" for g in records)  # once each
         assert set(unresolved) == {"Practitioner/secret", "Observation/o-gone", "Patient/p2", "Specimen/sp1",
                                    "https://elsewhere.example/fhir/Practitioner/x"}
         assert "HTTP 403" in unresolved["Practitioner/secret"]
