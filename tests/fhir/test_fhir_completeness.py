@@ -193,3 +193,27 @@ def test_search_transfer_delivers_every_type_and_reports_what_it_cannot_search(
     assert report["complete"] is False
     assert manifest(bundles)["sources"]["ehr"]["completeness"]["notSearchable"] == report["notSearchable"]
     stack.app.extensions["gateway"].close()
+
+
+def _origin(item) -> str:
+    return item.origin if isinstance(item, RawRecord) else f"{item.kind}:{item.what}"
+
+
+def test_a_pull_stopped_among_its_reads_resumes_without_loss_or_repeat(tmp_path):
+    peer = dangling_peer()
+    try:
+        full = {_origin(r) for r in pull(peer, tmp_path / "full")}
+        work = tmp_path / "crash"
+        stored = set()
+        with FhirRestConnector("ehr", {"base_url": peer.base_url, **FAST}, work) as conn:
+            for item in conn.fetch(QUERY):
+                if isinstance(item, RawRecord) and "?read#" in item.origin:
+                    break  # the worker dies handing over the first resource read by reference
+                stored.add(_origin(item))
+        assert any(o.startswith("unresolved:") for o in stored)  # some gaps were reported already
+        query = RecordQuery(**{**QUERY.__dict__, "already_fetched": frozenset(stored)})
+        rest = [_origin(r) for r in pull(peer, work, query)]
+        assert len(rest) == len(set(rest)) and not stored & set(rest)
+        assert stored | set(rest) == full
+    finally:
+        peer.stop()
