@@ -16,7 +16,7 @@ from connectors.data_classes import ALL, CLASSES, TABLE, unknown
 # Patient compartment, without those where the patient acts: performer, author, sender...)
 PATIENT_PARAMS: dict[str, tuple[str, ...]] = {
     t: ("patient", "subject") for t in (
-        "Account", "AdverseEvent", "AllergyIntolerance", "BodyStructure", "CarePlan", "CareTeam",
+        "Account", "AdverseEvent", "AllergyIntolerance", "Basic", "BodyStructure", "CarePlan", "CareTeam",
         "ChargeItem", "Claim", "ClaimResponse", "ClinicalImpression", "Communication",
         "CommunicationRequest", "Composition", "Condition", "Consent", "CoverageEligibilityRequest",
         "CoverageEligibilityResponse", "DetectedIssue", "Device", "DeviceRequest", "DeviceUseStatement",
@@ -62,6 +62,9 @@ DATE_PARAMS: dict[str, str] = {
 SUPPORTING_TYPES = (*CLASSES["supporting"].fhir_types, "Medication")
 # never read by reference: other people (a Group lists other patients), raw bytes
 NEVER_FOLLOWED = frozenset({"Patient", "Group", "Person", "Binary", "Bundle"})
+# types that take a `patient` parameter but are not the patient's records (the server's
+# access log, its notification channels, its calendars)
+NOT_RECORDS = frozenset({"AuditEvent", "Subscription", "Schedule", "Slot"})
 R4_VERSIONS = ("4.0", "4.3")  # R4 and R4B: read with the R4B models
 
 
@@ -212,10 +215,6 @@ def _searched(cap: Capability, data_classes: frozenset[str]) -> tuple[list[tuple
 def _placed() -> frozenset[str]:
     """Types the table places in a class (searched for it, or read by reference)."""
     return frozenset(t for c in TABLE for t in c.fhir_types) | NEVER_FOLLOWED | NOT_RECORDS
-
-
-# types that take a `patient` parameter but are not the patient's records
-NOT_RECORDS = frozenset({"AuditEvent", "Subscription", "Schedule", "Slot", "Basic"})
 
 
 def not_searchable(cap: Capability, data_classes: frozenset[str]) -> list[tuple[str, str]]:
