@@ -9,17 +9,12 @@ from dataclasses import dataclass
 from datetime import date
 from importlib import import_module
 
+from connectors import data_classes
 from connectors.base import RawRecord
 
-DATA_CLASSES = frozenset({
-    "notes", "labs", "imaging", "pathology", "radiology", "medications", "allergies",
-    "conditions", "procedures", "immunizations", "encounters", "vitals", "care-plans",
-    "documents", "demographics",
-    # who and where (Practitioner, Organization, Location, Provenance): released with the
-    # records that reference them, whatever the classes and dates (see gateway/engine/policy.py)
-    "supporting",
-    "billing",  # Claim, ExplanationOfBenefit, Coverage: only "all" (or "billing") covers them
-})
+# the one table of data classes (connectors/data_classes.py: the FHIR plan needs it too, and
+# connectors may not import mappings): the authorization schema reads it from here
+DATA_CLASSES = data_classes.DATA_CLASSES
 
 
 class MappingFailed(Exception):

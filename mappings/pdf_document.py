@@ -12,19 +12,14 @@ from pypdf import PdfReader
 from pypdf.errors import PdfReadError
 
 from connectors.base import RawRecord
+from connectors.data_classes import DOCUMENT_TYPES
 
 from . import Mapped, MappingContext, MappingFailed
 
 logging.getLogger("pypdf").setLevel(logging.ERROR)  # its warnings can quote content
 
 LOINC = "http://loinc.org"
-DOC_TYPES = {  # data class -> LOINC document type
-    "notes": ("11506-3", "Progress note"),
-    "labs": ("11502-2", "Laboratory report"),
-    "pathology": ("11526-1", "Pathology study"),
-    "radiology": ("18748-4", "Diagnostic imaging study"),
-    "imaging": ("18748-4", "Diagnostic imaging study"),
-}
+DOC_TYPES = DOCUMENT_TYPES  # data class -> LOINC document type, from the one table
 DEFAULT_TYPE = ("55188-7", "Patient data Document")
 
 

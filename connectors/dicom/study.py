@@ -16,11 +16,12 @@ from datetime import date
 from pathlib import Path
 
 from connectors.base import RawRecord, RecordQuery, RejectedRecord, SourceUnavailable
+from connectors.data_classes import ALL, DICOM_CLASSES
 
 from .intake import InstanceError, Received, Retrieval
 from .uids import is_uid
 
-IMAGING_CLASSES = frozenset({"all", "imaging", "radiology"})
+IMAGING_CLASSES = frozenset({ALL, *DICOM_CLASSES})  # from the one table of data classes
 
 
 def wants_imaging(query: RecordQuery) -> bool:

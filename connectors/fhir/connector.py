@@ -15,8 +15,10 @@ Options (the source's configuration):
     chunk_resources, chunk_bytes   size of one "fhir-json" record (default 500, 4 MiB)
     timeout          [connect, read] seconds (default [10, 60])
     max_retries, backoff, backoff_max, max_retry_after, max_total_wait   (politeness)
-    attachments      fetch attachment URLs (default true); supporting: fetch referenced
-                     Practitioner/Organization/Location/Medication... (default true)
+    attachments      fetch attachment URLs (default true); supporting: read referenced
+                     resources the pull lacks (Practitioner, Device, Medication...: those
+                     the authorization's classes want, and who and where) (default true)
+    max_reference_reads   at most this many such reads a pull (default 1000)
     extra_bases      other URL prefixes the server legitimately uses in links
     verify_tls       true, false or a CA bundle path; max_download bytes (default 2 GiB)
 
@@ -27,6 +29,11 @@ Records yielded:
         fhir_version, patient_id (server id), stream, page, chunk, resources,
         attachments {url as in resource: binary id}, refused [{url, reason}],
         pull_started (server time of the pull's start: the next pull's `since`).
+    Gap(kind="not-searchable", what=<Type>): a type the classes want that a per-type
+        search cannot ask for (the server does not list it, or lists no patient search
+        parameter for it). Gap(kind="unresolved", what=<reference>): a reference the pull
+        left dangling that could not be read (404, 403, outside the base, another patient,
+        over max_reference_reads).
     kind "fhir-attachment": an attachment's bytes. origin: its absolute URL. metadata:
         base_url, url (as in the resource), absolute_url, binary_id, owner (summary of
         the DocumentReference/DiagnosticReport), content_type.
@@ -47,6 +54,7 @@ import orjson
 
 from connectors.base import (
     Connector,
+    Gap,
     Progress,
     RawRecord,
     RecordQuery,
@@ -56,11 +64,12 @@ from connectors.base import (
     hash_file,
 )
 
+from . import references
 from .attachments import fetch_attachment
 from .http import FHIR_JSON, FhirHttp, HttpRejected, OutsideBase, RetryPolicy, check_base_url
-from .pages import PageBroken, PageResult, split_page
+from .pages import PageBroken, PageResult, split_page, version_marker
 from .patients import match_patient
-from .plan import SUPPORTING_TYPES, Capability, Stream, instant, plan_streams
+from .plan import Capability, Stream, followed_types, instant, not_searchable, plan_streams
 from .smart import NoAuth, make_auth
 from .state import PullJournal, journal_key
 
@@ -96,6 +105,7 @@ class FhirRestConnector(Connector):
         self.mode = o.get("retrieval", "auto")
         self.want_attachments = bool(o.get("attachments", True))
         self.want_supporting = bool(o.get("supporting", True))
+        self.max_reference_reads = int(o.get("max_reference_reads", 1000))
         self.max_binary_json = int(o.get("max_binary_json", 256 << 20))
         self.prefetch = int(o.get("prefetch", 8))  # records the helper thread may run ahead
         timeout = o.get("timeout", (10, 60))
@@ -110,6 +120,7 @@ class FhirRestConnector(Connector):
                              on_bytes=self._on_bytes)
         self.http.auth = make_auth(o.get("auth"), self.http)
         self.capability: Capability | None = None
+        self._reported: set[str] = set()
         self.pull_started: str | None = None
         self.stats = {"pages": 0, "resources": 0, "bytes": 0, "attachments": 0, "duplicates": 0,
                       "refused": 0, "outcomes": 0}
@@ -215,27 +226,124 @@ class FhirRestConnector(Connector):
                                date_from=query.date_from, date_to=query.date_to, since=since,
                                page_size=self.page_size, mode=mode)
         try:
+            if streams and streams[0].key != "Patient/$everything":
+                yield from self._not_searchable(cap, query, done_origins)
             for stream in streams:
                 yield from self._stream(journal, stream, done_origins)
         except _EverythingRefused as exc:  # e.g. not granted to backend clients: search instead
             log.warning("fhir: %s; falling back to per-type searches", exc)
             journal.append({"ev": "everything-refused", "reason": str(exc)[:300]})
+            yield from self._not_searchable(cap, query, done_origins)
             for stream in plan_streams(cap, patient_id, data_classes=query.data_classes,
                                        date_from=query.date_from, date_to=query.date_to, since=since,
                                        page_size=self.page_size, mode="search"):
                 yield from self._stream(journal, stream, done_origins)
         if self.want_supporting:
-            for _ in range(3):  # PractitionerRole -> Practitioner/Organization/Location
-                missing = sorted(r for r in st.refs if r not in st.seen)
-                if not missing:
-                    break
-                for stream in _by_id_streams(missing, self.page_size):
-                    yield from self._stream(journal, stream, done_origins)
+            yield from self._follow(journal, followed_types(query.data_classes), done_origins)
         journal.append({"ev": "done"})
         self._report("done")
 
     def match_patient(self, query: RecordQuery) -> str:
         return match_patient(self.http, self.base_url, query)
+
+    def _not_searchable(self, cap: Capability, query: RecordQuery, done_origins) -> Iterator[Gap]:
+        for rtype, reason in not_searchable(cap, query.data_classes):
+            gap = Gap(source=self.source, kind="not-searchable", what=rtype, reason=reason)
+            if f"{gap.kind}:{gap.what}" not in done_origins:
+                yield gap
+
+    # -- references the pull left dangling ------------------------------------------------
+    def _follow(self, journal: PullJournal, scope, done_origins) -> Iterator[RawRecord | Gap]:
+        """Read the resources others reference that the pull lacks (in rounds: a read
+        resource references more), bounded by max_reference_reads; a Gap for each one
+        that stays unresolved."""
+        st = journal.state
+        reported = self._reported = set()  # each unresolved reference once a pull
+        while True:
+            wanted: list[str] = []
+            for ref in sorted(st.refs):
+                if ref in st.seen or ref in reported:
+                    continue
+                if ref in st.unresolved:  # journaled earlier (this run, or before a crash)
+                    reported.add(ref)
+                    yield from self._gap(ref, st.unresolved[ref], done_origins)
+                    continue
+                verdict = references.judge(ref, self._patient_id, scope)
+                if verdict == "read":
+                    wanted.append(ref)
+                elif verdict is not None:
+                    journal.append({"ev": "unresolved", "ref": ref, "reason": verdict})
+                    reported.add(ref)
+                    yield from self._gap(ref, verdict, done_origins)
+            if not wanted:
+                return
+            budget = self.max_reference_reads - st.reads
+            for ref in wanted[max(budget, 0):]:
+                reason = f"not read: over the limit of {self.max_reference_reads} reads a pull (max_reference_reads)"
+                journal.append({"ev": "unresolved", "ref": ref, "reason": reason})
+                reported.add(ref)
+                yield from self._gap(ref, reason, done_origins)
+            wanted = wanted[:max(budget, 0)]
+            if not wanted:
+                return
+            by_type: dict[str, list[str]] = {}
+            for ref in wanted:
+                by_type.setdefault(ref.partition("/")[0], []).append(ref)
+            size = max(1, min(50, self.chunk_resources))
+            for rtype, refs in sorted(by_type.items()):
+                for i in range(0, len(refs), size):
+                    yield from self._read_batch(journal, rtype, refs[i:i + size], done_origins)
+
+    def _gap(self, ref: str, reason: str, done_origins) -> Iterator[Gap]:
+        gap = Gap(source=self.source, kind="unresolved", what=printable(ref), reason=reason)
+        if f"{gap.kind}:{gap.what}" not in done_origins:
+            yield gap
+
+    def _read_batch(self, journal: PullJournal, rtype: str, refs: list[str], done_origins,
+                    redo: bool = False) -> Iterator[RawRecord | Gap]:
+        """Read `refs` one by one into one "fhir-json" record; journaled like a page."""
+        digest = hashlib.sha256(",".join(refs).encode()).hexdigest()[:12]
+        key = f"{rtype}?read#{digest}"
+        path = self.workdir / f"fhir-{self._prefix}-{_short(key)}-p00000-c000.ndjson"
+        lines, keys, refs_found, failed = [], [], set(), []
+        bases = (self.base_url, *self.http.extra_bases)
+        for ref in refs:
+            got = references.read(self.http, self.base_url, ref, self._patient_id)
+            if isinstance(got, str):
+                failed.append((ref, got))
+                continue
+            line, resource = got
+            lines.append(line)
+            keys.append(f"{ref}@{version_marker(resource)}")
+            refs_found |= references.scan(line, bases)
+        records = []
+        if lines:
+            body = b"".join(line + b"\n" for line in lines)
+            path.write_bytes(body)
+            records.append({
+                "kind": "fhir-json", "media_type": NDJSON, "file": path.name,
+                "sha256": hashlib.sha256(body).hexdigest(), "size": len(body),
+                "origin": f"{self.base_url}/{key}#page=0&chunk=0", "fetched_at": _now(),
+                "metadata": {"base_url": self.base_url, "fhir_version": self.capability.fhir_version,
+                             "patient_id": self._patient_id, "stream": key, "page": 0, "chunk": 0,
+                             "resources": len(lines), "attachments": {}, "refused": [],
+                             "pull_started": self.pull_started, "read": refs}})
+            self.stats["resources"] += len(lines)
+        if not redo:
+            journal.append({"ev": "page", "stream": key, "page": 0, "url": rtype, "params": None,
+                            "next": None, "records": records, "keys": keys, "refs": sorted(refs_found),
+                            "stop": None, "reads": len(refs)})
+            journal.append({"ev": "stream-done", "stream": key})
+            for ref, reason in failed:
+                journal.append({"ev": "unresolved", "ref": ref, "reason": reason})
+        for rec in records:
+            if rec["origin"] not in done_origins:
+                yield self._raw(rec)
+        if not redo:
+            for ref, reason in failed:
+                self._reported.add(ref)
+                yield from self._gap(ref, reason, done_origins)
+        self._report(key)
 
     # -- streams and pages --------------------------------------------------------------
     def _stream(self, journal: PullJournal, stream: Stream, done_origins) -> Iterator[RawRecord]:
@@ -296,7 +404,7 @@ class FhirRestConnector(Connector):
             prefix = self.workdir / f"fhir-{self._prefix}-{_short(stream.key)}-p{page:05d}"
             try:
                 result: PageResult = split_page(
-                    got.path, prefix, seen=seen, supporting=SUPPORTING_TYPES if self.want_supporting else (),
+                    got.path, prefix, seen=seen, supporting=(),
                     base_url=self.base_url, chunk_resources=self.chunk_resources,
                     chunk_bytes=self.chunk_bytes, want_attachments=self.want_attachments)
                 break
@@ -306,6 +414,10 @@ class FhirRestConnector(Connector):
                 log.info("fhir: page %d of %s broken (%s); fetching again", page, stream.key, exc)
             finally:
                 got.path.unlink(missing_ok=True)
+        if self.want_supporting:  # what the page references, to read what the pull lacks
+            bases = (self.base_url, *self.http.extra_bases)
+            for chunk in result.chunks:
+                result.refs |= references.scan_file(chunk.path, bases)
         self.stats["pages"] += 1
         self.stats["resources"] += result.resources
         self.stats["duplicates"] += result.duplicates
@@ -387,6 +499,11 @@ class FhirRestConnector(Connector):
         self._patient_id = journal.state.patient_id
         for (skey, page), ev in sorted(by_page.items()):
             keys = {k.partition("@")[0] for k in ev.get("keys", ())}
+            if "?read#" in skey:  # resources read by reference: read them again
+                rtype = skey.partition("?")[0]
+                yield from self._read_batch(journal, rtype, sorted(ev["records"][0]["metadata"]["read"]),
+                                            done_origins, redo=True)
+                continue
             stream = Stream(skey, ev["url"], ())
             _, records, _ = yield from self._page(journal, stream, page, ev["url"], None,
                                                   done_origins, redo_keys=keys)
@@ -431,21 +548,6 @@ class FhirRestConnector(Connector):
         self.progress(Progress(done=s["resources"], total=None, bytes=s["bytes"],
                                message=f"{where}: {s['pages']} pages, {s['resources']} resources, "
                                        f"{s['attachments']} attachments, {s['duplicates']} duplicates skipped"))
-
-
-def _by_id_streams(keys: list[str], page_size: int) -> list[Stream]:
-    by_type: dict[str, list[str]] = {}
-    for key in keys:
-        rtype, _, rid = key.partition("/")
-        by_type.setdefault(rtype, []).append(rid)
-    streams = []
-    for rtype, ids in sorted(by_type.items()):
-        for i in range(0, len(ids), 50):
-            batch = ids[i:i + 50]
-            digest = hashlib.sha256(",".join(batch).encode()).hexdigest()[:12]
-            streams.append(Stream(f"{rtype}?_id#{digest}", rtype,
-                                  (("_id", ",".join(batch)), ("_count", str(min(page_size, 50))))))
-    return streams
 
 
 def printable(value: str, limit: int = 200) -> str:

@@ -1,6 +1,8 @@
 """What to ask a FHIR server for: `Patient/$everything` where its CapabilityStatement
-offers it, otherwise one search per US Core type, narrowed by the authorization's data
-classes, its date range and the incremental `since`.
+offers it, otherwise one search per resource type the server supports that has a patient
+search parameter, narrowed by the authorization's data classes (the one table in
+connectors/data_classes.py), its date range and the incremental `since`. Types the plan
+wants but cannot search by patient are reported (`not_searchable`), never left out silently.
 """
 from __future__ import annotations
 
@@ -8,41 +10,44 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 
 from connectors.base import SourceRejected
+from connectors.data_classes import ALL, CLASSES, TABLE, unknown
 
-# data class -> resource types searched for it (US Core types first)
-CLASS_TYPES: dict[str, tuple[str, ...]] = {
-    "notes": ("DocumentReference", "DiagnosticReport"),
-    "documents": ("DocumentReference",),
-    "labs": ("Observation", "DiagnosticReport"),
-    "pathology": ("DiagnosticReport", "Observation", "DocumentReference", "Specimen"),
-    "imaging": ("ImagingStudy", "DiagnosticReport", "DocumentReference", "Observation"),
-    "radiology": ("ImagingStudy", "DiagnosticReport", "DocumentReference", "Observation"),
-    "medications": ("MedicationRequest", "MedicationStatement", "MedicationAdministration",
-                    "MedicationDispense"),
-    "allergies": ("AllergyIntolerance",),
-    "conditions": ("Condition", "Observation"),
-    "procedures": ("Procedure", "Device"),
-    "immunizations": ("Immunization",),
-    "encounters": ("Encounter",),
-    "vitals": ("Observation",),
-    "care-plans": ("CarePlan", "CareTeam", "Goal"),
-    "demographics": (),
-}
-ALL_TYPES: tuple[str, ...] = (
+# the search parameters that find a type's resources ABOUT the patient, best first (R4's
+# Patient compartment, without those where the patient acts: performer, author, sender...)
+PATIENT_PARAMS: dict[str, tuple[str, ...]] = {
+    t: ("patient", "subject") for t in (
+        "Account", "AdverseEvent", "AllergyIntolerance", "Basic", "BodyStructure", "CarePlan", "CareTeam",
+        "ChargeItem", "Claim", "ClaimResponse", "ClinicalImpression", "Communication",
+        "CommunicationRequest", "Composition", "Condition", "Consent", "CoverageEligibilityRequest",
+        "CoverageEligibilityResponse", "DetectedIssue", "Device", "DeviceRequest", "DeviceUseStatement",
+        "DiagnosticReport", "DocumentManifest", "DocumentReference", "Encounter", "EpisodeOfCare",
+        "ExplanationOfBenefit", "FamilyMemberHistory", "Flag", "Goal", "ImagingStudy", "Immunization",
+        "ImmunizationEvaluation", "ImmunizationRecommendation", "Invoice", "List", "Media",
+        "MedicationAdministration", "MedicationDispense", "MedicationRequest", "MedicationStatement",
+        "MolecularSequence", "NutritionOrder", "Observation", "Procedure", "Provenance",
+        "QuestionnaireResponse", "RelatedPerson", "RequestGroup", "RiskAssessment", "ServiceRequest",
+        "Specimen", "SupplyDelivery", "SupplyRequest", "Task", "VisionPrescription")}
+PATIENT_PARAMS.update({
+    "Coverage": ("patient", "beneficiary"),
+    "Appointment": ("patient", "actor"),
+    "AppointmentResponse": ("patient", "actor"),
+})
+# what a patient's record is expected to hold (US Core, billing): a type the plan wants that
+# the server does not list at all is reported as not searchable
+CORE_TYPES = frozenset({
     "AllergyIntolerance", "CarePlan", "CareTeam", "Condition", "Device", "DiagnosticReport",
     "DocumentReference", "Encounter", "Goal", "Immunization", "ImagingStudy",
     "MedicationAdministration", "MedicationDispense", "MedicationRequest", "MedicationStatement",
-    "Observation", "Procedure", "Specimen", "ServiceRequest", "Provenance",
-)
+    "Observation", "Procedure", "Specimen", "ServiceRequest", "Provenance", "Coverage", "Claim",
+    "ExplanationOfBenefit", "SupplyDelivery",
+})
+# data class -> resource types searched for it (its own types first)
+CLASS_TYPES: dict[str, tuple[str, ...]] = {c.name: (*c.fhir_types, *c.fhir_also) for c in TABLE}
+ALL_TYPES: tuple[str, ...] = tuple(sorted(PATIENT_PARAMS))
 # Observation categories that belong to a data class, so a narrow authorization does not
 # pull every Observation (usually most of a record)
 OBSERVATION_CATEGORIES: dict[str, tuple[str, ...]] = {
-    "labs": ("laboratory",),
-    "pathology": ("laboratory",),
-    "vitals": ("vital-signs",),
-    "imaging": ("imaging",),
-    "radiology": ("imaging",),
-}
+    c.name: c.observation_categories for c in TABLE if c.observation_categories}
 # the search parameter for the clinical date of each type, where there is one
 DATE_PARAMS: dict[str, str] = {
     "Observation": "date", "DiagnosticReport": "date", "DocumentReference": "date",
@@ -52,8 +57,14 @@ DATE_PARAMS: dict[str, str] = {
     "MedicationStatement": "effective", "AllergyIntolerance": "date", "Goal": "target-date",
     "CareTeam": "date", "ServiceRequest": "authored",
 }
-# resources clinical ones point at, fetched by id afterwards when the pull lacks them
-SUPPORTING_TYPES = ("Practitioner", "PractitionerRole", "Organization", "Location", "Medication")
+# resources clinical ones point at, read afterwards when the pull lacks them, whatever the
+# classes (the gateway's authorization filter still decides what is released)
+SUPPORTING_TYPES = (*CLASSES["supporting"].fhir_types, "Medication")
+# never read by reference: other people (a Group lists other patients), raw bytes
+NEVER_FOLLOWED = frozenset({"Patient", "Group", "Person", "Binary", "Bundle"})
+# types that take a `patient` parameter but are not the patient's records (the server's
+# access log, its notification channels, its calendars)
+NOT_RECORDS = frozenset({"AuditEvent", "Subscription", "Schedule", "Slot"})
 R4_VERSIONS = ("4.0", "4.3")  # R4 and R4B: read with the R4B models
 
 
@@ -101,11 +112,14 @@ class Capability:
         declared = self.search_params.get(rtype)
         return not declared or param in declared
 
-    def patient_param(self, rtype: str) -> str:
-        declared = self.search_params.get(rtype) or frozenset()
-        if "patient" in declared or not declared:
-            return "patient"
-        return "subject" if "subject" in declared else "patient"
+    def patient_param(self, rtype: str) -> str | None:
+        """The parameter that finds `rtype` by patient, None when the server lists search
+        parameters for the type and none of them does (the standard one when it lists none)."""
+        candidates = PATIENT_PARAMS.get(rtype, ("patient", "subject"))
+        declared = self.search_params.get(rtype)
+        if not declared:
+            return candidates[0]
+        return next((p for p in candidates if p in declared), None)
 
 
 def _is_everything(op) -> bool:
@@ -141,12 +155,12 @@ def instant(value) -> str | None:
 
 
 def search_types(data_classes: frozenset[str]) -> tuple[list[str], dict[str, tuple[str, ...]]]:
-    """Types to search and, for Observation, the categories when narrower than all."""
-    if not data_classes or "all" in data_classes:
+    """Types the classes want and, for Observation, the categories when narrower than all."""
+    if not data_classes or ALL in data_classes:
         return list(ALL_TYPES), {}
-    unknown = set(data_classes) - set(CLASS_TYPES)
-    if unknown:
-        raise SourceRejected(f"unknown data classes {sorted(unknown)}")
+    bad = unknown(data_classes)
+    if bad:
+        raise SourceRejected(f"unknown data classes {bad}")
     types: list[str] = []
     for cls in sorted(data_classes):
         for rtype in CLASS_TYPES[cls]:
@@ -160,6 +174,53 @@ def search_types(data_classes: frozenset[str]) -> tuple[list[str], dict[str, tup
             cats = sorted({cat for c in asking for cat in OBSERVATION_CATEGORIES[c]})
             categories["Observation"] = tuple(cats)
     return sorted(types), categories
+
+
+def followed_types(data_classes: frozenset[str]) -> frozenset[str] | None:
+    """Types whose referenced resources are read when the pull lacks them: None for any
+    type (an "all" authorization), else those the classes want plus the supporting ones."""
+    if not data_classes or ALL in data_classes:
+        return None
+    types, _ = search_types(data_classes)
+    return frozenset(types) | frozenset(SUPPORTING_TYPES)
+
+
+def _searched(cap: Capability, data_classes: frozenset[str]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """([(type, patient param)] to search, [(type, why not)]) for a per-type search plan."""
+    types, _ = search_types(data_classes)
+    wanted = [t for t in types if t in PATIENT_PARAMS]
+    if not cap.raw_types:  # the statement lists no resources: the usual types, the usual way
+        return [(t, PATIENT_PARAMS[t][0]) for t in wanted if t in CORE_TYPES], []
+    search, gaps = [], []
+    for rtype in wanted:
+        if rtype not in cap.raw_types:
+            if rtype in CORE_TYPES:
+                gaps.append((rtype, "the server's CapabilityStatement does not list this type"))
+            continue
+        param = cap.patient_param(rtype)
+        if param is None:
+            gaps.append((rtype, "the server lists no patient search parameter for this type "
+                                f"(none of {', '.join(PATIENT_PARAMS[rtype])})"))
+        else:
+            search.append((rtype, param))
+    # types the server has, with a patient search, that no class of the table names
+    if not data_classes or ALL in data_classes:
+        for rtype in sorted(cap.raw_types - set(PATIENT_PARAMS) - _placed()):
+            declared = cap.search_params.get(rtype) or frozenset()
+            if "patient" in declared:
+                search.append((rtype, "patient"))
+    return search, gaps
+
+
+def _placed() -> frozenset[str]:
+    """Types the table places in a class (searched for it, or read by reference)."""
+    return frozenset(t for c in TABLE for t in c.fhir_types) | NEVER_FOLLOWED | NOT_RECORDS
+
+
+def not_searchable(cap: Capability, data_classes: frozenset[str]) -> list[tuple[str, str]]:
+    """(type, reason) for each type the classes want that this server cannot be searched
+    for by patient: a per-type plan cannot ask for it."""
+    return _searched(cap, data_classes)[1]
 
 
 def plan_streams(cap: Capability, patient_id: str, *, data_classes: frozenset[str],
@@ -177,14 +238,13 @@ def plan_streams(cap: Capability, patient_id: str, *, data_classes: frozenset[st
             params.append(("start", date_from.isoformat()))
         if date_to:
             params.append(("end", date_to.isoformat()))
-        if data_classes and "all" not in data_classes:
+        if data_classes and ALL not in data_classes:
             params.append(("_type", ",".join(["Patient", *types, *SUPPORTING_TYPES])))
         return [Stream("Patient/$everything", f"Patient/{patient_id}/$everything", tuple(params))]
     streams = []
-    for rtype in types:
-        if cap.raw_types and rtype not in cap.raw_types:
-            continue  # the server does not have the type at all
-        params = [(cap.patient_param(rtype), patient_id)]
+    searched, _ = _searched(cap, data_classes)
+    for rtype, param in sorted(searched):
+        params = [(param, patient_id if param == "patient" else f"Patient/{patient_id}")]
         if rtype in categories:
             params.append(("category", ",".join(categories[rtype])))
         dparam = DATE_PARAMS.get(rtype)

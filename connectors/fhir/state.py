@@ -12,6 +12,7 @@ work it describes is on disk:
     {"ev": "attachment", "record": {...}}
     {"ev": "stream-done", "stream": "Observation"}    (+ "refused": why, for a refused search)
     {"ev": "everything-refused", "reason": "..."}     ($everything refused: per-type searches)
+    {"ev": "unresolved", "ref": "Device/7", "reason": "..."}   (a reference left unresolved)
     {"ev": "done"}
 
 On resume the connector replays it: a stream restarts from the `next` of its last
@@ -46,7 +47,9 @@ class PullState:
     patient_id: str | None = None
     streams: dict[str, StreamState] = field(default_factory=dict)
     seen: dict[str, str] = field(default_factory=dict)  # "Type/id" -> version marker
-    refs: set[str] = field(default_factory=set)  # supporting "Type/id" referenced
+    refs: set[str] = field(default_factory=set)  # references ("Type/id", or as written when unreadable)
+    unresolved: dict[str, str] = field(default_factory=dict)  # reference -> why it stays so
+    reads: int = 0  # resources read by reference so far (bounded)
     records: dict[str, dict] = field(default_factory=dict)  # origin -> record, in order
     pull_started: str | None = None
     everything_refused: str | None = None  # the server refused $everything: searches instead
@@ -89,6 +92,7 @@ class PullJournal:
                 rkey, _, version = k.partition("@")
                 st.seen[rkey] = version
             st.refs.update(ev.get("refs", ()))
+            st.reads += ev.get("reads", 0)
             for rec in ev.get("records", ()):
                 st.records[rec["origin"]] = rec
         elif kind == "attachment":
@@ -97,6 +101,8 @@ class PullJournal:
             st.records[rec["origin"]] = rec
         elif kind == "attachment-refused":
             st.attachments[ev["url"]] = {"refused": ev["reason"]}
+        elif kind == "unresolved":
+            st.unresolved[ev["ref"]] = ev["reason"]
         elif kind == "everything-refused":
             st.everything_refused = ev["reason"]
         elif kind == "stream-done":

@@ -6,7 +6,8 @@ view and the command line, so nobody reads a transfer as complete when it is not
 - delivered: records that go to the recipient (in the bundle, or beside it for DICOM);
 - refused: records found and not delivered, counted by reason (outside the
   authorization, another patient's demographics, broken at the source, ...), and the
-  resources of a record that failed validation, counted by reason;
+  resources of a record that failed validation, counted by reason and named in `invalid`
+  ("Type/id" at the source and why: they were meant to be delivered);
 - gaps: what the source could not be asked for or would not give (resource types with
   no patient search, references left unresolved), named: they are not patient data.
 Refused records are counted, never named: their names may say what the patient did not
@@ -42,11 +43,14 @@ def report(sources, items) -> dict[str, dict]:
         for bad in (item.record_meta or {}).get("invalid", []):
             entry["invalidResources"] += 1
             counter[f"invalid resource: {bad.get('reason', '')}"] += 1
+            entry["invalid"].append({"what": str(bad.get("origin", "")).rsplit("#", 1)[-1],
+                                     "reason": bad.get("reason", "")})
     for name, entry in out.items():
         entry["refused"] = [{"reason": reason, "count": n}
                             for reason, n in sorted(refused[name].items())]
         entry["notSearchable"].sort(key=lambda g: g["what"])
         entry["unresolved"].sort(key=lambda g: g["what"])
+        entry["invalid"].sort(key=lambda g: g["what"])
         entry["complete"] = (entry["pending"] == 0 and not entry["refused"]
                              and not entry["notSearchable"] and not entry["unresolved"])
     return out
@@ -54,4 +58,4 @@ def report(sources, items) -> dict[str, dict]:
 
 def _empty(state: str) -> dict:
     return {"state": state, "found": 0, "delivered": 0, "pending": 0, "invalidResources": 0,
-            "refused": [], "notSearchable": [], "unresolved": []}
+            "refused": [], "notSearchable": [], "unresolved": [], "invalid": []}

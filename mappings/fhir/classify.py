@@ -1,31 +1,17 @@
 """Which data class a FHIR resource belongs to, and its clinical date, read from the
 resource's JSON so filters work on valid and invalid resources alike.
 
-Two classes beyond mappings.DATA_CLASSES:
-- "supporting": who and where (Practitioner, PractitionerRole, Organization, Location) and
-  Provenance. No clinical content of their own: release them with whatever references
-  them (they carry no clinical date, so a date filter alone would drop them).
-- "billing": Claim, ExplanationOfBenefit, Coverage. Only an "all" authorization covers them.
+A type's class comes from the one table of data classes (connectors/data_classes.py);
+Observation, DiagnosticReport and DocumentReference are classed by category or type.
+"supporting" (who and where, Provenance) is released with whatever references it;
+"billing" (Claim, ExplanationOfBenefit, Coverage...) only under "all" or "billing".
 """
 from __future__ import annotations
 
 from datetime import date
 
-# a type's data class when nothing in the resource says more
-TYPE_CLASS = {
-    "AllergyIntolerance": "allergies", "Condition": "conditions", "Procedure": "procedures",
-    "Immunization": "immunizations", "Encounter": "encounters", "ImagingStudy": "imaging",
-    "MedicationRequest": "medications", "MedicationStatement": "medications",
-    "MedicationAdministration": "medications", "MedicationDispense": "medications",
-    "Medication": "medications", "CarePlan": "care-plans", "CareTeam": "care-plans",
-    "Goal": "care-plans", "Device": "procedures", "Specimen": "labs",
-    "ServiceRequest": "procedures", "SupplyDelivery": "procedures", "Media": "imaging",
-    "DocumentReference": "documents", "DiagnosticReport": "labs", "Observation": "conditions",
-    "Patient": "demographics", "RelatedPerson": "demographics", "Practitioner": "supporting",
-    "PractitionerRole": "supporting", "Organization": "supporting", "Location": "supporting",
-    "Provenance": "supporting", "Coverage": "billing", "Claim": "billing",
-    "ExplanationOfBenefit": "billing",
-}
+from connectors.data_classes import DEFAULT_FHIR_CLASS, TYPE_CLASS
+
 OBSERVATION_CATEGORY = {
     "laboratory": "labs", "vital-signs": "vitals", "imaging": "radiology",
     "procedure": "procedures",
@@ -105,7 +91,7 @@ def data_class(resource: dict) -> str:
         return "documents"
     if rtype == "ImagingStudy" or rtype == "Media":
         return "imaging"
-    return TYPE_CLASS.get(rtype, "documents")
+    return TYPE_CLASS.get(rtype, DEFAULT_FHIR_CLASS)
 
 
 def _pick(resource: dict, path: str):

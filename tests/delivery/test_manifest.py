@@ -58,7 +58,8 @@ def test_completeness_says_what_was_found_delivered_refused_and_not_asked_for():
         "state": "done", "found": 2, "delivered": 2, "pending": 0, "invalidResources": 1,
         "refused": [{"reason": "invalid resource: value: bad", "count": 1}],
         "notSearchable": [{"what": "Claim", "reason": "no patient search"}],
-        "unresolved": [{"what": "Device/d1", "reason": "read answered 404"}], "complete": False}
+        "unresolved": [{"what": "Device/d1", "reason": "read answered 404"}], "complete": False,
+        "invalid": [{"what": "Observation/o9", "reason": "value: bad"}]}  # named: meant to go
     assert got["pacs"]["found"] == 3 and got["pacs"]["delivered"] == 0
     assert got["pacs"]["pending"] == 1 and got["pacs"]["complete"] is False
     assert got["pacs"]["refused"] == [{"reason": "birth date differs", "count": 2}]

@@ -4,8 +4,10 @@ resources that move between pages while paging, Binary answered as FHIR JSON, an
 FHIR version in /metadata.
 
 It serves a small in-memory data set (`resources`, by type) with offset paging
-(`_count`, `_offset`), `Patient?identifier=`, `Patient/<id>/$everything` and `Binary/<id>`,
-and records every request. Faults are queued rules: the first rule whose `match` is a
+(`_count`, `_offset`), `Patient?identifier=`, `Patient/<id>/$everything`, reads
+(`<Type>/<id>`, 404 when absent) and `Binary/<id>`, and records every request.
+`capability_types` (type -> search parameter names) replaces the CapabilityStatement's
+resource list; `everything_omits` names types `$everything` leaves out. Faults are queued rules: the first rule whose `match` is a
 substring of the request path+query fires (`times` times) instead of the normal answer.
 """
 from __future__ import annotations
@@ -44,6 +46,8 @@ class FaultPeer:
         self.requests: list[dict] = []
         self.next_base: str | None = None  # where next links point (default: our base)
         self.on_page = None  # callable(path, offset) run before a search page is built
+        self.capability_types: dict[str, list[str]] | None = None
+        self.everything_omits: set[str] = set()
         self.lock = threading.Lock()
         self.server = _QuietServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -70,6 +74,13 @@ class FaultPeer:
 
     # -- answers -----------------------------------------------------------------------
     def capability(self) -> dict:
+        if self.capability_types is not None:
+            return {"resourceType": "CapabilityStatement", "status": "active", "kind": "instance",
+                    "fhirVersion": self.fhir_version, "format": ["json"],
+                    "rest": [{"mode": "server", "resource": [
+                        {"type": t, "searchParam": [{"name": n, "type": "token"} for n in names],
+                         **({"operation": [{"name": "everything"}]} if t == "Patient" and self.everything else {})}
+                        for t, names in self.capability_types.items()]}]}
         return {"resourceType": "CapabilityStatement", "status": "active", "kind": "instance",
                 "fhirVersion": self.fhir_version, "format": ["json"],
                 "rest": [{"mode": "server", "resource": [
@@ -101,7 +112,7 @@ class FaultPeer:
 
     def _items(self, path: str, params: dict) -> list[dict]:
         if path.endswith("$everything"):
-            return [r for rs in self.resources.values() for r in rs]
+            return [r for t, rs in self.resources.items() if t not in self.everything_omits for r in rs]
         rtype = path.split("/")[0]
         items = list(self.resources.get(rtype, []))
         if rtype == "Patient" and "identifier" in params:
@@ -155,7 +166,13 @@ class FaultPeer:
                         return self.send_json(200, {"resourceType": "Binary", "id": path[7:], "contentType": ctype,
                                                     "data": base64.b64encode(data).decode()})
                     return self.send_json(200, data, ctype=ctype)
-                rtype = path.split("/")[0]
+                rtype, _, rid = path.partition("/")
+                if rid and "/" not in rid and "$" not in rid:  # a read
+                    found = next((r for r in peer.resources.get(rtype, []) if r.get("id") == rid), None)
+                    if found is None:
+                        return self.send_json(404, {"resourceType": "OperationOutcome", "issue": [
+                            {"severity": "error", "code": "not-found"}]})
+                    return self.send_json(200, found)
                 return self.send_json(200, peer.page(path, rtype, peer._items(path, params), params))
 
             def _fault(self, fault: Fault, path: str, params: dict) -> bool:

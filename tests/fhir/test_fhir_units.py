@@ -124,7 +124,8 @@ def test_wrong_keys_are_refused():
 # -- plan ----------------------------------------------------------------------------------
 def test_search_types_follow_data_classes():
     types, cats = search_types(frozenset({"labs"}))
-    assert types == ["DiagnosticReport", "Observation"] and cats == {"Observation": ("laboratory",)}
+    assert types == ["DiagnosticReport", "MolecularSequence", "Observation", "Specimen"]  # the one table
+    assert cats == {"Observation": ("laboratory",)}
     types, cats = search_types(frozenset({"labs", "conditions"}))
     assert "Condition" in types and "Observation" not in cats  # conditions want every category
     assert "AllergyIntolerance" in search_types(frozenset({"all"}))[0]
