@@ -42,8 +42,17 @@ from connectors.base import (
 )
 
 from .intake import FolderSink, Retrieval
-from .qr import IMAGE_KEYS, SERIES_KEYS, STUDY_KEYS, DimsePeer, QueryRetrieveSCU, RetrieveStatus
-from .scp import StorageSCP
+from .qr import (
+    IMAGE_KEYS,
+    SERIES_KEYS,
+    STUDY_KEYS,
+    DimsePeer,
+    QueryRetrieveSCU,
+    RetrieveStatus,
+    fits,
+    storage_classes,
+)
+from .scp import EXPLICIT_LE, StorageSCP
 from .study import (
     InstanceInfo,
     SeriesPlan,
@@ -95,6 +104,28 @@ def _text(value) -> str:
     return "" if value is None else str(value)
 
 
+def _instance_info(row: dict) -> InstanceInfo | None:
+    """An instance-level query answer; None without a valid SOP Instance UID."""
+    uid = clean_uid(row.get("SOPInstanceUID"))
+    if uid is None:
+        return None
+    held = row.get("AvailableTransferSyntaxUID") or []
+    held = [held] if isinstance(held, str) else held
+    return InstanceInfo(uid, _text(row.get("SOPClassUID")), row.get("InstanceNumber"),
+                        row.get("NumberOfFrames"),
+                        [u for u in (clean_uid(v) for v in held) if u])
+
+
+def _syntaxes(infos) -> list[str] | None:
+    """The transfer syntaxes to propose for these instances: the ones the PACS says it
+    holds them in (with Explicit VR Little Endian beside, should it prefer to convert),
+    or None (the common set) when it does not say for every one of them."""
+    infos = list(infos)
+    if not infos or not all(i.syntaxes for i in infos):
+        return None
+    return list(dict.fromkeys([s for i in infos for s in i.syntaxes] + [EXPLICIT_LE]))
+
+
 class _DimseBackend:
     def __init__(self, options: dict):
         self.scu = QueryRetrieveSCU(
@@ -141,9 +172,67 @@ class _DimseBackend:
     def _one(self, level, study, series, sops, retrieval, plan) -> RetrieveStatus:
         ident = self.scu._identifier(level, study, series, sops)
         if self.method == "get":
-            return self.scu.get(ident, retrieval, plan.sop_classes or None)
+            return self._get(ident, level, series, sops, retrieval, plan)
         with self.scp.expect(retrieval, self.scu.peer.ae_title, studies=[study]) as move_id:
             return self.scu.move(ident, self.move_dest, move_id, retrieval)
+
+    # -- C-GET: propose what the PACS holds, so it sends it as it is ----------------------
+    def _get(self, ident, level, series, sops, retrieval, plan) -> RetrieveStatus:
+        """One C-GET when the study's SOP classes (from C-FIND) and the transfer syntaxes
+        its instances are held in fit one association, one context per pair; otherwise
+        the unit's instances grouped by SOP class, one C-GET (a UID list) per group."""
+        infos = self._infos(plan, series, sops)
+        classes = storage_classes(plan.sop_classes) or storage_classes(
+            i.sop_class_uid for i in infos.values())
+        syntaxes = _syntaxes(infos.values())
+        if classes and len(classes) <= fits(classes, syntaxes):
+            return self.scu.get(ident, retrieval, classes, syntaxes)
+        if level == "STUDY" or not infos:
+            LOGGER.warning("C-GET without the study's SOP classes: the PACS may convert")
+            return self.scu.get(ident, retrieval)
+        by_class: dict[str, list[InstanceInfo]] = {}
+        for info in infos.values():
+            by_class.setdefault(info.sop_class_uid, []).append(info)
+        known = sorted(c for c in by_class if c in storage_classes([c]))
+        groups, group = [], []
+        for klass in known:
+            trial = group + [klass]
+            members = [i for c in trial for i in by_class[c]]
+            if group and len(trial) > fits(trial, _syntaxes(members)):
+                groups.append(group)
+                trial = [klass]
+            group = trial
+        if group:
+            groups.append(group)
+        total = RetrieveStatus(0x0000)
+        unknown = [i for c, members in by_class.items() if c not in known for i in members]
+        for group in groups + ([None] if unknown else []):
+            members = unknown if group is None else [i for c in group for i in by_class[c]]
+            uids = sorted(i.sop_instance_uid for i in members)
+            status = self.scu.get(self.scu._identifier("IMAGE", plan.uid, series, uids),
+                                  retrieval, group, _syntaxes(members) if group else None)
+            total.completed += status.completed
+            total.failed += status.failed + (0 if status.ok else len(uids) - status.completed
+                                             - status.failed)
+            if not status.ok:
+                total.reason = status.reason
+        return total
+
+    def _infos(self, plan, series, sops) -> dict[str, InstanceInfo]:
+        """What the instance-level query said of the unit's instances (queried here
+        for a series not listed yet)."""
+        if series is None:
+            return {}
+        s = plan.series.get(series)
+        if s is not None and s.instances is None:
+            s.instances = {}
+            for row in self.instances(plan.uid, series):
+                info = _instance_info(row)
+                if info is not None:
+                    s.instances[info.sop_instance_uid] = info
+        listed = s.instances if s is not None else {}
+        wanted = set(sops) if sops else set(listed)
+        return {uid: i for uid, i in listed.items() if uid in wanted}
 
     def retrieve(self, unit, retrieval, plan) -> int:
         level, series, sops = unit
@@ -314,11 +403,9 @@ class ImagingConnector(Connector):
     def list_instances(self, plan: StudyPlan, series: SeriesPlan) -> None:
         series.instances = {}
         for row in self.backend.instances(plan.uid, series.uid):
-            uid = clean_uid(row.get("SOPInstanceUID"))
-            if uid is not None:
-                series.instances[uid] = InstanceInfo(
-                    uid, _text(row.get("SOPClassUID")), row.get("InstanceNumber"),
-                    row.get("NumberOfFrames"))
+            info = _instance_info(row)
+            if info is not None:
+                series.instances[info.sop_instance_uid] = info
 
     # -- retrieve ----------------------------------------------------------------------------
     def _run_units(self, units, retrieval: Retrieval, plan: StudyPlan) -> int:

@@ -55,6 +55,7 @@ class InstanceInfo:
     sop_class_uid: str = ""
     number: int | None = None
     frames: int | None = None
+    syntaxes: list[str] = field(default_factory=list)  # transfer syntaxes held, if told
 
 
 @dataclass

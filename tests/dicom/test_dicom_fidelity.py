@@ -1,0 +1,120 @@
+"""Fidelity: every instance arrives in the bytes the PACS holds it in.
+
+A study with one instance per transfer syntax (explicit/implicit VR little endian,
+explicit VR big endian, deflated, JPEG baseline, JPEG lossless (process 14 and SV1),
+JPEG-LS lossless and near-lossless, RLE, JPEG 2000), each made by a real encoder, is
+stored in a real Orthanc as is; then retrieved by C-GET, by C-MOVE and by WADO-RS, by
+the connector alone and through two gateways (pulled, delivered by STOW-RS to a
+receiving gateway). Each instance's transfer syntax and the bytes of its data set after
+the file meta must be the PACS's; a difference fails naming the instance and the syntax.
+"""
+from __future__ import annotations
+
+import hashlib
+import struct
+from pathlib import Path
+
+import pytest
+import requests
+
+from connectors import connector_class
+from connectors.base import PatientIdentifier, RawRecord, RecordQuery
+from connectors.dicom.intake import FolderSink
+from tests.dicom.conftest import GATEWAY_AET
+from tests.dicom.dicom_peers import Modality, Orthanc
+from tests.dicom.dicom_studies import SYNTAX_ENCODERS, make_syntax_study
+from tests.dicom.store_peer import data_set
+
+PATIENT = "PAT-FIDELITY"
+
+
+def transfer_syntax(body: bytes) -> str:
+    """The Transfer Syntax UID of a Part 10 file's meta group."""
+    assert body[128:132] == b"DICM"
+    (meta_len,) = struct.unpack_from("<I", body, 132 + 8)
+    offset, end = 132 + 12, 132 + 12 + meta_len
+    while offset < end:
+        group, elem, vr = struct.unpack_from("<HH2s", body, offset)
+        if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT", b"UC", b"UR"):
+            (length,) = struct.unpack_from("<I", body, offset + 8)
+            head = 12
+        else:
+            (length,) = struct.unpack_from("<H", body, offset + 6)
+            head = 8
+        if (group, elem) == (0x0002, 0x0010):
+            return body[offset + head:offset + head + length].rstrip(b"\0 ").decode()
+        offset += head + length
+    raise AssertionError("no Transfer Syntax UID in the file meta")
+
+
+class Held:
+    """What the PACS holds: SOP Instance UID -> (transfer syntax, sha256 of the data set)."""
+
+    def __init__(self, pacs: Orthanc, syntax_of: dict[str, str]):
+        self.expected: dict[str, tuple[str, str]] = {}
+        for sop, syntax in syntax_of.items():
+            (found,) = requests.post(f"{pacs.url}/tools/lookup", data=sop, timeout=10).json()
+            body = requests.get(f"{pacs.url}/instances/{found['ID']}/file", timeout=10).content
+            assert transfer_syntax(body) == syntax, f"the PACS converted {sop} on the way in"
+            self.expected[sop] = (syntax, hashlib.sha256(data_set(body)).hexdigest())
+
+    def compare(self, got: dict[str, bytes], how: str) -> None:
+        """`got`: SOP Instance UID -> the Part 10 file as delivered."""
+        problems = []
+        for sop, (syntax, digest) in sorted(self.expected.items(), key=lambda kv: kv[1][0]):
+            body = got.get(sop)
+            if body is None:
+                problems.append(f"{sop} ({syntax}): missing")
+                continue
+            arrived = transfer_syntax(body)
+            if arrived != syntax:
+                problems.append(f"{sop} ({syntax}): arrived as {arrived}")
+            elif hashlib.sha256(data_set(body)).hexdigest() != digest:
+                problems.append(f"{sop} ({syntax}): data set bytes differ")
+        extra = sorted(set(got) - set(self.expected))
+        assert not problems and not extra, f"{how}: " + "; ".join(problems + [
+            f"{sop}: not held by the PACS" for sop in extra])
+
+
+@pytest.fixture(scope="module")
+def fidelity(dicom, tmp_path_factory):
+    """An Orthanc of its own holding the study of every syntax exactly as encoded
+    (stored over HTTP, so no C-STORE negotiation converts anything on the way in)."""
+    root = tmp_path_factory.mktemp("fidelity")
+    study, syntax_of = make_syntax_study(root / "gen", patient_id=PATIENT)
+    pacs = Orthanc(root / "orthanc", [Modality(GATEWAY_AET, dicom.gateway_port)],
+                   aet="FIDPACS").start()
+    try:
+        for f in study.files:
+            requests.post(f"{pacs.url}/instances", data=f.read_bytes(),
+                          timeout=30).raise_for_status()
+        held = Held(pacs, syntax_of)
+        assert len(set(syntax_of.values())) >= 8
+        yield pacs, study, held
+    finally:
+        pacs.stop()
+
+
+def options(dicom, pacs: Orthanc, method: str, sink) -> dict:
+    opts = dicom.options(port=pacs.dicom_port, ae_title=pacs.aet, retrieve=method, sink=sink,
+                         retries=0)
+    if method == "wado":
+        opts["dicomweb_url"] = pacs.dicomweb_url
+    return opts
+
+
+@pytest.mark.parametrize("method", ["get", "move", "wado"])
+def test_each_instance_arrives_in_the_syntax_the_pacs_holds(dicom, fidelity, tmp_path, method):
+    pacs, study, held = fidelity
+    query = RecordQuery("a", "t", identifiers=(PatientIdentifier("mrn", PATIENT),))
+    with connector_class("dicom")("pacs", options(dicom, pacs, method,
+                                                  FolderSink(tmp_path / "out")),
+                                  tmp_path / "wd") as conn:
+        records = list(conn.fetch(query))
+    got = {r.metadata["sop_instance_uid"]: Path(r.path).read_bytes() for r in records
+           if isinstance(r, RawRecord) and r.kind == "dicom"}
+    held.compare(got, f"retrieved by {method}")
+    syntaxes = {r.metadata["sop_instance_uid"]: r.metadata["transfer_syntax"] for r in records
+                if isinstance(r, RawRecord) and r.kind == "dicom"}
+    assert syntaxes == {sop: s for sop, (s, _) in held.expected.items()}
+    assert set(syntaxes.values()) == set(SYNTAX_ENCODERS)
