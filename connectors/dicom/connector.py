@@ -15,19 +15,33 @@ sub-operation counts. Shortfalls are named instance by instance (an instance-lev
 and retried alone, `retries` times. Then it yields one "dicom" record per instance and,
 once the study is complete, a "dicom-study" manifest for the ImagingStudy mapping; if a
 study stays incomplete, `fetch` ends by raising `StudyIncomplete`, naming what is
-missing, and a later pull with `already_fetched` retrieves only that.
+missing, and a later pull with `already_fetched` retrieves only that. Once
+`incomplete_attempts` pulls in a row (counted in the workdir, so across worker restarts:
+connectors.dicom.attempts) fetched nothing new for a study, it ends the source with
+`StudyNotSent` (terminal), naming the missing instances; or, with `allow_incomplete`,
+delivers the rest with a SkippedRecord per instance the PACS never sent and a manifest
+marked incomplete.
+
+A study whose patient's birth date or family name differs from the authorization's
+(same PatientID) is not taken: a SkippedRecord names the study and which one differed.
+
+C-GET proposes each (SOP class, transfer syntax) pair in a presentation context of its
+own, so the PACS sends every instance in the syntax it holds (qr.get_contexts); our
+Storage SCP accepts every syntax as received (scp.ACCEPTED_SYNTAXES).
 
 Options: host, port, ae_title (the PACS), calling_aet (ours), scp_port / scp_host /
 scp_aet (our Storage SCP; its AE title defaults to calling_aet), dicomweb_url,
 dicomweb_headers, retrieve, parallel (2), retries (2), patient_id_systems, modalities,
 stall_timeout (900 s), start_timeout (120 s), sink (a callable, see
-connectors.dicom.intake), spool, intake_workers (4).
+connectors.dicom.intake), spool, intake_workers (4), incomplete_attempts (3),
+allow_incomplete (false).
 """
 from __future__ import annotations
 
 import logging
 import queue
 import threading
+import unicodedata
 from pathlib import Path
 from typing import Iterator
 
@@ -37,10 +51,12 @@ from connectors.base import (
     RawRecord,
     RecordQuery,
     RejectedRecord,
+    SkippedRecord,
     SourceRejected,
     SourceUnavailable,
 )
 
+from .attempts import AttemptJournal
 from .intake import FolderSink, Retrieval
 from .qr import (
     IMAGE_KEYS,
@@ -57,6 +73,7 @@ from .study import (
     InstanceInfo,
     SeriesPlan,
     StudyIncomplete,
+    StudyNotSent,
     StudyOutcome,
     StudyPlan,
     date_range,
@@ -64,9 +81,11 @@ from .study import (
     instance_record,
     judge,
     manifest_record,
+    not_sent_records,
     parse_already,
     rejected_record,
     wants_imaging,
+    without_missing,
 )
 from .uids import clean_uid
 from .web import DicomWebClient
@@ -102,6 +121,31 @@ def release_scp(scp: StorageSCP) -> None:
 
 def _text(value) -> str:
     return "" if value is None else str(value)
+
+
+def _flag(value) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def _name_key(value: str) -> str:
+    """A family name compared loosely: case, accents, spaces and punctuation aside."""
+    decomposed = unicodedata.normalize("NFKD", value.casefold())
+    return "".join(c for c in decomposed if c.isalnum())
+
+
+def demographic_mismatch(query: RecordQuery, birth: str, name: str) -> str:
+    """Which of the study's patient demographics differs from the authorization's ("birth
+    date", "family name"), or "" (equal, or not given on one side). Never the values."""
+    if query.birth_date and birth and birth[:8] != query.birth_date.strftime("%Y%m%d"):
+        return "birth date"
+    # DICOM PN: family^given^middle^prefix^suffix, alphabetic=ideographic=phonetic
+    family = name.split("=", 1)[0].split("^", 1)[0]
+    if query.family_name and _name_key(family) and \
+            _name_key(family) != _name_key(query.family_name):
+        return "family name"
+    return ""
 
 
 def _instance_info(row: dict) -> InstanceInfo | None:
@@ -311,6 +355,15 @@ class ImagingConnector(Connector):
         self.sink = options.get("sink") or FolderSink(self.workdir / "dicom")
         self.spool = Path(options.get("spool") or self.workdir / "spool")
         self.outcomes: list[StudyOutcome] = []
+        self.skipped: dict[str, SkippedRecord] = {}
+        # pulls in a row that may leave a study incomplete with nothing new fetched, then
+        # the source fails naming what is missing, or (allow_incomplete) the rest goes
+        self.incomplete_attempts = max(1, int(options.get("incomplete_attempts", 3)))
+        self.allow_incomplete = _flag(options.get("allow_incomplete", False))
+        self.abandoned: list[StudyOutcome] = []  # given up on: the source fails
+        self.settled: set[str] = set()  # delivered incomplete (allow_incomplete)
+        self.attempts = 0
+        self.journal = AttemptJournal(self.workdir)
         self.backend = self._backend()
 
     def _backend(self):
@@ -348,9 +401,12 @@ class ImagingConnector(Connector):
         return list(dict.fromkeys(ids))
 
     def find_studies(self, query: RecordQuery) -> list[StudyPlan]:
+        """The authorized patient's studies; those of someone else under the same
+        PatientID (birth date or family name differs) go to `self.skipped`."""
         ids = self._patient_ids(query)
         modalities = [m.upper() for m in self.options.get("modalities") or []]
         found: dict[str, StudyPlan] = {}
+        self.skipped = {}
         for pid in ids:
             match = {"PatientID": pid}
             if date_range(query):
@@ -364,8 +420,12 @@ class ImagingConnector(Connector):
                 if _text(row.get("PatientID")) != pid:
                     continue  # the PACS matched more loosely than asked
                 birth = _text(row.get("PatientBirthDate"))
-                if query.birth_date and birth and birth != query.birth_date.strftime("%Y%m%d"):
-                    LOGGER.warning("study skipped: PatientID matches, birth date differs")
+                differs = demographic_mismatch(query, birth, _text(row.get("PatientName")))
+                if differs:
+                    LOGGER.warning("study skipped: PatientID matches, %s differs", differs)
+                    self.skipped[uid] = SkippedRecord(
+                        self.source, uid, f"another patient's demographics: the study's "
+                        f"{differs} differs from the authorization's (PatientID matches)")
                     continue
                 if not in_range(_text(row.get("StudyDate")), query):
                     continue
@@ -514,32 +574,56 @@ class ImagingConnector(Connector):
             failed += self._run_units([("image", suid, sops) for suid, sops in
                                        by_series.items()], retrieval, plan)
             outcome = judge(plan, retrieval, already, failed)
-        self.outcomes.append(outcome)
         received = list(retrieval.received.values())
         for item in received:
             yield instance_record(self.source, item)
         for error in list(retrieval.errors.values()):
             if error.permanent:
                 yield rejected_record(self.source, error)
-        if outcome.complete:
-            for s in plan.series.values():
-                if already.get(s.uid) and s.instances is None:
-                    self.list_instances(plan, s)  # earlier runs' instances, for the manifest
-            yield manifest_record(self.source, self.workdir / "manifests", plan, received,
-                                  outcome, self.endpoint())
+        if not outcome.complete:
+            # pulls in a row that fetched nothing new: bounded, counted across restarts
+            attempts = self.journal.note(plan.uid, outcome.received > 0)
+            if attempts < self.incomplete_attempts:
+                self.outcomes.append(outcome)
+                return
+            if not self.allow_incomplete:
+                self.outcomes.append(outcome)
+                self.abandoned.append(outcome)
+                self.attempts = max(self.attempts, attempts)
+                return
+            LOGGER.warning("study delivered incomplete (allow_incomplete): %d missing",
+                           len(outcome.missing) + sum(outcome.missing_unnamed.values()))
+            yield from not_sent_records(self.source, plan, outcome, attempts)
+            plan = without_missing(plan, outcome)
+            self.settled.add(plan.uid)
+        self.outcomes.append(outcome)
+        self.journal.forget(plan.uid)
+        for s in plan.series.values():
+            if already.get(s.uid) and s.instances is None:
+                self.list_instances(plan, s)  # earlier runs' instances, for the manifest
+        yield manifest_record(self.source, self.workdir / "manifests", plan, received,
+                              outcome, self.endpoint())
 
     def fetch(self, query: RecordQuery) -> Iterator[RawRecord | RejectedRecord]:
         if not wants_imaging(query):
             return
-        self.outcomes = []
+        self.outcomes, self.abandoned, self.attempts, self.settled = [], [], 0, set()
+        self.journal = AttemptJournal(self.workdir)
         already = parse_already(query.already_fetched)
-        for plan in self.find_studies(query):
+        plans = self.find_studies(query)
+        for uid, skipped in sorted(self.skipped.items()):
+            if uid not in query.already_fetched:
+                yield skipped  # found, not taken: the transfer says so and why
+        for plan in plans:
             if plan.uid in query.already_fetched:
                 continue  # its manifest was produced: complete in an earlier run
             yield from self.retrieve_study(plan, query, already.get(plan.uid, {}))
-        incomplete = [o for o in self.outcomes if not o.complete]
-        if incomplete:
-            raise StudyIncomplete(incomplete)
+        given_up = {o.study_uid for o in self.abandoned} | self.settled
+        retrying = [o for o in self.outcomes if not o.complete and o.study_uid not in given_up]
+        if retrying:
+            raise StudyIncomplete([o for o in self.outcomes if not o.complete])
+        if self.abandoned:
+            raise StudyNotSent(self.source, self.abandoned, self.attempts)
 
 
 class DicomConnector(ImagingConnector):
