@@ -12,20 +12,27 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import uuid
+from datetime import date
 from pathlib import Path
 
 import pytest
 import requests
 
 from connectors import connector_class
-from connectors.base import PatientIdentifier, RawRecord, RecordQuery
+from connectors.base import PatientIdentifier, RawRecord, RecordQuery, SkippedRecord
 from connectors.dicom.intake import FolderSink
 from tests.dicom.conftest import GATEWAY_AET
 from tests.dicom.dicom_peers import Modality, Orthanc
-from tests.dicom.dicom_studies import SYNTAX_ENCODERS, make_syntax_study
+from tests.dicom.dicom_studies import SYNTAX_ENCODERS, make_study, make_syntax_study
 from tests.dicom.store_peer import data_set
+from tests.helpers import ISSUER, RECEIVER_ORG, SENDER_ORG
 
 PATIENT = "PAT-FIDELITY"
+MRN = "urn:oid:2.16.840.1.113883.19.5"
+TERMINAL = {"completed", "failed", "cancelled", "dead_letter"}
+SKIPPED = ("another patient's demographics: the study's birth date differs from the "
+           "authorization's (PatientID matches)")
 
 
 def transfer_syntax(body: bytes) -> str:
@@ -82,15 +89,18 @@ def fidelity(dicom, tmp_path_factory):
     (stored over HTTP, so no C-STORE negotiation converts anything on the way in)."""
     root = tmp_path_factory.mktemp("fidelity")
     study, syntax_of = make_syntax_study(root / "gen", patient_id=PATIENT)
+    # another person under the same PatientID: found, not taken, and said so
+    other = make_study(root / "other", 2, 1, patient_id=PATIENT, birth_date="19650505",
+                       rows=32, cols=32)
     pacs = Orthanc(root / "orthanc", [Modality(GATEWAY_AET, dicom.gateway_port)],
                    aet="FIDPACS").start()
     try:
-        for f in study.files:
+        for f in study.files + other.files:
             requests.post(f"{pacs.url}/instances", data=f.read_bytes(),
                           timeout=30).raise_for_status()
         held = Held(pacs, syntax_of)
         assert len(set(syntax_of.values())) >= 8
-        yield pacs, study, held
+        yield pacs, study, held, other
     finally:
         pacs.stop()
 
@@ -105,8 +115,9 @@ def options(dicom, pacs: Orthanc, method: str, sink) -> dict:
 
 @pytest.mark.parametrize("method", ["get", "move", "wado"])
 def test_each_instance_arrives_in_the_syntax_the_pacs_holds(dicom, fidelity, tmp_path, method):
-    pacs, study, held = fidelity
-    query = RecordQuery("a", "t", identifiers=(PatientIdentifier("mrn", PATIENT),))
+    pacs, study, held, other = fidelity
+    query = RecordQuery("a", "t", identifiers=(PatientIdentifier("mrn", PATIENT),),
+                        family_name="Doe", birth_date=date(1970, 1, 1))
     with connector_class("dicom")("pacs", options(dicom, pacs, method,
                                                   FolderSink(tmp_path / "out")),
                                   tmp_path / "wd") as conn:
@@ -118,3 +129,77 @@ def test_each_instance_arrives_in_the_syntax_the_pacs_holds(dicom, fidelity, tmp
                 if isinstance(r, RawRecord) and r.kind == "dicom"}
     assert syntaxes == {sop: s for sop, (s, _) in held.expected.items()}
     assert set(syntaxes.values()) == set(SYNTAX_ENCODERS)
+    assert [(r.origin, r.reason) for r in records if isinstance(r, SkippedRecord)] == [
+        (other.study_uid, SKIPPED)]
+
+
+# -- through two gateways --------------------------------------------------------------------
+@pytest.fixture
+def sender_config(sender_config, dicom, fidelity):
+    """The test sender with the fidelity PACS as three sources, one per retrieve."""
+    pacs = fidelity[0]
+    for method in ("get", "move", "wado"):
+        sender_config["sources"][f"fid-{method}"] = {
+            "kind": "dicom", "organization": SENDER_ORG, "data_class": "imaging",
+            "endpoint": f"dicom://{pacs.aet}@127.0.0.1:{pacs.dicom_port}",
+            "options": options(dicom, pacs, method, None)}
+        sender_config["sources"][f"fid-{method}"]["options"].pop("sink")
+    return sender_config
+
+
+@pytest.fixture
+def stack(app, client, operator, processes, sender_config, receiver_config, tmp_path):
+    from tests.delivery.delivery_fixtures import _stack_class
+
+    return _stack_class()(app, client, operator, processes, sender_config, receiver_config,
+                          tmp_path)
+
+
+@pytest.mark.parametrize("method", ["get", "move", "wado"])
+def test_delivered_to_a_receiving_gateway_as_the_pacs_holds_it(stack, sign, dicom, fidelity,
+                                                               receiver_url, receiver_config,
+                                                               method):
+    from sqlalchemy import select
+
+    from gateway import create_app
+    from gateway.storage.models import ReceivedInstance
+    from gateway.trust.authorizations import example_claims
+    from tests.delivery.delivery_support import manifest_of
+
+    pacs, study, held, other = fidelity
+    source = f"fid-{method}"
+    stack.start_receiver()
+    claims = example_claims(
+        ISSUER, f"auth-{uuid.uuid4().hex[:12]}",
+        patient={"name": {"family": "Doe", "given": ["Jane"]}, "birthDate": "1970-01-01",
+                 "identifiers": [{"system": MRN, "value": PATIENT}]},
+        disclosers=[{"id": SENDER_ORG, "name": "Test Hospital", "endpoints": [
+            {"type": "dicom", "address": f"dicom://{pacs.aet}@127.0.0.1:{pacs.dicom_port}"}]}],
+        recipient={"id": RECEIVER_ORG, "name": "Recipient",
+                   "endpoint": {"type": "gateway", "address": receiver_url}})
+    auth_id = stack.authorize(claims, sign)
+    r = stack.client.post("/transfers", json={"authorization": auth_id, "sources": [source],
+                                              "recipient": "center"}, headers=stack.operator)
+    assert r.status_code == 202, r.get_json()
+    tid = r.get_json()["id"]
+    view = stack.wait_state(tid, TERMINAL, timeout=240)
+    assert view["state"] == "completed", view["reason"]
+    n = len(held.expected)
+    assert view["receipt"]["dicomInstances"] == {study.study_uid: n}
+    # the study of another birth date: found, not taken, said in the view and the manifest
+    report = view["completeness"][source]
+    assert report["refused"] == [{"reason": SKIPPED, "count": 1}], report
+    assert (report["found"], report["delivered"]) == (n + 2, n + 1)
+    [received] = stack.inbox()
+    manifest = manifest_of(stack.received_bundle(received["id"]))
+    assert manifest["sources"][source]["completeness"]["refused"] == report["refused"]
+    # what the receiving gateway holds is what the PACS holds, byte for byte
+    receiver = create_app(receiver_config)
+    svc = receiver.extensions["gateway"]
+    try:
+        with svc.db.session() as s:
+            rows = s.scalars(select(ReceivedInstance)).all()
+        got = {row.sop_instance_uid: svc.blobs.read_bytes(row.blob_key) for row in rows}
+    finally:
+        svc.close()
+    held.compare(got, f"{method}, delivered by STOW-RS to a receiving gateway")
