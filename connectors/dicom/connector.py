@@ -160,6 +160,23 @@ def _instance_info(row: dict) -> InstanceInfo | None:
                         [u for u in (clean_uid(v) for v in held) if u])
 
 
+def _groups(by_class: dict[str, list[InstanceInfo]]) -> list[list[str]]:
+    """SOP classes in groups that fit one C-GET association each, with the syntaxes
+    their instances need (the common set where the PACS did not say)."""
+    groups: list[list[str]] = []
+    group: list[str] = []
+    for klass in sorted(by_class):
+        trial = group + [klass]
+        members = [i for c in trial for i in by_class[c]]
+        if group and len(trial) > fits(trial, _syntaxes(members)):
+            groups.append(group)
+            trial = [klass]
+        group = trial
+    if group:
+        groups.append(group)
+    return groups
+
+
 def _syntaxes(infos) -> list[str] | None:
     """The transfer syntaxes to propose for these instances: the ones the PACS says it
     holds them in (with Explicit VR Little Endian beside, should it prefer to convert),
@@ -223,8 +240,10 @@ class _DimseBackend:
     # -- C-GET: propose what the PACS holds, so it sends it as it is ----------------------
     def _get(self, ident, level, series, sops, retrieval, plan) -> RetrieveStatus:
         """One C-GET when the study's SOP classes (from C-FIND) and the transfer syntaxes
-        its instances are held in fit one association, one context per pair; otherwise
-        the unit's instances grouped by SOP class, one C-GET (a UID list) per group."""
+        its instances are held in fit one association, one context per pair. Otherwise
+        the unit's instances grouped by SOP class, one C-GET (a UID list) per group; an
+        instance whose class the PACS did not say is retrieved alone, trying the study's
+        classes group by group (a PACS ends a C-GET at an instance it cannot send)."""
         infos = self._infos(plan, series, sops)
         classes = storage_classes(plan.sop_classes) or storage_classes(
             i.sop_class_uid for i in infos.values())
@@ -236,30 +255,39 @@ class _DimseBackend:
             return self.scu.get(ident, retrieval)
         by_class: dict[str, list[InstanceInfo]] = {}
         for info in infos.values():
-            by_class.setdefault(info.sop_class_uid, []).append(info)
-        known = sorted(c for c in by_class if c in storage_classes([c]))
-        groups, group = [], []
-        for klass in known:
-            trial = group + [klass]
-            members = [i for c in trial for i in by_class[c]]
-            if group and len(trial) > fits(trial, _syntaxes(members)):
-                groups.append(group)
-                trial = [klass]
-            group = trial
-        if group:
-            groups.append(group)
+            klass = info.sop_class_uid if storage_classes([info.sop_class_uid]) else ""
+            by_class.setdefault(klass, []).append(info)
         total = RetrieveStatus(0x0000)
-        unknown = [i for c, members in by_class.items() if c not in known for i in members]
-        for group in groups + ([None] if unknown else []):
-            members = unknown if group is None else [i for c in group for i in by_class[c]]
-            uids = sorted(i.sop_instance_uid for i in members)
-            status = self.scu.get(self.scu._identifier("IMAGE", plan.uid, series, uids),
-                                  retrieval, group, _syntaxes(members) if group else None)
+
+        def add(status: RetrieveStatus, wanted: int) -> None:
             total.completed += status.completed
-            total.failed += status.failed + (0 if status.ok else len(uids) - status.completed
-                                             - status.failed)
+            total.failed += status.failed + (0 if status.ok else max(
+                0, wanted - status.completed - status.failed))
             if not status.ok:
                 total.reason = status.reason
+
+        for group in _groups({c: m for c, m in by_class.items() if c}):
+            members = [i for c in group for i in by_class[c]]
+            uids = sorted(i.sop_instance_uid for i in members)
+            add(self.scu.get(self.scu._identifier("IMAGE", plan.uid, series, uids), retrieval,
+                             group, _syntaxes(members)), len(uids))
+        unknown = sorted(i.sop_instance_uid for i in by_class.get("", []))
+        if unknown and not classes:
+            LOGGER.warning("C-GET without the instances' SOP classes: the PACS may convert")
+            add(self.scu.get(self.scu._identifier("IMAGE", plan.uid, series, unknown),
+                             retrieval), len(unknown))
+        elif unknown:
+            chunks = [classes[i:i + fits(classes)] for i in range(0, len(classes),
+                                                                    fits(classes))]
+            for sop in unknown:
+                for n, chunk in enumerate(chunks):
+                    status = self.scu.get(self.scu._identifier("IMAGE", plan.uid, series,
+                                                               [sop]), retrieval, chunk)
+                    if status.completed:
+                        chunks.insert(0, chunks.pop(n))  # the next is likely of this class
+                        break
+                total.completed += status.completed
+                total.failed += 0 if status.completed else 1
         return total
 
     def _infos(self, plan, series, sops) -> dict[str, InstanceInfo]:

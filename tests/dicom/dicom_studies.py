@@ -170,7 +170,8 @@ SC_IMAGE = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
 
 def make_syntax_study(outdir: Path, *, patient_id: str = "PAT-FIDELITY",
                       patient_name: str = "Doe^Jane", birth_date: str = "19700101",
-                      rows: int = 64, cols: int = 64, syntaxes=None) -> tuple[Study, dict]:
+                      rows: int = 64, cols: int = 64, syntaxes=None,
+                      sop_classes=None) -> tuple[Study, dict]:
     """One instance per transfer syntax of SYNTAX_ENCODERS (small 8-bit images, two series:
     secondary captures and CT), each encoded by a real encoder. Returns the study and
     SOP Instance UID -> transfer syntax UID."""
@@ -199,6 +200,8 @@ def make_syntax_study(outdir: Path, *, patient_id: str = "PAT-FIDELITY",
     for i, syntax in enumerate(syntaxes or SYNTAX_ENCODERS):
         kind = "SC" if i % 2 == 0 else "CT"
         klass = SC_IMAGE if kind == "SC" else CT_IMAGE
+        if sop_classes:
+            klass = sop_classes[i % len(sop_classes)]
         sop = generate_uid()
         ds.SOPClassUID = klass
         ds.SOPInstanceUID = sop

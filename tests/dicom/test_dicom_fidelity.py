@@ -3,16 +3,18 @@
 A study with one instance per transfer syntax (explicit/implicit VR little endian,
 explicit VR big endian, deflated, JPEG baseline, JPEG lossless (process 14 and SV1),
 JPEG-LS lossless and near-lossless, RLE, JPEG 2000), each made by a real encoder, is
-stored in a real Orthanc as is; then retrieved by C-GET, by C-MOVE and by WADO-RS, by
+stored in a real Orthanc as is (over HTTP); then retrieved by C-GET, by C-MOVE and by WADO-RS, by
 the connector alone and through two gateways (pulled, delivered by STOW-RS to a
 receiving gateway). Each instance's transfer syntax and the bytes of its data set after
-the file meta must be the PACS's; a difference fails naming the instance and the syntax.
+the file meta must be the PACS's (a deflated data set compared inflated: see
+`data_set_digest`); a difference fails naming the instance and the syntax.
 """
 from __future__ import annotations
 
 import hashlib
 import struct
 import uuid
+import zlib
 from datetime import date
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import requests
 from connectors import connector_class
 from connectors.base import PatientIdentifier, RawRecord, RecordQuery, SkippedRecord
 from connectors.dicom.intake import FolderSink
+from connectors.dicom.qr import COMMON_STORAGE_CLASSES
 from tests.dicom.conftest import GATEWAY_AET
 from tests.dicom.dicom_peers import Modality, Orthanc
 from tests.dicom.dicom_studies import SYNTAX_ENCODERS, make_study, make_syntax_study
@@ -29,6 +32,7 @@ from tests.dicom.store_peer import data_set
 from tests.helpers import ISSUER, RECEIVER_ORG, SENDER_ORG
 
 PATIENT = "PAT-FIDELITY"
+MANY = "PAT-FIDELITY-CLASSES"
 MRN = "urn:oid:2.16.840.1.113883.19.5"
 TERMINAL = {"completed", "failed", "cancelled", "dead_letter"}
 SKIPPED = ("another patient's demographics: the study's birth date differs from the "
@@ -54,6 +58,19 @@ def transfer_syntax(body: bytes) -> str:
     raise AssertionError("no Transfer Syntax UID in the file meta")
 
 
+DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+def data_set_digest(body: bytes, syntax: str) -> str:
+    """sha256 of a Part 10 file's data set. A deflated data set is compared inflated: the
+    whole data set is one deflate stream, which a PACS's network layer may compress anew
+    when it sends it (dcmtk's does), so its compressed bytes need not be the stored ones."""
+    raw = data_set(body)
+    if syntax == DEFLATED:
+        raw = zlib.decompressobj(-zlib.MAX_WBITS).decompress(raw)
+    return hashlib.sha256(raw).hexdigest()
+
+
 class Held:
     """What the PACS holds: SOP Instance UID -> (transfer syntax, sha256 of the data set)."""
 
@@ -63,7 +80,7 @@ class Held:
             (found,) = requests.post(f"{pacs.url}/tools/lookup", data=sop, timeout=10).json()
             body = requests.get(f"{pacs.url}/instances/{found['ID']}/file", timeout=10).content
             assert transfer_syntax(body) == syntax, f"the PACS converted {sop} on the way in"
-            self.expected[sop] = (syntax, hashlib.sha256(data_set(body)).hexdigest())
+            self.expected[sop] = (syntax, data_set_digest(body, syntax))
 
     def compare(self, got: dict[str, bytes], how: str) -> None:
         """`got`: SOP Instance UID -> the Part 10 file as delivered."""
@@ -76,7 +93,7 @@ class Held:
             arrived = transfer_syntax(body)
             if arrived != syntax:
                 problems.append(f"{sop} ({syntax}): arrived as {arrived}")
-            elif hashlib.sha256(data_set(body)).hexdigest() != digest:
+            elif data_set_digest(body, syntax) != digest:
                 problems.append(f"{sop} ({syntax}): data set bytes differ")
         extra = sorted(set(got) - set(self.expected))
         assert not problems and not extra, f"{how}: " + "; ".join(problems + [
@@ -92,13 +109,19 @@ def fidelity(dicom, tmp_path_factory):
     # another person under the same PatientID: found, not taken, and said so
     other = make_study(root / "other", 2, 1, patient_id=PATIENT, birth_date="19650505",
                        rows=32, cols=32)
+    # more SOP classes than one association has contexts for with every common syntax
+    classes = COMMON_STORAGE_CLASSES[:12]
+    many, many_syntax = make_syntax_study(
+        root / "many", patient_id=MANY, syntaxes=[list(SYNTAX_ENCODERS)[i % 11] for i in range(12)],
+        sop_classes=classes)
     pacs = Orthanc(root / "orthanc", [Modality(GATEWAY_AET, dicom.gateway_port)],
                    aet="FIDPACS").start()
     try:
-        for f in study.files + other.files:
+        for f in study.files + other.files + many.files:
             requests.post(f"{pacs.url}/instances", data=f.read_bytes(),
                           timeout=30).raise_for_status()
         held = Held(pacs, syntax_of)
+        pacs.many = (Held(pacs, many_syntax), classes, many, many_syntax)
         assert len(set(syntax_of.values())) >= 8
         yield pacs, study, held, other
     finally:
@@ -131,6 +154,48 @@ def test_each_instance_arrives_in_the_syntax_the_pacs_holds(dicom, fidelity, tmp
     assert set(syntaxes.values()) == set(SYNTAX_ENCODERS)
     assert [(r.origin, r.reason) for r in records if isinstance(r, SkippedRecord)] == [
         (other.study_uid, SKIPPED)]
+
+
+@pytest.fixture(scope="module")
+def told(dicom, fidelity, tmp_path_factory):
+    """A second Orthanc holding the study of many SOP classes that reads its files to
+    answer C-FIND, so it tells each instance's SOP class at the instance level."""
+    _, classes, many, many_syntax = fidelity[0].many
+    root = tmp_path_factory.mktemp("told")
+    with Orthanc(root / "orthanc", [Modality(GATEWAY_AET, dicom.gateway_port)], aet="TOLDPACS",
+                 dicomweb=False, extra={"StorageAccessOnFind": "Always"}) as pacs:
+        for f in many.files:
+            requests.post(f"{pacs.url}/instances", data=f.read_bytes(),
+                          timeout=30).raise_for_status()
+        pacs.many = (Held(pacs, many_syntax), classes, many, many_syntax)
+        yield pacs
+
+
+@pytest.mark.parametrize("classes_told", [False, True])
+def test_c_get_of_more_sop_classes_than_one_association_takes(dicom, fidelity, told, tmp_path,
+                                                              classes_told):
+    """12 SOP classes x 13 syntaxes is more than 127 presentation contexts: the instances
+    are retrieved in groups of SOP classes (where the PACS tells each instance's class,
+    else one by one, trying the study's classes group by group), each still in the
+    syntax the PACS holds."""
+    pacs = told if classes_told else fidelity[0]
+    held, classes = pacs.many[:2]
+    query = RecordQuery("a", "t", identifiers=(PatientIdentifier("mrn", MANY),))
+    with connector_class("dicom")("pacs", options(dicom, pacs, "get",
+                                                  FolderSink(tmp_path / "out")),
+                                  tmp_path / "wd") as conn:
+        records = list(conn.fetch(query))
+        # the two PACSs differ as meant: one tells each instance's class, one does not
+        uid = pacs.many[2].study_uid
+        answers = [a for series in conn.backend.series(uid)
+                   for a in conn.backend.instances(uid, series["SeriesInstanceUID"])]
+    assert {a.get("SOPClassUID", "") for a in answers} == (set(classes) if classes_told
+                                                         else {""})
+    got = {r.metadata["sop_instance_uid"]: Path(r.path).read_bytes() for r in records
+           if isinstance(r, RawRecord) and r.kind == "dicom"}
+    held.compare(got, f"C-GET of 12 SOP classes (classes told: {classes_told})")
+    assert {r.metadata["sop_class_uid"] for r in records
+            if isinstance(r, RawRecord) and r.kind == "dicom"} == set(classes)
 
 
 # -- through two gateways --------------------------------------------------------------------
