@@ -100,15 +100,29 @@ class Held:
             f"{sop}: not held by the PACS" for sop in extra])
 
 
+METHODS = ("get", "move", "wado")
+
+
+def patient(method: str) -> str:
+    """One patient (and study) per retrieve: a receiving gateway takes an instance from a
+    sender once, so three transfers at once must carry three different studies."""
+    return f"{PATIENT}-{method.upper()}"
+
+
 @pytest.fixture(scope="module")
 def fidelity(dicom, tmp_path_factory):
-    """An Orthanc of its own holding the study of every syntax exactly as encoded
-    (stored over HTTP, so no C-STORE negotiation converts anything on the way in)."""
+    """An Orthanc of its own holding, per retrieve, a study of every syntax exactly as
+    encoded (stored over HTTP, so no C-STORE negotiation converts anything on the way
+    in) and a study of another person under the same PatientID (found, not taken)."""
     root = tmp_path_factory.mktemp("fidelity")
-    study, syntax_of = make_syntax_study(root / "gen", patient_id=PATIENT)
-    # another person under the same PatientID: found, not taken, and said so
-    other = make_study(root / "other", 2, 1, patient_id=PATIENT, birth_date="19650505",
-                       rows=32, cols=32)
+    made, files = {}, []
+    for method in METHODS:
+        study, syntax_of = make_syntax_study(root / method, patient_id=patient(method))
+        other = make_study(root / f"other-{method}", 2, 1, patient_id=patient(method),
+                           birth_date="19650505", rows=32, cols=32)
+        made[method] = (study, syntax_of, other)
+        files += study.files + other.files
+        assert len(set(syntax_of.values())) >= 8
     # more SOP classes than one association has contexts for with every common syntax
     classes = COMMON_STORAGE_CLASSES[:12]
     many, many_syntax = make_syntax_study(
@@ -117,13 +131,13 @@ def fidelity(dicom, tmp_path_factory):
     pacs = Orthanc(root / "orthanc", [Modality(GATEWAY_AET, dicom.gateway_port)],
                    aet="FIDPACS").start()
     try:
-        for f in study.files + other.files + many.files:
+        for f in files + many.files:
             requests.post(f"{pacs.url}/instances", data=f.read_bytes(),
                           timeout=30).raise_for_status()
-        held = Held(pacs, syntax_of)
+        pacs.studies = {m: (study, Held(pacs, syntax_of), other)
+                        for m, (study, syntax_of, other) in made.items()}
         pacs.many = (Held(pacs, many_syntax), classes, many, many_syntax)
-        assert len(set(syntax_of.values())) >= 8
-        yield pacs, study, held, other
+        yield pacs
     finally:
         pacs.stop()
 
@@ -138,8 +152,9 @@ def options(dicom, pacs: Orthanc, method: str, sink) -> dict:
 
 @pytest.mark.parametrize("method", ["get", "move", "wado"])
 def test_each_instance_arrives_in_the_syntax_the_pacs_holds(dicom, fidelity, tmp_path, method):
-    pacs, study, held, other = fidelity
-    query = RecordQuery("a", "t", identifiers=(PatientIdentifier("mrn", PATIENT),),
+    pacs = fidelity
+    study, held, other = pacs.studies[method]
+    query = RecordQuery("a", "t", identifiers=(PatientIdentifier("mrn", patient(method)),),
                         family_name="Doe", birth_date=date(1970, 1, 1))
     with connector_class("dicom")("pacs", options(dicom, pacs, method,
                                                   FolderSink(tmp_path / "out")),
@@ -160,7 +175,7 @@ def test_each_instance_arrives_in_the_syntax_the_pacs_holds(dicom, fidelity, tmp
 def told(dicom, fidelity, tmp_path_factory):
     """A second Orthanc holding the study of many SOP classes that reads its files to
     answer C-FIND, so it tells each instance's SOP class at the instance level."""
-    _, classes, many, many_syntax = fidelity[0].many
+    _, classes, many, many_syntax = fidelity.many
     root = tmp_path_factory.mktemp("told")
     with Orthanc(root / "orthanc", [Modality(GATEWAY_AET, dicom.gateway_port)], aet="TOLDPACS",
                  dicomweb=False, extra={"StorageAccessOnFind": "Always"}) as pacs:
@@ -178,7 +193,7 @@ def test_c_get_of_more_sop_classes_than_one_association_takes(dicom, fidelity, t
     are retrieved in groups of SOP classes (where the PACS tells each instance's class,
     else one by one, trying the study's classes group by group), each still in the
     syntax the PACS holds."""
-    pacs = told if classes_told else fidelity[0]
+    pacs = told if classes_told else fidelity
     held, classes = pacs.many[:2]
     query = RecordQuery("a", "t", identifiers=(PatientIdentifier("mrn", MANY),))
     with connector_class("dicom")("pacs", options(dicom, pacs, "get",
@@ -202,8 +217,8 @@ def test_c_get_of_more_sop_classes_than_one_association_takes(dicom, fidelity, t
 @pytest.fixture
 def sender_config(sender_config, dicom, fidelity):
     """The test sender with the fidelity PACS as three sources, one per retrieve."""
-    pacs = fidelity[0]
-    for method in ("get", "move", "wado"):
+    pacs = fidelity
+    for method in METHODS:
         sender_config["sources"][f"fid-{method}"] = {
             "kind": "dicom", "organization": SENDER_ORG, "data_class": "imaging",
             "endpoint": f"dicom://{pacs.aet}@127.0.0.1:{pacs.dicom_port}",
@@ -220,45 +235,56 @@ def stack(app, client, operator, processes, sender_config, receiver_config, tmp_
                           tmp_path)
 
 
-@pytest.mark.parametrize("method", ["get", "move", "wado"])
 def test_delivered_to_a_receiving_gateway_as_the_pacs_holds_it(stack, sign, dicom, fidelity,
-                                                               receiver_url, receiver_config,
-                                                               method):
+                                                               receiver_url, receiver_config):
+    """Three transfers at once, one per retrieve (C-GET, C-MOVE, WADO-RS), each pulled into
+    the sender's blob store and delivered by STOW-RS to the receiving gateway."""
     from sqlalchemy import select
 
     from gateway import create_app
-    from gateway.storage.models import ReceivedInstance
+    from gateway.storage.models import Item, ReceivedInstance
     from gateway.trust.authorizations import example_claims
     from tests.delivery.delivery_support import manifest_of
 
-    pacs, study, held, other = fidelity
-    source = f"fid-{method}"
+    pacs = fidelity
     stack.start_receiver()
-    claims = example_claims(
-        ISSUER, f"auth-{uuid.uuid4().hex[:12]}",
-        patient={"name": {"family": "Doe", "given": ["Jane"]}, "birthDate": "1970-01-01",
-                 "identifiers": [{"system": MRN, "value": PATIENT}]},
-        disclosers=[{"id": SENDER_ORG, "name": "Test Hospital", "endpoints": [
-            {"type": "dicom", "address": f"dicom://{pacs.aet}@127.0.0.1:{pacs.dicom_port}"}]}],
-        recipient={"id": RECEIVER_ORG, "name": "Recipient",
-                   "endpoint": {"type": "gateway", "address": receiver_url}})
-    auth_id = stack.authorize(claims, sign)
-    r = stack.client.post("/transfers", json={"authorization": auth_id, "sources": [source],
-                                              "recipient": "center"}, headers=stack.operator)
-    assert r.status_code == 202, r.get_json()
-    tid = r.get_json()["id"]
-    view = stack.wait_state(tid, TERMINAL, timeout=240)
-    assert view["state"] == "completed", view["reason"]
-    n = len(held.expected)
-    assert view["receipt"]["dicomInstances"] == {study.study_uid: n}
-    # the study of another birth date: found, not taken, said in the view and the manifest
-    report = view["completeness"][source]
-    assert report["refused"] == [{"reason": SKIPPED, "count": 1}], report
-    assert (report["found"], report["delivered"]) == (n + 2, n + 1)
-    [received] = stack.inbox()
-    manifest = manifest_of(stack.received_bundle(received["id"]))
-    assert manifest["sources"][source]["completeness"]["refused"] == report["refused"]
-    # what the receiving gateway holds is what the PACS holds, byte for byte
+    ids = {}
+    for method in METHODS:
+        claims = example_claims(
+            ISSUER, f"auth-{uuid.uuid4().hex[:12]}",
+            patient={"name": {"family": "Doe", "given": ["Jane"]}, "birthDate": "1970-01-01",
+                     "identifiers": [{"system": MRN, "value": patient(method)}]},
+            disclosers=[{"id": SENDER_ORG, "name": "Test Hospital", "endpoints": [
+                {"type": "dicom", "address": f"dicom://{pacs.aet}@127.0.0.1:{pacs.dicom_port}"}]}],
+            recipient={"id": RECEIVER_ORG, "name": "Recipient",
+                       "endpoint": {"type": "gateway", "address": receiver_url}})
+        auth_id = stack.authorize(claims, sign)
+        r = stack.client.post("/transfers", json={
+            "authorization": auth_id, "sources": [f"fid-{method}"], "recipient": "center"},
+            headers=stack.operator)
+        assert r.status_code == 202, r.get_json()
+        ids[method] = r.get_json()["id"]
+    sender = stack.app.extensions["gateway"]
+    everything = {}
+    for method, tid in ids.items():
+        study, held, _ = pacs.studies[method]
+        everything.update(held.expected)
+        n = len(held.expected)
+        source = f"fid-{method}"
+        view = stack.wait_state(tid, TERMINAL, timeout=240)
+        assert view["state"] == "completed", (method, view["reason"])
+        assert view["receipt"]["dicomInstances"] == {study.study_uid: n}
+        # the study of another birth date: found, not taken, said in the view
+        report = view["completeness"][source]
+        assert report["refused"] == [{"reason": SKIPPED, "count": 1}], report
+        assert (report["found"], report["delivered"]) == (n + 2, n + 1)
+        # what the sender pulled is what the PACS holds
+        with sender.db.session() as s:
+            items = s.scalars(select(Item).filter_by(transfer_id=tid, kind="dicom")).all()
+            pulled = {i.record_meta["sop_instance_uid"]: sender.blobs.read_bytes(i.blob_key)
+                      for i in items}
+        held.compare(pulled, f"pulled by {method}")
+    # ... and so is what the receiving gateway holds, and each manifest says what was skipped
     receiver = create_app(receiver_config)
     svc = receiver.extensions["gateway"]
     try:
@@ -267,4 +293,13 @@ def test_delivered_to_a_receiving_gateway_as_the_pacs_holds_it(stack, sign, dico
         got = {row.sop_instance_uid: svc.blobs.read_bytes(row.blob_key) for row in rows}
     finally:
         svc.close()
-    held.compare(got, f"{method}, delivered by STOW-RS to a receiving gateway")
+    for method in METHODS:
+        held = pacs.studies[method][1]
+        held.compare({k: v for k, v in got.items() if k in held.expected},
+                     f"{method}, delivered by STOW-RS to a receiving gateway")
+    assert set(got) == set(everything)
+    received = stack.inbox()
+    assert len(received) == 3
+    for entry in received:
+        (src,) = manifest_of(stack.received_bundle(entry["id"]))["sources"].values()
+        assert src["completeness"]["refused"] == [{"reason": SKIPPED, "count": 1}]

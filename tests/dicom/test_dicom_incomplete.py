@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import date
 
 import pytest
@@ -25,8 +26,11 @@ from connectors.dicom.study import StudyIncomplete, StudyNotSent
 from tests.dicom.conftest import GATEWAY_AET
 from tests.dicom.dicom_peers import Modality, Orthanc
 from tests.dicom.dicom_studies import make_study
+from tests.helpers import ISSUER, RECEIVER_ORG, SENDER_ORG
 
 LOSS = "PAT-LOSS-11"
+MRN = "urn:oid:2.16.840.1.113883.19.5"
+TERMINAL = {"completed", "failed", "cancelled", "dead_letter"}
 
 
 def q(pid, **kw):
@@ -149,3 +153,58 @@ def test_incomplete_study_delivered_with_what_is_missing_named(dicom, broken, tm
     done = {r.origin for records, _ in results for r in records}
     records, error = pull(dicom, pacs, tmp_path, done, allow_incomplete=True)
     assert records == [] and error is None
+
+
+# -- through the gateway ---------------------------------------------------------------------
+@pytest.fixture
+def sender_config(sender_config, dicom, broken):
+    """The test sender with the broken PACS as two sources: strict, and allow_incomplete."""
+    pacs = broken[0]
+    for name, extra in (("strict", {}), ("lenient", {"allow_incomplete": True})):
+        sender_config["sources"][name] = {
+            "kind": "dicom", "organization": SENDER_ORG, "data_class": "imaging",
+            "endpoint": f"dicom://{pacs.aet}@127.0.0.1:{pacs.dicom_port}",
+            "options": dicom.options(port=pacs.dicom_port, ae_title=pacs.aet, retries=1,
+                                     incomplete_attempts=2, **extra)}
+    return sender_config
+
+
+@pytest.fixture
+def stack(app, client, operator, processes, sender_config, receiver_config, tmp_path):
+    from tests.delivery.delivery_fixtures import _stack_class
+
+    return _stack_class()(app, client, operator, processes, sender_config, receiver_config,
+                          tmp_path)
+
+
+def test_gateway_fails_the_source_or_delivers_the_rest_named(stack, sign, broken, receiver_url):
+    from gateway.trust.authorizations import example_claims
+
+    pacs, study, lost = broken
+    stack.start_receiver()
+    ids = {}
+    for source in ("strict", "lenient"):
+        claims = example_claims(
+            ISSUER, f"auth-{uuid.uuid4().hex[:12]}",
+            patient={"name": {"family": "Doe", "given": ["Jane"]}, "birthDate": "1970-01-01",
+                     "identifiers": [{"system": MRN, "value": LOSS}]},
+            disclosers=[{"id": SENDER_ORG, "name": "Test Hospital", "endpoints": [
+                {"type": "dicom", "address": f"dicom://{pacs.aet}@127.0.0.1:{pacs.dicom_port}"}]}],
+            recipient={"id": RECEIVER_ORG, "name": "Recipient",
+                       "endpoint": {"type": "gateway", "address": receiver_url}})
+        auth_id = stack.authorize(claims, sign)
+        r = stack.client.post("/transfers", json={"authorization": auth_id, "sources": [source],
+                                                  "recipient": "center"}, headers=stack.operator)
+        assert r.status_code == 202, r.get_json()
+        ids[source] = r.get_json()["id"]
+    strict = stack.wait_state(ids["strict"], TERMINAL, timeout=240)
+    assert strict["state"] == "failed"
+    assert f"1 instance(s) not sent by the PACS (SOP Instance UIDs {lost})" in strict["reason"]
+    assert "allow_incomplete = true on source 'strict'" in strict["reason"]
+    lenient = stack.wait_state(ids["lenient"], TERMINAL, timeout=240)
+    assert lenient["state"] == "completed", lenient["reason"]
+    assert lenient["receipt"]["dicomInstances"] == {study.study_uid: 7}
+    report = lenient["completeness"]["lenient"]
+    assert report["refused"] == [{
+        "reason": "not sent by the PACS (2 pull(s) in a row fetched nothing new)", "count": 1}]
+    assert (report["found"], report["delivered"], report["complete"]) == (9, 8, False)
