@@ -68,7 +68,7 @@ from .qr import (
     fits,
     storage_classes,
 )
-from .scp import EXPLICIT_LE, StorageSCP
+from .scp import ACCEPTED_SYNTAXES, EXPLICIT_LE, StorageSCP
 from .study import (
     InstanceInfo,
     SeriesPlan,
@@ -239,14 +239,18 @@ class _DimseBackend:
 
     # -- C-GET: propose what the PACS holds, so it sends it as it is ----------------------
     def _get(self, ident, level, series, sops, retrieval, plan) -> RetrieveStatus:
-        """One C-GET when the study's SOP classes (from C-FIND) and the transfer syntaxes
-        its instances are held in fit one association, one context per pair. Otherwise
+        """One C-GET when the study's SOP classes (from C-FIND) fit one association with
+        every transfer syntax we take (or the common ones, or those the instance-level
+        query says its instances are held in), one context per pair. Otherwise
         the unit's instances grouped by SOP class, one C-GET (a UID list) per group; an
         instance whose class the PACS did not say is retrieved alone, trying the study's
         classes group by group (a PACS ends a C-GET at an instance it cannot send)."""
+        classes = storage_classes(plan.sop_classes)
+        for syntaxes in (ACCEPTED_SYNTAXES, None):  # every syntax if it fits, else common
+            if classes and len(classes) <= fits(classes, syntaxes):
+                return self.scu.get(ident, retrieval, classes, syntaxes)
         infos = self._infos(plan, series, sops)
-        classes = storage_classes(plan.sop_classes) or storage_classes(
-            i.sop_class_uid for i in infos.values())
+        classes = classes or storage_classes(i.sop_class_uid for i in infos.values())
         syntaxes = _syntaxes(infos.values())
         if classes and len(classes) <= fits(classes, syntaxes):
             return self.scu.get(ident, retrieval, classes, syntaxes)
