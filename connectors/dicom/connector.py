@@ -390,7 +390,13 @@ class ImagingConnector(Connector):
         self.skipped: dict[str, SkippedRecord] = {}
         # pulls in a row that may leave a study incomplete with nothing new fetched, then
         # the source fails naming what is missing, or (allow_incomplete) the rest goes
-        self.incomplete_attempts = max(1, int(options.get("incomplete_attempts", 3)))
+        try:
+            self.incomplete_attempts = int(options.get("incomplete_attempts", 3))
+        except (TypeError, ValueError):
+            self.incomplete_attempts = 0
+        if self.incomplete_attempts < 1:
+            raise SourceRejected(f"source {source}: incomplete_attempts must be a whole "
+                                 f"number of pulls, 1 or more")
         self.allow_incomplete = _flag(options.get("allow_incomplete", False))
         self.abandoned: list[StudyOutcome] = []  # given up on: the source fails
         self.settled: set[str] = set()  # delivered incomplete (allow_incomplete)

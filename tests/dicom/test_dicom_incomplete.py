@@ -208,3 +208,11 @@ def test_gateway_fails_the_source_or_delivers_the_rest_named(stack, sign, broken
     assert report["refused"] == [{
         "reason": "not sent by the PACS (2 pull(s) in a row fetched nothing new)", "count": 1}]
     assert (report["found"], report["delivered"], report["complete"]) == (9, 8, False)
+
+
+@pytest.mark.parametrize("value", [0, "three", None])
+def test_incomplete_attempts_must_be_a_number_of_pulls(dicom, tmp_path, value):
+    from connectors.base import SourceRejected
+
+    with pytest.raises(SourceRejected, match="incomplete_attempts must be a whole number"):
+        connector_class("dicom")("pacs", dicom.options(incomplete_attempts=value), tmp_path)
