@@ -2,6 +2,8 @@
 
 - connector.py  the "dicom" and "dicomweb" connectors: study-by-study retrieve with
                 completeness checks, retries of only what is missing, resume
+- backends.py   where studies come from: DIMSE (C-FIND, C-MOVE into the shared SCP, C-GET
+                proposing what the PACS holds) or DICOMweb (QIDO-RS, WADO-RS)
 - qr.py         C-ECHO / C-FIND / C-MOVE / C-GET (pynetdicom), watched instead of timed out;
                 C-GET proposes one context per (SOP class, transfer syntax)
 - scp.py        the Storage SCP that C-MOVE sends to, routing each instance to its transfer
