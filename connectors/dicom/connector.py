@@ -15,19 +15,33 @@ sub-operation counts. Shortfalls are named instance by instance (an instance-lev
 and retried alone, `retries` times. Then it yields one "dicom" record per instance and,
 once the study is complete, a "dicom-study" manifest for the ImagingStudy mapping; if a
 study stays incomplete, `fetch` ends by raising `StudyIncomplete`, naming what is
-missing, and a later pull with `already_fetched` retrieves only that.
+missing, and a later pull with `already_fetched` retrieves only that. Once
+`incomplete_attempts` pulls in a row (counted in the workdir, so across worker restarts:
+connectors.dicom.attempts) fetched nothing new for a study, it ends the source with
+`StudyNotSent` (terminal), naming the missing instances; or, with `allow_incomplete`,
+delivers the rest with a SkippedRecord per instance the PACS never sent and a manifest
+marked incomplete.
+
+A study whose patient's birth date or family name differs from the authorization's
+(same PatientID) is not taken: a SkippedRecord names the study and which one differed.
+
+C-GET proposes each (SOP class, transfer syntax) pair in a presentation context of its
+own, so the PACS sends every instance in the syntax it holds (backends.py); our Storage
+SCP accepts every syntax as received (scp.ACCEPTED_SYNTAXES).
 
 Options: host, port, ae_title (the PACS), calling_aet (ours), scp_port / scp_host /
 scp_aet (our Storage SCP; its AE title defaults to calling_aet), dicomweb_url,
 dicomweb_headers, retrieve, parallel (2), retries (2), patient_id_systems, modalities,
 stall_timeout (900 s), start_timeout (120 s), sink (a callable, see
-connectors.dicom.intake), spool, intake_workers (4).
+connectors.dicom.intake), spool, intake_workers (4), incomplete_attempts (3),
+allow_incomplete (false).
 """
 from __future__ import annotations
 
 import logging
 import queue
 import threading
+import unicodedata
 from pathlib import Path
 from typing import Iterator
 
@@ -37,17 +51,18 @@ from connectors.base import (
     RawRecord,
     RecordQuery,
     RejectedRecord,
+    SkippedRecord,
     SourceRejected,
     SourceUnavailable,
 )
 
+from .attempts import AttemptJournal
+from .backends import DimseBackend, WebBackend, instance_info
 from .intake import FolderSink, Retrieval
-from .qr import IMAGE_KEYS, SERIES_KEYS, STUDY_KEYS, DimsePeer, QueryRetrieveSCU, RetrieveStatus
-from .scp import StorageSCP
 from .study import (
-    InstanceInfo,
     SeriesPlan,
     StudyIncomplete,
+    StudyNotSent,
     StudyOutcome,
     StudyPlan,
     date_range,
@@ -55,158 +70,46 @@ from .study import (
     instance_record,
     judge,
     manifest_record,
+    not_sent_records,
     parse_already,
     rejected_record,
     wants_imaging,
+    without_missing,
 )
 from .uids import clean_uid
-from .web import DicomWebClient
 
 LOGGER = logging.getLogger(__name__)
 
 _WILDCARDS = set("*?\\")
-
-# One Storage SCP per (AE title, host, port) in this process, shared by every transfer.
-_scps: dict[tuple, list] = {}
-_scps_lock = threading.Lock()
-
-
-def acquire_scp(ae_title: str, port: int, host: str = "0.0.0.0") -> StorageSCP:
-    with _scps_lock:
-        entry = _scps.get((ae_title, host, port))
-        if entry is None:
-            entry = _scps[(ae_title, host, port)] = [StorageSCP(ae_title, port, host).start(), 0]
-        entry[1] += 1
-        return entry[0]
-
-
-def release_scp(scp: StorageSCP) -> None:
-    with _scps_lock:
-        for key, entry in list(_scps.items()):
-            if entry[0] is scp:
-                entry[1] -= 1
-                if entry[1] <= 0:
-                    scp.stop()
-                    del _scps[key]
-                return
 
 
 def _text(value) -> str:
     return "" if value is None else str(value)
 
 
-class _DimseBackend:
-    def __init__(self, options: dict):
-        self.scu = QueryRetrieveSCU(
-            DimsePeer(options["host"], int(options["port"]), options["ae_title"],
-                      options.get("calling_aet", "GATEWAY")),
-            stall_timeout=float(options.get("stall_timeout", 900)),
-            start_timeout=float(options.get("start_timeout", 120)))
-
-        self.options = options
-        method = options.get("retrieve", "auto")
-        self.method = "move" if method == "auto" and options.get("scp_port") is not None \
-            else ("get" if method == "auto" else method)
-        self.scp = None
-        self.move_dest = options.get("scp_aet") or options.get("calling_aet", "GATEWAY")
-        if self.method == "move":
-            if options.get("scp_port") is None:
-                raise SourceRejected("retrieve = move needs scp_port (our Storage SCP)")
-            try:
-                self.scp = acquire_scp(self.move_dest, int(options["scp_port"]),
-                                       options.get("scp_host", "0.0.0.0"))
-            except OSError as exc:  # e.g. another worker process holds the port
-                raise SourceUnavailable(f"cannot listen for C-MOVE on port "
-                                        f"{options['scp_port']}: {exc.strerror}") from None
-        self.uid_lists = True  # does the PACS accept UID lists in C-MOVE/C-GET?
-
-    def close(self):
-        if self.scp is not None:
-            release_scp(self.scp)
-            self.scp = None
-
-    def echo(self):
-        self.scu.echo()
-
-    def studies(self, match):
-        return self.scu.find("STUDY", match, STUDY_KEYS)
-
-    def series(self, study):
-        return self.scu.find("SERIES", {"StudyInstanceUID": study}, SERIES_KEYS)
-
-    def instances(self, study, series):
-        return self.scu.find("IMAGE", {"StudyInstanceUID": study, "SeriesInstanceUID": series},
-                             IMAGE_KEYS)
-
-    def _one(self, level, study, series, sops, retrieval, plan) -> RetrieveStatus:
-        ident = self.scu._identifier(level, study, series, sops)
-        if self.method == "get":
-            return self.scu.get(ident, retrieval, plan.sop_classes or None)
-        with self.scp.expect(retrieval, self.scu.peer.ae_title, studies=[study]) as move_id:
-            return self.scu.move(ident, self.move_dest, move_id, retrieval)
-
-    def retrieve(self, unit, retrieval, plan) -> int:
-        level, series, sops = unit
-        if level == "study":
-            status = self._one("STUDY", plan.uid, None, None, retrieval, plan)
-        elif level == "series":
-            status = self._one("SERIES", plan.uid, series, None, retrieval, plan)
-        else:
-            status = None
-            if self.uid_lists or len(sops) == 1:
-                status = self._one("IMAGE", plan.uid, series, sops, retrieval, plan)
-                if len(sops) > 1 and not status.ok and status.completed == 0:
-                    self.uid_lists = False  # retry one instance at a time
-                    status = None
-            if status is None:
-                failed = 0
-                for sop in sops:
-                    s = self._one("IMAGE", plan.uid, series, [sop], retrieval, plan)
-                    failed += s.failed + (0 if s.ok else 1)
-                return failed
-        if status.status is None:
-            LOGGER.warning("retrieve of %s %s: %s", level, series or plan.uid, status.reason)
-        return status.failed
+def _flag(value) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
 
 
-class _WebBackend:
-    def __init__(self, options: dict):
-        self.client = DicomWebClient(options["dicomweb_url"],
-                                     headers=options.get("dicomweb_headers"),
-                                     auth=options.get("dicomweb_auth"),
-                                     verify=options.get("verify", True),
-                                     timeout=float(options.get("timeout", 60)))
+def _name_key(value: str) -> str:
+    """A family name compared loosely: case, accents, spaces and punctuation aside."""
+    decomposed = unicodedata.normalize("NFKD", value.casefold())
+    return "".join(c for c in decomposed if c.isalnum())
 
-    def close(self):
-        self.client.session.close()
 
-    def echo(self):
-        self.client.echo()
-
-    def studies(self, match):
-        return self.client.search_studies(match)
-
-    def series(self, study):
-        return self.client.search_series(study)
-
-    def instances(self, study, series):
-        return self.client.search_instances(study, series)
-
-    def retrieve(self, unit, retrieval, plan) -> int:
-        """WADO-RS one unit; a 404 (gone since the query) counts as failed, not fatal."""
-        level, series, sops = unit
-        targets = [(plan.uid, None, None)] if level == "study" else \
-            [(plan.uid, series, None)] if level == "series" else \
-            [(plan.uid, series, sop) for sop in sops]
-        failed = 0
-        for study, series_uid, sop in targets:
-            try:
-                self.client.retrieve(retrieval, study, series_uid, sop)
-            except SourceRejected as exc:
-                if getattr(exc, "status", None) != 404:
-                    raise
-                failed += 1
-        return failed
+def demographic_mismatch(query: RecordQuery, birth: str, name: str) -> str:
+    """Which of the study's patient demographics differs from the authorization's ("birth
+    date", "family name"), or "" (equal, or not given on one side). Never the values."""
+    if query.birth_date and birth and birth[:8] != query.birth_date.strftime("%Y%m%d"):
+        return "birth date"
+    # DICOM PN: family^given^middle^prefix^suffix, alphabetic=ideographic=phonetic
+    family = name.split("=", 1)[0].split("^", 1)[0]
+    if query.family_name and _name_key(family) and \
+            _name_key(family) != _name_key(query.family_name):
+        return "family name"
+    return ""
 
 
 class ImagingConnector(Connector):
@@ -222,15 +125,30 @@ class ImagingConnector(Connector):
         self.sink = options.get("sink") or FolderSink(self.workdir / "dicom")
         self.spool = Path(options.get("spool") or self.workdir / "spool")
         self.outcomes: list[StudyOutcome] = []
+        self.skipped: dict[str, SkippedRecord] = {}
+        # pulls in a row that may leave a study incomplete with nothing new fetched, then
+        # the source fails naming what is missing, or (allow_incomplete) the rest goes
+        try:
+            self.incomplete_attempts = int(options.get("incomplete_attempts", 3))
+        except (TypeError, ValueError):
+            self.incomplete_attempts = 0
+        if self.incomplete_attempts < 1:
+            raise SourceRejected(f"source {source}: incomplete_attempts must be a whole "
+                                 f"number of pulls, 1 or more")
+        self.allow_incomplete = _flag(options.get("allow_incomplete", False))
+        self.abandoned: list[StudyOutcome] = []  # given up on: the source fails
+        self.settled: set[str] = set()  # delivered incomplete (allow_incomplete)
+        self.attempts = 0
+        self.journal = AttemptJournal(self.workdir)
         self.backend = self._backend()
 
     def _backend(self):
         use_web = self.options.get("dicomweb_url") and self.options.get(
             "retrieve", "auto") in ("auto", "wado")
-        return _WebBackend(self.options) if use_web else _DimseBackend(self.options)
+        return WebBackend(self.options) if use_web else DimseBackend(self.options)
 
     def endpoint(self) -> dict:
-        if isinstance(self.backend, _WebBackend):
+        if isinstance(self.backend, WebBackend):
             return {"type": "dicom-wado-rs", "address": self.backend.client.base}
         peer = self.backend.scu.peer
         return {"type": "dicom-c-move" if self.backend.method == "move" else "dicom-c-get",
@@ -259,9 +177,12 @@ class ImagingConnector(Connector):
         return list(dict.fromkeys(ids))
 
     def find_studies(self, query: RecordQuery) -> list[StudyPlan]:
+        """The authorized patient's studies; those of someone else under the same
+        PatientID (birth date or family name differs) go to `self.skipped`."""
         ids = self._patient_ids(query)
         modalities = [m.upper() for m in self.options.get("modalities") or []]
         found: dict[str, StudyPlan] = {}
+        self.skipped = {}
         for pid in ids:
             match = {"PatientID": pid}
             if date_range(query):
@@ -275,8 +196,12 @@ class ImagingConnector(Connector):
                 if _text(row.get("PatientID")) != pid:
                     continue  # the PACS matched more loosely than asked
                 birth = _text(row.get("PatientBirthDate"))
-                if query.birth_date and birth and birth != query.birth_date.strftime("%Y%m%d"):
-                    LOGGER.warning("study skipped: PatientID matches, birth date differs")
+                differs = demographic_mismatch(query, birth, _text(row.get("PatientName")))
+                if differs:
+                    LOGGER.warning("study skipped: PatientID matches, %s differs", differs)
+                    self.skipped[uid] = SkippedRecord(
+                        self.source, uid, f"another patient's demographics: the study's "
+                        f"{differs} differs from the authorization's (PatientID matches)")
                     continue
                 if not in_range(_text(row.get("StudyDate")), query):
                     continue
@@ -314,11 +239,9 @@ class ImagingConnector(Connector):
     def list_instances(self, plan: StudyPlan, series: SeriesPlan) -> None:
         series.instances = {}
         for row in self.backend.instances(plan.uid, series.uid):
-            uid = clean_uid(row.get("SOPInstanceUID"))
-            if uid is not None:
-                series.instances[uid] = InstanceInfo(
-                    uid, _text(row.get("SOPClassUID")), row.get("InstanceNumber"),
-                    row.get("NumberOfFrames"))
+            info = instance_info(row)
+            if info is not None:
+                series.instances[info.sop_instance_uid] = info
 
     # -- retrieve ----------------------------------------------------------------------------
     def _run_units(self, units, retrieval: Retrieval, plan: StudyPlan) -> int:
@@ -427,32 +350,56 @@ class ImagingConnector(Connector):
             failed += self._run_units([("image", suid, sops) for suid, sops in
                                        by_series.items()], retrieval, plan)
             outcome = judge(plan, retrieval, already, failed)
-        self.outcomes.append(outcome)
         received = list(retrieval.received.values())
         for item in received:
             yield instance_record(self.source, item)
         for error in list(retrieval.errors.values()):
             if error.permanent:
                 yield rejected_record(self.source, error)
-        if outcome.complete:
-            for s in plan.series.values():
-                if already.get(s.uid) and s.instances is None:
-                    self.list_instances(plan, s)  # earlier runs' instances, for the manifest
-            yield manifest_record(self.source, self.workdir / "manifests", plan, received,
-                                  outcome, self.endpoint())
+        if not outcome.complete:
+            # pulls in a row that fetched nothing new: bounded, counted across restarts
+            attempts = self.journal.note(plan.uid, outcome.received > 0)
+            if attempts < self.incomplete_attempts:
+                self.outcomes.append(outcome)
+                return
+            if not self.allow_incomplete:
+                self.outcomes.append(outcome)
+                self.abandoned.append(outcome)
+                self.attempts = max(self.attempts, attempts)
+                return
+            LOGGER.warning("study delivered incomplete (allow_incomplete): %d missing",
+                           len(outcome.missing) + sum(outcome.missing_unnamed.values()))
+            yield from not_sent_records(self.source, plan, outcome, attempts)
+            plan = without_missing(plan, outcome)
+            self.settled.add(plan.uid)
+        self.outcomes.append(outcome)
+        self.journal.forget(plan.uid)
+        for s in plan.series.values():
+            if already.get(s.uid) and s.instances is None:
+                self.list_instances(plan, s)  # earlier runs' instances, for the manifest
+        yield manifest_record(self.source, self.workdir / "manifests", plan, received,
+                              outcome, self.endpoint())
 
     def fetch(self, query: RecordQuery) -> Iterator[RawRecord | RejectedRecord]:
         if not wants_imaging(query):
             return
-        self.outcomes = []
+        self.outcomes, self.abandoned, self.attempts, self.settled = [], [], 0, set()
+        self.journal = AttemptJournal(self.workdir)
         already = parse_already(query.already_fetched)
-        for plan in self.find_studies(query):
+        plans = self.find_studies(query)
+        for uid, skipped in sorted(self.skipped.items()):
+            if uid not in query.already_fetched:
+                yield skipped  # found, not taken: the transfer says so and why
+        for plan in plans:
             if plan.uid in query.already_fetched:
                 continue  # its manifest was produced: complete in an earlier run
             yield from self.retrieve_study(plan, query, already.get(plan.uid, {}))
-        incomplete = [o for o in self.outcomes if not o.complete]
-        if incomplete:
-            raise StudyIncomplete(incomplete)
+        given_up = {o.study_uid for o in self.abandoned} | self.settled
+        retrying = [o for o in self.outcomes if not o.complete and o.study_uid not in given_up]
+        if retrying:
+            raise StudyIncomplete([o for o in self.outcomes if not o.complete])
+        if self.abandoned:
+            raise StudyNotSent(self.source, self.abandoned, self.attempts)
 
 
 class DicomConnector(ImagingConnector):
@@ -469,4 +416,4 @@ class DicomWebConnector(ImagingConnector):
     def _backend(self):
         if not self.options.get("dicomweb_url"):
             raise SourceRejected("a dicomweb source needs dicomweb_url")
-        return _WebBackend(self.options)
+        return WebBackend(self.options)

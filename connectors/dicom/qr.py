@@ -28,6 +28,7 @@ from .intake import Retrieval
 from .net import FastAE, check_version
 from .scp import (
     ACCEPTED_SYNTAXES,
+    COMMON_SYNTAXES,
     EXPLICIT_LE,
     IMPLICIT_LE,
     STORAGE_SOP_CLASSES,
@@ -69,7 +70,8 @@ STUDY_KEYS = ("StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber",
 SERIES_KEYS = ("SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription",
                "BodyPartExamined", "Laterality", "SeriesDate", "SeriesTime",
                "NumberOfSeriesRelatedInstances")
-IMAGE_KEYS = ("SOPInstanceUID", "SOPClassUID", "InstanceNumber", "NumberOfFrames")
+IMAGE_KEYS = ("SOPInstanceUID", "SOPClassUID", "InstanceNumber", "NumberOfFrames",
+              "AvailableTransferSyntaxUID")
 
 
 @dataclass(frozen=True)
@@ -290,13 +292,17 @@ class QueryRetrieveSCU:
             if assoc.is_established:
                 assoc.release()
 
-    def get(self, identifier: Dataset, retrieval: Retrieval,
-            sop_classes=None) -> RetrieveStatus:
-        """C-GET `identifier` on one association; instances go to `retrieval`."""
-        classes = [c for c in (sop_classes or COMMON_STORAGE_CLASSES)
-                   if c in STORAGE_SOP_CLASSES][:127]
-        contexts = [_cx(GET)] + [build_context(c, ACCEPTED_SYNTAXES) for c in classes]
-        roles = [build_role(c, scp_role=True) for c in classes]
+    def get(self, identifier: Dataset, retrieval: Retrieval, sop_classes=None,
+            syntaxes=None) -> RetrieveStatus:
+        """C-GET `identifier` on one association; instances go to `retrieval`.
+
+        Each (SOP class, transfer syntax) pair is proposed in a presentation context of
+        its own (see `get_contexts`), so the PACS finds one accepting the syntax it holds
+        an instance in and sends it as it is, instead of converting it to the one syntax
+        it picked for a context listing many. `sop_classes` x `syntaxes` must fit one
+        association (`fits`); without them, the common storage classes are proposed with
+        every syntax in one context each (the PACS may then convert)."""
+        contexts, roles = get_contexts(sop_classes, syntaxes)
         handler = store_handler(lambda event: retrieval, "c-get")
         assoc = self._associate(contexts, ext_neg=roles,
                                 handlers=[(evt.EVT_C_STORE, handler)])
@@ -311,6 +317,38 @@ class QueryRetrieveSCU:
         finally:
             if assoc.is_established:
                 assoc.release()
+
+
+#: pynetdicom proposes at most 128 presentation contexts; one is the C-GET's own
+MAX_STORAGE_CONTEXTS = 127
+
+
+def storage_classes(values) -> list[str]:
+    """The storage SOP classes among `values`, each once, in order."""
+    return list(dict.fromkeys(c for c in values if c in STORAGE_SOP_CLASSES))
+
+
+def fits(sop_classes, syntaxes=None) -> int:
+    """How many SOP classes one C-GET association can take with `syntaxes` each."""
+    return max(1, MAX_STORAGE_CONTEXTS // len(syntaxes or COMMON_SYNTAXES))
+
+
+def get_contexts(sop_classes=None, syntaxes=None) -> tuple[list, list]:
+    """Presentation contexts and SCP/SCU role selections for a C-GET: one context per
+    (storage SOP class, transfer syntax), each class with the SCP role for C-STORE."""
+    classes = storage_classes(sop_classes or ())
+    syntaxes = list(dict.fromkeys(syntaxes or COMMON_SYNTAXES))
+    if not classes:
+        # the PACS did not say what the study holds: the common classes, every syntax
+        # in one context each (the PACS may convert what it holds in another)
+        classes = storage_classes(COMMON_STORAGE_CLASSES)
+        contexts = [build_context(c, ACCEPTED_SYNTAXES) for c in classes]
+    else:
+        if len(classes) * len(syntaxes) > MAX_STORAGE_CONTEXTS:
+            raise ValueError(f"{len(classes)} SOP classes x {len(syntaxes)} transfer "
+                             f"syntaxes do not fit one association")
+        contexts = [build_context(c, [ts]) for c in classes for ts in syntaxes]
+    return [_cx(GET)] + contexts, [build_role(c, scp_role=True) for c in classes]
 
 
 def check_level_uids(values, what: str) -> list[str]:

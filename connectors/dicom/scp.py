@@ -51,9 +51,13 @@ _config.STORE_RECV_CHUNKED_DATASET = True
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
-#: transfer syntaxes accepted as they are (so files stay byte-identical to the source)
+EXPLICIT_BE = "1.2.840.10008.1.2.2"
+#: transfer syntaxes accepted as they are (so files stay byte-identical to the source):
+#: every syntax a storage SOP instance may be held in. A syntax missing here makes the
+#: sender convert the instance (or leave it out) instead of sending what it holds.
 ACCEPTED_SYNTAXES = [
     EXPLICIT_LE, IMPLICIT_LE,
+    EXPLICIT_BE,  # Explicit VR Big Endian (retired, still held by old archives)
     "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
     "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",  # JPEG Baseline / Extended
     "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",  # JPEG Lossless
@@ -63,6 +67,20 @@ ACCEPTED_SYNTAXES = [
     "1.2.840.10008.1.2.4.100", "1.2.840.10008.1.2.4.101",  # MPEG2
     "1.2.840.10008.1.2.4.102", "1.2.840.10008.1.2.4.103",  # MPEG-4
     "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203",  # HTJ2K
+    "1.2.840.10008.1.2.4.104", "1.2.840.10008.1.2.4.105", "1.2.840.10008.1.2.4.106",  # MPEG-4
+    "1.2.840.10008.1.2.4.107", "1.2.840.10008.1.2.4.108",  # HEVC/H.265
+    "1.2.840.10008.1.2.4.110", "1.2.840.10008.1.2.4.111", "1.2.840.10008.1.2.4.112",  # JPEG XL
+    "1.2.840.10008.1.2.4.52", "1.2.840.10008.1.2.4.53", "1.2.840.10008.1.2.4.55",  # JPEG, old
+    "1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93",  # JPEG 2000 Part 2
+    "1.2.840.10008.1.2.8.1",  # Deflated Image Frame Compression
+]
+#: the syntaxes images are commonly held in, proposed for C-GET each in its own
+#: presentation context when the PACS does not say which ones a study uses
+COMMON_SYNTAXES = [
+    EXPLICIT_LE, IMPLICIT_LE, EXPLICIT_BE, "1.2.840.10008.1.2.1.99",
+    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",
+    "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.5",
 ]
 STORAGE_SOP_CLASSES = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
 

@@ -11,11 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date
 from pathlib import Path
 
-from connectors.base import RawRecord, RecordQuery, RejectedRecord, SourceUnavailable
+from connectors.base import (
+    RawRecord,
+    RecordQuery,
+    RejectedRecord,
+    SkippedRecord,
+    SourceRejected,
+    SourceUnavailable,
+)
 from connectors.data_classes import ALL, DICOM_CLASSES
 
 from .intake import InstanceError, Received, Retrieval
@@ -56,6 +63,7 @@ class InstanceInfo:
     sop_class_uid: str = ""
     number: int | None = None
     frames: int | None = None
+    syntaxes: list[str] = field(default_factory=list)  # transfer syntaxes held, if told
 
 
 @dataclass
@@ -162,6 +170,63 @@ class StudyIncomplete(SourceUnavailable):
                              if x)
             parts.append(f"study {o.study_uid}: {text}")
         super().__init__("incomplete DICOM retrieve: " + "; ".join(parts))
+
+
+#: SOP Instance UIDs named in one message at most (the rest are counted)
+NAMED_IN_MESSAGE = 20
+
+
+def _named(uids: list[str]) -> str:
+    shown = ", ".join(uids[:NAMED_IN_MESSAGE])
+    more = len(uids) - NAMED_IN_MESSAGE
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+class StudyNotSent(SourceRejected):
+    """The PACS did not send some instances of a study, and pull after pull fetched
+    nothing new: retrying will not help. Terminal; the message names what is missing
+    and what an operator can do about it."""
+
+    def __init__(self, source: str, outcomes: list[StudyOutcome], attempts: int):
+        self.outcomes = outcomes
+        parts = []
+        for o in outcomes:
+            unnamed = sum(o.missing_unnamed.values())
+            total = len(o.missing) + unnamed
+            text = f"study {o.study_uid}: {total} instance(s) not sent by the PACS"
+            if o.missing:
+                text += f" (SOP Instance UIDs {_named(sorted(o.missing))})"
+            if unnamed:
+                text += f"{' and' if o.missing else ''} {unnamed} it did not name"
+            parts.append(text)
+        super().__init__(
+            "incomplete DICOM study: " + "; ".join(parts) + f"; {attempts} pull(s) in a row "
+            "fetched nothing new. Have the PACS repair or re-send them, then retry the "
+            f"source; or set allow_incomplete = true on source {source!r} to deliver the "
+            "rest, with the missing instances reported")
+
+
+def not_sent_records(source: str, plan: StudyPlan, outcome: StudyOutcome,
+                     attempts: int) -> list[SkippedRecord]:
+    """One SkippedRecord per instance the PACS never sent (per series where it did not
+    name them), for a study delivered incomplete (`allow_incomplete`)."""
+    series_of = {uid: s.uid for s in plan.series.values() for uid in (s.instances or ())}
+    why = f"not sent by the PACS ({attempts} pull(s) in a row fetched nothing new)"
+    out = [SkippedRecord(source, "/".join(x for x in (plan.uid, series_of.get(sop), sop) if x),
+                         why) for sop in sorted(outcome.missing)]
+    for series, n in sorted(outcome.missing_unnamed.items()):
+        out.append(SkippedRecord(source, "/".join(x for x in (plan.uid, series) if x),
+                                 f"{n} instance(s) {why}, not named by the PACS"))
+    return out
+
+
+def without_missing(plan: StudyPlan, outcome: StudyOutcome) -> StudyPlan:
+    """The plan with the instances that never arrived left out (for the manifest)."""
+    missing = set(outcome.missing)
+    series = {uid: replace(s, instances=None if s.instances is None else {
+        k: v for k, v in s.instances.items() if k not in missing})
+        for uid, s in plan.series.items()}
+    return replace(plan, series=series)
 
 
 def rejected_record(source: str, e: InstanceError) -> RejectedRecord:

@@ -148,3 +148,98 @@ def make_multiframe(outdir: Path, size_mb: int = 200, *, rows: int = 512, cols: 
     study.files.append(path)
     study.series[series] = [sop]
     return study
+
+
+#: transfer syntax UID -> how the fidelity study encodes an instance in it: a dcmtk tool
+#: with its arguments (the Debian dcmtk's own encoders), or "j2k" (OpenJPEG via pydicom)
+SYNTAX_ENCODERS = {
+    "1.2.840.10008.1.2.1": ("dcmconv", "+te"),  # Explicit VR Little Endian
+    "1.2.840.10008.1.2": ("dcmconv", "+ti"),  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.2": ("dcmconv", "+tb"),  # Explicit VR Big Endian
+    "1.2.840.10008.1.2.1.99": ("dcmconv", "+td"),  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.4.50": ("dcmcjpeg", "+eb"),  # JPEG Baseline (lossy)
+    "1.2.840.10008.1.2.4.57": ("dcmcjpeg", "+el"),  # JPEG Lossless, process 14
+    "1.2.840.10008.1.2.4.70": ("dcmcjpeg", "+e1"),  # JPEG Lossless, SV1
+    "1.2.840.10008.1.2.4.80": ("dcmcjpls", "+el"),  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81": ("dcmcjpls", "+en"),  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.5": ("dcmcrle",),  # RLE Lossless
+    "1.2.840.10008.1.2.4.90": ("j2k",),  # JPEG 2000 Lossless
+}
+SC_IMAGE = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
+
+
+def make_syntax_study(outdir: Path, *, patient_id: str = "PAT-FIDELITY",
+                      patient_name: str = "Doe^Jane", birth_date: str = "19700101",
+                      rows: int = 64, cols: int = 64, syntaxes=None,
+                      sop_classes=None) -> tuple[Study, dict]:
+    """One instance per transfer syntax of SYNTAX_ENCODERS (small 8-bit images, two series:
+    secondary captures and CT), each encoded by a real encoder. Returns the study and
+    SOP Instance UID -> transfer syntax UID."""
+    import subprocess
+
+    import numpy as np
+    from pydicom.uid import JPEG2000Lossless
+
+    from tests.dicom.dicom_peers import dcmtk
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    study = Study(study_uid=generate_uid(), patient_id=patient_id)
+    ds = _template(patient_id, patient_name, birth_date, study.study_uid, "20240220", "ACC-FID")
+    for tag in ("RescaleIntercept", "RescaleSlope"):
+        if tag in ds:
+            delattr(ds, tag)
+    ds.Rows, ds.Columns = rows, cols
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    series = {"SC": generate_uid(), "CT": generate_uid()}
+    for uid in series.values():
+        study.series[uid] = []
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    syntax_of: dict[str, str] = {}
+    for i, syntax in enumerate(syntaxes or SYNTAX_ENCODERS):
+        kind = "SC" if i % 2 == 0 else "CT"
+        klass = SC_IMAGE if kind == "SC" else CT_IMAGE
+        if sop_classes:
+            klass = sop_classes[i % len(sop_classes)]
+        sop = generate_uid()
+        ds.SOPClassUID = klass
+        ds.SOPInstanceUID = sop
+        ds.Modality = "OT" if kind == "SC" else "CT"
+        ds.SeriesInstanceUID = series[kind]
+        ds.SeriesNumber = 1 if kind == "SC" else 2
+        ds.InstanceNumber = len(study.series[series[kind]]) + 1
+        # a smooth picture with some noise: every codec has work to do
+        noise = np.frombuffer(os.urandom(rows * cols), dtype=np.uint8).reshape(rows, cols)
+        pixels = ((xx * 3 + yy * 2 + i * 17) % 256 // 2 + noise // 4).astype(np.uint8)
+        ds.PixelData = pixels.tobytes()
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = klass
+        meta.MediaStorageSOPInstanceUID = sop
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta = meta
+        plain = outdir / f"plain-{i:02d}.dcm"
+        ds.save_as(plain, enforce_file_format=True)
+        path = outdir / f"{i:02d}.dcm"
+        tool = SYNTAX_ENCODERS[syntax]
+        if tool[0] == "j2k":
+            enc = pydicom.dcmread(plain)
+            enc.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg",
+                         generate_instance_uid=False)
+            enc.save_as(path, enforce_file_format=True)
+        else:
+            args = [dcmtk(tool[0]), *tool[1:]]
+            if tool[0] != "dcmconv":
+                args.append("+un")  # keep the SOP Instance UID
+            run = subprocess.run([*args, str(plain), str(path)], capture_output=True,
+                                 text=True, timeout=60)
+            if run.returncode != 0:
+                raise RuntimeError(f"{tool[0]} failed: {run.stderr[-1000:]}")
+        plain.unlink()
+        held = pydicom.dcmread(path, stop_before_pixels=True)
+        assert str(held.file_meta.TransferSyntaxUID) == syntax, (syntax, held.file_meta)
+        assert str(held.SOPInstanceUID) == sop
+        study.files.append(path)
+        study.series[series[kind]].append(sop)
+        syntax_of[sop] = syntax
+    return study, syntax_of
