@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 from .cover import decode_payloads, looks_like_cover_payload
+from .pdfcheck import check_pdf
 from .sandbox import FileRejected, phone_like
 
 _MIN_TEXT = 20  # fewer non-space characters than this is "no text layer"
@@ -26,6 +27,7 @@ def analyze_file(request: dict) -> dict:
         doc = _open_pdf(path, limits)
         try:
             pages = len(doc)
+            _check_pages(doc, limits)
             encrypted = _pdf_encrypted(doc)
             scan = _scan_indices(pages, limits)
             images = {i: _render_pdf_page(doc, i, limits) for i in scan}
@@ -134,6 +136,7 @@ def _open_pdf(path: Path, limits: dict):
     depth = _max_nesting(data)
     if depth > limits["max_nesting"]:
         raise FileRejected("too-deep", f"objects nested {depth} levels deep")
+    check_pdf(data, path, limits)  # image sizes, inflated streams, loops: before PDFium decodes
     del data
     try:
         doc = pdfium.PdfDocument(str(path))
@@ -150,6 +153,41 @@ def _open_pdf(path: Path, limits: dict):
         doc.close()
         raise FileRejected("too-many-pages", f"{pages} pages is over the {limits['max_pages']} limit")
     return doc
+
+
+def _page(doc, index: int):
+    """Page `index` loaded by PDFium, or FileRejected("bad-page") when it cannot be."""
+    import pypdfium2 as pdfium
+
+    try:
+        return doc[index]
+    except (pdfium.PdfiumError, IndexError, ValueError) as exc:
+        raise FileRejected("bad-page", f"page {index + 1} does not load: {str(exc)[:80]}") from None
+
+
+def _check_pages(doc, limits: dict) -> None:
+    """Every page loads in PDFium, and the images it draws inline (inside its content
+    stream, where pdfcheck cannot see them) are within the per-image limit."""
+    import pypdfium2 as pdfium
+
+    for index in range(len(doc)):
+        page = _page(doc, index)
+        try:
+            seen = 0
+            for obj in page.get_objects(filter=[pdfium.raw.FPDF_PAGEOBJ_IMAGE], max_depth=2):
+                seen += 1
+                if seen > 10_000:
+                    raise FileRejected("too-complex", f"page {index + 1} draws over 10000 images")
+                try:
+                    width, height = obj.get_px_size()
+                except pdfium.PdfiumError:
+                    raise FileRejected("bad-image", f"page {index + 1}: an image has no size") from None
+                if width * height > limits["max_image_pixels"]:
+                    raise FileRejected("image-too-large",
+                                       f"page {index + 1}: image of {width} x {height} pixels "
+                                       f"(limit {limits['max_image_pixels']} per image)")
+        finally:
+            page.close()
 
 
 _STREAM_RE = re.compile(rb"stream\r?\n.*?endstream", re.S)
@@ -177,7 +215,9 @@ def _pdf_encrypted(doc) -> bool:
 
 
 def _render_pdf_page(doc, index: int, limits: dict):
-    page = doc[index]
+    import pypdfium2 as pdfium
+
+    page = _page(doc, index)
     try:
         width, height = page.get_size()
         inches = max(width, height) / 72
@@ -187,15 +227,23 @@ def _render_pdf_page(doc, index: int, limits: dict):
         pixels = width * height * scale * scale
         if pixels > limits["max_pixels"]:
             scale *= (limits["max_pixels"] / pixels) ** 0.5
-        return page.render(scale=scale, grayscale=True).to_pil().convert("L")
+        try:
+            return page.render(scale=scale, grayscale=True).to_pil().convert("L")
+        except pdfium.PdfiumError as exc:
+            raise FileRejected("bad-page", f"page {index + 1} does not render: {str(exc)[:80]}") from None
     finally:
         page.close()
 
 
 def _pdf_text(doc, index: int) -> str:
-    page = doc[index]
+    import pypdfium2 as pdfium
+
+    page = _page(doc, index)
     try:
-        textpage = page.get_textpage()
+        try:
+            textpage = page.get_textpage()
+        except pdfium.PdfiumError:
+            raise FileRejected("bad-page", f"page {index + 1} has an unreadable text layer") from None
         try:
             return textpage.get_text_bounded()[:20000]
         finally:
