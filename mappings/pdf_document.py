@@ -38,7 +38,8 @@ def _pdf_facts(record: RawRecord) -> tuple[int, date | None]:
         created = reader.metadata.creation_date if reader.metadata else None
     except MappingFailed:
         raise
-    except (PdfReadError, ValueError, KeyError, TypeError, OSError) as exc:
+    except (PdfReadError, ValueError, KeyError, TypeError, OSError, AttributeError,
+            RecursionError, IndexError) as exc:  # pypdf on a hostile file (a reference loop)
         raise MappingFailed(f"PDF cannot be read ({exc.__class__.__name__})", record.origin) from None
     if pages == 0:
         raise MappingFailed("PDF has no pages", record.origin)

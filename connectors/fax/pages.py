@@ -7,16 +7,19 @@ Pillow; TIFF -> PDF is img2pdf (CCITT G3/G4 data is embedded as is, so lossless)
 from __future__ import annotations
 
 import io
+import mmap
 import re
+import resource
 import shutil
 import subprocess
 from pathlib import Path
 
 from .cover import decode_payloads, looks_like_cover_payload
-from .pdfcheck import check_pdf
+from .pdfcheck import check_pdf, check_reference_loops
 from .sandbox import FileRejected, phone_like
 
 _MIN_TEXT = 20  # fewer non-space characters than this is "no text layer"
+TESSERACT_PEAK_MB = [0.0]  # the largest peak RSS of a Tesseract run (wait4's ru_maxrss)
 
 
 def analyze_file(request: dict) -> dict:
@@ -78,6 +81,22 @@ def analyze_file(request: dict) -> dict:
             "preview": preview}
 
 
+def inspect_file(request: dict) -> dict:
+    """The checks of `analyze_file` without rendering, QR codes, text or OCR."""
+    limits = request["limits"]
+    path = Path(request["path"])
+    if request["type"] == "pdf":
+        doc = _open_pdf(path, limits)
+        try:
+            count = len(doc)
+            _check_pages(doc, limits)
+        finally:
+            doc.close()
+    else:
+        _, count, _ = _tiff_frames(path, limits, lambda i, frame: None)
+    return {"type": request["type"], "pages": count}
+
+
 def _scan_indices(pages: int, limits: dict) -> list[int]:
     """Pages searched for a cover code: the first ones, and the last (a cover sheet sent
     after the records, or a fax scanned in reverse order)."""
@@ -130,14 +149,15 @@ def build_file(request: dict) -> dict:
 def _open_pdf(path: Path, limits: dict):
     import pypdfium2 as pdfium
 
-    data = path.read_bytes()
-    if b"%%EOF" not in data[-2048:]:
-        raise FileRejected("truncated", "PDF has no %%EOF marker at its end")
-    depth = _max_nesting(data)
-    if depth > limits["max_nesting"]:
-        raise FileRejected("too-deep", f"objects nested {depth} levels deep")
-    check_pdf(data, path, limits)  # image sizes, inflated streams, loops: before PDFium decodes
-    del data
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        # mapped, not read: the raw scans copy only what lies between streams
+        if b"%%EOF" not in data[-2048:]:
+            raise FileRejected("truncated", "PDF has no %%EOF marker at its end")
+        depth = _max_nesting(data)
+        if depth > limits["max_nesting"]:
+            raise FileRejected("too-deep", f"objects nested {depth} levels deep")
+        check_reference_loops(data)
+    check_pdf(path, limits)  # image sizes, inflated streams, form loops: before PDFium decodes
     try:
         doc = pdfium.PdfDocument(str(path))
     except pdfium.PdfiumError as exc:
@@ -327,10 +347,15 @@ def _ocr(image, limits: dict) -> str:
     """Tesseract (Debian's tesseract-ocr) on one page image; '' when it gives nothing in time."""
     buf = io.BytesIO()
     image.convert("L").save(buf, format="PNG", dpi=(limits["render_dpi"], limits["render_dpi"]))
+    proc = subprocess.Popen(["tesseract", "stdin", "stdout", "--psm", "3", "-l", "eng"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
-        done = subprocess.run(["tesseract", "stdin", "stdout", "--psm", "3", "-l", "eng"],
-                              input=buf.getvalue(), capture_output=True,
-                              timeout=limits["ocr_seconds"], check=False)
+        out, _ = proc.communicate(buf.getvalue(), timeout=limits["ocr_seconds"])
     except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
         return ""
-    return done.stdout.decode("utf-8", "replace")[:20000]
+    finally:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # kB; over-counts the fork's copy
+        TESSERACT_PEAK_MB[0] = max(TESSERACT_PEAK_MB[0], round(usage.ru_maxrss / 1024, 1))
+    return out.decode("utf-8", "replace")[:20000]

@@ -37,10 +37,10 @@ _COMPONENTS = {"/DeviceGray": 1, "/G": 1, "/CalGray": 1, "/Indexed": 1, "/I": 1,
                "/DeviceRGB": 3, "/RGB": 3, "/CalRGB": 3, "/Lab": 3, "/DeviceCMYK": 4, "/CMYK": 4}
 
 
-def check_pdf(data: bytes, path: Path, limits: dict) -> dict:
-    """Refuse `path` (whose bytes are `data`) when it breaks a limit; return what was
-    measured: {"streams", "images", "largest_image_pixels", "largest_stream_bytes"}."""
-    _check_reference_loops(data)
+def check_pdf(path: Path, limits: dict) -> dict:
+    """Refuse `path` when it breaks a limit; return what was measured: {"streams",
+    "images", "largest_image_pixels", "largest_stream_bytes"}. `check_reference_loops`
+    runs first, on the file's bytes."""
     import pikepdf
 
     try:
@@ -83,7 +83,7 @@ def _short(exc: Exception) -> str:
     return str(exc).split(": ", 1)[-1][:120]
 
 
-def _check_reference_loops(data: bytes) -> None:
+def check_reference_loops(data) -> None:
     """Objects whose whole body is a reference to another object ("5 0 obj 5 0 R endobj"):
     a chain of them that comes back to itself has no value (a /MediaBox, /Resources or
     /Length pointing into it), and readers that follow it loop or give up differently."""
@@ -206,12 +206,15 @@ def _inflated_size(obj, where: str, limits: dict) -> int:
         if name not in _STREAM_FILTERS:
             break  # an image codec or a crypt filter: sized by the image checks
         chain.append(name)
+    if not chain:  # stored as is (or an image codec's data): no larger than the file
+        length = obj.stream_dict.get("/Length", 0)
+        return length if isinstance(length, int) else 0
     raw = obj.read_raw_bytes()
     bound = len(raw)
     for name in chain:
         bound *= _EXPANSION[name]
     if bound <= limit:
-        return bound if chain else len(raw)
+        return bound
     data = raw
     for index, name in enumerate(chain):
         last = index == len(chain) - 1

@@ -31,9 +31,18 @@ _PHONE_RE = re.compile(r"^\+?[0-9][0-9 ()./-]{2,30}$")
 
 @dataclass(frozen=True)
 class Limits:
-    """Bounds for parsing one file. Defaults fit real faxes with a wide margin."""
+    """Bounds for parsing one file. Defaults fit real faxes with a wide margin.
 
-    memory_mb: int = 1024  # address space of the child
+    Memory cap: each process of a parse (the child, and a Tesseract it starts) may map at
+    most `memory_mb` (512 MB) of address space, plus the file's size (the child maps the
+    file once to scan its raw bytes). Measured peak RSS (`Analysis.peak_rss_mb`,
+    /proc VmHWM): 67-70 MB for ordinary faxes (3-page text PDF, 300 dpi scan with OCR,
+    4-page G4 TIFF), 136-143 MB for the largest images the limits let through (49 Mpx
+    gray, 41 Mpx RGB), 24-43 MB for the bombs refused before decoding (1 GiB image,
+    reference loops, lying JPEG header, inline image of 1.6 Gpx).
+    """
+
+    memory_mb: int = 512  # address space of each sandbox process
     cpu_seconds: int = 60
     wall_seconds: float = 120.0
     output_mb: int = 512  # largest file the child may write
@@ -107,6 +116,23 @@ def analyze(path: Path, outdir: Path, limits: Limits = Limits()) -> Analysis:
     return Analysis(**result)
 
 
+@dataclass
+class Inspection:
+    """What the structure check found in a file that may be opened safely."""
+
+    type: str  # "pdf" or "tiff"
+    pages: int
+    peak_rss_mb: float = 0.0
+
+
+def inspect(path: Path, outdir: Path, limits: Limits = Limits()) -> Inspection:
+    """Check a document in the sandbox without rendering it: the PDF checks before decoding
+    (images, inflated streams, reference loops), every page loads, every TIFF frame
+    decodes. For files delivered as they are (the PDF folder source)."""
+    result = _run_child({"op": "inspect", "path": str(path), "out": str(outdir)}, path, limits)
+    return Inspection(**result)
+
+
 def build(path: Path, outdir: Path, drop_pages: list[int], limits: Limits = Limits()) -> Built:
     """Make the delivered PDF in the sandbox: TIFF -> PDF (img2pdf), minus `drop_pages`."""
     result = _run_child({"op": "build", "path": str(path), "out": str(outdir),
@@ -128,7 +154,7 @@ def _run_child(request: dict, path: Path, limits: Limits) -> dict:
     def set_limits():
         import resource
 
-        mem = limits.memory_mb * 1024 * 1024
+        mem = limits.memory_mb * 1024 * 1024 + size  # + the file, mapped once to scan it
         resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
         resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))
         out = limits.output_mb * 1024 * 1024
@@ -154,9 +180,7 @@ def _run_child(request: dict, path: Path, limits: Limits) -> dict:
                 proc.stdin.close()
             except BrokenPipeError:
                 pass  # the child died at once: its exit status says why
-            # wait4, not wait: the child's rusage gives its peak RSS (with Tesseract's)
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
+            proc.wait()
         finally:
             timer.cancel()
             _kill_group(proc)
@@ -164,14 +188,8 @@ def _run_child(request: dict, path: Path, limits: Limits) -> dict:
         err = _tail(error_file, 4096)
     answer_path.unlink(missing_ok=True)
     error_path.unlink(missing_ok=True)
-    peak = round(usage.ru_maxrss / 1024, 1)  # kB on Linux
-    log.info("fax sandbox %s: exit %s, peak RSS %.1f MB", request["op"], proc.returncode, peak)
-    try:
-        answer = _answer(out, err, proc.returncode, timed_out.is_set(), limits)
-    except FileRejected as exc:
-        exc.peak_rss_mb = peak
-        raise
-    answer["peak_rss_mb"] = peak
+    answer = _answer(out, err, proc.returncode, timed_out.is_set(), limits)
+    log.info("fax sandbox %s: peak RSS %.1f MB", request["op"], answer["peak_rss_mb"])
     return answer
 
 
@@ -198,7 +216,7 @@ def _answer(out: bytes, err: bytes, returncode: int, timed_out: bool, limits: Li
         if returncode in (-signal.SIGXCPU, -signal.SIGKILL) and b"MemoryError" not in err:
             raise FileRejected("time-limit", f"parser used over {limits.cpu_seconds} s of CPU")
         if answer and not answer.get("ok"):
-            raise FileRejected(answer["reason"], answer["detail"])
+            raise _rejected(answer)
         if returncode == -signal.SIGXFSZ:
             raise FileRejected("output-limit", f"output over {limits.output_mb} MB")
         tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
@@ -207,9 +225,15 @@ def _answer(out: bytes, err: bytes, returncode: int, timed_out: bool, limits: Li
                                                f"(exit {returncode})")
         raise FileRejected("parser-failed", f"exit {returncode}: {tail[0][:200]}")
     if not answer.get("ok"):
-        raise FileRejected(answer["reason"], answer["detail"])
+        raise _rejected(answer)
     answer.pop("ok")
     return answer
+
+
+def _rejected(answer: dict) -> FileRejected:
+    exc = FileRejected(answer["reason"], answer["detail"])
+    exc.peak_rss_mb = answer.get("peak_rss_mb")
+    return exc
 
 
 def _kill_group(proc: subprocess.Popen, reap: bool = True) -> None:
