@@ -38,8 +38,7 @@ def _pdf_facts(record: RawRecord) -> tuple[int, date | None]:
         created = reader.metadata.creation_date if reader.metadata else None
     except MappingFailed:
         raise
-    except (PdfReadError, ValueError, KeyError, TypeError, OSError, AttributeError,
-            RecursionError, IndexError) as exc:  # pypdf on a hostile file (a reference loop)
+    except (PdfReadError, ValueError, KeyError, TypeError, OSError) as exc:
         raise MappingFailed(f"PDF cannot be read ({exc.__class__.__name__})", record.origin) from None
     if pages == 0:
         raise MappingFailed("PDF has no pages", record.origin)
