@@ -112,6 +112,7 @@ def build_file(request: dict) -> dict:
         doc = _open_pdf(path, limits)
         try:
             count = len(doc)
+            _check_pages(doc, limits)  # what is delivered must open: every page, every image
             keep = [i for i in range(count) if i not in drop]
             if not keep:
                 raise FileRejected("no-pages", "nothing left once the cover sheet is removed")
