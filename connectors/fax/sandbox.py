@@ -7,6 +7,12 @@ sends one JSON request on stdin and reads one JSON answer from stdout, killing t
 child's whole process group at the wall-clock limit. Every failure becomes a
 `FileRejected` with a short reason code (for quarantine) and a one-line detail.
 
+Inside the child, limits are checked before anything is decoded (pdfcheck.py: image
+pixels and decoded bytes, inflated stream sizes, reference loops; every page must load
+in PDFium, "bad-page" otherwise), because PDFium draws nothing where an allocation
+fails and the bomb would pass as a blank page. The rlimits are the second line. The
+child reports its peak RSS (`peak_rss_mb`); see `Limits` for the cap and the figures.
+
 The child needs no secrets: it reports every QR text it finds; the parent verifies.
 """
 from __future__ import annotations
