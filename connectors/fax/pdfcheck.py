@@ -26,6 +26,7 @@ from pathlib import Path
 from .sandbox import FileRejected
 
 _REF_ONLY_RE = re.compile(rb"(?<![0-9])(\d{1,10})\s+(\d{1,5})\s+obj\s*(\d{1,10})\s+(\d{1,5})\s+R\s*endobj")
+_REF_BODY_RE = re.compile(rb"\s*(\d{1,10})\s+\d{1,5}\s+R\s*$")
 _STREAM_FILTERS = {"/FlateDecode", "/Fl", "/LZWDecode", "/LZW", "/RunLengthDecode", "/RL",
                    "/ASCIIHexDecode", "/AHx", "/ASCII85Decode", "/A85"}
 # most bytes one byte of input can become, per filter (Flate's deflate limit is 1032:1)
@@ -52,6 +53,7 @@ def check_pdf(path: Path, limits: dict) -> dict:
     facts = {"streams": 0, "images": 0, "largest_image_pixels": 0, "largest_stream_bytes": 0}
     try:
         images: dict[tuple[int, int], int] = {}
+        compressed_refs: dict[int, int] = {}
         for obj in pdf.objects:
             if not isinstance(obj, pikepdf.Stream):
                 continue
@@ -62,8 +64,13 @@ def check_pdf(path: Path, limits: dict) -> dict:
                 images[obj.objgen] = pixels
                 facts["images"] += 1
                 facts["largest_image_pixels"] = max(facts["largest_image_pixels"], pixels)
+                if all(f in _STREAM_FILTERS for f in _filters(obj.stream_dict)):
+                    continue  # decoded row by row up to its size, which _check_image bounds
             size = _inflated_size(obj, where, limits)
             facts["largest_stream_bytes"] = max(facts["largest_stream_bytes"], size)
+            if obj.stream_dict.get("/Type") == "/ObjStm":  # inflated size checked just above
+                compressed_refs.update(_object_stream_refs(obj.read_bytes(), obj.stream_dict.get("/First")))
+        _find_loop(compressed_refs)
         for number, page in enumerate(pdf.pages, start=1):
             drawn: set[tuple[int, int]] = set()
             _page_images(page.obj.get("/Resources"), drawn, [], set(), number)
@@ -86,10 +93,32 @@ def _short(exc: Exception) -> str:
 def check_reference_loops(data) -> None:
     """Objects whose whole body is a reference to another object ("5 0 obj 5 0 R endobj"):
     a chain of them that comes back to itself has no value (a /MediaBox, /Resources or
-    /Length pointing into it), and readers that follow it loop or give up differently."""
-    points_to: dict[int, int] = {}
-    for match in _REF_ONLY_RE.finditer(data):
-        points_to[int(match.group(1))] = int(match.group(3))
+    /Length pointing into it), and readers that follow it loop or give up differently.
+    (Such objects inside object streams are checked by `check_pdf`.)"""
+    _find_loop({int(m.group(1)): int(m.group(3)) for m in _REF_ONLY_RE.finditer(data)})
+
+
+def _object_stream_refs(data: bytes, first) -> dict[int, int]:
+    """The objects of an object stream (PDF 1.5) whose body is only a reference: its
+    header holds (object number, offset) pairs, the bodies start at /First."""
+    if not isinstance(first, int) or not 0 < first <= len(data):
+        return {}
+    try:
+        numbers = [int(n) for n in data[:first].split()]
+    except ValueError:
+        return {}
+    pairs = list(zip(numbers[0::2], numbers[1::2]))
+    body = data[first:]
+    out = {}
+    for index, (number, offset) in enumerate(pairs):
+        end = pairs[index + 1][1] if index + 1 < len(pairs) else len(body)
+        ref = _REF_BODY_RE.match(body[offset:end]) if 0 <= offset <= end <= len(body) else None
+        if ref:
+            out[number] = int(ref.group(1))
+    return out
+
+
+def _find_loop(points_to: dict[int, int]) -> None:
     for start in points_to:
         seen = {start}
         current = points_to[start]
@@ -163,9 +192,10 @@ def _components(space) -> int:
 def _codec_size(head: bytes, codec: str) -> tuple[int, int] | None:
     """(width, height) from a JPEG's SOF marker or a JPEG 2000 SIZ marker, when found."""
     if codec == "/JPXDecode":
-        at = head.find(b"\xff\x51")  # SIZ: Lsiz Rsiz Xsiz Ysiz XOsiz YOsiz
-        if at < 0 or len(head) < at + 22:
+        at = head.find(b"\xff\x4f\xff\x51")  # SOC then SIZ: Lsiz Rsiz Xsiz Ysiz XOsiz YOsiz
+        if at < 0 or len(head) < at + 24:
             return None
+        at += 2
         x, y, xo, yo = (int.from_bytes(head[at + 6 + 4 * i: at + 10 + 4 * i], "big") for i in range(4))
         return max(x - xo, 0), max(y - yo, 0)
     i = 2

@@ -204,3 +204,42 @@ def bad_page_pdf() -> bytes:
         b"<< /Length 5 >>\nstream\nBT ET\nendstream",
         b"<< /Type /Font >>",
     ])
+
+
+def compressed_reference_loop_pdf() -> bytes:
+    """As reference_loop_pdf, with the looping objects inside an object stream (PDF 1.5),
+    where a scan of the raw file cannot see them; a cross-reference stream finds them."""
+    bodies = [b"6 0 R", b"5 0 R"]  # objects 5 and 6
+    offsets, body = [], b""
+    for item in bodies:
+        offsets.append(len(body))
+        body += item + b"\n"
+    header = b" ".join(b"%d %d" % (5 + i, off) for i, off in enumerate(offsets)) + b"\n"
+    objstm = zlib.compress(header + body)
+    out = io.BytesIO()
+    out.write(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
+    plain = {
+        1: b"<< /Type /Catalog /Pages 2 0 R >>",
+        2: b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        3: b"<< /Type /Page /Parent 2 0 R /MediaBox 5 0 R /Resources 6 0 R /Contents 4 0 R >>",
+        4: b"<< /Length 5 >>\nstream\nBT ET\nendstream",
+        7: b"<< /Type /ObjStm /N 2 /First %d /Filter /FlateDecode /Length %d >>\nstream\n"
+           % (len(header), len(objstm)) + objstm + b"\nendstream",
+    }
+    offs = {}
+    for n, obj in plain.items():
+        offs[n] = out.tell()
+        out.write(b"%d 0 obj\n" % n + obj + b"\nendobj\n")
+    xref_at = out.tell()
+    rows = [b"\x00\x00\x00\x00\xff\xff"]  # type, offset (4), generation / index (1)
+    for n in range(1, 9):
+        if n in (5, 6):
+            rows.append(b"\x02" + (7).to_bytes(4, "big") + bytes([n - 5]))
+        elif n == 8:
+            rows.append(b"\x01" + xref_at.to_bytes(4, "big") + b"\x00")
+        else:
+            rows.append(b"\x01" + offs[n].to_bytes(4, "big") + b"\x00")
+    table = b"".join(rows)
+    out.write(b"8 0 obj\n<< /Type /XRef /Size 9 /W [1 4 1] /Root 1 0 R /Length %d >>\nstream\n" % len(table)
+              + table + b"\nendstream\nendobj\nstartxref\n%d\n%%%%EOF\n" % xref_at)
+    return out.getvalue()

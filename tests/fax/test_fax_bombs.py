@@ -26,6 +26,7 @@ BOMBS = {  # file name -> (maker, the reason it must be refused with)
     "lying-jpeg.pdf": (hostile.lying_jpeg_pdf, "image-too-large"),  # dictionary 64 x 64, JPEG 40000 x 40000
     "inline-image.pdf": (hostile.inline_image_bomb_pdf, "image-too-large"),  # BI /W 40000 /H 40000
     "reference-loop.pdf": (hostile.reference_loop_pdf, "reference-loop"),  # MediaBox, Resources, Length
+    "compressed-loop.pdf": (hostile.compressed_reference_loop_pdf, "reference-loop"),  # in an object stream
     "form-loop.pdf": (hostile.form_loop_pdf, "reference-loop"),  # a form that draws itself
     "bad-page.pdf": (hostile.bad_page_pdf, "bad-page"),  # PDFium: "Failed to load page"
     "zip-stream.pdf": (lambda: hostile.zip_bomb_pdf(inflated_mb=1024), "stream-too-large"),
