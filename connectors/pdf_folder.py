@@ -101,7 +101,8 @@ class PdfFolderConnector(Connector):
 
     def _unsafe(self, path: Path, max_bytes: int) -> str | None:
         """Why this PDF cannot be opened safely (the sandbox's reason), or None."""
-        limits = Limits(max_file_mb=max(1, -(-max_bytes // (1024 * 1024))))
+        # a records office's PDF may be a whole chart: more pages than a fax
+        limits = Limits(max_file_mb=max(1, -(-max_bytes // (1024 * 1024))), max_pages=10_000)
         work = self.workdir / "inspect"
         work.mkdir(exist_ok=True)
         try:

@@ -195,18 +195,17 @@ def _check_pages(doc, limits: dict) -> None:
         page = _page(doc, index)
         try:
             seen = 0
-            for obj in page.get_objects(filter=[pdfium.raw.FPDF_PAGEOBJ_IMAGE], max_depth=2):
+            for obj in page.get_objects(filter=[pdfium.raw.FPDF_PAGEOBJ_IMAGE], max_depth=8):
                 seen += 1
                 if seen > 10_000:
                     raise FileRejected("too-complex", f"page {index + 1} draws over 10000 images")
-                try:
-                    width, height = obj.get_px_size()
-                except pdfium.PdfiumError:
-                    raise FileRejected("bad-image", f"page {index + 1}: an image has no size") from None
+                width, height = obj.get_px_size()
                 if width * height > limits["max_image_pixels"]:
                     raise FileRejected("image-too-large",
                                        f"page {index + 1}: image of {width} x {height} pixels "
                                        f"(limit {limits['max_image_pixels']} per image)")
+        except pdfium.PdfiumError as exc:
+            raise FileRejected("bad-page", f"page {index + 1}: {str(exc)[:80]}") from None
         finally:
             page.close()
 

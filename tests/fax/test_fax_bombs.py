@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from connectors.base import RecordQuery
+from connectors.base import RecordQuery, SourceUnavailable
 from connectors.fax.connector import FaxDropConnector, FaxIngestor
 from connectors.fax.review import ReviewError, ReviewQueue
 from connectors.fax.sandbox import FileRejected, Limits, analyze, build, inspect
@@ -102,3 +102,30 @@ def test_dropped_bombs_are_quarantined_and_never_reviewed_or_delivered(bombs, pe
                             tmp_path / "work")
     fetched = list(conn.fetch(RecordQuery(authorization_id="a", transfer_id=target)))
     assert [r.origin for r in fetched] == [f"fax:{reviewed.fax_id}"]
+
+
+def test_operator_cannot_assign_a_bomb_through_the_api(app, client, operator, sender_config, claims_for, sign,
+                                                       bombs, tmp_path):
+    """The issue's path: the bomb sat in the review queue and an operator's assign delivered
+    it. Now it is in quarantine with its reason, and assigning it is refused."""
+    auth = client.post("/authorizations", json={"jws": sign(claims_for())}, headers=operator)
+    assert auth.status_code == 201, auth.get_json()
+    r = client.post("/transfers", json={"authorization": auth.get_json()["id"], "sources": ["fax"],
+                                        "recipient": "center"}, headers=operator)
+    assert r.status_code == 202, r.get_json()
+    tid = r.get_json()["id"]
+    options = sender_config["sources"]["fax"]["options"]
+    drop, store = Path(options["drop"]), FaxStore(Path(options["store"]))
+    (drop / "bomb.pdf").write_bytes(bombs["image-1gib.pdf"].read_bytes())
+    ingestor = FaxIngestor(drop, store, KEY, lambda: [], settle_seconds=0, empty_settle_seconds=0)
+    ingestor.scan_once()
+    [outcome] = ingestor.scan_once()
+    assert (outcome.state, outcome.reason) == ("quarantine", "image-too-large")
+    listed = client.get("/faxes/review", headers=operator).get_json()
+    assert listed["review"] == []
+    assert [(q["fax_id"], q["reason"]) for q in listed["quarantine"]] == [(outcome.fax_id, "image-too-large")]
+    r = client.post(f"/faxes/review/{outcome.fax_id}/assign", json={"transfer": tid}, headers=operator)
+    assert r.status_code == 409 and "quarantine" in r.get_data(as_text=True)
+    conn = FaxDropConnector("fax", {**options, "settle_seconds": 0}, tmp_path / "work")
+    with pytest.raises(SourceUnavailable, match="no fax has arrived"):  # nothing to deliver
+        list(conn.fetch(RecordQuery(authorization_id="a", transfer_id=tid)))
