@@ -15,11 +15,11 @@ import subprocess
 from pathlib import Path
 
 from .cover import decode_payloads, looks_like_cover_payload
-from .pdfcheck import check_pdf, check_reference_loops
+from .pdfcheck import check_pdf, reference_chains
 from .sandbox import FileRejected, phone_like
 
 _MIN_TEXT = 20  # fewer non-space characters than this is "no text layer"
-TESSERACT_PEAK_MB = [0.0]  # the largest peak RSS of a Tesseract run (wait4's ru_maxrss)
+TESSERACT_PEAK_MB = [0.0]  # the largest peak RSS of a Tesseract run (RUSAGE_CHILDREN)
 
 
 def analyze_file(request: dict) -> dict:
@@ -157,8 +157,8 @@ def _open_pdf(path: Path, limits: dict):
         depth = _max_nesting(data)
         if depth > limits["max_nesting"]:
             raise FileRejected("too-deep", f"objects nested {depth} levels deep")
-        check_reference_loops(data)
-    check_pdf(path, limits)  # image sizes, inflated streams, form loops: before PDFium decodes
+        references = reference_chains(data)
+    check_pdf(path, limits, references)  # images, inflated streams, loops: before PDFium decodes
     try:
         doc = pdfium.PdfDocument(str(path))
     except pdfium.PdfiumError as exc:
@@ -347,15 +347,13 @@ def _ocr(image, limits: dict) -> str:
     """Tesseract (Debian's tesseract-ocr) on one page image; '' when it gives nothing in time."""
     buf = io.BytesIO()
     image.convert("L").save(buf, format="PNG", dpi=(limits["render_dpi"], limits["render_dpi"]))
-    proc = subprocess.Popen(["tesseract", "stdin", "stdout", "--psm", "3", "-l", "eng"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
-        out, _ = proc.communicate(buf.getvalue(), timeout=limits["ocr_seconds"])
+        done = subprocess.run(["tesseract", "stdin", "stdout", "--psm", "3", "-l", "eng"],
+                              input=buf.getvalue(), capture_output=True,
+                              timeout=limits["ocr_seconds"], check=False)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
         return ""
     finally:
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # kB; over-counts the fork's copy
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # kB; counts the fork's copy too
         TESSERACT_PEAK_MB[0] = max(TESSERACT_PEAK_MB[0], round(usage.ru_maxrss / 1024, 1))
-    return out.decode("utf-8", "replace")[:20000]
+    return done.stdout.decode("utf-8", "replace")[:20000]

@@ -38,10 +38,10 @@ _COMPONENTS = {"/DeviceGray": 1, "/G": 1, "/CalGray": 1, "/Indexed": 1, "/I": 1,
                "/DeviceRGB": 3, "/RGB": 3, "/CalRGB": 3, "/Lab": 3, "/DeviceCMYK": 4, "/CMYK": 4}
 
 
-def check_pdf(path: Path, limits: dict) -> dict:
+def check_pdf(path: Path, limits: dict, references: dict[int, int]) -> dict:
     """Refuse `path` when it breaks a limit; return what was measured: {"streams",
-    "images", "largest_image_pixels", "largest_stream_bytes"}. `check_reference_loops`
-    runs first, on the file's bytes."""
+    "images", "largest_image_pixels", "largest_stream_bytes"}. `references` is what
+    `reference_chains` found in the file's bytes."""
     import pikepdf
 
     try:
@@ -53,7 +53,7 @@ def check_pdf(path: Path, limits: dict) -> dict:
     facts = {"streams": 0, "images": 0, "largest_image_pixels": 0, "largest_stream_bytes": 0}
     try:
         images: dict[tuple[int, int], int] = {}
-        compressed_refs: dict[int, int] = {}
+        references = dict(references)
         for obj in pdf.objects:
             if not isinstance(obj, pikepdf.Stream):
                 continue
@@ -69,11 +69,11 @@ def check_pdf(path: Path, limits: dict) -> dict:
             size = _inflated_size(obj, where, limits)
             facts["largest_stream_bytes"] = max(facts["largest_stream_bytes"], size)
             if obj.stream_dict.get("/Type") == "/ObjStm":  # inflated size checked just above
-                compressed_refs.update(_object_stream_refs(obj.read_bytes(), obj.stream_dict.get("/First")))
-        _find_loop(compressed_refs)
+                references.update(_object_stream_refs(obj.read_bytes(), obj.stream_dict.get("/First")))
+        _find_loop(references)
         for number, page in enumerate(pdf.pages, start=1):
             drawn: set[tuple[int, int]] = set()
-            _page_images(page.obj.get("/Resources"), drawn, [], set(), number)
+            _page_images(_inherited(page.obj, "/Resources"), drawn, [], set(), number)
             total = sum(images.get(og, 0) for og in drawn)
             if total > limits["max_page_image_pixels"]:
                 raise FileRejected("image-too-large", f"page {number} draws {total} image pixels "
@@ -90,12 +90,15 @@ def _short(exc: Exception) -> str:
     return str(exc).split(": ", 1)[-1][:120]
 
 
-def check_reference_loops(data) -> None:
-    """Objects whose whole body is a reference to another object ("5 0 obj 5 0 R endobj"):
-    a chain of them that comes back to itself has no value (a /MediaBox, /Resources or
-    /Length pointing into it), and readers that follow it loop or give up differently.
-    (Such objects inside object streams are checked by `check_pdf`.)"""
-    _find_loop({int(m.group(1)): int(m.group(3)) for m in _REF_ONLY_RE.finditer(data)})
+def reference_chains(data) -> dict[int, int]:
+    """Objects whose whole body is a reference to another object ("5 0 obj 5 0 R endobj"),
+    as {object: the object it names}; refused when they loop. A chain that comes back to
+    itself has no value (a /MediaBox, /Resources or /Length pointing into it), and readers
+    that follow it loop or give up differently. `check_pdf` adds those inside object
+    streams, which a scan of the raw file cannot see."""
+    references = {int(m.group(1)): int(m.group(3)) for m in _REF_ONLY_RE.finditer(data)}
+    _find_loop(references)
+    return references
 
 
 def _object_stream_refs(data: bytes, first) -> dict[int, int]:
@@ -119,14 +122,29 @@ def _object_stream_refs(data: bytes, first) -> dict[int, int]:
 
 
 def _find_loop(points_to: dict[int, int]) -> None:
+    """Refuse when following the references from any object comes back (linear time)."""
+    settled: set[int] = set()  # objects whose chain is known to end
     for start in points_to:
-        seen = {start}
-        current = points_to[start]
-        while current in points_to:
-            if current in seen:
+        path, current = set(), start
+        while current in points_to and current not in settled:
+            if current in path:
                 raise FileRejected("reference-loop", f"object {start} resolves to a loop of references")
-            seen.add(current)
+            path.add(current)
             current = points_to[current]
+        settled.update(path)
+
+
+def _inherited(page, key: str):
+    """A page attribute, from the page or the nearest /Pages node above it that has it."""
+    node = page
+    for _ in range(64):
+        value = node.get(key)
+        if value is not None:
+            return value
+        node = node.get("/Parent")
+        if node is None:
+            return None
+    return None
 
 
 def _int(value, where: str, name: str) -> int:

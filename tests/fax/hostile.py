@@ -243,3 +243,17 @@ def compressed_reference_loop_pdf() -> bytes:
     out.write(b"8 0 obj\n<< /Type /XRef /Size 9 /W [1 4 1] /Root 1 0 R /Length %d >>\nstream\n" % len(table)
               + table + b"\nendstream\nendobj\nstartxref\n%d\n%%%%EOF\n" % xref_at)
     return out.getvalue()
+
+
+def many_images_inherited_pdf(count: int = 3, side: int = 6000) -> bytes:
+    """As many_images_pdf, with the resources inherited from the page tree's /Pages node."""
+    images = [_gray_image(side, side, zlib.compress(bytes([i]) * side * side, 9)) for i in range(count)]
+    names = b" ".join(b"/Im%d %d 0 R" % (i, 5 + i) for i in range(count))
+    draw = b" ".join(b"q 100 0 0 100 %d 100 cm /Im%d Do Q" % (100 * i, i) for i in range(count))
+    return _pdf([
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 /Resources << /XObject << " + names + b" >> >> >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>",
+        b"<< /Length %d >>\nstream\n" % len(draw) + draw + b"\nendstream",
+        *images,
+    ])

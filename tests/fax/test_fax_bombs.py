@@ -23,6 +23,7 @@ CAP_MB = Limits().memory_mb
 BOMBS = {  # file name -> (maker, the reason it must be refused with)
     "image-1gib.pdf": (hostile.image_bomb_pdf, "image-too-large"),  # 32768 x 32768, 1 MB on disk
     "images-per-page.pdf": (hostile.many_images_pdf, "image-too-large"),  # 3 x 36 Mpx on one page
+    "images-inherited.pdf": (hostile.many_images_inherited_pdf, "image-too-large"),  # resources from /Pages
     "lying-jpeg.pdf": (hostile.lying_jpeg_pdf, "image-too-large"),  # dictionary 64 x 64, JPEG 40000 x 40000
     "inline-image.pdf": (hostile.inline_image_bomb_pdf, "image-too-large"),  # BI /W 40000 /H 40000
     "reference-loop.pdf": (hostile.reference_loop_pdf, "reference-loop"),  # MediaBox, Resources, Length
