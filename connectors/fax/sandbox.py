@@ -43,9 +43,10 @@ class Limits:
     most `memory_mb` (512 MB) of address space, plus the file's size (the child maps the
     file once to scan its raw bytes). Measured peak RSS (`Analysis.peak_rss_mb`,
     /proc VmHWM): 67-70 MB for ordinary faxes (3-page text PDF, 300 dpi scan with OCR,
-    4-page G4 TIFF), 136-143 MB for the largest images the limits let through (49 Mpx
+    4-page G4 TIFF), 128-143 MB for the largest images the limits let through (49 Mpx
     gray, 41 Mpx RGB), 24-43 MB for the bombs refused before decoding (1 GiB image,
-    reference loops, lying JPEG header, inline image of 1.6 Gpx).
+    reference loops, lying JPEG header, inline image of 1.6 Gpx); measured with
+    ``python -m tests.fax.measure_sandbox``.
     """
 
     memory_mb: int = 512  # address space of each sandbox process
