@@ -8,6 +8,17 @@ appears complete; until it appears, the pull is retried later.
 A minimal, safe reader: only regular files (no links), plain names, a size cap, and
 the PDF signature checked. Files are copied into the work dir, never moved: the full
 fax workflow (claiming, quarantine, matching) is `connectors.fax`.
+
+Documents from a records office go to the recipient as they are, byte for byte (no
+cover page to remove, nothing to rebuild), so what the recipient's viewer will decode
+is what the folder holds. Each copy is therefore checked in the fax sandbox
+(`connectors.fax.sandbox.inspect`, under its memory cap) before it is yielded: a PDF
+that cannot be opened safely (an image or stream too large to decode, a reference
+loop, a page PDFium cannot load, nesting too deep, the parse over its memory or time
+limit) becomes a `RejectedRecord` with the sandbox's reason, so it is never delivered
+unless an operator skips it. Files that are merely unreadable, truncated or encrypted
+go on to the mapping, which refuses them with its own message. Only PDFs are taken
+(`.pdf`): TIFFs belong to the fax drop folder.
 """
 from __future__ import annotations
 
@@ -28,8 +39,11 @@ from .base import (
     hash_file,
     safe_name,
 )
+from .fax.sandbox import FileRejected, Limits, inspect
 
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
+# sandbox refusals left to the mapping, which words them for the operator
+_MAPPING_REPORTS = frozenset({"truncated", "unreadable", "encrypted", "no-pages"})
 
 
 class PdfFolderConnector(Connector):
@@ -73,12 +87,32 @@ class PdfFolderConnector(Connector):
             target = self.workdir / f"{progress.done:06d}.pdf"
             with open(entry.path, "rb") as src, open(target, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
+            unsafe = self._unsafe(target, max_bytes)  # the copy: what is checked is what goes
+            if unsafe:
+                target.unlink()
+                yield RejectedRecord(self.source, origin, unsafe)
+                continue
             digest, size = hash_file(target)
             progress.bytes += size
             self.progress(progress)
             yield RawRecord(source=self.source, kind="pdf", media_type="application/pdf",
                             path=target, sha256=digest, size=size, origin=origin,
                             metadata={"mtime": int(entry.stat().st_mtime)})
+
+    def _unsafe(self, path: Path, max_bytes: int) -> str | None:
+        """Why this PDF cannot be opened safely (the sandbox's reason), or None."""
+        # a records office's PDF may be a whole chart: more pages than a fax
+        limits = Limits(max_file_mb=max(1, -(-max_bytes // (1024 * 1024))), max_pages=10_000)
+        work = self.workdir / "inspect"
+        work.mkdir(exist_ok=True)
+        try:
+            inspect(path, work, limits)
+        except FileRejected as exc:
+            if exc.reason not in _MAPPING_REPORTS:
+                return f"unsafe PDF ({exc.reason}): {exc.detail}"
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return None
 
     @staticmethod
     def _refusal(entry: os.DirEntry, max_bytes: int) -> str | None:

@@ -136,3 +136,35 @@ def test_unknown_kind(tmp_path):
     rec = RawRecord(**{**rec.__dict__, "kind": "nope"})
     with pytest.raises(MappingFailed, match="no mapping"):
         map_record(rec, MappingContext(patient_reference="urn:uuid:p"))
+
+
+def test_pdfs_that_cannot_be_opened_safely_are_refused_with_the_sandbox_reason(conn):
+    """Folder documents go to the recipient as they are, so a bomb would be decoded by the
+    recipient's viewer: the copy is inspected in the fax sandbox and refused, never yielded."""
+    from tests.fax import hostile
+
+    d = conn.root_dir
+    (d / "bomb.pdf").write_bytes(hostile.image_bomb_pdf())  # 1 MB, 32768 x 32768 pixels
+    (d / "loop.pdf").write_bytes(hostile.reference_loop_pdf())
+    (d / "page.pdf").write_bytes(hostile.bad_page_pdf())
+    (d / "stream.pdf").write_bytes(hostile.zip_bomb_pdf(inflated_mb=512))
+    make_pdf(d / "good.pdf", "Good", ["x"], PATIENT)
+    out = {r.origin: r for r in conn.fetch(query())}
+    reasons = {o: r.reason for o, r in out.items() if isinstance(r, RejectedRecord)}
+    assert reasons == {
+        "bomb.pdf": "unsafe PDF (image-too-large): image object 5 is 32768 x 32768 pixels "
+                    "(limit 50000000 per image)",
+        "loop.pdf": "unsafe PDF (reference-loop): object 5 resolves to a loop of references",
+        "page.pdf": "unsafe PDF (bad-page): page 2 does not load: Failed to load page.",
+        "stream.pdf": "unsafe PDF (stream-too-large): stream object 4 inflates to over 128 MB"}
+    assert isinstance(out["good.pdf"], RawRecord)
+    assert sorted(p.name for p in conn.workdir.iterdir()) == [out["good.pdf"].path.name]  # no copy left
+
+
+def test_unreadable_pdfs_still_reach_the_mapping_for_its_message(conn):
+    """Truncated files are not unsafe, just broken: the mapping reports them as before."""
+    (conn.root_dir / "truncated.pdf").write_bytes(b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog")
+    [r] = list(conn.fetch(query()))
+    assert isinstance(r, RawRecord)
+    with pytest.raises(MappingFailed, match="cannot be read"):
+        map_record(r, MappingContext(patient_reference="urn:uuid:p"))

@@ -7,6 +7,7 @@
 - match.py      which open transfer a fax belongs to: cover code, sidecar, text; or review
 - review.py     the review queue of faxes no rule could match, for a person
 - sandbox.py    untrusted files parsed in a child process under rlimits (child.py runs
-                there, pages.py does its page work: render, QR codes, text, OCR, PDF)
+                there, pages.py does its page work: render, QR codes, text, OCR, PDF;
+                pdfcheck.py sizes a PDF's images and streams before PDFium decodes them)
 - watch.py      inotify on the drop folder, a timer as the fallback
 """

@@ -9,11 +9,26 @@ from . import pages
 from .sandbox import FileRejected
 
 
+def _own_peak_mb() -> float:
+    """This process's peak resident memory since it started (VmHWM; not ru_maxrss, which
+    counts the parent's pages the fork copied)."""
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return 0.0
+
+
 def _child_main() -> None:
     request = json.loads(sys.stdin.buffer.read())
     try:
         if request["op"] == "analyze":
             result = pages.analyze_file(request)
+        elif request["op"] == "inspect":
+            result = pages.inspect_file(request)
         else:
             result = pages.build_file(request)
         result["ok"] = True
@@ -23,6 +38,7 @@ def _child_main() -> None:
         result = {"ok": False, "reason": "memory-limit", "detail": "parser ran out of memory"}
     except RecursionError:
         result = {"ok": False, "reason": "too-deep", "detail": "structure nested too deeply"}
+    result["peak_rss_mb"] = max(_own_peak_mb(), pages.TESSERACT_PEAK_MB[0])
     sys.stdout.write("\n" + json.dumps(result) + "\n")
     sys.stdout.flush()
 

@@ -7,15 +7,19 @@ Pillow; TIFF -> PDF is img2pdf (CCITT G3/G4 data is embedded as is, so lossless)
 from __future__ import annotations
 
 import io
+import mmap
 import re
+import resource
 import shutil
 import subprocess
 from pathlib import Path
 
 from .cover import decode_payloads, looks_like_cover_payload
+from .pdfcheck import check_pdf, reference_chains
 from .sandbox import FileRejected, phone_like
 
 _MIN_TEXT = 20  # fewer non-space characters than this is "no text layer"
+TESSERACT_PEAK_MB = [0.0]  # the largest peak RSS of a Tesseract run (RUSAGE_CHILDREN)
 
 
 def analyze_file(request: dict) -> dict:
@@ -26,6 +30,7 @@ def analyze_file(request: dict) -> dict:
         doc = _open_pdf(path, limits)
         try:
             pages = len(doc)
+            _check_pages(doc, limits)
             encrypted = _pdf_encrypted(doc)
             scan = _scan_indices(pages, limits)
             images = {i: _render_pdf_page(doc, i, limits) for i in scan}
@@ -76,6 +81,22 @@ def analyze_file(request: dict) -> dict:
             "preview": preview}
 
 
+def inspect_file(request: dict) -> dict:
+    """The checks of `analyze_file` without rendering, QR codes, text or OCR."""
+    limits = request["limits"]
+    path = Path(request["path"])
+    if request["type"] == "pdf":
+        doc = _open_pdf(path, limits)
+        try:
+            count = len(doc)
+            _check_pages(doc, limits)
+        finally:
+            doc.close()
+    else:
+        _, count, _ = _tiff_frames(path, limits, lambda i, frame: None)
+    return {"type": request["type"], "pages": count}
+
+
 def _scan_indices(pages: int, limits: dict) -> list[int]:
     """Pages searched for a cover code: the first ones, and the last (a cover sheet sent
     after the records, or a fax scanned in reverse order)."""
@@ -91,6 +112,7 @@ def build_file(request: dict) -> dict:
         doc = _open_pdf(path, limits)
         try:
             count = len(doc)
+            _check_pages(doc, limits)  # what is delivered must open: every page, every image
             keep = [i for i in range(count) if i not in drop]
             if not keep:
                 raise FileRejected("no-pages", "nothing left once the cover sheet is removed")
@@ -128,13 +150,15 @@ def build_file(request: dict) -> dict:
 def _open_pdf(path: Path, limits: dict):
     import pypdfium2 as pdfium
 
-    data = path.read_bytes()
-    if b"%%EOF" not in data[-2048:]:
-        raise FileRejected("truncated", "PDF has no %%EOF marker at its end")
-    depth = _max_nesting(data)
-    if depth > limits["max_nesting"]:
-        raise FileRejected("too-deep", f"objects nested {depth} levels deep")
-    del data
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        # mapped, not read: the raw scans copy only what lies between streams
+        if b"%%EOF" not in data[-2048:]:
+            raise FileRejected("truncated", "PDF has no %%EOF marker at its end")
+        depth = _max_nesting(data)
+        if depth > limits["max_nesting"]:
+            raise FileRejected("too-deep", f"objects nested {depth} levels deep")
+        references = reference_chains(data)
+    check_pdf(path, limits, references)  # images, inflated streams, loops: before PDFium decodes
     try:
         doc = pdfium.PdfDocument(str(path))
     except pdfium.PdfiumError as exc:
@@ -150,6 +174,40 @@ def _open_pdf(path: Path, limits: dict):
         doc.close()
         raise FileRejected("too-many-pages", f"{pages} pages is over the {limits['max_pages']} limit")
     return doc
+
+
+def _page(doc, index: int):
+    """Page `index` loaded by PDFium, or FileRejected("bad-page") when it cannot be."""
+    import pypdfium2 as pdfium
+
+    try:
+        return doc[index]
+    except (pdfium.PdfiumError, IndexError, ValueError) as exc:
+        raise FileRejected("bad-page", f"page {index + 1} does not load: {str(exc)[:80]}") from None
+
+
+def _check_pages(doc, limits: dict) -> None:
+    """Every page loads in PDFium, and the images it draws inline (inside its content
+    stream, where pdfcheck cannot see them) are within the per-image limit."""
+    import pypdfium2 as pdfium
+
+    for index in range(len(doc)):
+        page = _page(doc, index)
+        try:
+            seen = 0
+            for obj in page.get_objects(filter=[pdfium.raw.FPDF_PAGEOBJ_IMAGE], max_depth=8):
+                seen += 1
+                if seen > 10_000:
+                    raise FileRejected("too-complex", f"page {index + 1} draws over 10000 images")
+                width, height = obj.get_px_size()
+                if width * height > limits["max_image_pixels"]:
+                    raise FileRejected("image-too-large",
+                                       f"page {index + 1}: image of {width} x {height} pixels "
+                                       f"(limit {limits['max_image_pixels']} per image)")
+        except pdfium.PdfiumError as exc:
+            raise FileRejected("bad-page", f"page {index + 1}: {str(exc)[:80]}") from None
+        finally:
+            page.close()
 
 
 _STREAM_RE = re.compile(rb"stream\r?\n.*?endstream", re.S)
@@ -177,7 +235,9 @@ def _pdf_encrypted(doc) -> bool:
 
 
 def _render_pdf_page(doc, index: int, limits: dict):
-    page = doc[index]
+    import pypdfium2 as pdfium
+
+    page = _page(doc, index)
     try:
         width, height = page.get_size()
         inches = max(width, height) / 72
@@ -187,15 +247,23 @@ def _render_pdf_page(doc, index: int, limits: dict):
         pixels = width * height * scale * scale
         if pixels > limits["max_pixels"]:
             scale *= (limits["max_pixels"] / pixels) ** 0.5
-        return page.render(scale=scale, grayscale=True).to_pil().convert("L")
+        try:
+            return page.render(scale=scale, grayscale=True).to_pil().convert("L")
+        except pdfium.PdfiumError as exc:
+            raise FileRejected("bad-page", f"page {index + 1} does not render: {str(exc)[:80]}") from None
     finally:
         page.close()
 
 
 def _pdf_text(doc, index: int) -> str:
-    page = doc[index]
+    import pypdfium2 as pdfium
+
+    page = _page(doc, index)
     try:
-        textpage = page.get_textpage()
+        try:
+            textpage = page.get_textpage()
+        except pdfium.PdfiumError:
+            raise FileRejected("bad-page", f"page {index + 1} has an unreadable text layer") from None
         try:
             return textpage.get_text_bounded()[:20000]
         finally:
@@ -285,4 +353,7 @@ def _ocr(image, limits: dict) -> str:
                               timeout=limits["ocr_seconds"], check=False)
     except subprocess.TimeoutExpired:
         return ""
+    finally:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # kB; counts the fork's copy too
+        TESSERACT_PEAK_MB[0] = max(TESSERACT_PEAK_MB[0], round(usage.ru_maxrss / 1024, 1))
     return done.stdout.decode("utf-8", "replace")[:20000]

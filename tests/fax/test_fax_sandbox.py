@@ -53,8 +53,10 @@ def test_pdf_bombs(tmp_path, good_pdf):
     (tmp_path / "zip.pdf").write_bytes(hostile.zip_bomb_pdf(inflated_mb=1024))
     assert reject(tmp_path / "deep.pdf", tmp_path) == "too-deep"
     assert reject(tmp_path / "huge-page.pdf", tmp_path) == "absurd-size"
-    # 1 MB on disk, 1 GB inflated: the child hits its address-space limit, not the worker
-    assert reject(tmp_path / "zip.pdf", tmp_path, Limits(memory_mb=512)) == "memory-limit"
+    # 1 MB on disk, 1 GB inflated: measured with a bound and refused before PDFium inflates it
+    assert reject(tmp_path / "zip.pdf", tmp_path) == "stream-too-large"
+    # and were that check off, the child hits its address-space limit, not the worker
+    assert reject(tmp_path / "zip.pdf", tmp_path, Limits(memory_mb=512, max_stream_mb=4096)) == "memory-limit"
     (tmp_path / "good.pdf").write_bytes(good_pdf)  # while an ordinary fax fits in that limit
     assert analyze(tmp_path / "good.pdf", tmp_path / "out", Limits(memory_mb=512)).pages == 2
 
