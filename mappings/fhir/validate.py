@@ -33,10 +33,10 @@ Treat the returned models as read-only below the top level, or `model_copy(deep=
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import typing
 
-import orjson
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
@@ -139,7 +139,7 @@ def check_r4(resource: dict):
         if rid is not None and not (isinstance(rid, str) and _ID.fullmatch(rid)):
             problems.append(f"{'contained.%d.' % (n - 1) if n else ''}id: not a FHIR id")
     try:  # fhirclient's decimals are floats: it reads the JSON as plain JSON
-        model = klass(orjson.loads(_exact_dumps(resource)), strict=True)
+        model = klass(json.loads(_exact_dumps(resource)), strict=True)
     except Exception as exc:  # noqa: BLE001  fhirclient raises FHIRValidationError and plain errors
         problems.extend(_r4_errors(exc))
         model = None
@@ -157,11 +157,10 @@ def check(resource: dict, validator: "MemoValidator | None" = None):
     if name == R4_CHECK:
         return check_r4(resource)
     try:
-        if validator is not None:
-            return validator.validate(resource)
-        return model_class(rtype).model_validate(resource)
-    except ValidationError:
-        pass
+        return (validator.validate if validator is not None else model_class(rtype).model_validate)(resource)
+    except ValidationError as exc:
+        if validator is None:
+            raise ResourceInvalid(R4B_CHECK, errors_text(exc)) from None
     try:  # again without the memo: its errors are relative to the element, these to the resource
         model_class(rtype).model_validate(resource)
     except ValidationError as exc:

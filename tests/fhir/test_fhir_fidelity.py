@@ -76,11 +76,11 @@ class Normalized:
 
     def allowed(self, path: str, source, delivered, top: dict) -> bool:
         """Whether a difference at `path` (source value -> delivered value) is a normalization."""
-        url = f"{self.base}/{top['resourceType'][1] if isinstance(top['resourceType'], tuple) else top['resourceType']}/{top['id']}"
+        url = f"{self.base}/{top['resourceType']}/{top['id']}"
         if path == "id":
             return delivered in (None, resource_uuid(self.base, *url[len(self.base) + 1:].split("/")))
-        if path == "meta.source":
-            return source is None and delivered == url
+        if path == "meta.source":  # the gateway's note of where the resource came from
+            return delivered == url
         if path == "meta":
             return source is None and delivered == {"source": url}
         if path == "reference" or path.endswith(".reference"):
