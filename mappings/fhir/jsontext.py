@@ -4,10 +4,10 @@ A FHIR decimal's text is its precision: `1.00` is not `1.0`, `0.001530` has four
 significant figures, `1.5e3` is written that way on purpose. Parsed into floats (what
 `json`, `orjson` and pydantic do) that text is gone. Here:
 
-- `loads` parses JSON with every non-integer number (and `-0`, and integers too large for
-  64 bits) as a `Number`: a `Decimal` that remembers its exact text. Other integers stay
-  `int` (their text is always `str(int)`: JSON has no leading zeros or `+`). Strings are
-  kept as they are, so date-times keep their text too.
+- `loads` parses JSON with every non-integer number (and `-0`) as a `Number`: a `Decimal`
+  that remembers its exact text. Other integers stay `int`, of any size (their text is
+  always `str(int)`: JSON has no leading zeros or `+`). Strings are kept as they are, so
+  date-times keep their text too.
 - `dumps` writes a `Number` back as its text, verbatim (orjson, `Fragment`), and refuses
   any other `Decimal`: a value whose text is unknown is never written as if it were
   the source's. Floats (values the gateway made itself) are written as orjson writes them.
@@ -19,7 +19,6 @@ writing a float: a path that would lose the text fails loudly instead.
 from __future__ import annotations
 
 import json
-import re
 from decimal import Decimal
 
 import orjson
@@ -47,31 +46,34 @@ class Number(Decimal):
         return (Number, (self.text,))
 
 
-_I64_MIN, _U64_MAX = -(1 << 63), (1 << 64) - 1
-
-
-def _int(text: str):
-    value = int(text)
-    if text == "-0" or not _I64_MIN <= value <= _U64_MAX:
-        return Number(text)
-    return value
+def _negative_zero(text: str):
+    return Number(text) if text == "-0" else int(text)
 
 
 def _constant(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
-# integers whose text `int` would not keep: `-0` as a value, or 19 digits and more (a
-# cheap over-approximation: a match inside a string only costs the slower int hook)
-_SPECIAL_INT_B = re.compile(rb"-0\s*[,\]}]|-0\s*$|\d{19}")
-_SPECIAL_INT_S = re.compile(r"-0\s*[,\]}]|-0\s*$|\d{19}")
+_DECODER = json.JSONDecoder(parse_float=Number, parse_int=_negative_zero, parse_constant=_constant)
 
 
 def loads(data: bytes | str):
-    """Parse JSON; non-integer numbers (and `-0`, huge integers) become `Number`s."""
-    special = (_SPECIAL_INT_B if isinstance(data, (bytes, bytearray)) else _SPECIAL_INT_S).search(data)
-    return json.loads(data, parse_float=Number, parse_int=_int if special else None,
-                      parse_constant=_constant)
+    """Parse JSON (UTF-8 if bytes); non-integer numbers (and `-0`) become `Number`s."""
+    return _DECODER.decode(data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data)
+
+
+_I64_MIN, _U64_MAX = -(1 << 63), (1 << 64) - 1
+
+
+def _wide(value):
+    """`value` with integers beyond 64 bits (which orjson cannot write) as Numbers."""
+    if type(value) is int and not _I64_MIN <= value <= _U64_MAX:
+        return Number(str(value))
+    if type(value) is dict:
+        return {k: _wide(v) for k, v in value.items()}
+    if type(value) is list:
+        return [_wide(v) for v in value]
+    return value
 
 
 def _default(value):
@@ -80,6 +82,18 @@ def _default(value):
     raise TypeError(f"{type(value).__name__} is not JSON: its text is unknown")
 
 
-def dumps(value, *, sort_keys: bool = False) -> bytes:
-    """Compact UTF-8 JSON; each `Number` as its own text; `sort_keys` for canonical forms."""
-    return orjson.dumps(value, default=_default, option=orjson.OPT_SORT_KEYS if sort_keys else 0)
+def dumps(value, *, sort_keys: bool = False, keep: bool = True) -> bytes:
+    """Compact UTF-8 JSON; each `Number` as its own text; `sort_keys` for canonical forms;
+    `keep=False` for bytes used at once and dropped (not copied to their own size)."""
+    option = orjson.OPT_SORT_KEYS if sort_keys else 0
+    try:
+        out = orjson.dumps(value, default=_default, option=option)
+    except orjson.JSONEncodeError as exc:
+        if "64-bit" not in str(exc):
+            raise
+        out = orjson.dumps(_wide(value), default=_default, option=option)  # rare: huge integers
+    # orjson's bytes keep a buffer of at least 4 KiB: a kept resource would hold it all
+    return bytes(memoryview(out)) if keep and len(out) < _COMPACT_BELOW else out
+
+
+_COMPACT_BELOW = 1 << 16

@@ -211,7 +211,7 @@ class MemoValidator:
         self.hits = 0
         self.misses = 0
         self.bypassed = 0  # elements validated without the memo (unique classes, large)
-        self._hot: set = set()  # keys hit since they were last considered for eviction
+        self._hot: set[int] = set()  # hashes of keys hit since last considered for eviction
         self._class_hits: dict[type, int] = {}
         self._class_misses: dict[type, int] = {}
         self._unique: set[type] = set()
@@ -225,7 +225,7 @@ class MemoValidator:
         if klass in self._unique:
             self.bypassed += 1
             return klass.model_validate(self._prepare(klass, value))
-        dumped = _exact_dumps(value)
+        dumped = _exact_dumps(value, keep=False)
         if len(dumped) > self.MAX_KEY:
             self.bypassed += 1
             return klass.model_validate(self._prepare(klass, value))
@@ -239,10 +239,10 @@ class MemoValidator:
             inst = klass.model_validate(self._prepare(klass, value))
             if len(self.memo) >= self.max_entries:
                 self._evict()
-            self.memo[key] = inst
+            self.memo[(klass, bytes(memoryview(dumped)))] = inst  # a key of its own size
         else:
             self.hits += 1
-            self._hot.add(key)
+            self._hot.add(hash(key))
             self._class_hits[klass] = self._class_hits.get(klass, 0) + 1
         return inst
 
@@ -252,13 +252,13 @@ class MemoValidator:
         memo, hot = self.memo, self._hot
         for key in list(memo)[: self.max_entries // 4]:
             inst = memo.pop(key)
-            if key in hot:
-                hot.discard(key)
+            if hash(key) in hot:
+                hot.discard(hash(key))
                 memo[key] = inst
         if len(memo) >= self.max_entries:  # everything was hot: plain FIFO this time
             for key in list(memo)[: self.max_entries // 4]:
                 del memo[key]
-                hot.discard(key)
+                hot.discard(hash(key))
 
     def _prepare(self, cls: type, data: dict) -> dict:
         """A copy of `data` whose complex elements are validated instances (the copy is
