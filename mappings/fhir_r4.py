@@ -67,7 +67,7 @@ _MISSING = object()
 _REF = re.compile(r"^([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-\.]{1,64})(?:/_history/[A-Za-z0-9\-\.]{1,64})?$")
 # a "reference" member with a string value, in an entry's raw JSON: a quote inside a JSON
 # string is always escaped, so this never matches inside a string value
-_REFERENCE = re.compile(rb'"reference"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_REFERENCE = re.compile(rb'"reference"\s*:\s*"([^"\\]*(?:\\.[^"\\]*)*)"')
 CHECKED_EXT = "urn:records-gateway:fhir:checked-against"
 
 

@@ -23,7 +23,7 @@ from decimal import Decimal
 
 import orjson
 
-__all__ = ["Number", "loads", "dumps", "JSONError"]
+__all__ = ["Number", "loads", "dumps", "fragment", "JSONError"]
 
 JSONError = (ValueError, orjson.JSONEncodeError)
 
@@ -76,7 +76,8 @@ def _wide(value):
     return value
 
 
-def _default(value):
+def fragment(value):
+    """orjson's `default` hook: a Number as its text, verbatim; anything else refused."""
     if type(value) is Number:
         return orjson.Fragment(value.text)
     raise TypeError(f"{type(value).__name__} is not JSON: its text is unknown")
@@ -87,11 +88,11 @@ def dumps(value, *, sort_keys: bool = False, keep: bool = True) -> bytes:
     `keep=False` for bytes used at once and dropped (not copied to their own size)."""
     option = orjson.OPT_SORT_KEYS if sort_keys else 0
     try:
-        out = orjson.dumps(value, default=_default, option=option)
+        out = orjson.dumps(value, default=fragment, option=option)
     except orjson.JSONEncodeError as exc:
         if "64-bit" not in str(exc):
             raise
-        out = orjson.dumps(_wide(value), default=_default, option=option)  # rare: huge integers
+        out = orjson.dumps(_wide(value), default=fragment, option=option)  # rare: huge integers
     # orjson's bytes keep a buffer of at least 4 KiB: a kept resource would hold it all
     return bytes(memoryview(out)) if keep and len(out) < _COMPACT_BELOW else out
 

@@ -37,11 +37,14 @@ import json
 import re
 import typing
 
+import orjson
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from .jsontext import dumps as _exact_dumps
+from .jsontext import fragment
 
+_dumps = orjson.dumps
 _FIELD_CACHE: dict[tuple[type, str], type | None] = {}
 _ALIASES: dict[type, dict[str, str]] = {}
 _NOT_MEMOIZED = ("Resource", "DomainResource")
@@ -225,7 +228,10 @@ class MemoValidator:
         if klass in self._unique:
             self.bypassed += 1
             return klass.model_validate(self._prepare(klass, value))
-        dumped = _exact_dumps(value, keep=False)
+        try:
+            dumped = _dumps(value, default=fragment)
+        except orjson.JSONEncodeError:  # integers beyond 64 bits: checked without the memo
+            dumped = b"\0" * (self.MAX_KEY + 1)
         if len(dumped) > self.MAX_KEY:
             self.bypassed += 1
             return klass.model_validate(self._prepare(klass, value))
