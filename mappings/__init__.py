@@ -47,6 +47,10 @@ class Mapped:
     # True when the record's own bytes are this resource's Binary content: the bundle
     # streams them from the blob store rather than holding them in the resource
     carries_record_bytes: bool = False
+    # the resource as it travels, JSON text (UTF-8): a FHIR source's own JSON, normalized,
+    # every value as served; `resource` is then the model that checked it (fhirclient's R4
+    # model for types R4B lacks). None: the model's JSON travels
+    json: bytes | None = None
 
 
 @dataclass(frozen=True)

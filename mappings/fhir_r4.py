@@ -1,28 +1,34 @@
-"""FHIR R4 JSON pulled by connectors/fhir/connector.py -> validated, normalized R4B models.
+"""FHIR R4 JSON pulled by connectors/fhir/connector.py -> the source's own JSON, normalized
+and checked.
 
 Record kinds:
-- "fhir-json": NDJSON of Bundle entries from one page chunk. Each resource is
-  validated with its `fhir.resources.R4B` model. An invalid one is never dropped:
-  `map_fhir_json` raises `ResourcesInvalid` (a MappingFailed naming each invalid
-  resource and its errors: element paths and messages, no values) carrying the valid
-  `Mapped` items and the `InvalidResource`s (with their raw JSON);
-  `map_fhir_json_items` returns both kinds in one list. Normalization, before
-  validation:
+- "fhir-json": NDJSON of Bundle entries from one page chunk. What travels is each
+  resource's JSON as the server served it (`Mapped.json`): every value keeps its text,
+  decimals (`1.00`, `0.001530`, `1.5e3`, `-0`) and date-times (`.715Z`, `+00:00`) alike
+  (mappings/fhir/jsontext.py). Validation is a check on that JSON, never its source
+  (mappings/fhir/validate.py: the R4B models, or R4's own definitions for the types R4B
+  lacks or structures differently); `Mapped.resource` is the validated model. An invalid
+  resource is never dropped: `map_fhir_json` raises `ResourcesInvalid` (a MappingFailed
+  naming each invalid resource, the check it failed and its errors: element paths and
+  messages, no values) carrying the valid `Mapped` items and the `InvalidResource`s (with
+  their JSON as served); `map_fhir_json_items` returns both kinds in one list.
+  The only changes to the source's JSON (the normalizations), before the check:
   * ids: each resource gets `uuid5(URL, "<base>/<Type>/<id>")` as id (stable across
     pulls, unique across servers) and `meta.source` = its URL on the server, so the
     bundle can use `urn:uuid:<id>` fullUrls;
-  * references: relative (`Type/id`), absolute under the server base, versioned
-    (`.../_history/n`: the version is dropped) and `urn:uuid` ones resolved through the
-    entries' fullUrls all become `urn:uuid:<id>`; references to the matched patient
-    become `MappingContext.patient_reference`; external and conditional references stay;
+  * references (every `reference` string, contained resources' included): relative
+    (`Type/id`), absolute under the server base, versioned (`.../_history/n`: the version
+    is dropped) and `urn:uuid` ones resolved through the entries' fullUrls all become
+    `urn:uuid:<id>`; references to the matched patient become
+    `MappingContext.patient_reference`; external, conditional and local (`#id`)
+    references stay;
   * attachments the connector fetched (metadata "attachments") point at their Binary
     (`urn:uuid:<binary id>`);
-  * contained resources: duplicates inside one resource are merged, and a contained
-    resource identical to a resource of the record is dropped in favour of a reference
-    to it;
-  * each resource gets its data class and clinical date (mappings/fhir/classify.py).
-  One Provenance per record names the server, the request and the fetch time and
-  targets every resource of the record.
+  * contained resources travel inside their resource as served: never merged, never
+    replaced by another resource, so a reference always points where the source said.
+  Each resource gets its data class and clinical date (mappings/fhir/classify.py).
+  One Provenance per record and check names the server, the request, the fetch time and
+  the definitions its targets were checked against.
 - "fhir-attachment": the attachment's bytes become a Binary (content streamed by the
   bundle: `carries_record_bytes=True`) with the owner's data class and date.
 
@@ -34,7 +40,6 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import date
 from typing import Iterable
@@ -44,22 +49,36 @@ from pydantic import ValidationError
 
 from connectors.base import RawRecord
 from mappings import Mapped, MappingContext, MappingFailed, PartlyInvalid
+from mappings.fhir import jsontext
 from mappings.fhir.classify import clinical_date, data_class
-from mappings.fhir.validate import MemoValidator, model_class
+from mappings.fhir.validate import (
+    R4_CHECK,
+    R4B_CHECK,
+    MemoValidator,
+    ResourceInvalid,
+    check,
+    check_name,
+    errors_text,
+    model_class,
+)
 
 R4_VERSIONS = ("4.0", "4.3")
 _MISSING = object()
 _REF = re.compile(r"^([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-\.]{1,64})(?:/_history/[A-Za-z0-9\-\.]{1,64})?$")
+# a "reference" member with a string value, in an entry's raw JSON: a quote inside a JSON
+# string is always escaped, so this never matches inside a string value
+_REFERENCE = re.compile(rb'"reference"\s*:\s*"([^"\\]*(?:\\.[^"\\]*)*)"')
+CHECKED_EXT = "urn:records-gateway:fhir:checked-against"
 
 
 @dataclass(frozen=True)
 class InvalidResource:
-    """A resource that failed R4B validation: kept and reported, never silently dropped."""
+    """A resource that failed its check: kept and reported, never silently dropped."""
 
     origin: str  # "<record origin>#<Type>/<id>" (or "#line=N" without type/id)
     resource_type: str
     source_id: str
-    error: str  # validation errors: element paths and messages, never values
+    error: str  # the check that failed, element paths and messages, never values
     raw: bytes  # the entry's resource JSON as served
     data_class: str
     clinical_date: date | None
@@ -111,8 +130,8 @@ def check_version(record: RawRecord) -> None:
 
 
 class _Normalizer:
-    """Reference rewriting for one record (the validation memo applies it to every
-    Reference element before looking the element up)."""
+    """Reference rewriting for one record, on each entry's raw JSON (so nothing else of
+    it is touched)."""
 
     def __init__(self, record: RawRecord, context: MappingContext, full_urls: dict[str, str]):
         meta = record.metadata
@@ -122,7 +141,7 @@ class _Normalizer:
         self.patient_ref = context.patient_reference
         self.full_urls = full_urls  # fullUrl -> "Type/id" for fullUrls not under the base
         self._targets: dict[tuple[str, str], str] = {}
-        self._refs: dict[str, str | None] = {}
+        self._refs: dict[bytes, bytes | None] = {}
 
     def target(self, rtype: str, rid: str) -> str:
         key = (rtype, rid)
@@ -135,17 +154,24 @@ class _Normalizer:
             self._targets[key] = found
         return found
 
-    def reference(self, value: dict) -> dict:
-        ref = value.get("reference")
-        if not isinstance(ref, str):
-            return value
-        new = self._refs.get(ref, _MISSING)
+    def rewrite(self, line: bytes) -> bytes:
+        """The entry's JSON with its references normalized, byte for byte the same elsewhere."""
+        if b'"reference"' not in line:
+            return line
+        return _REFERENCE.sub(self._replace, line)
+
+    def _replace(self, m: re.Match) -> bytes:
+        raw = m.group(1)
+        new = self._refs.get(raw, _MISSING)
         if new is _MISSING:
-            new = self._refs[ref] = self._resolve(ref)
-        if new is not None and new != ref:
-            value = dict(value)
-            value["reference"] = new
-        return value
+            try:
+                ref = orjson.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode()
+                resolved = self._resolve(ref)
+            except (orjson.JSONDecodeError, UnicodeDecodeError):
+                resolved = None  # the parse after this reports the entry as not JSON
+            new = self._refs[raw] = (b'"reference":' + orjson.dumps(resolved)
+                                     if resolved is not None and resolved != ref else None)
+        return m.group(0) if new is None else new
 
     def _resolve(self, ref: str) -> str | None:
         if ref[:1] == "#":
@@ -163,67 +189,8 @@ class _Normalizer:
         return self.target(m.group(1), m.group(2)) if m else None
 
 
-def _errors(exc: ValidationError, limit: int = 8) -> str:
-    parts = []
-    for err in exc.errors(include_input=False, include_url=False)[:limit]:
-        loc = ".".join(str(p) for p in err.get("loc", ()))
-        parts.append(f"{loc}: {err.get('msg', '')}" if loc else str(err.get("msg", "")))
-    more = exc.error_count() - limit
-    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
-
-
-def _content_key(resource: dict) -> bytes:
-    return orjson.dumps({k: v for k, v in resource.items() if k not in ("id", "meta")},
-                        option=orjson.OPT_SORT_KEYS)
-
-
-def _dedupe_contained(resource: dict, standalone: dict[bytes, str]) -> None:
-    """Merge identical contained resources; drop those identical to a record resource
-    (pointing their local references at it instead)."""
-    contained = resource.get("contained")
-    if not isinstance(contained, list) or not contained:
-        return
-    kept: dict[bytes, str] = {}
-    renamed: dict[str, str] = {}
-    out = []
-    for item in contained:
-        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
-            out.append(item)
-            continue
-        key = _content_key(item)
-        if key in standalone:
-            renamed[f"#{item['id']}"] = standalone[key]
-        elif key in kept:
-            renamed[f"#{item['id']}"] = f"#{kept[key]}"
-        else:
-            kept[key] = item["id"]
-            out.append(item)
-    if not renamed:
-        return
-    if out:
-        resource["contained"] = out
-    else:
-        del resource["contained"]
-    _rename_local(resource, renamed)
-
-
-def _rename_local(node, renamed: dict[str, str]) -> None:
-    if isinstance(node, dict):
-        ref = node.get("reference")
-        if isinstance(ref, str) and ref in renamed:
-            node["reference"] = renamed[ref]
-        for value in node.values():
-            if isinstance(value, (dict, list)):
-                _rename_local(value, renamed)
-    elif isinstance(node, list):
-        for value in node:
-            if isinstance(value, (dict, list)):
-                _rename_local(value, renamed)
-
-
 def _rewrite_attachments(resource: dict, attachments: dict[str, str]) -> None:
-    """Attachment URLs the connector fetched -> their Binary (before validation, so the
-    validation memo sees the rewritten element)."""
+    """Attachment URLs the connector fetched -> their Binary."""
     if resource.get("resourceType") == "DocumentReference":
         holders = [c.get("attachment") for c in resource.get("content") or () if isinstance(c, dict)]
     elif resource.get("resourceType") == "DiagnosticReport":
@@ -235,133 +202,126 @@ def _rewrite_attachments(resource: dict, attachments: dict[str, str]) -> None:
             att["url"] = attachments[att["url"]]
 
 
-# validators (and their memo of validated elements) shared by the records of one pull:
-# reference rewriting depends only on this key, so identical elements validate once
-_VALIDATORS: "OrderedDict[tuple, MemoValidator]" = OrderedDict()
+# one validator (and its memo of validated elements) for every record a process maps:
+# an element's validity depends on nothing but its own JSON
 MEMO_ENTRIES = 2048  # validated elements kept (oldest dropped first): bounds memory
+_VALIDATOR = MemoValidator(max_entries=MEMO_ENTRIES)
 
 
-def _validator(norm: _Normalizer) -> MemoValidator:
-    key = (norm.base, norm.patient, norm.patient_ref,
-           hashlib.sha256(orjson.dumps(norm.full_urls, option=orjson.OPT_SORT_KEYS)).digest())
-    validator = _VALIDATORS.get(key)
-    if validator is None:
-        validator = MemoValidator({"Reference": norm.reference}, max_entries=MEMO_ENTRIES)
-        _VALIDATORS[key] = validator
-        while len(_VALIDATORS) > 2:
-            _VALIDATORS.popitem(last=False)
-    else:
-        _VALIDATORS.move_to_end(key)
-        validator.hooks["Reference"] = norm.reference
-    return validator
-
-
-def map_fhir_json_items(record: RawRecord, context: MappingContext) -> list[Mapped | InvalidResource]:
-    """Every resource of the record, valid (Mapped) or not (InvalidResource), in order."""
-    check_version(record)
-    base = str(record.metadata.get("base_url") or "").rstrip("/")
+def _outside_full_urls(path, base: str) -> dict[str, str]:
+    """fullUrl -> "Type/id" of the entries whose fullUrl is not under the base (urn:uuid)."""
     base_full = b'{"fullUrl":"' + base.encode() + b"/"
-    # first pass, cheap: fullUrls outside the base (urn:uuid) and contained resources
-    full_urls: dict[str, str] = {}
-    contained_types: set[str] = set()
-    with open(record.path, "rb") as fh:
+    found: dict[str, str] = {}
+    with open(path, "rb") as fh:
         for line in fh:
-            if line.startswith(base_full) and b'"contained"' not in line:
+            if line.startswith(base_full) or b'"fullUrl"' not in line:
                 continue
             try:
                 entry = orjson.loads(line)
             except orjson.JSONDecodeError:
                 continue
             res = entry.get("resource") if isinstance(entry, dict) else None
-            if not isinstance(res, dict):
-                continue
-            full = entry.get("fullUrl")
-            if isinstance(full, str) and not full.startswith(base + "/"):
-                full_urls[full] = f"{res.get('resourceType')}/{res.get('id')}"
-            contained_types.update(c.get("resourceType") for c in res.get("contained") or ()
-                                   if isinstance(c, dict))
-    norm = _Normalizer(record, context, full_urls)
-    standalone: dict[bytes, str] = {}
-    if contained_types:
-        with open(record.path, "rb") as fh:
-            for line in fh:
-                res = _resource(line)
-                if res and res.get("resourceType") in contained_types and res.get("id"):
-                    standalone[_content_key(res)] = norm.target(res["resourceType"], str(res["id"]))
+            full = entry.get("fullUrl") if isinstance(entry, dict) else None
+            if isinstance(res, dict) and isinstance(full, str) and not full.startswith(base + "/"):
+                found[full] = f"{res.get('resourceType')}/{res.get('id')}"
+    return found
+
+
+def map_fhir_json_items(record: RawRecord, context: MappingContext) -> list[Mapped | InvalidResource]:
+    """Every resource of the record, valid (Mapped) or not (InvalidResource), in order."""
+    check_version(record)
+    base = str(record.metadata.get("base_url") or "").rstrip("/")
+    norm = _Normalizer(record, context, _outside_full_urls(record.path, base))
     attachments = {u: f"urn:uuid:{b}" for u, b in (record.metadata.get("attachments") or {}).items()}
-    validator = _validator(norm)
     out: list[Mapped | InvalidResource] = []
-    targets = []
+    targets: dict[str, list[str]] = {}  # check -> urn:uuid of each resource it passed
     with open(record.path, "rb") as fh:
         for line_no, line in enumerate(fh, 1):
             if not line.strip():
                 continue
-            res = _resource(line)
+            res = _resource(norm.rewrite(line))
             if res is None:
                 out.append(InvalidResource(f"{record.origin}#line={line_no}", "", "",
                                            "entry has no resource object (or is not JSON)", line.rstrip(),
                                            "documents", None))
                 continue
-            rtype = str(res.get("resourceType") or "")
-            rid = str(res.get("id") or "")
+            rtype = res.get("resourceType")
+            rid = res.get("id")
+            rtype, rid = (rtype if isinstance(rtype, str) else ""), (rid if isinstance(rid, str) else "")
             klass, when = data_class(res), clinical_date(res)
             try:
                 if not rtype or not rid:
                     raise ValueError("resource without resourceType or id")
-                model_class(rtype)
+                checked = check_name(rtype)
             except (KeyError, ValueError) as exc:
-                why = str(exc) if isinstance(exc, ValueError) else f"unknown resource type {rtype!r}"
+                why = str(exc) if isinstance(exc, ValueError) else f"{rtype!r} is not a FHIR R4 resource type"
                 out.append(InvalidResource(f"{record.origin}#line={line_no}", rtype, rid, why,
-                                           orjson.dumps(res), klass, when))
+                                           _as_served(line), klass, when))
                 continue
             new_id = resource_uuid(norm.base, rtype, rid)
-            meta = res.get("meta")
-            res["meta"] = {**meta, "source": f"{norm.base}/{rtype}/{rid}"} if isinstance(meta, dict) \
-                else {"source": f"{norm.base}/{rtype}/{rid}"}
-            res["id"] = new_id
-            if "contained" in res:
-                _dedupe_contained(res, standalone)
+            res = _identify(res, new_id, f"{norm.base}/{rtype}/{rid}")
             if attachments:
                 _rewrite_attachments(res, attachments)
             try:
-                model = validator.validate(res)
-            except ValidationError:
-                original = _resource(line)
-                out.append(InvalidResource(f"{record.origin}#{rtype}/{rid}", rtype, rid,
-                                           _plain_errors(original), orjson.dumps(original), klass, when))
+                model = check(res, _VALIDATOR)
+                text = jsontext.dumps(res)
+            except (ResourceInvalid, *jsontext.JSONError) as exc:
+                why = str(exc) if isinstance(exc, ResourceInvalid) else f"not writable as JSON: {exc}"
+                out.append(InvalidResource(f"{record.origin}#{rtype}/{rid}", rtype, rid, why,
+                                           _as_served(line), klass, when))
                 continue
-            out.append(Mapped(model, klass, when))
-            targets.append(f"urn:uuid:{new_id}")
-    if targets:
-        out.append(Mapped(_provenance(record, targets), "supporting", None))
+            out.append(Mapped(model, klass, when, json=text))
+            targets.setdefault(checked, []).append(f"urn:uuid:{new_id}")
+    for checked in (R4B_CHECK, R4_CHECK):
+        if checked in targets:
+            out.append(Mapped(_provenance(record, targets[checked], checked), "supporting", None))
+    return out
+
+
+def _identify(res: dict, new_id: str, source: str) -> dict:
+    """The resource with its new id and `meta.source` (a new `meta` goes after the id)."""
+    if "meta" in res:  # one that is not an object fails the check
+        if isinstance(res["meta"], dict):
+            res["meta"] = {**res["meta"], "source": source}
+        res["id"] = new_id
+        return res
+    out = {}
+    for key, value in res.items():
+        out[key] = new_id if key == "id" else value
+        if key == "id":
+            out["meta"] = {"source": source}
     return out
 
 
 def _resource(line: bytes) -> dict | None:
     try:
-        entry = orjson.loads(line)
-    except orjson.JSONDecodeError:
+        entry = jsontext.loads(line)
+    except ValueError:
         return None
     res = entry.get("resource") if isinstance(entry, dict) else None
     return res if isinstance(res, dict) else None
 
 
-def _plain_errors(resource: dict) -> str:
-    """Errors as a plain validation of the resource as served reports them."""
+def _as_served(line: bytes) -> bytes:
+    """The entry's resource JSON with every value as served."""
+    res = _resource(line)
     try:
-        model_class(resource["resourceType"]).model_validate(resource)
-    except ValidationError as exc:
-        return _errors(exc)
-    return "invalid after normalization (references or contained resources)"
+        return jsontext.dumps(res) if res is not None else line.rstrip()
+    except jsontext.JSONError:
+        return line.rstrip()
 
 
-def _provenance(record: RawRecord, targets: Iterable[str]):
+def _provenance(record: RawRecord, targets: Iterable[str], checked: str = R4B_CHECK):
     meta = record.metadata
     base = str(meta.get("base_url") or "")
     recorded = record.fetched_at.isoformat().replace("+00:00", "Z")
+    why = ("" if checked == R4B_CHECK else
+           ": their types are absent from FHIR R4B or structured differently there")
     doc = {
         "resourceType": "Provenance",
-        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"provenance:{record.origin}")),
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"provenance:{record.origin}"
+                                                 + ("" if checked == R4B_CHECK else ":r4"))),
+        "extension": [{"url": CHECKED_EXT, "valueString": f"checked against {checked}{why}"}],
         "target": [{"reference": t} for t in targets],
         "recorded": recorded,
         "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
@@ -393,6 +353,6 @@ def map_fhir_attachment(record: RawRecord, context: MappingContext) -> list[Mapp
             "meta": {"source": meta.get("absolute_url") or record.origin},
         })
     except ValidationError as exc:
-        raise MappingFailed(f"attachment cannot become a Binary: {_errors(exc)}", record.origin) from None
+        raise MappingFailed(f"attachment cannot become a Binary: {errors_text(exc)}", record.origin) from None
     klass = data_class(owner) if owner.get("resourceType") else context.default_data_class
     return [Mapped(binary, klass, clinical_date(owner) if owner else None, carries_record_bytes=True)]

@@ -9,8 +9,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import orjson
-
 from connectors.base import SourceRejected
 
 from .bundles import BundleFormatError, BundleReader, next_link
@@ -122,7 +120,7 @@ def split_page(page_file: Path, out_prefix: Path, *, seen: dict[str, str],
                     result.refs.add(m.group(1).decode("utf-8", "replace"))
             if want_attachments and rtype in ("DocumentReference", "DiagnosticReport"):
                 result.attachments.extend(_attachments(resource))
-            line = raw if b"\n" not in raw and b"\r" not in raw else orjson.dumps(entry)
+            line = one_line(raw)
             if chunk is None or chunk.count >= chunk_resources or chunk.size >= chunk_bytes:
                 if out is not None:
                     out.close()
@@ -150,6 +148,15 @@ def split_page(page_file: Path, out_prefix: Path, *, seen: dict[str, str],
     total = skeleton.get("total")
     result.total = total if isinstance(total, int) else None
     return result
+
+
+def one_line(raw: bytes) -> bytes:
+    """An entry's JSON on one line, every byte of every value as served: only the line
+    breaks between tokens go (JSON strings cannot hold a raw line break, so every one is
+    outside a value). Never re-encoded: a parser would turn `1.00` into `1.0`."""
+    if b"\n" not in raw and b"\r" not in raw:
+        return raw
+    return raw.replace(b"\r", b"").replace(b"\n", b"")
 
 
 class PageBroken(Exception):

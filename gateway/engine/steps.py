@@ -8,7 +8,6 @@ again; the bundle is assembled deterministically.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 
@@ -19,12 +18,13 @@ from connectors import connector_class
 from connectors.base import ConnectorError, Gap, Outcome, RawRecord, RejectedRecord, SkippedRecord
 from gateway import audit
 from gateway.errors import GatewayError, MappingError, ProviderUnavailable, ReceiptInvalid
+from gateway.exchange import jsontext
 from gateway.exchange.ids import patient_urn
 from gateway.outbound import attachments, bundles, delivery, imaging, same_document
 from gateway.runtime.services import Services
 from gateway.storage.models import Item, Transfer, TransferBundle, TransferSource, utcnow
 from gateway.trust import receipts
-from mappings import MappingContext, MappingFailed, PartlyInvalid, map_record
+from mappings import Mapped, MappingContext, MappingFailed, PartlyInvalid, map_record
 
 from . import dicom_sink, policy, sources
 from .lease import Lease
@@ -237,13 +237,21 @@ def _map_item(svc: Services, t: Transfer, item: Item, context: MappingContext, t
         item.state = "excluded"
         item.error = "outside the authorized data classes or dates"
         return
-    payload = [{"resource": json.loads(m.resource.model_dump_json()), "data_class": m.data_class,
-                "clinical_date": m.clinical_date.isoformat() if m.clinical_date else None,
-                "carries_record_bytes": m.carries_record_bytes} for m in kept]
-    item.resources_blob = svc.blobs.put_bytes(json.dumps(payload).encode()).key
+    payload = b"[" + b",".join(_stored(m) for m in kept) + b"]"
+    item.resources_blob = svc.blobs.put_bytes(payload).key
     item.data_class = kept[0].data_class
-    item.clinical_date = payload[0]["clinical_date"]
+    item.clinical_date = kept[0].clinical_date.isoformat() if kept[0].clinical_date else None
     item.state = "mapped"
+
+
+def _stored(m: Mapped) -> bytes:
+    """One mapped resource as stored for the bundle (read back with jsontext.loads): its
+    JSON text as it travels, the source's own for a FHIR source (every value as served)."""
+    text = m.json if m.json is not None else m.resource.model_dump_json()
+    rest = jsontext.dumps({"data_class": m.data_class,
+                           "clinical_date": m.clinical_date.isoformat() if m.clinical_date else None,
+                           "carries_record_bytes": m.carries_record_bytes})
+    return b'{"resource":' + (text.encode() if isinstance(text, str) else text) + b"," + rest[1:]
 
 
 def assembling(svc: Services, transfer_id: str, owner: str) -> str:

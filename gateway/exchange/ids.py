@@ -7,8 +7,9 @@ Binary, and the receiver's receipt can name entries the sender can check.
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
+
+from .jsontext import dumps
 
 NS = uuid.UUID("6f1c1f4e-8f0b-4d55-9a53-2b8e5c1d7a10")
 BINARY_NS = uuid.UUID("9b2d7c55-1f3e-4a61-8c0e-5d4b3a291f07")
@@ -32,11 +33,13 @@ def bundle_id(transfer_id: str, part: int = 1, parts: int = 1) -> str:
 
 
 def canonical(resource: dict) -> bytes:
-    return json.dumps(resource, sort_keys=True, separators=(",", ":")).encode()
+    """Compact UTF-8 JSON, keys sorted, each number as its text (see jsontext.py)."""
+    return dumps(resource, sort_keys=True)
 
 
 def entry_hash(resource: dict) -> str:
-    """sha256 of a resource's canonical JSON (sorted keys, no spaces): both sides compute it."""
+    """sha256 of a resource's canonical JSON: both sides compute it, from what each parsed
+    with `jsontext.loads` (so a decimal's text is part of what the receipt names)."""
     return hashlib.sha256(canonical(resource)).hexdigest()
 
 

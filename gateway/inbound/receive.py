@@ -32,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway import audit
 from gateway.errors import Conflict, Forbidden, InvalidInput
+from gateway.exchange import jsontext
 from gateway.exchange.ids import GROUP_SYSTEM, PART_EXT, entry_hash
 from gateway.exchange.manifest import MANIFEST_TYPE, dicom_instances
 from gateway.runtime.services import Services
@@ -44,6 +45,8 @@ from mappings.consent import (
     RECIPIENT_ROLE,
     ROLE_SYSTEM,
 )
+from mappings.fhir.validate import MemoValidator, ResourceInvalid
+from mappings.fhir.validate import check as fhir_check
 
 from . import stow, uploads
 
@@ -66,24 +69,45 @@ def check_key(key: str) -> None:
 
 
 def _validate(body: bytes) -> tuple[dict, Bundle]:
+    """The Bundle parsed with every number's text kept (jsontext: the entry hashes are
+    taken over it), its envelope checked with the R4B Bundle model and each entry's
+    resource with the definitions its type has in R4 (mappings/fhir/validate.py: the
+    R4B models, or R4's own for the types R4B lacks)."""
     try:
-        data = json.loads(body)
+        data = jsontext.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"body is not JSON: {exc}") from None
     if not isinstance(data, dict) or data.get("resourceType") != "Bundle":
         raise UnprocessableBundle("body is not a FHIR Bundle")
     if data.get("type") != "transaction":
         raise UnprocessableBundle("Bundle.type must be 'transaction'")
+    entries = data.get("entry")
+    if entries is not None and not isinstance(entries, list):
+        raise UnprocessableBundle("Bundle.entry must be a list")
+    entries = entries or []
+    envelope = {**data, "entry": [{k: v for k, v in e.items() if k != "resource"}
+                                  if isinstance(e, dict) else e for e in entries]}
     try:
-        bundle = Bundle.model_validate(data)
+        bundle = Bundle.model_validate(envelope)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise UnprocessableBundle(f"invalid Bundle at {where}: {first['msg']} "
                                   f"({exc.error_count()} problem(s))") from None
+    validator = MemoValidator()  # a bundle repeats its codes and references: check each once
+    for n, entry in enumerate(entries):
+        if not isinstance(entry.get("resource"), dict):
+            continue
+        try:
+            fhir_check(entry["resource"], validator)
+        except KeyError:
+            raise UnprocessableBundle(f"invalid Bundle at entry.{n}.resource: "
+                                      f"not a FHIR R4 resource type") from None
+        except ResourceInvalid as exc:
+            raise UnprocessableBundle(f"invalid Bundle at entry.{n}.resource: {exc}") from None
     if not bundle.identifier or not bundle.identifier.value:
         raise UnprocessableBundle("Bundle.identifier is required")
-    for n, entry in enumerate(data.get("entry") or []):
+    for n, entry in enumerate(entries):
         if not isinstance(entry.get("resource"), dict) or not entry.get("fullUrl"):
             raise UnprocessableBundle(f"entry {n} needs a fullUrl and a resource")
     return data, bundle

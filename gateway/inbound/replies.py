@@ -31,6 +31,7 @@ from gateway.errors import (
     InvalidInput,
     ReceiptInvalid,
 )
+from gateway.exchange import jsontext
 from gateway.exchange.ids import MHD, canonical, entry_hash
 from gateway.runtime.services import Services
 from gateway.storage.models import ReceivedBundle, utcnow
@@ -131,7 +132,7 @@ def send_reply(svc: Services, row: ReceivedBundle, resource: dict, actor: str) -
         raise ReceiptInvalid(f"sender {row.sender} answered without a signed receipt") from None
     jwks = receipts.fetch_jwks(sender.jwks_file, sender.jwks_url or f"{sender.base_url}/.well-known/jwks.json",
                                f"sender {row.sender}", tls=sender.tls())
-    data = json.loads(body)
+    data = jsontext.loads(body)  # as the receiver parses it: the same entry hashes
     claims = receipts.check_receipt(
         receipt_jws, jwks, issuer=sender.organization, sender=svc.settings.organization,
         bundle=f"urn:uuid:{bid}", sha256=hashlib.sha256(body).hexdigest(), size=len(body),

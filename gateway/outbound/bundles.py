@@ -18,6 +18,9 @@ the same summary as a PDF DocumentReference, and the completeness manifest.
   before its bundle and referenced as `Binary/{id}` (see attachments.py). The
   per-entry sha256 (over the canonical JSON of each resource, see `entry_hash`) is
   computed while writing, and the receiver's receipt must name the same hashes.
+- Resources of a FHIR source travel as the source's own JSON (normalized ids and
+  references only): stored and read back with `jsontext`, so every value keeps its text
+  (a decimal's `1.00`, a date-time's `.715Z`) into the bundle and its entry hashes.
 - Every id is derived from the transfer, so assembling twice gives the same bytes.
 """
 from __future__ import annotations
@@ -32,6 +35,7 @@ from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.provenance import Provenance
 from sqlalchemy import select
 
+from gateway.exchange import jsontext
 from gateway.exchange.attachments import referenced
 from gateway.exchange.ids import (
     GROUP_SYSTEM,
@@ -140,7 +144,7 @@ def _collect(svc: Services, t: Transfer, shape: _Shape
     for item in items:
         if item.state != "mapped" or item.resources_blob is None or item.id in copies:
             continue  # DICOM instances have no resources (they go beside the bundle)
-        for mapped in json.loads(svc.blobs.read_bytes(item.resources_blob)):
+        for mapped in jsontext.loads(svc.blobs.read_bytes(item.resources_blob)):
             resource = mapped["resource"]
             if item.kind in FHIR_NATIVE and resource["resourceType"] == "Patient":
                 # the transfer's own Patient entry (identity as the authorization states
@@ -198,7 +202,7 @@ def _collect(svc: Services, t: Transfer, shape: _Shape
             else:
                 unit.entries.append(shape.entry(full_url, resource))
             if unit.entries and isinstance(unit.entries[0], dict):
-                unit.estimate += len(json.dumps(unit.entries[0]))
+                unit.estimate += len(jsontext.dumps(unit.entries[0]))
             units[full_url] = unit
     by_id = {i.id: i for i in items}
     for copy_id, original_id in copies.items():  # a copy is named where its original went
@@ -347,10 +351,10 @@ def _write(svc: Services, t: Transfer, n: int, total: int, head: list[dict],
     needs: dict[str, Upload] = {}
     count = 0
     with svc.blobs.writer() as w:
-        w.write(json.dumps(top)[:-1].encode() + b',"entry":[')
+        w.write(jsontext.dumps(top)[:-1] + b',"entry":[')
         plain = head + [e for u in body_units for e in u.entries if isinstance(e, dict)] + provenances
         for entry in plain:
-            w.write((b"," if count else b"") + json.dumps(entry).encode())
+            w.write((b"," if count else b"") + jsontext.dumps(entry))
             hashes[entry["fullUrl"]] = entry_hash(entry["resource"])
             for att in referenced(entry["resource"]):
                 if att["url"] in uploads:
@@ -379,15 +383,15 @@ def _write_binary(svc: Services, w, b: StreamedBinary, put: bool) -> str:
         resource["id"] = rid
     resource["data"] = ""
     request = ({"method": "PUT", "url": f"Binary/{rid}"} if put else {"method": "POST", "url": "Binary"})
-    text = json.dumps({"fullUrl": b.full_url, "resource": resource, "request": request})
-    cut = text.index('"data": ""') + len('"data": "')
-    canon = canonical(resource).decode()
-    ccut = canon.index('"data":""') + len('"data":"')
-    digest = hashlib.sha256(canon[:ccut].encode())
-    w.write(text[:cut].encode())
+    text = jsontext.dumps({"fullUrl": b.full_url, "resource": resource, "request": request})
+    cut = text.index(b'"data":""') + len(b'"data":"')
+    canon = canonical(resource)
+    ccut = canon.index(b'"data":""') + len(b'"data":"')
+    digest = hashlib.sha256(canon[:ccut])
+    w.write(text[:cut])
     for encoded in base64_chunks(svc.blobs.chunks(b.blob_key) if b.blob_key else iter(())):
         w.write(encoded)
         digest.update(encoded)
-    w.write(text[cut:].encode())
-    digest.update(canon[ccut:].encode())
+    w.write(text[cut:])
+    digest.update(canon[ccut:])
     return digest.hexdigest()
