@@ -110,6 +110,10 @@ class FaultPeer:
                                    "url": f"{self.next_base or self.base_url}/{path}?{urlencode(q)}"})
         return bundle
 
+    def read(self, rtype: str, rid: str):
+        """`GET [base]/Type/id`: the stored resource (a dict, or bytes served as they are)."""
+        return next((r for r in self.resources.get(rtype, []) if r.get("id") == rid), None)
+
     def _items(self, path: str, params: dict) -> list[dict]:
         if path.endswith("$everything"):
             return [r for t, rs in self.resources.items() if t not in self.everything_omits for r in rs]
@@ -168,7 +172,7 @@ class FaultPeer:
                     return self.send_json(200, data, ctype=ctype)
                 rtype, _, rid = path.partition("/")
                 if rid and "/" not in rid and "$" not in rid:  # a read
-                    found = next((r for r in peer.resources.get(rtype, []) if r.get("id") == rid), None)
+                    found = peer.read(rtype, rid)
                     if found is None:
                         return self.send_json(404, {"resourceType": "OperationOutcome", "issue": [
                             {"severity": "error", "code": "not-found"}]})

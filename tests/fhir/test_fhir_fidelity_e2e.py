@@ -89,10 +89,11 @@ class VerbatimPeer(FaultPeer):
         self.raw[(doc["resourceType"], doc["id"])] = text
         self.add(doc)
 
+    def read(self, rtype: str, rid: str):
+        raw = self.raw.get((rtype, rid))
+        return raw.encode() if raw is not None else super().read(rtype, rid)
+
     def page(self, path: str, rtype: str, items: list[dict], params: dict):
-        parts = path.split("/")
-        if len(parts) == 2 and (parts[0], parts[1]) in self.raw:
-            return self.raw[(parts[0], parts[1])].encode()
         bundle = super().page(path, rtype, items, params)
         head = json.dumps({k: v for k, v in bundle.items() if k != "entry"}, indent=2)[:-2]
         entries = ",\n".join(
