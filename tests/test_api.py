@@ -22,7 +22,8 @@ def _events(app, type_):
 def test_health_and_jwks_are_public(client):
     assert client.get("/health").get_json()["status"] == "ok"
     keys = client.get("/.well-known/jwks.json").get_json()["keys"]
-    assert len(keys) == 1 and keys[0]["crv"] == "Ed25519" and "d" not in keys[0]
+    assert sorted(k["purpose"] for k in keys) == ["bundle", "checkpoint", "receipt"]
+    assert all(k["crv"] == "Ed25519" and "d" not in k for k in keys)  # public halves only
 
 
 @pytest.mark.parametrize("method,path", [
