@@ -105,3 +105,21 @@ def test_every_class_on_dicom_pdf_and_fax(cls, tmp_path):
                                                   "pages": 1, "data_class": cls})
     (faxed,) = map_record(fax, CTX)
     assert faxed.data_class == cls
+
+
+@pytest.mark.parametrize("cls", ACCEPTED)
+def test_a_study_pulled_for_a_class_is_released_under_it(cls):
+    """A DICOM study is pulled for every class that takes images (the table's `dicom`);
+    its ImagingStudy is then released under that class too, not dropped as "imaging"."""
+    from types import SimpleNamespace
+
+    from gateway.engine.policy import allows
+    from gateway.trust.authorizations import example_claims
+
+    claims = example_claims("https://issuer.example", f"jti-{cls}", data_classes=(cls,))
+    auth = SimpleNamespace(id=f"a-{cls}", jws_sha256=hashlib.sha256(cls.encode()).hexdigest(),
+                           claims=claims)
+    pulled = wants_imaging(query(cls))
+    assert allows(auth, "imaging", datetime(2024, 1, 2, tzinfo=timezone.utc).date()) == pulled
+    assert pulled == (cls == "all" or cls in DICOM_CLASSES)
+
