@@ -113,3 +113,21 @@ def test_keys_rotate_keeps_old_keys_published(runner, app, client):
         [event] = s.scalars(select(AuditEvent).filter_by(type="admin.key.rotated")).all()
     assert set(event.detail["new_kids"].values()) == {k["kid"] for k in after} - {k["kid"] for k in before}
     assert {k["kid"] for k in after if k.get("retired")} == {k["kid"] for k in before}
+
+
+def test_completeness_table_names_what_a_person_must_know():
+    from gateway.cli.transfers import completeness_lines
+
+    report = {"ehr": {"state": "done", "found": 3, "delivered": 2, "pending": 0,
+                      "invalidResources": 1, "complete": False,
+                      "refused": [{"reason": "invalid resource: value: bad", "count": 1}],
+                      "invalid": [{"what": "Observation/o9", "reason": "value: bad"}],
+                      "notSearchable": [{"what": "Claim", "reason": "no patient search"}],
+                      "unresolved": [{"what": "Device/d1", "reason": "read answered 404"}]}}
+    lines = completeness_lines(report)
+    assert lines[1].split() == ["ehr", "done", "3", "2", "0", "1"]
+    assert lines[2:] == ["  refused 1: invalid resource: value: bad",
+                         "  invalid: Observation/o9 (value: bad)",
+                         "  not searchable: Claim (no patient search)",
+                         "  unresolved: Device/d1 (read answered 404)",
+                         "complete: no (see above)"]

@@ -71,6 +71,7 @@ def completeness_lines(report: dict) -> list[str]:
         lines.append(f"{name:<20} {src['state']:<10} {src['found']:>6} {src['delivered']:>9} "
                      f"{src['pending']:>7} {refused:>7}")
         lines += [f"  refused {r['count']}: {r['reason']}" for r in src["refused"]]
+        lines += [f"  invalid: {g['what']} ({g['reason']})" for g in src["invalid"]]
         lines += [f"  not searchable: {g['what']} ({g['reason']})" for g in src["notSearchable"]]
         lines += [f"  unresolved: {g['what']} ({g['reason']})" for g in src["unresolved"]]
     complete = all(src["complete"] for src in report.values())
