@@ -192,6 +192,20 @@ def test_bad_bundles_get_outcomes(receiver, peer, sender_keys, body, status, tex
     assert text in r.get_json()["issue"][0]["diagnostics"]
 
 
+@pytest.mark.parametrize("body", [b"{not json", json.dumps({"resourceType": "Patient"}).encode(),
+                                  b"[" * 100_000])
+def test_nothing_unsigned_is_parsed(receiver, peer, sender_keys, tmp_path, body):
+    """The detached signature is checked over the raw bytes before any parsing: a body
+    no trusted key signed is refused as such (403), whatever it holds."""
+    client = receiver.test_client()
+    stranger = SigningKeys(tmp_path / "stranger")
+    stranger.ensure()
+    for signature in ("", sign_bundle(stranger, body, "x")):
+        r = post(client, peer, body, signature=signature)
+        assert r.status_code == 403, r.get_json()
+        assert "signature" in r.get_json()["issue"][0]["diagnostics"]
+
+
 def test_idempotency_key_required_and_checked(receiver, peer, sender_keys):
     client = receiver.test_client()
     for key in ["", "has space", "x" * 200, "../etc"]:

@@ -302,11 +302,12 @@ def accept(svc: Services, *, sender: str, key: str, body: bytes, signature: str)
     if trusted is None:
         raise Forbidden(f"sender {sender!r} is not a trusted sender of this gateway")
     digest = hashlib.sha256(body).hexdigest()
-    data, bundle = _validate(body)
+    # the signature first: nothing a sender did not sign is parsed or validated
     jwks = receipts.fetch_jwks(trusted.jwks_file, trusted.jwks_url or (
         f"{trusted.base_url}/.well-known/jwks.json" if trusted.base_url else None), f"sender {sender}",
         tls=trusted.tls())
     receipts.verify_bundle(signature, body, jwks)
+    data, bundle = _validate(body)
     now = utcnow()
     in_reply_to = _in_reply_to(data)
     if in_reply_to is not None:
