@@ -247,9 +247,14 @@ class DicomWebClient:
 
     def _get(self, url: str, **kwargs) -> requests.Response:
         try:
-            resp = self.session.get(url, timeout=self.timeout, **kwargs)
+            # never follow a redirect: the configured headers (API keys) would go along
+            resp = self.session.get(url, timeout=self.timeout, allow_redirects=False, **kwargs)
         except requests.RequestException as exc:
             raise SourceUnavailable(f"DICOMweb request failed: {type(exc).__name__}") from None
+        if 300 <= resp.status_code < 400:
+            resp.close()
+            raise SourceRejected(f"DICOMweb server redirected (HTTP {resp.status_code}); redirects "
+                                 "are not followed: configure its final dicomweb_url")
         if resp.status_code in (429, 502, 503, 504) or resp.status_code >= 500:
             resp.close()
             raise SourceUnavailable(f"DICOMweb server answered {resp.status_code}")
