@@ -116,3 +116,26 @@ def test_reconciler_finds_stranded_steps(svc, db):
     assert claim(svc, tid, "mapping", "w")  # now leased: the reconciler leaves it alone
     sent.clear()
     assert reconcile_now(svc, send) == 0 and sent == []
+
+
+def test_state_on_disk_is_this_users_alone(tmp_path):
+    """The data dir is 0700; the SQLite database (and its WAL) and every blob are 0600."""
+    import stat
+
+    from gateway import create_app
+    from gateway.storage.blobstore import new_master_key
+
+    data = tmp_path / "state"
+    app = create_app({"data_dir": str(data), "blob_key": new_master_key()})
+    svc = app.extensions["gateway"]
+    try:
+        info = svc.blobs.put_bytes(b"a record")
+        mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+        assert mode(data) == 0o700
+        assert mode(svc.blobs.path(info.key)) == 0o600
+        assert mode(svc.blobs.path(info.key).parent) == 0o700
+        database = data / "gateway.db"
+        assert mode(database) == 0o600
+        assert all(mode(p) == 0o600 for p in data.glob("gateway.db-*"))  # -wal, -shm
+    finally:
+        svc.close()

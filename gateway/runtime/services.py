@@ -34,6 +34,7 @@ def init_services(settings: Settings, migrate: bool = True) -> Services:
     """Open the database (migrated), blob store and keys; configure Celery."""
     global _current
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.chmod(0o700)  # records, keys and the database: this user's alone
     secret = settings.blob_key.get_secret_value() if settings.blob_key else None
     db = Database(settings.db_url)
     if migrate:

@@ -76,6 +76,11 @@ def _nonce(index: int, last: bool) -> bytes:
     return struct.pack(">QI", index, 1 if last else 0)
 
 
+def _private_file(path: str):
+    """A new file readable by this user only (0600), open for writing."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+
+
 def _valid_key(key: str) -> bool:
     return len(key) == 32 and all(c in "0123456789abcdef" for c in key)
 
@@ -84,7 +89,7 @@ class BlobStore:
     def __init__(self, root: Path, master_key: bytes):
         self.root = Path(root)
         self._master = master_key
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def _derive(self, salt: bytes) -> AESGCM:
         hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=b"records-gateway blob v1")
@@ -174,10 +179,10 @@ class BlobWriter:
         self._final = os.path.join(store.root, self.key[:1], self.key)  # str: no pathlib
         self._tmp = self._final + ".part"  # per blob; writers write hundreds a second
         try:
-            self._fh = open(self._tmp, "wb")
+            self._fh = _private_file(self._tmp)
         except FileNotFoundError:  # the first blob in its folder
-            os.makedirs(os.path.dirname(self._tmp), exist_ok=True)
-            self._fh = open(self._tmp, "wb")
+            os.makedirs(os.path.dirname(self._tmp), mode=0o700, exist_ok=True)
+            self._fh = _private_file(self._tmp)
         salt = secrets.token_bytes(SALT_LEN)
         self._header = MAGIC + salt
         self._fh.write(self._header)

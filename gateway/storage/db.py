@@ -1,6 +1,7 @@
 """Engine, sessions and schema migrations (Alembic) for SQLite or PostgreSQL."""
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -23,10 +24,20 @@ def _sqlite_pragmas(dbapi_conn, _record):
     cur.close()
 
 
+def _private_sqlite_file(url: str) -> None:
+    """The SQLite file holds authorizations and Consents: readable by this user only
+    (0600; SQLite gives its -wal and -shm files the database file's permissions)."""
+    path = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
+    if path and path != ":memory:":
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        os.chmod(path, 0o600)
+
+
 class Database:
     def __init__(self, url: str):
         self.url = url
         if url.startswith("sqlite"):
+            _private_sqlite_file(url)
             self.engine: Engine = create_engine(url, connect_args={"timeout": 30})
             event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
