@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from gateway import audit
 from gateway.config import Settings, load_settings
+from gateway.errors import ConfigError
 from gateway.storage.blobstore import BlobStore, load_master_key
 from gateway.storage.db import Database
 from gateway.trust.keys import SigningKeys, patient_key_secret
@@ -34,7 +35,11 @@ def init_services(settings: Settings, migrate: bool = True) -> Services:
     """Open the database (migrated), blob store and keys; configure Celery."""
     global _current
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    settings.data_dir.chmod(0o700)  # records, keys and the database: this user's alone
+    try:
+        settings.data_dir.chmod(0o700)  # records, keys and the database: this user's alone
+    except PermissionError:
+        raise ConfigError(f"data dir {settings.data_dir} must belong to the user the gateway "
+                          "runs as (it is made readable by that user only)") from None
     secret = settings.blob_key.get_secret_value() if settings.blob_key else None
     db = Database(settings.db_url)
     if migrate:
