@@ -67,12 +67,22 @@ class PdfFolderConnector(Connector):
         if safe_name(query.transfer_id) is None:
             raise SourceRejected("transfer id is not a plain name")
         folder = self.root / query.transfer_id
-        if folder.is_symlink():
-            raise SourceRejected(f"source {self.source}: the transfer's folder is a link")
-        if not folder.is_dir():  # the provider has not dropped the records yet: come back later
-            raise SourceUnavailable(f"source {self.source}: no folder yet for transfer {query.transfer_id}")
+        try:  # the folder is opened once, never through a link; its files by this descriptor
+            dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except FileNotFoundError:  # the provider has not dropped the records yet: come back later
+            raise SourceUnavailable(f"source {self.source}: no folder yet for transfer "
+                                    f"{query.transfer_id}") from None
+        except OSError:
+            raise SourceRejected(f"source {self.source}: the transfer's folder is a link or "
+                                 "not a folder") from None
+        try:
+            yield from self._fetch_from(dir_fd, query)
+        finally:
+            os.close(dir_fd)
+
+    def _fetch_from(self, dir_fd: int, query: RecordQuery) -> Iterator[RawRecord | RejectedRecord]:
         max_bytes = int(self.options.get("max_bytes", DEFAULT_MAX_BYTES))
-        entries = sorted(os.scandir(folder), key=lambda e: os.fsencode(e.name))
+        entries = sorted(os.scandir(dir_fd), key=lambda e: os.fsencode(e.name))
         progress = Progress(total=len(entries))
         self.workdir.mkdir(parents=True, exist_ok=True)
         for entry in entries:
@@ -80,13 +90,11 @@ class PdfFolderConnector(Connector):
             origin = ascii(entry.name)[1:-1]  # printable and unambiguous, whatever the bytes
             if origin in query.already_fetched:
                 continue
-            reason = self._refusal(entry, max_bytes)
+            target = self.workdir / f"{progress.done:06d}.pdf"
+            reason = self._copy(dir_fd, entry.name, target, max_bytes)
             if reason:
                 yield RejectedRecord(self.source, origin, reason)
                 continue
-            target = self.workdir / f"{progress.done:06d}.pdf"
-            with open(entry.path, "rb") as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
             unsafe = self._unsafe(target, max_bytes)  # the copy: what is checked is what goes
             if unsafe:
                 target.unlink()
@@ -97,7 +105,7 @@ class PdfFolderConnector(Connector):
             self.progress(progress)
             yield RawRecord(source=self.source, kind="pdf", media_type="application/pdf",
                             path=target, sha256=digest, size=size, origin=origin,
-                            metadata={"mtime": int(entry.stat().st_mtime)})
+                            metadata={"mtime": int(target.stat().st_mtime)})
 
     def _unsafe(self, path: Path, max_bytes: int) -> str | None:
         """Why this PDF cannot be opened safely (the sandbox's reason), or None."""
@@ -115,19 +123,31 @@ class PdfFolderConnector(Connector):
         return None
 
     @staticmethod
-    def _refusal(entry: os.DirEntry, max_bytes: int) -> str | None:
-        if safe_name(entry.name) is None or entry.name != entry.name.strip():
+    def _copy(dir_fd: int, name: str, target: Path, max_bytes: int) -> str | None:
+        """Copy one file of the folder to `target`, or say why it is refused. The file is
+        opened once (never through a link, never waiting on a FIFO) and checked and read
+        from that descriptor: a swap after the check cannot bring in another file."""
+        if safe_name(name) is None or name != name.strip():
             return "file name is not a plain printable name"
-        st = entry.stat(follow_symlinks=False)
-        if not stat.S_ISREG(st.st_mode):
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+        except OSError:
             return "not a regular file (links and folders are refused)"
-        if not entry.name.lower().endswith(".pdf"):
-            return "not a .pdf file"
-        if st.st_size == 0:
-            return "empty file"
-        if st.st_size > max_bytes:
-            return f"larger than the {max_bytes} byte limit"
-        with open(entry.path, "rb") as fh:
-            if fh.read(5) != b"%PDF-":
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            return "not a regular file (links and folders are refused)"
+        with os.fdopen(fd, "rb") as src:
+            if not name.lower().endswith(".pdf"):
+                return "not a .pdf file"
+            if st.st_size == 0:
+                return "empty file"
+            if st.st_size > max_bytes:
+                return f"larger than the {max_bytes} byte limit"
+            if src.read(5) != b"%PDF-":
                 return "not a PDF (no %PDF- signature)"
+            src.seek(0)
+            with open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))  # the source's time goes along
         return None

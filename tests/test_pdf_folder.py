@@ -168,3 +168,43 @@ def test_unreadable_pdfs_still_reach_the_mapping_for_its_message(conn):
     assert isinstance(r, RawRecord)
     with pytest.raises(MappingFailed, match="cannot be read"):
         map_record(r, MappingContext(patient_reference="urn:uuid:p"))
+
+
+def test_a_file_swapped_for_a_link_never_brings_in_another_file(conn, tmp_path):
+    """Check-then-open let a file be swapped for a link to any readable file between the
+    check and the copy. Each file is now opened once, without following links, and
+    checked and read from that descriptor: however the swaps fall, no record is ever the
+    linked file."""
+    import shutil
+    import threading
+    import time
+
+    secret, regular = tmp_path / "secret.pdf", tmp_path / "regular.pdf"
+    make_pdf(secret, "Another patient's chart", ["not for this transfer"], PATIENT)
+    make_pdf(regular, "The record", ["for this transfer"], PATIENT)
+    secret_sha = hashlib.sha256(secret.read_bytes()).hexdigest()
+    name, stop = conn.root_dir / "r.pdf", threading.Event()
+    shutil.copyfile(regular, name)
+
+    def swap():  # atomic renames in the folder: a hard link to the PDF, then a symlink
+        while not stop.is_set():
+            os.link(regular, conn.root_dir / ".r1")
+            os.replace(conn.root_dir / ".r1", name)
+            os.symlink(secret, conn.root_dir / ".r2")
+            os.replace(conn.root_dir / ".r2", name)
+
+    swapper = threading.Thread(target=swap, daemon=True)
+    swapper.start()
+    taken, refused, deadline = [], 0, time.monotonic() + 8
+    try:
+        while time.monotonic() < deadline and len(taken) + refused < 150:
+            for r in conn.fetch(query()):
+                if isinstance(r, RawRecord):
+                    taken.append(r.sha256)
+                elif r.origin == "r.pdf":
+                    refused += 1
+    finally:
+        stop.set()
+        swapper.join(5)
+    assert secret_sha not in taken
+    assert taken or refused  # the file was seen, as itself or refused as a link

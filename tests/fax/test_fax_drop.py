@@ -456,3 +456,24 @@ def test_cover_sheet_sent_last_is_found_and_removed(env, people):
     (record,) = env.fetch(person.transfer_id)
     assert record.metadata["match"] == "qr" and record.metadata["cover_pages_removed"] == [3]
     assert record.metadata["pages"] == 3
+
+
+def test_a_sidecar_that_is_a_fifo_or_a_link_is_ignored_without_waiting(tmp_path):
+    """A sidecar is opened once, never through a link and never waiting on a FIFO (one
+    named like a sidecar used to block fax intake for good), and read from that fd."""
+    from connectors.fax.connector import read_sidecar
+
+    real = tmp_path / "real.json"
+    real.write_text(json.dumps({"fax_number": "+1 555 0100", "transfer": "t-1"}))
+    assert read_sidecar(real) != {}
+    fifo, link = tmp_path / "fax-1.json", tmp_path / "fax-2.json"
+    os.mkfifo(fifo)
+    link.symlink_to(real)
+    for path in (fifo, link):
+        result = {}
+        reader = threading.Thread(target=lambda p=path: result.update(facts=read_sidecar(p)),
+                                  daemon=True)
+        reader.start()
+        reader.join(5)
+        assert not reader.is_alive(), f"reading {path.name} blocked"
+        assert result["facts"] == {}
