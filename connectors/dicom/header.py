@@ -10,6 +10,7 @@ Anything malformed raises `MalformedDicom` with a short reason, never another er
 from __future__ import annotations
 
 import struct
+import zlib
 from pathlib import Path
 
 from pydicom.charset import convert_encodings, decode_bytes
@@ -20,6 +21,7 @@ _MAX_HEAD = 8 * 1024 * 1024
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
+DEFLATED = "1.2.840.10008.1.2.1.99"
 
 #: keyword -> (tag, kind) for what `read_header` returns
 WANTED = {
@@ -64,6 +66,10 @@ class MalformedDicom(ValueError):
 
 class _NeedMore(Exception):
     pass
+
+
+class _Refused(MalformedDicom):
+    """Malformed in a way pydicom must not be asked to try (it would inflate it all)."""
 
 
 def _tag(buf: bytes, pos: int) -> int:
@@ -133,7 +139,8 @@ def _value(raw: bytes, kind: str, encodings: list[str]):
     return raw.decode("ascii", "replace").strip("\x00 ")
 
 
-def _walk(buf: bytes) -> dict:
+def _walk(buf: bytes, complete: bool = False) -> dict:
+    """The wanted attributes from a file's first bytes (`complete`: they are all of it)."""
     if len(buf) < PREAMBLE + 4 or buf[PREAMBLE:PREAMBLE + 4] != b"DICM":
         raise MalformedDicom("no DICM prefix")
     pos = PREAMBLE + 4
@@ -145,9 +152,42 @@ def _walk(buf: bytes) -> dict:
         meta[tag] = bytes(buf[start:start + length])
         pos = start + length
     ts = meta.get(0x00020010, b"").decode("ascii", "replace").rstrip("\x00 ")
+    if ts == DEFLATED:
+        return _walk_deflated(buf, pos, meta, complete)
     if ts not in (EXPLICIT_LE, IMPLICIT_LE) and not ts.startswith("1.2.840.10008.1.2.4") \
             and ts != "1.2.840.10008.1.2.5":
-        raise _NeedMore  # deflated / big endian / unknown: let pydicom read it
+        raise _NeedMore  # big endian / unknown: let pydicom read it
+    return _walk_body(buf, pos, ts, meta)
+
+
+def _walk_deflated(buf: bytes, pos: int, meta: dict, complete: bool) -> dict:
+    """The header of a deflated data set, inflating at most `_MAX_HEAD` bytes of it: a
+    deflate bomb (a few kB that claim gigabytes) costs 8 MiB here, never what it claims,
+    and is never handed to pydicom (which would inflate all of it in memory)."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        body = inflater.decompress(buf[pos:], _MAX_HEAD)
+    except zlib.error:
+        raise _Refused("deflated data set does not inflate") from None
+    try:
+        out = _walk_body(body, 0, EXPLICIT_LE, meta, final=inflater.eof)
+    except (_NeedMore, MalformedDicom) as exc:
+        if len(body) >= _MAX_HEAD:
+            raise _Refused("deflated data set: its header is not within the first "
+                           f"{_MAX_HEAD >> 20} MiB inflated") from None
+        if complete or inflater.eof or len(buf) >= _MAX_HEAD:
+            raise _Refused(str(exc) if isinstance(exc, MalformedDicom)
+                           else "deflated data set ends before its header does") from None
+        raise _NeedMore from None  # more of the compressed stream may finish it
+    if not out.get("SOPInstanceUID"):
+        raise _Refused("no SOP Instance UID (truncated or not an instance)")
+    out["TransferSyntaxUID"] = DEFLATED
+    return out
+
+
+def _walk_body(buf: bytes, pos: int, ts: str, meta: dict, final: bool = False) -> dict:
+    """The wanted attributes from the data set in `buf` from `pos` (`final`: the data set
+    ends with `buf`, so what was found by then is all there is)."""
     explicit = ts != IMPLICIT_LE
     out: dict = {"TransferSyntaxUID": ts,
                  "MediaStorageSOPInstanceUID": meta.get(0x00020003, b"").decode(
@@ -187,6 +227,8 @@ def _walk(buf: bytes) -> dict:
             if kw == "SpecificCharacterSet":
                 encodings = convert_encodings(out[kw])
         pos = end
+    if final and pos == end_of_buf:
+        return out
     if pos < end_of_buf:
         raise _NeedMore
     raise _NeedMore if end_of_buf >= _HEAD else MalformedDicom("header ends early")
@@ -233,7 +275,9 @@ def read_header(path: Path, head: bytes | None = None) -> dict:
         size = max(size, len(buf))
         while True:
             try:
-                return _walk(buf)
+                return _walk(buf, complete=len(buf) < size)
+            except _Refused:
+                raise
             except _NeedMore:
                 if len(buf) < size or size >= _MAX_HEAD:
                     break  # truncated, or a header too long to walk here
@@ -251,6 +295,8 @@ def read_header_bytes(head: bytes) -> dict:
     """`read_header` for the first bytes of a file that is not on disk (a stream)."""
     try:
         return _walk(head)
+    except _Refused:
+        raise
     except (_NeedMore, MalformedDicom, struct.error, UnicodeError, LookupError):
         if head[PREAMBLE:PREAMBLE + 4] != b"DICM":
             raise MalformedDicom("not a DICOM file (no DICM prefix)") from None
