@@ -218,7 +218,12 @@ class Settings(BaseSettings):
     retry: RetryConfig = Field(default_factory=RetryConfig)
     step_lease_s: float = 300.0  # a step not finished by then is taken over
     reconcile_interval_s: float = 30.0
-    checkpoint_interval_s: float = 300.0  # how often the audit log's tree head is signed
+    # how often the audit log's tree head is signed (when the log grew): the newest events
+    # are covered by no signature for at most this long
+    checkpoint_interval_s: float = 10.0
+    # each new checkpoint is also written here (another disk, a mount of another host): a
+    # witness holds signed tree heads the gateway's own database cannot take back
+    audit_witness_dir: Path | None = None
     fax_scan_interval_s: float = 5.0  # fax drop folders: polling interval where inotify is missing
     max_body_bytes: int = 512 * 1024 * 1024
     max_binary_bytes: int = 4 * 1024 * 1024 * 1024  # receive side: one uploaded document

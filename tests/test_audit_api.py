@@ -153,3 +153,46 @@ def test_patient_keys_are_keyed_with_the_deployment_secret(app, client, operator
     auditor = bearer(make_token(app, "auditor"))
     found = client.get(f"/audit/events?patient={identifier}", headers=auditor).get_json()["events"]
     assert {"authorization.verified", "transfer.created"} <= {e["event"]["type"] for e in found}
+
+
+def test_checkpoints_go_to_a_witness_the_database_cannot_take_back(
+        sender_config, claims_for, sign, tmp_path):
+    """Every new checkpoint is also written to a witness folder (another disk or host):
+    an export whose newest events were removed verifies against the gateway's own older
+    checkpoint, but not against what the witness holds."""
+    from gateway import create_app
+    from gateway.audit import export, verify
+    from gateway.engine.checkpoints import checkpoint_now
+    from tests.helpers import make_token
+
+    witness = tmp_path / "witness"
+    app = create_app({**sender_config, "audit_witness_dir": str(witness)})
+    svc = app.extensions["gateway"]
+    svc.keys.ensure()
+    client = app.test_client()
+    operator = bearer(make_token(app, "operator"))
+    try:
+        _activity(client, operator, claims_for, sign, "auth-witness-1")
+        first = checkpoint_now(svc)
+        assert checkpoint_now(svc) == first  # no growth, no new checkpoint
+        _activity(client, operator, claims_for, sign, "auth-witness-2")
+        second = checkpoint_now(svc)
+        held = sorted(witness.glob("checkpoint-*.json"))
+        assert [json.loads(p.read_text())["tree_size"] for p in held] == [
+            first["tree_size"], second["tree_size"]]
+        with svc.db.session() as s:
+            lines = list(export.iter_ndjson(s, fhir=False))
+        events, truncated = tmp_path / "events.ndjson", tmp_path / "truncated.ndjson"
+        events.write_text("".join(lines))
+        truncated.write_text("".join(lines[:first["tree_size"]]))
+        first_only = tmp_path / "first.json"
+        first_only.write_text(json.dumps(first))
+        keys = tmp_path / "jwks.json"
+        keys.write_text(json.dumps(svc.keys.jwks()))
+        assert verify.verify_files(events, held, keys) == []
+        assert verify.verify_files(truncated, [first_only], keys) == []  # the older view alone
+        problems = verify.verify_files(truncated, held, keys)
+        assert any(f"checkpoint size {second['tree_size']}" in p and "truncated" in p
+                   for p in problems), problems
+    finally:
+        svc.close()

@@ -5,7 +5,10 @@ to our keys, settings and Celery.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
+from pathlib import Path
 
 from gateway.audit import checkpoints
 from gateway.audit.fhir_auditevent import GatewayIdentity
@@ -21,16 +24,31 @@ def identity(svc: Services) -> GatewayIdentity:
 
 
 def checkpoint_now(svc: Services, actor: str = "system") -> dict | None:
-    """Sign a checkpoint of the log as it stands (None if the log is empty)."""
+    """Sign a checkpoint of the log as it stands (None if the log is empty); a new one is
+    also handed to the witness folder when one is configured."""
     key = svc.keys.current("checkpoint")
     with svc.db.session() as s:
+        before = checkpoints.latest_checkpoint(s)
         try:
             cp = checkpoints.create_checkpoint(s, key.private_key, origin=svc.settings.base_url,
                                                key_id=key.kid)
         except InvalidInput:
             return None
-    log.info("audit checkpoint at tree size %d", cp["tree_size"])
+    if before is None or before["tree_size"] != cp["tree_size"]:
+        log.info("audit checkpoint at tree size %d", cp["tree_size"])
+        if svc.settings.audit_witness_dir is not None:
+            witness(svc.settings.audit_witness_dir, cp)
     return cp
+
+
+def witness(folder: Path, cp: dict) -> Path:
+    """Write a checkpoint to the witness folder, whole or not at all (one file a size)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"checkpoint-{cp['tree_size']:012d}.json"
+    tmp = path.with_suffix(".part")
+    tmp.write_text(json.dumps(cp, sort_keys=True))
+    os.replace(tmp, path)
+    return path
 
 
 @celery.task(name="gateway.auditing.checkpoint", ignore_result=True)
