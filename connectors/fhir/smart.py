@@ -5,7 +5,9 @@ the client proves itself with a short-lived JWT (`private_key_jwt`, signed RS384
 ES384 with the key whose public half the gateway publishes at
 `/.well-known/jwks.json`) and receives an access token through the OAuth 2.0
 `client_credentials` grant. The token endpoint comes from the server's
-`/.well-known/smart-configuration` unless configured. Tokens are reused until shortly
+`/.well-known/smart-configuration` unless configured (`token_url`); a discovered one must
+be on the FHIR base's origin or on one the configuration lists (`token_origins`), over
+https unless on loopback: a server cannot send our client assertion anywhere else. Tokens are reused until shortly
 before they expire, and renewed once when the server answers 401.
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ import threading
 import time
 import uuid
 from typing import Callable
+from urllib.parse import urlsplit
 
 import orjson
 from joserfc import jwt
@@ -105,7 +108,8 @@ class SmartBackendAuth:
 
     def __init__(self, http, *, client_id: str, private_key, kid: str | None = None,
                  alg: str | None = None, scope: str = "system/*.read", token_url: str | None = None,
-                 resource: str | None = None, clock: Callable[[], float] = time.time):
+                 token_origins: tuple[str, ...] = (), resource: str | None = None,
+                 clock: Callable[[], float] = time.time):
         if not client_id:
             raise SourceRejected("SMART backend auth needs a client_id")
         self.http = http  # FhirHttp; its base URL is where discovery starts
@@ -115,6 +119,7 @@ class SmartBackendAuth:
         self.kid = kid or self.key.thumbprint()
         self.scope = scope
         self.token_url = token_url
+        self.token_origins = frozenset(_origin(o) for o in token_origins)
         self.resource = resource
         self.clock = clock
         self.granted_scope: str | None = None
@@ -145,7 +150,13 @@ class SmartBackendAuth:
                                  f"(it lists {', '.join(algs)})")
         from .http import check_base_url  # the token URL must be https too (loopback aside)
 
-        self.token_url = check_base_url(token_url)
+        token_url = check_base_url(str(token_url))
+        origin = _origin(token_url)
+        if origin != _origin(self.http.base_url) and origin not in self.token_origins:
+            raise SourceRejected(f"the server's token endpoint is on another origin ({origin}) "
+                                 "than its FHIR base: list that origin in auth.token_origins, "
+                                 "or set auth.token_url")
+        self.token_url = token_url
         return self.token_url
 
     # -- tokens ---------------------------------------------------------------------
@@ -168,8 +179,10 @@ class SmartBackendAuth:
                 form["resource"] = self.resource
             try:
                 answer = self.http.post_form(token_url, form)
-            except SourceRejected as exc:
-                raise SourceRejected(f"token endpoint refused the client: {exc}") from None
+            except SourceRejected as exc:  # its words stay out of the transfer's error
+                status = getattr(exc, "status", None)
+                raise SourceRejected("token endpoint refused the client"
+                                     + (f" (HTTP {status})" if status else "")) from None
             try:
                 doc = orjson.loads(answer.content)
             except orjson.JSONDecodeError:
@@ -211,8 +224,17 @@ def make_auth(options: dict, http) -> NoAuth | BearerAuth | SmartBackendAuth:
         return SmartBackendAuth(http, client_id=auth.get("client_id", ""), private_key=key,
                                 kid=auth.get("kid"), alg=auth.get("alg"),
                                 scope=auth.get("scope", "system/*.read"),
-                                token_url=auth.get("token_url"), resource=auth.get("resource"))
+                                token_url=auth.get("token_url"),
+                                token_origins=tuple(auth.get("token_origins") or ()),
+                                resource=auth.get("resource"))
     raise SourceRejected(f"unknown auth type {kind!r} (none, bearer, smart-backend)")
+
+
+def _origin(url: str) -> str:
+    """scheme://host:port of a URL, for comparing where requests go."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
 
 
 def _read(path: str | None) -> str:

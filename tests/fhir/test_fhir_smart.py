@@ -14,9 +14,12 @@ from tests.fhir.conftest import query_for
 
 
 def smart_options(stack, key, client_id, kid=None, **auth):
+    # the authorization server is on another origin than the FHIR base: listed, as it must be
+    origin = stack["auth"].token_endpoint.split("/", 3)
     return {"base_url": stack["base"],
             "auth": {"type": "smart-backend", "client_id": client_id, "private_key": key.as_pem(private=True).decode(),
-                     "kid": kid, "scope": "system/*.read", "resource": stack["base"], **auth}}
+                     "kid": kid, "scope": "system/*.read", "resource": stack["base"],
+                     "token_origins": ["/".join(origin[:3])], **auth}}
 
 
 @pytest.mark.parametrize("client_id,key_name,kid", [("gateway-rsa", "rsa", "rsa-1"), ("gateway-ec", "ec", None)])
@@ -31,6 +34,17 @@ def test_pull_with_smart_backend_services(smart_stack, client_keys, tmp_path, cl
     assert auth.token_url == smart_stack["auth"].token_endpoint  # discovered
     assert auth.tokens_issued == 1  # reused for every request of the pull
     assert auth.granted_scope == "system/*.read"
+
+
+def test_a_token_endpoint_on_an_origin_not_listed_is_refused(smart_stack, client_keys, tmp_path):
+    """A server's smart-configuration cannot send our client assertion to any host: the
+    discovered endpoint must be on the FHIR base's origin or on one the configuration lists."""
+    options = smart_options(smart_stack, client_keys["rsa"], "gateway-rsa", "rsa-1",
+                            token_origins=[])
+    with FhirRestConnector("ehr", options, tmp_path) as conn:
+        with pytest.raises(SourceRejected, match="another origin.*token_origins"):
+            conn.check()
+        assert conn.http.auth.tokens_issued == 0
 
 
 def test_the_fhir_server_accepts_only_tokens_from_its_authorization_server(smart_stack):
@@ -63,8 +77,10 @@ def test_wrong_key_expired_assertion_and_replayed_jti_are_refused(smart_stack, c
     # a key the authorization server does not know
     options = smart_options(smart_stack, client_keys["stranger"], "gateway-rsa", "rsa-1")
     with FhirRestConnector("ehr", options, tmp_path) as conn:
-        with pytest.raises(SourceRejected, match="token endpoint refused the client.*invalid_client"):
+        with pytest.raises(SourceRejected, match=r"token endpoint refused the client \(HTTP 40[01]\)") \
+                as refused:
             conn.check()
+    assert "invalid" not in str(refused.value)  # the server's words stay out of the error
 
     auth = SmartBackendAuth(None, client_id="gateway-rsa", private_key=client_keys["rsa"], kid="rsa-1",
                             token_url=smart_stack["auth"].token_endpoint)
