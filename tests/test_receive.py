@@ -225,3 +225,54 @@ def test_oversized_body_is_413(receiver_config, tmp_path):
 def test_receive_mode_has_no_sending_endpoints(receiver, peer):
     client = receiver.test_client()
     assert client.post("/transfers", headers=peer).status_code == 404
+
+
+def _with(extra: list[dict]) -> bytes:
+    data = json.loads(bundle())
+    data["entry"] += [{"fullUrl": f"urn:uuid:6e0b7c1e-3f38-4a8f-9d7e-0000000001{n:02d}",
+                       "resource": r, "request": {"method": "POST", "url": r["resourceType"]}}
+                      for n, r in enumerate(extra)]
+    return json.dumps(data).encode()
+
+
+@pytest.mark.parametrize("extra, why", [
+    ([{"resourceType": "Patient"},
+      {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+       "subject": {"reference": "urn:uuid:6e0b7c1e-3f38-4a8f-9d7e-000000000100"}}],
+     "2 Patient entries"),
+    ([{"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+       "subject": {"reference": "Patient/someone-else"}}], "another patient"),
+    ([{"resourceType": "Condition", "subject": {"reference": "https://ehr.example/fhir/Patient/9"}}],
+     "another patient"),
+])
+def test_a_bundle_is_about_the_consents_patient_alone(receiver, peer, sender_keys, extra, why):
+    """Signed by a trusted sender is not enough: a bundle for two patients, or a resource
+    about another patient than the Consent's, is refused and not receipted."""
+    r = post(receiver.test_client(), peer, _with(extra), sender_keys)
+    assert r.status_code == 403, r.get_json()
+    assert why in r.get_json()["issue"][0]["diagnostics"]
+    svc = receiver.extensions["gateway"]
+    from gateway.storage.models import ReceivedBundle
+
+    with svc.db.session() as s:
+        assert not s.query(ReceivedBundle).filter_by(state="accepted").count()
+
+
+def test_a_reply_carries_the_opinion_and_nothing_else():
+    from gateway.inbound.receive import ConsentNotCovering, check_reply_content
+
+    def reply(*extra):
+        resources = [{"resourceType": "Patient"},
+                     {"resourceType": "DiagnosticReport", "status": "final", "code": {"text": "op"},
+                      "subject": {"reference": "urn:uuid:p"}},
+                     {"resourceType": "Provenance"}, {"resourceType": "List", "subject": {
+                         "reference": "urn:uuid:p"}}, *extra]
+        return {"entry": [{"fullUrl": "urn:uuid:p" if r["resourceType"] == "Patient" else f"urn:uuid:{n}",
+                           "resource": r} for n, r in enumerate(resources)]}
+
+    check_reply_content(reply())  # the opinion, its Provenance and List: fine
+    with pytest.raises(ConsentNotCovering, match="also holds Observation"):
+        check_reply_content(reply({"resourceType": "Observation", "subject": {"reference": "urn:uuid:p"}}))
+    with pytest.raises(ConsentNotCovering, match="one opinion"):
+        check_reply_content(reply({"resourceType": "DocumentReference"}))
+

@@ -171,7 +171,30 @@ def check_consent(data: dict, sender_org: str, centers: set[str], now: datetime)
     patients = {e["fullUrl"] for e in data.get("entry") or [] if e["resource"].get("resourceType") == "Patient"}
     if (consent.get("patient") or {}).get("reference") not in patients:
         raise ConsentNotCovering("the Consent is about another patient than the bundle's")
+    check_subjects(data, consent["patient"]["reference"])
     return recipient
+
+
+SUBJECT_ELEMENTS = ("subject", "patient", "beneficiary")  # whom a resource is about
+
+
+def check_subjects(data: dict, patient_url: str) -> None:
+    """One patient a bundle: its only Patient entry is the Consent's, and every resource
+    that names whom it is about (subject, patient, beneficiary) names that one."""
+    patients = [e["fullUrl"] for e in data.get("entry") or []
+                if e["resource"].get("resourceType") == "Patient"]
+    if patients != [patient_url]:
+        raise ConsentNotCovering(f"the bundle must be about one patient, the Consent's "
+                                 f"(it holds {len(patients)} Patient entries)")
+    for n, entry in enumerate(data.get("entry") or []):
+        for element in SUBJECT_ELEMENTS:
+            ref = entry["resource"].get(element)
+            target = ref.get("reference") if isinstance(ref, dict) else None
+            if not isinstance(target, str) or target == patient_url:
+                continue
+            if target.startswith("Patient/") or "/Patient/" in target:
+                raise ConsentNotCovering(f"entry {n} ({entry['resource'].get('resourceType')}) is "
+                                         f"about another patient than the Consent's ({element})")
 
 
 def _in_reply_to(data: dict) -> str | None:
@@ -182,6 +205,26 @@ def _in_reply_to(data: dict) -> str | None:
             if ext.get("url") == IN_REPLY_TO:
                 return (ext.get("valueIdentifier") or {}).get("value") or ""
     return None
+
+
+REPLY_TYPES = {"Patient": 1, "Provenance": 1, "List": 1}  # and one opinion
+OPINION_TYPES = ("DiagnosticReport", "DocumentReference")
+
+
+def check_reply_content(data: dict) -> None:
+    """A reply carries the second opinion (one DiagnosticReport or DocumentReference), its
+    Provenance and its List, about the one patient of the bundle it answers: nothing else."""
+    counts: dict[str, int] = {}
+    for entry in data.get("entry") or []:
+        rtype = entry["resource"].get("resourceType")
+        counts[rtype] = counts.get(rtype, 0) + 1
+    opinions = sum(counts.pop(t, 0) for t in OPINION_TYPES)
+    if opinions != 1 or counts != REPLY_TYPES:
+        extra = sorted(set(counts) - set(REPLY_TYPES))
+        raise ConsentNotCovering("a reply carries one opinion, its Provenance and its List only"
+                                 + (f" (it also holds {', '.join(extra)})" if extra else ""))
+    patient = next(e["fullUrl"] for e in data["entry"] if e["resource"]["resourceType"] == "Patient")
+    check_subjects(data, patient)
 
 
 def check_reply(svc: Services, in_reply_to: str, sender_org: str) -> str:
@@ -311,6 +354,7 @@ def accept(svc: Services, *, sender: str, key: str, body: bytes, signature: str)
     now = utcnow()
     in_reply_to = _in_reply_to(data)
     if in_reply_to is not None:
+        check_reply_content(data)
         recipient = check_reply(svc, in_reply_to, trusted.organization)
     else:
         recipient = check_consent(data, trusted.organization, {svc.settings.organization}, now)
