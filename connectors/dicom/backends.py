@@ -39,7 +39,7 @@ _scps: dict[tuple, list] = {}
 _scps_lock = threading.Lock()
 
 
-def acquire_scp(ae_title: str, port: int, host: str = "0.0.0.0") -> StorageSCP:
+def acquire_scp(ae_title: str, port: int, host: str = "127.0.0.1") -> StorageSCP:
     with _scps_lock:
         entry = _scps.get((ae_title, host, port))
         if entry is None:
@@ -121,7 +121,7 @@ class DimseBackend:
                 raise SourceRejected("retrieve = move needs scp_port (our Storage SCP)")
             try:
                 self.scp = acquire_scp(self.move_dest, int(options["scp_port"]),
-                                       options.get("scp_host", "0.0.0.0"))
+                                       options.get("scp_host", "127.0.0.1"))
             except OSError as exc:  # e.g. another worker process holds the port
                 raise SourceUnavailable(f"cannot listen for C-MOVE on port "
                                         f"{options['scp_port']}: {exc.strerror}") from None

@@ -94,6 +94,11 @@ class _NotifyingQueue(queue.Queue):
         self._notify()
 
 
+MAX_CONTROL_PDU = 1 << 20  # A-ASSOCIATE-RQ/AC/RJ, release, abort: kilobytes in practice
+MAX_PDATA = 64 << 20  # P-DATA-TF when no maximum length was announced
+PIECE = 1 << 20  # larger PDU bodies are read in pieces of this size
+
+
 class FastSocket(AssociationSocket):
     """`AssociationSocket` that reads a whole PDU with `recv_into` on one buffer."""
 
@@ -186,9 +191,14 @@ class FastDUL(DULServiceProvider):
             LOGGER.error("Unknown PDU type received '0x%02X'", pdu_type)
             self.event_queue.put("Evt19")
             return
-        body = bytearray(length)
+        limit = self._pdu_limit(pdu_type)
+        if length > limit:  # checked before a byte is allocated: the claim costs nothing
+            LOGGER.error("PDU of type 0x%02X claims %d bytes, over the %d byte limit",
+                         pdu_type, length, limit)
+            self.event_queue.put("Evt19")
+            return
         try:
-            got = sock.recv_into(memoryview(body))
+            body, got = self._read_body(sock, length)
         except (OSError, TimeoutError) as exc:
             LOGGER.error("Connection closed before the entire PDU was received: %s", exc)
             self.event_queue.put("Evt17")
@@ -210,6 +220,31 @@ class FastDUL(DULServiceProvider):
             return
         self._recv_pdu.put(pdu)
         self.event_queue.put(event)
+
+    def _pdu_limit(self, pdu_type: int) -> int:
+        """The most a PDU of this type may hold: association negotiation and release are
+        small; P-DATA-TF at most the maximum length we announced (or MAX_PDATA)."""
+        if pdu_type != 0x04:
+            return MAX_CONTROL_PDU
+        mine = self.assoc.acceptor if self.assoc.is_acceptor else self.assoc.requestor
+        return min(mine.maximum_length or MAX_PDATA, MAX_PDATA)
+
+    @staticmethod
+    def _read_body(sock: "FastSocket", length: int) -> tuple[bytearray, int]:
+        """A PDU body in one buffer when small; a large one in pieces as they arrive, so
+        memory follows the bytes a peer really sends, not the length it claims."""
+        if length <= PIECE:
+            body = bytearray(length)
+            return body, sock.recv_into(memoryview(body))
+        pieces, got = [], 0
+        while got < length:
+            piece = bytearray(min(PIECE, length - got))
+            n = sock.recv_into(memoryview(piece))
+            pieces.append(piece if n == len(piece) else piece[:n])
+            got += n
+            if n < len(piece):
+                break  # the peer closed early
+        return bytearray().join(pieces), got
 
     def _decode_p_data(self, body: bytearray) -> P_DATA_TF:
         """P-DATA-TF from its body; PDV values are memoryviews into `body`."""

@@ -231,7 +231,7 @@ class _Expectation:
 class StorageSCP:
     """The shared C-MOVE destination. `start()`, then `expect()` around each C-MOVE."""
 
-    def __init__(self, ae_title: str, port: int, host: str = "0.0.0.0", *,
+    def __init__(self, ae_title: str, port: int, host: str = "127.0.0.1", *,
                  allowed_peers: frozenset[str] | None = None, max_pdu: int = 0,
                  socket_timeout: float = 120.0):
         check_version()

@@ -3,9 +3,10 @@ its data dir, never in the configuration file, and the blob store DICOM instance
 received into).
 
 DICOM sources: C-MOVE needs our Storage SCP. It runs inside the worker process that runs
-the pull step, on `scp_port` (`scp_host`, default all interfaces; AE title `scp_aet`,
-default `calling_aet`), from the first C-MOVE of a pull to its end, shared by the pulls
-of that process. The PACS must know that AE title, host and port as a move destination.
+the pull step, on `scp_port` (`scp_host`, default 127.0.0.1: set the interface the PACS
+reaches; AE title `scp_aet`, default `calling_aet`), from the first C-MOVE of a pull to
+its end, shared by the pulls of that process. The PACS must know that AE title, host and
+port as a move destination.
 A second worker process on the same host pulling at the same time cannot listen on the
 port: its pull is retried later (ProviderUnavailable). Without `scp_port` the connector
 retrieves by C-GET (no inbound port), or by WADO-RS where `dicomweb_url` is set."""
