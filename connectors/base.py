@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -175,6 +176,20 @@ def hash_file(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
             digest.update(block)
             size += len(block)
     return digest.hexdigest(), size
+
+
+def open_regular(path, dir_fd: int | None = None):
+    """A regular file opened for reading, or None: opened once, never through a link,
+    never waiting on a FIFO, and checked from that descriptor, so a swap after the check
+    cannot bring in another file. Read from it, not from the path again."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
 
 
 def safe_name(name: str, max_len: int = 200) -> str | None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
 from pathlib import Path
 from typing import Iterator
 
@@ -37,6 +36,7 @@ from .base import (
     SourceRejected,
     SourceUnavailable,
     hash_file,
+    open_regular,
     safe_name,
 )
 from .fax.sandbox import FileRejected, Limits, inspect
@@ -129,15 +129,11 @@ class PdfFolderConnector(Connector):
         from that descriptor: a swap after the check cannot bring in another file."""
         if safe_name(name) is None or name != name.strip():
             return "file name is not a plain printable name"
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
-        except OSError:
+        src = open_regular(name, dir_fd=dir_fd)
+        if src is None:
             return "not a regular file (links and folders are refused)"
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            return "not a regular file (links and folders are refused)"
-        with os.fdopen(fd, "rb") as src:
+        st = os.fstat(src.fileno())
+        with src:
             if not name.lower().endswith(".pdf"):
                 return "not a .pdf file"
             if st.st_size == 0:

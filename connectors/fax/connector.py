@@ -50,6 +50,7 @@ from connectors.base import (
     RecordQuery,
     SourceUnavailable,
     hash_file,
+    open_regular,
     safe_name,
 )
 
@@ -96,15 +97,11 @@ def hostile_reason(raw: bytes) -> str | None:
 
 def read_sidecar(path: Path) -> dict:
     """Known fields of a sidecar JSON file, validated; {} when it is unusable."""
-    try:  # opened once, never through a link, never waiting on a FIFO; checked from the fd
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return {}
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
+    fh = open_regular(path)  # a link or a FIFO named like a sidecar is no sidecar
+    if fh is None:
         return {}
     try:
-        with os.fdopen(fd, "rb") as fh:
+        with fh:
             data = json.loads(fh.read(SIDECAR_MAX + 1)[:SIDECAR_MAX])
     except (OSError, ValueError):
         return {}
