@@ -6,7 +6,9 @@ DICOM sources: C-MOVE needs our Storage SCP. It runs inside the worker process t
 the pull step, on `scp_port` (`scp_host`, default 127.0.0.1: set the interface the PACS
 reaches; AE title `scp_aet`, default `calling_aet`), from the first C-MOVE of a pull to
 its end, shared by the pulls of that process. The PACS must know that AE title, host and
-port as a move destination.
+port as a move destination. The SCP takes associations only from the sources being
+pulled (their AE title and address: `sender_aet`, `sender_hosts`, default `ae_title`,
+`host`; see docs/dicom.md).
 A second worker process on the same host pulling at the same time cannot listen on the
 port: its pull is retried later (ProviderUnavailable). Without `scp_port` the connector
 retrieves by C-GET (no inbound port), or by WADO-RS where `dicomweb_url` is set."""
