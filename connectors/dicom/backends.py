@@ -39,12 +39,17 @@ _scps: dict[tuple, list] = {}
 _scps_lock = threading.Lock()
 
 
-def acquire_scp(ae_title: str, port: int, host: str = "127.0.0.1") -> StorageSCP:
+def acquire_scp(ae_title: str, port: int, host: str = "127.0.0.1",
+                on_refused=None) -> StorageSCP:
+    """The process's SCP for (AE title, host, port), started on first use; `on_refused`
+    (the same for every source of a process: the gateway's audit) if it has none yet."""
     with _scps_lock:
         entry = _scps.get((ae_title, host, port))
         if entry is None:
             entry = _scps[(ae_title, host, port)] = [StorageSCP(ae_title, port, host).start(), 0]
         entry[1] += 1
+        if entry[0].on_refused is None:
+            entry[0].on_refused = on_refused
         return entry[0]
 
 
@@ -122,7 +127,8 @@ class DimseBackend:
             self.peer = self._sender(options)
             try:
                 self.scp = acquire_scp(self.move_dest, int(options["scp_port"]),
-                                       options.get("scp_host", "127.0.0.1"))
+                                       options.get("scp_host", "127.0.0.1"),
+                                       options.get("on_refused"))
             except OSError as exc:  # e.g. another worker process holds the port
                 raise SourceUnavailable(f"cannot listen for C-MOVE on port "
                                         f"{options['scp_port']}: {exc.strerror}") from None

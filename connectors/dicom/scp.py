@@ -6,7 +6,9 @@ every transfer in flight. Who may send, and where each C-STORE goes:
 1. Association: only a configured DICOM source may associate, and only from its own
    address: the calling AE title and the peer's IP address must both be a source's
    (`admit()`, with the addresses its host name resolves to). Anyone else gets an
-   A-ASSOCIATE-RJ, "calling AE title not recognized", and a log line (title, address).
+   A-ASSOCIATE-RJ, "calling AE title not recognized", and a log line (title, address);
+   `on_refused` (the gateway audits it) hears of it at most once a minute per address,
+   with the count, so a scanner cannot flood the audit log.
 2. C-STORE: routed to an open retrieve (`expect()`, one per C-MOVE in flight) only when
    the association's peer is that retrieve's source, the Move Originator AE title and
    Message ID (where the PACS sends them) are ours for that C-MOVE, and the SOP Instance
@@ -36,10 +38,12 @@ import logging
 import random
 import socket
 import threading
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from pynetdicom import AllStoragePresentationContexts, _config, evt
 from pynetdicom.presentation import build_context
@@ -90,6 +94,9 @@ COMMON_SYNTAXES = [
     "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.5",
 ]
 STORAGE_SOP_CLASSES = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
+
+#: a refusing address is reported to `on_refused` at most this often (seconds)
+REFUSAL_REPORT_EVERY = 60.0
 
 NOT_AUTHORIZED = 0x0124  # Refused: Not Authorized (PS3.7 C.5.1)
 DUPLICATE_SOP = 0x0111  # Failure: Duplicate SOP Instance (PS3.7 C.4)
@@ -318,6 +325,10 @@ class StorageSCP:
         self._lock = threading.Lock()
         self._peers: dict[SourcePeer, int] = {}  # admitted sources -> backends using them
         self._open: dict[int, _Expectation] = {}
+        #: on_refused(calling_ae_title printable, address, refusals): an association
+        #: refused, reported at most every REFUSAL_REPORT_EVERY seconds per address
+        self.on_refused: Callable[[str, str, int], None] | None = None
+        self._refusals: dict[str, list] = {}  # address -> [last reported, refused since]
         self._ids = itertools.count(random.randint(1, 60000))
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -368,7 +379,24 @@ class StorageSCP:
         if not known:
             LOGGER.warning("association refused: calling AE title %s from %s is not a "
                            "configured DICOM source", describe(calling), addr)
+            self._refused(describe(calling), addr)
         return known
+
+    def _refused(self, calling: str, address: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if len(self._refusals) > 4096:  # many addresses: start counting afresh
+                self._refusals.clear()
+            entry = self._refusals.setdefault(address, [None, 0])
+            entry[1] += 1
+            if entry[0] is not None and now - entry[0] < REFUSAL_REPORT_EVERY:
+                return
+            entry[0], count, entry[1] = now, entry[1], 0
+        if self.on_refused is not None:
+            try:
+                self.on_refused(calling, address, count)
+            except Exception:
+                LOGGER.exception("reporting a refused association failed")
 
     # -- routing -------------------------------------------------------------------------
     @contextmanager

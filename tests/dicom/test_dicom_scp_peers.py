@@ -31,6 +31,8 @@ from connectors.base import RawRecord, RejectedRecord
 from connectors.dicom.intake import FolderSink, Retrieval
 from connectors.dicom.scp import StorageSCP, source_peer
 from connectors.dicom.study import rejected_record
+from gateway.engine.dicom_sink import BlobStoreSink
+from gateway.storage.blobstore import BlobStore, new_master_key
 from tests.dicom.dicom_peers import free_port
 from tests.dicom.test_dicom_retrieve import dataset_bytes, query
 
@@ -191,11 +193,19 @@ def test_injected_instances_are_refused_during_a_real_c_move(dicom, tmp_path):
 
 
 # -- a second copy of an instance -----------------------------------------------------------
-@pytest.mark.parametrize("sink", ["folder", "blob store"])
-def test_second_copy_same_bytes_once_other_bytes_refused(scp, tmp_path, sink):
-    from gateway.engine.dicom_sink import BlobStoreSink
-    from gateway.storage.blobstore import BlobStore, new_master_key
+@pytest.mark.parametrize("sink, max_pdu", [("folder", 0), ("blob store", 0), ("folder", 128)])
+def test_second_copy_same_bytes_once_other_bytes_refused(tmp_path, sink, max_pdu):
+    """Into the spool and into the streaming blob store; with 128-byte PDUs the command
+    set comes in pieces and pynetdicom's own C-STORE path (store_handler) takes it."""
+    scp = StorageSCP("GATEWAY", free_port(), "127.0.0.1", max_pdu=max_pdu).start()
+    scp.admit(PACS)
+    try:
+        _second_copy(scp, tmp_path, sink)
+    finally:
+        scp.stop()
 
+
+def _second_copy(scp, tmp_path, sink):
     study = dcmread(CT, stop_before_pixels=True).StudyInstanceUID
     if sink == "folder":
         target = FolderSink(tmp_path / "out")
@@ -223,3 +233,31 @@ def test_second_copy_same_bytes_once_other_bytes_refused(scp, tmp_path, sink):
     (conflict,) = retrieval.conflicts
     assert conflict.sop_instance_uid == sop and rec.sha256 in conflict.reason
     assert rejected_record("pacs", conflict).origin.endswith(f"/{sop}")
+
+
+# -- refusals are audited -------------------------------------------------------------------
+def test_refused_associations_are_audited_once_a_minute_per_address(app, dicom, tmp_path):
+    """The gateway's options for a dicom source audit each refused association; a prober
+    retrying from one address is one event with a count, not one event per try."""
+    from sqlalchemy import select
+
+    from gateway.config import SourceConfig
+    from gateway.engine.sources import connector_options
+    from gateway.storage.models import AuditEvent
+
+    svc = app.extensions["gateway"]
+    source = SourceConfig(kind="dicom", organization="org-pacs", endpoint="dicom://ORTHANC",
+                          options=dicom.options())
+    with connector_class("dicom")("pacs", connector_options(svc, source), tmp_path) as conn:
+        port = conn.backend.scp.port
+        assert [associate(port, "STRANGER").is_rejected for _ in range(3)] == [True] * 3
+        assert associate(port, "ORTHANC", source_address="127.0.0.2").is_rejected
+        itself = associate(port, "ORTHANC")  # the source itself: no event
+        assert itself.is_established
+        itself.release()
+    with svc.db.session() as s:
+        events = s.scalars(select(AuditEvent).where(
+            AuditEvent.type == "dicom.association.refused").order_by(AuditEvent.seq)).all()
+        got = [(e.outcome, e.detail) for e in events]
+    assert got == [("deny", {"calling_ae": "'STRANGER'", "address": "127.0.0.1", "refused": 1}),
+                   ("deny", {"calling_ae": "'ORTHANC'", "address": "127.0.0.2", "refused": 1})]
