@@ -249,7 +249,11 @@ def store_begin(resolve, via: str):
             return SOP_CLASS_NOT_SUPPORTED
         if not retrieval.claim(sop):
             return _Copy(retrieval, via, sop)
-        return _Ticket(Path(retrieval.spool), retrieval, via, sop, klass)
+        try:
+            return _Ticket(Path(retrieval.spool), retrieval, via, sop, klass)
+        except BaseException:
+            retrieval.release(sop)  # nothing was taken: a later copy is a first one
+            raise
 
     return begin
 

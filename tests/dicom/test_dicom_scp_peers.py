@@ -261,3 +261,25 @@ def test_refused_associations_are_audited_once_a_minute_per_address(app, dicom, 
         got = [(e.outcome, e.detail) for e in events]
     assert got == [("deny", {"calling_ae": "'STRANGER'", "address": "127.0.0.1", "refused": 1}),
                    ("deny", {"calling_ae": "'ORTHANC'", "address": "127.0.0.2", "refused": 1})]
+
+
+# -- only listed instances are taken: a short listing is not a complete study ---------------
+def test_listing_shorter_than_announced_leaves_the_study_incomplete(tmp_path):
+    """A C-MOVE takes only the instances the instance-level query listed; if the listing
+    is shorter than the series' announced count, the rest is counted missing (unnamed),
+    never taken for complete."""
+    from connectors.dicom.intake import Received
+    from connectors.dicom.study import InstanceInfo, SeriesPlan, StudyPlan, judge
+
+    study, series = generate_uid(), generate_uid()
+    listed = [generate_uid() for _ in range(2)]
+    plan = StudyPlan(study, expected=3, series={series: SeriesPlan(
+        series, expected=3, instances={u: InstanceInfo(u) for u in listed})})
+    retrieval = Retrieval("t1", FolderSink(tmp_path), studies=frozenset({study}))
+    for uid in listed:
+        retrieval.received[uid] = Received(uid, CTImageStorage, study, series,
+                                           hashlib.sha256(uid.encode()).hexdigest(), 1,
+                                           tmp_path / uid, "1.2.840.10008.1.2.1", {}, "c-move")
+    outcome = judge(plan, retrieval, {})
+    assert not outcome.complete
+    assert outcome.missing == [] and outcome.missing_unnamed == {series: 1}
