@@ -38,19 +38,20 @@ def publish(session: Session, event_type: str, *, case_id: str | None = None,
 
         settings = services().settings
     now = utcnow()
+    # checked whether or not anyone subscribes: a caller's mistake shows at once
+    payload = build_payload(settings, "", event_type, now, case_id=case_id,
+                            transfer_id=transfer_id, authorization_id=authorization_id,
+                            state=state, detail=detail)
     ids = []
     for channel in channels(settings, event_type):
         if only is not None and channel not in only:
             continue
-        event_id = new_id()
-        payload = build_payload(settings, event_id, event_type, now, case_id=case_id,
-                                transfer_id=transfer_id, authorization_id=authorization_id,
-                                state=state, detail=detail)
+        event_id = new_id()  # one per channel: each receiver de-duplicates on its own
         session.add(Notification(id=event_id, channel=channel, event_type=event_type,
                                  case_id=case_id, transfer_id=transfer_id,
-                                 authorization_id=authorization_id, payload=payload,
-                                 state="pending", attempts=0, next_attempt_at=now,
-                                 created_at=now))
+                                 authorization_id=authorization_id,
+                                 payload=dict(payload, id=event_id), state="pending", attempts=0,
+                                 next_attempt_at=now, created_at=now))
         ids.append(event_id)
     return ids
 
