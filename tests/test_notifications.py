@@ -38,7 +38,7 @@ from gateway.notify.outbox import publish
 from gateway.notify.webhook import verify_signature
 from gateway.storage.blobstore import new_master_key
 from gateway.storage.models import AuditEvent, Authorization, Notification, utcnow
-from tests.helpers import bearer, free_port, make_token
+from tests.helpers import bearer, free_port, make_token, wait_until
 
 ANSWER_TEXT = "peer-answer-text-never-stored"
 
@@ -567,3 +567,16 @@ def test_cli_lists_and_replays(config, svc, hook, tmp_path, monkeypatch):
     assert bad.exit_code == 1 and bad.output == "error: no notification no-such-id\n"
     with svc.db.session() as s:
         assert s.get(Notification, event_id).state == "pending"
+
+
+# --- unattended: a real worker with its beat drains the outbox ----------------------
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_worker_sends_what_was_published(config, svc, hook, processes, tmp_path):
+    config = dict(config, notify=dict(config["notify"], interval_s=0.5))
+    worker = processes(config, tmp_path, "notify-worker", "worker", "--beat")
+    event_id = publish_one(svc, "case.started", case_id="case-20", state="started")
+    wait_until(lambda: hook.received, timeout=90, what="the worker to send the webhook")
+    wait_until(lambda: rows(svc)[0].state == "sent", timeout=30, what="the row to be marked sent")
+    assert [r["headers"]["X-Gateway-Event-Id"] for r in hook.received] == [event_id]
+    assert worker.proc.poll() is None

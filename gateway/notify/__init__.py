@@ -10,3 +10,6 @@ the announcement of authorizations about to expire (expiring.py) and their Celer
 `gateway.errors`, connectors; the engine, the sending and receiving sides and the faces
 call `publish`. The runtime names tasks.py by string only, never importing this room.
 """
+from .outbox import publish
+
+__all__ = ["publish"]

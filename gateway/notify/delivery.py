@@ -97,6 +97,7 @@ def deliver_due(session: Session, svc: Services, limit: int = 100) -> dict[str, 
         if not _claim(session, n_id, due_at, claim_until):
             continue  # another worker has it
         n = session.get(Notification, n_id)
+        session.commit()  # no transaction stays open while the peer answers
         try:
             send(settings, n.channel, n.payload)
             error = None
