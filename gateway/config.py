@@ -240,6 +240,9 @@ class WebhookConfig(BaseModel):
         return self
 
 
+_MAILBOX = r'^[^@\s<>,;"]+@[^@\s<>,;"]+$'  # one bare address: nothing a header could split
+
+
 class EmailConfig(BaseModel):
     """Notifications by email over SMTP with STARTTLS (the server's certificate checked
     against `ca_file`, default: the system's CAs) and AUTH with `username` and the
@@ -253,8 +256,8 @@ class EmailConfig(BaseModel):
     starttls: bool = True
     username: str | None = None
     password_file: Path | None = None
-    from_: str = Field(alias="from", pattern=r"^[^@\s<>]+@[^@\s<>]+$")
-    to: list[Annotated[str, Field(pattern=r"^[^@\s<>]+@[^@\s<>]+$")]] = Field(min_length=1)
+    from_: str = Field(alias="from", pattern=_MAILBOX)
+    to: list[Annotated[str, Field(pattern=_MAILBOX)]] = Field(min_length=1)
     ca_file: Path | None = None
     events: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS))
     allow_plain_auth: bool = False  # AUTH without TLS: loopback hosts only

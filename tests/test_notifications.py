@@ -222,7 +222,14 @@ def test_free_text_and_unknown_events_are_refused(svc, patient):
             publish(s, "case.started", case_id="Mr Smith's case")
         with pytest.raises(InvalidInput, match="unknown notification event"):
             publish(s, "patient.admitted", case_id="case-1")
+        with pytest.raises(InvalidInput, match="must be an ISO 8601 time"):
+            publish(s, "source.overdue", case_id="case-1", detail={"due_at": "next Tuesday"})
+        with pytest.raises(InvalidInput, match="UTC offset"):
+            publish(s, "source.overdue", case_id="case-1", detail={"due_at": "2026-12-06T10:00"})
     assert rows(svc) == []
+    with pytest.raises(ConfigError, match="notify.webhooks.0.events"):
+        load_settings({"notify": {"webhooks": [{"name": "x", "url": "https://h.example/x",
+                                                "secret_file": "s", "events": ["patient.seen"]}]}})
 
 
 def test_a_rolled_back_change_publishes_nothing(svc, hook):
@@ -526,6 +533,9 @@ def test_smtp_credentials_never_go_in_the_clear_to_another_host(tmp_path):
     with pytest.raises(ConfigError, match="allow_plain_auth"):
         load_settings({"notify": {"email": local}})
     assert load_settings({"notify": {"email": dict(local, allow_plain_auth=True)}})
+    with pytest.raises(ConfigError, match="notify.email.to.0"):  # one address, no header tricks
+        load_settings({"notify": {"email": dict(local, allow_plain_auth=True,
+                                                to=["a@h.example, b@evil.example"])}})
     with pytest.raises(ConfigError, match="would go without TLS"):
         load_settings({"notify": {"email": dict(email, allow_plain_auth=True)}})
     # and at send time, for settings that were never validated

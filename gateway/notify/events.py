@@ -35,11 +35,14 @@ def _check(kind: str, name: str, value):
             raise InvalidInput(f"notification field {name} must be a count (an integer >= 0)")
         return value
     if kind == "time":
-        if isinstance(value, datetime):
-            if value.tzinfo is None:
-                raise InvalidInput(f"notification field {name} must be an aware datetime")
-            return value.isoformat()
-        raise InvalidInput(f"notification field {name} must be a datetime")
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value)
+            except ValueError:
+                raise InvalidInput(f"notification field {name} must be an ISO 8601 time") from None
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            raise InvalidInput(f"notification field {name} must be a time with its UTC offset")
+        return value.isoformat()
     pattern = _ID if kind == "id" else _STATE
     if not isinstance(value, str) or not pattern.match(value):
         raise InvalidInput(f"notification field {name} must be {'an id' if kind == 'id' else 'a state'} "
