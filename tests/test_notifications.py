@@ -296,6 +296,29 @@ def test_always_500_goes_dead_then_replay_delivers_exactly_once(app, svc, hook):
     assert client.get("/notifications?state=lost", headers=operator).status_code == 400
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_failing_receiver_holds_up_no_other(config, tmp_path):
+    down, up = HookServer(), HookServer()
+    try:
+        down.default = 503
+        hooks = [{"name": name, "url": server.url, "secret_file": str(tmp_path / "hook-secret")}
+                 for name, server in (("down", down), ("up", up))]
+        app = create_app(dict(config, notify=dict(config["notify"], webhooks=hooks)))
+        svc = app.extensions["gateway"]
+        for case in ("case-a", "case-b", "case-c"):
+            with svc.db.session() as s:
+                publish(s, "case.started", case_id=case, state="started")
+        assert drain(svc) == {"sent": 3, "pending": 1, "dead": 0}
+        assert len(down.received) == 1  # one attempt a round for a receiver that is down
+        assert [json.loads(r["body"])["case"] for r in up.received] == ["case-a", "case-b", "case-c"]
+        attempts = sorted(n.attempts for n in rows(svc) if n.channel == "webhook:down")
+        assert attempts == [0, 0, 1]
+        svc.close()
+    finally:
+        down.stop()
+        up.stop()
+
+
 def test_400_is_dead_at_once_without_the_answer_text(svc, hook):
     hook.default = 400
     publish_one(svc, "transfer.opened", transfer_id="t2", state="opened")

@@ -83,17 +83,22 @@ def _record(session: Session, settings: Settings, n: Notification, error: Except
 
 def deliver_due(session: Session, svc: Services, limit: int = 100) -> dict[str, int]:
     """Send every due notification (up to `limit`), one at a time; return how many were
-    sent, left pending for a retry, and dead-lettered. Commits as it goes: the claim
-    before sending, each outcome after."""
+    sent, left pending for a retry, and dead-lettered. A channel that fails is not tried
+    again in the same round (a receiver that is down, or slow to time out, holds up no
+    other). Commits as it goes: the claim before sending, each outcome after."""
     settings = svc.settings
     now = utcnow()
-    due = session.execute(select(Notification.id, Notification.next_attempt_at)
+    claim_until = now + timedelta(seconds=4 * settings.notify.timeout_s + 60)
+    counts: Counter = Counter({"sent": 0, "pending": 0, "dead": 0})
+    failing: set[str] = set()
+    due = session.execute(select(Notification.id, Notification.next_attempt_at,
+                                 Notification.channel)
                           .where(Notification.state == "pending",
                                  Notification.next_attempt_at <= now)
                           .order_by(Notification.next_attempt_at).limit(limit)).all()
-    claim_until = now + timedelta(seconds=4 * settings.notify.timeout_s + 60)
-    counts: Counter = Counter({"sent": 0, "pending": 0, "dead": 0})
-    for n_id, due_at in due:
+    for n_id, due_at, channel in due:
+        if channel in failing:
+            continue  # it just failed: one attempt a round, and the others are not held up
         if not _claim(session, n_id, due_at, claim_until):
             continue  # another worker has it
         n = session.get(Notification, n_id)
@@ -106,6 +111,9 @@ def deliver_due(session: Session, svc: Services, limit: int = 100) -> dict[str, 
         except Exception as exc:  # a bug or an unforeseen fault: retried, logged with its type
             log.exception("notification %s: sending raised %s", n.id, type(exc).__name__)
             error = exc
-        counts[_record(session, settings, n, error)] += 1
+        state = _record(session, settings, n, error)
         session.commit()
+        counts[state] += 1
+        if error is not None and not isinstance(error, NotificationRejected):
+            failing.add(channel)
     return dict(counts)
