@@ -11,13 +11,22 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import random
 import ssl
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
@@ -190,6 +199,113 @@ class RetryConfig(BaseModel):
     max_attempts: int = 200  # at the max delay this is over a day of retries
     max_retry_after_s: float = 3600.0  # a recipient's Retry-After is honoured up to this
 
+    def delay(self, attempts: int, retry_after: float | None = None) -> float:
+        """Seconds before the next attempt: exponential with jitter (spreads the retries
+        of many senders), never sooner than a capped `Retry-After` asks."""
+        delay = min(self.max_delay_s, self.base_delay_s * (2 ** min(attempts, 30)))
+        delay *= random.uniform(0.5, 1.0)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.max_retry_after_s))
+        return delay
+
+
+# What notifications tell people about (gateway/notify/events.py builds their payloads)
+NotifyEvent = Literal["case.started", "source.overdue", "case.complete", "transfer.delivered",
+                      "transfer.opened", "transfer.failed", "authorization.expiring"]
+NOTIFY_EVENTS: tuple[str, ...] = get_args(NotifyEvent)
+
+
+class WebhookConfig(BaseModel):
+    """A webhook subscriber: events POSTed as JSON, signed with HMAC-SHA256 under the
+    secret in `secret_file` (docs/notifications.md says how a receiver checks it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    url: str
+    secret_file: Path
+    events: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS))
+    allow_http: bool = False  # plain HTTP to a host other than loopback
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return v
+
+    @model_validator(mode="after")
+    def _tls(self) -> "WebhookConfig":
+        _tls_required(self, "url")
+        return self
+
+
+_MAILBOX = r'^[^@\s<>,;"]+@[^@\s<>,;"]+$'  # one bare address: nothing a header could split
+
+
+class EmailConfig(BaseModel):
+    """Notifications by email over SMTP with STARTTLS (the server's certificate checked
+    against `ca_file`, default: the system's CAs) and AUTH with `username` and the
+    password in `password_file`. Credentials never go over plain SMTP, except to a
+    loopback host with `allow_plain_auth = true` (a local relay)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    host: str
+    port: int = Field(587, ge=1, le=65535)
+    starttls: bool = True
+    username: str | None = None
+    password_file: Path | None = None
+    from_: str = Field(alias="from", pattern=_MAILBOX)
+    to: list[Annotated[str, Field(pattern=_MAILBOX)]] = Field(min_length=1)
+    ca_file: Path | None = None
+    events: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS))
+    allow_plain_auth: bool = False  # AUTH without TLS: loopback hosts only
+
+    @model_validator(mode="after")
+    def _credentials_over_tls(self) -> "EmailConfig":
+        if (self.username is None) != (self.password_file is None):
+            raise ValueError("username and password_file go together")
+        refusal = self.plain_auth_refusal()
+        if refusal:
+            raise ValueError(refusal)
+        return self
+
+    def plain_auth_refusal(self) -> str | None:
+        """Why credentials may not be sent as configured, or None: AUTH goes only inside
+        STARTTLS, or in the clear to a loopback relay explicitly allowed."""
+        if self.username is None or self.starttls:
+            return None
+        if not loopback(f"smtp://{self.host}"):
+            return (f"SMTP credentials for {self.host} would go without TLS: "
+                    "set starttls = true")
+        if not self.allow_plain_auth:
+            return "SMTP credentials without TLS (even to loopback) need allow_plain_auth = true"
+        return None
+
+
+class NotifyConfig(BaseModel):
+    """Who is told about what (`[notify]`): webhooks, email, and how soon before an
+    authorization expires it is announced. Notifications hold ids, states and links only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
+    email: EmailConfig | None = None
+    expiring_within_days: int = Field(14, ge=1)
+    interval_s: float = Field(10.0, gt=0)  # how often due notifications are sent
+    timeout_s: float = Field(15.0, gt=0)  # one webhook call or SMTP session
+    retry: RetryConfig = Field(default_factory=lambda: RetryConfig(
+        base_delay_s=30.0, max_delay_s=3600.0, max_attempts=12))
+
+    @field_validator("webhooks")
+    @classmethod
+    def _unique_names(cls, v: list[WebhookConfig]) -> list[WebhookConfig]:
+        names = [w.name for w in v]
+        if len(set(names)) != len(names):
+            raise ValueError("webhook names must be unique")
+        return v
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_nested_delimiter="__",
@@ -216,6 +332,7 @@ class Settings(BaseSettings):
     attachment_inline_max_bytes: int = Field(4 * 1024 * 1024, ge=0)
     receive_claim_s: float = 120.0  # a receive interrupted longer than this is taken over
     retry: RetryConfig = Field(default_factory=RetryConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
     step_lease_s: float = 300.0  # a step not finished by then is taken over
     reconcile_interval_s: float = 30.0
     # how often the audit log's tree head is signed (when the log grew): the newest events

@@ -18,6 +18,7 @@ from .authorizations import authorization
 from .common import OneLineErrors
 from .faxes import fax
 from .keys import keys
+from .notifications import notification
 from .serve import serve, worker
 from .tokens import token
 from .transfers import transfer
@@ -31,7 +32,7 @@ def main(log_level: str | None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for _command in (serve, worker, keys, token, authorization, transfer, fax, audit):
+for _command in (serve, worker, keys, token, authorization, transfer, fax, audit, notification):
     main.add_command(_command)
 
 

@@ -355,3 +355,32 @@ class AuditCheckpoint(Base):
     origin: Mapped[str] = mapped_column(String(255))
     key_id: Mapped[str] = mapped_column(String(255))
     signature: Mapped[str] = mapped_column(Text)  # base64 Ed25519 over the checkpoint body
+
+
+class Notification(Base):
+    """One event for one subscriber channel (a webhook, email): the notify outbox.
+
+    Written in the transaction of the change it tells about, so an event is never lost
+    and never sent for a change that rolled back; sent later by gateway/notify/delivery.py.
+    The id is the event id the receiver sees on every attempt (its de-duplication key).
+    """
+
+    __tablename__ = "notifications"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    channel: Mapped[str] = mapped_column(String(80))  # "webhook:<name>" or "email"
+    event_type: Mapped[str] = mapped_column(String(32))
+    case_id: Mapped[str | None] = mapped_column(String(128))
+    transfer_id: Mapped[str | None] = mapped_column(String(128))
+    authorization_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    payload: Mapped[dict] = mapped_column(JSON)  # ids, states, counts and links only
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending | sent | dead
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # when it is due; while one worker sends it, pushed ahead so no other takes it
+    next_attempt_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)  # ours; of the peer's answer, its status
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
+
+
+Index("ix_notifications_due", Notification.state, Notification.next_attempt_at)

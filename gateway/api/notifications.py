@@ -1,0 +1,29 @@
+"""/notifications: what the gateway told people, and replaying a dead notification."""
+from __future__ import annotations
+
+from flask import Blueprint, g, jsonify, request
+
+from gateway.errors import InvalidInput
+from gateway.notify.outbox import list_notifications, replay
+
+from .auth import require, svc
+
+bp = Blueprint("notifications", __name__, url_prefix="/notifications")
+
+
+@bp.get("")
+@require("operator", "admin", "auditor")
+def index():
+    try:
+        limit = int(request.args.get("limit", 100))
+    except ValueError:
+        raise InvalidInput("limit must be a number") from None
+    with svc().db.session() as s:
+        return jsonify({"notifications": list_notifications(s, request.args.get("state"), limit)})
+
+
+@bp.post("/<notification_id>/replay")
+@require("operator", "admin")
+def replay_one(notification_id: str):
+    with svc().db.session() as s:
+        return jsonify(replay(s, notification_id, g.actor, g.role))
