@@ -1,5 +1,5 @@
 """The HTTP API: one blueprint per resource (sending side: authorizations, transfers,
-faxes, receipts; receive mode: receive, dicomweb, inbox; audit and meta for both), errors
+faxes, receipts, subscription notifications; receive mode: receive, dicomweb, inbox; audit and meta for both), errors
 as FHIR OperationOutcome bodies (outcomes.py), the OpenAPI document built from the
 routes (openapi.py). A face: it may import any room below it (engine, outbound,
 inbound, runtime, trust, audit, storage, exchange); only `create_app` imports it."""
@@ -17,7 +17,18 @@ from .outcomes import operation_outcome
 log = logging.getLogger(__name__)
 
 def register(app: Flask, mode: str) -> None:
-    from . import audit, authorizations, dicomweb, faxes, inbox, meta, receipts, receive, transfers
+    from . import (
+        audit,
+        authorizations,
+        dicomweb,
+        faxes,
+        inbox,
+        meta,
+        receipts,
+        receive,
+        subscriptions,
+        transfers,
+    )
 
     app.register_blueprint(meta.bp)
     app.register_blueprint(audit.bp)
@@ -29,6 +40,7 @@ def register(app: Flask, mode: str) -> None:
         app.register_blueprint(faxes.bp)
         app.register_blueprint(transfers.bp)
         app.register_blueprint(receipts.bp)
+        app.register_blueprint(subscriptions.bp)
     if mode in ("receive", "both"):
         app.register_blueprint(receive.bp)
         app.register_blueprint(dicomweb.bp)
