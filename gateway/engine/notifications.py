@@ -16,7 +16,7 @@ import logging
 import re
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from connectors.fhir.notifications import MalformedNotification, Notification, parse_notification
@@ -94,7 +94,11 @@ def _store(svc: Services, sid: str, note: Notification) -> Taken:
     taken = Taken(note.type)
     now = utcnow()
     with svc.db.session() as s:
-        row = s.get(FhirSubscription, sid, with_for_update=True)
+        # a write first: the row lock on PostgreSQL, the write lock on SQLite, so two
+        # deliveries of one event are taken one after the other
+        s.execute(update(FhirSubscription).where(FhirSubscription.id == sid)
+                  .values(heartbeat_missed_at=None).execution_options(synchronize_session=False))
+        row = s.get(FhirSubscription, sid)
         numbers = {e.number for e in note.events}
         held = set(s.scalars(select(Trigger.event_number).where(
             Trigger.subscription_id == sid, Trigger.event_number.in_(numbers)))) if numbers else set()
@@ -117,7 +121,6 @@ def _store(svc: Services, sid: str, note: Notification) -> Taken:
             row.last_event_at = now
         else:
             row.last_heartbeat_at = now
-        row.heartbeat_missed_at = None
         if note.type == "handshake" and row.status == "requested":
             row.status = "active"
         elif note.status == "error":

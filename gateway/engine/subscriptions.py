@@ -14,7 +14,7 @@ import logging
 import secrets
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from connectors.base import ConnectorError
@@ -195,18 +195,25 @@ def check_heartbeats(svc: Services, now: datetime | None = None) -> int:
     been heard from for two heartbeat periods (once, until it is heard from again);
     returns how many were recorded."""
     now = now or utcnow()
-    n = 0
     with svc.db.session() as s:
-        for row in s.scalars(select(FhirSubscription).where(FhirSubscription.status == "active",
-                                                            FhirSubscription.heartbeat_missed_at.is_(None))
-                             .with_for_update(skip_locked=True)):
-            heard = max(t for t in (row.last_heartbeat_at, row.last_event_at, row.created_at) if t)
-            if now - heard > timedelta(seconds=2 * row.heartbeat_s):
-                s.add(Trigger(subscription_id=row.id, owner=row.owner, kind="heartbeat-missed", focus=[],
+        candidates = [(r.id, r.owner, r.heartbeat_s) for r in s.scalars(select(FhirSubscription).where(
+            FhirSubscription.status == "active", FhirSubscription.heartbeat_missed_at.is_(None)))]
+    n = 0
+    for sid, owner, period in candidates:
+        cutoff = now - timedelta(seconds=2 * period)
+        with svc.db.session() as s:
+            # one conditional write: a notification taken meanwhile makes it match nothing
+            marked = s.execute(update(FhirSubscription).where(
+                FhirSubscription.id == sid, FhirSubscription.status == "active",
+                FhirSubscription.heartbeat_missed_at.is_(None), FhirSubscription.created_at <= cutoff,
+                or_(FhirSubscription.last_heartbeat_at.is_(None), FhirSubscription.last_heartbeat_at <= cutoff),
+                or_(FhirSubscription.last_event_at.is_(None), FhirSubscription.last_event_at <= cutoff))
+                .values(heartbeat_missed_at=now).execution_options(synchronize_session=False))
+            if marked.rowcount == 1:
+                s.add(Trigger(subscription_id=sid, owner=owner, kind="heartbeat-missed", focus=[],
                               received_at=now))
-                row.heartbeat_missed_at = now
                 n += 1
-                log.info("subscriptions: %s missed its heartbeats (owner %s)", row.id, row.owner)
+                log.info("subscriptions: %s missed its heartbeats (owner %s)", sid, owner)
     return n
 
 

@@ -7,6 +7,7 @@ recorder around the app keeps what came in (path, headers, body, status, answer 
 which is how a delivered notification is replayed."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import threading
@@ -16,7 +17,7 @@ from datetime import timedelta
 
 import pytest
 import requests
-from sqlalchemy import func, select
+from sqlalchemy import select
 from werkzeug.serving import make_server
 
 from connectors.fhir.notifications import MalformedNotification, parse_notification
@@ -25,7 +26,7 @@ from gateway.errors import ConfigError
 from gateway.storage.blobstore import new_master_key
 from gateway.storage.models import FhirSubscription, Trigger, utcnow
 from tests.fhir.fhir_peers import SekmetServer, free_port, wait_until
-from tests.helpers import SENDER_ORG
+from tests.helpers import SENDER_ORG, throwaway_database
 
 TOPIC_BASE = "http://sekmet.dev/fhir/SubscriptionTopic"
 REPORT_TOPIC = f"{TOPIC_BASE}/diagnosticreport-final"
@@ -78,21 +79,29 @@ def hospital(tmp_path_factory, synthea_files):
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory, hospital):
-    """The gateway's app on a real port, a fhir-rest source at sekmet with subscriptions."""
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def gateway(request, tmp_path_factory, hospital):
+    """The gateway's app on a real port, a fhir-rest source at sekmet with subscriptions
+    (id-only, and full-resource as `ehr-full`), on SQLite or PostgreSQL."""
+    with contextlib.ExitStack() as stack:
+        database = stack.enter_context(throwaway_database()) if request.param == "postgresql" else None
+        yield from _serve_gateway(tmp_path_factory.mktemp("gateway-subs"), hospital, database)
+
+
+def _serve_gateway(data, hospital, database):
     from gateway import create_app
 
-    data = tmp_path_factory.mktemp("gateway-subs")
     port = free_port()
+    source = {"kind": "fhir-rest", "organization": SENDER_ORG, "endpoint": hospital.direct,
+              "options": {"base_url": hospital.direct}}
     app = create_app({
         "data_dir": str(data), "blob_key": new_master_key(), "organization": SENDER_ORG,
-        "base_url": f"http://127.0.0.1:{port}", "port": port,
-        "sources": {"ehr": {"kind": "fhir-rest", "organization": SENDER_ORG, "endpoint": hospital.direct,
-                            "options": {"base_url": hospital.direct},
-                            "subscriptions": {"topics": [REPORT_TOPIC, ENCOUNTER_TOPIC,
-                                                         f"{TOPIC_BASE}/not-offered-here"],
-                                              "payload": "id-only", "heartbeat_s": HEARTBEAT_S}}}})
+        "base_url": f"http://127.0.0.1:{port}", "port": port, "database_url": database,
+        "sources": {"ehr": {**source, "subscriptions": {
+                        "topics": [REPORT_TOPIC, ENCOUNTER_TOPIC, f"{TOPIC_BASE}/not-offered-here"],
+                        "payload": "id-only", "heartbeat_s": HEARTBEAT_S}},
+                    "ehr-full": {**source, "subscriptions": {"topics": [REPORT_TOPIC],
+                                                             "payload": "full-resource"}}}})
     recorder = Recorder(app.wsgi_app)
     app.wsgi_app = recorder
     server = make_server("127.0.0.1", port, app, threaded=True)
@@ -100,6 +109,10 @@ def gateway(tmp_path_factory, hospital):
     thread.start()
     svc = app.extensions["gateway"]
     yield {"app": app, "svc": svc, "url": f"http://127.0.0.1:{port}", "recorder": recorder}
+    with svc.db.session() as s:  # nothing left at sekmet calling a gateway that is gone
+        owners = set(s.scalars(select(FhirSubscription.owner).where(FhirSubscription.status != "off")))
+    for owner in owners:
+        subs.unsubscribe_owner(svc, owner)
     server.shutdown()
     thread.join(10)
     svc.close()
@@ -186,6 +199,50 @@ def test_new_report_lands_in_the_inbox_once_and_only_for_this_patient(gateway, h
     assert len(_triggers(svc, "case-a")) == count
 
 
+def test_one_event_delivered_many_times_at_once_is_stored_once(gateway, subscribed):
+    svc, sid = gateway["svc"], subscribed["sid"]
+    event = gateway["recorder"].notifications(sid, "event-notification")[-1]
+    number = _row(svc, sid).events_seen + 1
+    doc = json.loads(event["body"])
+    for p in doc["entry"][0]["resource"]["parameter"]:
+        if p["name"] == "events-since-subscription-start":
+            p["valueString"] = str(number)
+        if p["name"] == "notification-event":
+            next(x for x in p["part"] if x["name"] == "event-number")["valueString"] = str(number)
+    body, answers = json.dumps(doc).encode(), []
+
+    def deliver():
+        answers.append(requests.post(f"{gateway['url']}/subscriptions/{sid}/notify", data=body, timeout=30,
+                                     headers={"Authorization": event["auth"],
+                                              "Content-Type": "application/fhir+json"}).status_code)
+
+    threads = [threading.Thread(target=deliver) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert answers == [200] * 8
+    stored = [t for t in _triggers(svc, "case-a") if t.subscription_id == sid and t.event_number == number]
+    assert len(stored) == 1 and stored[0].kind == "event"
+    assert not [t for t in _triggers(svc, "case-a") if t.kind == "gap" and t.received_at >= stored[0].received_at]
+
+
+def test_full_resource_payload_stores_the_focus_only(gateway, hospital):
+    svc, patient = gateway["svc"], hospital.patients[1]["id"]
+    rows = subs.subscribe(svc, "case-c", "ehr-full", patient)
+    assert [r.topic for r in rows] == [REPORT_TOPIC] and rows[0].payload == "full-resource"
+    wait_until(lambda: _row(svc, rows[0].id).status == "active", 20, what="the handshake")
+    at_source = requests.get(f"{hospital.direct}/Subscription/{rows[0].remote_id}", timeout=10).json()
+    assert at_source["channel"]["_payload"]["extension"][0]["valueCode"] == "full-resource"
+    report = hospital.post(_report(patient))
+    wait_until(lambda: _triggers(svc, "case-c"), 20, what="the report's trigger")
+    assert [(t.kind, t.focus) for t in _triggers(svc, "case-c")] == [
+        ("event", [f"DiagnosticReport/{report['id']}"])]
+    delivered = json.loads(gateway["recorder"].notifications(rows[0].id, "event-notification")[0]["body"])
+    assert delivered["entry"][1]["resource"]["id"] == report["id"]  # the source sent the resource
+    assert subs.unsubscribe_owner(svc, "case-c") == 1
+
+
 def test_bad_notifications_are_refused_and_store_nothing(gateway, hospital, subscribed, caplog):
     svc, sid, url = gateway["svc"], subscribed["sid"], gateway["url"]
     secret = _secret_at_source(hospital, subscribed["remote_id"])
@@ -258,11 +315,13 @@ def test_heartbeats_arrive_and_a_silent_source_is_a_trigger(gateway, subscribed)
     wait_until(lambda: gateway["recorder"].notifications(sid, "heartbeat"), 4 * HEARTBEAT_S + 10,
                what="a heartbeat")
     assert all(h["status"] == 200 for h in gateway["recorder"].notifications(sid, "heartbeat"))
-    assert subs.check_heartbeats(svc) == 0  # heard from within two periods
-    later = utcnow() + timedelta(seconds=10 * HEARTBEAT_S)
     with svc.db.session() as s:
-        active = s.scalar(select(func.count()).select_from(FhirSubscription)
-                          .where(FhirSubscription.status == "active"))
+        rows = list(s.scalars(select(FhirSubscription).where(FhirSubscription.status == "active")))
+    active = len(rows)
+    oldest = min(max(t for t in (r.last_heartbeat_at, r.last_event_at, r.created_at) if t) for r in rows)
+    # times given, not waited for: within two periods of the last word nothing is missed
+    assert subs.check_heartbeats(svc, now=oldest + timedelta(seconds=HEARTBEAT_S)) == 0
+    later = utcnow() + timedelta(seconds=10 * HEARTBEAT_S)
     assert subs.check_heartbeats(svc, now=later) == active
     assert subs.check_heartbeats(svc, now=later) == 0  # reported once until heard from again
     missed = [t for t in _triggers(svc, "case-a") if t.kind == "heartbeat-missed"]
