@@ -78,6 +78,10 @@ def subscribe(svc: Services, owner: str, source_name: str, patient_id: str,
                 if url not in offered:
                     log.warning("subscriptions: source %s does not offer topic %s; skipped", source_name, url)
                     continue
+                if not offered[url].patient_filters(patient_id):  # it would announce other patients' records
+                    log.warning("subscriptions: topic %s at source %s cannot be filtered to one patient; "
+                                "skipped", url, source_name)
+                    continue
                 _subscribe_one(svc, client, owner, source_name, patient_id, offered[url], end)
         except ConnectorError as exc:
             raise _provider_error(source_name, exc) from None
@@ -107,9 +111,11 @@ def _subscribe_one(svc: Services, client: SubscriptionClient, owner: str, source
     try:
         created = client.create(resource)
     except ConnectorError:
+        # off: should the source have created it after all, its notifications are refused
+        # (404), so it stops by itself
         with svc.db.session() as s:
             row = s.get(FhirSubscription, sid)
-            row.status, row.closed_at = "error", utcnow()
+            row.status, row.closed_at = "off", utcnow()
         log.warning("subscriptions: source %s refused subscription %s", source, sid)
         raise
     with svc.db.session() as s:

@@ -98,7 +98,8 @@ def _serve_gateway(data, hospital, database):
         "data_dir": str(data), "blob_key": new_master_key(), "organization": SENDER_ORG,
         "base_url": f"http://127.0.0.1:{port}", "port": port, "database_url": database,
         "sources": {"ehr": {**source, "subscriptions": {
-                        "topics": [REPORT_TOPIC, ENCOUNTER_TOPIC, f"{TOPIC_BASE}/not-offered-here"],
+                        "topics": [REPORT_TOPIC, ENCOUNTER_TOPIC, f"{TOPIC_BASE}/not-offered-here",
+                                   f"{TOPIC_BASE}/patient-change"],  # no patient filter: skipped
                         "payload": "id-only", "heartbeat_s": HEARTBEAT_S}},
                     "ehr-full": {**source, "subscriptions": {"topics": [REPORT_TOPIC],
                                                              "payload": "full-resource"}}}})
@@ -154,7 +155,8 @@ def subscribed(gateway, hospital):
 
 def test_subscribe_sends_backport_subscription_and_takes_the_handshake(gateway, hospital, subscribed):
     svc, rows = gateway["svc"], subscribed["rows"]
-    assert sorted(r.topic for r in rows) == sorted([ENCOUNTER_TOPIC, REPORT_TOPIC])  # the unoffered one skipped
+    # the topic not offered and the one that cannot be filtered to the patient are skipped
+    assert sorted(r.topic for r in rows) == sorted([ENCOUNTER_TOPIC, REPORT_TOPIC])
     for r in rows:
         row = _row(svc, r.id)
         assert row.status == "active" and row.remote_id and row.last_heartbeat_at is not None
@@ -166,6 +168,8 @@ def test_subscribe_sends_backport_subscription_and_takes_the_handshake(gateway, 
         assert at_source["channel"]["endpoint"] == f"{gateway['url']}/subscriptions/{r.id}/notify"
         assert subscribed["patient"] in at_source["_criteria"]["extension"][0]["valueString"]
         assert subscribed["patient"] not in at_source["channel"]["endpoint"]  # no patient data in the URL
+    status = subs.remote_status(svc, subscribed["sid"])  # the source's own view: $status
+    assert status["status"] == "active" and isinstance(status["events_since_subscription_start"], int)
     # subscribing again for the same owner and patient holds the same subscriptions
     again = subs.subscribe(svc, "case-a", "ehr", subscribed["patient"])
     assert sorted(r.id for r in again) == sorted(r.id for r in rows)
