@@ -198,8 +198,10 @@ def test_new_report_lands_in_the_inbox_once_and_only_for_this_patient(gateway, h
 
     events = gateway["recorder"].notifications(sid, "event-notification")
     assert events and all(e["status"] == 200 for e in events)
-    answered_ms = max(e["ms"] for e in events)
-    print(f"notify answered in at most {answered_ms:.1f} ms over {len(events)} event notification(s)")
+    with gateway["recorder"].lock:
+        times = sorted(r["ms"] for r in gateway["recorder"].seen if r["path"].endswith("/notify"))
+    print(f"notify answered sekmet's {len(times)} notifications in median {times[len(times) // 2]:.1f} ms, "
+          f"at most {times[-1]:.1f} ms")
 
     # the same notification delivered again: acknowledged, nothing new stored
     count = len(_triggers(svc, "case-a"))
