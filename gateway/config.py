@@ -53,6 +53,16 @@ def _tls_required(model: BaseModel, *fields: str) -> None:
                              "or set allow_http = true for this peer")
 
 
+class SubscriptionsConfig(BaseModel):
+    """FHIR Subscriptions (R4 Backport IG) at a fhir-rest source: the topics (canonical
+    URLs) to subscribe to for each patient, the payload the server sends, and how often
+    it must send a heartbeat. Notifications come to {base_url}/subscriptions/{id}/notify."""
+
+    topics: list[str] = Field(min_length=1)
+    payload: Literal["id-only", "full-resource"] = "id-only"
+    heartbeat_s: int = Field(60, ge=1, le=86400)
+
+
 class SourceConfig(BaseModel):
     """A place records come from: a connector kind and the organization behind it."""
 
@@ -61,6 +71,13 @@ class SourceConfig(BaseModel):
     endpoint: str  # must equal one of that discloser's endpoints in the authorization
     data_class: str = "documents"  # for records whose class the source cannot tell
     options: dict[str, Any] = Field(default_factory=dict)
+    subscriptions: SubscriptionsConfig | None = None  # fhir-rest only
+
+    @model_validator(mode="after")
+    def _subscriptions_fhir(self) -> "SourceConfig":
+        if self.subscriptions is not None and self.kind != "fhir-rest":
+            raise ValueError("subscriptions are for fhir-rest sources only")
+        return self
 
 
 class DicomDestination(BaseModel):
@@ -316,6 +333,8 @@ class Settings(BaseSettings):
     redis_url: str | None = None  # Celery broker; None = embedded broker in data_dir
     queue: str = "records-gateway"  # Celery queue: gateways sharing a Redis each need their own
     organization: str = "gateway.local"  # our identity in authorizations and receipts
+    # our public URL: in receipts and checkpoints, and where sources send FHIR Subscription
+    # notifications (it must reach this gateway from the source)
     base_url: str = "http://127.0.0.1:8080"
     host: str = "127.0.0.1"
     port: int = 8080

@@ -1,9 +1,9 @@
 """The HTTP API: one blueprint per resource (sending side: authorizations, transfers,
-faxes, receipts; receive mode: receive, dicomweb, inbox; audit, notifications and meta
-for both), errors as FHIR OperationOutcome bodies (outcomes.py), the OpenAPI document
-built from the routes (openapi.py). A face: it may import any room below it (engine,
-outbound, inbound, runtime, notify, trust, audit, storage, exchange); only `create_app`
-imports it."""
+faxes, receipts, subscription notifications; receive mode: receive, dicomweb, inbox;
+audit, notifications and meta for both), errors as FHIR OperationOutcome bodies
+(outcomes.py), the OpenAPI document built from the routes (openapi.py). A face: it may
+import any room below it (engine, outbound, inbound, runtime, notify, trust, audit,
+storage, exchange); only `create_app` imports it."""
 from __future__ import annotations
 
 import logging
@@ -28,6 +28,7 @@ def register(app: Flask, mode: str) -> None:
         notifications,
         receipts,
         receive,
+        subscriptions,
         transfers,
     )
 
@@ -42,6 +43,7 @@ def register(app: Flask, mode: str) -> None:
         app.register_blueprint(faxes.bp)
         app.register_blueprint(transfers.bp)
         app.register_blueprint(receipts.bp)
+        app.register_blueprint(subscriptions.bp)
     if mode in ("receive", "both"):
         app.register_blueprint(receive.bp)
         app.register_blueprint(dicomweb.bp)

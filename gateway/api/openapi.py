@@ -42,6 +42,10 @@ BODIES = {
                                           "references it as Binary/{id} (HEAD asks whether it is held)"}}},
     "receipts.opened": {"application/json": {"schema": {"type": "object", "required": ["jws"],
                         "properties": {"jws": {"type": "string"}}}}},
+    "subscriptions.notify": {"application/fhir+json": {"schema": {"type": "object",
+                             "description": "Subscriptions Backport notification: history Bundle, "
+                                            "SubscriptionStatus (Parameters) first; header "
+                                            "Authorization: Bearer <the channel's secret>"}}},
 }
 
 SUMMARIES = {
@@ -87,6 +91,7 @@ SUMMARIES = {
     "transfers.replay": "Deliver a dead-lettered transfer again",
     "inbox.reply": "Send the center's second opinion (DiagnosticReport or DocumentReference) back to the sender",
     "receipts.opened": "Take an 'opened' receipt signed by a recipient gateway",
+    "subscriptions.notify": "Take a FHIR Subscription notification from a source into the trigger inbox",
 }
 
 

@@ -12,7 +12,8 @@ from celery import Celery
 from gateway.config import Settings
 
 celery = Celery("records_gateway", include=["gateway.engine.transfers", "gateway.engine.checkpoints",
-                                            "gateway.inbound.tasks", "gateway.notify.tasks"])
+                                            "gateway.engine.subscriptions", "gateway.inbound.tasks",
+                                            "gateway.notify.tasks"])
 
 
 def configure_celery(settings: Settings) -> Celery:
@@ -36,6 +37,8 @@ def configure_celery(settings: Settings) -> Celery:
             "notify-deliver": {"task": "gateway.notify.deliver",
                                "schedule": settings.notify.interval_s},
             "notify-expiring": {"task": "gateway.notify.expiring", "schedule": 3600.0},
+            "subscription-heartbeats": {"task": "gateway.subscriptions.check_heartbeats",
+                                        "schedule": settings.reconcile_interval_s},
         },
         timezone="UTC",
         task_default_queue=settings.queue,

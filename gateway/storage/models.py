@@ -384,3 +384,48 @@ class Notification(Base):
 
 
 Index("ix_notifications_due", Notification.state, Notification.next_attempt_at)
+
+
+class FhirSubscription(Base):
+    """A FHIR Subscription (R4 Backport IG) we hold at a source for one patient and topic,
+    on behalf of an owner (the case it serves). Our `id` is in the notification URL; the
+    channel's shared secret is kept only as its SHA-256."""
+
+    __tablename__ = "fhir_subscriptions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # unguessable, in the hook URL
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    source: Mapped[str] = mapped_column(String(255))  # configured source name
+    patient_ref: Mapped[str] = mapped_column(String(64))  # the patient's FHIR id at the source
+    topic: Mapped[str] = mapped_column(String(1024))  # SubscriptionTopic canonical URL
+    remote_id: Mapped[str | None] = mapped_column(String(64))  # Subscription id at the source
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[str] = mapped_column(String(16))  # id-only | full-resource
+    heartbeat_s: Mapped[int] = mapped_column(Integer)
+    # requested (sent) | active (handshake taken) | error | off (deleted at the source)
+    status: Mapped[str] = mapped_column(String(16), default="requested", index=True)
+    events_seen: Mapped[int] = mapped_column(BigInteger, default=0)  # highest event number taken
+    last_event_at: Mapped[datetime | None]
+    last_heartbeat_at: Mapped[datetime | None]  # any word from the source counts
+    heartbeat_missed_at: Mapped[datetime | None]  # set when reported, cleared by the next word
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    closed_at: Mapped[datetime | None]
+
+
+class Trigger(Base):
+    """Something new at a source for an owner: an event a subscription announced, or a gap
+    (events skipped, heartbeats missed) that an incremental pull must catch up. Stored
+    before the source is answered; the same event number of a subscription is stored once."""
+
+    __tablename__ = "trigger_inbox"
+    __table_args__ = (UniqueConstraint("subscription_id", "event_number"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    subscription_id: Mapped[str] = mapped_column(ForeignKey("fhir_subscriptions.id"))
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    event_number: Mapped[int | None] = mapped_column(BigInteger)  # None for gaps
+    kind: Mapped[str] = mapped_column(String(24))  # event | gap | heartbeat-missed
+    focus: Mapped[list] = mapped_column(JSON, default=list)  # ["Type/id"] at the source
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    processed_at: Mapped[datetime | None] = mapped_column(index=True)

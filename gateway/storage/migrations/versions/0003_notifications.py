@@ -1,7 +1,7 @@
 """notifications: the outbox of events for webhooks and email (issue 14)
 
-Revision ID: 0005
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 Create Date: 2026-12-06 06:10:00
 """
 import sqlalchemy as sa
@@ -9,8 +9,8 @@ from alembic import op
 
 import gateway.storage.models  # column types used below
 
-revision = '0005'
-down_revision = '0001'  # chained after the other issue-14 migrations when merged
+revision = '0003'
+down_revision = '0002'
 branch_labels = None
 depends_on = None
 
