@@ -1,4 +1,4 @@
-"""notifications: the outbox of events for webhooks and email (issue 14)
+"""notifications: the outbox of events for webhooks and email
 
 Revision ID: 0003
 Revises: 0002
