@@ -17,7 +17,18 @@ from .outcomes import operation_outcome
 log = logging.getLogger(__name__)
 
 def register(app: Flask, mode: str) -> None:
-    from . import audit, authorizations, dicomweb, faxes, inbox, meta, receipts, receive, transfers
+    from . import (
+        audit,
+        authorizations,
+        cases,
+        dicomweb,
+        faxes,
+        inbox,
+        meta,
+        receipts,
+        receive,
+        transfers,
+    )
 
     app.register_blueprint(meta.bp)
     app.register_blueprint(audit.bp)
@@ -26,6 +37,7 @@ def register(app: Flask, mode: str) -> None:
 
         app.register_blueprint(dashboard)
         app.register_blueprint(authorizations.bp)
+        app.register_blueprint(cases.bp)
         app.register_blueprint(faxes.bp)
         app.register_blueprint(transfers.bp)
         app.register_blueprint(receipts.bp)

@@ -42,6 +42,11 @@ BODIES = {
                                           "references it as Binary/{id} (HEAD asks whether it is held)"}}},
     "receipts.opened": {"application/json": {"schema": {"type": "object", "required": ["jws"],
                         "properties": {"jws": {"type": "string"}}}}},
+    "cases.no_records": {"application/json": {"schema": {"type": "object", "required": ["reason"],
+                         "properties": {"reason": {"type": "string"}}}}},
+    "cases.close": {"application/json": {"schema": {"type": "object",
+                    "description": "a reason, or the authorization's expiration event that happened",
+                    "properties": {"reason": {"type": "string"}, "event": {"type": "string"}}}}},
 }
 
 SUMMARIES = {
@@ -87,6 +92,11 @@ SUMMARIES = {
     "transfers.replay": "Deliver a dead-lettered transfer again",
     "inbox.reply": "Send the center's second opinion (DiagnosticReport or DocumentReference) back to the sender",
     "receipts.opened": "Take an 'opened' receipt signed by a recipient gateway",
+    "cases.index": "List cases (filter: state review|open|closed, limit)",
+    "cases.show": "One case: its sources' status and counts, deadlines, transfers, progress",
+    "cases.approve": "Approve a case waiting for review: its review sources start",
+    "cases.no_records": "Record that a source holds no records for the patient (with a reason)",
+    "cases.close": "Close a case (a reason, or the authorization's expiration event)",
 }
 
 

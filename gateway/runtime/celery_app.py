@@ -12,7 +12,7 @@ from celery import Celery
 from gateway.config import Settings
 
 celery = Celery("records_gateway", include=["gateway.engine.transfers", "gateway.engine.checkpoints",
-                                            "gateway.inbound.tasks"])
+                                            "gateway.engine.unattended", "gateway.inbound.tasks"])
 
 
 def configure_celery(settings: Settings) -> Celery:
@@ -33,6 +33,7 @@ def configure_celery(settings: Settings) -> Celery:
             "audit-checkpoint": {"task": "gateway.auditing.checkpoint",
                                  "schedule": settings.checkpoint_interval_s},
             "sweep-uploads": {"task": "gateway.receive_binaries.sweep", "schedule": 3600.0},
+            "cases": {"task": "gateway.cases.tick", "schedule": settings.case_tick_s},
         },
         timezone="UTC",
         task_default_queue=settings.queue,
