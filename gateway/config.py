@@ -63,6 +63,12 @@ class SubscriptionsConfig(BaseModel):
     heartbeat_s: int = Field(60, ge=1, le=86400)
 
 
+DAY = 24 * 3600.0
+# how long each kind of source usually takes to answer a records request
+EXPECT_WITHIN_S = {"fhir-rest": 3600.0, "dicom": DAY, "dicomweb": DAY, "pdf-folder": 3 * DAY,
+                   "fax-drop": 10 * DAY}
+
+
 class SourceConfig(BaseModel):
     """A place records come from: a connector kind and the organization behind it."""
 
@@ -72,6 +78,22 @@ class SourceConfig(BaseModel):
     data_class: str = "documents"  # for records whose class the source cannot tell
     options: dict[str, Any] = Field(default_factory=dict)
     subscriptions: SubscriptionsConfig | None = None  # fhir-rest only
+    # unattended cases: when an authorization naming this source's organization and
+    # endpoint is imported, "start" pulls at once, "review" waits for an operator's
+    # approval, "off" leaves the source to transfers an operator starts
+    auto: Literal["start", "review", "off"] = "review"
+    # the source should have answered this long after its first pull started (default
+    # by kind, EXPECT_WITHIN_S); reminders go at remind_every_s until then, then overdue
+    expect_within_s: float | None = Field(default=None, gt=0)
+    remind_every_s: float | None = Field(default=None, gt=0)
+    # scheduled incremental pulls while the case is open (None: none)
+    poll_interval_s: float | None = Field(default=None, gt=0)
+
+    def expect_within(self) -> float:
+        return self.expect_within_s or EXPECT_WITHIN_S.get(self.kind, 3 * DAY)
+
+    def remind_every(self) -> float:
+        return self.remind_every_s or self.expect_within() / 3
 
     @model_validator(mode="after")
     def _subscriptions_fhir(self) -> "SourceConfig":
@@ -365,6 +387,11 @@ class Settings(BaseSettings):
     max_binary_bytes: int = 4 * 1024 * 1024 * 1024  # receive side: one uploaded document
     receive_upload_ttl_s: float = 7 * 24 * 3600.0  # an upload no bundle took is deleted after
     http_timeout_s: float = 60.0
+    # unattended cases: signed authorizations an e-signature service drops here are
+    # imported (then moved to done/ or rejected/ beside a .reason file)
+    intake_dir: Path | None = None
+    case_tick_s: float = 5.0  # how often open cases are checked (deadlines, polls, expiry)
+    follow_up_settle_s: float = 2.0  # a burst of new records within this makes one follow-up
     log_level: str = "INFO"
     # HTTPS for `serve` (gunicorn takes the same files: deploy/gunicorn.conf.py); with
     # tls_client_ca_file every client must present a certificate it signed (mutual TLS)

@@ -21,6 +21,7 @@ def register(app: Flask, mode: str) -> None:
     from . import (
         audit,
         authorizations,
+        cases,
         dicomweb,
         faxes,
         inbox,
@@ -40,6 +41,7 @@ def register(app: Flask, mode: str) -> None:
 
         app.register_blueprint(dashboard)
         app.register_blueprint(authorizations.bp)
+        app.register_blueprint(cases.bp)
         app.register_blueprint(faxes.bp)
         app.register_blueprint(transfers.bp)
         app.register_blueprint(receipts.bp)

@@ -46,6 +46,11 @@ BODIES = {
                              "description": "Subscriptions Backport notification: history Bundle, "
                                             "SubscriptionStatus (Parameters) first; header "
                                             "Authorization: Bearer <the channel's secret>"}}},
+    "cases.no_records": {"application/json": {"schema": {"type": "object", "required": ["reason"],
+                         "properties": {"reason": {"type": "string"}}}}},
+    "cases.close": {"application/json": {"schema": {"type": "object",
+                    "description": "a reason, or the authorization's expiration event that happened",
+                    "properties": {"reason": {"type": "string"}, "event": {"type": "string"}}}}},
 }
 
 SUMMARIES = {
@@ -92,6 +97,11 @@ SUMMARIES = {
     "inbox.reply": "Send the center's second opinion (DiagnosticReport or DocumentReference) back to the sender",
     "receipts.opened": "Take an 'opened' receipt signed by a recipient gateway",
     "subscriptions.notify": "Take a FHIR Subscription notification from a source into the trigger inbox",
+    "cases.index": "List cases (filter: state review|open|closed, limit)",
+    "cases.show": "One case: its sources' status and counts, deadlines, transfers, progress",
+    "cases.approve": "Approve a case waiting for review: its review sources start",
+    "cases.no_records": "Record that a source holds no records for the patient (with a reason)",
+    "cases.close": "Close a case (a reason, or the authorization's expiration event)",
 }
 
 

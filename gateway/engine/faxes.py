@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from connectors import connector_class
 from connectors.base import ConnectorError
-from connectors.fax.cover import CoverSheet, render_cover_pdf
+from connectors.fax.cover import CoverSheet, render_cover_pdf, render_request_pdf
 from connectors.fax.match import TransferDescriptor
 from connectors.fax.store import StoreBusy
 from gateway import audit
@@ -111,6 +111,38 @@ def cover_sheet(svc: Services, transfer_id: str, source: str | None, actor: str,
                        return_fax=str(cfg.options.get("return_fax", "")),
                        requester=svc.settings.organization)
     return render_cover_pdf(sheet, cover_key_path(svc).read_bytes().strip())
+
+
+def write_request(svc: Services, session, t: Transfer, source: str, reminder: int) -> Path | None:
+    """Put a records request (letter and a fresh cover sheet) for this transfer in the fax
+    source's outbound folder (`options.outbox`), where the fax server sends it from.
+    Written under a temporary name and renamed, so the fax server never sends half a
+    file; the name carries the request id only."""
+    cfg = svc.settings.sources[source]
+    outbox = cfg.options.get("outbox")
+    if not outbox:
+        log.warning("fax source %s has no outbox: reminder %d of transfer %s not sent",
+                    source, reminder, t.id)
+        return None
+    d = _descriptor(t)
+    sheet = CoverSheet(transfer_id=d.transfer_id, patient_name=d.patient_name,
+                       birth_date=d.birth_date, request_id=d.request_id,
+                       return_fax=str(cfg.options.get("return_fax", "")),
+                       requester=svc.settings.organization)
+    pdf = render_request_pdf(sheet, cover_key_path(svc).read_bytes().strip(), reminder)
+    folder = Path(outbox)
+    target = folder / f"request-{d.request_id}-{reminder}.pdf"
+    partial = folder / f".{target.name}.{secrets.token_hex(4)}.part"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(pdf)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(partial, target)
+    audit.record(session, "fax.request.written", actor="worker", transfer_id=t.id,
+                 authorization_id=t.authorization_id, source=source, reminder=reminder,
+                 file=target.name, size=len(pdf))
+    return target
 
 
 def wake(svc: Services, transfer_id: str) -> None:

@@ -12,8 +12,8 @@ from celery import Celery
 from gateway.config import Settings
 
 celery = Celery("records_gateway", include=["gateway.engine.transfers", "gateway.engine.checkpoints",
-                                            "gateway.engine.subscriptions", "gateway.inbound.tasks",
-                                            "gateway.notify.tasks"])
+                                            "gateway.engine.subscriptions", "gateway.engine.unattended",
+                                            "gateway.inbound.tasks", "gateway.notify.tasks"])
 
 
 def configure_celery(settings: Settings) -> Celery:
@@ -39,6 +39,7 @@ def configure_celery(settings: Settings) -> Celery:
             "notify-expiring": {"task": "gateway.notify.expiring", "schedule": 3600.0},
             "subscription-heartbeats": {"task": "gateway.subscriptions.check_heartbeats",
                                         "schedule": settings.reconcile_interval_s},
+            "cases": {"task": "gateway.cases.tick", "schedule": settings.case_tick_s},
         },
         timezone="UTC",
         task_default_queue=settings.queue,

@@ -190,6 +190,7 @@ class ReceivedBundle(Base):
     recipient_org: Mapped[str | None] = mapped_column(String(255), index=True)  # whose inbox
     sender_org: Mapped[str | None] = mapped_column(String(255))
     submission_group: Mapped[str | None] = mapped_column(String(255))  # parts of one transfer
+    in_reply_to: Mapped[str | None] = mapped_column(String(64), index=True)  # a reply: our bundle id
     part: Mapped[int] = mapped_column(Integer, default=1)
     parts: Mapped[int] = mapped_column(Integer, default=1)
     response: Mapped[dict | None]  # the transaction-response, replayed as it was
@@ -429,3 +430,49 @@ class Trigger(Base):
     focus: Mapped[list] = mapped_column(JSON, default=list)  # ["Type/id"] at the source
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column(index=True)
+
+
+class Case(Base):
+    """Everything this gateway does under one authorization: its transfers (the first
+    and the follow-ups, found by authorization id), each source's status, deadlines and
+    reminders. One per authorization: importing it again finds the same case."""
+
+    __tablename__ = "cases"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    authorization_id: Mapped[str] = mapped_column(ForeignKey("authorizations.id"), unique=True)
+    state: Mapped[str] = mapped_column(String(16), default="open", index=True)  # review|open|closed
+    recipient: Mapped[str | None] = mapped_column(String(255))  # the configured peer, when routed
+    # disclosers and a recipient no configuration matched: [{"party", "id", "reason"}]
+    unrouted: Mapped[list] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    approved_by: Mapped[str | None] = mapped_column(String(255))
+    approved_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]  # every source complete or without records
+    closed_at: Mapped[datetime | None]
+    closed_reason: Mapped[str | None] = mapped_column(String(255))
+    sources: Mapped[list[CaseSource]] = relationship(back_populates="case", order_by="CaseSource.id",
+                                                     cascade="all, delete-orphan")
+
+
+class CaseSource(Base):
+    """A configured source a case asks for records, and where its answer stands:
+    requested -> receiving -> complete | no-records | overdue | failed."""
+
+    __tablename__ = "case_sources"
+    __table_args__ = (UniqueConstraint("case_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    discloser: Mapped[str] = mapped_column(String(255))  # the authorization's discloser id
+    auto: Mapped[str] = mapped_column(String(8))  # start | review | off, from the configuration
+    status: Mapped[str] = mapped_column(String(16), default="requested")
+    reason: Mapped[str | None] = mapped_column(Text)  # no-records / failed: why
+    started: Mapped[bool] = mapped_column(default=False)  # its first pull was started
+    deadline_at: Mapped[datetime | None]
+    reminders: Mapped[int] = mapped_column(Integer, default=0)
+    next_reminder_at: Mapped[datetime | None]
+    next_pull_at: Mapped[datetime | None]  # scheduled incremental pull
+    case: Mapped[Case] = relationship(back_populates="sources")
