@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gateway import audit
+from gateway import audit, notify
 from gateway.errors import (
     AuthorizationDenied,
     AuthorizationNotYetValid,
@@ -36,6 +36,7 @@ from gateway.storage.models import (
     Authorization,
     Case,
     CaseSource,
+    FhirSubscription,
     Item,
     ReceivedBundle,
     Transfer,
@@ -45,7 +46,7 @@ from gateway.storage.models import (
     utcnow,
 )
 
-from . import faxes, policy, routing, transfers
+from . import faxes, policy, routing, subscriptions, transfers
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +60,12 @@ NOTHING_FOUND = "the source returned no records"  # no-records worked out, not a
 
 @dataclass
 class Advanced:
-    """What one pass over a case did: transfers to enqueue, and what changed (for the
-    notifications)."""
+    """What one pass over a case did: transfers to enqueue once it is committed."""
 
     enqueue: list[str] = field(default_factory=list)  # new transfers
     wake: list[str] = field(default_factory=list)  # transfers waiting on a source, to pull now
-    events: list[tuple[str, dict]] = field(default_factory=list)  # (type, detail)
+    subscribe: list[tuple[str, str]] = field(default_factory=list)  # (source, patient's FHIR id)
+    closed: bool = False  # its subscriptions are to be deleted at the sources
 
 
 # --- opening ---------------------------------------------------------------------------
@@ -136,7 +137,8 @@ def mark_no_records(svc: Services, session: Session, case: Case, name: str, reas
     audit.record(session, "case.source.no-records", actor=actor, role=role,
                  authorization_id=case.authorization_id, case=case.id, source=name,
                  reason=source.reason, transfers_released=len(waiting))
-    _check_complete(session, case, actor)
+    if _check_complete(session, case, actor):
+        _tell_complete(svc, session, case)
     return [row.transfer_id for row in waiting]
 
 
@@ -181,13 +183,13 @@ def advance(svc: Services, session: Session, case: Case, now: datetime | None = 
         return done  # starts when it is valid
     except AuthorizationDenied as exc:
         close(session, case, _ended(auth), actor)
-        done.events.append(("case.closed", {"reason": _ended(auth)}))
         log.info("case %s closed: %s", case.id, type(exc).__name__)
+        done.closed = True
         return done
     if _opinion_came_back(session, case, auth):
         reason = "expiration event: the second opinion came back"
         close(session, case, reason, actor)
-        done.events.append(("case.closed", {"reason": reason}))
+        done.closed = True
         return done
     if case.recipient is None:
         return done
@@ -195,7 +197,11 @@ def advance(svc: Services, session: Session, case: Case, now: datetime | None = 
     if due and not _in_flight(session, case, [s.name for s in due]):
         tid = _start(svc, session, case, due, now, actor, follow_up=False)
         done.enqueue.append(tid)
-        done.events.append(("case.started", {"transfer": tid}))
+        notify.publish(session, "case.started", case_id=case.id, transfer_id=tid,
+                       authorization_id=case.authorization_id, state=case.state,
+                       detail={"sources": len(due)}, settings=svc.settings)
+    _follow_triggers(svc, session, case, now, actor, done)
+    done.subscribe += _to_subscribe(svc, session, case)
     polls = [s for s in case.sources if s.started and s.next_pull_at is not None
              and s.next_pull_at <= now]
     idle = [s for s in polls if not _in_flight(session, case, [s.name])]
@@ -210,10 +216,13 @@ def advance(svc: Services, session: Session, case: Case, now: datetime | None = 
             audit.record(session, f"case.source.{source.status}", actor=actor,
                          authorization_id=case.authorization_id, case=case.id,
                          source=source.name, previous=before)
-            if source.status in ("overdue", "failed"):
-                done.events.append((f"source.{source.status}", {"source": source.name}))
+            if source.status == "overdue":
+                notify.publish(session, "source.overdue", case_id=case.id,
+                               authorization_id=case.authorization_id, state="overdue",
+                               detail={"source": source.name, "previous_state": before,
+                                       "due_at": source.deadline_at}, settings=svc.settings)
     if _check_complete(session, case, actor):
-        done.events.append(("case.complete", {}))
+        _tell_complete(svc, session, case)
     return done
 
 
@@ -230,6 +239,46 @@ def follow_up(svc: Services, session: Session, case: Case, names: list[str],
     if not wanted or _in_flight(session, case, [s.name for s in wanted]):
         return None
     return _start(svc, session, case, wanted, utcnow(), actor, follow_up=True)
+
+
+def _follow_triggers(svc: Services, session: Session, case: Case, now: datetime, actor: str,
+                     done: Advanced) -> None:
+    """New records a subscription announced (or a gap it must catch up): once the oldest
+    has settled for `follow_up_settle_s`, one follow-up takes everything pending, so a
+    burst of changes makes one transfer. While a transfer of the source is in flight
+    they wait (that one may have started before the change)."""
+    pending = subscriptions.pending_triggers(session, case.id)
+    if not pending or (now - pending[0].received_at).total_seconds() < svc.settings.follow_up_settle_s:
+        return
+    by_source: dict[str, list[int]] = {}
+    for trigger in pending:
+        source = session.get(FhirSubscription, trigger.subscription_id).source
+        by_source.setdefault(source, []).append(trigger.id)
+    tid = follow_up(svc, session, case, sorted(by_source), actor)
+    if tid is not None:
+        subscriptions.mark_processed(session, [i for ids in by_source.values() for i in ids])
+        done.enqueue.append(tid)
+
+
+def _to_subscribe(svc: Services, session: Session, case: Case) -> list[tuple[str, str]]:
+    """FHIR sources configured for subscriptions whose first pull found the patient and
+    that hold no subscription for this case yet (one refused is not asked again: the
+    scheduled pulls, if configured, stand in)."""
+    out = []
+    for source in case.sources:
+        cfg = svc.settings.sources.get(source.name)
+        if cfg is None or cfg.subscriptions is None or not source.started:
+            continue
+        if session.scalars(select(FhirSubscription.id).filter_by(owner=case.id, source=source.name)
+                           .limit(1)).first() is not None:
+            continue
+        patient = next((p for p in session.scalars(
+            select(Item.record_meta).join(Transfer, Item.transfer_id == Transfer.id)
+            .where(Transfer.authorization_id == case.authorization_id, Item.source == source.name,
+                   Item.kind == "fhir-json")) if (p or {}).get("patient_id")), None)
+        if patient is not None:
+            out.append((source.name, patient["patient_id"]))
+    return out
 
 
 def _opinion_came_back(session: Session, case: Case, auth: Authorization) -> bool:
@@ -325,6 +374,11 @@ def _update_status(session: Session, case: Case, source: CaseSource, now: dateti
         if source.deadline_at is not None and source.deadline_at <= now:
             status = "overdue"
     source.status = status
+
+
+def _tell_complete(svc: Services, session: Session, case: Case) -> None:
+    notify.publish(session, "case.complete", case_id=case.id, authorization_id=case.authorization_id,
+                   state=case.state, detail={"sources": len(case.sources)}, settings=svc.settings)
 
 
 def _check_complete(session: Session, case: Case, actor: str) -> bool:

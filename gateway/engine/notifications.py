@@ -24,6 +24,7 @@ from gateway.errors import InvalidInput, NotFound, Unauthenticated
 from gateway.runtime.services import Services
 from gateway.storage.models import FhirSubscription, Trigger, utcnow
 
+from . import unattended
 from .subscriptions import secret_hash
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,8 @@ def take(svc: Services, sid: str, authorization: str | None, body: bytes) -> dic
         taken = _store(svc, sid, note)
     log.info("subscriptions: %s %s: %d stored, %d duplicate, %d gap", sid, taken.type, taken.stored,
              taken.duplicates, taken.gaps)
+    if taken.stored or taken.gaps:
+        unattended.advance_soon(svc, row.owner)
     return asdict(taken)
 
 

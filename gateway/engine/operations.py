@@ -5,6 +5,8 @@ after the commit. Views return plain dicts for JSON.
 """
 from __future__ import annotations
 
+import logging
+
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
@@ -22,7 +24,9 @@ from gateway.storage.models import (
 from gateway.trust import authorizations
 from gateway.trust.issuers import TrustStore
 
-from . import cases, transfers
+from . import cases, subscriptions, transfers
+
+log = logging.getLogger(__name__)
 
 
 def trust_store(svc: Services) -> TrustStore:
@@ -69,6 +73,8 @@ def revoke_authorization(svc: Services, authorization_id: str, reason: str, acto
         case = cases.for_authorization(s, authorization_id)
         if case is not None:
             cases.close(s, case, "authorization revoked", actor, role)
+    if case is not None:
+        _unsubscribe(svc, case.id)
     return row, stopped
 
 
@@ -185,7 +191,7 @@ def open_case(svc: Services, authorization_id: str, actor: str, role: str | None
     except IntegrityError:  # opened at the same moment by another import: that one stands
         with svc.db.session() as s:
             return case_view(s, cases.for_authorization(s, authorization_id))
-    _enqueue(done)
+    _enqueue(svc, view["id"], done)
     return view
 
 
@@ -194,7 +200,7 @@ def advance_case(svc: Services, case_id: str, actor: str = "worker") -> dict:
         case = cases.get(s, case_id, lock=True)
         done = cases.advance(svc, s, case, actor=actor)
         view = case_view(s, case)
-    _enqueue(done)
+    _enqueue(svc, case_id, done)
     return view
 
 
@@ -204,7 +210,7 @@ def approve_case(svc: Services, case_id: str, actor: str, role: str | None = Non
         cases.approve(s, case, actor, role)
         done = cases.advance(svc, s, case, actor=actor)
         view = case_view(s, case)
-    _enqueue(done)
+    _enqueue(svc, case_id, done)
     return view
 
 
@@ -230,7 +236,9 @@ def close_case(svc: Services, case_id: str, actor: str, role: str | None = None,
             cases.record_expiration_event(s, case, event, actor, role)
         else:
             cases.close(s, case, reason, actor, role)
-        return case_view(s, case)
+        view = case_view(s, case)
+    _unsubscribe(svc, case_id)
+    return view
 
 
 def get_case(svc: Services, case_id: str) -> dict:
@@ -248,12 +256,27 @@ def list_cases(svc: Services, state: str | None = None, limit: int = 100) -> lis
         return [case_view(s, c, full=False) for c in s.scalars(q)]
 
 
-def _enqueue(done: cases.Advanced) -> None:
-    """After the commit: the new transfers start; those a reminder woke pull again."""
+def _enqueue(svc: Services, case_id: str, done: cases.Advanced) -> None:
+    """After the commit: the new transfers start, those a reminder woke pull again, the
+    sources' subscriptions are made (or deleted, when the case closed)."""
     for tid in done.enqueue:
         transfers.enqueue(tid, "pending")
     for tid in done.wake:
         transfers.enqueue(tid, "pulling")
+    for source, patient_id in done.subscribe:
+        try:
+            subscriptions.subscribe(svc, case_id, source, patient_id)
+        except GatewayError as exc:  # the scheduled pulls, if any, still find what is new
+            log.warning("case %s: no subscription at source %s: %s", case_id, source, exc)
+    if done.closed:
+        _unsubscribe(svc, case_id)
+
+
+def _unsubscribe(svc: Services, case_id: str) -> None:
+    try:
+        subscriptions.unsubscribe_owner(svc, case_id)
+    except GatewayError as exc:  # the source stops by itself at the authorization's end
+        log.warning("case %s: subscriptions not all deleted at the source yet: %s", case_id, exc)
 
 
 def case_view(s, case: Case, full: bool = True) -> dict:

@@ -34,3 +34,18 @@ def tick_now(svc: Services) -> dict[str, int]:
 @celery.task(name="gateway.cases.tick", ignore_result=True)
 def tick() -> dict[str, int]:
     return tick_now(services())
+
+
+@celery.task(name="gateway.cases.advance", ignore_result=True)
+def advance(case_id: str) -> None:
+    """One pass over one case now (new records announced for it)."""
+    try:
+        operations.advance_case(services(), case_id)
+    except GatewayError as exc:
+        log.warning("case %s: %s: %s", case_id, type(exc).__name__, exc)
+
+
+def advance_soon(svc: Services, case_id: str) -> None:
+    """A case's sources announced new records: look again once they have settled (the
+    settle window makes a burst one follow-up); the periodic pass is the fallback."""
+    advance.apply_async((case_id,), countdown=svc.settings.follow_up_settle_s + 0.2)

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from gateway import audit
 from gateway.config import Settings
 from gateway.errors import Conflict, InvalidInput, NotFound
-from gateway.storage.models import Notification, new_id, utcnow
+from gateway.storage.models import Case, Notification, new_id, utcnow
 
 from .events import build_payload
 
@@ -38,6 +38,8 @@ def publish(session: Session, event_type: str, *, case_id: str | None = None,
 
         settings = services().settings
     now = utcnow()
+    if case_id is None and authorization_id is not None:  # the case it belongs to, if any
+        case_id = session.scalars(select(Case.id).filter_by(authorization_id=authorization_id)).first()
     # checked whether or not anyone subscribes: a caller's mistake shows at once
     payload = build_payload(settings, "", event_type, now, case_id=case_id,
                             transfer_id=transfer_id, authorization_id=authorization_id,
