@@ -5,6 +5,7 @@ request letter in the fax outbox) and then overdue; revocation and expiry close 
 case; the intake folder imports what an e-signature service drops."""
 from __future__ import annotations
 
+import hmac
 import io
 import json
 import os
@@ -20,10 +21,12 @@ from gateway import create_app
 from gateway.cli.demo import make_pdf
 from gateway.engine import unattended
 from gateway.engine.faxes import cover_key_path, ensure_cover_key
-from gateway.storage.models import AuditEvent, Case, Transfer
+from gateway.notify.webhook import verify_signature
+from gateway.storage.models import AuditEvent, Case, Notification, Transfer
 from gateway.trust.authorizations import example_claims
 
 from tests.helpers import ISSUER, bearer, make_token, wait_until, write_pdfs
+from tests.notify_peers import HookServer, MailServer
 from tests.test_transfer_flow import Stack
 
 FAST = {"case_tick_s": 0.5}
@@ -78,6 +81,11 @@ def wait_case(stack, case_id: str, check, what: str, timeout: float = 90) -> dic
         return view if check(view) else None
 
     return wait_until(ready, timeout, 0.3, what)
+
+
+def notifications(stack, channel: str) -> list[Notification]:
+    with stack.app.extensions["gateway"].db.session() as s:
+        return s.scalars(select(Notification).filter_by(channel=channel, state="sent")).all()
 
 
 def source(view: dict, name: str) -> dict:
@@ -165,12 +173,37 @@ def test_follow_ups_send_only_what_is_new(case_stack, claims_for, sign, drop_dir
     assert source(view, "records")["counts"]["documents"] == 3
 
 
+@pytest.fixture
+def told(tmp_path, sender_config):
+    """A webhook receiver and an SMTP server (STARTTLS, AUTH) the sender tells of overdue
+    sources and finished cases."""
+    hook, folder = HookServer(), tmp_path / "mail"
+    folder.mkdir()
+    mail = MailServer(folder, password="mail-password", mechanism="PLAIN")
+    (tmp_path / "hook-secret").write_text("hook-secret-for-the-test\n")
+    (tmp_path / "smtp-password").write_text("mail-password\n")
+    events = ["case.started", "source.overdue", "case.complete"]
+    sender_config["notify"] = {
+        "interval_s": 0.5,
+        "webhooks": [{"name": "records-office", "url": hook.url, "events": events,
+                      "secret_file": str(tmp_path / "hook-secret")}],
+        "email": {"host": "127.0.0.1", "port": mail.port, "username": "gateway",
+                  "password_file": str(tmp_path / "smtp-password"), "ca_file": str(mail.ca),
+                  "from": "gateway@hospital.example", "to": ["records-office@hospital.example"],
+                  "events": events}}
+    yield hook, mail
+    hook.stop()
+    mail.stop()
+
+
 def test_a_fax_source_is_reminded_then_overdue_then_marked_no_records(case_stack, claims_for,
-                                                                      sign):
+                                                                      sign, told):
+    hook, mail = told
     stack = case_stack(records={"auto": "off"},
                        fax={"auto": "start", "expect_within_s": 4, "remind_every_s": 1})
     stack.start_receiver()
-    auth_id = stack.authorize(claims_for(), sign)
+    claims = claims_for()
+    auth_id = stack.authorize(claims, sign)
     [opened] = cases(stack)
     view = wait_case(stack, opened["id"], lambda v: source(v, "fax")["status"] == "overdue",
                      "the fax source to be overdue", timeout=60)
@@ -200,6 +233,29 @@ def test_a_fax_source_is_reminded_then_overdue_then_marked_no_records(case_stack
     assert source(view, "fax")["status"] == "no-records"
     assert source(view, "fax")["reason"] == "the records office answered: no records"
     assert stack.wait_state(transfer["id"], {"completed", "failed", "cancelled"})["state"] == "completed"
+    # the people were told: started, overdue, complete, by a signed webhook and by email
+    wait_until(lambda: len(hook.received) >= 3 and len(mail.messages) >= 3, 30, 0.3,
+               "the notifications")
+    told_of = {}
+    for got in hook.received:
+        signature = got["headers"]["X-Gateway-Signature"]
+        assert verify_signature(b"hook-secret-for-the-test", signature, got["body"])
+        t, v1 = (part.split("=", 1)[1] for part in signature.split(","))
+        assert hmac.compare_digest(v1, hmac.new(b"hook-secret-for-the-test",
+                                                f"{t}.".encode() + got["body"], "sha256").hexdigest())
+        event = json.loads(got["body"])
+        assert event["id"] == got["headers"]["X-Gateway-Event-Id"]
+        told_of[event["type"]] = event
+    assert set(told_of) == {"case.started", "source.overdue", "case.complete"}
+    assert told_of["source.overdue"]["detail"]["source"] == "fax"
+    assert told_of["source.overdue"]["case"] == opened["id"]
+    assert {m["content"].decode().split("X-Gateway-Event-Id: ")[1].split()[0]
+            for m in mail.messages} == {n.id for n in notifications(stack, "email")}
+    patient = claims["patient"]
+    said = b"".join(got["body"] for got in hook.received) + b"".join(m["content"] for m in mail.messages)
+    for value in (patient["name"]["family"], *patient["name"].get("given", []), patient["birthDate"],
+                  *(i["value"] for i in patient["identifiers"])):
+        assert value.encode() not in said
 
 
 def test_revocation_and_expiry_close_the_case(case_stack, claims_for, sign):
