@@ -322,3 +322,27 @@ def test_the_intake_folder_imports_and_sets_aside(app, sign, claims_for, tmp_pat
         [opened] = s.scalars(select(Case)).all()
         assert opened.authorization_id == claims["jti"]
         assert s.scalars(select(Transfer)).all() == []  # sources default to review
+
+
+def test_a_late_fax_goes_in_a_follow_up(case_stack, claims_for, sign, fax_dir, tmp_path):
+    from tests.test_fax_flow import _drop, _records_pdf
+    from pypdf import PdfReader
+
+    stack = case_stack(records={"auto": "off"}, fax={"auto": "start"})
+    stack.start_receiver()
+    stack.authorize(claims_for(), sign)
+    [opened] = cases(stack)
+    [first] = wait_case(stack, opened["id"], lambda v: v["transfers"], "the first transfer")["transfers"]
+    cover = stack.client.get(f"/transfers/{first['id']}/cover-sheet", headers=stack.operator)
+    _drop(fax_dir, "fax-0001.pdf", PdfReader(io.BytesIO(cover.data)), _records_pdf(tmp_path, 1))
+    view = wait_case(stack, opened["id"], lambda v: v["complete"], "the first fax delivered", 180)
+    assert source(view, "fax")["counts"]["documents"] == 1
+    # the records office sends more, with the same cover sheet, after the transfer finished
+    _drop(fax_dir, "fax-0002.pdf", PdfReader(io.BytesIO(cover.data)), _records_pdf(tmp_path, 2))
+    view = wait_case(stack, opened["id"],
+                     lambda v: any(t["followUp"] and t["receipt"] for t in v["transfers"]),
+                     "the late fax in a follow-up", 180)
+    [late] = [t for t in view["transfers"] if t["followUp"]]
+    assert [i["kind"] for i in stack.view(late["id"])["itemList"]] == ["fax"]
+    assert len(stack.inbox()) == 2 and source(view, "fax")["counts"]["documents"] == 2
+    assert [e.detail["method"] for e in stack.events("fax.matched")] == ["qr", "qr"]

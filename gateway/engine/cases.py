@@ -201,6 +201,7 @@ def advance(svc: Services, session: Session, case: Case, now: datetime | None = 
                        authorization_id=case.authorization_id, state=case.state,
                        detail={"sources": len(due)}, settings=svc.settings)
     _follow_triggers(svc, session, case, now, actor, done)
+    _follow_late_faxes(svc, session, case, actor, done)
     done.subscribe += _to_subscribe(svc, session, case)
     polls = [s for s in case.sources if s.started and s.next_pull_at is not None
              and s.next_pull_at <= now]
@@ -258,6 +259,26 @@ def _follow_triggers(svc: Services, session: Session, case: Case, now: datetime,
     if tid is not None:
         subscriptions.mark_processed(session, [i for ids in by_source.values() for i in ids])
         done.enqueue.append(tid)
+
+
+def _follow_late_faxes(svc: Services, session: Session, case: Case, actor: str,
+                       done: Advanced) -> None:
+    """A fax matched to a finished transfer of the case (a late answer) goes in a follow-up."""
+    for source in case.sources:
+        cfg = svc.settings.sources.get(source.name)
+        if cfg is None or cfg.kind != "fax-drop" or not source.started:
+            continue
+        finished = list(session.scalars(
+            select(Transfer.id).join(TransferSource)
+            .where(Transfer.authorization_id == case.authorization_id,
+                   TransferSource.name == source.name, Transfer.state == "completed")))
+        taken = set(session.scalars(
+            select(Item.origin).join(Transfer, Item.transfer_id == Transfer.id)
+            .where(Transfer.authorization_id == case.authorization_id, Item.source == source.name)))
+        if faxes.late_faxes(svc, source.name, finished, taken):
+            tid = follow_up(svc, session, case, [source.name], actor)
+            if tid is not None:
+                done.enqueue.append(tid)
 
 
 def _to_subscribe(svc: Services, session: Session, case: Case) -> list[tuple[str, str]]:

@@ -25,7 +25,7 @@ from gateway import audit
 from gateway.config import SourceConfig
 from gateway.errors import Conflict, InvalidInput, NotFound
 from gateway.runtime.services import Services
-from gateway.storage.models import Transfer, TransferSource
+from gateway.storage.models import Case, Transfer, TransferSource
 
 from .sources import connector_options
 from .transfers import TERMINAL
@@ -80,12 +80,30 @@ def _descriptor(t: Transfer) -> TransferDescriptor:
 
 
 def open_transfers(svc: Services, source: str) -> list[TransferDescriptor]:
-    """Transfers still running that wait for faxes from `source`."""
+    """Transfers that faxes from `source` may answer: those still running that wait for
+    them, and the finished ones of cases still open (a late answer: the case's next pass
+    starts a follow-up that takes it)."""
     with svc.db.session() as s:
         rows = s.scalars(select(Transfer).join(TransferSource).where(
             TransferSource.name == source, TransferSource.state != "done",
             Transfer.state.not_in(TERMINAL))).all()
-        return [_descriptor(t) for t in rows]
+        latest: dict[str, Transfer] = {}  # the newest finished one per case: its cover sheet
+        for t in s.scalars(select(Transfer).join(TransferSource)
+                           .join(Case, Case.authorization_id == Transfer.authorization_id)
+                           .where(TransferSource.name == source, Transfer.state == "completed",
+                                  Case.state == "open").order_by(Transfer.created_at)):
+            latest[t.authorization_id] = t
+        return [_descriptor(t) for t in [*rows, *latest.values()]]
+
+
+def late_faxes(svc: Services, source: str, transfer_ids: list[str], taken: set[str]) -> int:
+    """How many faxes were matched to these finished transfers and are not yet taken
+    (`taken`: the origins, "fax:<id>", pulled already)."""
+    if not transfer_ids:
+        return 0
+    found = _connector(svc, source, svc.settings.sources[source]).matched_to(transfer_ids)
+    return len([f for f in found if f"fax:{f}" not in taken])
+
 
 
 def _transfer_from(s, transfer_id: str, source: str) -> Transfer:

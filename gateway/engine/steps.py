@@ -68,10 +68,14 @@ def _pull_source(svc: Services, t: Transfer, name: str, owner: str) -> None:
         src.state, src.error = "pulling", None
         done = set(s.scalars(select(Item.origin).filter_by(transfer_id=t.id, source=name)))
         follow_up = _delivered_earlier(s, t)
+        earlier = frozenset(s.scalars(select(Transfer.id).where(
+            Transfer.authorization_id == t.authorization_id, Transfer.id != t.id,
+            Transfer.state == "completed")))
         audit.record(s, "transfer.pull.started", actor="worker", transfer_id=t.id,
                      authorization_id=t.authorization_id, source=name, kind=cfg.kind,
                      already_fetched=len(done))
-    query = policy.record_query(auth, t.id, frozenset(done), since=_since(svc, t, name))
+    query = policy.record_query(auth, t.id, frozenset(done), since=_since(svc, t, name),
+                                earlier_transfers=earlier)
     workdir = svc.settings.work_dir / t.id / name
     lease = Lease(svc, t.id, owner)
 
