@@ -155,9 +155,10 @@ def test_follow_ups_send_only_what_is_new(case_stack, claims_for, sign, drop_dir
     time.sleep(2.5)  # polls that find nothing new send nothing
     assert len(stack.inbox()) == 1
     quiet = case(stack, opened["id"])["transfers"]
-    assert all(t["state"] == "completed" for t in quiet)
+    finished = [t for t in quiet[1:] if t["state"] == "completed"]
+    assert finished and not [t for t in quiet if t["state"] in ("failed", "cancelled")]
     assert all(stack.view(t["id"])["reason"] == "nothing new since the last delivery"
-               for t in quiet[1:])
+               for t in finished)
     # a new document at the source: the next poll delivers it, and only it
     staging = folder.parent / "later-result.pdf"
     make_pdf(staging, "Later result", ["a result that came after the first delivery"],
@@ -171,6 +172,24 @@ def test_follow_ups_send_only_what_is_new(case_stack, claims_for, sign, drop_dir
     items = stack.view(delivered[0]["id"])["items"]
     assert items == {"mapped": 1}
     assert source(view, "records")["counts"]["documents"] == 3
+    # a corrected document (the same file, other content) goes again, saying what it replaces
+    staging = folder.parent / "corrected.pdf"
+    make_pdf(staging, "Synthetic report 0 (corrected)", ["line 0", "corrected value"],
+             {"name": {"family": "Testperson", "given": ["Avery"]}, "birthDate": "1970-01-01"})
+    staging.rename(folder / "document-0.pdf")
+    wait_until(lambda: len(stack.inbox()) == 3, 60, 0.3, "the corrected document")
+
+    def documents(received: dict) -> list[dict]:
+        return [e["resource"] for e in stack.received_bundle(received["id"])["entry"]
+                if e["resource"]["resourceType"] == "DocumentReference"
+                and e["resource"]["content"][0]["attachment"].get("title") == "document-0.pdf"]
+
+    first, *_, latest = sorted(stack.inbox(), key=lambda r: r["receivedAt"])
+    [original], [corrected] = documents(first), documents(latest)
+    assert corrected["masterIdentifier"] != original["masterIdentifier"]
+    assert corrected["relatesTo"] == [{"code": "replaces",
+                                       "target": {"identifier": original["masterIdentifier"]}}]
+    assert "relatesTo" not in original
 
 
 @pytest.fixture

@@ -133,6 +133,7 @@ def _collect(svc: Services, t: Transfer, shape: _Shape
     relocated: dict[str, Upload] = {}  # fullUrl of a FHIR source's Binary -> its upload
     with svc.db.session() as s:
         items = s.scalars(select(Item).filter_by(transfer_id=t.id).order_by(Item.source, Item.origin)).all()
+        earlier = _delivered_versions(s, t)
     source_order = {src.name: i for i, src in enumerate(t.sources)}
     items = sorted(items, key=lambda i: (source_order.get(i.source, 99), i.origin))
     units: dict[str, Unit] = {}
@@ -165,6 +166,8 @@ def _collect(svc: Services, t: Transfer, shape: _Shape
             else:
                 key = _dedup_key(resource, item, mapped["carries_record_bytes"])
                 full_url = urn(t.id, "resource", key)
+                if resource["resourceType"] == "DocumentReference":
+                    _mark_replacement(svc, resource, earlier.get((item.source, item.origin)), item)
             if mapped["carries_record_bytes"]:
                 document_url.setdefault(item.id, full_url)
             places.setdefault(full_url, [])
@@ -217,6 +220,31 @@ def _collect(svc: Services, t: Transfer, shape: _Shape
     uploads_mod.point_units_at_uploads(units, relocated, uploads)
     ordered = sorted(units.values(), key=lambda u: (u.date, u.full_url))
     return ordered, places, items, uploads
+
+
+def _delivered_versions(s, t: Transfer) -> dict[tuple[str, str], Item]:
+    """The newest version of each record an earlier transfer under the same authorization
+    delivered to the same recipient, by (source, origin)."""
+    rows = s.scalars(
+        select(Item).join(Transfer, Item.transfer_id == Transfer.id)
+        .where(Transfer.authorization_id == t.authorization_id, Transfer.id != t.id,
+               Transfer.recipient == t.recipient, Transfer.state == "completed",
+               Item.state == "mapped", Item.resources_blob.is_not(None))
+        .order_by(Transfer.completed_at)).all()
+    return {(i.source, i.origin): i for i in rows}
+
+
+def _mark_replacement(svc: Services, document: dict, before: Item | None, item: Item) -> None:
+    """A corrected document (the same record at the source, other bytes) says which
+    delivered document it replaces, by that one's masterIdentifier."""
+    if before is None or before.sha256 == item.sha256:
+        return
+    for mapped in jsontext.loads(svc.blobs.read_bytes(before.resources_blob)):
+        old = mapped["resource"]
+        if old["resourceType"] == "DocumentReference" and old.get("masterIdentifier"):
+            document["relatesTo"] = [{"code": "replaces",
+                                      "target": {"identifier": old["masterIdentifier"]}}]
+            return
 
 
 # which copy of a document is delivered: the electronic original before a scan of it
