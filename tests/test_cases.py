@@ -152,9 +152,11 @@ def test_follow_ups_send_only_what_is_new(case_stack, claims_for, sign, drop_dir
     stack.authorize(claims, sign)
     [opened] = cases(stack)
     wait_case(stack, opened["id"], lambda v: v["complete"], "the first delivery")
-    time.sleep(2.5)  # polls that find nothing new send nothing
+    # polls that find nothing new send nothing
+    quiet = wait_case(stack, opened["id"],
+                      lambda v: any(t["followUp"] and t["state"] == "completed" for t in v["transfers"]),
+                      "a poll that found nothing new", timeout=60)["transfers"]
     assert len(stack.inbox()) == 1
-    quiet = case(stack, opened["id"])["transfers"]
     finished = [t for t in quiet[1:] if t["state"] == "completed"]
     assert finished and not [t for t in quiet if t["state"] in ("failed", "cancelled")]
     assert all(stack.view(t["id"])["reason"] == "nothing new since the last delivery"
