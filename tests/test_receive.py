@@ -138,7 +138,7 @@ def test_unsigned_wrongly_signed_and_untrusted_bundles_are_refused(receiver, pee
     (consent(discloser="org-other-hospital"), "sender as a discloser"),
     (dict(consent(), status="inactive"), "not active"),
     (consent(valid_days=-1), "period"),
-    (consent(data_classes=("labs",)), None),  # no Composition: no class to check
+    (consent(data_classes=("documents",)), None),  # a Binary no record points at: a document
 ])
 def test_consent_must_cover_the_delivery(receiver, peer, sender_keys, the_consent, text):
     r = post(receiver.test_client(), peer, bundle(the_consent=the_consent), sender_keys)

@@ -48,6 +48,7 @@ from gateway.exchange.ids import (
     patient_urn,
     urn,
 )
+from gateway.exchange.structure import SUBMISSION_SET
 from gateway.runtime.services import Services
 from gateway.storage.blobstore import BlobInfo
 from gateway.storage.models import Item, Transfer
@@ -297,7 +298,7 @@ def assemble(svc: Services, t: Transfer) -> list[AssembledPart]:
                            {"system": GROUP_SYSTEM, "value": group}],
             "status": "current", "mode": "working",
             "title": "Records for a second opinion" + (f" (part {n} of {total})" if total > 1 else ""),
-            "code": {"coding": [{"system": f"{MHD}/CodeSystem/MHDlistTypes", "code": "submissionset"}]},
+            "code": {"coding": [SUBMISSION_SET]},
             "subject": {"reference": patient},
             "date": when,
             "source": {"display": svc.settings.organization},
