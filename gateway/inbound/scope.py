@@ -96,7 +96,7 @@ def check(data: dict, consent: dict) -> None:
     classes, start, end = terms(consent)
     patient = (consent.get("patient") or {}).get("reference")
     vouched: set[str] = set()  # what records and own documents point at
-    own: set[str] = set()
+    own: set[tuple[str, str]] = set()
     binaries = []
     for n, entry in enumerate(data.get("entry") or []):
         resource = entry["resource"]
@@ -105,10 +105,10 @@ def check(data: dict, consent: dict) -> None:
             continue
         kind = own_kind(resource)
         if kind is not None:
-            if kind in own:  # one of each a bundle: the mark is not a way around the check
-                raise OutsideConsent(f"{_where(n, entry)} is a second {kind!r} entry; a bundle "
+            if (rtype, kind) in own:  # one of each a bundle: the mark is no way around the check
+                raise OutsideConsent(f"{_where(n, entry)} is a second {kind!r} {rtype}; a bundle "
                                      f"carries one; nothing stored")
-            own.add(kind)
+            own.add((rtype, kind))
             if rtype == "DocumentReference":
                 _pointed_at(resource.get("content"), vouched)
             continue
