@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from connectors.data_classes import covers
 from gateway import audit
 from gateway.errors import Conflict, Forbidden, InvalidInput
 from gateway.exchange import jsontext
@@ -166,8 +167,8 @@ def check_consent(data: dict, sender_org: str, centers: set[str], now: datetime)
     for comp in _resources(data, "Composition"):
         for section in comp.get("section") or []:
             for coding in (section.get("code") or {}).get("coding") or []:
-                if coding.get("system") == DATA_CLASS_SYSTEM and "all" not in allowed \
-                        and coding.get("code") not in allowed:
+                if coding.get("system") == DATA_CLASS_SYSTEM \
+                        and not covers(allowed, None, None, coding.get("code"), None):
                     raise ConsentNotCovering(f"the Consent does not cover data class {coding.get('code')!r}")
     patients = {e["fullUrl"] for e in data.get("entry") or [] if e["resource"].get("resourceType") == "Patient"}
     if (consent.get("patient") or {}).get("reference") not in patients:
