@@ -226,3 +226,24 @@ def test_what_the_real_sender_sends_for_the_allowed_classes_and_dates_is_taken(s
     docs = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "DocumentReference"
             and e["resource"]["type"]["coding"][0]["code"] not in GENERATED]
     assert len(docs) == 3 and {d["context"]["period"]["start"] for d in docs} == {"2000-01-01"}
+
+
+def test_a_fhir_binary_travels_in_the_bundle_of_the_record_pointing_at_it():
+    """A Binary says nothing of itself: the receiver judges it by the record that points at
+    it, so a transfer split into several bundles never puts the two apart, even where date
+    order puts the Binary first."""
+    from gateway.outbound.bundles import _pack
+    from gateway.outbound.units import StreamedBinary, Unit
+
+    binary = Unit(date="2021-01-01", full_url="urn:uuid:0a-binary", estimate=400,
+                  entries=[StreamedBinary("urn:uuid:0a-binary", "blob", "application/pdf", 290)])
+    other = Unit(date="2021-01-01", full_url="urn:uuid:5b-other", estimate=100,
+                 entries=[entry(1, observation("laboratory"))])
+    owner = Unit(date="2021-01-01", full_url="urn:uuid:9c-owner", estimate=100, entries=[{
+        "fullUrl": "urn:uuid:9c-owner", "resource": {
+            "resourceType": "DocumentReference", "status": "current",
+            "content": [{"attachment": {"contentType": "application/pdf", "url": "urn:uuid:0a-binary"}}]}}])
+    parts = _pack([binary, other, owner], limit=450)
+    assert [[u.full_url for u in part] for part in parts] == [
+        ["urn:uuid:5b-other"], ["urn:uuid:9c-owner", "urn:uuid:0a-binary"]]
+    assert _pack([other], limit=450) == [[other]]

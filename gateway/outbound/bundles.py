@@ -256,15 +256,33 @@ def _rewrite_references(node, aliases: dict[str, str]) -> None:
             _rewrite_references(value, aliases)
 
 
+def _with_attachments(units: list[Unit]) -> list[list[Unit]]:
+    """Units in order, each followed by the FHIR source's Binaries it points at (a Binary
+    goes with its first owner): a Binary says nothing of itself, so the receiver judges it
+    by the record beside it, which must be in the same bundle."""
+    binaries = {u.full_url: u for u in units
+                if len(u.entries) == 1 and isinstance(u.entries[0], StreamedBinary)}
+    owned: dict[str, list[Unit]] = {}  # owner's fullUrl -> its Binaries
+    taken: set[str] = set()
+    for unit in units:
+        if unit.full_url not in binaries and unit.entries and isinstance(unit.entries[0], dict):
+            for att in referenced(unit.entries[0]["resource"], binaries):
+                if att["url"] not in taken:
+                    taken.add(att["url"])
+                    owned.setdefault(unit.full_url, []).append(binaries[att["url"]])
+    return [[unit, *owned.get(unit.full_url, ())] for unit in units if unit.full_url not in taken]
+
+
 def _pack(units: list[Unit], limit: int) -> list[list[Unit]]:
     parts: list[list[Unit]] = [[]]
     size = 0
-    for unit in units:
-        if parts[-1] and size + unit.estimate > limit:
+    for group in _with_attachments(units):
+        estimate = sum(u.estimate for u in group)
+        if parts[-1] and size + estimate > limit:
             parts.append([])
             size = 0
-        parts[-1].append(unit)
-        size += unit.estimate
+        parts[-1].extend(group)
+        size += estimate
     return parts
 
 
