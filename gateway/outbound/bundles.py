@@ -11,6 +11,8 @@ the same summary as a PDF DocumentReference, and the completeness manifest.
   same_document.py) go once; the Provenance of every source that had them lists
   them.
 - Entries are ordered by clinical date.
+- A FHIR source's Binary travels in the same bundle as the record that points at it: the
+  receiver checks it against the Consent by that record (gateway/inbound/scope.py).
 - A transfer larger than `bundle_max_bytes` is split into several bundles, each its own
   transaction and Idempotency-Key, grouped by one submission-group identifier.
 - Binaries are base64-encoded from the encrypted record blobs chunk by chunk. A
