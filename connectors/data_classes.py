@@ -18,8 +18,12 @@ Per class:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 
 ALL = "all"
+# the code system of a data class where a resource names one (a Consent's provision.class,
+# a summary section, a document of a source whose content cannot say)
+DATA_CLASS_SYSTEM = "urn:records-gateway:data-class"
 
 
 @dataclass(frozen=True)
@@ -95,3 +99,23 @@ def fhir_class(rtype: str) -> str:
 def unknown(classes) -> list[str]:
     """The names in `classes` that are neither a data class nor "all", sorted."""
     return sorted(set(classes) - DATA_CLASSES - {ALL})
+
+
+def covers(classes, start: date | None, end: date | None, data_class: str, day: date | None) -> bool:
+    """Whether an authorization for `classes` and the clinical dates `start`..`end`
+    (inclusive, either open) covers a record of `data_class` dated `day`. The one rule:
+    the sender filters by it and the receiver checks by it.
+
+    "supporting" (who and where) carries no clinical facts and no clinical date: it goes
+    with the records that cite it. "imaging" (a study) is pulled for every class that takes
+    images. Under a date range, a record without a readable date is not covered."""
+    if data_class == "supporting":
+        return True
+    if ALL not in classes and data_class not in classes and not (
+            data_class == "imaging" and DICOM_CLASSES & set(classes)):
+        return False
+    if start is None and end is None:
+        return True
+    if day is None:
+        return False
+    return (start is None or start <= day) and (end is None or day <= end)

@@ -28,8 +28,9 @@ from typing import Any, Iterable
 
 from pydantic import ValidationError
 
+from connectors.data_classes import DATA_CLASS_SYSTEM
+
 ORG_SYSTEM = "urn:records-gateway:organization"
-DATA_CLASS_SYSTEM = "urn:records-gateway:data-class"
 ROLE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 DISCLOSER_ROLE = "CST"
 RECIPIENT_ROLE = "IRCP"

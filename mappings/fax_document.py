@@ -21,6 +21,7 @@ import uuid
 from datetime import datetime
 
 from connectors.base import RawRecord
+from connectors.data_classes import DATA_CLASS_SYSTEM
 
 from . import Mapped, MappingContext, MappingFailed
 
@@ -57,6 +58,7 @@ def map_fax(record: RawRecord, context: MappingContext) -> list[Mapped]:
         raise MappingFailed("fax received_at must carry a time zone", record.origin)
 
     doc_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"sha256:{record.sha256}"))
+    data_class = meta.get("data_class") or context.default_data_class
     ni = "ni:///sha-256;" + base64.urlsafe_b64encode(bytes.fromhex(record.sha256)).decode().rstrip("=")
     fax_number = meta.get("fax_number")
     if fax_number and not _PHONE_RE.match(str(fax_number)):
@@ -73,6 +75,8 @@ def map_fax(record: RawRecord, context: MappingContext) -> list[Mapped]:
         "identifier": [{"system": SHA256_SYSTEM, "value": record.sha256}, {"system": NI_SYSTEM, "value": ni}],
         "type": {"coding": [{"system": "http://loinc.org", "code": "55188-7", "display": "Patient data Document"}],
                  "text": "Records received by fax"},
+        # a fax cannot say its class: its source's, so a receiver classes it as we did
+        "category": [{"coding": [{"system": DATA_CLASS_SYSTEM, "code": str(data_class)}]}],
         "subject": {"reference": context.patient_reference},
         "date": received.isoformat(),
         "description": description,
@@ -101,5 +105,4 @@ def map_fax(record: RawRecord, context: MappingContext) -> list[Mapped]:
         document = DocumentReference.model_validate(doc)
     except ValueError as exc:
         raise MappingFailed(f"fax DocumentReference does not validate: {exc}", record.origin) from None
-    data_class = meta.get("data_class") or context.default_data_class
     return [Mapped(document, data_class, received.date(), carries_record_bytes=True)]

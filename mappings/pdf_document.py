@@ -12,7 +12,7 @@ from pypdf import PdfReader
 from pypdf.errors import PdfReadError
 
 from connectors.base import RawRecord
-from connectors.data_classes import DOCUMENT_TYPES
+from connectors.data_classes import DATA_CLASS_SYSTEM, DOCUMENT_TYPES
 
 from . import Mapped, MappingContext, MappingFailed
 
@@ -51,6 +51,7 @@ def map_pdf(record: RawRecord, context: MappingContext) -> list[Mapped]:
     received = datetime.fromtimestamp(record.metadata.get("mtime", record.fetched_at.timestamp()),
                                       timezone.utc)
     doc_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"sha256:{record.sha256}"))
+    clinical = created or received.date()
     doc = DocumentReference.model_validate({
         "resourceType": "DocumentReference",
         "id": doc_id,
@@ -58,16 +59,19 @@ def map_pdf(record: RawRecord, context: MappingContext) -> list[Mapped]:
         "identifier": [{"system": "urn:records-gateway:sha256", "value": record.sha256}],
         "status": "current",
         "type": {"coding": [{"system": LOINC, "code": code, "display": display}]},
+        # a scan cannot say its class: the source's, so a receiver classes it as we did
+        "category": [{"coding": [{"system": DATA_CLASS_SYSTEM, "code": data_class}]}],
         "subject": {"reference": context.patient_reference},
         "date": received.isoformat(),
+        "context": {"period": {"start": clinical.isoformat()}},  # the date it is released by
         "description": f"{pages}-page PDF from {record.source}",
         "content": [{"attachment": {
             "contentType": "application/pdf",
             "size": record.size,
             "hash": base64.b64encode(sha1.digest()).decode(),
             "title": record.origin[:200],
-            "creation": (created or received.date()).isoformat(),
+            "creation": clinical.isoformat(),
         }}],
     })
-    return [Mapped(resource=doc, data_class=data_class, clinical_date=created or received.date(),
+    return [Mapped(resource=doc, data_class=data_class, clinical_date=clinical,
                    carries_record_bytes=True)]

@@ -97,8 +97,9 @@ def test_accepts_and_signs_a_receipt_with_entry_hashes(receiver, peer, sender_ke
 
 def test_replay_returns_the_original_and_stores_once(receiver, peer, sender_keys):
     client = receiver.test_client()
-    first = post(client, peer, bundle(), sender_keys)
-    again = post(client, peer, bundle(), sender_keys)
+    body = bundle()  # once: its Consent's period is taken from the clock, to the second
+    first = post(client, peer, body, sender_keys)
+    again = post(client, peer, body, sender_keys)
     assert again.status_code == 200 and again.headers["Idempotent-Replayed"] == "true"
     assert again.get_json() == first.get_json()
     staff = bearer(make_token(receiver, "recipient"))
@@ -138,7 +139,7 @@ def test_unsigned_wrongly_signed_and_untrusted_bundles_are_refused(receiver, pee
     (consent(discloser="org-other-hospital"), "sender as a discloser"),
     (dict(consent(), status="inactive"), "not active"),
     (consent(valid_days=-1), "period"),
-    (consent(data_classes=("labs",)), None),  # no Composition: no class to check
+    (consent(data_classes=("documents",)), None),  # a Binary no record points at: a document
 ])
 def test_consent_must_cover_the_delivery(receiver, peer, sender_keys, the_consent, text):
     r = post(receiver.test_client(), peer, bundle(the_consent=the_consent), sender_keys)

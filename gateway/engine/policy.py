@@ -9,7 +9,6 @@ from __future__ import annotations
 from datetime import date, datetime
 
 from connectors.base import PatientIdentifier, RecordQuery
-from connectors.data_classes import DICOM_CLASSES
 from gateway import audit
 from gateway.config import PeerConfig, SourceConfig
 from gateway.storage.models import Authorization
@@ -35,12 +34,8 @@ def covers_recipient(auth: Authorization, peer: PeerConfig) -> None:
 
 
 def allows(auth: Authorization, data_class: str, clinical_date) -> bool:
-    """Whether a mapped resource may be released. Supporting resources (who and where)
-    carry no clinical facts and no clinical date: they go with the records that cite them."""
-    if data_class == "supporting":
-        return True
-    if data_class == "imaging":  # a study is pulled for every class that takes images
-        return any(authorizations.allows(auth, c, clinical_date) for c in DICOM_CLASSES)
+    """Whether a mapped resource may be released (the one rule, connectors/data_classes.py
+    `covers`: a receiving gateway checks what it receives by the same)."""
     return authorizations.allows(auth, data_class, clinical_date)
 
 

@@ -4,7 +4,8 @@ nothing, store it encrypted, answer with the transaction-response and a signed r
 Before anything is stored: the sender must be a configured trusted sender, the
 detached JWS over the exact bytes must verify with that sender's keys, and the
 Bundle's Consent must be active now, name that sender as a discloser and one of our
-centers as the recipient, and cover the data classes the bundle carries.
+centers as the recipient, and cover every record the bundle carries: its data class and
+its clinical date (scope.py, by the rule the sender filters by).
 
 Idempotent by (sender, Idempotency-Key): the request first claims the key (a row in
 state "processing" held for `receive_claim_s`), then reads and processes the body.
@@ -30,6 +31,7 @@ from pydantic import ValidationError
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from connectors.data_classes import covers
 from gateway import audit
 from gateway.errors import Conflict, Forbidden, InvalidInput
 from gateway.exchange import jsontext
@@ -48,7 +50,7 @@ from mappings.consent import (
 from mappings.fhir.validate import MemoValidator, ResourceInvalid
 from mappings.fhir.validate import check as fhir_check
 
-from . import stow, uploads
+from . import scope, stow, uploads
 
 KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 RECEIPT_TYP = receipts.RECEIPT_TYP
@@ -165,13 +167,14 @@ def check_consent(data: dict, sender_org: str, centers: set[str], now: datetime)
     for comp in _resources(data, "Composition"):
         for section in comp.get("section") or []:
             for coding in (section.get("code") or {}).get("coding") or []:
-                if coding.get("system") == DATA_CLASS_SYSTEM and "all" not in allowed \
-                        and coding.get("code") not in allowed:
+                if coding.get("system") == DATA_CLASS_SYSTEM \
+                        and not covers(allowed, None, None, coding.get("code"), None):
                     raise ConsentNotCovering(f"the Consent does not cover data class {coding.get('code')!r}")
     patients = {e["fullUrl"] for e in data.get("entry") or [] if e["resource"].get("resourceType") == "Patient"}
     if (consent.get("patient") or {}).get("reference") not in patients:
         raise ConsentNotCovering("the Consent is about another patient than the bundle's")
     check_subjects(data, consent["patient"]["reference"])
+    scope.check(data, consent)  # every record, not only what the Composition lists
     return recipient
 
 

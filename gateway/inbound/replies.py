@@ -33,6 +33,7 @@ from gateway.errors import (
 )
 from gateway.exchange import jsontext
 from gateway.exchange.ids import MHD, canonical, entry_hash
+from gateway.exchange.structure import SUBMISSION_SET
 from gateway.runtime.services import Services
 from gateway.storage.models import ReceivedBundle, utcnow
 from gateway.trust import receipts
@@ -74,7 +75,7 @@ def build_reply(svc: Services, row: ReceivedBundle, original: dict, resource: di
     submission = json.loads(FhirList.model_validate({
         "resourceType": "List", "status": "current", "mode": "working", "title": "Second opinion",
         "identifier": [{"system": "urn:ietf:rfc:3986", "value": urn("submissionset")}],
-        "code": {"coding": [{"system": f"{MHD}/CodeSystem/MHDlistTypes", "code": "submissionset"}]},
+        "code": {"coding": [SUBMISSION_SET]},
         "subject": {"reference": patient["fullUrl"]}, "date": now,
         "source": {"display": svc.settings.organization},
         "entry": [{"item": {"reference": opinion_url}}],

@@ -11,6 +11,8 @@ the same summary as a PDF DocumentReference, and the completeness manifest.
   same_document.py) go once; the Provenance of every source that had them lists
   them.
 - Entries are ordered by clinical date.
+- A FHIR source's Binary travels in the same bundle as the record that points at it: the
+  receiver checks it against the Consent by that record (gateway/inbound/scope.py).
 - A transfer larger than `bundle_max_bytes` is split into several bundles, each its own
   transaction and Idempotency-Key, grouped by one submission-group identifier.
 - Binaries are base64-encoded from the encrypted record blobs chunk by chunk. A
@@ -48,6 +50,7 @@ from gateway.exchange.ids import (
     patient_urn,
     urn,
 )
+from gateway.exchange.structure import SUBMISSION_SET
 from gateway.runtime.services import Services
 from gateway.storage.blobstore import BlobInfo
 from gateway.storage.models import Item, Transfer
@@ -283,15 +286,33 @@ def _rewrite_references(node, aliases: dict[str, str]) -> None:
             _rewrite_references(value, aliases)
 
 
+def _with_attachments(units: list[Unit]) -> list[list[Unit]]:
+    """Units in order, each followed by the FHIR source's Binaries it points at (a Binary
+    goes with its first owner): a Binary says nothing of itself, so the receiver judges it
+    by the record beside it, which must be in the same bundle."""
+    binaries = {u.full_url: u for u in units
+                if len(u.entries) == 1 and isinstance(u.entries[0], StreamedBinary)}
+    owned: dict[str, list[Unit]] = {}  # owner's fullUrl -> its Binaries
+    taken: set[str] = set()
+    for unit in units:
+        if unit.full_url not in binaries and unit.entries and isinstance(unit.entries[0], dict):
+            for att in referenced(unit.entries[0]["resource"], binaries):
+                if att["url"] not in taken:
+                    taken.add(att["url"])
+                    owned.setdefault(unit.full_url, []).append(binaries[att["url"]])
+    return [[unit, *owned.get(unit.full_url, ())] for unit in units if unit.full_url not in taken]
+
+
 def _pack(units: list[Unit], limit: int) -> list[list[Unit]]:
     parts: list[list[Unit]] = [[]]
     size = 0
-    for unit in units:
-        if parts[-1] and size + unit.estimate > limit:
+    for group in _with_attachments(units):
+        estimate = sum(u.estimate for u in group)
+        if parts[-1] and size + estimate > limit:
             parts.append([])
             size = 0
-        parts[-1].append(unit)
-        size += unit.estimate
+        parts[-1].extend(group)
+        size += estimate
     return parts
 
 
@@ -325,7 +346,7 @@ def assemble(svc: Services, t: Transfer) -> list[AssembledPart]:
                            {"system": GROUP_SYSTEM, "value": group}],
             "status": "current", "mode": "working",
             "title": "Records for a second opinion" + (f" (part {n} of {total})" if total > 1 else ""),
-            "code": {"coding": [{"system": f"{MHD}/CodeSystem/MHDlistTypes", "code": "submissionset"}]},
+            "code": {"coding": [SUBMISSION_SET]},
             "subject": {"reference": patient},
             "date": when,
             "source": {"display": svc.settings.organization},

@@ -12,10 +12,11 @@ import json
 from fhir.resources.R4B.composition import Composition
 from fhir.resources.R4B.documentreference import DocumentReference
 
+from connectors.data_classes import DATA_CLASS_SYSTEM
+from gateway.exchange.structure import SUMMARY_TYPE
+
 from .units import Unit
 
-LOINC = "http://loinc.org"
-SUMMARY_TYPE = {"system": LOINC, "code": "60591-5", "display": "Patient summary Document"}
 CLASS_TITLES = {"notes": "Clinical notes", "labs": "Laboratory results", "pathology": "Pathology",
                 "radiology": "Radiology", "imaging": "Imaging studies", "medications": "Medications",
                 "problems": "Problems", "allergies": "Allergies", "documents": "Documents"}
@@ -98,7 +99,7 @@ def build(svc, t, shape, units, part_of, patient_url, claims, urn) -> list:
                        f"{html.escape(describe(u.entries[0]['resource']))}</li>" for u in members)
         section_models.append({
             "title": CLASS_TITLES.get(cls, cls.title()),
-            "code": {"coding": [{"system": "urn:records-gateway:data-class", "code": cls}]},
+            "code": {"coding": [{"system": DATA_CLASS_SYSTEM, "code": cls}]},
             "text": {"status": "generated",
                      "div": f'<div xmlns="http://www.w3.org/1999/xhtml"><ul>{rows}</ul></div>'},
             "entry": [reference_to(u, part_of, u.entries[0]["resource"]) for u in members]})

@@ -2,7 +2,11 @@
 resource's JSON so filters work on valid and invalid resources alike.
 
 A type's class comes from the one table of data classes (connectors/data_classes.py);
-Observation, DiagnosticReport and DocumentReference are classed by category or type.
+Observation, DiagnosticReport and DocumentReference are classed by category or type. A
+document whose content cannot say (a scan, a fax) carries the class its source was
+configured with as a category in `DATA_CLASS_SYSTEM`; one pointing at DICOM images is
+"imaging", as its ImagingStudy is. The receiving gateway classifies what it receives with
+these same functions (gateway/inbound/scope.py).
 "supporting" (who and where, Provenance) is released with whatever references it;
 "billing" (Claim, ExplanationOfBenefit, Coverage...) only under "all" or "billing".
 """
@@ -10,7 +14,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from connectors.data_classes import DEFAULT_FHIR_CLASS, TYPE_CLASS
+from connectors.data_classes import DATA_CLASS_SYSTEM, DATA_CLASSES, DEFAULT_FHIR_CLASS, TYPE_CLASS
 
 OBSERVATION_CATEGORY = {
     "laboratory": "labs", "vital-signs": "vitals", "imaging": "radiology",
@@ -58,16 +62,24 @@ DATE_FIELDS = {
 }
 
 
-def _codes(concepts) -> list[str]:
+def _codes(concepts, system: str | None = None) -> list[str]:
     out = []
     if isinstance(concepts, dict):
         concepts = [concepts]
-    for concept in concepts or ():
+    for concept in concepts if isinstance(concepts, list) else ():
         if isinstance(concept, dict):
             for coding in concept.get("coding") or ():
-                if isinstance(coding, dict) and coding.get("code"):
+                if isinstance(coding, dict) and coding.get("code") and (
+                        system is None or coding.get("system") == system):
                     out.append(str(coding["code"]))
     return out
+
+
+def _dicom_content(resource: dict) -> bool:
+    contents = resource.get("content")
+    return isinstance(contents, list) and any(
+        isinstance(c, dict) and isinstance(c.get("attachment"), dict)
+        and c["attachment"].get("contentType") == "application/dicom" for c in contents)
 
 
 def data_class(resource: dict) -> str:
@@ -83,6 +95,11 @@ def data_class(resource: dict) -> str:
                 return REPORT_CATEGORY[code]
         return "labs"
     if rtype == "DocumentReference":
+        for code in _codes(resource.get("category"), DATA_CLASS_SYSTEM):
+            if code in DATA_CLASSES:
+                return code
+        if _dicom_content(resource):
+            return "imaging"
         for code in _codes(resource.get("type")):
             if code in DOCUMENT_TYPE:
                 return DOCUMENT_TYPE[code]

@@ -63,14 +63,15 @@ def upload_study(dicom, tmp_path, n: int = 24):
     return study
 
 
-def transfer(stack, sign, dicom, study, recipient: str, org: str, address: str) -> str:
+def transfer(stack, sign, dicom, study, recipient: str, org: str, address: str, **kw) -> str:
     claims = example_claims(
         ISSUER, f"auth-{uuid.uuid4().hex[:12]}",
         patient={"name": {"family": "Doe", "given": ["Jane"]}, "birthDate": "1970-01-01",
                  "identifiers": [{"system": MRN, "value": study.patient_id}]},
         disclosers=[{"id": SENDER_ORG, "name": "Test Hospital", "endpoints": [
             {"type": "dicom", "address": f"dicom://ORTHANC@127.0.0.1:{dicom.orthanc.dicom_port}"}]}],
-        recipient={"id": org, "name": "Recipient", "endpoint": {"type": "gateway", "address": address}})
+        recipient={"id": org, "name": "Recipient", "endpoint": {"type": "gateway", "address": address}},
+        **kw)
     auth_id = stack.authorize(claims, sign)
     r = stack.client.post("/transfers", json={"authorization": auth_id, "sources": ["pacs"],
                                               "recipient": recipient}, headers=stack.operator)
@@ -158,6 +159,23 @@ def test_study_to_a_receiving_gateway_by_stow_rs(stack, sign, dicom, tmp_path, r
         assert hashlib.sha256(body).hexdigest() == row.sha256
         assert hashlib.sha256(data_set(body)).hexdigest() == sources[row.sop_instance_uid]
     svc.close()
+
+
+def test_a_study_under_an_imaging_only_authorization_is_taken(stack, sign, dicom, tmp_path, receiver_url):
+    """The receiver classes the study's ImagingStudy and its DocumentReference (LOINC
+    18748-4, a radiology type, pointing at DICOM images) as "imaging", as the sender
+    released them: the delivery is taken whole (issue 13, item 3)."""
+    study = upload_study(dicom, tmp_path, n=4)
+    stack.start_receiver()
+    tid = transfer(stack, sign, dicom, study, "center", RECEIVER_ORG, receiver_url,
+                   data_classes=("imaging",))
+    view = stack.wait_state(tid, TERMINAL, timeout=240)
+    assert view["state"] == "completed", view["reason"]
+    assert view["receipt"]["status"] == "accepted"
+    assert view["receipt"]["dicomInstances"] == {study.study_uid: 4}
+    [received] = stack.inbox()
+    kinds = sorted(e["resource"]["resourceType"] for e in stack.received_bundle(received["id"])["entry"])
+    assert kinds.count("ImagingStudy") == 1 and kinds.count("DocumentReference") == 3  # + summary, manifest
 
 
 def test_plain_fhir_recipient_gets_the_images_by_c_store(stack, sign, dicom, tmp_path, sekmet):  # noqa: F811

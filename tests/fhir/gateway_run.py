@@ -13,7 +13,7 @@ from tests.test_transfer_flow import TERMINAL, Stack
 
 def run_fhir_transfer(processes, sender_config, receiver_config, tmp_path, sign, receiver_url,
                       base_url: str, patient: dict, options: dict | None = None,
-                      data_classes=("all",)) -> tuple[dict, list[dict], Stack]:
+                      data_classes=("all",), date_range=None) -> tuple[dict, list[dict], Stack]:
     """Pull `patient` (a FHIR Patient on `base_url`) under a new authorization and deliver it.
     Returns (the transfer's API view once it ended, the received bundles, the stack)."""
     mrn = patient["identifier"][0]
@@ -43,7 +43,7 @@ def run_fhir_transfer(processes, sender_config, receiver_config, tmp_path, sign,
                      "endpoints": [{"type": "fhir", "address": base_url}]}],
         recipient={"id": RECEIVER_ORG, "name": "Test Center",
                    "endpoint": {"type": "gateway", "address": receiver_url}},
-        data_classes=data_classes)
+        data_classes=data_classes, date_range=date_range)
     auth_id = stack.authorize(claims, sign)
     r = client.post("/transfers", json={"authorization": auth_id, "sources": ["ehr"],
                                         "recipient": "center"}, headers=operator)

@@ -27,6 +27,7 @@ from typing import Any
 from joserfc import jws as jose_jws
 from joserfc.errors import BadSignatureError, JoseError
 
+from connectors.data_classes import covers
 from gateway.errors import (
     AuthorizationDenied,
     AuthorizationExpired,
@@ -41,7 +42,6 @@ from mappings.consent import ConsentInvalid, consent_mismatches, validate_consen
 
 from .schema import (
     ALGORITHMS,
-    ALL,
     JWS_REGISTRY,
     JWS_TYPE,
     MAX_JWS_BYTES,
@@ -301,18 +301,11 @@ def _as_date(value: Any) -> date | None:
 
 def allows(auth, data_class: str, clinical_date: Any) -> bool:
     """Whether a record of `data_class` dated `clinical_date` (date, datetime or ISO string)
-    may be released. Under a date range, a record without a readable date is not."""
+    may be released (connectors/data_classes.py `covers`: the rule the receiver checks too)."""
     _, terms = _terms(auth)
-    classes = terms.information.dataClasses
-    if ALL not in classes and data_class not in classes:
-        return False
     rng = terms.information.dateRange
-    if rng is None or (rng.start is None and rng.end is None):
-        return True
-    day = _as_date(clinical_date)
-    if day is None:
-        return False
-    return (rng.start is None or rng.start <= day) and (rng.end is None or day <= rng.end)
+    return covers(terms.information.dataClasses, rng.start if rng else None, rng.end if rng else None,
+                  data_class, _as_date(clinical_date))
 
 
 def check_active(row: models.Authorization, now: datetime | None = None) -> None:
