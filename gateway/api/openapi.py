@@ -1,6 +1,7 @@
 """The OpenAPI 3.1 description, built from the registered routes so it cannot drift:
 each route's roles come from its `require` decorator, its request body from BODIES, its
-query parameters from QUERIES and what it answers from ANSWERS (JSON, 200, by default)."""
+query and header parameters from PARAMETERS, what it answers from ANSWERS (default: 200
+with a JSON object), and every error is an OperationOutcome."""
 from __future__ import annotations
 
 import re
@@ -47,10 +48,17 @@ def _q(name: str, type_: str = "string", **schema) -> dict:
     return {"name": name, "in": "query", "required": False, "schema": {"type": type_, **schema}}
 
 
+def _h(name: str, required: bool, description: str) -> dict:
+    return {"name": name, "in": "header", "required": required, "description": description,
+            "schema": {"type": "string"}}
+
+
 _AUDIT_FILTERS = [_q("patient", description="patient key (64 hex) or 'system|value'"),
                   _q("transfer"), _q("authorization"), _q("actor"), _q("type"),
                   _q("since", format="date-time"), _q("until", format="date-time")]
-QUERIES = {
+PARAMETERS = {
+    "receive.transaction": [_h("Idempotency-Key", True, "the same key for every try of one bundle"),
+                            _h("X-Bundle-Signature", True, "detached JWS over the body")],
     "transfers.index": [_q("state"), _q("authorization"), _q("limit", "integer")],
     "authorizations.index": [_q("status")],
     "faxes.cover_sheet": [_q("source")],
@@ -97,6 +105,10 @@ BODIES = {
     "receive.binary_put": {"application/octet-stream": {"schema": {"type": "string", "format": "binary",
                            "description": "a document's raw bytes, sent before the bundle that "
                                           "references it as Binary/{id} (HEAD asks whether it is held)"}}},
+    "inbox.reply": {"application/json": {"schema": {"type": "object",
+                    "description": "a DiagnosticReport or DocumentReference (R4), or {\"resource\": ...}",
+                    "properties": {"resourceType": {"enum": ["DiagnosticReport", "DocumentReference"]},
+                                   "resource": {"type": "object"}}}}},
     "receipts.opened": {"application/json": {"schema": {"type": "object", "required": ["jws"],
                         "properties": {"jws": {"type": "string"}}}}},
 }
@@ -193,7 +205,7 @@ def document(app: Flask) -> dict:
                 op["security"] = [{"bearer": []}]
                 op["x-roles"] = list(roles)
             params = [_path_parameter(rule, a) for a in sorted(rule.arguments)]
-            params += QUERIES.get(rule.endpoint, [])
+            params += PARAMETERS.get(rule.endpoint, [])
             if params:
                 op["parameters"] = params
             if rule.endpoint in BODIES and method in ("POST", "PUT"):

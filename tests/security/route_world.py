@@ -38,6 +38,7 @@ class World:
     revoked: dict[str, str]                # role -> a revoked token
     ids: dict[str, str]                    # path parameter name -> a real id of that kind
     leaks: list[str] = field(default_factory=list)  # must never appear in a refusal
+    config: dict = field(default_factory=dict)
 
     def headers(self, role: str) -> dict:
         return bearer(self.tokens[role])
@@ -149,11 +150,16 @@ def _fax_in_review(config: dict, family: str, transfer_id: str, fax_number: str)
 
 def build(config: dict, tmp_path: Path, sign, claims_for) -> World:
     """Make the gateway from `config` (the sender's test settings) and fill its store
-    through the API, as a real deployment would be filled."""
+    through the API, as a real deployment would be filled. Peers' keys come from files and
+    no peer listens: nothing a request does here reaches out of the process."""
+    for name in ("hospital", "center"):
+        keys = SigningKeys(tmp_path / f"route-{name}-keys")
+        keys.ensure()
+        (tmp_path / f"route-{name}-jwks.json").write_text(json.dumps(keys.jwks()))
     hospital = SigningKeys(tmp_path / "route-hospital-keys")
-    hospital.ensure()
-    (tmp_path / "route-hospital-jwks.json").write_text(json.dumps(hospital.jwks()))
-    config = {**config, "mode": "both", "senders": {PEER_NAME: {
+    peers = {name: {**peer, "jwks_file": str(tmp_path / "route-center-jwks.json")}
+             for name, peer in config["peers"].items()}
+    config = {**config, "mode": "both", "peers": peers, "senders": {PEER_NAME: {
         "organization": HOSPITAL, "jwks_file": str(tmp_path / "route-hospital-jwks.json")}}}
     app = create_app(config)
     svc = app.extensions["gateway"]
@@ -197,4 +203,5 @@ def build(config: dict, tmp_path: Path, sign, claims_for) -> World:
     leaks = [patient["name"]["family"], patient["name"]["given"][0], patient["birthDate"],
              patient["identifiers"][0]["value"], transfer_id, auth_id, received["id"], doc_uuid,
              study_uid, binary_id, fax_id, fax_number, received["bundle"], received["sha256"]]
-    return World(app=app, tokens=valid, expired=expired, revoked=revoked, ids=ids, leaks=leaks)
+    return World(app=app, tokens=valid, expired=expired, revoked=revoked, ids=ids, leaks=leaks,
+                 config=config)

@@ -182,13 +182,11 @@ def test_the_seeded_data_is_there_for_the_right_roles(world):
     assert client.head(f"/fhir/Binary/{ids['binary_id']}", headers=world.headers("peer")).status_code == 200
 
 
-def test_a_new_route_is_in_the_matrix_by_itself(world, sender_config, tmp_path):
+def test_a_new_route_is_in_the_matrix_by_itself(world):
     """Routes added to another app on the same store: one with roles is tested like the
     rest, one without roles is reported, and one whose roles are declared but not
     enforced fails the matrix."""
-    config = {**sender_config, "mode": "both", "senders": {route_world.PEER_NAME: {
-        "organization": route_world.HOSPITAL, "jwks_file": str(tmp_path / "route-hospital-jwks.json")}}}
-    app = create_app(config)
+    app = create_app(world.config)
     try:
         @app.post("/guard/<transfer_id>/probe")
         @require("admin")
