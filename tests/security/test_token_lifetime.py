@@ -2,11 +2,14 @@
 at once: through the API, and through `records-gateway token`."""
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select, update
 
 from gateway.cli.main import main
+from gateway.errors import InvalidInput, Unauthenticated
+from gateway.storage.db import Database
 from gateway.storage.models import ApiToken, AuditEvent, utcnow
-from gateway.trust.tokens import create_token
+from gateway.trust.tokens import authenticate, create_token, revoke_token
 
 from tests.helpers import bearer
 
@@ -48,10 +51,6 @@ def test_expiry_is_set_at_creation_and_audited(app):
 
 
 def test_a_lifetime_must_be_positive(app):
-    import pytest
-
-    from gateway.errors import InvalidInput
-
     with pytest.raises(InvalidInput, match="positive"):
         _token(app, expires_in=timedelta(0))
 
@@ -80,3 +79,29 @@ def test_cli_creates_expiring_tokens_and_revokes_them(runner, sender_config):
         assert client.get("/transfers", headers=bearer(plain)).status_code == 401
     finally:
         app.extensions["gateway"].close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_expiry_and_revocation_hold_on_both_databases(backend, request, tmp_path):
+    """The migration adds the column, and the time comparison holds on each backend."""
+    url = f"sqlite:///{tmp_path}/state.db" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    db = Database(url)
+    db.upgrade()
+    try:
+        with db.session() as s:
+            expiring, expiring_plain = create_token(s, "t1", "auditor", "test", expires_in=timedelta(minutes=1))
+            kept, kept_plain = create_token(s, "t2", "auditor", "test")
+        with db.session() as s:
+            assert authenticate(s, expiring_plain).id == expiring.id
+            s.execute(update(ApiToken).where(ApiToken.id == expiring.id)
+                      .values(expires_at=utcnow() - timedelta(seconds=1)))
+        with db.session() as s:
+            with pytest.raises(Unauthenticated, match="expired"):
+                authenticate(s, expiring_plain)
+            assert authenticate(s, kept_plain).id == kept.id
+            revoke_token(s, kept.id, actor="test")
+        with db.session() as s:
+            with pytest.raises(Unauthenticated, match="revoked"):
+                authenticate(s, kept_plain)
+    finally:
+        db.dispose()
