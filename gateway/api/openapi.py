@@ -8,6 +8,8 @@ import re
 
 from flask import Flask
 
+from .params import MAX_WHOLE
+
 DESCRIPTION = "Records interoperability gateway for second opinions."
 
 OUTCOME = {"description": "error as a FHIR OperationOutcome",
@@ -44,8 +46,12 @@ ANSWERS = {
 }
 
 
+WHOLE = {"type": "integer", "minimum": 0, "maximum": MAX_WHOLE}
+
+
 def _q(name: str, type_: str = "string", **schema) -> dict:
-    return {"name": name, "in": "query", "required": False, "schema": {"type": type_, **schema}}
+    schema = WHOLE | schema if type_ == "integer" else {"type": type_, **schema}
+    return {"name": name, "in": "query", "required": False, "schema": schema}
 
 
 def _h(name: str, required: bool, description: str) -> dict:
@@ -170,7 +176,7 @@ def _responses(endpoint: str, secured: bool) -> dict:
 def _path_parameter(rule, name: str) -> dict:
     # werkzeug's int converter takes digits only; the default one any text without "/"
     if f"<int:{name}>" in rule.rule:
-        schema = {"type": "integer", "minimum": 0}
+        schema = WHOLE
     else:
         schema = {"type": "string", "minLength": 1, "pattern": "^[^/]+$"}
     return {"name": name, "in": "path", "required": True, "schema": schema}

@@ -16,6 +16,7 @@ from gateway.engine.transfers import STATES
 from gateway.errors import InvalidInput
 
 from .auth import json_body, require, svc
+from .params import query_number
 
 bp = Blueprint("transfers", __name__, url_prefix="/transfers")
 
@@ -39,12 +40,8 @@ def index():
     state = request.args.get("state")
     if state and state not in STATES:
         raise InvalidInput(f"unknown state {state!r}; states: {', '.join(STATES)}")
-    try:
-        limit = int(request.args.get("limit", 100))
-    except ValueError:
-        raise InvalidInput("limit must be a number") from None
     return jsonify({"transfers": list_transfers(svc(), state, request.args.get("authorization"),
-                                                limit)})
+                                                query_number("limit", 100))})
 
 
 @bp.get("/<transfer_id>")

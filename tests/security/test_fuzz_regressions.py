@@ -1,6 +1,7 @@
 """What schemathesis found, kept as plain cases: each answer is a 4xx OperationOutcome,
 never a 5xx. A peer's bad "opened" receipt is the peer's fault (422, it was 502); a
-reply with no way back to its sender is a conflict to configure (409, it was 500)."""
+reply with no way back to its sender is a conflict to configure (409, it was 500); a
+number too large for the database is a bad request (400, it was 500)."""
 from __future__ import annotations
 
 import base64
@@ -69,3 +70,20 @@ def test_a_reply_with_no_way_back_to_its_sender_is_409(world):
                                      headers=world.headers("recipient"))
     issue = _outcome(r, 409)
     assert route_world.PEER_NAME in issue["diagnostics"] and "base_url" in issue["diagnostics"]
+
+
+@pytest.mark.parametrize("url", [
+    "/audit/checkpoints?since_size=-873239281343184867688448&limit=100",
+    "/audit/checkpoints?since_size=9223372036854775808",
+    "/audit/consistency?first=0&second=99999999999999999999",
+    "/audit/consistency?first=-1",
+    "/audit/events/99999999999999999999999/proof",
+    "/audit/events/1/proof?tree_size=-1",
+    "/audit/events?after=99999999999999999999",
+    "/transfers?limit=99999999999999999999",
+])
+def test_numbers_beyond_a_database_integer_are_400(world, url):
+    """A number no BIGINT holds failed in the database driver (OverflowError, 500); every
+    count, size and sequence number is now checked at the edge, negatives included."""
+    r = world.app.test_client().get(url, headers=world.headers("admin"))
+    assert "whole number" in _outcome(r, 400)["diagnostics"]
