@@ -16,7 +16,7 @@ from gateway.engine.transfers import STATES
 from gateway.errors import InvalidInput
 
 from .auth import json_body, require, svc
-from .params import query_number
+from .params import optional_text, query_number
 
 bp = Blueprint("transfers", __name__, url_prefix="/transfers")
 
@@ -58,8 +58,7 @@ def show(transfer_id: str):
 @bp.post("/<transfer_id>/retry")
 @require("operator", "admin")
 def retry(transfer_id: str):
-    body = request.get_json(silent=True) or {}
-    skip = body.get("skip_failed_items", False) if isinstance(body, dict) else False
+    skip = json_body(required=False).get("skip_failed_items", False)
     if not isinstance(skip, bool):
         raise InvalidInput("'skip_failed_items' must be true or false")
     return jsonify(retry_transfer(svc(), transfer_id, g.actor, g.role, skip_failed_items=skip))
@@ -74,7 +73,6 @@ def replay(transfer_id: str):
 @bp.post("/<transfer_id>/cancel")
 @require("operator", "admin")
 def cancel(transfer_id: str):
-    body = request.get_json(silent=True) or {}
-    reason = body.get("reason") if isinstance(body, dict) else None
+    reason = optional_text(json_body(required=False), "reason")
     return jsonify(cancel_transfer(svc(), transfer_id, reason or "cancelled by an operator",
                                    g.actor, g.role))
