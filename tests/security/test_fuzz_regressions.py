@@ -126,3 +126,43 @@ def test_a_nul_or_a_number_where_text_belongs_in_a_body_is_400(any_world):
     assert client.get(f"/authorizations/{ids['auth_id']}", headers=operator).get_json()["status"] == "active"
     assert client.get(f"/transfers/{ids['transfer_id']}", headers=operator).get_json()["state"] == "pending"
     assert client.get(f"/faxes/review/{ids['fax_id']}", headers=operator).status_code == 200
+
+
+def _deliver(world, tmp_path, change):
+    """A bundle from the test's trusted hospital, changed by `change` before it is signed."""
+    from gateway.trust.receipts import SIGNATURE_HEADER, sign_bundle
+    import secrets
+    import uuid
+
+    hospital = SigningKeys(tmp_path / "route-hospital-keys")
+    data = json.loads(route_world._received_bundle(route_world._patient(), str(uuid.uuid4()),
+                                                   "1.2.826.0.1.7"))
+    change(data)
+    body = json.dumps(data).encode()
+    return world.app.test_client().post("/fhir", data=body, content_type="application/fhir+json", headers={
+        **world.headers("peer"), "Idempotency-Key": secrets.token_hex(8),
+        SIGNATURE_HEADER: sign_bundle(hospital, body, "x")})
+
+
+def _group_list(value: str, part: str) -> dict:
+    from gateway.exchange.ids import GROUP_SYSTEM, PART_EXT
+
+    return {"fullUrl": "urn:uuid:33333333-0000-4000-8000-000000000001",
+            "request": {"method": "POST", "url": "List"},
+            "resource": {"resourceType": "List", "status": "current", "mode": "working",
+                         "identifier": [{"system": GROUP_SYSTEM, "value": value}],
+                         "extension": [{"url": PART_EXT, "valueString": part}]}}
+
+
+@pytest.mark.parametrize("change,says", [
+    (lambda d: d["identifier"].update(value="urn:uuid:a\x00b"), "Bundle.identifier.value"),
+    (lambda d: d["identifier"].update(value="urn:x:" + "a" * 300), "Bundle.identifier.value"),
+    (lambda d: d["entry"].append(_group_list("g\x00", "1/1")), "submission group"),
+    (lambda d: d["entry"].append(_group_list("g-1", "1/99999999999")), "the part must be"),
+])
+def test_a_bundle_with_values_no_column_holds_is_422(any_world, tmp_path, change, says):
+    """From a trusted peer still: a NUL or an oversized value failed in the database (500)."""
+    r = _deliver(any_world, tmp_path, change)
+    assert says in _outcome(r, 422)["diagnostics"]
+    inbox = any_world.app.test_client().get("/inbox", headers=any_world.headers("recipient"))
+    assert len(inbox.get_json()["received"]) == 1  # the seeded one only
