@@ -1,6 +1,7 @@
 """A gateway in both modes with something of every kind in its store, for the route tests:
-an imported authorization, a transfer, a received bundle with a document and a study, an
-upload sent before its bundle, a fax awaiting review, audit events. Every patient detail
+an imported authorization, a transfer, a received bundle with a document and a study
+whose image came by STOW-RS, an upload sent before its bundle, a fax awaiting review,
+audit events. Every patient detail
 and every id is random, so finding one in an answer can only mean it leaked."""
 from __future__ import annotations
 
@@ -73,9 +74,11 @@ def _tokens(app) -> tuple[dict, dict, dict]:
     return valid, expired, revoked
 
 
-def _received_bundle(patient: dict, doc_uuid: str, study_uid: str) -> bytes:
+def _received_bundle(patient: dict, doc_uuid: str, study_uid: str,
+                     instances: dict[str, str] | None = None) -> bytes:
     """A transaction Bundle from HOSPITAL for this gateway's own center: the patient, the
-    Consent, a PDF note inline and an ImagingStudy."""
+    Consent, a PDF note inline, an ImagingStudy, and a manifest naming the study's
+    `instances` (SOP UID -> sha256) sent beside it by STOW-RS."""
     ref = f"urn:uuid:{uuid.uuid4()}"
     claims = example_claims(ISSUER, f"j-{secrets.token_hex(4)}", patient=patient,
                             disclosers=[{"id": HOSPITAL, "name": "Hospital", "endpoints": [
@@ -107,6 +110,21 @@ def _received_bundle(patient: dict, doc_uuid: str, study_uid: str) -> bytes:
                       "subject": {"reference": ref},
                       "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{study_uid}"}],
                       "numberOfSeries": 1, "numberOfInstances": 1}}]
+    if instances:
+        from gateway.exchange.manifest import MANIFEST_TYPE
+
+        manifest = {"sources": {"pacs": {"delivered": [
+            {"kind": "dicom", "origin": f"dicom://pacs/{sop}", "study": study_uid, "sha256": sha}
+            for sop, sha in instances.items()]}}}
+        man_url = f"urn:uuid:{uuid.uuid4()}"
+        entries += [
+            {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "request": {"method": "POST", "url": "DocumentReference"},
+             "resource": {"resourceType": "DocumentReference", "status": "current",
+                          "subject": {"reference": ref}, "type": {"coding": [MANIFEST_TYPE]},
+                          "content": [{"attachment": {"contentType": "application/json", "url": man_url}}]}},
+            {"fullUrl": man_url, "request": {"method": "POST", "url": "Binary"}, "resource": {
+                "resourceType": "Binary", "contentType": "application/json",
+                "data": base64.b64encode(json.dumps(manifest).encode()).decode()}}]
     return json.dumps({"resourceType": "Bundle", "type": "transaction",
                        "identifier": {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{uuid.uuid4()}"},
                        "entry": entries}).encode()
@@ -181,8 +199,21 @@ def build(config: dict, tmp_path: Path, sign, claims_for) -> World:
     assert r.status_code == 202, r.get_json()
     transfer_id = r.get_json()["id"]
 
-    doc_uuid, study_uid = str(uuid.uuid4()), f"1.2.826.0.1.{secrets.randbelow(10**9)}"
-    body = _received_bundle(patient, doc_uuid, study_uid)
+    from tests.dicom.dicom_studies import make_study
+
+    study = make_study(tmp_path / "route-study", 1, 1, rows=8, cols=8,
+                       patient_id=patient["identifiers"][0]["value"],
+                       patient_name=f"{patient['name']['family']}^{patient['name']['given'][0]}")
+    boundary = secrets.token_hex(8)
+    stow = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            + study.files[0].read_bytes() + f"\r\n--{boundary}--\r\n".encode())
+    r = client.post(f"/dicomweb/studies/{study.study_uid}", data=stow, headers={
+        **peer, "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+    assert r.status_code == 200, r.get_data(as_text=True)
+    doc_uuid, study_uid, [sop_uid] = str(uuid.uuid4()), study.study_uid, study.sop_uids
+    # held as received, its preamble zeroed (it could hide another file format)
+    sha = hashlib.sha256(bytes(128) + study.files[0].read_bytes()[128:]).hexdigest()
+    body = _received_bundle(patient, doc_uuid, study_uid, {sop_uid: sha})
     r = client.post("/fhir", data=body, content_type="application/fhir+json", headers={
         **peer, "Idempotency-Key": secrets.token_hex(8),
         SIGNATURE_HEADER: sign_bundle(hospital, body, "x")})
@@ -199,9 +230,9 @@ def build(config: dict, tmp_path: Path, sign, claims_for) -> World:
     fax_id = _fax_in_review(config, patient["name"]["family"], transfer_id, fax_number)
     ids = {"transfer_id": transfer_id, "auth_id": auth_id, "received_id": received["id"],
            "doc_id": doc_uuid, "study_uid": study_uid, "study": study_uid,
-           "sop_uid": f"{study_uid}.1.1", "binary_id": binary_id, "fax_id": fax_id, "seq": "1"}
+           "sop_uid": sop_uid, "binary_id": binary_id, "fax_id": fax_id, "seq": "1"}
     leaks = [patient["name"]["family"], patient["name"]["given"][0], patient["birthDate"],
              patient["identifiers"][0]["value"], transfer_id, auth_id, received["id"], doc_uuid,
-             study_uid, binary_id, fax_id, fax_number, received["bundle"], received["sha256"]]
+             study_uid, sop_uid, binary_id, fax_id, fax_number, received["bundle"], received["sha256"]]
     return World(app=app, tokens=valid, expired=expired, revoked=revoked, ids=ids, leaks=leaks,
                  config=config)

@@ -180,6 +180,10 @@ def test_the_seeded_data_is_there_for_the_right_roles(world):
     r = client.get(f"/faxes/review/{ids['fax_id']}/preview", headers=world.headers("operator"))
     assert r.status_code == 200 and world.leaks[0].encode() in r.data
     assert client.head(f"/fhir/Binary/{ids['binary_id']}", headers=world.headers("peer")).status_code == 200
+    image = client.get(f"/inbox/{ids['received_id']}/studies/{ids['study_uid']}/instances/{ids['sop_uid']}",
+                       headers=staff)
+    assert image.status_code == 200 and image.mimetype == "application/dicom"
+    assert world.leaks[0].encode() in image.data  # the patient's name, in the DICOM header
 
 
 def test_a_new_route_is_in_the_matrix_by_itself(world):
