@@ -168,8 +168,8 @@ SUMMARIES = {
 
 def _responses(endpoint: str, secured: bool) -> dict:
     answers = ANSWERS.get(endpoint, {"200": _JSON})
-    out = {status: {"description": "success"} | ({"content": content} if content else {})
-           for status, content in answers.items()}
+    out = {status: {"description": "not modified (If-None-Match)" if status == "304" else "success"}
+           | ({"content": content} if content else {}) for status, content in answers.items()}
     return out | (REFUSED if secured else {}) | {"default": OUTCOME}
 
 
