@@ -63,6 +63,9 @@ class RecordQuery:
     # incremental pull: only what changed at the source since then (the cursor a
     # previous complete pull of the same authorization and source reported)
     since: datetime | None = None
+    # finished transfers of the same authorization: what came for one of them after it
+    # had finished (a late fax) comes with this one, a follow-up
+    earlier_transfers: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

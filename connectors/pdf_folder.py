@@ -1,4 +1,5 @@
-"""PDF drop folder: the PDFs for a transfer lie in a sub-folder named for it.
+"""PDF drop folder: the PDFs for a transfer lie in a sub-folder named for it, or for its
+authorization (a case's folder: its follow-ups take only what is new there).
 
     <path>/<transfer id>/<name>.pdf
 
@@ -66,15 +67,21 @@ class PdfFolderConnector(Connector):
         self.check()
         if safe_name(query.transfer_id) is None:
             raise SourceRejected("transfer id is not a plain name")
-        folder = self.root / query.transfer_id
-        try:  # the folder is opened once, never through a link; its files by this descriptor
-            dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        except FileNotFoundError:  # the provider has not dropped the records yet: come back later
+        dir_fd = None
+        for name in (query.transfer_id, safe_name(query.authorization_id or "")):
+            if name is None:
+                continue
+            try:  # the folder is opened once, never through a link; its files by this descriptor
+                dir_fd = os.open(self.root / name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+                break
+            except FileNotFoundError:
+                continue
+            except OSError:
+                raise SourceRejected(f"source {self.source}: the transfer's folder is a link or "
+                                     "not a folder") from None
+        if dir_fd is None:  # the provider has not dropped the records yet: come back later
             raise SourceUnavailable(f"source {self.source}: no folder yet for transfer "
-                                    f"{query.transfer_id}") from None
-        except OSError:
-            raise SourceRejected(f"source {self.source}: the transfer's folder is a link or "
-                                 "not a folder") from None
+                                    f"{query.transfer_id} or its authorization") from None
         try:
             yield from self._fetch_from(dir_fd, query)
         finally:

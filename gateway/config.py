@@ -11,13 +11,22 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import random
 import ssl
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
@@ -44,6 +53,22 @@ def _tls_required(model: BaseModel, *fields: str) -> None:
                              "or set allow_http = true for this peer")
 
 
+class SubscriptionsConfig(BaseModel):
+    """FHIR Subscriptions (R4 Backport IG) at a fhir-rest source: the topics (canonical
+    URLs) to subscribe to for each patient, the payload the server sends, and how often
+    it must send a heartbeat. Notifications come to {base_url}/subscriptions/{id}/notify."""
+
+    topics: list[str] = Field(min_length=1)
+    payload: Literal["id-only", "full-resource"] = "id-only"
+    heartbeat_s: int = Field(60, ge=1, le=86400)
+
+
+DAY = 24 * 3600.0
+# how long each kind of source usually takes to answer a records request
+EXPECT_WITHIN_S = {"fhir-rest": 3600.0, "dicom": DAY, "dicomweb": DAY, "pdf-folder": 3 * DAY,
+                   "fax-drop": 10 * DAY}
+
+
 class SourceConfig(BaseModel):
     """A place records come from: a connector kind and the organization behind it."""
 
@@ -52,6 +77,29 @@ class SourceConfig(BaseModel):
     endpoint: str  # must equal one of that discloser's endpoints in the authorization
     data_class: str = "documents"  # for records whose class the source cannot tell
     options: dict[str, Any] = Field(default_factory=dict)
+    subscriptions: SubscriptionsConfig | None = None  # fhir-rest only
+    # unattended cases: when an authorization naming this source's organization and
+    # endpoint is imported, "start" pulls at once, "review" waits for an operator's
+    # approval, "off" leaves the source to transfers an operator starts
+    auto: Literal["start", "review", "off"] = "review"
+    # the source should have answered this long after its first pull started (default
+    # by kind, EXPECT_WITHIN_S); reminders go at remind_every_s until then, then overdue
+    expect_within_s: float | None = Field(default=None, gt=0)
+    remind_every_s: float | None = Field(default=None, gt=0)
+    # scheduled incremental pulls while the case is open (None: none)
+    poll_interval_s: float | None = Field(default=None, gt=0)
+
+    def expect_within(self) -> float:
+        return self.expect_within_s or EXPECT_WITHIN_S.get(self.kind, 3 * DAY)
+
+    def remind_every(self) -> float:
+        return self.remind_every_s or self.expect_within() / 3
+
+    @model_validator(mode="after")
+    def _subscriptions_fhir(self) -> "SourceConfig":
+        if self.subscriptions is not None and self.kind != "fhir-rest":
+            raise ValueError("subscriptions are for fhir-rest sources only")
+        return self
 
 
 class DicomDestination(BaseModel):
@@ -190,6 +238,113 @@ class RetryConfig(BaseModel):
     max_attempts: int = 200  # at the max delay this is over a day of retries
     max_retry_after_s: float = 3600.0  # a recipient's Retry-After is honoured up to this
 
+    def delay(self, attempts: int, retry_after: float | None = None) -> float:
+        """Seconds before the next attempt: exponential with jitter (spreads the retries
+        of many senders), never sooner than a capped `Retry-After` asks."""
+        delay = min(self.max_delay_s, self.base_delay_s * (2 ** min(attempts, 30)))
+        delay *= random.uniform(0.5, 1.0)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.max_retry_after_s))
+        return delay
+
+
+# What notifications tell people about (gateway/notify/events.py builds their payloads)
+NotifyEvent = Literal["case.started", "source.overdue", "case.complete", "transfer.delivered",
+                      "transfer.opened", "transfer.failed", "authorization.expiring"]
+NOTIFY_EVENTS: tuple[str, ...] = get_args(NotifyEvent)
+
+
+class WebhookConfig(BaseModel):
+    """A webhook subscriber: events POSTed as JSON, signed with HMAC-SHA256 under the
+    secret in `secret_file` (docs/notifications.md says how a receiver checks it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    url: str
+    secret_file: Path
+    events: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS))
+    allow_http: bool = False  # plain HTTP to a host other than loopback
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return v
+
+    @model_validator(mode="after")
+    def _tls(self) -> "WebhookConfig":
+        _tls_required(self, "url")
+        return self
+
+
+_MAILBOX = r'^[^@\s<>,;"]+@[^@\s<>,;"]+$'  # one bare address: nothing a header could split
+
+
+class EmailConfig(BaseModel):
+    """Notifications by email over SMTP with STARTTLS (the server's certificate checked
+    against `ca_file`, default: the system's CAs) and AUTH with `username` and the
+    password in `password_file`. Credentials never go over plain SMTP, except to a
+    loopback host with `allow_plain_auth = true` (a local relay)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    host: str
+    port: int = Field(587, ge=1, le=65535)
+    starttls: bool = True
+    username: str | None = None
+    password_file: Path | None = None
+    from_: str = Field(alias="from", pattern=_MAILBOX)
+    to: list[Annotated[str, Field(pattern=_MAILBOX)]] = Field(min_length=1)
+    ca_file: Path | None = None
+    events: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS))
+    allow_plain_auth: bool = False  # AUTH without TLS: loopback hosts only
+
+    @model_validator(mode="after")
+    def _credentials_over_tls(self) -> "EmailConfig":
+        if (self.username is None) != (self.password_file is None):
+            raise ValueError("username and password_file go together")
+        refusal = self.plain_auth_refusal()
+        if refusal:
+            raise ValueError(refusal)
+        return self
+
+    def plain_auth_refusal(self) -> str | None:
+        """Why credentials may not be sent as configured, or None: AUTH goes only inside
+        STARTTLS, or in the clear to a loopback relay explicitly allowed."""
+        if self.username is None or self.starttls:
+            return None
+        if not loopback(f"smtp://{self.host}"):
+            return (f"SMTP credentials for {self.host} would go without TLS: "
+                    "set starttls = true")
+        if not self.allow_plain_auth:
+            return "SMTP credentials without TLS (even to loopback) need allow_plain_auth = true"
+        return None
+
+
+class NotifyConfig(BaseModel):
+    """Who is told about what (`[notify]`): webhooks, email, and how soon before an
+    authorization expires it is announced. Notifications hold ids, states and links only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
+    email: EmailConfig | None = None
+    expiring_within_days: int = Field(14, ge=1)
+    interval_s: float = Field(10.0, gt=0)  # how often due notifications are sent
+    timeout_s: float = Field(15.0, gt=0)  # one webhook call or SMTP session
+    retry: RetryConfig = Field(default_factory=lambda: RetryConfig(
+        base_delay_s=30.0, max_delay_s=3600.0, max_attempts=12))
+
+    @field_validator("webhooks")
+    @classmethod
+    def _unique_names(cls, v: list[WebhookConfig]) -> list[WebhookConfig]:
+        names = [w.name for w in v]
+        if len(set(names)) != len(names):
+            raise ValueError("webhook names must be unique")
+        return v
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_nested_delimiter="__",
@@ -200,6 +355,8 @@ class Settings(BaseSettings):
     redis_url: str | None = None  # Celery broker; None = embedded broker in data_dir
     queue: str = "records-gateway"  # Celery queue: gateways sharing a Redis each need their own
     organization: str = "gateway.local"  # our identity in authorizations and receipts
+    # our public URL: in receipts and checkpoints, and where sources send FHIR Subscription
+    # notifications (it must reach this gateway from the source)
     base_url: str = "http://127.0.0.1:8080"
     host: str = "127.0.0.1"
     port: int = 8080
@@ -216,6 +373,7 @@ class Settings(BaseSettings):
     attachment_inline_max_bytes: int = Field(4 * 1024 * 1024, ge=0)
     receive_claim_s: float = 120.0  # a receive interrupted longer than this is taken over
     retry: RetryConfig = Field(default_factory=RetryConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
     step_lease_s: float = 300.0  # a step not finished by then is taken over
     reconcile_interval_s: float = 30.0
     # how often the audit log's tree head is signed (when the log grew): the newest events
@@ -229,6 +387,11 @@ class Settings(BaseSettings):
     max_binary_bytes: int = 4 * 1024 * 1024 * 1024  # receive side: one uploaded document
     receive_upload_ttl_s: float = 7 * 24 * 3600.0  # an upload no bundle took is deleted after
     http_timeout_s: float = 60.0
+    # unattended cases: signed authorizations an e-signature service drops here are
+    # imported (then moved to done/ or rejected/ beside a .reason file)
+    intake_dir: Path | None = None
+    case_tick_s: float = 5.0  # how often open cases are checked (deadlines, polls, expiry)
+    follow_up_settle_s: float = 2.0  # a burst of new records within this makes one follow-up
     log_level: str = "INFO"
     # HTTPS for `serve` (gunicorn takes the same files: deploy/gunicorn.conf.py); with
     # tls_client_ca_file every client must present a certificate it signed (mutual TLS)

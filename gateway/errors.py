@@ -156,3 +156,20 @@ class BlobCorrupted(GatewayError):
 
     code = "exception"
     http_status = 500
+
+
+class NotificationFailed(GatewayError):
+    """A webhook or mail server could not be reached or answered "later"; retried, then
+    dead-lettered (replayable)."""
+
+    transient = True
+    code = "transient"
+    http_status = 502
+
+
+class NotificationRejected(GatewayError):
+    """A webhook or mail server refused a notification for good (4xx other than 408/429,
+    a permanent SMTP error, an untrusted certificate): dead at once, replayable once fixed."""
+
+    code = "processing"
+    http_status = 502

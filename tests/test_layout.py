@@ -25,7 +25,7 @@ ROOMS = {
     "gateway.storage": 1, "gateway.exchange": 1,
     "gateway.audit": 2,
     "gateway.trust": 3,
-    "gateway.runtime": 4,
+    "gateway.runtime": 4, "gateway.notify": 4,
     "gateway.outbound": 5, "gateway.inbound": 5,
     "gateway.engine": 6,
     "gateway.api": 7, "gateway.web": 7,

@@ -6,7 +6,8 @@
                 proposing what the PACS holds) or DICOMweb (QIDO-RS, WADO-RS)
 - qr.py         C-ECHO / C-FIND / C-MOVE / C-GET (pynetdicom), watched instead of timed out;
                 C-GET proposes one context per (SOP class, transfer syntax)
-- scp.py        the Storage SCP that C-MOVE sends to, routing each instance to its transfer
+- scp.py        the Storage SCP that C-MOVE sends to: configured sources only, each
+                instance only for an open C-MOVE that expects it (docs/dicom.md)
 - web.py        QIDO-RS and WADO-RS, the multipart response split as it streams
 - intake.py     every received file: checked, hashed, handed to a pluggable sink, counted
 - header.py     the few header attributes needed, read fast without decoding the data set

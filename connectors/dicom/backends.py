@@ -27,7 +27,7 @@ from .qr import (
     fits,
     storage_classes,
 )
-from .scp import ACCEPTED_SYNTAXES, EXPLICIT_LE, StorageSCP
+from .scp import ACCEPTED_SYNTAXES, EXPLICIT_LE, SourcePeer, StorageSCP, source_peer
 from .study import InstanceInfo
 from .uids import clean_uid
 from .web import DicomWebClient
@@ -39,12 +39,17 @@ _scps: dict[tuple, list] = {}
 _scps_lock = threading.Lock()
 
 
-def acquire_scp(ae_title: str, port: int, host: str = "127.0.0.1") -> StorageSCP:
+def acquire_scp(ae_title: str, port: int, host: str = "127.0.0.1",
+                on_refused=None) -> StorageSCP:
+    """The process's SCP for (AE title, host, port), started on first use; `on_refused`
+    (the same for every source of a process: the gateway's audit) if it has none yet."""
     with _scps_lock:
         entry = _scps.get((ae_title, host, port))
         if entry is None:
             entry = _scps[(ae_title, host, port)] = [StorageSCP(ae_title, port, host).start(), 0]
         entry[1] += 1
+        if entry[0].on_refused is None:
+            entry[0].on_refused = on_refused
         return entry[0]
 
 
@@ -119,16 +124,31 @@ class DimseBackend:
         if self.method == "move":
             if options.get("scp_port") is None:
                 raise SourceRejected("retrieve = move needs scp_port (our Storage SCP)")
+            self.peer = self._sender(options)
             try:
                 self.scp = acquire_scp(self.move_dest, int(options["scp_port"]),
-                                       options.get("scp_host", "127.0.0.1"))
+                                       options.get("scp_host", "127.0.0.1"),
+                                       options.get("on_refused"))
             except OSError as exc:  # e.g. another worker process holds the port
                 raise SourceUnavailable(f"cannot listen for C-MOVE on port "
                                         f"{options['scp_port']}: {exc.strerror}") from None
+            self.scp.admit(self.peer)
         self.uid_lists = True  # does the PACS accept UID lists in C-MOVE/C-GET?
+
+    @staticmethod
+    def _sender(options: dict) -> SourcePeer:
+        """Who the PACS's C-STOREs come from: its AE title (`sender_aet`, default
+        `ae_title`) and addresses (`sender_hosts`, default `host`)."""
+        hosts = options.get("sender_hosts") or [options["host"]]
+        hosts = [hosts] if isinstance(hosts, str) else list(hosts)
+        try:
+            return source_peer(str(options.get("sender_aet") or options["ae_title"]), hosts)
+        except ValueError as exc:
+            raise SourceUnavailable(str(exc)) from None
 
     def close(self):
         if self.scp is not None:
+            self.scp.withdraw(self.peer)
             release_scp(self.scp)
             self.scp = None
 
@@ -149,8 +169,25 @@ class DimseBackend:
         ident = self.scu._identifier(level, study, series, sops)
         if self.method == "get":
             return self._get(ident, level, series, sops, retrieval, plan)
-        with self.scp.expect(retrieval, self.scu.peer.ae_title, studies=[study]) as move_id:
+        expected = set(sops) if sops else self._listed(plan, series)
+        if not expected:
+            if series in plan.series:
+                plan.series[series].instances = None  # judged by the announced count
+            return RetrieveStatus(None, reason="the PACS lists no instance of it at IMAGE "
+                                  "level, and a C-MOVE takes only listed ones (scp.py); "
+                                  "retrieve = get does not need the list")
+        with self.scp.expect(retrieval, self.peer, expected, self.scu.peer.calling_aet) \
+                as move_id:
             return self.scu.move(ident, self.move_dest, move_id, retrieval)
+
+    def _listed(self, plan, series) -> set[str]:
+        """SOP Instance UIDs the instance-level query lists for a series (or, without
+        series, the study): the only instances a C-MOVE of it may bring (scp.py)."""
+        if series is not None:
+            return set(self._infos(plan, series, None))
+        found = (instance_info(row) for row in self.scu.find(
+            "IMAGE", {"StudyInstanceUID": plan.uid}, IMAGE_KEYS))
+        return {i.sop_instance_uid for i in found if i is not None}
 
     # -- C-GET: propose what the PACS holds, so it sends it as it is ----------------------
     def _get(self, ident, level, series, sops, retrieval, plan) -> RetrieveStatus:

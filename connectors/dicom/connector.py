@@ -30,7 +30,8 @@ own, so the PACS sends every instance in the syntax it holds (backends.py); our 
 SCP accepts every syntax as received (scp.ACCEPTED_SYNTAXES).
 
 Options: host, port, ae_title (the PACS), calling_aet (ours), scp_port / scp_host /
-scp_aet (our Storage SCP; its AE title defaults to calling_aet), dicomweb_url,
+scp_aet (our Storage SCP; its AE title defaults to calling_aet), sender_aet / sender_hosts
+(who the PACS's C-MOVE sub-operations come from; default ae_title / host), dicomweb_url,
 dicomweb_headers, retrieve, parallel (2), retries (2), patient_id_systems, modalities,
 stall_timeout (900 s), start_timeout (120 s), sink (a callable, see
 connectors.dicom.intake), spool, intake_workers (4), incomplete_attempts (3),
@@ -356,6 +357,8 @@ class ImagingConnector(Connector):
         for error in list(retrieval.errors.values()):
             if error.permanent:
                 yield rejected_record(self.source, error)
+        for conflict in list(retrieval.conflicts):  # a second, different copy: tampering?
+            yield rejected_record(self.source, conflict)
         if not outcome.complete:
             # pulls in a row that fetched nothing new: bounded, counted across restarts
             attempts = self.journal.note(plan.uid, outcome.received > 0)

@@ -24,6 +24,12 @@ from the socket into the writer (an encrypting blob writer, say) as they arrive.
 receiving thread only queues them (`InstanceStream`); intake workers open the writer,
 feed it, keep the first 256 KB to check the header at the end, and commit (which may
 fsync) or abort.
+
+One instance per SOP Instance UID: a receiver `claim()`s the UID when a C-STORE for it
+begins. A second copy while the first is held or being taken is only hashed
+(`duplicate()`): the same bytes are answered as stored without storing them twice;
+different bytes are refused and listed in `conflicts` (the first one is kept: two
+different instances under one UID mean one of them is not what the PACS holds).
 """
 from __future__ import annotations
 
@@ -134,12 +140,14 @@ class Retrieval:
     max_waiting: int = 6  # files or stream drains waiting for a worker before receiving pauses
     received: dict[str, Received] = field(default_factory=dict)
     errors: dict[str, InstanceError] = field(default_factory=dict)
+    conflicts: list[InstanceError] = field(default_factory=list)  # second copies refused
     bytes: int = 0
     on_received: Callable[[Received], None] | None = None
 
     def __post_init__(self):
         self._cond = threading.Condition()
         self._pending = 0
+        self._taking: set[str] = set()  # SOP Instance UIDs claimed, not yet settled
         self._slots = threading.BoundedSemaphore(self.max_waiting)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -158,11 +166,47 @@ class Retrieval:
             self._pending += 1
             self.touch()
 
-    def _end(self) -> None:
+    def _end(self, sop_uid: str = "") -> None:
         with self._cond:
             self._pending -= 1
+            self._taking.discard(sop_uid)
             self.touch()
             self._cond.notify_all()
+
+    def claim(self, sop_uid: str) -> bool:
+        """True when `sop_uid` is new here: the caller takes the instance (the claim ends
+        when it is settled, `_end`, or `release`d). False: a second copy (`duplicate`)."""
+        with self._cond:
+            if sop_uid in self.received or sop_uid in self._taking:
+                return False
+            self._taking.add(sop_uid)
+            return True
+
+    def release(self, sop_uid: str) -> None:
+        """Drop a claim whose instance never reached the intake (cut off, refused)."""
+        with self._cond:
+            self._taking.discard(sop_uid)
+            self._cond.notify_all()
+
+    def duplicate(self, sop_uid: str, sha256: str, via: str,
+                  timeout: float = 300.0) -> bool | None:
+        """A second copy of `sop_uid` arrived, hashed `sha256` (as the first would be
+        stored). Waits until the first is settled. True: the same bytes (nothing to
+        store); False: other bytes, refused and recorded in `conflicts`, the first kept;
+        None: no first copy was kept (the sender may send it again)."""
+        with self._cond:
+            self._cond.wait_for(lambda: sop_uid in self.received
+                                or sop_uid not in self._taking, timeout)
+            first = self.received.get(sop_uid)
+            if first is None:
+                return None
+            if first.sha256 == sha256:
+                return True
+            self.conflicts.append(InstanceError(
+                sop_uid, f"a second instance with this SOP Instance UID and other content "
+                f"(sha256 {sha256}) was refused; the first received (sha256 {first.sha256}) "
+                "is kept", first.study_uid, first.series_uid, via))
+            return False
 
     def wait_settled(self, timeout: float | None = None) -> bool:
         """Wait until every instance handed over so far has been checked and stored."""
@@ -243,7 +287,7 @@ class Retrieval:
                 os.unlink(path)
             except OSError:
                 pass
-            self._end()
+            self._end(sop_uid)
 
     def _take(self, path: Path, via: str, sop_uid: str, sop_class: str, hashed):
         # One pass over the file: its head gives the header, the preamble and the start
@@ -320,6 +364,14 @@ class Retrieval:
         item = Received(sop, klass, study, series, sha256, size, location,
                         header.get("TransferSyntaxUID", ""), header, via)
         with self._cond:
+            first = self.received.get(sop)
+            if first is not None:  # unclaimed paths (WADO-RS): the first is kept as well
+                if first.sha256 != sha256:
+                    self.conflicts.append(InstanceError(
+                        sop, f"a second instance with this SOP Instance UID and other "
+                        f"content (sha256 {sha256}) was not kept; the first received "
+                        f"(sha256 {first.sha256}) is", study, series, via))
+                return first
             self.received[sop] = item
             self.errors.pop(sop, None)
             self.bytes += size

@@ -18,6 +18,9 @@ state machine, ACSE and DIMSE code as they are and change only how threads wait 
   which format every message (and would log identifiers at INFO).
 - `FastDIMSE` (connectors.dicom.dimse_store) receives C-STORE requests without
   pynetdicom's per-message pydicom work when the association has a `store_begin` hook.
+- `PeerACSE` lets the acceptor refuse an association by its calling AE title and the
+  peer's network address together (pynetdicom checks the title alone), with the
+  A-ASSOCIATE-RJ reason "calling AE title not recognized".
 - `FastAE.associate` (requestor) and `FastRequestHandler` (acceptor) build those.
 - `serve(ae, ...)` runs the Storage SCP's server loop with a short poll so it stops fast,
   without the full `gc.collect()` pynetdicom's server runs every 60 polls.
@@ -48,6 +51,7 @@ from pynetdicom._handlers import (
     standard_pdu_recv_handler,
     standard_pdu_sent_handler,
 )
+from pynetdicom.acse import ACSE
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
@@ -347,6 +351,33 @@ class _MessageQueue(_NotifyingQueue):
         super().put(item, block, timeout)
 
 
+#: A-ASSOCIATE-RJ (result, source, reason): rejected-permanent, by the service user,
+#: calling AE title not recognized (PS3.8 9.3.4)
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+
+
+class PeerACSE(ACSE):
+    """ACSE whose acceptor asks `assoc.accept_peer(calling_ae_title, address)` before
+    anything else is negotiated; False rejects with `REJECT_CALLING_AE`."""
+
+    def _negotiate_as_acceptor(self) -> None:
+        accept = getattr(self.assoc, "accept_peer", None)
+        if accept is not None:
+            calling = (self.requestor.primitive.calling_ae_title or "").strip()
+            self.requestor.ae_title = calling
+            try:
+                allowed = bool(accept(calling, self.assoc.requestor.address))
+            except Exception:
+                LOGGER.exception("accept_peer failed: association rejected")
+                allowed = False
+            if not allowed:
+                self.send_reject(*REJECT_CALLING_AE)
+                evt.trigger(self.assoc, evt.EVT_REJECTED, {})
+                self.assoc.kill()
+                return
+        super()._negotiate_as_acceptor()
+
+
 class FastAssociation(Association):
     """Association whose reactor waits on an event instead of sleeping 1 ms per loop."""
 
@@ -355,6 +386,7 @@ class FastAssociation(Association):
         super().__init__(ae, mode)
         self.dul = FastDUL(self)
         self.dimse = FastDIMSE(self)
+        self.acse = PeerACSE(self)
         self.dul.to_user_queue = _NotifyingQueue(self._wake)
         self.dimse.msg_queue = _MessageQueue(self)
         # the timeouts were applied to the replaced DUL: apply them again
@@ -368,6 +400,8 @@ class FastAssociation(Association):
     #: store_begin(assoc, context_id, StoreCommand) -> StoreTicket | status: receive
     #: C-STORE requests on the fast path (connectors.dicom.dimse_store)
     store_begin: Callable | None = None
+    #: accept_peer(calling_ae_title, address) -> bool: who may associate (acceptor)
+    accept_peer: Callable | None = None
 
     def _wake(self) -> None:
         self._work.set()
@@ -490,6 +524,7 @@ class FastRequestHandler(RequestHandler):
         assoc.requestor.address_info = self.remote
         assoc.on_partial = getattr(server, "on_partial", None)
         assoc.store_begin = getattr(server, "store_begin", None)
+        assoc.accept_peer = getattr(server, "accept_peer", None)
         for event, handlers in server._handlers.items():
             if event.is_intervention and handlers:
                 assoc.bind(event, *handlers)

@@ -1,36 +1,47 @@
 """The gateway's Storage SCP: where a PACS sends the instances of a C-MOVE.
 
 One SCP per process (AE title and port configured; the PACS must know them), shared by
-every transfer in flight. Each C-STORE is routed to the transfer it belongs to by a key
-designed for that:
+every transfer in flight. Who may send, and where each C-STORE goes:
 
-1. C-MOVE sub-operations carry the Move Originator Message ID. Every C-MOVE we send uses
-   a message ID unique among the moves in flight in this process (`expect()` allocates
-   it), so the ID names the transfer. (The instance's patient and study are checked
-   against the transfer's in any case, so a forged ID cannot slip in another's data.)
-2. A PACS that leaves the originator out: the calling AE title of the incoming
-   association names the source; if one transfer is moving from it, that is the one.
-3. Otherwise the instance's own StudyInstanceUID picks among the transfers moving from
-   that source that asked for the study.
+1. Association: only a configured DICOM source may associate, and only from its own
+   address: the calling AE title and the peer's IP address must both be a source's
+   (`admit()`, with the addresses its host name resolves to). Anyone else gets an
+   A-ASSOCIATE-RJ, "calling AE title not recognized", and a log line (title, address);
+   `on_refused` (the gateway audits it) hears of it at most once a minute per address,
+   with the count, so a scanner cannot flood the audit log.
+2. C-STORE: routed to an open retrieve (`expect()`, one per C-MOVE in flight) only when
+   the association's peer is that retrieve's source, the Move Originator AE title and
+   Message ID (where the PACS sends them) are ours for that C-MOVE, and the SOP Instance
+   UID is one the retrieve expects: the instance-level C-FIND listed it, or the C-MOVE
+   named it. The message ID is 16 bits and a PACS may leave it out, so it only tells
+   concurrent moves apart; what cannot be guessed is the expected set (the UIDs of the
+   study being moved, known to the PACS and to us) together with the peer's identity.
+   A random per-move destination AE title would be, but a PACS only sends to
+   destinations configured on its side. Every refusal, whatever failed, is the same
+   answer from the same code path (0x0124 Not Authorized, nothing stored), so a refusal
+   tells a prober nothing about which part it got right.
+3. One instance per SOP Instance UID in a retrieve (connectors.dicom.intake): a second
+   copy with the same bytes is answered as stored, once; with other bytes it is refused
+   (0x0111 Duplicate SOP Instance) and reported, the first kept.
 
-Anything that matches no transfer is refused (0x0124 Not Authorized) and never stored.
-
-The instance is never decoded: pynetdicom writes the incoming data set to a temp file as
-it arrives (`STORE_RECV_CHUNKED_DATASET`), the handler renames that file into the
-retrieval's spool and answers at once; checking, hashing and storing (a sink may fsync)
-happen in the retrieval's intake workers while the PACS sends the next instance. A bad instance is a per-instance error; an aborted association
-loses only the instance in flight; neither stops the SCP or other transfers.
+The instance is never decoded: the data set is written to the retrieval's spool (or its
+streaming sink) as it arrives and the handler answers at once; checking, hashing and
+storing (a sink may fsync) happen in the retrieval's intake workers while the PACS sends
+the next instance. A bad instance is a per-instance error; an aborted association loses
+only the instance in flight; neither stops the SCP or other transfers.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import random
-import tempfile
+import socket
 import threading
+import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -38,7 +49,7 @@ from pynetdicom import AllStoragePresentationContexts, _config, evt
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification
 
-from .header import read_header
+from .header import PREAMBLE
 from .intake import Retrieval
 from .net import FastAE, check_version, serve
 from .uids import clean_uid, describe
@@ -84,7 +95,11 @@ COMMON_SYNTAXES = [
 ]
 STORAGE_SOP_CLASSES = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
 
+#: a refusing address is reported to `on_refused` at most this often (seconds)
+REFUSAL_REPORT_EVERY = 60.0
+
 NOT_AUTHORIZED = 0x0124  # Refused: Not Authorized (PS3.7 C.5.1)
+DUPLICATE_SOP = 0x0111  # Failure: Duplicate SOP Instance (PS3.7 C.4)
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 CANNOT_UNDERSTAND = 0xC000
 
@@ -111,9 +126,7 @@ def store_handler(resolve, via: str):
             klass = clean_uid(req.AffectedSOPClassUID)
             retrieval = resolve(event)
             if retrieval is None:
-                LOGGER.warning("C-STORE from %s matches no transfer: refused",
-                               describe(event.assoc.requestor.ae_title))
-                return NOT_AUTHORIZED
+                return _refused(event.assoc)
             if sop is None or klass is None:
                 retrieval.error(sop or "", "C-STORE with an invalid SOP Instance/Class "
                                 f"UID {describe(req.AffectedSOPInstanceUID)}", via)
@@ -124,6 +137,10 @@ def store_handler(resolve, via: str):
             if path is None:
                 retrieval.error(sop, "no data set received", via)
                 return CANNOT_UNDERSTAND
+            if not retrieval.claim(sop):
+                same = retrieval.duplicate(sop, _sha256_zeroed(Path(path)), via)
+                Path(path).unlink(missing_ok=True)
+                return _copy_status(same)
             retrieval.begin()
             try:
                 staged = retrieval.stage(path)
@@ -148,13 +165,11 @@ class _Ticket:
     """One C-STORE being received on the fast path (connectors.dicom.dimse_store): into
     the retrieval's streaming sink, or a file in its spool that `end()` hands over."""
 
-    def __init__(self, spool: Path, retrieval: Retrieval | None, via: str, sop: str,
-                 klass: str, late=None):
-        self.retrieval, self.via, self.sop, self.klass, self.late = (
-            retrieval, via, sop, klass, late)
+    def __init__(self, spool: Path, retrieval: Retrieval, via: str, sop: str, klass: str):
+        self.retrieval, self.via, self.sop, self.klass = retrieval, via, sop, klass
         self.stream = None
         self.fh = None
-        if retrieval is not None and retrieval.streams():
+        if retrieval.streams():
             self.stream = retrieval.stream(via, sop, klass)
         else:
             self.path = spool / f"rx-{uuid.uuid4().hex}.part"
@@ -168,87 +183,156 @@ class _Ticket:
             self.stream.finish(complete)
             return 0x0000 if complete else 0xA700
         self.fh.close()
-        path, retrieval = self.path, self.retrieval
+        retrieval = self.retrieval
         if not complete:
-            path.unlink(missing_ok=True)
-            if retrieval is not None:
-                retrieval.error(self.sop, "association ended while this instance was being "
-                                "received", self.via, permanent=False)
+            self.path.unlink(missing_ok=True)
+            retrieval.error(self.sop, "association ended while this instance was being "
+                            "received", self.via, permanent=False)
+            retrieval.release(self.sop)
             return 0xA700
-        if retrieval is None and self.late is not None:
-            retrieval = self.late(path)
-            if retrieval is not None:
-                path = retrieval.stage(path)
-        if retrieval is None:
-            path.unlink(missing_ok=True)
-            return NOT_AUTHORIZED
         retrieval.begin()
-        retrieval.submit(path, via=self.via, sop_uid=self.sop, sop_class=self.klass)
+        retrieval.submit(self.path, via=self.via, sop_uid=self.sop, sop_class=self.klass)
         return 0x0000
 
 
-LATER = object()  # the command alone cannot name the retrieval: the received file will
+class _Copy:
+    """A second C-STORE of an instance its retrieval holds or is taking: hashed as it
+    arrives (the bytes the first was stored as), never stored."""
+
+    def __init__(self, retrieval: Retrieval, via: str, sop: str):
+        self.retrieval, self.via, self.sop = retrieval, via, sop
+        self.digest = hashlib.sha256()
+
+    def write(self, data) -> None:
+        self.digest.update(data)
+
+    def end(self, complete: bool) -> int:
+        if not complete:
+            return 0xA700
+        return _copy_status(self.retrieval.duplicate(self.sop, self.digest.hexdigest(),
+                                                     self.via))
 
 
-def store_begin(resolve, via: str, late=None):
+def _copy_status(same: bool | None) -> int:
+    """The answer to a second copy: stored (same bytes), refused (other bytes), or
+    out of resources (the first was not kept: the sender may try again)."""
+    return 0x0000 if same else DUPLICATE_SOP if same is False else 0xA700
+
+
+def _sha256_zeroed(path: Path) -> str:
+    """sha256 of a received file with its preamble zeroed (as the intake stores it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        head = fh.read(PREAMBLE)
+        digest.update(bytes(len(head)))
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def store_begin(resolve, via: str):
     """A fast-path `store_begin(assoc, context_id, command)` hook: `resolve(assoc,
-    command)` names the retrieval, None (refuse at once) or LATER (`late(path)` names it
-    from the received file). The command's UIDs and SOP class are checked first."""
+    command)` names the retrieval, or None (refused). The command's UIDs and SOP class
+    are checked next; a second copy of an instance is only hashed (`_Copy`)."""
 
     def begin(assoc, context_id, command):
         retrieval = resolve(assoc, command)
-        if retrieval is LATER:
-            retrieval = None
-        elif retrieval is None:
-            LOGGER.warning("C-STORE from %s matches no transfer: refused",
-                           describe(assoc.requestor.ae_title))
-            return NOT_AUTHORIZED
+        if retrieval is None:
+            return _refused(assoc)
         sop, klass = clean_uid(command.sop_instance), clean_uid(command.sop_class)
         if sop is None or klass is None:
-            if retrieval is not None:
-                retrieval.error(sop or "", "C-STORE with an invalid SOP Instance/Class UID "
-                                f"{describe(command.sop_instance)}", via)
+            retrieval.error(sop or "", "C-STORE with an invalid SOP Instance/Class UID "
+                            f"{describe(command.sop_instance)}", via)
             return CANNOT_UNDERSTAND
         if klass not in STORAGE_SOP_CLASSES:
-            if retrieval is not None:
-                retrieval.error(sop, f"unexpected SOP class {klass}", via)
+            retrieval.error(sop, f"unexpected SOP class {klass}", via)
             return SOP_CLASS_NOT_SUPPORTED
-        spool = Path(retrieval.spool) if retrieval is not None else Path(tempfile.gettempdir())
-        return _Ticket(spool, retrieval, via, sop, klass, late)
+        if not retrieval.claim(sop):
+            return _Copy(retrieval, via, sop)
+        try:
+            return _Ticket(Path(retrieval.spool), retrieval, via, sop, klass)
+        except BaseException:
+            retrieval.release(sop)  # nothing was taken: a later copy is a first one
+            raise
 
     return begin
+
+
+def _refused(assoc) -> int:
+    """The one answer to a C-STORE that matches no open retrieve, whatever the reason."""
+    LOGGER.warning("C-STORE from %s matches no open retrieve: refused",
+                   describe(assoc.requestor.ae_title))
+    return NOT_AUTHORIZED
+
+
+def _address(value) -> str:
+    """An IP address as compared here (IPv4-mapped IPv6 as plain IPv4)."""
+    text = str(value or "").split("%")[0]
+    return text[7:] if text.startswith("::ffff:") and "." in text else text
+
+
+@dataclass(frozen=True)
+class SourcePeer:
+    """A configured DICOM source as this SCP knows it: the AE title it calls with and
+    the addresses its C-STOREs come from."""
+
+    ae_title: str
+    addresses: frozenset[str]
+
+
+def source_peer(ae_title: str, hosts) -> SourcePeer:
+    """The peer for a source's AE title and host names or addresses (resolved now)."""
+    addresses = set()
+    for host in hosts:
+        try:
+            infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        except socket.gaierror as exc:
+            raise ValueError(f"cannot resolve the DICOM source host {host!r}: "
+                             f"{exc.strerror}") from None
+        addresses |= {_address(info[4][0]) for info in infos}
+    return SourcePeer(ae_title.strip(), frozenset(addresses))
 
 
 @dataclass
 class _Expectation:
     retrieval: Retrieval
-    peer_aet: str
+    peer: SourcePeer
+    originator_aet: str  # the AE title our C-MOVE was sent from
     move_id: int
-    studies: frozenset[str] = field(default_factory=frozenset)
-    on_first: Callable[[], None] | None = None  # called at each instance routed here
+    instances: frozenset[str]  # SOP Instance UIDs this C-MOVE may bring
+
+    def brings(self, calling: str, address: str, originator_aet, originator_id,
+               sop) -> bool:
+        return (calling == self.peer.ae_title and address in self.peer.addresses
+                and sop in self.instances
+                and (originator_id is None or originator_id == self.move_id)
+                and (not originator_aet or originator_aet == self.originator_aet))
 
 
 class StorageSCP:
-    """The shared C-MOVE destination. `start()`, then `expect()` around each C-MOVE."""
+    """The shared C-MOVE destination. `start()`, `admit()` each source, then `expect()`
+    around each C-MOVE."""
 
     def __init__(self, ae_title: str, port: int, host: str = "127.0.0.1", *,
-                 allowed_peers: frozenset[str] | None = None, max_pdu: int = 0,
-                 socket_timeout: float = 120.0):
+                 max_pdu: int = 0, socket_timeout: float = 120.0):
         check_version()
         self.ae_title = ae_title
         self.host = host
         self.port = port
-        self.allowed_peers = allowed_peers  # calling AE titles allowed to connect (None: any)
         self.socket_timeout = socket_timeout
         self._ae = FastAE(ae_title=ae_title)
         self._ae.maximum_pdu_size = max_pdu  # 0: the peer may send PDUs of any size
         self._ae.network_timeout = None  # stalls are caught per socket and per retrieval
         self._ae.dimse_timeout = None
         self._ae.maximum_associations = 64
-        self._ae.require_calling_aet = sorted(allowed_peers) if allowed_peers else []
         self._server = None
         self._lock = threading.Lock()
-        self._by_id: dict[int, _Expectation] = {}
+        self._peers: dict[SourcePeer, int] = {}  # admitted sources -> backends using them
+        self._open: dict[int, _Expectation] = {}
+        #: on_refused(calling_ae_title printable, address, refusals): an association
+        #: refused, reported at most every REFUSAL_REPORT_EVERY seconds per address
+        self.on_refused: Callable[[str, str, int], None] | None = None
+        self._refusals: dict[str, list] = {}  # address -> [last reported, refused since]
         self._ids = itertools.count(random.randint(1, 60000))
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -260,8 +344,8 @@ class StorageSCP:
                                      self._route, "c-move"))])
             self._server.socket_timeout = self.socket_timeout
             self._server.on_partial = self._on_partial
-            self._server.store_begin = store_begin(self._route_command, "c-move",
-                                                   self._route_late)
+            self._server.accept_peer = self.accept_peer
+            self._server.store_begin = store_begin(self._route_command, "c-move")
             self.port = self._server.server_address[1]
         return self
 
@@ -276,90 +360,95 @@ class StorageSCP:
     def __exit__(self, *exc):
         self.stop()
 
+    # -- who may associate ----------------------------------------------------------------
+    def admit(self, peer: SourcePeer) -> None:
+        """Let `peer` (a configured source) associate while it is admitted."""
+        with self._lock:
+            self._peers[peer] = self._peers.get(peer, 0) + 1
+
+    def withdraw(self, peer: SourcePeer) -> None:
+        with self._lock:
+            left = self._peers.get(peer, 0) - 1
+            if left > 0:
+                self._peers[peer] = left
+            else:
+                self._peers.pop(peer, None)
+
+    def accept_peer(self, calling: str, address) -> bool:
+        """Association check (connectors.dicom.net.PeerACSE): an admitted source's AE
+        title from one of its addresses."""
+        addr = _address(address)
+        with self._lock:
+            known = any(p.ae_title == calling and addr in p.addresses for p in self._peers)
+        if not known:
+            LOGGER.warning("association refused: calling AE title %s from %s is not a "
+                           "configured DICOM source", describe(calling), addr)
+            self._refused(describe(calling), addr)
+        return known
+
+    def _refused(self, calling: str, address: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if len(self._refusals) > 4096:  # many addresses: start counting afresh
+                self._refusals.clear()
+            entry = self._refusals.setdefault(address, [None, 0])
+            entry[1] += 1
+            if entry[0] is not None and now - entry[0] < REFUSAL_REPORT_EVERY:
+                return
+            entry[0], count, entry[1] = now, entry[1], 0
+        if self.on_refused is not None:
+            try:
+                self.on_refused(calling, address, count)
+            except Exception:
+                LOGGER.exception("reporting a refused association failed")
+
     # -- routing -------------------------------------------------------------------------
     @contextmanager
-    def expect(self, retrieval: Retrieval, peer_aet: str, studies=(), on_first=None):
-        """Route instances from `peer_aet` to `retrieval` while the block runs; yields the
-        message ID to send the C-MOVE with (the Move Originator Message ID it comes back
-        as). Use one `expect()` per C-MOVE in flight. `on_first()` is called when an
-        instance arrives for this move (at each one: make it idempotent)."""
+    def expect(self, retrieval: Retrieval, peer: SourcePeer, instances, originator_aet: str):
+        """Route the instances named in `instances` from `peer` to `retrieval` while the
+        block runs; yields the message ID to send the C-MOVE with (from `originator_aet`),
+        which the sub-operations carry back as the Move Originator Message ID."""
         with self._lock:
             for _ in range(65535):
                 move_id = next(self._ids) % 65535 + 1
-                if move_id not in self._by_id:
+                if move_id not in self._open:
                     break
             else:
                 raise RuntimeError("too many C-MOVEs in flight")
-            self._by_id[move_id] = _Expectation(retrieval, peer_aet.strip(), move_id,
-                                                frozenset(studies), on_first)
+            self._open[move_id] = _Expectation(retrieval, peer, originator_aet.strip(),
+                                               move_id, frozenset(instances))
         try:
             yield move_id
         finally:
             with self._lock:
-                self._by_id.pop(move_id, None)
+                self._open.pop(move_id, None)
 
-    def _on_partial(self, assoc, command) -> None:
-        """An association ended mid-instance: tell the transfer which instance was lost."""
-        retrieval = self._route_by(assoc, command.get("MoveOriginatorMessageID"))
-        sop = clean_uid(command.get("AffectedSOPInstanceUID")) or ""
-        if retrieval is not None:
-            retrieval.error(sop, "association ended while this instance was being received",
-                            "c-move", permanent=False)
-
-    def _route_by(self, assoc, move_id) -> Retrieval | None:
+    def _match(self, assoc, originator_aet, originator_id, sop) -> Retrieval | None:
+        """The open retrieve this C-STORE belongs to (see the module docs), or None."""
         calling = (assoc.requestor.ae_title or "").strip()
+        address = _address(assoc.requestor.address)
+        originator_aet = (originator_aet or "").strip() or None
+        originator_id = int(originator_id) if originator_id is not None else None
         with self._lock:
-            found = self._by_id.get(int(move_id)) if move_id is not None else None
-        if found is not None:
-            if found.on_first is not None:
-                found.on_first()
-            return found.retrieval
-        with self._lock:
-            candidates = [e for e in self._by_id.values() if e.peer_aet == calling]
-        if len({id(e.retrieval) for e in candidates}) == 1:
-            return candidates[0].retrieval
-        return None
+            found = [e.retrieval for e in self._open.values()
+                     if e.brings(calling, address, originator_aet, originator_id, sop)]
+        # several only without a Message ID: two transfers moving the same study
+        return next((r for r in found if sop not in r.received), found[0] if found else None)
 
-    def _route_command(self, assoc, command):
-        """Fast path: the retrieval the command names, None if no transfer is moving
-        from this peer, LATER if several are (the instance's study will decide)."""
-        found = self._route_by(assoc, command.move_originator_id)
-        if found is not None:
-            return found
-        calling = (assoc.requestor.ae_title or "").strip()
-        with self._lock:
-            several = any(e.peer_aet == calling for e in self._by_id.values())
-        return LATER if several else None
-
-    def _route_late(self, path: Path) -> Retrieval | None:
-        """Fast path, several transfers moving from one peer: the file's study decides.
-        (The calling AE is not known here: any transfer that asked for the study.)"""
-        try:
-            study = clean_uid(read_header(path).get("StudyInstanceUID"))
-        except Exception:
-            return None
-        with self._lock:
-            for e in self._by_id.values():
-                if study in e.studies:
-                    return e.retrieval
-        return None
+    def _route_command(self, assoc, command) -> Retrieval | None:
+        return self._match(assoc, command.move_originator_aet, command.move_originator_id,
+                           clean_uid(command.sop_instance))
 
     def _route(self, event) -> Retrieval | None:
         req = event.request
-        found = self._route_by(event.assoc, req.MoveOriginatorMessageID)
-        if found is not None:
-            return found
-        calling = (event.assoc.requestor.ae_title or "").strip()
-        with self._lock:
-            candidates = [e for e in self._by_id.values() if e.peer_aet == calling]
-        if not candidates:
-            return None
-        # several transfers moving from this peer: the instance's study decides
-        try:
-            study = clean_uid(read_header(Path(event.dataset_path)).get("StudyInstanceUID"))
-        except Exception:
-            return None
-        for e in candidates:
-            if study in e.studies:
-                return e.retrieval
-        return None
+        return self._match(event.assoc, req.MoveOriginatorApplicationEntityTitle,
+                           req.MoveOriginatorMessageID, clean_uid(req.AffectedSOPInstanceUID))
+
+    def _on_partial(self, assoc, command) -> None:
+        """An association ended mid-instance: tell the transfer which instance was lost."""
+        sop = clean_uid(command.get("AffectedSOPInstanceUID"))
+        retrieval = self._match(assoc, command.get("MoveOriginatorApplicationEntityTitle"),
+                                command.get("MoveOriginatorMessageID"), sop)
+        if retrieval is not None:
+            retrieval.error(sop or "", "association ended while this instance was being "
+                            "received", "c-move", permanent=False)

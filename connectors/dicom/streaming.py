@@ -136,7 +136,7 @@ class InstanceStream:
                                    f"{exc}", self.via, permanent=False)
         finally:
             self.head = []
-            retrieval._end()
+            retrieval._end(self.sop_uid)
 
 
 def _write_zeroing(writer, piece, offset: int) -> None:

@@ -144,6 +144,11 @@ def judge(plan: StudyPlan, retrieval: Retrieval, already: dict[str, set[str]],
         have_total += len(got)
         if series.instances is not None:
             missing += sorted(set(series.instances) - got - set(rejected))
+            # a listing shorter than the announced count (a C-MOVE takes only listed
+            # instances): the rest cannot be named, but is not forgotten
+            short = (series.expected or 0) - len(set(series.instances) | got)
+            if short > 0:
+                unnamed[series.uid] = short
         elif series.expected is not None and len(got) < series.expected:
             unnamed[series.uid] = series.expected - len(got)
     if plan.expected is not None and not plan.series and have_total < plan.expected:

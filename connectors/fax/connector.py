@@ -378,6 +378,18 @@ class FaxDropConnector(Connector):
                 moved += 1
         return moved
 
+    def matched_to(self, transfer_ids: Iterable[str]) -> list[str]:
+        """Faxes matched to one of these transfers and not yet taken by a pull."""
+        wanted, found = set(transfer_ids), []
+        for fax_id in self.store.ids("matched"):
+            try:
+                result = read_json(self.store.path("matched", fax_id) / "result.json")
+            except (OSError, ValueError):
+                continue
+            if result.get("transfer_id") in wanted:
+                found.append(fax_id)
+        return found
+
     def fetch(self, query: RecordQuery) -> Iterator[RawRecord]:
         """Yield the transfer's matched faxes. Faxes come when the provider sends them:
         until one has come, and until none has come for `settle_seconds` (option, default
@@ -406,7 +418,7 @@ class FaxDropConnector(Connector):
                 result = read_json(folder / "result.json")
             except (OSError, ValueError):
                 continue
-            if result.get("transfer_id") != query.transfer_id:
+            if result.get("transfer_id") not in {query.transfer_id, *query.earlier_transfers}:
                 continue
             origin = f"fax:{fax_id}"
             if origin in query.already_fetched:

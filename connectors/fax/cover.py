@@ -135,9 +135,21 @@ def decode_cover(page_image, key: bytes) -> CoverCode | None:
 
 def render_cover_pdf(sheet: CoverSheet, key: bytes) -> bytes:
     """The cover sheet as a one-page US Letter PDF (reportlab, QR code at error level Q)."""
-    from reportlab.graphics import renderPDF
-    from reportlab.graphics.barcode.qr import QrCodeWidget
-    from reportlab.graphics.shapes import Drawing
+    from reportlab.lib.pagesizes import letter
+    from reportlab.pdfgen import canvas
+
+    payload = cover_payload(sheet.transfer_id, key)
+    buf = io.BytesIO()
+    page = canvas.Canvas(buf, pagesize=letter, pageCompression=1, invariant=1)
+    page.setTitle("Records request cover sheet")
+    _draw_cover(page, sheet, payload)
+    page.save()
+    return buf.getvalue()
+
+
+def render_request_pdf(sheet: CoverSheet, key: bytes, reminder: int = 0) -> bytes:
+    """A records request to fax to a provider: a letter page (a reminder when
+    `reminder` > 0), then a fresh cover sheet for the reply."""
     from reportlab.lib.pagesizes import letter
     from reportlab.lib.units import inch
     from reportlab.pdfgen import canvas
@@ -145,7 +157,46 @@ def render_cover_pdf(sheet: CoverSheet, key: bytes) -> bytes:
     payload = cover_payload(sheet.transfer_id, key)
     buf = io.BytesIO()
     page = canvas.Canvas(buf, pagesize=letter, pageCompression=1, invariant=1)
-    page.setTitle("Records request cover sheet")
+    page.setTitle("Records request")
+    top = letter[1] - 1.0 * inch
+    page.setFont("Helvetica-Bold", 18)
+    page.drawString(1.0 * inch, top, "REQUEST FOR MEDICAL RECORDS"
+                    + (f" - REMINDER {reminder}" if reminder else ""))
+    page.setFont("Helvetica", 11)
+    body = [
+        f"From: {sheet.requester}" if sheet.requester else "",
+        "",
+        f"We request the medical records of {sheet.patient_name}"
+        + (f", born {sheet.birth_date.isoformat()}," if sheet.birth_date else "")
+        + " under the patient's signed",
+        "release authorization (HIPAA 45 CFR 164.508), which accompanies this request.",
+        "",
+        f"Please fax the records to {sheet.return_fax or 'the number on the cover sheet'},"
+        " with the enclosed cover sheet",
+        f"as the FIRST page. Quote request {sheet.request_id} in any correspondence.",
+        "",
+        "If you hold no records for this patient, please fax the cover sheet back with a",
+        "note saying so, so that we stop asking.",
+    ]
+    if reminder:
+        body[1:1] = ["", f"We have not yet received these records. This is reminder {reminder}."]
+    y = top - 0.6 * inch
+    for line in body:
+        page.drawString(1.0 * inch, y, line)
+        y -= 0.25 * inch
+    page.showPage()
+    _draw_cover(page, sheet, payload)
+    page.save()
+    return buf.getvalue()
+
+
+def _draw_cover(page, sheet: CoverSheet, payload: str) -> None:
+    from reportlab.graphics import renderPDF
+    from reportlab.graphics.barcode.qr import QrCodeWidget
+    from reportlab.graphics.shapes import Drawing
+    from reportlab.lib.pagesizes import letter
+    from reportlab.lib.units import inch
+
     width, height = letter
     top = height - 1.0 * inch
     page.setFont("Helvetica-Bold", 20)
@@ -187,5 +238,3 @@ def render_cover_pdf(sheet: CoverSheet, key: bytes) -> bytes:
     page.drawString(1.0 * inch, 0.8 * inch,
                     "The code above identifies this request. Do not alter or copy it to other requests.")
     page.showPage()
-    page.save()
-    return buf.getvalue()

@@ -89,6 +89,26 @@ def resource_uuid(base_url: str, rtype: str, rid: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{base_url.rstrip('/')}/{rtype}/{rid}"))
 
 
+def http_from_options(o: dict, on_bytes=lambda n: None) -> FhirHttp:
+    """The HTTP client for a source's options (base URL, TLS, politeness, auth): one way,
+    for pulls and for subscriptions alike."""
+    if not o.get("base_url"):
+        raise SourceRejected("fhir-rest source needs base_url")
+    base_url = check_base_url(str(o["base_url"]), bool(o.get("allow_http")))
+    timeout = o.get("timeout", (10, 60))
+    if isinstance(timeout, (int, float)):
+        timeout = (float(timeout), float(timeout))
+    retry = RetryPolicy(**{k: float(o[k]) if k != "max_retries" else int(o[k])
+                           for k in ("max_retries", "backoff", "backoff_max", "max_retry_after",
+                                     "max_total_wait") if k in o})
+    extra = tuple(check_base_url(b, bool(o.get("allow_http"))) for b in o.get("extra_bases", ()))
+    http = FhirHttp(base_url, NoAuth(), timeout=tuple(timeout), retry=retry, extra_bases=extra,
+                    verify=o.get("verify_tls", True), max_download=int(o.get("max_download", 2 << 30)),
+                    on_bytes=on_bytes)
+    http.auth = make_auth(o.get("auth"), http)
+    return http
+
+
 class FhirRestConnector(Connector):
     name = "fhir-rest"
     transient_errors = (SourceUnavailable,)
@@ -108,17 +128,7 @@ class FhirRestConnector(Connector):
         self.max_reference_reads = int(o.get("max_reference_reads", 1000))
         self.max_binary_json = int(o.get("max_binary_json", 256 << 20))
         self.prefetch = int(o.get("prefetch", 8))  # records the helper thread may run ahead
-        timeout = o.get("timeout", (10, 60))
-        if isinstance(timeout, (int, float)):
-            timeout = (float(timeout), float(timeout))
-        retry = RetryPolicy(**{k: float(o[k]) if k != "max_retries" else int(o[k])
-                               for k in ("max_retries", "backoff", "backoff_max", "max_retry_after",
-                                         "max_total_wait") if k in o})
-        extra = tuple(check_base_url(b, bool(o.get("allow_http"))) for b in o.get("extra_bases", ()))
-        self.http = FhirHttp(self.base_url, NoAuth(), timeout=tuple(timeout), retry=retry, extra_bases=extra,
-                             verify=o.get("verify_tls", True), max_download=int(o.get("max_download", 2 << 30)),
-                             on_bytes=self._on_bytes)
-        self.http.auth = make_auth(o.get("auth"), self.http)
+        self.http = http_from_options(o, on_bytes=self._on_bytes)
         self.capability: Capability | None = None
         self._reported: set[str] = set()
         self.pull_started: str | None = None

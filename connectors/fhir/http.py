@@ -201,14 +201,27 @@ class FhirHttp:
         """POST a form (token requests); `url` is trusted configuration or discovery."""
         return self._send("POST", url, data=data, accept=accept, authenticated=False)
 
+    def post_json(self, url: str, doc: dict) -> Fetched:
+        """POST a FHIR resource (a create). Sent once: a retried create could leave two
+        resources at the server."""
+        return self._send("POST", self.resolve(url), data=orjson.dumps(doc), accept=FHIR_JSON,
+                          content_type=FHIR_JSON, once=True)
+
+    def delete(self, url: str) -> Fetched:
+        """DELETE a resource (idempotent, so retried like a GET)."""
+        return self._send("DELETE", self.resolve(url), accept=FHIR_JSON)
+
     def _send(self, method: str, url: str, *, params=None, data=None, accept: str,
-              to_dir: Path | None = None, authenticated: bool = True) -> Fetched:
+              to_dir: Path | None = None, authenticated: bool = True, content_type: str | None = None,
+              once: bool = False) -> Fetched:
         policy = self.retry
         waited = 0.0
         refreshed = False
         attempt = 0
         while True:
             headers = {"Accept": accept}
+            if content_type:
+                headers["Content-Type"] = content_type
             if authenticated:
                 self.auth.apply(headers)
             problem: str
@@ -244,7 +257,7 @@ class FhirHttp:
                         detail = outcome_summary(resp.raw.read(65536, decode_content=True) or b"")
                         raise HttpRejected(f"HTTP {status} on {method} {_redact(url)}"
                                            + (f": {detail}" if detail else ""), status) from None
-            if attempt >= policy.max_retries:
+            if once or attempt >= policy.max_retries:
                 raise SourceUnavailable(f"{problem}; gave up after {attempt + 1} attempts")
             delay = policy.delay(attempt, retry_after)
             if waited + delay > policy.max_total_wait:

@@ -1,8 +1,9 @@
 """The HTTP API: one blueprint per resource (sending side: authorizations, transfers,
-faxes, receipts; receive mode: receive, dicomweb, inbox; audit and meta for both), errors
-as FHIR OperationOutcome bodies (outcomes.py), the OpenAPI document built from the
-routes (openapi.py). A face: it may import any room below it (engine, outbound,
-inbound, runtime, trust, audit, storage, exchange); only `create_app` imports it."""
+faxes, receipts, subscription notifications; receive mode: receive, dicomweb, inbox;
+audit, notifications and meta for both), errors as FHIR OperationOutcome bodies
+(outcomes.py), the OpenAPI document built from the routes (openapi.py). A face: it may
+import any room below it (engine, outbound, inbound, runtime, notify, trust, audit,
+storage, exchange); only `create_app` imports it."""
 from __future__ import annotations
 
 import logging
@@ -18,18 +19,34 @@ from .params import url_without_nul
 log = logging.getLogger(__name__)
 
 def register(app: Flask, mode: str) -> None:
-    from . import audit, authorizations, dicomweb, faxes, inbox, meta, receipts, receive, transfers
+    from . import (
+        audit,
+        authorizations,
+        cases,
+        dicomweb,
+        faxes,
+        inbox,
+        meta,
+        notifications,
+        receipts,
+        receive,
+        subscriptions,
+        transfers,
+    )
 
     app.register_blueprint(meta.bp)
     app.register_blueprint(audit.bp)
+    app.register_blueprint(notifications.bp)
     if mode in ("send", "both"):
         from gateway.web import bp as dashboard
 
         app.register_blueprint(dashboard)
         app.register_blueprint(authorizations.bp)
+        app.register_blueprint(cases.bp)
         app.register_blueprint(faxes.bp)
         app.register_blueprint(transfers.bp)
         app.register_blueprint(receipts.bp)
+        app.register_blueprint(subscriptions.bp)
     if mode in ("receive", "both"):
         app.register_blueprint(receive.bp)
         app.register_blueprint(dicomweb.bp)

@@ -66,6 +66,8 @@ PARAMETERS = {
     "receive.transaction": [_h("Idempotency-Key", True, "the same key for every try of one bundle"),
                             _h("X-Bundle-Signature", True, "detached JWS over the body")],
     "transfers.index": [_q("state"), _q("authorization"), _q("limit", "integer")],
+    "cases.index": [_q("state"), _q("limit", "integer")],
+    "notifications.index": [_q("state"), _q("limit", "integer")],
     "authorizations.index": [_q("status")],
     "faxes.cover_sheet": [_q("source")],
     "faxes.review_list": [_q("source")],
@@ -117,6 +119,15 @@ BODIES = {
                                    "resource": {"type": "object"}}}}},
     "receipts.opened": {"application/json": {"schema": {"type": "object", "required": ["jws"],
                         "properties": {"jws": {"type": "string"}}}}},
+    "subscriptions.notify": {"application/fhir+json": {"schema": {"type": "object",
+                             "description": "Subscriptions Backport notification: history Bundle, "
+                                            "SubscriptionStatus (Parameters) first; header "
+                                            "Authorization: Bearer <the channel's secret>"}}},
+    "cases.no_records": {"application/json": {"schema": {"type": "object", "required": ["reason"],
+                         "properties": {"reason": {"type": "string"}}}}},
+    "cases.close": {"application/json": {"schema": {"type": "object",
+                    "description": "a reason, or the authorization's expiration event that happened",
+                    "properties": {"reason": {"type": "string"}, "event": {"type": "string"}}}}},
 }
 
 SUMMARIES = {
@@ -163,6 +174,12 @@ SUMMARIES = {
     "transfers.replay": "Deliver a dead-lettered transfer again",
     "inbox.reply": "Send the center's second opinion (DiagnosticReport or DocumentReference) back to the sender",
     "receipts.opened": "Take an 'opened' receipt signed by a recipient gateway",
+    "subscriptions.notify": "Take a FHIR Subscription notification from a source into the trigger inbox",
+    "cases.index": "List cases (filter: state review|open|closed, limit)",
+    "cases.show": "One case: its sources' status and counts, deadlines, transfers, progress",
+    "cases.approve": "Approve a case waiting for review: its review sources start",
+    "cases.no_records": "Record that a source holds no records for the patient (with a reason)",
+    "cases.close": "Close a case (a reason, or the authorization's expiration event)",
 }
 
 

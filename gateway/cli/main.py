@@ -15,9 +15,11 @@ import click
 
 from .audit import audit  # `audit verify` needs no database
 from .authorizations import authorization
+from .cases import case
 from .common import OneLineErrors
 from .faxes import fax
 from .keys import keys
+from .notifications import notification
 from .serve import serve, worker
 from .tokens import token
 from .transfers import transfer
@@ -31,7 +33,8 @@ def main(log_level: str | None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for _command in (serve, worker, keys, token, authorization, transfer, fax, audit):
+for _command in (serve, worker, keys, token, authorization, case, transfer, fax, audit,
+                 notification):
     main.add_command(_command)
 
 

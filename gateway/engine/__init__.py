@@ -5,7 +5,8 @@ one worker at a time run a step (lease.py), the body of each step (steps.py), wh
 authorization allows in the terms of our configuration (policy.py), connector options
 and the DICOM sink into the blob store (sources.py, dicom_sink.py), the fax drop's cover
 sheets, ingest and review queue (faxes.py), the periodic signing of audit checkpoints
-(checkpoints.py), and what an operator can do, for the API and the command line alike
+(checkpoints.py), the FHIR Subscriptions held for an owner and the trigger inbox their
+notifications fill (subscriptions.py, notifications.py), and what an operator can do, for the API and the command line alike
 (operations.py). May import: the sending side (outbound), runtime, trust, audit,
 storage, exchange, connectors and mappings; never the receiving side or the faces.
 """

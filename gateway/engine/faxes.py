@@ -18,14 +18,14 @@ from sqlalchemy import select
 
 from connectors import connector_class
 from connectors.base import ConnectorError
-from connectors.fax.cover import CoverSheet, render_cover_pdf
+from connectors.fax.cover import CoverSheet, render_cover_pdf, render_request_pdf
 from connectors.fax.match import TransferDescriptor
 from connectors.fax.store import StoreBusy
 from gateway import audit
 from gateway.config import SourceConfig
 from gateway.errors import Conflict, InvalidInput, NotFound
 from gateway.runtime.services import Services
-from gateway.storage.models import Transfer, TransferSource
+from gateway.storage.models import Case, Transfer, TransferSource
 
 from .sources import connector_options
 from .transfers import TERMINAL
@@ -80,12 +80,30 @@ def _descriptor(t: Transfer) -> TransferDescriptor:
 
 
 def open_transfers(svc: Services, source: str) -> list[TransferDescriptor]:
-    """Transfers still running that wait for faxes from `source`."""
+    """Transfers that faxes from `source` may answer: those still running that wait for
+    them, and the finished ones of cases still open (a late answer: the case's next pass
+    starts a follow-up that takes it)."""
     with svc.db.session() as s:
         rows = s.scalars(select(Transfer).join(TransferSource).where(
             TransferSource.name == source, TransferSource.state != "done",
             Transfer.state.not_in(TERMINAL))).all()
-        return [_descriptor(t) for t in rows]
+        latest: dict[str, Transfer] = {}  # the newest finished one per case: its cover sheet
+        for t in s.scalars(select(Transfer).join(TransferSource)
+                           .join(Case, Case.authorization_id == Transfer.authorization_id)
+                           .where(TransferSource.name == source, Transfer.state == "completed",
+                                  Case.state == "open").order_by(Transfer.created_at)):
+            latest[t.authorization_id] = t
+        return [_descriptor(t) for t in [*rows, *latest.values()]]
+
+
+def late_faxes(svc: Services, source: str, transfer_ids: list[str], taken: set[str]) -> int:
+    """How many faxes were matched to these finished transfers and are not yet taken
+    (`taken`: the origins, "fax:<id>", pulled already)."""
+    if not transfer_ids:
+        return 0
+    found = _connector(svc, source, svc.settings.sources[source]).matched_to(transfer_ids)
+    return len([f for f in found if f"fax:{f}" not in taken])
+
 
 
 def _transfer_from(s, transfer_id: str, source: str) -> Transfer:
@@ -111,6 +129,38 @@ def cover_sheet(svc: Services, transfer_id: str, source: str | None, actor: str,
                        return_fax=str(cfg.options.get("return_fax", "")),
                        requester=svc.settings.organization)
     return render_cover_pdf(sheet, cover_key_path(svc).read_bytes().strip())
+
+
+def write_request(svc: Services, session, t: Transfer, source: str, reminder: int) -> Path | None:
+    """Put a records request (letter and a fresh cover sheet) for this transfer in the fax
+    source's outbound folder (`options.outbox`), where the fax server sends it from.
+    Written under a temporary name and renamed, so the fax server never sends half a
+    file; the name carries the request id only."""
+    cfg = svc.settings.sources[source]
+    outbox = cfg.options.get("outbox")
+    if not outbox:
+        log.warning("fax source %s has no outbox: reminder %d of transfer %s not sent",
+                    source, reminder, t.id)
+        return None
+    d = _descriptor(t)
+    sheet = CoverSheet(transfer_id=d.transfer_id, patient_name=d.patient_name,
+                       birth_date=d.birth_date, request_id=d.request_id,
+                       return_fax=str(cfg.options.get("return_fax", "")),
+                       requester=svc.settings.organization)
+    pdf = render_request_pdf(sheet, cover_key_path(svc).read_bytes().strip(), reminder)
+    folder = Path(outbox)
+    target = folder / f"request-{d.request_id}-{reminder}.pdf"
+    partial = folder / f".{target.name}.{secrets.token_hex(4)}.part"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(pdf)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(partial, target)
+    audit.record(session, "fax.request.written", actor="worker", transfer_id=t.id,
+                 authorization_id=t.authorization_id, source=source, reminder=reminder,
+                 file=target.name, size=len(pdf))
+    return target
 
 
 def wake(svc: Services, transfer_id: str) -> None:

@@ -5,16 +5,28 @@ after the commit. Views return plain dicts for JSON.
 """
 from __future__ import annotations
 
-from sqlalchemy import func, select
+import logging
 
-from gateway.errors import GatewayError, NotFound
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from gateway.errors import GatewayError, InvalidInput, NotFound
 from gateway.outbound import completeness
 from gateway.runtime.services import Services
-from gateway.storage.models import Authorization, Item, Transfer, TransferBundle, TransferUpload
+from gateway.storage.models import (
+    Authorization,
+    Case,
+    Item,
+    Transfer,
+    TransferBundle,
+    TransferUpload,
+)
 from gateway.trust import authorizations
 from gateway.trust.issuers import TrustStore
 
-from . import transfers
+from . import cases, subscriptions, transfers
+
+log = logging.getLogger(__name__)
 
 
 def trust_store(svc: Services) -> TrustStore:
@@ -37,14 +49,18 @@ def authorization_view(row: Authorization, full: bool = False) -> dict:
 
 
 def import_authorization(svc: Services, jws: str, actor: str, role: str | None = None) -> Authorization:
+    """Verify and store a signed authorization, then open its case (which starts the
+    sources the routing rules let start by themselves)."""
     trust = trust_store(svc)
     with svc.db.session() as s:
         try:
-            return authorizations.import_authorization(s, jws, trust, actor=actor, role=role,
-                                                       patient_secret=svc.patient_secret)
+            row = authorizations.import_authorization(s, jws, trust, actor=actor, role=role,
+                                                      patient_secret=svc.patient_secret)
         except GatewayError:
             s.commit()  # keep the rejection on the audit log
             raise
+    open_case(svc, row.id, actor, role)
+    return row
 
 
 def revoke_authorization(svc: Services, authorization_id: str, reason: str, actor: str,
@@ -54,6 +70,11 @@ def revoke_authorization(svc: Services, authorization_id: str, reason: str, acto
         row = authorizations.revoke(s, authorization_id, reason, actor=actor, role=role)
         stopped = transfers.cancel_for_authorization(
             s, authorization_id, f"authorization revoked: {row.revoked_reason}", actor)
+        case = cases.for_authorization(s, authorization_id)
+        if case is not None:
+            cases.close(s, case, "authorization revoked", actor, role)
+    if case is not None:
+        _unsubscribe(svc, case.id)
     return row, stopped
 
 
@@ -113,7 +134,7 @@ def list_transfers(svc: Services, state: str | None = None, authorization_id: st
         return [transfer_view(s, t) for t in s.scalars(q)]
 
 
-def transfer_view(s, t: Transfer, items: bool = False) -> dict:
+def transfer_view(s, t: Transfer, items: bool = False, completeness_report: bool = True) -> dict:
     counts = dict(s.execute(select(Item.state, func.count()).filter_by(transfer_id=t.id)
                             .group_by(Item.state)).all())
     total = sum(counts.values())
@@ -129,7 +150,8 @@ def transfer_view(s, t: Transfer, items: bool = False) -> dict:
         "items": counts,
         # per source: found, delivered, refused (by reason), and what could not be asked for
         "completeness": completeness.report(
-            t.sources, s.scalars(select(Item).filter_by(transfer_id=t.id))),
+            t.sources, s.scalars(select(Item).filter_by(transfer_id=t.id)))
+        if completeness_report else None,
         "bundle": ({"id": t.bundle_id, "sha256": t.bundle_sha256, "size": t.bundle_size}
                    if t.bundle_id else None),
         "receipt": t.receipt,
@@ -152,3 +174,148 @@ def transfer_view(s, t: Transfer, items: bool = False) -> dict:
              **({"forwarded": i.forward_status} if i.kind == "dicom" else {})}
             for i in s.scalars(select(Item).filter_by(transfer_id=t.id).order_by(Item.id))]
     return view
+
+
+# --- cases -----------------------------------------------------------------------------
+
+def open_case(svc: Services, authorization_id: str, actor: str, role: str | None = None) -> dict:
+    """The authorization's case, opened now if it has none, its due sources started."""
+    try:
+        with svc.db.session() as s:
+            auth = s.get(Authorization, authorization_id)
+            if auth is None:
+                raise NotFound(f"no authorization {authorization_id}")
+            case, created = cases.open_case(svc, s, auth, actor, role)
+            done = cases.advance(svc, s, case, actor=actor) if created else cases.Advanced()
+            view = case_view(s, case)
+    except IntegrityError:  # opened at the same moment by another import: that one stands
+        with svc.db.session() as s:
+            return case_view(s, cases.for_authorization(s, authorization_id))
+    _enqueue(svc, view["id"], done)
+    return view
+
+
+def advance_case(svc: Services, case_id: str, actor: str = "worker") -> dict:
+    with svc.db.session() as s:
+        case = cases.get(s, case_id, lock=True)
+        done = cases.advance(svc, s, case, actor=actor)
+        view = case_view(s, case)
+    _enqueue(svc, case_id, done)
+    return view
+
+
+def approve_case(svc: Services, case_id: str, actor: str, role: str | None = None) -> dict:
+    with svc.db.session() as s:
+        case = cases.get(s, case_id, lock=True)
+        cases.approve(s, case, actor, role)
+        done = cases.advance(svc, s, case, actor=actor)
+        view = case_view(s, case)
+    _enqueue(svc, case_id, done)
+    return view
+
+
+def mark_no_records(svc: Services, case_id: str, source: str, reason: str, actor: str,
+                    role: str | None = None) -> dict:
+    with svc.db.session() as s:
+        case = cases.get(s, case_id, lock=True)
+        released = cases.mark_no_records(svc, s, case, source, reason, actor, role)
+        view = case_view(s, case)
+    for tid in released:
+        transfers.enqueue(tid, "pulling")
+    return view
+
+
+def close_case(svc: Services, case_id: str, actor: str, role: str | None = None, *,
+               reason: str | None = None, event: str | None = None) -> dict:
+    """Close a case, for a reason or because the authorization's expiration event happened."""
+    if not (reason or event) or not isinstance(reason or event, str):
+        raise InvalidInput("say why the case closes (reason), or which expiration event happened (event)")
+    with svc.db.session() as s:
+        case = cases.get(s, case_id, lock=True)
+        if event:
+            cases.record_expiration_event(s, case, event, actor, role)
+        else:
+            cases.close(s, case, reason, actor, role)
+        view = case_view(s, case)
+    _unsubscribe(svc, case_id)
+    return view
+
+
+def get_case(svc: Services, case_id: str) -> dict:
+    with svc.db.session() as s:
+        return case_view(s, cases.get(s, case_id))
+
+
+def list_cases(svc: Services, state: str | None = None, limit: int = 100) -> list[dict]:
+    if state is not None and state not in cases.STATES:
+        raise InvalidInput(f"state must be one of {', '.join(cases.STATES)}")
+    with svc.db.session() as s:
+        q = select(Case).order_by(Case.created_at.desc()).limit(min(max(limit, 1), 1000))
+        if state:
+            q = q.where(Case.state == state)
+        return [case_view(s, c, full=False) for c in s.scalars(q)]
+
+
+def _enqueue(svc: Services, case_id: str, done: cases.Advanced) -> None:
+    """After the commit: the new transfers start, those a reminder woke pull again, the
+    sources' subscriptions are made (or deleted, when the case closed)."""
+    for tid in done.enqueue:
+        transfers.enqueue(tid, "pending")
+    for tid in done.wake:
+        transfers.enqueue(tid, "pulling")
+    for source, patient_id in done.subscribe:
+        try:
+            subscriptions.subscribe(svc, case_id, source, patient_id)
+        except GatewayError as exc:  # the scheduled pulls, if any, still find what is new
+            log.warning("case %s: no subscription at source %s: %s", case_id, source, exc)
+    if done.closed:
+        _unsubscribe(svc, case_id)
+
+
+def _unsubscribe(svc: Services, case_id: str) -> None:
+    try:
+        subscriptions.unsubscribe_owner(svc, case_id)
+    except GatewayError as exc:  # the source stops by itself at the authorization's end
+        log.warning("case %s: subscriptions not all deleted at the source yet: %s", case_id, exc)
+
+
+def case_view(s, case: Case, full: bool = True) -> dict:
+    """A case for the API and CLI: ids, states, counts and times only (no patient data)."""
+    runs = s.scalars(select(Transfer).where(Transfer.authorization_id == case.authorization_id)
+                     .order_by(Transfer.created_at)).all()
+    view = {
+        "id": case.id, "authorization": case.authorization_id, "state": case.state,
+        "complete": case.completed_at is not None, "recipient": case.recipient,
+        "unrouted": case.unrouted or [],
+        "createdAt": _iso(case.created_at), "completedAt": _iso(case.completed_at),
+        "closedAt": _iso(case.closed_at), "closedReason": case.closed_reason,
+        "approval": ({"by": case.approved_by, "at": _iso(case.approved_at)} if case.approved_at
+                     else "pending" if case.state == "review" else None),
+        "sources": [],
+    }
+    for src in case.sources:
+        row = {"name": src.name, "discloser": src.discloser, "auto": src.auto,
+               "status": src.status, "reason": src.reason, "started": src.started,
+               "deadline": _iso(src.deadline_at), "reminders": src.reminders,
+               "nextPull": _iso(src.next_pull_at)}
+        if full:
+            counts = cases.source_counts(s, case, src.name)
+            row["counts"] = {k: counts[k] for k in ("documents", "resources", "studies",
+                                                   "instances", "bytes")}
+            row["firstRecordAt"], row["lastRecordAt"] = counts["first"], counts["last"]
+        view["sources"].append(row)
+    if full:
+        view["transfers"] = [{**{k: tv[k] for k in ("id", "state", "percent", "createdAt",
+                                                    "completedAt", "reason")},
+                              "followUp": i > 0, "sources": [x["name"] for x in tv["sources"]],
+                              "receipt": bool(tv["receipt"])}
+                             for i, tv in enumerate(transfer_view(s, t, completeness_report=False)
+                                                    for t in runs)]
+        active = [t["percent"] for t in view["transfers"]
+                  if t["state"] not in transfers.TERMINAL | transfers.PARKED]
+        view["percent"] = min(active) if active else 100
+    return view
+
+
+def _iso(value) -> str | None:
+    return value.isoformat() if value else None

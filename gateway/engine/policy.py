@@ -51,7 +51,8 @@ def patient_key(auth: Authorization, secret: bytes) -> str | None:
 
 
 def record_query(auth: Authorization, transfer_id: str, already_fetched: frozenset[str],
-                 since: datetime | None = None) -> RecordQuery:
+                 since: datetime | None = None,
+                 earlier_transfers: frozenset[str] = frozenset()) -> RecordQuery:
     claims = auth.claims
     patient = claims["patient"]
     info = claims["information"]
@@ -67,4 +68,5 @@ def record_query(auth: Authorization, transfer_id: str, already_fetched: frozens
         data_classes=frozenset(info["dataClasses"]),
         already_fetched=already_fetched,
         since=since,
+        earlier_transfers=earlier_transfers,
     )

@@ -6,12 +6,18 @@ DICOM sources: C-MOVE needs our Storage SCP. It runs inside the worker process t
 the pull step, on `scp_port` (`scp_host`, default 127.0.0.1: set the interface the PACS
 reaches; AE title `scp_aet`, default `calling_aet`), from the first C-MOVE of a pull to
 its end, shared by the pulls of that process. The PACS must know that AE title, host and
-port as a move destination.
+port as a move destination. The SCP takes associations only from the sources being
+pulled (their AE title and address: `sender_aet`, `sender_hosts`, default `ae_title`,
+`host`; see docs/dicom.md); each refused association is audited
+("dicom.association.refused", at most once a minute per address, with the count).
 A second worker process on the same host pulling at the same time cannot listen on the
 port: its pull is retried later (ProviderUnavailable). Without `scp_port` the connector
 retrieves by C-GET (no inbound port), or by WADO-RS where `dicomweb_url` is set."""
 from __future__ import annotations
 
+import functools
+
+from gateway import audit
 from gateway.config import SourceConfig
 from gateway.runtime.services import Services
 
@@ -24,6 +30,7 @@ def connector_options(svc: Services, source: SourceConfig) -> dict:
         from .dicom_sink import BlobStoreSink
 
         options["sink"] = BlobStoreSink(svc.blobs)  # received once, encrypted, hashed
+        options["on_refused"] = functools.partial(_audit_refused, svc)
     if source.kind == "fhir-rest":
         auth = dict(options.get("auth") or {})
         if auth.get("type") == "smart-backend" and not (auth.get("private_key") or
@@ -36,3 +43,10 @@ def connector_options(svc: Services, source: SourceConfig) -> dict:
             auth.setdefault("kid", keys.kid())
             options["auth"] = auth
     return options
+
+
+def _audit_refused(svc: Services, calling_ae: str, address: str, refused: int) -> None:
+    """An association our Storage SCP refused (not a configured source): audited."""
+    with svc.db.session() as s:
+        audit.record(s, "dicom.association.refused", actor="dicom-scp", outcome="deny",
+                     calling_ae=calling_ae, address=address, refused=refused)

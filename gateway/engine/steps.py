@@ -67,10 +67,15 @@ def _pull_source(svc: Services, t: Transfer, name: str, owner: str) -> None:
         src = s.scalars(select(TransferSource).filter_by(transfer_id=t.id, name=name)).one()
         src.state, src.error = "pulling", None
         done = set(s.scalars(select(Item.origin).filter_by(transfer_id=t.id, source=name)))
+        follow_up = _delivered_earlier(s, t)
+        earlier = frozenset(s.scalars(select(Transfer.id).where(
+            Transfer.authorization_id == t.authorization_id, Transfer.id != t.id,
+            Transfer.state == "completed")))
         audit.record(s, "transfer.pull.started", actor="worker", transfer_id=t.id,
                      authorization_id=t.authorization_id, source=name, kind=cfg.kind,
                      already_fetched=len(done))
-    query = policy.record_query(auth, t.id, frozenset(done), since=_since(svc, t, name))
+    query = policy.record_query(auth, t.id, frozenset(done), since=_since(svc, t, name),
+                                earlier_transfers=earlier)
     workdir = svc.settings.work_dir / t.id / name
     lease = Lease(svc, t.id, owner)
 
@@ -86,7 +91,7 @@ def _pull_source(svc: Services, t: Transfer, name: str, owner: str) -> None:
         cursor = None
         with connector_class(cfg.kind)(name, options, workdir, on_progress) as conn:
             for record in conn.fetch(query):
-                _store_record(svc, t, name, cfg.data_class, record)
+                _store_record(svc, t, name, cfg.data_class, record, follow_up)
                 started = getattr(record, "metadata", {}).get("pull_started")
                 cursor = started if started and (cursor is None or started < cursor) else cursor
                 lease.renew_if_due()
@@ -137,7 +142,7 @@ def _since(svc: Services, t: Transfer, name: str):
 
 
 def _store_record(svc: Services, t: Transfer, source: str, data_class: str,
-                  record: Outcome) -> None:
+                  record: Outcome, follow_up: bool = False) -> None:
     blob = None
     if isinstance(record, RejectedRecord):  # holds the transfer up until an operator acts
         item = _noted(t, source, record.origin, "rejected", "failed",
@@ -154,6 +159,9 @@ def _store_record(svc: Services, t: Transfer, source: str, data_class: str,
         if blob.sha256 != record.sha256:
             svc.blobs.delete(blob.key)
             raise ProviderUnavailable(f"source {source}: record changed while it was read")
+        if follow_up and _delivered_before(svc, t, source, record.origin, blob.sha256):
+            svc.blobs.delete(blob.key)  # a follow-up sends only what is new
+            return
         meta = {"data_class": data_class, **record.metadata}
         item = Item(transfer_id=t.id, source=source, origin=record.origin, kind=record.kind,
                     media_type=record.media_type, size=blob.size, sha256=blob.sha256,
@@ -167,6 +175,18 @@ def _store_record(svc: Services, t: Transfer, source: str, data_class: str,
     except IntegrityError:  # a resumed pull met a record it already had
         if blob is not None:
             svc.blobs.delete(blob.key)
+
+
+def _delivered_before(svc: Services, t: Transfer, source: str, origin: str, sha256: str) -> bool:
+    """Whether an earlier transfer under the same authorization delivered this very record
+    (same source, origin and bytes) to the same recipient. A changed record goes again."""
+    with svc.db.session() as s:
+        return s.scalars(
+            select(Item.id).join(Transfer, Item.transfer_id == Transfer.id)
+            .where(Transfer.authorization_id == t.authorization_id, Transfer.id != t.id,
+                   Transfer.recipient == t.recipient, Transfer.state == "completed",
+                   Item.source == source, Item.origin == origin, Item.sha256 == sha256,
+                   Item.state == "mapped").limit(1)).first() is not None
 
 
 def _noted(t: Transfer, source: str, origin: str, kind: str, state: str, reason: str) -> Item:
@@ -203,7 +223,16 @@ def mapping(svc: Services, transfer_id: str, owner: str) -> str:
             more = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""
             raise MappingError(f"{len(failed)} record(s) cannot be delivered: {shown}{more}; "
                                "fix them at the source, or retry with skip_failed_items")
+        if not counts.get("mapped") and _delivered_earlier(s, t):
+            s.get(Transfer, t.id).reason = "nothing new since the last delivery"
+            return "completed"  # a follow-up that found nothing new sends nothing
     return "assembling"
+
+
+def _delivered_earlier(s, t: Transfer) -> bool:
+    return s.scalars(select(Transfer.id).where(
+        Transfer.authorization_id == t.authorization_id, Transfer.id != t.id,
+        Transfer.recipient == t.recipient, Transfer.state == "completed").limit(1)).first() is not None
 
 
 def _map_item(svc: Services, t: Transfer, item: Item, context: MappingContext, tmp: Path) -> None:

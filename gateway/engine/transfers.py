@@ -22,7 +22,7 @@ from datetime import timedelta
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from gateway import audit
+from gateway import audit, notify
 from gateway.errors import AuthorizationDenied, Conflict, GatewayError, InvalidInput, NotFound
 from gateway.runtime.celery_app import celery
 from gateway.runtime.services import Services, services
@@ -190,6 +190,10 @@ def _finish(session: Session, t: Transfer, state: str, reason: str, actor: str,
     audit.record(session, f"transfer.{state}", actor=actor, role=role, transfer_id=t.id,
                  authorization_id=t.authorization_id,
                  outcome="success" if state == "completed" else "failure", reason=reason)
+    if state == "failed" or (state == "completed" and t.bundle_id):
+        notify.publish(session, "transfer.failed" if state == "failed" else "transfer.delivered",
+                       transfer_id=t.id, authorization_id=t.authorization_id, state=state,
+                       detail={"recipient": t.recipient})
 
 
 def _backoff(svc: Services, attempts: int) -> float:
@@ -275,6 +279,10 @@ def _failed_step(svc: Services, transfer_id: str, state: str, exc: Exception, *,
             audit.record(s, "transfer.dead_letter", actor=actor, transfer_id=t.id,
                          authorization_id=t.authorization_id, outcome="failure", step=state,
                          attempts=t.attempts, error=message)
+            notify.publish(s, "transfer.failed", transfer_id=t.id,
+                           authorization_id=t.authorization_id, state="dead_letter",
+                           detail={"recipient": t.recipient, "step": state,
+                                   "attempts": t.attempts}, settings=svc.settings)
             return "dead_letter"
         else:
             delay = None

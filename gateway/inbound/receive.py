@@ -395,6 +395,7 @@ def accept(svc: Services, *, sender: str, key: str, body: bytes, signature: str)
             row.entries, row.blob_key, row.received_at = len(hashes), blob.key, now
             row.recipient_org, row.sender_org = recipient, trusted.organization
             row.submission_group, row.part, row.parts = group, part, parts
+            row.in_reply_to = in_reply_to.removeprefix("urn:uuid:") if in_reply_to else None
             row.receipt_jws = svc.keys.sign({
                 "iss": svc.settings.organization, "receipt_id": row.id,
                 "bundle": row.bundle_identifier, "sha256": digest, "size": row.size,

@@ -8,7 +8,7 @@ import json
 
 from sqlalchemy import select
 
-from gateway import audit
+from gateway import audit, notify
 from gateway.errors import NotFound, ReceiptInvalid, ReceiptRefused
 from gateway.runtime.services import Services
 from gateway.storage.models import Transfer, TransferBundle
@@ -45,4 +45,8 @@ def store_opened(svc: Services, opened_jws: str, actor: str) -> dict:
             audit.record(s, "transfer.receipt.opened", actor=actor, role="peer", transfer_id=t.id,
                          authorization_id=t.authorization_id, bundle_id=bundle_id,
                          opened_at=claims["openedAt"])
+            notify.publish(s, "transfer.opened", transfer_id=t.id,
+                           authorization_id=t.authorization_id, state="opened",
+                           detail={"bundle_id": bundle_id, "opened_at": claims["openedAt"]},
+                           settings=svc.settings)
         return {"transfer": part.transfer_id, "part": part.part, "opened": part.opened}

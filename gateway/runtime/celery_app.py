@@ -12,7 +12,8 @@ from celery import Celery
 from gateway.config import Settings
 
 celery = Celery("records_gateway", include=["gateway.engine.transfers", "gateway.engine.checkpoints",
-                                            "gateway.inbound.tasks"])
+                                            "gateway.engine.subscriptions", "gateway.engine.unattended",
+                                            "gateway.inbound.tasks", "gateway.notify.tasks"])
 
 
 def configure_celery(settings: Settings) -> Celery:
@@ -33,6 +34,12 @@ def configure_celery(settings: Settings) -> Celery:
             "audit-checkpoint": {"task": "gateway.auditing.checkpoint",
                                  "schedule": settings.checkpoint_interval_s},
             "sweep-uploads": {"task": "gateway.receive_binaries.sweep", "schedule": 3600.0},
+            "notify-deliver": {"task": "gateway.notify.deliver",
+                               "schedule": settings.notify.interval_s},
+            "notify-expiring": {"task": "gateway.notify.expiring", "schedule": 3600.0},
+            "subscription-heartbeats": {"task": "gateway.subscriptions.check_heartbeats",
+                                        "schedule": settings.reconcile_interval_s},
+            "cases": {"task": "gateway.cases.tick", "schedule": settings.case_tick_s},
         },
         timezone="UTC",
         task_default_queue=settings.queue,

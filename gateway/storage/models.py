@@ -192,6 +192,7 @@ class ReceivedBundle(Base):
     recipient_org: Mapped[str | None] = mapped_column(String(255), index=True)  # whose inbox
     sender_org: Mapped[str | None] = mapped_column(String(255))
     submission_group: Mapped[str | None] = mapped_column(String(255))  # parts of one transfer
+    in_reply_to: Mapped[str | None] = mapped_column(String(64), index=True)  # a reply: our bundle id
     part: Mapped[int] = mapped_column(Integer, default=1)
     parts: Mapped[int] = mapped_column(Integer, default=1)
     response: Mapped[dict | None]  # the transaction-response, replayed as it was
@@ -357,3 +358,123 @@ class AuditCheckpoint(Base):
     origin: Mapped[str] = mapped_column(String(255))
     key_id: Mapped[str] = mapped_column(String(255))
     signature: Mapped[str] = mapped_column(Text)  # base64 Ed25519 over the checkpoint body
+
+
+class Notification(Base):
+    """One event for one subscriber channel (a webhook, email): the notify outbox.
+
+    Written in the transaction of the change it tells about, so an event is never lost
+    and never sent for a change that rolled back; sent later by gateway/notify/delivery.py.
+    The id is the event id the receiver sees on every attempt (its de-duplication key).
+    """
+
+    __tablename__ = "notifications"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    channel: Mapped[str] = mapped_column(String(80))  # "webhook:<name>" or "email"
+    event_type: Mapped[str] = mapped_column(String(32))
+    case_id: Mapped[str | None] = mapped_column(String(128))
+    transfer_id: Mapped[str | None] = mapped_column(String(128))
+    authorization_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    payload: Mapped[dict] = mapped_column(JSON)  # ids, states, counts and links only
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending | sent | dead
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # when it is due; while one worker sends it, pushed ahead so no other takes it
+    next_attempt_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)  # ours; of the peer's answer, its status
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
+
+
+Index("ix_notifications_due", Notification.state, Notification.next_attempt_at)
+
+
+class FhirSubscription(Base):
+    """A FHIR Subscription (R4 Backport IG) we hold at a source for one patient and topic,
+    on behalf of an owner (the case it serves). Our `id` is in the notification URL; the
+    channel's shared secret is kept only as its SHA-256."""
+
+    __tablename__ = "fhir_subscriptions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # unguessable, in the hook URL
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    source: Mapped[str] = mapped_column(String(255))  # configured source name
+    patient_ref: Mapped[str] = mapped_column(String(64))  # the patient's FHIR id at the source
+    topic: Mapped[str] = mapped_column(String(1024))  # SubscriptionTopic canonical URL
+    remote_id: Mapped[str | None] = mapped_column(String(64))  # Subscription id at the source
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[str] = mapped_column(String(16))  # id-only | full-resource
+    heartbeat_s: Mapped[int] = mapped_column(Integer)
+    # requested (sent) | active (handshake taken) | error | off (deleted at the source)
+    status: Mapped[str] = mapped_column(String(16), default="requested", index=True)
+    events_seen: Mapped[int] = mapped_column(BigInteger, default=0)  # highest event number taken
+    last_event_at: Mapped[datetime | None]
+    last_heartbeat_at: Mapped[datetime | None]  # any word from the source counts
+    heartbeat_missed_at: Mapped[datetime | None]  # set when reported, cleared by the next word
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    closed_at: Mapped[datetime | None]
+
+
+class Trigger(Base):
+    """Something new at a source for an owner: an event a subscription announced, or a gap
+    (events skipped, heartbeats missed) that an incremental pull must catch up. Stored
+    before the source is answered; the same event number of a subscription is stored once."""
+
+    __tablename__ = "trigger_inbox"
+    __table_args__ = (UniqueConstraint("subscription_id", "event_number"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    subscription_id: Mapped[str] = mapped_column(ForeignKey("fhir_subscriptions.id"))
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    event_number: Mapped[int | None] = mapped_column(BigInteger)  # None for gaps
+    kind: Mapped[str] = mapped_column(String(24))  # event | gap | heartbeat-missed
+    focus: Mapped[list] = mapped_column(JSON, default=list)  # ["Type/id"] at the source
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    processed_at: Mapped[datetime | None] = mapped_column(index=True)
+
+
+class Case(Base):
+    """Everything this gateway does under one authorization: its transfers (the first
+    and the follow-ups, found by authorization id), each source's status, deadlines and
+    reminders. One per authorization: importing it again finds the same case."""
+
+    __tablename__ = "cases"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    authorization_id: Mapped[str] = mapped_column(ForeignKey("authorizations.id"), unique=True)
+    state: Mapped[str] = mapped_column(String(16), default="open", index=True)  # review|open|closed
+    recipient: Mapped[str | None] = mapped_column(String(255))  # the configured peer, when routed
+    # disclosers and a recipient no configuration matched: [{"party", "id", "reason"}]
+    unrouted: Mapped[list] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    approved_by: Mapped[str | None] = mapped_column(String(255))
+    approved_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]  # every source complete or without records
+    closed_at: Mapped[datetime | None]
+    closed_reason: Mapped[str | None] = mapped_column(String(255))
+    sources: Mapped[list[CaseSource]] = relationship(back_populates="case", order_by="CaseSource.id",
+                                                     cascade="all, delete-orphan")
+
+
+class CaseSource(Base):
+    """A configured source a case asks for records, and where its answer stands:
+    requested -> receiving -> complete | no-records | overdue | failed."""
+
+    __tablename__ = "case_sources"
+    __table_args__ = (UniqueConstraint("case_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    discloser: Mapped[str] = mapped_column(String(255))  # the authorization's discloser id
+    auto: Mapped[str] = mapped_column(String(8))  # start | review | off, from the configuration
+    status: Mapped[str] = mapped_column(String(16), default="requested")
+    reason: Mapped[str | None] = mapped_column(Text)  # no-records / failed: why
+    started: Mapped[bool] = mapped_column(default=False)  # its first pull was started
+    deadline_at: Mapped[datetime | None]
+    reminders: Mapped[int] = mapped_column(Integer, default=0)
+    next_reminder_at: Mapped[datetime | None]
+    next_pull_at: Mapped[datetime | None]  # scheduled incremental pull
+    case: Mapped[Case] = relationship(back_populates="sources")

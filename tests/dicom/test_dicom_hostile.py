@@ -21,10 +21,11 @@ from pynetdicom.sop_class import CTImageStorage
 
 import connectors.dicom.forward  # noqa: F401  (turns on STORE_SEND_CHUNKED_DATASET)
 from connectors.dicom.intake import FolderSink, Retrieval
-from connectors.dicom.scp import StorageSCP
+from connectors.dicom.scp import StorageSCP, source_peer
 from tests.dicom.dicom_peers import free_port
 
 CT = get_testdata_file("CT_small.dcm")
+PEER = source_peer("ROGUE", ["127.0.0.1"])  # the configured source the tests send as
 
 
 def craft(path: Path, *, meta_sop=None, ds_sop=None, patient="PAT-1", study=None,
@@ -50,8 +51,14 @@ def craft(path: Path, *, meta_sop=None, ds_sop=None, patient="PAT-1", study=None
 @pytest.fixture
 def scp(tmp_path):
     server = StorageSCP("GATEWAY", free_port(), "127.0.0.1").start()
+    server.admit(PEER)
     yield server
     server.stop()
+
+
+def expecting(scp, retrieval, *sops):
+    """An open C-MOVE from PEER that may bring `sops`."""
+    return scp.expect(retrieval, PEER, sops, "GATEWAY")
 
 
 @pytest.fixture
@@ -91,8 +98,8 @@ def test_instance_nobody_asked_for_is_refused(scp, tmp_path):
 
 def test_routed_by_move_originator_message_id(scp, retrieval, tmp_path):
     path, sop = craft(tmp_path / "a.dcm")
-    with scp.expect(retrieval, "SOMEPACS") as move_id:
-        assert send(scp.port, [path], calling="OTHERAE", originator_id=move_id) == [0]
+    with expecting(scp, retrieval, sop) as move_id:
+        assert send(scp.port, [path], originator_id=move_id) == [0]
         assert retrieval.wait_settled(10)
     assert list(retrieval.received) == [sop]
     rec = retrieval.received[sop]
@@ -107,15 +114,16 @@ def test_each_bad_instance_is_its_own_error(scp, retrieval, tmp_path):
     malformed, malformed_sop = craft(tmp_path / "bad.dcm", garbage=True)
     foreign, foreign_sop = craft(tmp_path / "other.dcm", patient="PAT-2")
     other_study, other_study_sop = craft(tmp_path / "os.dcm", study=generate_uid())
-    with scp.expect(retrieval, "ROGUE"):
+    with expecting(scp, retrieval, mismatch_sop, malformed_sop, foreign_sop,
+                   other_study_sop, good_sop):
         statuses = send(scp.port, [leading_zero, mismatch, malformed, foreign, other_study,
                                    good])
         assert retrieval.wait_settled(10)
-    assert statuses[0] == 0xC000 and statuses[-1] == 0
+    # an invalid UID cannot be one the retrieve expects: refused like any stranger
+    assert statuses[0] == 0x0124 and statuses[-1] == 0
     assert list(retrieval.received) == [good_sop]
     reasons = {uid: e.reason for uid, e in retrieval.errors.items()}
-    assert [e.sop_instance_uid for e in retrieval.errors.values()
-            if "invalid SOP Instance/Class UID '1.2.3.04'" in e.reason] == [""]
+    assert len(reasons) == 4
     assert "differs from the announced" in reasons[mismatch_sop]
     assert "malformed dataset" in reasons[malformed_sop]
     assert "another patient" in reasons[foreign_sop]
@@ -152,6 +160,7 @@ def test_polyglot_preamble_is_zeroed(retrieval, tmp_path):
 
 def test_cut_connection_loses_one_instance_and_the_scp_carries_on(retrieval, tmp_path):
     scp = StorageSCP("GATEWAY", free_port(), "127.0.0.1", max_pdu=16384).start()
+    scp.admit(PEER)
     try:
         _cut_connection(scp, retrieval, tmp_path)
     finally:
@@ -179,7 +188,8 @@ def _cut_connection(scp, retrieval, tmp_path):
         if sent[0] == 64:
             event.assoc.dul.socket.socket.shutdown(socket.SHUT_RDWR)
 
-    with scp.expect(retrieval, "ROGUE"):
+    good, good_sop = craft(tmp_path / "good.dcm")
+    with expecting(scp, retrieval, sop, good_sop):
         assoc = ae.associate("127.0.0.1", scp.port, ae_title="GATEWAY", max_pdu=16384,
                              evt_handlers=[(evt.EVT_PDU_SENT, cut)])
         assert assoc.is_established
@@ -190,7 +200,6 @@ def _cut_connection(scp, retrieval, tmp_path):
         assoc.abort()
         assert "ended while this instance was being received" in retrieval.errors[sop].reason
         assert not retrieval.errors[sop].permanent  # a retry may get it
-        good, good_sop = craft(tmp_path / "good.dcm")
         assert send(scp.port, [good]) == [0]
         assert retrieval.wait_settled(10)
     assert list(retrieval.received) == [good_sop]
@@ -200,10 +209,10 @@ def _cut_connection(scp, retrieval, tmp_path):
 def test_unsupported_sop_class_is_refused_at_negotiation(scp, retrieval, tmp_path):
     ae = AE(ae_title="ROGUE")
     ae.add_requested_context("1.2.826.0.1.3680043.9.9999.1")  # a private, non-storage class
-    with scp.expect(retrieval, "ROGUE"):
+    good, good_sop = craft(tmp_path / "good.dcm")
+    with expecting(scp, retrieval, good_sop):
         assoc = ae.associate("127.0.0.1", scp.port, ae_title="GATEWAY")
         assert not assoc.is_established  # no context accepted: nothing can be sent
-        good, good_sop = craft(tmp_path / "good.dcm")
         assert send(scp.port, [good]) == [0]
         assert retrieval.wait_settled(10)
     assert list(retrieval.received) == [good_sop]
@@ -214,8 +223,9 @@ def test_stores_take_the_fast_path(scp, retrieval, tmp_path):
     pynetdicom's per-message pydicom work: its EVT_C_STORE fallback is never called."""
     calls = []
     scp._server.bind(evt.EVT_C_STORE, lambda event: calls.append(1) or 0xA700)
-    files = [craft(tmp_path / f"{n}.dcm")[0] for n in range(3)]
-    with scp.expect(retrieval, "ROGUE"):
+    crafted = [craft(tmp_path / f"{n}.dcm") for n in range(3)]
+    files = [f for f, _ in crafted]
+    with expecting(scp, retrieval, *(sop for _, sop in crafted)):
         assert send(scp.port, files) == [0, 0, 0]
         assert retrieval.wait_settled(10)
     assert calls == [] and len(retrieval.received) == 3
@@ -238,9 +248,9 @@ def test_streamed_bad_instances_leave_no_blob(scp, tmp_path):
     retrieval = Retrieval("t1", BlobStoreSink(store), studies=frozenset({study}),
                           patient_ids=frozenset({"PAT-1"}), spool=tmp_path)
     good, good_sop = craft(tmp_path / "good.dcm", preamble=b"MZ polyglot")
-    malformed, _ = craft(tmp_path / "bad.dcm", garbage=True)
-    foreign, _ = craft(tmp_path / "other.dcm", patient="PAT-2")
-    with scp.expect(retrieval, "ROGUE"):
+    malformed, malformed_sop = craft(tmp_path / "bad.dcm", garbage=True)
+    foreign, foreign_sop = craft(tmp_path / "other.dcm", patient="PAT-2")
+    with expecting(scp, retrieval, good_sop, malformed_sop, foreign_sop):
         assert send(scp.port, [malformed, foreign, good]) == [0, 0, 0]
         assert retrieval.wait_settled(10)
     assert list(retrieval.received) == [good_sop] and len(retrieval.errors) == 2

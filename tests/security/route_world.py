@@ -166,6 +166,28 @@ def _fax_in_review(config: dict, family: str, transfer_id: str, fax_number: str)
     return fax_id
 
 
+NOTIFICATION_ID = "n" + "0" * 31
+
+
+def _subscription_and_notification(app, case_id: str) -> str:
+    """A FHIR Subscription held for the case at its source (as the engine stores one once
+    the source took it), and a notification that failed for good; returns the
+    subscription's id (the one in its hook URL)."""
+    from gateway.engine.subscriptions import secret_hash
+    from gateway.storage.models import FhirSubscription, Notification
+
+    sid = secrets.token_urlsafe(24)
+    with app.extensions["gateway"].db.session() as s:
+        s.add(FhirSubscription(id=sid, owner=case_id, source="records", patient_ref=secrets.token_hex(8),
+                               topic="http://example.org/topics/new-results",
+                               secret_sha256=secret_hash(secrets.token_urlsafe(24)), payload="id-only",
+                               heartbeat_s=60, status="active"))
+        s.add(Notification(id=NOTIFICATION_ID, channel="webhook:ops", event_type="case.started",
+                           case_id=case_id, payload={"case": case_id}, state="dead", attempts=5,
+                           last_error="HTTP 503"))
+    return sid
+
+
 def build(config: dict, tmp_path: Path, sign, claims_for) -> World:
     """Make the gateway from `config` (the sender's test settings) and fill its store
     through the API, as a real deployment would be filled. Peers' keys come from files and
@@ -226,13 +248,17 @@ def build(config: dict, tmp_path: Path, sign, claims_for) -> World:
                    content_type="application/pdf", headers=peer)
     assert r.status_code == 201, r.get_json()
 
+    [case] = client.get("/cases", headers=operator).get_json()["cases"]
+    sid = _subscription_and_notification(app, case["id"])
     fax_number = f"+1 555 {secrets.randbelow(10**7):07d}"
     fax_id = _fax_in_review(config, patient["name"]["family"], transfer_id, fax_number)
     ids = {"transfer_id": transfer_id, "auth_id": auth_id, "received_id": received["id"],
            "doc_id": doc_uuid, "study_uid": study_uid, "study": study_uid,
-           "sop_uid": sop_uid, "binary_id": binary_id, "fax_id": fax_id, "seq": "1"}
+           "sop_uid": sop_uid, "binary_id": binary_id, "fax_id": fax_id, "seq": "1",
+           "case_id": case["id"], "source": "records", "sid": sid,
+           "notification_id": NOTIFICATION_ID}
     leaks = [patient["name"]["family"], patient["name"]["given"][0], patient["birthDate"],
              patient["identifiers"][0]["value"], transfer_id, auth_id, received["id"], doc_uuid,
-             study_uid, sop_uid, binary_id, fax_id, fax_number, received["bundle"], received["sha256"]]
+             study_uid, sop_uid, binary_id, fax_id, case["id"], sid, fax_number, received["bundle"], received["sha256"]]
     return World(app=app, tokens=valid, expired=expired, revoked=revoked, ids=ids, leaks=leaks,
                  config=config)

@@ -18,13 +18,16 @@ from gateway.trust.tokens import ROLES
 from tests.helpers import bearer
 from tests.security import route_world
 
-# Operations anyone may call: liveness, published keys, this description, the dashboard
-# page (it carries no data; it reads the API with the user's token), and the audit log's
-# checkpoints and proofs (hashes only).
+# Operations without an API token, and what each answers to a request with no credential:
+# liveness, published keys, this description, the dashboard page (it carries no data; it
+# reads the API with the user's token), the audit log's checkpoints and proofs (hashes
+# only); and a FHIR Subscription's hook, which a source calls with the channel's own
+# secret instead (refused without it).
 PUBLIC = {
-    ("get", "/health"), ("get", "/.well-known/jwks.json"), ("get", "/openapi.json"),
-    ("get", "/dashboard"), ("get", "/audit/checkpoints"), ("get", "/audit/checkpoints/latest"),
-    ("get", "/audit/consistency"), ("get", "/audit/events/{seq}/proof"),
+    ("get", "/health"): 200, ("get", "/.well-known/jwks.json"): 200, ("get", "/openapi.json"): 200,
+    ("get", "/dashboard"): 200, ("get", "/audit/checkpoints"): 200,
+    ("get", "/audit/checkpoints/latest"): 200, ("get", "/audit/consistency"): 200,
+    ("get", "/audit/events/{seq}/proof"): 200, ("post", "/subscriptions/{sid}/notify"): 401,
 }
 KINDS = ("no token", "garbage token", "expired token", "revoked token", "wrong role")
 
@@ -57,7 +60,7 @@ def operations(doc: dict):
 
 def unlisted_public(doc: dict) -> set[tuple[str, str]]:
     """Operations without roles that PUBLIC does not name (each one a route left open)."""
-    return {(m, p) for m, p, op in operations(doc) if not op.get("x-roles")} - PUBLIC
+    return {(m, p) for m, p, op in operations(doc) if not op.get("x-roles")} - set(PUBLIC)
 
 
 def fill(path: str, ids: dict) -> str:
@@ -157,11 +160,11 @@ def test_public_set_is_exactly_the_routes_without_roles(world):
     client = world.app.test_client()
     doc = client.get("/openapi.json").get_json()
     assert unlisted_public(doc) == set()
-    assert {(m, p) for m, p, op in operations(doc) if not op.get("x-roles")} == PUBLIC
-    for method, path in sorted(PUBLIC):
+    assert {(m, p) for m, p, op in operations(doc) if not op.get("x-roles")} == set(PUBLIC)
+    for (method, path), status in sorted(PUBLIC.items()):
         r = client.open(fill(path, world.ids), method=method.upper(),
                         query_string={"first": "0"} if path == "/audit/consistency" else None)
-        assert r.status_code == 200, (path, r.get_data(as_text=True)[:200])
+        assert r.status_code == status, (path, r.get_data(as_text=True)[:200])
         assert not [x for x in world.leaks if x in r.get_data(as_text=True)], path
 
 
@@ -180,6 +183,9 @@ def test_the_seeded_data_is_there_for_the_right_roles(world):
     r = client.get(f"/faxes/review/{ids['fax_id']}/preview", headers=world.headers("operator"))
     assert r.status_code == 200 and world.leaks[0].encode() in r.data
     assert client.head(f"/fhir/Binary/{ids['binary_id']}", headers=world.headers("peer")).status_code == 200
+    assert client.get(f"/cases/{ids['case_id']}", headers=auditor).get_json()["id"] == ids["case_id"]
+    listed = client.get("/notifications", headers=auditor).get_json()["notifications"]
+    assert ids["notification_id"] in [n["id"] for n in listed]
     image = client.get(f"/inbox/{ids['received_id']}/studies/{ids['study_uid']}/instances/{ids['sop_uid']}",
                        headers=staff)
     assert image.status_code == 200 and image.mimetype == "application/dicom"
