@@ -143,6 +143,14 @@ class ReceiptInvalid(GatewayError):
     http_status = 502
 
 
+class ReceiptRefused(ReceiptInvalid):
+    """A receipt a peer posted to us (an "opened" receipt on POST /receipts) is malformed,
+    badly signed or names nothing of ours: the peer's request is at fault, not an answer
+    we were waiting for."""
+
+    http_status = 422
+
+
 class BlobCorrupted(GatewayError):
     """A stored blob failed authentication (tampered, truncated or wrong key)."""
 

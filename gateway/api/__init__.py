@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 from gateway.errors import GatewayError
 
 from .outcomes import operation_outcome
+from .params import url_without_nul
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ def register(app: Flask, mode: str) -> None:
         app.register_blueprint(receive.bp)
         app.register_blueprint(dicomweb.bp)
         app.register_blueprint(inbox.bp)
+
+    app.before_request(url_without_nul)
 
     @app.errorhandler(GatewayError)
     def _gateway_error(exc: GatewayError):

@@ -15,20 +15,11 @@ from gateway.engine.checkpoints import checkpoint_now, identity, patient_key_fro
 from gateway.errors import InvalidInput
 
 from .auth import require, svc
+from .params import query_number, whole_number
 
 bp = Blueprint("audit", __name__, url_prefix="/audit")
 
 CHECKPOINT_PAGE, CHECKPOINT_PAGE_MAX = 100, 1000  # the public list is paged: each page has proofs
-
-
-def _int(name: str, default: int | None = None) -> int | None:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise InvalidInput(f"{name} must be a whole number") from None
 
 
 def _time(name: str) -> datetime | None:
@@ -68,7 +59,8 @@ def events():
     filters = _filters()
     _log_read("events", filters)
     with svc().db.session() as s:
-        found = queries.find_events(s, after_seq=_int("after", 0), limit=_int("limit", 1000),
+        found = queries.find_events(s, after_seq=query_number("after", 0),
+                                    limit=query_number("limit", 1000),
                                     **filters)
         cp = checkpoints.latest_checkpoint(s)
         entries = queries.with_proofs(s, found, cp["tree_size"] if cp else None)
@@ -127,7 +119,7 @@ def checkpoint_list():
     """Public: one page of checkpoints with the consistency proof between each pair. A page
     that is followed by another never changes (the log only grows), so it may be cached
     for good; the last page is revalidated by its ETag without building proofs again."""
-    since, limit = _int("since_size", 0), _int("limit", CHECKPOINT_PAGE)
+    since, limit = query_number("since_size", 0), query_number("limit", CHECKPOINT_PAGE)
     if not 1 <= limit <= CHECKPOINT_PAGE_MAX:
         raise InvalidInput(f"limit must be between 1 and {CHECKPOINT_PAGE_MAX}")
     with svc().db.session() as s:
@@ -166,7 +158,7 @@ def checkpoint_create():
 
 @bp.get("/consistency")
 def consistency():
-    first, second = _int("first"), _int("second")
+    first, second = query_number("first"), query_number("second")
     if first is None:
         raise InvalidInput("first is required")
     with svc().db.session() as s:
@@ -175,5 +167,6 @@ def consistency():
 
 @bp.get("/events/<int:seq>/proof")
 def inclusion(seq: int):
+    seq = whole_number(seq, "seq")
     with svc().db.session() as s:
-        return jsonify(audit_log.inclusion_proof(s, seq, _int("tree_size")))
+        return jsonify(audit_log.inclusion_proof(s, seq, query_number("tree_size")))

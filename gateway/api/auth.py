@@ -38,10 +38,16 @@ def require(*roles: str):
     return decorate
 
 
-def json_body() -> dict:
+def json_body(required: bool = True) -> dict:
+    """The request's JSON object ({} for no body when not `required`), with no NUL in it."""
     from gateway.errors import InvalidInput
 
+    from .params import refuse_nul
+
     data = request.get_json(silent=True)
+    if data is None and not required and not request.get_data(cache=True):
+        return {}
     if not isinstance(data, dict):
         raise InvalidInput("request body must be a JSON object")
+    refuse_nul(data, "the request body")
     return data

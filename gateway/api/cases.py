@@ -14,6 +14,7 @@ from gateway.engine.operations import (
 from gateway.errors import InvalidInput
 
 from .auth import json_body, require, svc
+from .params import query_number
 
 bp = Blueprint("cases", __name__, url_prefix="/cases")
 
@@ -21,10 +22,7 @@ bp = Blueprint("cases", __name__, url_prefix="/cases")
 @bp.get("")
 @require("operator", "admin", "auditor")
 def index():
-    try:
-        limit = int(request.args.get("limit", 100))
-    except ValueError:
-        raise InvalidInput("limit must be a number") from None
+    limit = query_number("limit", 100)
     return jsonify({"cases": list_cases(svc(), request.args.get("state"), limit)})
 
 

@@ -10,6 +10,7 @@ from gateway.engine import faxes
 from gateway.errors import Conflict, InvalidInput
 
 from .auth import json_body, require, svc
+from .params import optional_text
 
 bp = Blueprint("faxes", __name__)
 
@@ -68,6 +69,6 @@ def review_assign(fax_id: str):
 @bp.post("/faxes/review/<fax_id>/reject")
 @require("operator", "admin")
 def review_reject(fax_id: str):
-    faxes.reject(svc(), request.args.get("source"), fax_id, json_body().get("reason") or "",
-                 g.actor, g.role)
+    faxes.reject(svc(), request.args.get("source"), fax_id,
+                 optional_text(json_body(), "reason") or "", g.actor, g.role)
     return jsonify({"fax": fax_id, "state": "rejected"})

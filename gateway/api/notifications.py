@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from flask import Blueprint, g, jsonify, request
 
-from gateway.errors import InvalidInput
 from gateway.notify.outbox import list_notifications, replay
 
 from .auth import require, svc
+from .params import query_number
 
 bp = Blueprint("notifications", __name__, url_prefix="/notifications")
 
@@ -14,10 +14,7 @@ bp = Blueprint("notifications", __name__, url_prefix="/notifications")
 @bp.get("")
 @require("operator", "admin", "auditor")
 def index():
-    try:
-        limit = int(request.args.get("limit", 100))
-    except ValueError:
-        raise InvalidInput("limit must be a number") from None
+    limit = query_number("limit", 100)
     with svc().db.session() as s:
         return jsonify({"notifications": list_notifications(s, request.args.get("state"), limit)})
 

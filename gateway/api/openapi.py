@@ -1,15 +1,88 @@
 """The OpenAPI 3.1 description, built from the registered routes so it cannot drift:
-each route's roles come from its `require` decorator, its request body from BODIES."""
+each route's roles come from its `require` decorator, its request body from BODIES, its
+query and header parameters from PARAMETERS, what it answers from ANSWERS (default: 200
+with a JSON object), and every error is an OperationOutcome."""
 from __future__ import annotations
 
 import re
 
 from flask import Flask
 
+from .params import MAX_WHOLE
+
 DESCRIPTION = "Records interoperability gateway for second opinions."
 
 OUTCOME = {"description": "error as a FHIR OperationOutcome",
            "content": {"application/fhir+json": {"schema": {"$ref": "#/components/schemas/OperationOutcome"}}}}
+REFUSED = {"401": {**OUTCOME, "description": "no token, or an unknown, expired or revoked one"},
+           "403": {**OUTCOME, "description": "the token's role may not do this"}}
+
+_JSON = {"application/json": {"schema": {"type": "object"}}}
+_FHIR = {"application/fhir+json": {"schema": {"type": "object"}}}
+_BYTES = {"schema": {"type": "string", "format": "binary"}}
+
+# What an operation answers on success, where it is not 200 with a JSON object
+ANSWERS = {
+    "web.dashboard": {"200": {"text/html": _BYTES}},
+    "faxes.cover_sheet": {"200": {"application/pdf": _BYTES}},
+    "faxes.review_preview": {"200": {"image/png": _BYTES}},
+    "authorizations.create": {"201": _JSON},
+    "transfers.create": {"202": _JSON},
+    "audit.checkpoint_create": {"201": _JSON},
+    "audit.checkpoint_list": {"200": _JSON, "304": None},
+    "audit.checkpoint_latest": {"200": {"application/json": {"schema": {"type": ["object", "null"]}}}},
+    "audit.export_events": {"200": {"application/x-ndjson": _BYTES, **_FHIR}},
+    "audit.accounting": {"200": {**_JSON, "application/pdf": _BYTES}},
+    "receive.transaction": {"200": _FHIR},
+    "receive.binary_put": {"200": _FHIR, "201": _FHIR},
+    "receive.binary_head": {"200": None},
+    "dicomweb.store_instances": {s: {"application/dicom+json": {"schema": {"type": "object"}}}
+                                 for s in ("200", "202", "409")},
+    "inbox.bundle": {"200": _FHIR},
+    # as received: PDF, TIFF, PNG, JPEG, text, JSON; any other type as octet-stream
+    "inbox.document_content": {"200": {"*/*": _BYTES}},
+    "inbox.study_instances": {"200": {"multipart/related": _BYTES}},
+    "inbox.study_instance": {"200": {"application/dicom": _BYTES}},
+}
+
+
+WHOLE = {"type": "integer", "minimum": 0, "maximum": MAX_WHOLE}
+
+
+def _q(name: str, type_: str = "string", **schema) -> dict:
+    schema = WHOLE | schema if type_ == "integer" else {"type": type_, **schema}
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+def _h(name: str, required: bool, description: str) -> dict:
+    return {"name": name, "in": "header", "required": required, "description": description,
+            "schema": {"type": "string"}}
+
+
+_AUDIT_FILTERS = [_q("patient", description="patient key (64 hex) or 'system|value'"),
+                  _q("transfer"), _q("authorization"), _q("actor"), _q("type"),
+                  _q("since", format="date-time"), _q("until", format="date-time")]
+PARAMETERS = {
+    "receive.transaction": [_h("Idempotency-Key", True, "the same key for every try of one bundle"),
+                            _h("X-Bundle-Signature", True, "detached JWS over the body")],
+    "transfers.index": [_q("state"), _q("authorization"), _q("limit", "integer")],
+    "cases.index": [_q("state"), _q("limit", "integer")],
+    "notifications.index": [_q("state"), _q("limit", "integer")],
+    "authorizations.index": [_q("status")],
+    "faxes.cover_sheet": [_q("source")],
+    "faxes.review_list": [_q("source")],
+    "faxes.review_show": [_q("source")],
+    "faxes.review_preview": [_q("source")],
+    "faxes.review_assign": [_q("source")],
+    "faxes.review_reject": [_q("source")],
+    "audit.events": [*_AUDIT_FILTERS, _q("after", "integer"), _q("limit", "integer")],
+    "audit.export_events": [*_AUDIT_FILTERS, _q("format", enum=["ndjson", "fhir-ndjson", "bundle"])],
+    "audit.accounting": [_q("patient"), _q("since", format="date-time"),
+                         _q("until", format="date-time"), _q("format", enum=["json", "pdf"])],
+    "audit.checkpoint_list": [_q("since_size", "integer"), _q("limit", "integer")],
+    "audit.consistency": [_q("first", "integer"), _q("second", "integer")],
+    "audit.inclusion": [_q("tree_size", "integer")],
+}
 
 BODIES = {
     "authorizations.create": {"application/jose": {"schema": {"type": "string",
@@ -40,6 +113,10 @@ BODIES = {
     "receive.binary_put": {"application/octet-stream": {"schema": {"type": "string", "format": "binary",
                            "description": "a document's raw bytes, sent before the bundle that "
                                           "references it as Binary/{id} (HEAD asks whether it is held)"}}},
+    "inbox.reply": {"application/json": {"schema": {"type": "object",
+                    "description": "a DiagnosticReport or DocumentReference (R4), or {\"resource\": ...}",
+                    "properties": {"resourceType": {"enum": ["DiagnosticReport", "DocumentReference"]},
+                                   "resource": {"type": "object"}}}}},
     "receipts.opened": {"application/json": {"schema": {"type": "object", "required": ["jws"],
                         "properties": {"jws": {"type": "string"}}}}},
     "subscriptions.notify": {"application/fhir+json": {"schema": {"type": "object",
@@ -92,6 +169,7 @@ SUMMARIES = {
     "inbox.studies": "The imaging studies of a received bundle",
     "inbox.study_instances": "A study's images as received (multipart/related of application/dicom, as WADO-RS)",
     "inbox.study_instance": "One image as received (application/dicom)",
+    "receive.binary_head": "Whether a document sent before its bundle is held; ETag is its sha256",
     "inbox.opened": "Mark a received bundle opened; signs an 'opened' receipt and sends it to the sender",
     "transfers.replay": "Deliver a dead-lettered transfer again",
     "inbox.reply": "Send the center's second opinion (DiagnosticReport or DocumentReference) back to the sender",
@@ -105,25 +183,55 @@ SUMMARIES = {
 }
 
 
+def _responses(endpoint: str, secured: bool) -> dict:
+    answers = ANSWERS.get(endpoint, {"200": _JSON})
+    out = {status: {"description": "not modified (If-None-Match)" if status == "304" else "success"}
+           | ({"content": content} if content else {}) for status, content in answers.items()}
+    return out | (REFUSED if secured else {}) | {"default": OUTCOME}
+
+
+def _path_parameter(rule, name: str) -> dict:
+    # werkzeug's int converter takes digits only; the default one any text without "/"
+    if f"<int:{name}>" in rule.rule:
+        schema = WHOLE
+    else:
+        schema = {"type": "string", "minLength": 1, "pattern": "^[^/]+$"}
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+def _methods(rule) -> list[str]:
+    """A GET route answers HEAD by itself (not listed); a route made for HEAD alone is."""
+    methods = rule.methods - {"OPTIONS"}
+    if "GET" in methods:
+        methods -= {"HEAD"}
+    return sorted(methods)
+
+
 def document(app: Flask) -> dict:
     paths: dict = {}
+    seen: set[str] = set()
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
             continue
         view = app.view_functions[rule.endpoint]
         path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
-        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-            op = {"operationId": rule.endpoint, "summary": SUMMARIES.get(rule.endpoint, rule.endpoint),
-                  "responses": {"200": {"description": "success"}, "default": OUTCOME}}
-            roles = getattr(view, "roles", None)
+        roles = getattr(view, "roles", None)
+        for method in _methods(rule):
+            # one view on two paths (e.g. STOW-RS with and without a study): ids stay unique
+            op_id = rule.endpoint
+            if op_id in seen:
+                op_id = "_".join([op_id, *sorted(rule.arguments)]) or f"{op_id}_{method.lower()}"
+            seen.add(op_id)
+            op = {"operationId": op_id, "summary": SUMMARIES.get(rule.endpoint, rule.endpoint),
+                  "responses": _responses(rule.endpoint, bool(roles))}
             if roles:
                 op["security"] = [{"bearer": []}]
                 op["x-roles"] = list(roles)
-            params = [{"name": a, "in": "path", "required": True, "schema": {"type": "string"}}
-                      for a in rule.arguments]
+            params = [_path_parameter(rule, a) for a in sorted(rule.arguments)]
+            params += PARAMETERS.get(rule.endpoint, [])
             if params:
                 op["parameters"] = params
-            if rule.endpoint in BODIES and method == "POST":
+            if rule.endpoint in BODIES and method in ("POST", "PUT"):
                 op["requestBody"] = {"required": True, "content": BODIES[rule.endpoint]}
             paths.setdefault(path, {})[method.lower()] = op
     return {

@@ -16,6 +16,7 @@ from gateway.engine.transfers import STATES
 from gateway.errors import InvalidInput
 
 from .auth import json_body, require, svc
+from .params import optional_text, query_number
 
 bp = Blueprint("transfers", __name__, url_prefix="/transfers")
 
@@ -39,12 +40,8 @@ def index():
     state = request.args.get("state")
     if state and state not in STATES:
         raise InvalidInput(f"unknown state {state!r}; states: {', '.join(STATES)}")
-    try:
-        limit = int(request.args.get("limit", 100))
-    except ValueError:
-        raise InvalidInput("limit must be a number") from None
     return jsonify({"transfers": list_transfers(svc(), state, request.args.get("authorization"),
-                                                limit)})
+                                                query_number("limit", 100))})
 
 
 @bp.get("/<transfer_id>")
@@ -61,8 +58,7 @@ def show(transfer_id: str):
 @bp.post("/<transfer_id>/retry")
 @require("operator", "admin")
 def retry(transfer_id: str):
-    body = request.get_json(silent=True) or {}
-    skip = body.get("skip_failed_items", False) if isinstance(body, dict) else False
+    skip = json_body(required=False).get("skip_failed_items", False)
     if not isinstance(skip, bool):
         raise InvalidInput("'skip_failed_items' must be true or false")
     return jsonify(retry_transfer(svc(), transfer_id, g.actor, g.role, skip_failed_items=skip))
@@ -77,7 +73,6 @@ def replay(transfer_id: str):
 @bp.post("/<transfer_id>/cancel")
 @require("operator", "admin")
 def cancel(transfer_id: str):
-    body = request.get_json(silent=True) or {}
-    reason = body.get("reason") if isinstance(body, dict) else None
+    reason = optional_text(json_body(required=False), "reason")
     return jsonify(cancel_transfer(svc(), transfer_id, reason or "cancelled by an operator",
                                    g.actor, g.role))

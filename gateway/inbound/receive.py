@@ -55,6 +55,7 @@ from . import scope, stow, uploads
 KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 RECEIPT_TYP = receipts.RECEIPT_TYP
 REJECTION_HEADER = "X-Delivery-Receipt"  # a signed receipt with status "rejected"
+MAX_PARTS = 2**31 - 1  # a bundle's part and parts are Integer columns
 
 
 class UnprocessableBundle(InvalidInput):
@@ -109,6 +110,8 @@ def _validate(body: bytes) -> tuple[dict, Bundle]:
             raise UnprocessableBundle(f"invalid Bundle at entry.{n}.resource: {exc}") from None
     if not bundle.identifier or not bundle.identifier.value:
         raise UnprocessableBundle("Bundle.identifier is required")
+    if not _storable(bundle.identifier.value):
+        raise UnprocessableBundle("Bundle.identifier.value must be 1-255 characters, no NUL")
     for n, entry in enumerate(entries):
         if not isinstance(entry.get("resource"), dict) or not entry.get("fullUrl"):
             raise UnprocessableBundle(f"entry {n} needs a fullUrl and a resource")
@@ -246,6 +249,11 @@ def check_reply(svc: Services, in_reply_to: str, sender_org: str) -> str:
     return svc.settings.organization
 
 
+def _storable(text) -> bool:
+    """Fits a String(255) column on every database (PostgreSQL takes no NUL)."""
+    return isinstance(text, str) and 0 < len(text) <= 255 and "\x00" not in text
+
+
 def _group(data: dict) -> tuple[str | None, int, int]:
     for lst in _resources(data, "List"):
         group = next((i.get("value") for i in lst.get("identifier") or [] if i.get("system") == GROUP_SYSTEM), None)
@@ -254,6 +262,10 @@ def _group(data: dict) -> tuple[str | None, int, int]:
             n, total = (int(x) for x in part.split("/"))
         except ValueError:
             n, total = 1, 1
+        if group is not None and not _storable(group):
+            raise UnprocessableBundle("the submission group must be 1-255 characters, no NUL")
+        if not 1 <= n <= total <= MAX_PARTS:
+            raise UnprocessableBundle(f"the part must be n/total with 1 <= n <= total <= {MAX_PARTS}")
         return group, n, total
     return None, 1, 1
 

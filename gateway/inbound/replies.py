@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from gateway import audit
 from gateway.errors import (
-    ConfigError,
+    Conflict,
     DeliveryFailed,
     DeliveryRejected,
     InvalidInput,
@@ -106,8 +106,9 @@ def send_reply(svc: Services, row: ReceivedBundle, resource: dict, actor: str) -
     sender = svc.settings.senders.get(row.sender)
     token = sender.bearer() if sender else None
     if sender is None or not sender.base_url or not token:
-        raise ConfigError(f"no way back to sender {row.sender}: configure senders."
-                          f"{row.sender}.base_url and token_file")
+        # the staff's request is fine; this gateway lacks the route (409, not a fault of ours)
+        raise Conflict(f"no way back to sender {row.sender}: an admin must configure senders."
+                       f"{row.sender}.base_url and token_file")
     original = json.loads(svc.blobs.read_bytes(row.blob_key))
     bid, body = build_reply(svc, row, original, resource)
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json",

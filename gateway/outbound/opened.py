@@ -9,7 +9,7 @@ import json
 from sqlalchemy import select
 
 from gateway import audit, notify
-from gateway.errors import NotFound, ReceiptInvalid
+from gateway.errors import NotFound, ReceiptInvalid, ReceiptRefused
 from gateway.runtime.services import Services
 from gateway.storage.models import Transfer, TransferBundle
 from gateway.trust import receipts
@@ -24,18 +24,21 @@ def store_opened(svc: Services, opened_jws: str, actor: str) -> dict:
         claimed = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
         issuer = claimed["iss"]
     except (IndexError, ValueError, KeyError, TypeError):
-        raise ReceiptInvalid("not an opened receipt (compact JWS)") from None
+        raise ReceiptRefused("not an opened receipt (compact JWS)") from None
     names = [n for n, p in svc.settings.peers.items() if p.organization == issuer and p.kind == "gateway"]
     if not names:
-        raise ReceiptInvalid("opened receipt from an organization we do not deliver to")
-    claims = receipts.check_opened(opened_jws, peer_jwks(svc, names[0]), issuer=issuer)
+        raise ReceiptRefused("opened receipt from an organization we do not deliver to")
+    try:
+        claims = receipts.check_opened(opened_jws, peer_jwks(svc, names[0]), issuer=issuer)
+    except ReceiptInvalid as exc:  # the peer sent it: its request is at fault (422, not 502)
+        raise ReceiptRefused(exc.message) from None
     bundle_id = claims["bundle"].removeprefix("urn:uuid:")
     with svc.db.session() as s:
         part = s.scalars(select(TransferBundle).filter_by(bundle_id=bundle_id)).first()
         if part is None or s.get(Transfer, part.transfer_id).recipient not in names:
             raise NotFound("no bundle of ours matches this opened receipt")
         if (part.receipt or {}).get("receipt_id") != claims["receipt_id"]:
-            raise ReceiptInvalid("opened receipt names another delivery receipt")
+            raise ReceiptRefused("opened receipt names another delivery receipt")
         if part.opened is None:
             part.opened, part.opened_jws = claims, opened_jws
             t = s.get(Transfer, part.transfer_id)

@@ -165,6 +165,8 @@ class ApiToken(Base):
     # recipient tokens: the organization whose inbox it may read (None: any, other roles)
     organization: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # set at creation (None: never expires); authenticate refuses the token from then on
+    expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -23,9 +24,11 @@ def _digest(token: str) -> str:
 
 
 def create_token(session: Session, name: str, role: str, actor: str,
-                 organization: str | None = None) -> tuple[ApiToken, str]:
+                 organization: str | None = None,
+                 expires_in: timedelta | None = None) -> tuple[ApiToken, str]:
     """Make a token; the plain value is returned once and never stored. A recipient
-    token is scoped to one center's `organization` (its inbox only)."""
+    token is scoped to one center's `organization` (its inbox only); with `expires_in`
+    it is refused from that long after now on."""
     if role not in ROLES:
         raise InvalidInput(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
     if not name or len(name) > 255:
@@ -33,11 +36,16 @@ def create_token(session: Session, name: str, role: str, actor: str,
     plain = PREFIX + secrets.token_urlsafe(32)
     if organization is not None and (not organization or len(organization) > 255):
         raise InvalidInput("an organization scope needs 1-255 characters")
-    row = ApiToken(name=name, role=role, token_sha256=_digest(plain), organization=organization)
+    if expires_in is not None and expires_in <= timedelta(0):
+        raise InvalidInput("a token's lifetime must be positive")
+    now = utcnow()
+    row = ApiToken(name=name, role=role, token_sha256=_digest(plain), organization=organization,
+                   created_at=now, expires_at=now + expires_in if expires_in else None)
     session.add(row)
     session.flush()
     audit.record(session, "admin.token.created", actor=actor, role="admin", token_id=row.id,
-                 token_role=role, organization=organization)
+                 token_role=role, organization=organization,
+                 expires_at=row.expires_at.isoformat() if row.expires_at else None)
     return row, plain
 
 
@@ -54,4 +62,7 @@ def authenticate(session: Session, presented: str) -> ApiToken:
     row = session.scalars(select(ApiToken).where(ApiToken.token_sha256 == _digest(presented))).first()
     if row is None or row.revoked_at is not None:
         raise Unauthenticated("the bearer token is unknown or revoked")
+    if row.expires_at is not None and row.expires_at <= utcnow():
+        raise Unauthenticated("the bearer token has expired; ask an admin for a new one "
+                              "(records-gateway token create)")
     return row
