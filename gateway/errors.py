@@ -148,3 +148,11 @@ class BlobCorrupted(GatewayError):
 
     code = "exception"
     http_status = 500
+
+
+class ColumnCorrupted(GatewayError):
+    """A sealed database value failed authentication (changed, moved from another column,
+    or sealed under another deployment's at-rest key)."""
+
+    code = "exception"
+    http_status = 500

@@ -102,8 +102,8 @@ def _pull_source(svc: Services, t: Transfer, name: str, owner: str) -> None:
         return
     with svc.db.session() as s:
         row = s.scalars(select(TransferSource).filter_by(transfer_id=t.id, name=name)).one()
-        rows = s.scalars(select(Item).filter_by(transfer_id=t.id, source=name)
-                         .order_by(Item.origin)).all()
+        rows = sorted(s.scalars(select(Item).filter_by(transfer_id=t.id, source=name)),
+                      key=lambda i: i.origin)  # origins are sealed at rest: sorted once read
         items = [i for i in rows if i.kind != "gap"]  # gaps are reported, not records
         row.state = "done"
         row.cursor = cursor or row.cursor
