@@ -1,6 +1,7 @@
 """Engine, sessions and schema migrations (Alembic) for SQLite or PostgreSQL."""
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from .sealed import ColumnKeys, bind_keys
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+class _NoRows(logging.Filter):
+    """SQLAlchemy logs every row a query returns at DEBUG, after the sealed columns are
+    opened: records never reach a log, whatever level an operator sets."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.DEBUG
+
+
+logging.getLogger("sqlalchemy.engine.Engine").addFilter(_NoRows())
 
 
 def _sqlite_pragmas(dbapi_conn, _record):
