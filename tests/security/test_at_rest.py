@@ -10,6 +10,7 @@ import pytest
 
 from gateway.cli.demo import make_pdf
 from tests.helpers import throwaway_database
+from tests.security.imaging import pacs_fixture, start_imaging_transfer  # noqa: F401
 from tests.security.phi import Patient, find, find_in_tree
 from tests.test_transfer_flow import TERMINAL, Stack
 
@@ -72,4 +73,29 @@ def test_nothing_in_clear_at_rest(databases, request, claims_for, sign, drop_dir
             found = find(needles, _pg_dump(url))
             if found:
                 hits[f"{side} pg_dump"] = found
+    assert hits == {}
+
+
+def test_no_image_or_patient_in_clear_at_rest(pacs, request, sender_config, receiver_url, sign,
+                                              tmp_path):
+    """The same with a CT study: C-FIND by MRN, C-MOVE into the sender, STOW-RS to the
+    receiver; neither side keeps a pixel, the name or the MRN in clear."""
+    patient = Patient.new()
+    study, pixels = pacs.upload_study(tmp_path / "generated", patient)
+    sender_config["sources"]["pacs"] = pacs.source()  # before the sender's app is made
+    stack = Stack(*(request.getfixturevalue(name) for name in
+                    ("app", "client", "operator", "processes", "sender_config", "receiver_config")),
+                  tmp_path)
+    stack.start_receiver()
+    tid = start_imaging_transfer(stack, sign, pacs, patient, receiver_url)
+    view = stack.wait_state(tid, TERMINAL, timeout=240)
+    assert view["state"] == "completed", view["reason"]
+    assert view["receipt"]["dicomInstances"] == {study.study_uid: 4}
+
+    needles = {**patient.needles(), "pixel data": pixels}
+    assert find(needles, study.files[0].read_bytes()) >= {"pixel data", "family name", "MRN"}
+    hits = {}
+    for side in ("sender", "receiver"):
+        hits.update({f"{side}/{path}": found for path, found in
+                     find_in_tree(needles, tmp_path / side).items()})
     assert hits == {}

@@ -8,10 +8,12 @@ from __future__ import annotations
 import logging
 import os
 
+import pytest
 import requests
 
 from gateway.cli.demo import make_pdf
 from tests.helpers import RECEIVER_ORG, make_token
+from tests.security.imaging import pacs_fixture, start_imaging_transfer  # noqa: F401
 from tests.security.phi import Patient, find
 from tests.test_transfer_flow import TERMINAL, Stack
 
@@ -19,12 +21,16 @@ LIBRARIES = ("gateway", "sqlalchemy", "sqlalchemy.engine", "sqlalchemy.pool", "a
              "kombu", "requests", "urllib3", "werkzeug", "pynetdicom", "joserfc")
 
 
-def test_records_never_in_logs(app, client, operator, processes, sender_config, receiver_config,
-                               claims_for, sign, drop_dir, tmp_path, caplog, capfd, monkeypatch):
-    caplog.set_level(logging.DEBUG)  # the root logger: the in-process API and its libraries
-    for name in LIBRARIES:  # some set their own default (SQLAlchemy: WARNING)
+DEBUG = ("--log-level", "DEBUG")  # the root logger of a `records-gateway` process
+
+
+@pytest.fixture
+def debug_everything(caplog, monkeypatch, tmp_path, sender_config, receiver_config):
+    """Every logger at DEBUG: in this process, and in every process started after it (a
+    sitecustomize runs before any library is imported; SQLAlchemy's default is WARNING)."""
+    caplog.set_level(logging.DEBUG)
+    for name in LIBRARIES:
         caplog.set_level(logging.DEBUG, logger=name)
-    # the same in every process started below, before any library is imported
     hook = tmp_path / "debug-everything"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(
@@ -32,7 +38,25 @@ def test_records_never_in_logs(app, client, operator, processes, sender_config, 
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])))
     for config in (sender_config, receiver_config):
         config["log_level"] = "DEBUG"  # Celery's own level in the worker
-    debug = ("--log-level", "DEBUG")
+
+
+def everything_logged(caplog, capfd, procs) -> dict[str, bytes]:
+    """What this process and each of `procs` (stopped first, so nothing stays buffered) wrote."""
+    for proc in procs:
+        proc.stop()
+    out, err = capfd.readouterr()
+    written = {"in-process (caplog)": caplog.text.encode(),
+               "in-process (stdout, stderr)": (out + err).encode()}
+    written.update({proc.name: proc.log_path.read_bytes() for proc in procs})
+    # every process logged at DEBUG, its database statements too
+    assert all(b"DEBUG" in text and b"sqlalchemy.engine.Engine" in text
+               for name, text in written.items() if "stdout" not in name)
+    return written
+
+
+def test_records_never_in_logs(debug_everything, app, client, operator, processes, sender_config,
+                               receiver_config, claims_for, sign, drop_dir, tmp_path, caplog, capfd):
+    debug = DEBUG
     # the way back: the center's gateway posts "opened" receipts and replies to the hospital's API
     receiver_url = receiver_config["base_url"]
     (tmp_path / "center-token").write_text(make_token(app, "peer", "test-center"))
@@ -75,19 +99,60 @@ def test_records_never_in_logs(app, client, operator, processes, sender_config, 
     assert stack.client.get(f"/authorizations/{auth_id}", headers=operator).status_code == 200
     assert stack.client.get(f"/transfers/{tid}", headers=operator).status_code == 200
 
-    procs = (stack.worker, stack.receiver, api)
-    for proc in procs:
-        proc.stop()  # everything it buffered is written
-    written = {"in-process (caplog)": caplog.text.encode()}
-    out, err = capfd.readouterr()
-    written["in-process (stdout, stderr)"] = (out + err).encode()
-    for proc in procs:
-        written[proc.name] = proc.log_path.read_bytes()
-    # every process logged at DEBUG, its database statements too
-    assert all(b"DEBUG" in text and b"sqlalchemy.engine.Engine" in text for text in
-               [caplog.text.encode(), *(written[proc.name] for proc in procs)])
-
+    written = everything_logged(caplog, capfd, (stack.worker, stack.receiver, api))
     needles = {**patient.needles(), "document text": finding.encode(),
                "opinion text": opinion_text.encode()}
+    hits = {where: found for where, text in written.items() if (found := find(needles, text))}
+    assert hits == {}
+
+
+def test_a_patient_search_leaves_no_identifier_in_logs(tmp_path, caplog):
+    """The FHIR connector finds the patient by MRN (`Patient?identifier=`): urllib3 logs the
+    request line at DEBUG, but not its query. Later requests carry only the server's own
+    logical id of the patient (`Patient/{id}/$everything`), not a business identifier."""
+    from connectors.base import PatientIdentifier, RawRecord, RecordQuery
+    from connectors.fhir.connector import FhirRestConnector
+    from tests.fhir.fault_peer import FaultPeer, observation
+    from tests.fhir.fault_peer import patient as fhir_patient
+
+    caplog.set_level(logging.DEBUG)
+    for name in LIBRARIES:
+        caplog.set_level(logging.DEBUG, logger=name)
+    person = Patient.new()
+    peer = FaultPeer().start()
+    try:
+        peer.add(fhir_patient("p1", person.mrn, family=person.family, birth=person.birth_date),
+                 observation("o1", "p1"))
+        query = RecordQuery("a", "t", identifiers=(PatientIdentifier("urn:mrn", person.mrn),))
+        options = {"base_url": peer.base_url, "backoff": 0.05, "max_retries": 1, "timeout": [2, 2]}
+        with FhirRestConnector("ehr", options, tmp_path) as conn:
+            records = [r for r in conn.fetch(query) if isinstance(r, RawRecord)]
+    finally:
+        peer.stop()
+    assert records  # the patient was found and pulled
+    assert "urllib3.connectionpool" in caplog.text and "Patient" in caplog.text
+    assert find(person.needles(), caplog.text.encode()) == set()
+
+
+def test_images_never_in_logs(debug_everything, pacs, request, sender_config, receiver_config,
+                              receiver_url, sign, tmp_path, caplog, capfd):
+    """C-FIND by MRN and C-MOVE from a PACS, STOW-RS to the receiver, every logger at DEBUG
+    (pynetdicom's too: it can dump query identifiers): no name, birth date, MRN or pixel."""
+    patient = Patient.new()
+    study, pixels = pacs.upload_study(tmp_path / "generated", patient)
+    sender_config["sources"]["pacs"] = pacs.source()  # before the sender's app is made
+    stack = Stack(*(request.getfixturevalue(name) for name in
+                    ("app", "client", "operator", "processes", "sender_config", "receiver_config")),
+                  tmp_path, worker_args=(*DEBUG, "worker", "--beat"))
+    stack.receiver = stack.processes(receiver_config, tmp_path, "receiver", *DEBUG, "serve",
+                                     "--receive").wait_http()
+    tid = start_imaging_transfer(stack, sign, pacs, patient, receiver_url)
+    view = stack.wait_state(tid, TERMINAL, timeout=240)
+    assert view["state"] == "completed", view["reason"]
+    assert view["receipt"]["dicomInstances"] == {study.study_uid: 4}
+
+    written = everything_logged(caplog, capfd, (stack.worker, stack.receiver))
+    assert b"pynetdicom" in written[stack.worker.name]  # the DICOM exchange was logged
+    needles = {**patient.needles(), "pixel data": pixels}
     hits = {where: found for where, text in written.items() if (found := find(needles, text))}
     assert hits == {}
