@@ -5,14 +5,16 @@ requests, urllib3, werkzeug), and nothing any of them wrote names the patient or
 record, in clear or base64."""
 from __future__ import annotations
 
+import http.client
 import logging
 import os
+from urllib.parse import urlencode
 
 import pytest
 import requests
 
 from gateway.cli.demo import make_pdf
-from tests.helpers import RECEIVER_ORG, make_token
+from tests.helpers import RECEIVER_ORG, bearer, make_token
 from tests.security.imaging import pacs_fixture, start_imaging_transfer  # noqa: F401
 from tests.security.phi import Patient, find
 from tests.test_transfer_flow import TERMINAL, Stack
@@ -97,6 +99,14 @@ def test_records_never_in_logs(debug_everything, app, client, operator, processe
     assert reply.status_code == 200, reply.text
     assert reply.json()["receipt"]["status"] == "accepted"
     assert stack.client.get(f"/authorizations/{auth_id}", headers=operator).status_code == 200
+    # an auditor's accounting of disclosures names the patient in the query string (sent
+    # with http.client: this test's own HTTP client logs nothing)
+    conn = http.client.HTTPConnection("127.0.0.1", sender_config["port"], timeout=30)
+    conn.request("GET", "/audit/accounting?" + urlencode(
+        {"patient": f"urn:oid:2.16.840.1.113883.19.5|{patient.mrn}"}),
+        headers=bearer(make_token(app, "auditor")))
+    assert conn.getresponse().status == 200
+    conn.close()
     assert stack.client.get(f"/transfers/{tid}", headers=operator).status_code == 200
 
     written = everything_logged(caplog, capfd, (stack.worker, stack.receiver, api))
