@@ -134,7 +134,7 @@ def _collect(svc: Services, t: Transfer, shape: _Shape
     with svc.db.session() as s:
         items = s.scalars(select(Item).filter_by(transfer_id=t.id)).all()
     source_order = {src.name: i for i, src in enumerate(t.sources)}
-    items = sorted(items, key=lambda i: (source_order.get(i.source, 99), i.source, i.origin))
+    items = sorted(items, key=lambda i: (source_order.get(i.source, 99), i.origin, i.source))
     units: dict[str, Unit] = {}
     places: dict[str, list[tuple[str, str]]] = {}  # fullUrl -> [(source, origin)]
     aliases: dict[str, str] = {}  # reference -> the entry that stands for it
