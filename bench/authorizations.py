@@ -12,6 +12,7 @@ The last line is one JSON object with the figures.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -31,6 +32,7 @@ from gateway.trust.authorizations import (allows, check_active, covers_source, e
                                           sign_authorization, verify_authorization)
 from gateway.trust.authorizations.schema import JWS_REGISTRY  # noqa: E402
 from gateway.storage.models import Authorization, Base  # noqa: E402
+from gateway.storage.sealed import ColumnKeys, bind_keys  # noqa: E402
 from gateway.trust.issuers import TrustStore  # noqa: E402
 
 ISSUER = "https://bench-issuer.example"
@@ -75,6 +77,7 @@ def main() -> None:
     print("storage (SQLite file, one commit per import)")
     with tempfile.TemporaryDirectory() as tmp:
         engine = create_engine(f"sqlite:///{tmp}/bench.db")
+        bind_keys(engine, ColumnKeys(os.urandom(32)))  # the JWS, claims and Consent are sealed
         Base.metadata.create_all(engine)
         signed = [sign_authorization(example_claims(ISSUER, f"bench-imp-{i}", now=NOW), ed) for i in range(300)]
         start = time.perf_counter()

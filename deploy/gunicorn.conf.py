@@ -8,8 +8,8 @@ threads = int(os.environ.get("GATEWAY_HTTP_THREADS", "4"))
 worker_class = "gthread"
 timeout = 300  # large bundles are received in one request
 graceful_timeout = 30
-accesslog = "-"  # method, path and status only: no bodies, no patient data
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss'
+accesslog = "-"  # method, path and status only: no bodies, no query strings, no patient data
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss'
 
 # HTTPS with the same files `records-gateway serve` takes (the tls_* settings); with a
 # client CA every client must present a certificate it signed (mutual TLS between

@@ -173,3 +173,11 @@ class NotificationRejected(GatewayError):
 
     code = "processing"
     http_status = 502
+
+
+class ColumnCorrupted(GatewayError):
+    """A sealed database value failed authentication (changed, moved from another column,
+    or sealed under another deployment's at-rest key)."""
+
+    code = "exception"
+    http_status = 500

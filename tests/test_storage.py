@@ -21,7 +21,7 @@ from gateway.engine.transfers import reconcile_now
 def db(request, tmp_path):
     url = (f"sqlite:///{tmp_path}/state.db" if request.param == "sqlite"
            else request.getfixturevalue("pg_url"))
-    database = Database(url)
+    database = Database(url, os.urandom(32))
     database.upgrade()
     yield database
     database.dispose()
@@ -139,3 +139,100 @@ def test_state_on_disk_is_this_users_alone(tmp_path):
         assert all(mode(p) == 0o600 for p in data.glob("gateway.db-*"))  # -wal, -shm
     finally:
         svc.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def old_db(request, tmp_path):
+    """A database at revision 0001 (patient data in clear), not yet migrated further."""
+    url = (f"sqlite:///{tmp_path}/old.db" if request.param == "sqlite"
+           else request.getfixturevalue("pg_url"))
+    database = Database(url, os.urandom(32))
+    database.upgrade("0001")
+    yield database
+    database.dispose()
+
+
+def test_migration_seals_rows_already_there(old_db):
+    """Revision 0006 seals the patient-bearing values of existing rows; the ORM reads them
+    back unchanged, the raw table holds no clear text, and items stay unique per origin."""
+    import json
+
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    name, origin = f"Qu{os.urandom(4).hex()}", f"scan-of-Qu{os.urandom(4).hex()}.pdf"
+    claims = {"patient": {"name": {"family": name}}, "n": 1}
+    now = utcnow()
+    with old_db.engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO authorizations (id, issuer, key_id, jws_sha256, jws, claims, consent, "
+            "recipient_id, status, revoked_reason, created_at) VALUES ('a1', 'i', 'k', :sha, :jws, "
+            ":claims, :consent, 'r', 'revoked', :why, :now)"),
+            {"sha": "0" * 64, "jws": f"header.{name}.sig", "claims": json.dumps(claims),
+             "consent": json.dumps({"resourceType": "Consent", "note": name}),
+             "why": f"{name} asked", "now": now})
+        conn.execute(text(
+            "INSERT INTO transfers (id, authorization_id, recipient, state, reason, created_at, "
+            "updated_at, attempts) VALUES ('t1', 'a1', 'r', 'failed', :why, :now, :now, 0)"),
+            {"why": f"{origin} unreadable", "now": now})
+        conn.execute(text(
+            "INSERT INTO transfer_sources (transfer_id, name, position, state, items, bytes, error) "
+            "VALUES ('t1', 's1', 0, 'failed', 1, 1, :why)"), {"why": f"{origin} refused"})
+        conn.execute(text(
+            "INSERT INTO items (transfer_id, source, origin, kind, media_type, size, sha256, "
+            "blob_key, fetched_at, record_meta, state, error, clinical_date) VALUES ('t1', 's1', "
+            ":origin, 'pdf', 'application/pdf', 1, :sha, :blob, :now, :meta, 'failed', :why, "
+            "'2001-02-03')"),
+            {"origin": origin, "sha": "0" * 64, "blob": "0" * 32, "now": now,
+             "meta": json.dumps({"file": origin}), "why": f"{origin} bad"})
+
+    old_db.upgrade()
+
+    with old_db.engine.connect() as conn:
+        raw = " ".join(str(v) for table in ("authorizations", "transfers", "transfer_sources", "items")
+                       for row in conn.execute(text(f"SELECT * FROM {table}")) for v in row)
+    assert name not in raw and origin not in raw and "2001-02-03" not in raw
+    with old_db.session() as s:
+        auth = s.get(Authorization, "a1")
+        assert (auth.jws, auth.claims, auth.revoked_reason) == (f"header.{name}.sig", claims,
+                                                                 f"{name} asked")
+        assert auth.consent == {"resourceType": "Consent", "note": name}
+        assert s.get(Transfer, "t1").reason == f"{origin} unreadable"
+        assert s.get(Transfer, "t1").sources[0].error == f"{origin} refused"
+        [item] = s.scalars(select(Item)).all()
+        assert (item.origin, item.record_meta, item.error, item.clinical_date) == (
+            origin, {"file": origin}, f"{origin} bad", "2001-02-03")
+    row = dict(transfer_id="t1", source="s1", origin=origin, kind="pdf", media_type="application/pdf",
+               size=1, sha256="0" * 64, blob_key="0" * 32, fetched_at=utcnow())
+    with pytest.raises(IntegrityError):  # the migrated row's origin_key is the one the ORM makes
+        with old_db.session() as s:
+            s.add(Item(**row))
+
+
+def test_sealed_values_cannot_be_moved_between_columns(db):
+    """A sealed value copied into another column (or row of another table) fails to open."""
+    from sqlalchemy import text
+
+    from gateway.errors import ColumnCorrupted
+
+    tid = _transfer(db)
+    with db.session() as s:
+        s.get(Transfer, tid).reason = "why"
+    with db.engine.begin() as conn:
+        conn.execute(text("UPDATE transfer_sources SET error = (SELECT reason FROM transfers)"))
+    with pytest.raises(ColumnCorrupted):
+        with db.session() as s:
+            s.scalars(select(TransferSource)).all()
+
+
+def test_a_database_opened_with_another_key_cannot_read_sealed_columns(db):
+    from gateway.errors import ColumnCorrupted
+
+    _transfer(db)
+    other = Database(db.url, os.urandom(32))
+    try:
+        with pytest.raises(ColumnCorrupted):
+            with other.session() as s:
+                s.get(Authorization, "a1").jws
+    finally:
+        other.dispose()

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
-from pynetdicom import build_role, evt
+from pynetdicom import _config, build_role, evt
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
@@ -38,8 +38,10 @@ from .scp import (
 from .uids import clean_uid, describe
 
 LOGGER = logging.getLogger(__name__)
-# pynetdicom logs query identifiers (names, IDs) at INFO: records never go to logs.
-logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+# pynetdicom logs the identifiers of every query and answer (names, IDs, birth dates):
+# records never go to logs, whatever level pynetdicom's logger is given
+_config.LOG_REQUEST_IDENTIFIERS = False
+_config.LOG_RESPONSE_IDENTIFIERS = False
 
 #: storage SOP classes proposed for C-GET when the PACS does not say what a study holds
 COMMON_STORAGE_CLASSES = [

@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import os
 import random
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,23 @@ import requests
 from connectors.base import SourceRejected, SourceUnavailable
 
 log = logging.getLogger(__name__)
+
+
+class _NoQueryInLog(logging.Filter):
+    """urllib3 logs each request line at DEBUG. Finding the patient (`Patient?identifier=`,
+    or family name and birth date) puts who the patient is in the query: cut every query
+    from those records. Paths keep only the server's logical ids, never a business identifier."""
+
+    _QUERY = re.compile(r"\?\S*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._QUERY.sub("?(query not logged)", a) if isinstance(a, str) else a
+                                for a in record.args)
+        return True
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_NoQueryInLog())
 
 FHIR_JSON = "application/fhir+json"
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})

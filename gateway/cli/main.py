@@ -44,7 +44,7 @@ for _command in (serve, worker, keys, token, authorization, case, transfer, fax,
 def init(data_dir: Path | None) -> None:
     """Create the data dir, the blob encryption key, the signing keys and the trust store."""
     from gateway.config import load_settings
-    from gateway.storage.blobstore import new_master_key
+    from gateway.storage.blobstore import load_master_key, new_master_key
     from gateway.trust.keys import SigningKeys
 
     settings = load_settings({"data_dir": data_dir} if data_dir else None)
@@ -71,7 +71,8 @@ def init(data_dir: Path | None) -> None:
         click.echo(f"created empty issuer trust store {issuers}: add the issuers you accept")
     from gateway.storage.db import Database
 
-    Database(settings.db_url).upgrade()
+    secret = settings.blob_key.get_secret_value() if settings.blob_key else None
+    Database(settings.db_url, load_master_key(secret, key_path)).upgrade()  # seals old rows
     click.echo(f"database ready: {settings.db_url.split('?')[0]}")
 
 

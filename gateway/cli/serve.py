@@ -29,7 +29,8 @@ def serve(receive: bool, host: str | None, port: int | None, no_worker: bool) ->
     svc = app.extensions["gateway"]
     _audit_configuration(svc, "serve")
     tls = svc.settings.server_tls()
-    server = make_server(svc.settings.host, svc.settings.port, app, threaded=True, ssl_context=tls)
+    server = make_server(svc.settings.host, svc.settings.port, app, threaded=True, ssl_context=tls,
+                         request_handler=_path_only_access_log())
     log.info("serving %s mode on %s://%s:%d", svc.settings.mode, "https" if tls else "http",
              svc.settings.host, server.server_port)
     embedded = svc.settings.redis_url is None and svc.settings.mode != "receive" and not no_worker
@@ -45,6 +46,19 @@ def serve(receive: bool, host: str | None, port: int | None, no_worker: bool) ->
         _run_worker(svc, concurrency=2, beat=True, pool="threads")
     finally:
         server.shutdown()
+
+
+def _path_only_access_log():
+    """Access log lines name the method and path, never the query string (an auditor's
+    `?patient=system|value` names the patient), as deploy/gunicorn.conf.py's format does."""
+    from werkzeug.serving import WSGIRequestHandler
+
+    class PathOnly(WSGIRequestHandler):
+        def log_request(self, code="-", size="-") -> None:
+            path = getattr(self, "path", "").split("?", 1)[0]
+            self.log("info", '"%s %s" %s %s', getattr(self, "command", "-"), path, code, size)
+
+    return PathOnly
 
 
 @click.command()

@@ -107,8 +107,8 @@ def _pull_source(svc: Services, t: Transfer, name: str, owner: str) -> None:
         return
     with svc.db.session() as s:
         row = s.scalars(select(TransferSource).filter_by(transfer_id=t.id, name=name)).one()
-        rows = s.scalars(select(Item).filter_by(transfer_id=t.id, source=name)
-                         .order_by(Item.origin)).all()
+        rows = sorted(s.scalars(select(Item).filter_by(transfer_id=t.id, source=name)),
+                      key=lambda i: i.origin)  # origins are sealed at rest: sorted once read
         items = [i for i in rows if i.kind != "gap"]  # gaps are reported, not records
         row.state = "done"
         row.cursor = cursor or row.cursor
@@ -179,14 +179,14 @@ def _store_record(svc: Services, t: Transfer, source: str, data_class: str,
 
 def _delivered_before(svc: Services, t: Transfer, source: str, origin: str, sha256: str) -> bool:
     """Whether an earlier transfer under the same authorization delivered this very record
-    (same source, origin and bytes) to the same recipient. A changed record goes again."""
+    (same source, origin and bytes) to the same recipient. A changed record goes again.
+    (The origin is sealed at rest: matched here, after the bytes' digest narrowed it.)"""
     with svc.db.session() as s:
-        return s.scalars(
-            select(Item.id).join(Transfer, Item.transfer_id == Transfer.id)
+        return origin in s.scalars(
+            select(Item.origin).join(Transfer, Item.transfer_id == Transfer.id)
             .where(Transfer.authorization_id == t.authorization_id, Transfer.id != t.id,
                    Transfer.recipient == t.recipient, Transfer.state == "completed",
-                   Item.source == source, Item.origin == origin, Item.sha256 == sha256,
-                   Item.state == "mapped").limit(1)).first() is not None
+                   Item.source == source, Item.sha256 == sha256, Item.state == "mapped")).all()
 
 
 def _noted(t: Transfer, source: str, origin: str, kind: str, state: str, reason: str) -> Item:

@@ -135,10 +135,10 @@ def _collect(svc: Services, t: Transfer, shape: _Shape
     uploads: dict[str, Upload] = {}
     relocated: dict[str, Upload] = {}  # fullUrl of a FHIR source's Binary -> its upload
     with svc.db.session() as s:
-        items = s.scalars(select(Item).filter_by(transfer_id=t.id).order_by(Item.source, Item.origin)).all()
+        items = s.scalars(select(Item).filter_by(transfer_id=t.id)).all()
         earlier = _delivered_versions(s, t)
     source_order = {src.name: i for i, src in enumerate(t.sources)}
-    items = sorted(items, key=lambda i: (source_order.get(i.source, 99), i.origin))
+    items = sorted(items, key=lambda i: (source_order.get(i.source, 99), i.origin, i.source))
     units: dict[str, Unit] = {}
     places: dict[str, list[tuple[str, str]]] = {}  # fullUrl -> [(source, origin)]
     aliases: dict[str, str] = {}  # reference -> the entry that stands for it

@@ -74,9 +74,10 @@ def forward_summary(s, transfer_id: str) -> dict | None:
 
 def _todo(svc: Services, transfer_id: str) -> list[Item]:
     with svc.db.session() as s:
-        return s.scalars(select(Item).filter_by(transfer_id=transfer_id, kind=INSTANCE,
+        todo = s.scalars(select(Item).filter_by(transfer_id=transfer_id, kind=INSTANCE,
                                                 state="mapped")
-                         .where(Item.forwarded_at.is_(None)).order_by(Item.origin)).all()
+                         .where(Item.forwarded_at.is_(None))).all()
+    return sorted(todo, key=lambda i: i.origin)  # sealed at rest: sorted once read
 
 
 def forward(svc: Services, t: Transfer, keep_alive: Callable[[], None]) -> None:

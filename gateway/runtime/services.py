@@ -41,11 +41,11 @@ def init_services(settings: Settings, migrate: bool = True) -> Services:
         raise ConfigError(f"data dir {settings.data_dir} must belong to the user the gateway "
                           "runs as (it is made readable by that user only)") from None
     secret = settings.blob_key.get_secret_value() if settings.blob_key else None
-    db = Database(settings.db_url)
+    master_key = load_master_key(secret, settings.blob_key_path)  # blobs and sealed columns
+    db = Database(settings.db_url, master_key)
     if migrate:
         db.upgrade()
-    svc = Services(settings=settings, db=db,
-                   blobs=BlobStore(settings.blobs_dir, load_master_key(secret, settings.blob_key_path)),
+    svc = Services(settings=settings, db=db, blobs=BlobStore(settings.blobs_dir, master_key),
                    keys=SigningKeys(settings.keys_dir),
                    patient_secret=patient_key_secret(settings.keys_dir))
     configure_celery(settings)

@@ -1,6 +1,7 @@
 """Engine, sessions and schema migrations (Alembic) for SQLite or PostgreSQL."""
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,7 +13,20 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from .sealed import ColumnKeys, bind_keys
+
 MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+class _NoRows(logging.Filter):
+    """SQLAlchemy logs every row a query returns at DEBUG, after the sealed columns are
+    opened: records never reach a log, whatever level an operator sets."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.DEBUG
+
+
+logging.getLogger("sqlalchemy.engine.Engine").addFilter(_NoRows())
 
 
 def _sqlite_pragmas(dbapi_conn, _record):
@@ -34,23 +48,40 @@ def _private_sqlite_file(url: str) -> None:
 
 
 class Database:
-    def __init__(self, url: str):
+    """The database of one deployment. `master_key` is its at-rest key (the blob store's):
+    patient-bearing columns are sealed with keys derived from it (sealed.py)."""
+
+    def __init__(self, url: str, master_key: bytes):
         self.url = url
+        # hide_parameters: a statement's values (sealed or not) stay out of logs and errors
         if url.startswith("sqlite"):
             _private_sqlite_file(url)
-            self.engine: Engine = create_engine(url, connect_args={"timeout": 30})
+            self.engine: Engine = create_engine(url, connect_args={"timeout": 30},
+                                                hide_parameters=True)
             event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
-            self.engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+            self.engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5,
+                                        hide_parameters=True)
+        bind_keys(self.engine, ColumnKeys(master_key))
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
-    def upgrade(self) -> None:
-        """Bring the schema to the newest migration (idempotent)."""
+    def upgrade(self, revision: str = "head") -> None:
+        """Bring the schema to the newest migration, or to `revision` (idempotent)."""
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+        sqlite = self.engine.dialect.name == "sqlite"
+        with self.engine.connect() as conn:
+            if sqlite:  # batch mode copies tables other tables refer to (outside a transaction)
+                conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                conn.commit()
+            try:
+                with conn.begin():
+                    cfg.attributes["connection"] = conn
+                    command.upgrade(cfg, revision)
+            finally:
+                if sqlite:
+                    conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                    conn.commit()
 
     @contextmanager
     def session(self) -> Iterator[Session]:

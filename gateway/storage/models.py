@@ -18,6 +18,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from .sealed import ColumnKeys, SealedJSON, SealedText, keys_of
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -57,15 +59,16 @@ class Authorization(Base):
     issuer: Mapped[str] = mapped_column(String(255))
     key_id: Mapped[str] = mapped_column(String(255))
     jws_sha256: Mapped[str] = mapped_column(String(64), unique=True)
-    jws: Mapped[str] = mapped_column(Text)  # kept to re-verify and for auditors
-    claims: Mapped[dict]  # the verified authorization payload (patient data: API only)
-    consent: Mapped[dict]  # the FHIR R4 Consent it carries
+    # patient data, sealed at rest (sealed.py): the JWS names the patient and carries the Consent
+    jws: Mapped[str] = mapped_column(SealedText("authorizations.jws"))  # to re-verify, for auditors
+    claims: Mapped[dict] = mapped_column(SealedJSON("authorizations.claims"))  # API only
+    consent: Mapped[dict] = mapped_column(SealedJSON("authorizations.consent"))  # FHIR R4 Consent
     recipient_id: Mapped[str] = mapped_column(String(255))
     not_before: Mapped[datetime | None]
     expires_at: Mapped[datetime | None]
     status: Mapped[str] = mapped_column(String(16), default="active")  # active | revoked
     revoked_at: Mapped[datetime | None]
-    revoked_reason: Mapped[str | None] = mapped_column(Text)
+    revoked_reason: Mapped[str | None] = mapped_column(SealedText("authorizations.revoked_reason"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -78,7 +81,8 @@ class Transfer(Base):
     authorization_id: Mapped[str] = mapped_column(ForeignKey("authorizations.id"))
     recipient: Mapped[str] = mapped_column(String(255))  # configured peer name
     state: Mapped[str] = mapped_column(String(24), default="pending", index=True)
-    reason: Mapped[str | None] = mapped_column(Text)  # why failed / cancelled
+    # why failed / cancelled: may quote a source, a file name or an operator's words
+    reason: Mapped[str | None] = mapped_column(SealedText("transfers.reason"))
     created_by: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -114,7 +118,7 @@ class TransferSource(Base):
     items: Mapped[int] = mapped_column(Integer, default=0)
     bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     total: Mapped[int | None] = mapped_column(Integer)  # expected items, when known
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(SealedText("transfer_sources.error"))
     # where the source says this pull started (its clock): the next pull of the same
     # authorization from this source asks only for what changed since
     cursor: Mapped[str | None] = mapped_column(String(64))
@@ -122,31 +126,45 @@ class TransferSource(Base):
     transfer: Mapped[Transfer] = relationship(back_populates="sources")
 
 
+def item_origin_key(keys: ColumnKeys, transfer_id: str, source: str, origin: str) -> str:
+    """Item.origin_key: the keyed HMAC of the item's transfer, source and origin (with the
+    transfer in it, the same record pulled twice is not linkable across transfers)."""
+    return keys.index("items.origin", f"{transfer_id}\0{source}\0{origin}")
+
+
+def _origin_key_default(context) -> str:
+    row = context.get_current_parameters()
+    return item_origin_key(keys_of(context.dialect), row["transfer_id"], row["source"], row["origin"])
+
+
 class Item(Base):
     """One record pulled for a transfer, and what became of it."""
 
     __tablename__ = "items"
-    __table_args__ = (UniqueConstraint("transfer_id", "source", "origin"),)
+    __table_args__ = (UniqueConstraint("transfer_id", "source", "origin_key", name="uq_items_origin_key"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     transfer_id: Mapped[str] = mapped_column(ForeignKey("transfers.id", ondelete="CASCADE"), index=True)
     source: Mapped[str] = mapped_column(String(255))
-    origin: Mapped[str] = mapped_column(String(1024))  # id of the record at the source
+    # id of the record at the source (a file name may name the patient): sealed, and unique
+    # per transfer and source by its keyed HMAC; written once, at insert
+    origin: Mapped[str] = mapped_column(SealedText("items.origin"))
+    origin_key: Mapped[str] = mapped_column(String(64), default=_origin_key_default)
     kind: Mapped[str] = mapped_column(String(32))
     media_type: Mapped[str] = mapped_column(String(128))
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     blob_key: Mapped[str] = mapped_column(String(64))
     fetched_at: Mapped[datetime]
-    record_meta: Mapped[dict] = mapped_column(JSON, default=dict)
+    record_meta: Mapped[dict] = mapped_column(SealedJSON("items.record_meta"), default=dict)
     # pulled -> mapped | excluded (outside the authorization) | failed (with error).
     # A DICOM instance (kind "dicom") is "mapped" when its study is: it has no FHIR
     # resources of its own and goes beside the bundle (C-STORE / STOW-RS)
     state: Mapped[str] = mapped_column(String(16), default="pulled")
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(SealedText("items.error"))
     resources_blob: Mapped[str | None] = mapped_column(String(64))  # mapped FHIR JSON
     data_class: Mapped[str | None] = mapped_column(String(32))
-    clinical_date: Mapped[str | None] = mapped_column(String(10))
+    clinical_date: Mapped[str | None] = mapped_column(SealedText("items.clinical_date"))
     # DICOM instances: when the recipient's DICOM destination confirmed it, and what it
     # answered (C-STORE status, STOW-RS outcome); a resumed delivery skips these
     forwarded_at: Mapped[datetime | None]

@@ -1,6 +1,7 @@
 """Fixtures for the audit log tests: SQLite files, throwaway PostgreSQL databases, keys."""
 from __future__ import annotations
 
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -10,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import create_engine, event, text
 
 from gateway.storage.models import Base
+from gateway.storage.sealed import ColumnKeys, bind_keys
 
 sys.path.insert(0, str(Path(__file__).parent))  # audit_tamper, shared with bench/
 
@@ -28,6 +30,7 @@ class PgDatabases:
         with self.admin.connect() as c:
             c.execute(text(f'CREATE DATABASE "{name}"'))
         engine = create_engine(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", **engine_kw)
+        bind_keys(engine, ColumnKeys(os.urandom(32)))  # the deployment's at-rest key (sealed columns)
         self.created.append((name, engine))
         return engine
 
@@ -64,6 +67,7 @@ def sqlite_engine(tmp_path):
     engine = create_engine(f"sqlite:///{tmp_path / 'gateway.db'}",
                            connect_args={"timeout": 30})
     event.listen(engine, "connect", _sqlite_pragmas)
+    bind_keys(engine, ColumnKeys(os.urandom(32)))
     Base.metadata.create_all(engine)
     yield engine
     engine.dispose()

@@ -1,6 +1,7 @@
 """Fixtures for the authorization tests: issuer keys, a trust store, a fresh database."""
 from __future__ import annotations
 
+import os
 
 import pytest
 from sqlalchemy import create_engine
@@ -8,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from gateway.trust.authorizations import example_claims, new_issuer_key, sign_authorization
 from gateway.storage.models import Base
+from gateway.storage.sealed import ColumnKeys, bind_keys
 from gateway.trust.issuers import TrustStore
 
 from tests.authorizations.authz_support import ISSUER, NOW, OTHER_ISSUER
@@ -59,11 +61,13 @@ def pg_url():
 def engine(request, tmp_path):
     if request.param == "sqlite":
         eng = create_engine(f"sqlite:///{tmp_path / 'gateway.db'}")
+        bind_keys(eng, ColumnKeys(os.urandom(32)))  # the deployment's at-rest key (sealed columns)
         Base.metadata.create_all(eng)
         yield eng
         eng.dispose()
         return
     eng = create_engine(request.getfixturevalue("pg_url"))
+    bind_keys(eng, ColumnKeys(os.urandom(32)))  # the deployment's at-rest key (sealed columns)
     Base.metadata.drop_all(eng)
     Base.metadata.create_all(eng)
     yield eng

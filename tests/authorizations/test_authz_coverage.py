@@ -2,6 +2,7 @@
 Each check works on a VerifiedAuthorization and on the stored row alike."""
 from __future__ import annotations
 
+import os
 from datetime import date, datetime, timezone
 
 import pytest
@@ -34,7 +35,9 @@ def auth(request, sign, trust, tmp_path):
     from sqlalchemy import create_engine
     from sqlalchemy.orm import Session
     from gateway.storage.models import Base
+    from gateway.storage.sealed import ColumnKeys, bind_keys
     engine = create_engine(f"sqlite:///{tmp_path / 'cov.db'}")
+    bind_keys(engine, ColumnKeys(os.urandom(32)))
     Base.metadata.create_all(engine)
     with Session(engine) as session:
         import_authorization(session, jws, trust, actor="t", now=NOW, patient_secret=PATIENT_SECRET)

@@ -3,6 +3,7 @@ PostgreSQL), with the audit events each appends."""
 from __future__ import annotations
 
 import logging
+import os
 from datetime import timedelta
 
 import pytest
@@ -201,7 +202,9 @@ def test_concurrent_import_of_the_same_authorization(claims, sign, trust, pg_url
     from sqlalchemy.exc import IntegrityError
 
     from gateway.storage.models import Base
+    from gateway.storage.sealed import ColumnKeys, bind_keys
     engine = create_engine(pg_url)
+    bind_keys(engine, ColumnKeys(os.urandom(32)))
     Base.metadata.drop_all(engine)
     Base.metadata.create_all(engine)
     jws = sign(claims)
