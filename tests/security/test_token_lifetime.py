@@ -1,5 +1,6 @@
 """API tokens expire at the time set when they were made, and a revoked one is refused
 at once: through the API, and through `records-gateway token`."""
+import os
 from datetime import timedelta
 
 import pytest
@@ -85,7 +86,7 @@ def test_cli_creates_expiring_tokens_and_revokes_them(runner, sender_config):
 def test_expiry_and_revocation_hold_on_both_databases(backend, request, tmp_path):
     """The migration adds the column, and the time comparison holds on each backend."""
     url = f"sqlite:///{tmp_path}/state.db" if backend == "sqlite" else request.getfixturevalue("pg_url")
-    db = Database(url)
+    db = Database(url, os.urandom(32))
     db.upgrade()
     try:
         with db.session() as s:
