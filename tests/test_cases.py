@@ -147,9 +147,10 @@ def test_follow_ups_send_only_what_is_new(case_stack, claims_for, sign, drop_dir
     time.sleep(2.5)  # polls that find nothing new send nothing
     assert len(stack.inbox()) == 1
     quiet = case(stack, opened["id"])["transfers"]
-    assert all(t["state"] == "completed" for t in quiet)
+    # a poll may be running at this moment; every one before it has ended, sending nothing
+    assert len(quiet) >= 2 and all(t["state"] == "completed" for t in quiet[:-1])
     assert all(stack.view(t["id"])["reason"] == "nothing new since the last delivery"
-               for t in quiet[1:])
+               for t in quiet[1:] if t["state"] == "completed")
     # a new document at the source: the next poll delivers it, and only it
     staging = folder.parent / "later-result.pdf"
     make_pdf(staging, "Later result", ["a result that came after the first delivery"],

@@ -26,7 +26,15 @@ from gateway import audit, notify
 from gateway.errors import AuthorizationDenied, Conflict, GatewayError, InvalidInput, NotFound
 from gateway.runtime.celery_app import celery
 from gateway.runtime.services import Services, services
-from gateway.storage.models import Authorization, Item, Transfer, TransferSource, utcnow
+from gateway.storage.models import (
+    Authorization,
+    Case,
+    Item,
+    Transfer,
+    TransferSource,
+    Trigger,
+    utcnow,
+)
 
 from . import policy
 from .lease import Superseded, claim
@@ -237,12 +245,14 @@ def run_step(svc: Services, transfer_id: str, state: str) -> str | None:
     except Exception as exc:  # a bug or an unforeseen fault: retried, and logged with its type
         log.exception("step %s of transfer %s raised %s", state, transfer_id, type(exc).__name__)
         return _failed_step(svc, transfer_id, state, exc, transient=True, actor=actor)
+    waiting_case = None
     with svc.db.session() as s:
         t = _get(s, transfer_id)
         if t.state != state or t.lease_owner != owner:
             return None  # cancelled meanwhile: leave it as it is
         if next_state in TERMINAL:
             _finish(s, t, next_state, t.reason or "", actor, None)
+            waiting_case = _case_with_triggers(s, t.authorization_id)
         else:
             t.state, t.attempts, t.next_attempt_at = next_state, 0, None
             t.lease_owner = t.lease_until = None
@@ -250,8 +260,19 @@ def run_step(svc: Services, transfer_id: str, state: str) -> str | None:
                          authorization_id=t.authorization_id)
     if next_state not in TERMINAL:
         enqueue(transfer_id, next_state)
+    if waiting_case is not None:  # announced while this one ran: the next follow-up now
+        celery.send_task("gateway.cases.advance", (waiting_case,))  # (unattended.py)
     log.info("transfer %s: %s -> %s", transfer_id, state, next_state)
     return next_state
+
+
+def _case_with_triggers(session: Session, authorization_id: str) -> str | None:
+    """The id of the transfer's case when new records it was told of wait for a follow-up
+    (they wait while a transfer of the case runs; else the periodic pass finds them)."""
+    return session.scalars(
+        select(Case.id).join(Trigger, Trigger.owner == Case.id)
+        .where(Case.authorization_id == authorization_id, Case.state == "open",
+               Trigger.processed_at.is_(None)).limit(1)).first()
 
 
 def _failed_step(svc: Services, transfer_id: str, state: str, exc: Exception, *,
