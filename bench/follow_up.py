@@ -6,9 +6,8 @@ Real peers on loopback (tests/fhir/follow_peers.py): sekmet-fhir loaded with a S
 patient, the sending gateway's API on a port (sekmet posts its Subscription
 notifications there), a `worker --beat` process on the embedded broker, a receiving
 gateway process. The gateway's timing settings are its defaults (`case_tick_s`,
-`follow_up_settle_s`, the broker's polling); only `step_lease_s` (10 s) and
-`reconcile_interval_s` (2 s) are shortened, so the step the killed worker held is taken
-over within the run.
+`follow_up_settle_s`, `step_lease_s`, `reconcile_interval_s`, retries, the embedded
+broker's polling).
 
 1. An authorization is imported: its case's first transfer delivers the patient's
    records, then the source is subscribed to its DiagnosticReport topic.
@@ -33,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import random
 import shutil
 import statistics
@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import select  # noqa: E402
 
+from gateway.config import Settings  # noqa: E402
 from gateway.storage.models import AuditEvent, Item, Transfer  # noqa: E402
 from tests.fhir.fhir_peers import SekmetServer, synthea_patients, wait_until  # noqa: E402
 from tests.fhir.follow_peers import FollowCase, report, source_keys  # noqa: E402
@@ -95,6 +96,7 @@ def follow_up_transfers(follow: FollowCase, auth_id: str, after: float = 0.0) ->
 
 
 def main() -> None:
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per notification
     ap = argparse.ArgumentParser()
     ap.add_argument("--reports", type=int, default=20)
     ap.add_argument("--burst", type=int, default=10)
@@ -111,8 +113,9 @@ def main() -> None:
         loaded = sekmet.load(synthea_patients(2, 42)[0])
         patient_id = loaded["id"]
         say("sekmet up with one Synthea patient")
-        follow = FollowCase(work / "gateways", sekmet, loaded["patient"], step_lease_s=10,
-                            reconcile_interval_s=2)
+        defaults = Settings()  # the test settings of FollowCase put back to the defaults
+        follow = FollowCase(work / "gateways", sekmet, loaded["patient"], step_lease_s=defaults.step_lease_s,
+                            reconcile_interval_s=defaults.reconcile_interval_s, retry={})
         settings = follow.svc.settings
         say(f"gateways up: case_tick_s={settings.case_tick_s} follow_up_settle_s={settings.follow_up_settle_s} "
             f"broker={'redis' if settings.redis_url else 'embedded'}")
@@ -148,6 +151,9 @@ def main() -> None:
         except AssertionError as exc:
             say(str(exc))
         carried = carriers(follow, auth_id)
+        for n, (u, w) in enumerate(written.items(), 1):
+            if u in carried:
+                say(f"report {n}: {carried[u][1] - w:.2f} s, transfer {carried[u][0][:8]}")
         latencies = sorted(carried[u][1] - w for u, w in written.items() if u in carried)
         counts = received_counts(follow)
         keys = {u[len(sekmet.base_url) + 1:] for u in written}
@@ -164,10 +170,10 @@ def main() -> None:
                                for t in follow_up_transfers(follow, auth_id)), 60, 0.2, "quiet")
         burst_start = time.time()
         burst = []
-        for _ in range(args.burst):
+        for n in range(args.burst):  # evenly within 0.9 s, whatever a POST takes
+            time.sleep(max(0.0, burst_start + n * 0.9 / args.burst - time.time()))
             res = sekmet.post(report(patient_id))
             burst.append(f"{sekmet.base_url}/DiagnosticReport/{res['id']}")
-            time.sleep(max(0.0, 0.9 / args.burst - 0.01))
         say(f"burst of {args.burst} reports written in {time.time() - burst_start:.2f} s")
         try:
             wait_until(lambda: set(burst) <= set(carriers(follow, auth_id)), 120, 0.3, "the burst")

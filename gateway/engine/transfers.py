@@ -19,7 +19,7 @@ import random
 import uuid
 from datetime import timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway import audit, notify
@@ -37,7 +37,7 @@ from gateway.storage.models import (
 )
 
 from . import policy
-from .lease import Superseded, claim
+from .lease import Superseded, claim, held_by_dead, new_owner
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def run_step(svc: Services, transfer_id: str, state: str) -> str | None:
     """Run one step; return the state it moved to (None if it did not run)."""
     from .steps import HANDLERS  # the step bodies live beside, in steps.py
 
-    owner = uuid.uuid4().hex
+    owner = new_owner()
     if not claim(svc, transfer_id, state, owner):
         return None
     actor = "worker"
@@ -328,16 +328,25 @@ def reconcile() -> int:
 
 def reconcile_now(svc: Services, send=None) -> int:
     """Enqueue (through `send`, default `enqueue`) every step that should be running
-    but is not: no live lease, not waiting for a retry, quiet for a reconcile interval."""
+    but is not: no live lease (or one whose process is gone), not waiting for a retry,
+    quiet for a reconcile interval (a step whose process is gone: at once)."""
     send = send or enqueue
     now = utcnow()
     quiet = now - timedelta(seconds=svc.settings.reconcile_interval_s)
     with svc.db.session() as s:
+        held = s.execute(select(Transfer.id, Transfer.lease_owner).where(
+            Transfer.state.not_in(TERMINAL | PARKED), Transfer.lease_until >= now)).all()
+        freed = [tid for tid, owner in held if held_by_dead(owner)]  # its worker was killed
+        for transfer_id, owner in held:
+            if transfer_id in freed:
+                s.execute(update(Transfer).where(Transfer.id == transfer_id, Transfer.lease_owner == owner)
+                          .values(lease_until=None).execution_options(synchronize_session=False))
+                log.info("reconciler: transfer %s was held by a process that is gone", transfer_id)
         stuck = s.execute(select(Transfer.id, Transfer.state).where(
             Transfer.state.not_in(TERMINAL | PARKED),
             or_(Transfer.lease_until.is_(None), Transfer.lease_until < now),
             or_(Transfer.next_attempt_at.is_(None), Transfer.next_attempt_at <= now),
-            Transfer.updated_at < quiet)).all()
+            or_(Transfer.updated_at < quiet, Transfer.id.in_(freed)))).all()
     for transfer_id, state in stuck:
         send(transfer_id, state)
     if stuck:
