@@ -91,6 +91,7 @@ def test_new_reports_follow_the_first_delivery_once_each(follow, hospital):
     assert len(delivered) == 2
     row, follow_up = delivered[1]
     assert list(follow_up) == [f"DiagnosticReport/{new['id']}"]
+    assert not set(follow_up) & set(initial) and not set(follow_up.values()) & set(initial.values())
     assert follow_up[f"DiagnosticReport/{new['id']}"] not in set(initial.values())
     _check_receipt(follow, transfers[1]["id"], row)
     [bundle] = [b for r, b in follow.received() if r["id"] == row["id"]]
