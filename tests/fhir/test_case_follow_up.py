@@ -5,6 +5,7 @@ once; revoking the authorization closes the case and deletes the Subscription at
 source. Real peers throughout: sekmet, a `worker --beat` process, a receiving gateway."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections import Counter
@@ -14,6 +15,7 @@ import requests
 
 from tests.fhir.fhir_peers import SekmetServer, wait_until
 from tests.fhir.follow_peers import FollowCase, report, source_keys
+from tests.helpers import throwaway_database
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +27,15 @@ def hospital(tmp_path_factory, synthea_files):
     server.stop()
 
 
-@pytest.fixture
-def follow(tmp_path, hospital):
-    case = FollowCase(tmp_path, hospital, hospital.patients[0]["patient"], case_tick_s=1)
-    yield case
-    case.stop()
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def follow(request, tmp_path, hospital):
+    """The sending gateway on SQLite or PostgreSQL (two passes over a case lock differently)."""
+    with contextlib.ExitStack() as stack:
+        database = stack.enter_context(throwaway_database()) if request.param == "postgresql" else None
+        case = FollowCase(tmp_path, hospital, hospital.patients[0]["patient"], case_tick_s=1,
+                          database_url=database)
+        yield case
+        case.stop()
 
 
 def _digest(resource: dict) -> str:
