@@ -104,6 +104,11 @@ def test_new_reports_follow_the_first_delivery_once_each(follow, hospital):
     [got] = [e["resource"] for e in bundle["entry"]
              if e["resource"]["resourceType"] == "DiagnosticReport"]
     assert got["code"] == new["code"] and got["status"] == "final"
+    # the pull's Provenance names only what this bundle carries
+    full_urls = {e["fullUrl"] for e in bundle["entry"]}
+    pulled = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Provenance"
+              and not (e["resource"].get("meta") or {}).get("source")]
+    assert pulled and all(t["reference"] in full_urls for p in pulled for t in p["target"])
 
     # 3. three reports; the worker is killed (SIGKILL) once the first is announced
     before = len(follow.triggers(case_id))
