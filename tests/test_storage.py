@@ -118,6 +118,34 @@ def test_reconciler_finds_stranded_steps(svc, db):
     assert reconcile_now(svc, send) == 0 and sent == []
 
 
+def test_a_step_held_by_a_process_that_is_gone_is_taken_back_at_once(svc, db):
+    """A worker killed mid-step: on its host the reconciler sees its PID is gone and
+    enqueues the step without waiting for the lease to expire; live or foreign ones wait."""
+    import subprocess
+    import sys
+
+    from gateway.engine.lease import HOST, held_by_dead, new_owner
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # reaped: its PID names no process
+    owners = {"dead": f"{HOST}:{gone.pid}:0123456789abcdef", "alive": new_owner(),
+              "elsewhere": f"{HOST}-other:{gone.pid}:0123456789abcdef"}
+    _transfer(db, state="assembling")  # its authorization, for the others
+    tids = {}
+    with db.session() as s:
+        for n, (name, owner) in enumerate(owners.items()):
+            tids[name] = f"{n}" * 32
+            s.add(Transfer(id=tids[name], authorization_id="a1", recipient="r", state="assembling",
+                           lease_owner=owner, lease_until=utcnow() + timedelta(minutes=5)))
+        s.get(Transfer, "t" * 32).state = "completed"
+    assert [held_by_dead(o) for o in owners.values()] == [True, False, False]
+    sent = []
+    assert reconcile_now(svc, lambda tid, state: sent.append((tid, state))) == 1
+    assert sent == [(tids["dead"], "assembling")]
+    assert claim(svc, tids["dead"], "assembling", new_owner())
+    assert not claim(svc, tids["alive"], "assembling", new_owner())
+
+
 def test_state_on_disk_is_this_users_alone(tmp_path):
     """The data dir is 0700; the SQLite database (and its WAL) and every blob are 0600."""
     import stat

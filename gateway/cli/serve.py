@@ -100,6 +100,9 @@ def _run_worker(svc, concurrency: int, beat: bool, pool: str | None) -> None:
     if beat:
         options["schedule_filename"] = str(svc.settings.data_dir / "beat-schedule")
         from gateway.engine.faxes import start_watchers
+        from gateway.engine.transfers import reconcile_now
+
+        reconcile_now(svc)  # steps a killed worker held go on now, not at the first beat
 
         start_watchers(svc, stop)  # one watcher per fax folder, beside the one reconciler
     worker = celery.Worker(**options)

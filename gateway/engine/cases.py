@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from gateway import audit, notify
@@ -31,6 +31,7 @@ from gateway.errors import (
     InvalidInput,
     NotFound,
 )
+from gateway.outbound.completeness import SENT_BEFORE
 from gateway.runtime.services import Services
 from gateway.storage.models import (
     Authorization,
@@ -95,6 +96,11 @@ def open_case(svc: Services, session: Session, auth: Authorization, actor: str,
 
 
 def get(session: Session, case_id: str, lock: bool = False) -> Case:
+    """The case; with `lock`, held by this transaction until it ends: two passes over one
+    case (the periodic one, one a notification asked for) would each start a follow-up."""
+    if lock:  # a write first: the row lock on PostgreSQL, the write lock on SQLite
+        session.execute(update(Case).where(Case.id == case_id).values(updated_at=utcnow())
+                        .execution_options(synchronize_session=False))
     case = session.get(Case, case_id, with_for_update=lock)
     if case is None:
         raise NotFound(f"no case {case_id}")
@@ -434,7 +440,7 @@ def source_counts(session: Session, case: Case, name: str) -> dict:
     items = session.scalars(
         select(Item).join(Transfer, Item.transfer_id == Transfer.id)
         .where(Transfer.authorization_id == case.authorization_id, Item.source == name)).all()
-    records = [i for i in items if i.kind in RECORD_KINDS]
+    records = [i for i in items if i.kind in RECORD_KINDS and i.state != SENT_BEFORE]
     times = [i.fetched_at for i in records if i.fetched_at is not None]
     return {
         "records": len(records),

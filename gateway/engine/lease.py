@@ -3,11 +3,17 @@
 A step claims the row for `step_lease_s`; a duplicate message, or the reconciler's
 re-enqueue, then finds it claimed or moved on and does nothing. A long step renews its
 claim as it goes, and each renewal re-checks the authorization, so a revocation stops a
-pull between two records. A worker killed mid-step leaves a lease that expires.
+pull between two records. A worker killed mid-step leaves a lease that expires, or,
+on the same host, that the reconciler takes back at once: a claim names its process
+(host name and PID) and a PID that no longer exists holds nothing. (Hosts sharing one
+database need distinct host names, as containers and machines have by default.)
 """
 from __future__ import annotations
 
+import os
+import socket
 import time
+import uuid
 from datetime import timedelta
 
 from sqlalchemy import or_, update
@@ -18,6 +24,27 @@ from gateway.storage.models import Transfer, utcnow
 from . import policy
 
 RENEW_EVERY_S = 2.0
+HOST = socket.gethostname()[:32]
+
+
+def new_owner() -> str:
+    """A claim's owner: this process (host, PID) and the one step it runs."""
+    return f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:16]}"
+
+
+def held_by_dead(owner: str | None) -> bool:
+    """Whether the claim's process is gone: only decidable on its own host."""
+    host, _, rest = (owner or "").partition(":")
+    pid = rest.partition(":")[0]
+    if host != HOST or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def claim(svc: Services, transfer_id: str, state: str, owner: str) -> bool:

@@ -26,7 +26,7 @@ from gateway.storage.models import Item, Transfer, TransferBundle, TransferSourc
 from gateway.trust import receipts
 from mappings import Mapped, MappingContext, MappingFailed, PartlyInvalid, map_record
 
-from . import dicom_sink, policy, sources
+from . import dicom_sink, follow_ups, policy, sources
 from .lease import Lease
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def _pull_source(svc: Services, t: Transfer, name: str, owner: str) -> None:
         src = s.scalars(select(TransferSource).filter_by(transfer_id=t.id, name=name)).one()
         src.state, src.error = "pulling", None
         done = set(s.scalars(select(Item.origin).filter_by(transfer_id=t.id, source=name)))
-        follow_up = _delivered_earlier(s, t)
+        follow_up = follow_ups.delivered_earlier(s, t)
         earlier = frozenset(s.scalars(select(Transfer.id).where(
             Transfer.authorization_id == t.authorization_id, Transfer.id != t.id,
             Transfer.state == "completed")))
@@ -159,7 +159,7 @@ def _store_record(svc: Services, t: Transfer, source: str, data_class: str,
         if blob.sha256 != record.sha256:
             svc.blobs.delete(blob.key)
             raise ProviderUnavailable(f"source {source}: record changed while it was read")
-        if follow_up and _delivered_before(svc, t, source, record.origin, blob.sha256):
+        if follow_up and follow_ups.record_delivered_before(svc, t, source, record.origin, blob.sha256):
             svc.blobs.delete(blob.key)  # a follow-up sends only what is new
             return
         meta = {"data_class": data_class, **record.metadata}
@@ -175,18 +175,6 @@ def _store_record(svc: Services, t: Transfer, source: str, data_class: str,
     except IntegrityError:  # a resumed pull met a record it already had
         if blob is not None:
             svc.blobs.delete(blob.key)
-
-
-def _delivered_before(svc: Services, t: Transfer, source: str, origin: str, sha256: str) -> bool:
-    """Whether an earlier transfer under the same authorization delivered this very record
-    (same source, origin and bytes) to the same recipient. A changed record goes again.
-    (The origin is sealed at rest: matched here, after the bytes' digest narrowed it.)"""
-    with svc.db.session() as s:
-        return origin in s.scalars(
-            select(Item.origin).join(Transfer, Item.transfer_id == Transfer.id)
-            .where(Transfer.authorization_id == t.authorization_id, Transfer.id != t.id,
-                   Transfer.recipient == t.recipient, Transfer.state == "completed",
-                   Item.source == source, Item.sha256 == sha256, Item.state == "mapped")).all()
 
 
 def _noted(t: Transfer, source: str, origin: str, kind: str, state: str, reason: str) -> Item:
@@ -205,11 +193,13 @@ def mapping(svc: Services, transfer_id: str, owner: str) -> str:
     tmpdir = svc.settings.work_dir / t.id / "mapping"
     tmpdir.mkdir(parents=True, exist_ok=True)
     lease = Lease(svc, t.id, owner)
+    with svc.db.session() as s:
+        delivered = follow_ups.delivered_resources(svc, t) if follow_ups.delivered_earlier(s, t) else set()
     for item_id in todo:
         lease.renew_if_due()
         with svc.db.session() as s:
             item = s.get(Item, item_id)
-            _map_item(svc, t, item, context, tmpdir / f"{item.id}.rec")
+            _map_item(svc, t, item, context, tmpdir / f"{item.id}.rec", delivered)
     imaging.settle_instances(svc, t)  # after their studies: instances follow them
     with svc.db.session() as s:
         counts = dict(s.execute(select(Item.state, func.count()).filter_by(transfer_id=t.id)
@@ -223,19 +213,14 @@ def mapping(svc: Services, transfer_id: str, owner: str) -> str:
             more = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""
             raise MappingError(f"{len(failed)} record(s) cannot be delivered: {shown}{more}; "
                                "fix them at the source, or retry with skip_failed_items")
-        if not counts.get("mapped") and _delivered_earlier(s, t):
+        if not counts.get("mapped") and follow_ups.delivered_earlier(s, t):
             s.get(Transfer, t.id).reason = "nothing new since the last delivery"
             return "completed"  # a follow-up that found nothing new sends nothing
     return "assembling"
 
 
-def _delivered_earlier(s, t: Transfer) -> bool:
-    return s.scalars(select(Transfer.id).where(
-        Transfer.authorization_id == t.authorization_id, Transfer.id != t.id,
-        Transfer.recipient == t.recipient, Transfer.state == "completed").limit(1)).first() is not None
-
-
-def _map_item(svc: Services, t: Transfer, item: Item, context: MappingContext, tmp: Path) -> None:
+def _map_item(svc: Services, t: Transfer, item: Item, context: MappingContext, tmp: Path,
+              delivered: set[tuple[str, str]]) -> None:
     if item.kind == "rejected":
         item.state = "failed"
         return
@@ -266,6 +251,13 @@ def _map_item(svc: Services, t: Transfer, item: Item, context: MappingContext, t
         item.state = "excluded"
         item.error = "outside the authorized data classes or dates"
         return
+    sent = follow_ups.digests(kept, context.patient_reference)
+    kept = follow_ups.new_only(kept, sent, delivered)
+    if not kept:
+        item.state = follow_ups.SENT_BEFORE
+        return
+    if sent:  # what the recipient will hold: later follow-ups leave it out
+        item.record_meta = {**(item.record_meta or {}), "sent": follow_ups.still_sent(kept, sent)}
     payload = b"[" + b",".join(_stored(m) for m in kept) + b"]"
     item.resources_blob = svc.blobs.put_bytes(payload).key
     item.data_class = kept[0].data_class

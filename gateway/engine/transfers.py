@@ -19,17 +19,25 @@ import random
 import uuid
 from datetime import timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway import audit, notify
 from gateway.errors import AuthorizationDenied, Conflict, GatewayError, InvalidInput, NotFound
 from gateway.runtime.celery_app import celery
 from gateway.runtime.services import Services, services
-from gateway.storage.models import Authorization, Item, Transfer, TransferSource, utcnow
+from gateway.storage.models import (
+    Authorization,
+    Case,
+    Item,
+    Transfer,
+    TransferSource,
+    Trigger,
+    utcnow,
+)
 
 from . import policy
-from .lease import Superseded, claim
+from .lease import Superseded, claim, held_by_dead, new_owner
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +224,7 @@ def run_step(svc: Services, transfer_id: str, state: str) -> str | None:
     """Run one step; return the state it moved to (None if it did not run)."""
     from .steps import HANDLERS  # the step bodies live beside, in steps.py
 
-    owner = uuid.uuid4().hex
+    owner = new_owner()
     if not claim(svc, transfer_id, state, owner):
         return None
     actor = "worker"
@@ -237,12 +245,14 @@ def run_step(svc: Services, transfer_id: str, state: str) -> str | None:
     except Exception as exc:  # a bug or an unforeseen fault: retried, and logged with its type
         log.exception("step %s of transfer %s raised %s", state, transfer_id, type(exc).__name__)
         return _failed_step(svc, transfer_id, state, exc, transient=True, actor=actor)
+    waiting_case = None
     with svc.db.session() as s:
         t = _get(s, transfer_id)
         if t.state != state or t.lease_owner != owner:
             return None  # cancelled meanwhile: leave it as it is
         if next_state in TERMINAL:
             _finish(s, t, next_state, t.reason or "", actor, None)
+            waiting_case = _case_with_triggers(s, t.authorization_id)
         else:
             t.state, t.attempts, t.next_attempt_at = next_state, 0, None
             t.lease_owner = t.lease_until = None
@@ -250,8 +260,19 @@ def run_step(svc: Services, transfer_id: str, state: str) -> str | None:
                          authorization_id=t.authorization_id)
     if next_state not in TERMINAL:
         enqueue(transfer_id, next_state)
+    if waiting_case is not None:  # announced while this one ran: the next follow-up now
+        celery.send_task("gateway.cases.advance", (waiting_case,))  # (unattended.py)
     log.info("transfer %s: %s -> %s", transfer_id, state, next_state)
     return next_state
+
+
+def _case_with_triggers(session: Session, authorization_id: str) -> str | None:
+    """The id of the transfer's case when new records it was told of wait for a follow-up
+    (they wait while a transfer of the case runs; else the periodic pass finds them)."""
+    return session.scalars(
+        select(Case.id).join(Trigger, Trigger.owner == Case.id)
+        .where(Case.authorization_id == authorization_id, Case.state == "open",
+               Trigger.processed_at.is_(None)).limit(1)).first()
 
 
 def _failed_step(svc: Services, transfer_id: str, state: str, exc: Exception, *,
@@ -307,16 +328,25 @@ def reconcile() -> int:
 
 def reconcile_now(svc: Services, send=None) -> int:
     """Enqueue (through `send`, default `enqueue`) every step that should be running
-    but is not: no live lease, not waiting for a retry, quiet for a reconcile interval."""
+    but is not: no live lease (or one whose process is gone), not waiting for a retry,
+    quiet for a reconcile interval (a step whose process is gone: at once)."""
     send = send or enqueue
     now = utcnow()
     quiet = now - timedelta(seconds=svc.settings.reconcile_interval_s)
     with svc.db.session() as s:
+        held = s.execute(select(Transfer.id, Transfer.lease_owner).where(
+            Transfer.state.not_in(TERMINAL | PARKED), Transfer.lease_until >= now)).all()
+        freed = [tid for tid, owner in held if held_by_dead(owner)]  # its worker was killed
+        for transfer_id, owner in held:
+            if transfer_id in freed:
+                s.execute(update(Transfer).where(Transfer.id == transfer_id, Transfer.lease_owner == owner)
+                          .values(lease_until=None).execution_options(synchronize_session=False))
+                log.info("reconciler: transfer %s was held by a process that is gone", transfer_id)
         stuck = s.execute(select(Transfer.id, Transfer.state).where(
             Transfer.state.not_in(TERMINAL | PARKED),
             or_(Transfer.lease_until.is_(None), Transfer.lease_until < now),
             or_(Transfer.next_attempt_at.is_(None), Transfer.next_attempt_at <= now),
-            Transfer.updated_at < quiet)).all()
+            or_(Transfer.updated_at < quiet, Transfer.id.in_(freed)))).all()
     for transfer_id, state in stuck:
         send(transfer_id, state)
     if stuck:

@@ -19,6 +19,9 @@ from collections import Counter
 
 GAP_STATES = ("not-searchable", "unresolved")
 PENDING_STATES = ("pulled",)
+# a follow-up's record whose every resource the recipient holds from an earlier transfer:
+# not found anew, so neither delivered nor refused (engine/follow_ups.py)
+SENT_BEFORE = "sent-before"
 
 
 def report(sources, items) -> dict[str, dict]:
@@ -32,6 +35,8 @@ def report(sources, items) -> dict[str, dict]:
             key = "notSearchable" if item.state == "not-searchable" else "unresolved"
             what = item.origin.split(":", 1)[-1]
             entry[key].append({"what": what, "reason": item.error or ""})
+            continue
+        if item.state == SENT_BEFORE:
             continue
         entry["found"] += 1
         if item.state == "mapped":
