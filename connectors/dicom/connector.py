@@ -43,6 +43,8 @@ import logging
 import queue
 import threading
 import unicodedata
+from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -388,6 +390,10 @@ class ImagingConnector(Connector):
             return
         self.outcomes, self.abandoned, self.attempts, self.settled = [], [], 0, set()
         self.journal = AttemptJournal(self.workdir)
+        started = datetime.now(timezone.utc).isoformat()
+        if query.since is not None:  # incremental: studies dated from the last pull on
+            since = query.since.date()
+            query = replace(query, date_from=max(since, query.date_from or since))
         already = parse_already(query.already_fetched)
         plans = self.find_studies(query)
         for uid, skipped in sorted(self.skipped.items()):
@@ -396,7 +402,10 @@ class ImagingConnector(Connector):
         for plan in plans:
             if plan.uid in query.already_fetched:
                 continue  # its manifest was produced: complete in an earlier run
-            yield from self.retrieve_study(plan, query, already.get(plan.uid, {}))
+            for record in self.retrieve_study(plan, query, already.get(plan.uid, {})):
+                if isinstance(record, RawRecord):  # the cursor of the next incremental pull
+                    record.metadata.setdefault("pull_started", started)
+                yield record
         given_up = {o.study_uid for o in self.abandoned} | self.settled
         retrying = [o for o in self.outcomes if not o.complete and o.study_uid not in given_up]
         if retrying:

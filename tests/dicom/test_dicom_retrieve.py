@@ -174,3 +174,20 @@ def test_retrieve_streams_into_the_encrypted_blob_store(dicom, tmp_path, method)
         assert _data_set(plain) == dataset_bytes(sources[rec.metadata["sop_instance_uid"]])
     spool = tmp_path / "wd" / "spool"
     assert not spool.exists() or not list(spool.iterdir())
+
+
+def test_an_incremental_pull_asks_only_for_studies_from_the_last_pull_on(dicom, tmp_path):
+    """A scheduled pull of an open case (`since` = when the last complete pull started):
+    C-FIND for studies dated from then on; every record carries the cursor for the next."""
+    from datetime import datetime, timezone
+
+    _, first = run(dicom, tmp_path / "first", modalities=["MR"])
+    assert instances(first)
+    cursors = {r.metadata["pull_started"] for r in first if isinstance(r, RawRecord)}
+    assert len(cursors) == 1 and datetime.fromisoformat(cursors.pop()).tzinfo is not None
+    _, later = run(dicom, tmp_path / "later", q=query(since=datetime(2020, 1, 1, tzinfo=timezone.utc)),
+                   modalities=["MR"])
+    assert later == []  # the MR study is older than the last pull
+    _, earlier = run(dicom, tmp_path / "earlier", q=query(since=datetime(1990, 1, 1, tzinfo=timezone.utc)),
+                     modalities=["MR"])
+    assert {r.origin for r in instances(earlier)} == {r.origin for r in instances(first)}
