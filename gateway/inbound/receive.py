@@ -359,7 +359,11 @@ def accept(svc: Services, *, sender: str, key: str, body: bytes, signature: str)
     else:
         recipient = check_consent(data, trusted.organization, {svc.settings.organization}, now)
     group, part, parts = _group(data)
-    hashes = {e["fullUrl"]: entry_hash(e["resource"]) for e in data.get("entry") or []}
+    try:
+        hashes = {e["fullUrl"]: entry_hash(e["resource"]) for e in data.get("entry") or []}
+    except jsontext.JSONError:  # the canonical form is written by orjson: at most 255 levels
+        raise UnprocessableBundle("an entry's resource is nested too deeply to be hashed "
+                                  "(at most 255 levels of JSON)") from None
     attachments = uploads.check(svc, sender, data)  # documents sent before the bundle
     with svc.db.session() as s:
         dup = s.scalars(select(ReceivedBundle).filter_by(

@@ -58,8 +58,14 @@ _DECODER = json.JSONDecoder(parse_float=Number, parse_int=_negative_zero, parse_
 
 
 def loads(data: bytes | str):
-    """Parse JSON (UTF-8 if bytes); non-integer numbers (and `-0`) become `Number`s."""
-    return _DECODER.decode(data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data)
+    """Parse JSON (UTF-8 if bytes); non-integer numbers (and `-0`) become `Number`s.
+    JSON nested deeper than the interpreter's stack allows is a ValueError like any
+    other malformed JSON (the decoder would raise RecursionError)."""
+    text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
+    try:
+        return _DECODER.decode(text)
+    except RecursionError:
+        raise ValueError("JSON is nested too deeply") from None
 
 
 _I64_MIN, _U64_MAX = -(1 << 63), (1 << 64) - 1
