@@ -1,6 +1,6 @@
 """Each fuzz harness in tests/security/fuzz/ runs for a few seconds in its own process
-(atheris needs one), from a seed corpus of valid synthetic objects the harness writes,
-and must end cleanly: no input may raise anything but the errors the harness expects,
+(atheris needs one), from a seed corpus the harness writes (valid synthetic objects, and
+the inputs of past findings, so a regression fails at once), and must end cleanly: no input may raise anything but the errors the harness expects,
 and none may take over 5 s (-timeout). About a minute for all of them; longer runs by
 hand are in each harness's docstring."""
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 FUZZ = Path(__file__).parent / "fuzz"
 # seconds of fuzzing per harness (the slow ones, with a database or PDFium, get more)
-BUDGET = {"bundle_receive": 15, "signed_objects": 10, "dicom_receive": 12, "pdf_tiff": 15}
+BUDGET = {"bundle_receive": 12, "signed_objects": 8, "dicom_receive": 10, "pdf_tiff": 12}
 
 
 def _run(args: list[str], tmp_path: Path, timeout: float) -> subprocess.CompletedProcess:

@@ -75,6 +75,16 @@ def seeds():
     body = bundle(2)
     yield b"\x01" + sign_bundle(_sender_keys, body, "fuzz").encode() + b"\n" + body
     yield b"\x01" + base64.urlsafe_b64encode(b'{"alg":"none"}').rstrip(b"=") + b"..\n" + body
+    # past findings: nested deeper than the parser (RecursionError) and than the entry
+    # hash can write (orjson's 255 levels)
+    yield b"\x00" + b'{"resourceType":"Bundle","type":"transaction","entry":' + b"[" * 3000 \
+        + b"]" * 3000 + b"}"
+    data = json.loads(bundle(1, ident="urn:uuid:6e0b7c1e-3f38-4a8f-9d7e-1c2b3a4d5e71"))
+    extension = {"url": "http://example.org/synthetic", "valueString": "leaf"}
+    for _ in range(150):
+        extension = {"url": "http://example.org/synthetic", "extension": [extension]}
+    data["entry"][0]["resource"]["extension"] = [extension]
+    yield b"\x00" + json.dumps(data).encode()
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ def test_one_input(data: bytes) -> None:
         TARGETS[data[0] % len(TARGETS)](data[1:])
 
 
-def _part10() -> bytes:
+def _part10(charset: bytes = b"ISO_IR 100") -> bytes:
     """A small synthetic CT instance, explicit VR little endian."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -110,7 +110,7 @@ def _part10() -> bytes:
     ds.PixelData = bytes(8)
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
+    return out.getvalue().replace(b"ISO_IR 100", charset)
 
 
 def seeds():
@@ -123,6 +123,7 @@ def seeds():
     yield bytes([3]) + (b"--" + BOUNDARY + b"\r\nContent-Type: application/dicom\r\n\r\n" + part10
                         + b"\r\n--" + BOUNDARY + b"--\r\n")
     yield bytes([4]) + b'multipart/related; type="application/dicom"; boundary=' + BOUNDARY
+    yield bytes([0]) + _part10(b"ISO_IR\x00100")  # past finding: a NUL in the character set
 
 
 if __name__ == "__main__":

@@ -70,6 +70,16 @@ def seeds():
         frames[0].save(out, format="TIFF", compression=compression, save_all=True,
                        append_images=frames[1:], dpi=(204, 196))
         yield out.getvalue()
+    # past findings: a page tree qpdf cannot flatten (QpdfRuntimeError), a filter name
+    # that is not UTF-8 (UnicodeDecodeError)
+    yield (b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n"
+           b"2 0 obj\n<< /Type /Pages /Kids [3 0 R R] >>\nendobj\n"
+           b"3 0 obj\n<< /Type /Page /MediaBox [0 0 612 792] >>\nendobj\n%%EOF\n")
+    yield (b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n"
+           b"2 0 obj\n<< /Type /Pages /Count 1 /Kids [3 0 R] >>\nendobj\n"
+           b"3 0 obj\n<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>\nendobj\n"
+           b"4 0 obj\n<< /Length 3 /Filter /Fl#bcate >>\nstream\nq Q\nendstream\nendobj\n"
+           b"trailer\n<< /Root 1 0 R >>\n%%EOF\n")
 
 
 if __name__ == "__main__":

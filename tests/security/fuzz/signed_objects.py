@@ -119,6 +119,9 @@ def seeds():
                       key_id=key.kid) for n in (1, 2)]
     yield bytes([4]) + json.dumps({"checkpoints": cps, "consistency_proofs": [
         {"first": 1, "second": 2, "path": []}]}).encode()
+    # past findings: a proof without "first", checkpoints that are not objects
+    yield bytes([4]) + json.dumps({"checkpoints": cps, "consistency_proofs": [{"second": 2}]}).encode()
+    yield bytes([4]) + json.dumps({"checkpoints": ["x", 7, None]}).encode()
 
 
 if __name__ == "__main__":
