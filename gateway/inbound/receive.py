@@ -53,6 +53,9 @@ from . import stow, uploads
 KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 RECEIPT_TYP = receipts.RECEIPT_TYP
 REJECTION_HEADER = "X-Delivery-Receipt"  # a signed receipt with status "rejected"
+# levels of JSON in one resource: FHIR needs a few dozen at most; the validators recurse
+# (several frames a level) and the entry hash's writer stops at 255
+MAX_RESOURCE_DEPTH = 128
 
 
 class UnprocessableBundle(InvalidInput):
@@ -98,6 +101,10 @@ def _validate(body: bytes) -> tuple[dict, Bundle]:
     for n, entry in enumerate(entries):
         if not isinstance(entry.get("resource"), dict):
             continue
+        levels = jsontext.depth(entry["resource"])
+        if levels > MAX_RESOURCE_DEPTH:
+            raise UnprocessableBundle(f"invalid Bundle at entry.{n}.resource: nested {levels} levels "
+                                      f"deep; at most {MAX_RESOURCE_DEPTH} are accepted")
         try:
             fhir_check(entry["resource"], validator)
         except KeyError:
@@ -359,11 +366,7 @@ def accept(svc: Services, *, sender: str, key: str, body: bytes, signature: str)
     else:
         recipient = check_consent(data, trusted.organization, {svc.settings.organization}, now)
     group, part, parts = _group(data)
-    try:
-        hashes = {e["fullUrl"]: entry_hash(e["resource"]) for e in data.get("entry") or []}
-    except jsontext.JSONError:  # the canonical form is written by orjson: at most 255 levels
-        raise UnprocessableBundle("an entry's resource is nested too deeply to be hashed "
-                                  "(at most 255 levels of JSON)") from None
+    hashes = {e["fullUrl"]: entry_hash(e["resource"]) for e in data.get("entry") or []}
     attachments = uploads.check(svc, sender, data)  # documents sent before the bundle
     with svc.db.session() as s:
         dup = s.scalars(select(ReceivedBundle).filter_by(

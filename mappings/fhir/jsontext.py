@@ -23,7 +23,7 @@ from decimal import Decimal
 
 import orjson
 
-__all__ = ["Number", "loads", "dumps", "fragment", "JSONError"]
+__all__ = ["Number", "loads", "dumps", "fragment", "JSONError", "depth"]
 
 JSONError = (ValueError, orjson.JSONEncodeError)
 
@@ -66,6 +66,20 @@ def loads(data: bytes | str):
         return _DECODER.decode(text)
     except RecursionError:
         raise ValueError("JSON is nested too deeply") from None
+
+
+def depth(value) -> int:
+    """How deeply `value` nests (a scalar 0, `{}` or `[]` 1, ...), found without recursion:
+    for refusing input deeper than the recursive validators and `dumps` can take."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if type(item) is dict else item if type(item) is list else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children if type(child) in (dict, list))
+    return deepest
 
 
 _I64_MIN, _U64_MAX = -(1 << 63), (1 << 64) - 1

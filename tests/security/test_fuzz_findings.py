@@ -29,14 +29,26 @@ def test_bundle_nested_beyond_the_parser_is_refused(receiver, peer, sender_keys)
     _refused(post(receiver.test_client(), peer, body, sender_keys), 400, "nested too deeply")
 
 
-def test_bundle_nested_beyond_the_entry_hash_is_refused(receiver, peer, sender_keys):  # noqa: F811
+@pytest.mark.parametrize("levels", [150, 400])
+def test_bundle_nested_beyond_the_validators_is_refused(receiver, peer, sender_keys, levels):  # noqa: F811
+    """Valid FHIR, extensions in extensions: 150 levels (300 of JSON) broke the entry hash
+    (orjson writes 255), 400 the validators (RecursionError): both were a 500."""
     data = json.loads(bundle(1))
     extension = {"url": "http://example.org/synthetic", "valueString": "leaf"}
-    for _ in range(150):  # 300 levels of JSON: valid FHIR, deeper than the hash can write
+    for _ in range(levels):
         extension = {"url": "http://example.org/synthetic", "extension": [extension]}
     data["entry"][0]["resource"]["extension"] = [extension]
     response = post(receiver.test_client(), peer, json.dumps(data).encode(), sender_keys)
-    _refused(response, 422, "nested too deeply to be hashed")
+    _refused(response, 422, f"nested {2 * levels + 3} levels deep")
+
+
+def test_bundle_nested_within_the_bound_is_accepted(receiver, peer, sender_keys):  # noqa: F811
+    data = json.loads(bundle(1))
+    extension = {"url": "http://example.org/synthetic", "valueString": "leaf"}
+    for _ in range(60):
+        extension = {"url": "http://example.org/synthetic", "extension": [extension]}
+    data["entry"][0]["resource"]["extension"] = [extension]
+    assert post(receiver.test_client(), peer, json.dumps(data).encode(), sender_keys).status_code == 200
 
 
 # --- audit checkpoints (records-gateway audit verify) -------------------------------
