@@ -10,7 +10,7 @@
 | API bearer token (random, not signed) | trust/tokens.authenticate (every endpoint) | the token table |
 
 Forgeries: `alg: none`, HS256 keyed with the signer's public key bytes (raw and PEM),
-an unknown kid, one byte changed in the payload and in the signature, a key that was
+an unknown kid, a stranger's signature with its key embedded in the header (`jwk`), one byte changed in the payload and in the signature, a key that was
 retired (still verifies what it signed: accepted) or revoked (verifies nothing), and
 expiry and replay where the object carries them (authorizations: exp and jti; bundles:
 the Consent's period and the bundle identifier; receipts: the bundle they name). The
@@ -59,6 +59,7 @@ FORGERIES = {
     "hs256-raw-public-key": lambda token, jwk: forge.hs256_with(token, forge.okp_public_bytes(jwk)),
     "hs256-public-pem": lambda token, jwk: forge.hs256_with(token, forge.public_pem(jwk)),
     "unknown-kid": lambda token, jwk: forge.with_kid(token, "kid-nobody-published"),
+    "embedded-jwk": lambda token, jwk: forge.embedded_jwk(token),
     "payload-byte": lambda token, jwk: forge.flip_payload_byte(token),
     "signature-byte": lambda token, jwk: forge.flip_signature_byte(token),
 }
@@ -100,7 +101,7 @@ def test_forged_authorizations_are_refused(svc, claims_for, sign, issuer_private
     with pytest.raises(AuthorizationInvalid) as caught:
         _import(svc, token)
     expected = {"alg-none": "jws", "alg-none-signature-kept": "alg", "hs256-raw-public-key": "alg", "hs256-public-pem": "alg",
-                "unknown-kid": "kid", "payload-byte": "signature", "signature-byte": "signature"}
+                "unknown-kid": "kid", "embedded-jwk": "signature", "payload-byte": "signature", "signature-byte": "signature"}
     assert caught.value.details["element"] == expected[forgery], caught.value.message
     assert _stored(svc) == 0
 
