@@ -414,3 +414,21 @@ def test_api_tokens_forged_changed_or_revoked_are_refused(svc):
         revoke_token(s, row.id, actor="test")
     with svc.db.session() as s, pytest.raises(Unauthenticated):
         authenticate(s, plain)
+
+
+def test_authorization_refusals_over_http_carry_their_error(client, operator, claims_for, sign,
+                                                            issuer_private_key):
+    """POST /authorizations answers each refusal with its error's status and issue code."""
+    jti = f"auth-{uuid.uuid4().hex[:12]}"
+    valid = sign(claims_for(jti))
+    expired = sign(claims_for(valid_days=1, now=datetime.now(timezone.utc) - timedelta(days=2)))
+    cases = [(forge.alg_none(valid, keep_signature=True), AuthorizationInvalid),
+             (FORGERIES["hs256-public-pem"](valid, issuer_private_key), AuthorizationInvalid),
+             (forge.flip_signature_byte(valid), AuthorizationInvalid),
+             (expired, AuthorizationExpired)]
+    assert client.post("/authorizations", json={"jws": valid}, headers=operator).status_code == 201
+    cases.append((sign(claims_for(jti, purpose="Another purpose, same jti")), Conflict))
+    for token, error in cases:
+        r = client.post("/authorizations", json={"jws": token}, headers=operator)
+        assert (r.status_code, r.get_json()["issue"][0]["code"]) == (error.http_status, error.code), \
+            (error.__name__, r.get_json())
