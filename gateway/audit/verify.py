@@ -121,16 +121,29 @@ def load_events(path: Path) -> list[Entry]:
 
 
 def load_checkpoints(paths: list[Path]) -> tuple[list[dict], list[dict]]:
+    """Checkpoints and consistency proofs from checkpoint documents (as downloaded), lists
+    of checkpoints or single ones (a witness folder's files). Each entry's own shape is
+    checked where it is used, and reported as a problem; a file that is none of these is
+    InvalidInput naming it."""
     cps, proofs = [], []
     for path in paths:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise InvalidInput(f"{path.name}: not a JSON checkpoint document ({exc})") from None
         if isinstance(doc, list):
             cps += doc
-        elif "checkpoints" in doc:
-            cps += doc["checkpoints"]
-            proofs += doc.get("consistency_proofs", [])
-        else:
+        elif isinstance(doc, dict) and "checkpoints" in doc:
+            listed, proven = doc["checkpoints"], doc.get("consistency_proofs", [])
+            if not isinstance(listed, list) or not isinstance(proven, list):
+                raise InvalidInput(f"{path.name}: 'checkpoints' and 'consistency_proofs' must be lists")
+            cps += listed
+            proofs += proven
+        elif isinstance(doc, dict):
             cps.append(doc)
+        else:
+            raise InvalidInput(f"{path.name}: neither a checkpoint document, a list of "
+                               "checkpoints nor one checkpoint")
     return cps, proofs
 
 

@@ -78,6 +78,20 @@ def test_malformed_checkpoint_files_are_reported(log_keys, tmp_path, document):
     assert report.checkpoints == 0
 
 
+@pytest.mark.parametrize("text", [
+    '{"checkpoints": [], "consistency_proofs": 1}', '{"checkpoints": 5}', "7", '"text"',
+    "not json at all", "\udcff"])
+def test_files_that_are_no_checkpoint_document_are_refused(log_keys, tmp_path, text):
+    from gateway.errors import InvalidInput
+
+    _, jwks = log_keys
+    path = tmp_path / "checkpoints.json"
+    path.write_text(text, errors="surrogateescape")
+    with pytest.raises(InvalidInput) as caught:
+        verify_files_report(None, [path], jwks)
+    assert "checkpoints.json" in str(caught.value)
+
+
 def test_signed_checkpoints_without_their_readable_time_verify(log_keys, tmp_path):
     keys, jwks = log_keys
     key = keys.current("checkpoint")

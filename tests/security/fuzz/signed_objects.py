@@ -1,8 +1,8 @@
 """Fuzz the verification of signed objects from outside: release authorizations
 (`trust/authorizations.verify_authorization`), delivery and "opened" receipts
 (`trust/receipts.check_receipt`, `check_opened`), detached bundle signatures
-(`trust/receipts.verify_bundle`) and audit checkpoints (`audit/verify.verify_log`, as
-`records-gateway audit verify` runs it on an auditor's files). The first byte picks the
+(`trust/receipts.verify_bundle`) and audit checkpoint files (`audit/verify.verify_files_report`,
+what `records-gateway audit verify` runs on an auditor's files). The first byte picks the
 target; the rest is the object.
 
 Expected: AuthorizationDenied (authorizations), ReceiptInvalid (receipts, bundle
@@ -22,7 +22,7 @@ import atheris
 
 with atheris.instrument_imports(include=["gateway.trust", "gateway.audit", "mappings.consent"]):
     from gateway.audit import checkpoints as cpmod
-    from gateway.audit.verify import verify_log
+    from gateway.audit.verify import verify_files_report
     from gateway.errors import AuthorizationDenied, InvalidInput, ReceiptInvalid
     from gateway.trust import receipts
     from gateway.trust.authorizations import (example_claims, new_issuer_key, sign_authorization,
@@ -41,10 +41,12 @@ NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 BUNDLE = "urn:uuid:7f3c1a52-0000-4000-8000-000000000001"
 _issuer_key = new_issuer_key("fuzz-esign-1")
 _trust = TrustStore.from_issuers({ISSUER: [_issuer_key]})
-_keys = SigningKeys(Path(tempfile.mkdtemp(prefix="fuzz-signed-")))
+_work = Path(tempfile.mkdtemp(prefix="fuzz-signed-"))
+_keys = SigningKeys(_work)
 _keys.ensure()
 _jwks = _keys.jwks()
-_public = cpmod.load_public_keys(_jwks)
+_jwks_file, _checkpoint_file = _work / "jwks.json", _work / "checkpoints.json"
+_jwks_file.write_text(json.dumps(_jwks))
 
 
 def _text(data: bytes) -> str:
@@ -82,14 +84,9 @@ def _bundle_signature(data: bytes) -> None:
 
 
 def _checkpoints(data: bytes) -> None:
+    _checkpoint_file.write_bytes(data)
     try:
-        doc = json.loads(data)
-    except ValueError:
-        return
-    try:
-        cps = doc.get("checkpoints", []) if isinstance(doc, dict) else doc
-        proofs = doc.get("consistency_proofs", []) if isinstance(doc, dict) else []
-        verify_log([], cps if isinstance(cps, list) else [cps], proofs, _public, partial=True)
+        verify_files_report(None, [_checkpoint_file], _jwks_file)
     except InvalidInput:
         pass
 
@@ -122,6 +119,7 @@ def seeds():
     # past findings: a proof without "first", checkpoints that are not objects
     yield bytes([4]) + json.dumps({"checkpoints": cps, "consistency_proofs": [{"second": 2}]}).encode()
     yield bytes([4]) + json.dumps({"checkpoints": ["x", 7, None]}).encode()
+    yield bytes([4]) + json.dumps({"checkpoints": cps, "consistency_proofs": 1}).encode()
 
 
 if __name__ == "__main__":
