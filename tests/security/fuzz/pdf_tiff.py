@@ -4,7 +4,8 @@ checks of `pdfcheck.py` through qpdf, then PDFium; every TIFF frame through Pill
 here in-process, without the child's rlimits, so a fault shows as the exception it is.
 
 Expected: FileRejected (the child's answer for a refused file), and MemoryError or
-RecursionError (which the child also turns into a refusal). Anything else is a finding.
+RecursionError (which the child also turns into a refusal; the run caps its address
+space like the child does, so a memory bomb is a MemoryError here too). Anything else is a finding.
 A crash in native code (PDFium, qpdf, libtiff) kills this process; under the sandbox it
 is a refused file, so it is reported to the library rather than fixed here.
 
@@ -25,6 +26,8 @@ with atheris.instrument_imports(include=["connectors.fax"]):
     from connectors.fax.sandbox import FileRejected, Limits, sniff
 
 import io
+import resource
+import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -83,4 +86,9 @@ def seeds():
 
 
 if __name__ == "__main__":
+    if "--seeds" not in sys.argv:
+        # the sandbox child's address-space cap (doubled for libFuzzer's own needs): an
+        # input that would allocate past it is a MemoryError, as in the child, not an OOM
+        cap = 2 * Limits().memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     common.main(test_one_input, seeds)
