@@ -225,7 +225,10 @@ def _walk_body(buf: bytes, pos: int, ts: str, meta: dict, final: bool = False) -
             kw, kind = _BY_TAG[tag]
             out[kw] = _value(bytes(buf[start:end]), kind, encodings)
             if kw == "SpecificCharacterSet":
-                encodings = convert_encodings(out[kw])
+                try:
+                    encodings = convert_encodings(out[kw])
+                except ValueError:  # e.g. a NUL inside a term: no codec can be looked up
+                    raise MalformedDicom("unreadable Specific Character Set") from None
         pos = end
     if final and pos == end_of_buf:
         return out

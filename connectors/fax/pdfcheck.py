@@ -48,7 +48,7 @@ def check_pdf(path: Path, limits: dict, references: dict[int, int]) -> dict:
         pdf = pikepdf.open(path, suppress_warnings=True)
     except pikepdf.PasswordError:
         raise FileRejected("encrypted", "PDF needs a password") from None
-    except pikepdf.PdfError as exc:
+    except pikepdf.PikepdfError as exc:  # PdfError, and QpdfRuntimeError (e.g. a bad /Count)
         raise FileRejected("unreadable", f"PDF does not open: {_short(exc)}") from None
     facts = {"streams": 0, "images": 0, "largest_image_pixels": 0, "largest_stream_bytes": 0}
     try:
@@ -78,8 +78,10 @@ def check_pdf(path: Path, limits: dict, references: dict[int, int]) -> dict:
             if total > limits["max_page_image_pixels"]:
                 raise FileRejected("image-too-large", f"page {number} draws {total} image pixels "
                                                       f"(limit {limits['max_page_image_pixels']})")
-    except pikepdf.PdfError as exc:
+    except pikepdf.PikepdfError as exc:
         raise FileRejected("unreadable", f"PDF structure is broken: {_short(exc)}") from None
+    except UnicodeDecodeError:  # a name or string read as text (a filter, a color space)
+        raise FileRejected("unreadable", "PDF structure is broken: a name is not UTF-8") from None
     finally:
         pdf.close()
     return facts

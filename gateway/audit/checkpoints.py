@@ -208,11 +208,19 @@ def load_public_keys(data: bytes | str | Path | dict) -> PublicKeys:
 
 def signature_problem(cp: dict, keys: PublicKeys) -> str | None:
     """None when the checkpoint's signature verifies, else what is wrong (one line)."""
+    if not isinstance(cp, dict):
+        return "malformed checkpoint (not a JSON object)"
+    for name, kind in (("origin", str), ("tree_size", int), ("root_hash", str),
+                       ("timestamp_ms", int), ("signature", str)):
+        if not isinstance(cp.get(name), kind) or isinstance(cp.get(name), bool):
+            return f"malformed checkpoint ({name} missing or not a {kind.__name__})"
+    if cp["tree_size"] < 0 or not isinstance(cp.get("key_id", ""), str):
+        return "malformed checkpoint (negative tree_size or key_id not a string)"
     try:
-        msg = body(cp["origin"], int(cp["tree_size"]), bytes.fromhex(cp["root_hash"]),
-                   int(cp["timestamp_ms"]))
+        msg = body(cp["origin"], cp["tree_size"], bytes.fromhex(cp["root_hash"]),
+                   cp["timestamp_ms"])
         sig = base64.b64decode(cp["signature"], validate=True)
-    except (KeyError, ValueError, TypeError) as exc:
+    except (KeyError, ValueError, TypeError, InvalidInput) as exc:
         return f"malformed checkpoint ({exc.__class__.__name__}: {exc})"
     candidates = keys.candidates(cp.get("key_id", ""))
     if not candidates:

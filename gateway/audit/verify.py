@@ -121,16 +121,29 @@ def load_events(path: Path) -> list[Entry]:
 
 
 def load_checkpoints(paths: list[Path]) -> tuple[list[dict], list[dict]]:
+    """Checkpoints and consistency proofs from checkpoint documents (as downloaded), lists
+    of checkpoints or single ones (a witness folder's files). Each entry's own shape is
+    checked where it is used, and reported as a problem; a file that is none of these is
+    InvalidInput naming it."""
     cps, proofs = [], []
     for path in paths:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise InvalidInput(f"{path.name}: not a JSON checkpoint document ({exc})") from None
         if isinstance(doc, list):
             cps += doc
-        elif "checkpoints" in doc:
-            cps += doc["checkpoints"]
-            proofs += doc.get("consistency_proofs", [])
-        else:
+        elif isinstance(doc, dict) and "checkpoints" in doc:
+            listed, proven = doc["checkpoints"], doc.get("consistency_proofs", [])
+            if not isinstance(listed, list) or not isinstance(proven, list):
+                raise InvalidInput(f"{path.name}: 'checkpoints' and 'consistency_proofs' must be lists")
+            cps += listed
+            proofs += proven
+        elif isinstance(doc, dict):
             cps.append(doc)
+        else:
+            raise InvalidInput(f"{path.name}: neither a checkpoint document, a list of "
+                               "checkpoints nor one checkpoint")
     return cps, proofs
 
 
@@ -146,7 +159,9 @@ def _check_checkpoints(raw: list[dict], keys, problems: list[str]) -> list[dict]
         seen.add(ident)
         issue = cpmod.signature_problem(cp, keys)
         if issue:
-            problems.append(f"checkpoint size {cp.get('tree_size')} at {cp.get('timestamp')}: {issue}")
+            where = (f"size {cp.get('tree_size')} at {cp.get('timestamp')}" if isinstance(cp, dict)
+                     else "entry")
+            problems.append(f"checkpoint {where}: {issue}")
         else:
             good.append(cp)
     by_size: dict[int, dict] = {}
@@ -158,14 +173,35 @@ def _check_checkpoints(raw: list[dict], keys, problems: list[str]) -> list[dict]
     by_time = sorted(good, key=lambda c: (c["timestamp_ms"], c["tree_size"]))
     for a, b in zip(by_time, by_time[1:]):
         if b["tree_size"] < a["tree_size"]:
-            problems.append(f"rollback: checkpoint at {b['timestamp']} has tree size {b['tree_size']}, "
-                            f"smaller than {a['tree_size']} signed earlier at {a['timestamp']}")
+            problems.append(f"rollback: checkpoint at {_when(b)} has tree size {b['tree_size']}, "
+                            f"smaller than {a['tree_size']} signed earlier at {_when(a)}")
         if b["timestamp_ms"] == a["timestamp_ms"] and b["tree_size"] != a["tree_size"]:
             problems.append(f"checkpoints for sizes {a['tree_size']} and {b['tree_size']} share "
-                            f"timestamp {a['timestamp']}; timestamps must strictly increase")
+                            f"timestamp {_when(a)}; timestamps must strictly increase")
         if b["tree_size"] > a["tree_size"] and b["timestamp_ms"] <= a["timestamp_ms"]:
             problems.append(f"checkpoint size {b['tree_size']} is not later than size {a['tree_size']}")
     return good
+
+
+def _when(cp: dict) -> str:
+    """A signed checkpoint's time, from its signed milliseconds (its readable copy is not
+    signed, and may be missing)."""
+    return cpmod._iso(cp["timestamp_ms"])
+
+
+def _proof_shape(p) -> tuple[int, int, list[bytes]] | None:
+    """(first, second, path) of a consistency proof, or None when it is malformed."""
+    if not isinstance(p, dict):
+        return None
+    first, second, path = p.get("first"), p.get("second"), p.get("path", [])
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (first, second)):
+        return None
+    if not isinstance(path, list) or not all(isinstance(h, str) for h in path):
+        return None
+    try:
+        return first, second, [bytes.fromhex(h) for h in path]
+    except ValueError:
+        return None
 
 
 def _check_consistency(good: list[dict], proofs: list[dict], problems: list[str],
@@ -174,13 +210,17 @@ def _check_consistency(good: list[dict], proofs: list[dict], problems: list[str]
     for cp in good:
         roots.setdefault(cp["tree_size"], set()).add(bytes.fromhex(cp["root_hash"]))
     proven = set()
-    for p in proofs:
-        first, second = int(p["first"]), int(p["second"])
+    for n, p in enumerate(proofs, 1):
+        shape = _proof_shape(p)
+        if shape is None:
+            problems.append(f"consistency proof {n} is malformed (needs integer first and second "
+                            "and a list of hex hashes as path)")
+            continue
+        first, second, path = shape
         if first not in roots or second not in roots:
             problems.append(f"consistency proof {first} -> {second}: no signed checkpoint for "
                             f"{first if first not in roots else second}")
             continue
-        path = [bytes.fromhex(h) for h in p.get("path", [])]
         ok = all(merkle.verify_consistency(first, second, r1, r2, path)
                  for r1 in roots[first] for r2 in roots[second])
         if not ok:

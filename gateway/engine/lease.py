@@ -89,5 +89,10 @@ class Lease:
 
     def renew_if_due(self) -> None:
         if self.due():
-            renew_lease(self.svc, self.transfer_id, self.owner)
-            self.last = time.monotonic()
+            self.renew()
+
+    def renew(self) -> None:
+        """Renew now: before records leave, so one revoked or expired in the step's
+        course stops the next bundle, not only the next step."""
+        renew_lease(self.svc, self.transfer_id, self.owner)
+        self.last = time.monotonic()

@@ -323,7 +323,7 @@ def delivering(svc: Services, transfer_id: str, owner: str) -> str:
     for part in _parts(svc, transfer_id):
         if part.state != "assembled":
             continue
-        lease.renew_if_due()
+        lease.renew()  # the authorization is checked again before each bundle leaves
         with svc.db.session() as s:
             audit.record(s, "transfer.delivery.attempt", actor="worker", transfer_id=t.id,
                          authorization_id=t.authorization_id, recipient=t.recipient,

@@ -11,6 +11,6 @@ produce the JSON: mappings/fhir/jsontext.py.
 """
 from __future__ import annotations
 
-from mappings.fhir.jsontext import JSONError, Number, dumps, loads
+from mappings.fhir.jsontext import JSONError, Number, depth, dumps, loads
 
-__all__ = ["JSONError", "Number", "dumps", "loads"]
+__all__ = ["JSONError", "Number", "depth", "dumps", "loads"]

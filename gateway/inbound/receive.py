@@ -56,6 +56,9 @@ KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234
 RECEIPT_TYP = receipts.RECEIPT_TYP
 REJECTION_HEADER = "X-Delivery-Receipt"  # a signed receipt with status "rejected"
 MAX_PARTS = 2**31 - 1  # a bundle's part and parts are Integer columns
+# levels of JSON in one resource: FHIR needs a few dozen at most; the validators recurse
+# (several frames a level) and the entry hash's writer stops at 255
+MAX_RESOURCE_DEPTH = 128
 
 
 class UnprocessableBundle(InvalidInput):
@@ -101,6 +104,10 @@ def _validate(body: bytes) -> tuple[dict, Bundle]:
     for n, entry in enumerate(entries):
         if not isinstance(entry.get("resource"), dict):
             continue
+        levels = jsontext.depth(entry["resource"])
+        if levels > MAX_RESOURCE_DEPTH:
+            raise UnprocessableBundle(f"invalid Bundle at entry.{n}.resource: nested {levels} levels "
+                                      f"deep; at most {MAX_RESOURCE_DEPTH} are accepted")
         try:
             fhir_check(entry["resource"], validator)
         except KeyError:

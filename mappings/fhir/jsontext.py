@@ -23,7 +23,7 @@ from decimal import Decimal
 
 import orjson
 
-__all__ = ["Number", "loads", "dumps", "fragment", "JSONError"]
+__all__ = ["Number", "loads", "dumps", "fragment", "JSONError", "depth"]
 
 JSONError = (ValueError, orjson.JSONEncodeError)
 
@@ -58,8 +58,28 @@ _DECODER = json.JSONDecoder(parse_float=Number, parse_int=_negative_zero, parse_
 
 
 def loads(data: bytes | str):
-    """Parse JSON (UTF-8 if bytes); non-integer numbers (and `-0`) become `Number`s."""
-    return _DECODER.decode(data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data)
+    """Parse JSON (UTF-8 if bytes); non-integer numbers (and `-0`) become `Number`s.
+    JSON nested deeper than the interpreter's stack allows is a ValueError like any
+    other malformed JSON (the decoder would raise RecursionError)."""
+    text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
+    try:
+        return _DECODER.decode(text)
+    except RecursionError:
+        raise ValueError("JSON is nested too deeply") from None
+
+
+def depth(value) -> int:
+    """How deeply `value` nests (a scalar 0, `{}` or `[]` 1, ...), found without recursion:
+    for refusing input deeper than the recursive validators and `dumps` can take."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if type(item) is dict else item if type(item) is list else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children if type(child) in (dict, list))
+    return deepest
 
 
 _I64_MIN, _U64_MAX = -(1 << 63), (1 << 64) - 1
