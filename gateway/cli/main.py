@@ -21,6 +21,7 @@ from .faxes import fax
 from .keys import keys
 from .notifications import notification
 from .serve import serve, worker
+from .settings_reference import settings_reference
 from .tokens import token
 from .transfers import transfer
 
@@ -34,7 +35,7 @@ def main(log_level: str | None) -> None:
 
 
 for _command in (serve, worker, keys, token, authorization, case, transfer, fax, audit,
-                 notification):
+                 notification, settings_reference):
     main.add_command(_command)
 
 
