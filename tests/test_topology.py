@@ -1,6 +1,7 @@
 """The deployed topology as processes on this machine: the API under gunicorn with
 deploy/gunicorn.conf.py (two gunicorn workers), two Celery worker processes, one beat,
-and a receiving gateway, also under gunicorn, against the real PostgreSQL (a throwaway
+and a receiving gateway, also under gunicorn, behind nginx with deploy/nginx/gateway.conf
+(TLS in front, a client certificate required), against the real PostgreSQL (a throwaway
 database) and Redis (a queue of its own). One transfer goes end to end, every call over
 HTTP, and comes back with a verified receipt; every process is stopped by its PID."""
 from __future__ import annotations
@@ -19,7 +20,9 @@ from sqlalchemy import select
 
 from gateway.storage.models import AuditEvent
 
-from tests.helpers import REDIS_URL, GatewayProcess, bearer, make_token, wait_until, write_pdfs
+from tests.helpers import (REDIS_URL, GatewayProcess, bearer, free_port, make_token, wait_until,
+                           write_pdfs)
+from tests.test_tls import pki  # noqa: F401  (the fixture: a CA, the center's and a hospital's certificates)
 from tests.test_transfer_flow import binaries, cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,11 +30,26 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
 
 class Gunicorn(GatewayProcess):
-    """`gunicorn -c deploy/gunicorn.conf.py gateway.wsgi:app` on the config's port, plain
-    HTTP on loopback (TLS is the terminator's, deploy/compose.yaml)."""
+    """`gunicorn -c deploy/gunicorn.conf.py gateway.wsgi:app`, plain HTTP on loopback
+    (TLS is the terminator's, deploy/compose.yaml), on the config's port or `port`."""
+
+    def __init__(self, config: dict, workdir: Path, name: str, port: int | None = None):
+        super().__init__(config, workdir, name)
+        self.port = port or config["port"]
+
+    def wait_http(self, timeout: float = 30) -> "Gunicorn":
+        def up():
+            assert self.proc.poll() is None, f"{self.name} exited: {self.log_path.read_text()[-2000:]}"
+            try:
+                return requests.get(f"http://127.0.0.1:{self.port}/health", timeout=1).ok
+            except requests.RequestException:
+                return False
+
+        wait_until(up, timeout, what=f"{self.name} to answer /health")
+        return self
 
     def start(self, *args: str) -> "Gunicorn":
-        self.env.update(GATEWAY_BIND=f"127.0.0.1:{self.config['port']}", GATEWAY_HTTP_WORKERS="2")
+        self.env.update(GATEWAY_BIND=f"127.0.0.1:{self.port}", GATEWAY_HTTP_WORKERS="2")
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "deploy" / "gunicorn.conf.py"),
@@ -44,6 +62,55 @@ class Gunicorn(GatewayProcess):
         return [int(pid) for pid in text.split()]
 
 
+class Nginx(GatewayProcess):
+    """nginx with deploy/nginx/gateway.conf, its secrets and upstream put where this test
+    has them, in a prefix of its own (no system configuration, no port 80)."""
+
+    def __init__(self, workdir: Path, port: int, upstream: int, pki: dict):
+        self.name, self.proc = "nginx", None
+        self.prefix = workdir / "nginx"
+        self.prefix.mkdir()
+        self.log_path = self.prefix / "error.log"
+        self.access_log = self.prefix / "access.log"
+        site = (ROOT / "deploy" / "nginx" / "gateway.conf").read_text()
+        for old, new in {"listen 8443": f"listen 127.0.0.1:{port}",
+                         "/run/secrets/tls.crt": pki["server"][0], "/run/secrets/tls.key": pki["server"][1],
+                         "/run/secrets/ca.pem": pki["ca"], "http://api:8080": f"http://127.0.0.1:{upstream}",
+                         "/dev/stdout": self.access_log}.items():
+            assert old in site, old
+            site = site.replace(old, str(new))
+        (self.prefix / "gateway.conf").write_text(site)
+        temp = "\n".join(f"{kind}_temp_path {self.prefix}/{kind};"
+                         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        self.conf = self.prefix / "nginx.conf"
+        self.conf.write_text(f"pid {self.prefix}/nginx.pid;\nerror_log {self.log_path};\n"
+                             f"worker_processes 1;\nevents {{}}\nhttp {{\n{temp}\n"
+                             f"include {self.prefix}/gateway.conf;\n}}\n")
+
+    def start(self) -> "Nginx":
+        check = subprocess.run(["nginx", "-t", "-p", str(self.prefix), "-c", str(self.conf)],
+                               capture_output=True, text=True, timeout=30)
+        assert check.returncode == 0, check.stderr
+        self.log = open(self.prefix / "stdout.log", "ab")
+        self.proc = subprocess.Popen(["nginx", "-p", str(self.prefix), "-c", str(self.conf),
+                                      "-g", "daemon off;"], stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+
+@pytest.fixture
+def receiver_url() -> str:
+    """The center as the hospital sees it: nginx, HTTPS."""
+    return f"https://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture
+def sender_config(sender_config, pki) -> dict:
+    center = {**sender_config["peers"]["center"], "ca_file": str(pki["ca"]),
+              "client_cert_file": str(pki["client"][0]), "client_key_file": str(pki["client"][1])}
+    return {**sender_config, "peers": {"center": center}}
+
+
 @pytest.fixture
 def started():
     """Processes of the topology; each stopped by its PID (and process group) at teardown."""
@@ -54,7 +121,8 @@ def started():
 
 
 def test_api_two_workers_beat_and_a_receiver_deliver_a_transfer(
-        started, sender_config, receiver_config, tmp_path, claims_for, sign, drop_dir, pg_url):
+        started, sender_config, receiver_config, tmp_path, claims_for, sign, drop_dir, pg_url,
+        pki):
     from gateway import create_app
     from gateway.engine.faxes import ensure_cover_key
 
@@ -81,7 +149,26 @@ def test_api_two_workers_beat_and_a_receiver_deliver_a_transfer(
         started.append(proc)
         return proc.start(*args)
 
-    receiver = start(Gunicorn(receiver_config, tmp_path, "receiver")).wait_http()
+    # the center: gunicorn on loopback, nginx in front on the port its URL names
+    behind = free_port()
+    receiver = start(Gunicorn(receiver_config, tmp_path, "receiver", port=behind)).wait_http()
+    nginx = start(Nginx(tmp_path, receiver_config["port"], behind, pki))
+    center = receiver_config["base_url"]
+
+    def tls_up():
+        assert nginx.proc.poll() is None, nginx.log_path.read_text()[-2000:]
+        try:
+            return requests.get(f"{center}/health", verify=str(pki["ca"]), cert=pki["client"],
+                                timeout=2).ok
+        except requests.ConnectionError:
+            return False
+
+    wait_until(tls_up, 30, what="nginx in front of the center")
+    try:  # no client certificate: nginx refuses before the gateway sees anything
+        stranger = requests.get(f"{center}/health", verify=str(pki["ca"]), timeout=5).status_code
+    except requests.exceptions.SSLError:
+        stranger = "refused"
+    assert stranger in (400, "refused")
     api = start(Gunicorn(sender_config, tmp_path, "api")).wait_http()
     workers = [start(GatewayProcess(sender_config, tmp_path, f"worker-{n}"), "worker", "--pool",
                      "prefork", "--concurrency", "1") for n in (1, 2)]
@@ -110,10 +197,10 @@ def test_api_two_workers_beat_and_a_receiver_deliver_a_transfer(
     assert view["receipt"]["status"] == "accepted" and view["receipt"]["iss"] == "org-test-center"
     assert view["receipt"]["sha256"] == view["bundle"]["sha256"]
 
-    center = receiver_config["base_url"]
-    [received] = requests.get(f"{center}/inbox", headers=staff, timeout=10).json()["received"]
+    tls = {"verify": str(pki["ca"]), "cert": pki["client"], "timeout": 10}
+    [received] = requests.get(f"{center}/inbox", headers=staff, **tls).json()["received"]
     assert received["sha256"] == view["bundle"]["sha256"]
-    bundle = requests.get(f"{center}/inbox/{received['id']}/bundle", headers=staff, timeout=10).json()
+    bundle = requests.get(f"{center}/inbox/{received['id']}/bundle", headers=staff, **tls).json()
     assert binaries(bundle) == set(sent)
 
     with svc.db.session() as s:
@@ -121,7 +208,10 @@ def test_api_two_workers_beat_and_a_receiver_deliver_a_transfer(
         loaded = s.scalars(select(AuditEvent).filter_by(type="admin.configuration.loaded")).all()
     assert [e.transfer_id for e in verified] == [tid]
     assert sorted(e.actor for e in loaded) == ["worker"] * 3  # two workers and the beat
-    for proc in [api, receiver, beat, *workers]:
+    # the bundle came through nginx; its access log names paths only
+    access = nginx.access_log.read_text()
+    assert '"POST /fhir" 200' in access and "?" not in access
+    for proc in [api, receiver, nginx, beat, *workers]:
         assert proc.proc.poll() is None, f"{proc.name} exited: {proc.log_path.read_text()[-2000:]}"
     # gunicorn stops on SIGTERM to its master, its workers with it
     children = api.children()
