@@ -61,7 +61,9 @@ def test_compose_file_is_valid_and_runs_the_whole_topology():
     import json
 
     services = json.loads(done.stdout)["services"]
-    assert set(services) == {"tls", "api", "worker", "beat", "dicom-receiver", "db", "redis"}
+    assert set(services) == {"init", "tls", "api", "worker", "beat", "dicom-receiver", "db", "redis"}
+    assert services["init"]["command"] == ["records-gateway", "init"]
+    assert services["worker"]["depends_on"]["init"]["condition"] == "service_completed_successfully"
     assert services["worker"]["deploy"]["replicas"] == 3  # GATEWAY_WORKERS
     assert services["beat"]["deploy"]["replicas"] == 1
     assert services["beat"]["command"][-3:] == ["--beat", "--concurrency", "1"]
@@ -74,7 +76,7 @@ def test_compose_file_is_valid_and_runs_the_whole_topology():
     assert published == {"tls", "dicom-receiver"}
     assert [p["target"] for p in services["tls"]["ports"]] == [8443]
     assert {s["source"] for s in services["tls"]["secrets"]} == {"tls.crt", "tls.key", "ca.pem"}
-    for name in ("api", "worker", "beat", "dicom-receiver"):
+    for name in ("init", "api", "worker", "beat", "dicom-receiver"):
         service = services[name]
         assert service["read_only"] is True
         assert {s["source"] for s in service["secrets"]} >= {"blob.key", "pgpass"}
@@ -189,6 +191,8 @@ def test_every_pod_is_probed_limited_non_root_and_reads_secrets_from_files():
     assert api["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
     beat = components["beat"]["spec"]
     assert beat["replicas"] == 1 and beat["strategy"]["type"] == "Recreate"
+    [init] = beat["template"]["spec"]["initContainers"]
+    assert init["command"] == ["records-gateway", "init"]
 
 
 def test_disruption_budgets_and_worker_autoscaling_on_queue_depth():
