@@ -184,7 +184,10 @@ def test_every_pod_is_probed_limited_non_root_and_reads_secrets_from_files():
         assert [v["secret"]["secretName"] for v in secrets] == ["records-gateway-secrets"]
         mounts = {m["name"]: m for m in container["volumeMounts"]}
         assert mounts[secrets[0]["name"]]["mountPath"] == "/run/secrets"
-        assert not [e for e in container.get("env", []) if "valueFrom" in e]  # files, not env
+        # files, not the environment: the database password alone (libpq's PGPASSWORD)
+        from_env = {e["name"]: e["valueFrom"] for e in container["env"] if "valueFrom" in e}
+        assert from_env == {"PGPASSWORD": {"secretKeyRef": {"name": "records-gateway-db",
+                                                            "key": "password"}}}
     api = components["api"]["spec"]["template"]["spec"]["containers"][0]
     assert api["livenessProbe"]["httpGet"]["path"] == "/health"
     assert api["readinessProbe"]["httpGet"]["path"] == "/ready"
