@@ -210,6 +210,10 @@ def test_disruption_budgets_and_worker_autoscaling_on_queue_depth():
     rules = yaml.safe_load(by_kind("ConfigMap")["records-gateway-adapter-rules"]["data"]
                            ["external-rules.yaml"])["externalRules"]
     assert [r["name"]["as"] for r in rules] == ["records_gateway_queue_depth"]
+    policies = by_kind("NetworkPolicy")
+    assert policies["records-gateway-default-deny"]["spec"]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "records-gateway"}
+    assert [p["port"] for p in policies["records-gateway-api"]["spec"]["ingress"][0]["ports"]] == [8080]
     ingress = by_kind("Ingress")["records-gateway"]["metadata"]["annotations"]
     assert ingress["nginx.ingress.kubernetes.io/auth-tls-verify-client"] == "on"
     assert ingress["nginx.ingress.kubernetes.io/backend-protocol"] == "HTTPS"
