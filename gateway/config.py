@@ -407,7 +407,8 @@ class Settings(BaseSettings):
     intake_dir: Path | None = None
     case_tick_s: float = 5.0  # how often open cases are checked (deadlines, polls, expiry)
     follow_up_settle_s: float = 2.0  # a burst of new records within this makes one follow-up
-    log_level: str = "INFO"  # DEBUG, INFO, WARNING, ERROR
+    # DEBUG, INFO, WARNING, ERROR
+    log_level: str = "INFO"
     # HTTPS for `serve` (gunicorn takes the same files: deploy/gunicorn.conf.py); with
     # tls_client_ca_file every client must present a certificate it signed (mutual TLS)
     tls_cert_file: Path | None = None

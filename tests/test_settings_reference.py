@@ -59,3 +59,32 @@ def test_the_documented_variables_set_the_settings(monkeypatch):
     settings = load_settings()
     assert settings.notify.retry.max_attempts == 7 and settings.port == 9443
     assert settings.peers["center"].base_url == "https://center.example"
+
+
+def test_tables_of_several_kinds_get_a_section_each():
+    from typing import Literal
+
+    from pydantic import BaseModel, Field
+
+    class Folder(BaseModel):
+        """Blobs in a folder."""
+
+        kind: Literal["folder"] = "folder"  # the folder kind
+        path: str = "blobs"  # where
+
+    class Bucket(BaseModel):
+        """Blobs in a bucket."""
+
+        kind: Literal["bucket"]  # the bucket kind
+        name: str  # the bucket's name
+
+    class Model(BaseModel):
+        store: Folder | Bucket = Field(default_factory=Folder, discriminator="kind")  # blobs go here
+        lanes: list[Folder] = Field(default_factory=list)  # more folders
+
+    page = reference(Model)
+    assert '## store (kind = "folder")' in page and '## store (kind = "bucket")' in page
+    assert "| store.path | string | `\"blobs\"` | `GATEWAY_STORE__PATH` | where |" in page
+    assert "| store.name | string | required | `GATEWAY_STORE__NAME` | the bucket's name |" in page
+    assert "| lanes[].path | string | `\"blobs\"` | (JSON, whole list) | where |" in page
+    assert "| store | table | (table below) | `GATEWAY_STORE` | blobs go here |" in page

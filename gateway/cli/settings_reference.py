@@ -12,6 +12,7 @@ import ast
 import inspect
 import io
 import json
+import textwrap
 import tokenize
 import types
 import typing
@@ -40,7 +41,7 @@ settings) or the environment, never in the configuration file.
 def _comments(cls: type) -> dict[str, str]:
     """Field name -> the comments above it and on its line, in the class's source."""
     try:
-        source = inspect.getsource(cls)
+        source = textwrap.dedent(inspect.getsource(cls))
     except (OSError, TypeError):
         return {}
     lines = source.splitlines()
@@ -67,20 +68,21 @@ def _model(annotation) -> type[BaseModel] | None:
         else None
 
 
-def _inner(annotation) -> tuple[str, type[BaseModel] | None]:
-    """How a nested model sits in a field: "" (itself, maybe optional), "<name>" (a table
-    of them by name) or "[]" (a list of them); and the model, or None for a plain value."""
+def _inner(annotation) -> tuple[str, list[type[BaseModel]]]:
+    """How nested models sit in a field: "" (itself, maybe optional, or one of several
+    kinds), "<name>" (a table of them by name) or "[]" (a list of them); and the models,
+    none for a plain value."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     origin = typing.get_origin(annotation)
     if _model(annotation):
-        return "", annotation
-    if origin in (typing.Union, types.UnionType) and len(args) == 1 and _model(args[0]):
-        return "", args[0]
+        return "", [annotation]
+    if origin in (typing.Union, types.UnionType) and args and all(map(_model, args)):
+        return "", args
     if origin is dict and len(args) == 2 and _model(args[1]):
-        return "<name>", args[1]
+        return "<name>", [args[1]]
     if origin is list and args and _model(args[0]):
-        return "[]", args[0]
-    return "", None
+        return "[]", [args[0]]
+    return "", []
 
 
 def _type(annotation) -> str:
@@ -131,17 +133,17 @@ def _rows(model: type[BaseModel], path: list[str], env: list[str] | None, defaul
         where, nested = _inner(field.annotation)
         description = field.description or comments.get(name, "")
         variable = "GATEWAY_" + "__".join(env + [name.upper()]) if env is not None else ""
-        if nested is not None:
+        for variant in nested:
             sub_path = path + [key + (f".{where}" if where == "<name>" else where)]
             sub_env = None if where == "[]" or env is None else \
                 env + [name.upper()] + (["<NAME>"] if where else [])
             value = getattr(defaults, name, None) if defaults is not None else None
             if value is None and not where and field.default_factory is not None:
                 value = field.default_factory()
-            sections.append((nested, sub_path, sub_env, description,
-                             value if isinstance(value, BaseModel) else None))
+            value = value if isinstance(value, variant) else None
+            sections.append((variant, sub_path, sub_env, description, value, len(nested) > 1))
         kind = {"": "table", "<name>": "tables by name", "[]": "list of tables"}[where] \
-            if nested is not None else _type(field.annotation)
+            if nested else _type(field.annotation)
         default = _default(field, getattr(defaults, name)) if defaults is not None \
             else _default(field)
         rows.append((".".join(path + [key]), kind, default,
@@ -149,18 +151,21 @@ def _rows(model: type[BaseModel], path: list[str], env: list[str] | None, defaul
     return rows
 
 
-def reference() -> str:
-    """The Markdown page documenting every setting."""
-    from gateway.config import Settings
+def reference(settings: type[BaseModel] | None = None) -> str:
+    """The Markdown page documenting every setting (of `gateway.config.Settings`)."""
+    if settings is None:
+        from gateway.config import Settings as settings
 
     out = [HEADER]
-    sections: list = [(Settings, [], [], "", None)]
+    sections: list = [(settings, [], [], "", None, False)]
     while sections:
-        model, path, env, description, defaults = sections.pop(0)
+        model, path, env, description, defaults, variant = sections.pop(0)
         title = ".".join(path) or "Top level"
+        if variant:  # one of several kinds of table: named by its `kind`
+            title += f' (kind = "{typing.get_args(model.model_fields["kind"].annotation)[0]}")'
         out.append(f"## {title}\n")
         intro = " ".join(
-            (inspect.getdoc(model) if model.__doc__ and model is not Settings else "").split())
+            (inspect.getdoc(model) if model.__doc__ and model is not settings else "").split())
         for text in dict.fromkeys(t for t in (description, intro) if t):
             out.append(text + "\n")
         rows = _rows(model, path, env, defaults, sections)
