@@ -114,6 +114,36 @@ def test_dockerfile_is_multi_stage_non_root_with_a_health_check():
     assert re.search(r"^HEALTHCHECK .*\n\s+CMD .*healthcheck\.py", final, re.M)
 
 
+# the Debian package that provides each program the code runs by name
+PROVIDES = {"tesseract": "tesseract-ocr"}
+
+
+def programs_the_code_runs() -> set[str]:
+    """First elements of the literal argument lists given to subprocess (not Python itself)."""
+    import ast
+
+    found = set()
+    for folder in ("gateway", "connectors", "mappings"):
+        for path in (DEPLOY.parent / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and isinstance(node.func.value, ast.Name) and node.func.value.id == "subprocess"
+                        and node.args and isinstance(node.args[0], ast.List) and node.args[0].elts
+                        and isinstance(node.args[0].elts[0], ast.Constant)):
+                    found.add(node.args[0].elts[0].value)
+    return found
+
+
+def test_the_image_has_every_program_the_code_runs():
+    final = (DEPLOY / "Dockerfile").read_text().rsplit("\nFROM ", 1)[1]
+    installed = set(re.search(r"apt-get install -y --no-install-recommends ([^\\\n]+)", final)
+                    .group(1).split())
+    programs = programs_the_code_runs()
+    assert "tesseract" in programs  # the scan finds connectors/fax/pages.py's call
+    missing = {p for p in programs if PROVIDES.get(p) not in installed}
+    assert missing == set(), f"add their Debian packages to deploy/Dockerfile and PROVIDES: {missing}"
+
+
 def test_healthcheck_script_answers_by_the_health_endpoint(tmp_path):
     import http.server
     import threading
