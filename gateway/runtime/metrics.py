@@ -11,6 +11,7 @@ No metric carries an id, a name or a record.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
@@ -26,6 +27,8 @@ from sqlalchemy import func, or_, select
 
 from gateway.config import Settings
 from gateway.storage.models import AuditEvent, Case, Notification, Transfer, TransferSource
+
+log = logging.getLogger(__name__)
 
 PREFIX = "records_gateway"
 # seconds: a step is a fraction of a second to an hour-long DICOM pull; a delivery
@@ -158,8 +161,12 @@ class GatewayCollector:
                         {state: notes.get(state, 0) for state in
                          dict.fromkeys(("pending", "sent", "dead") + tuple(notes))})
         depth = GaugeMetricFamily(f"{PREFIX}_queue_depth", "Messages waiting in the task "
-                                  "queue", labels=["queue"])
-        depth.add_metric([settings.queue], queue_depth(settings))
+                                  "queue (no sample while the broker does not answer)",
+                                  labels=["queue"])
+        try:
+            depth.add_metric([settings.queue], queue_depth(settings))
+        except Exception as exc:  # the other figures still count; /ready names the broker
+            log.warning("metrics: queue depth unknown: %s", type(exc).__name__)
         yield depth
         steps = HistogramMetricFamily(f"{PREFIX}_step_duration_seconds", "Duration of "
                                       "transfer steps, by step and outcome",
