@@ -303,3 +303,31 @@ def test_doctor_stops_at_a_configuration_that_does_not_load(tmp_path):
     assert done.stdout.startswith("FAIL configuration: setting port")
     assert "Traceback" not in done.stderr
 
+
+
+def test_log_lines_carry_the_ids_of_the_block_they_are_logged_in():
+    import io
+    import logging
+
+    from gateway.runtime.logs import ContextIds, JsonFormatter, TextFormatter, log_context
+
+    json_out, text_out = io.StringIO(), io.StringIO()
+    logger = logging.getLogger("tests.operations.ids")
+    logger.propagate, logger.level = False, logging.INFO
+    for stream, formatter in ((json_out, JsonFormatter()), (text_out, TextFormatter())):
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(formatter)
+        handler.addFilter(ContextIds())
+        logger.addHandler(handler)
+    with log_context(case_id="case-1"):
+        with log_context(transfer_id="t-1"):
+            logger.info("inner %d", 1)
+        logger.warning("case only")
+    logger.info("neither")
+    lines = [json.loads(line) for line in json_out.getvalue().splitlines()]
+    assert [(x["message"], x.get("case_id"), x.get("transfer_id")) for x in lines] == [
+        ("inner 1", "case-1", "t-1"), ("case only", "case-1", None), ("neither", None, None)]
+    assert lines[1]["level"] == "WARNING" and lines[0]["logger"] == "tests.operations.ids"
+    text_lines = text_out.getvalue().splitlines()
+    assert text_lines[0].endswith("inner 1 [transfer_id=t-1 case_id=case-1]")
+    assert text_lines[2].endswith("neither")

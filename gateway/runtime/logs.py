@@ -73,9 +73,14 @@ class TextFormatter(logging.Formatter):
 
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     """Send every logger's lines to stderr in `fmt` ("text" or "json") at `level`;
-    called again (once settings are loaded) it replaces the handler it made."""
+    called again (once settings are loaded) it replaces the handler it made. Where the
+    root logger has handlers of someone else's (a test harness, an embedding program), it
+    leaves logging to them, as `logging.basicConfig` does."""
     root = logging.getLogger()
-    for handler in [h for h in root.handlers if getattr(h, "_gateway", False)]:
+    ours = [h for h in root.handlers if getattr(h, "_gateway", False)]
+    if len(ours) != len(root.handlers):
+        return
+    for handler in ours:
         root.removeHandler(handler)
     handler = logging.StreamHandler()
     handler._gateway = True  # type: ignore[attr-defined]
