@@ -331,3 +331,38 @@ def test_log_lines_carry_the_ids_of_the_block_they_are_logged_in():
     text_lines = text_out.getvalue().splitlines()
     assert text_lines[0].endswith("inner 1 [transfer_id=t-1 case_id=case-1]")
     assert text_lines[2].endswith("neither")
+
+
+def queue_depth_after_one_message(app) -> float:
+    """Enqueue one step with no worker running; the depth /metrics reports."""
+    from gateway.engine.transfers import enqueue
+
+    client = app.test_client()
+    before = metric_families(client.get("/metrics").get_data(as_text=True))
+    queue = app.extensions["gateway"].settings.queue
+    assert before["records_gateway_queue_depth"] == {(queue,): 0}
+    enqueue("0" * 32, "pending")  # a transfer that does not exist: nothing would run
+    after = metric_families(client.get("/metrics").get_data(as_text=True))
+    return after["records_gateway_queue_depth"][(queue,)]
+
+
+def test_queue_depth_counts_the_embedded_brokers_messages(app):
+    assert queue_depth_after_one_message(app) == 1
+
+
+@pytest.mark.redis
+def test_queue_depth_counts_the_redis_queue(sender_config):
+    import redis
+
+    from gateway import create_app
+    from tests.helpers import REDIS_URL
+
+    queue = f"ops-test-{os.getpid()}-{free_port()}"  # ours alone on the shared server
+    app = create_app({**sender_config, "redis_url": REDIS_URL, "queue": queue})
+    try:
+        assert queue_depth_after_one_message(app) == 1
+    finally:
+        app.extensions["gateway"].close()
+        server = redis.Redis.from_url(REDIS_URL)
+        server.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+        server.close()
