@@ -409,6 +409,12 @@ class Settings(BaseSettings):
     follow_up_settle_s: float = 2.0  # a burst of new records within this makes one follow-up
     # DEBUG, INFO, WARNING, ERROR
     log_level: str = "INFO"
+    # "json": one JSON object a line (time, level, logger, message, transfer_id, case_id)
+    log_format: Literal["text", "json"] = "text"
+    # GET /metrics is public by default (counts by state and kind: no ids, no records),
+    # as Prometheus scrapes an internal port; with a token it asks for it as a bearer
+    metrics_token: SecretStr | None = None
+    metrics_enabled: bool = True  # false: /metrics answers 404
     # HTTPS for `serve` (gunicorn takes the same files: deploy/gunicorn.conf.py); with
     # tls_client_ca_file every client must present a certificate it signed (mutual TLS)
     tls_cert_file: Path | None = None

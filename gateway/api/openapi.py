@@ -24,6 +24,8 @@ _BYTES = {"schema": {"type": "string", "format": "binary"}}
 # What an operation answers on success, where it is not 200 with a JSON object
 ANSWERS = {
     "web.dashboard": {"200": {"text/html": _BYTES}},
+    "meta.ready": {"200": _JSON, "503": {"application/fhir+json": {"schema": {"type": "object"}}}},
+    "meta.metrics": {"200": {"text/plain": _BYTES}},
     "faxes.cover_sheet": {"200": {"application/pdf": _BYTES}},
     "faxes.review_preview": {"200": {"image/png": _BYTES}},
     "authorizations.create": {"201": _JSON},
@@ -131,7 +133,9 @@ BODIES = {
 }
 
 SUMMARIES = {
-    "meta.health": "Liveness and database check",
+    "meta.health": "Liveness: the process answers",
+    "meta.ready": "Readiness: database, broker, blob store and signing keys work now (503 naming each failed check)",
+    "meta.metrics": "Prometheus metrics (text exposition format): counts by state and kind, step durations, delivery latency, queue depth",
     "meta.jwks": "The gateway's public signing keys (JWKS)",
     "meta.openapi": "This document",
     "faxes.cover_sheet": "The records-request cover sheet (PDF with a signed QR code) for a fax source",

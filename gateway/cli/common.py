@@ -3,10 +3,28 @@ that turns our errors into one line."""
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
 from gateway.errors import GatewayError
+
+_log_level: str | None = None  # from --log-level: wins over the settings
+
+
+def set_up_logging(log_level: str | None = None, settings=None) -> None:
+    """Logging in the settings' format (`log_format`) at `--log-level`, else the settings'
+    level; before the settings are loaded, from GATEWAY_LOG_LEVEL and GATEWAY_LOG_FORMAT."""
+    from gateway.runtime.logs import configure_logging
+
+    global _log_level
+    _log_level = log_level or _log_level
+    if settings is None:
+        level = os.environ.get("GATEWAY_LOG_LEVEL", "INFO")
+        fmt = os.environ.get("GATEWAY_LOG_FORMAT", "text")
+    else:
+        level, fmt = settings.log_level, settings.log_format
+    configure_logging(_log_level or level, fmt)
 
 
 def services():
@@ -14,7 +32,9 @@ def services():
     from gateway.config import load_settings
     from gateway.runtime.services import init_services
 
-    return init_services(load_settings())
+    settings = load_settings()
+    set_up_logging(settings=settings)
+    return init_services(settings)
 
 
 def echo_json(data) -> None:

@@ -7,7 +7,6 @@ traceback.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 
@@ -16,7 +15,8 @@ import click
 from .audit import audit  # `audit verify` needs no database
 from .authorizations import authorization
 from .cases import case
-from .common import OneLineErrors
+from .common import OneLineErrors, set_up_logging
+from .doctor import doctor
 from .faxes import fax
 from .keys import keys
 from .notifications import notification
@@ -30,12 +30,11 @@ from .transfers import transfer
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING (default from settings).")
 def main(log_level: str | None) -> None:
     """Records interoperability gateway for second opinions."""
-    logging.basicConfig(level=(log_level or os.environ.get("GATEWAY_LOG_LEVEL", "INFO")).upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    set_up_logging(log_level)
 
 
 for _command in (serve, worker, keys, token, authorization, case, transfer, fax, audit,
-                 notification, settings_reference):
+                 notification, settings_reference, doctor):
     main.add_command(_command)
 
 
@@ -62,9 +61,10 @@ def init(data_dir: Path | None) -> None:
     from gateway.engine.faxes import ensure_cover_key
 
     ensure_cover_key(settings.keys_dir)
-    from gateway.trust.keys import ClientKeys
+    from gateway.trust.keys import ClientKeys, patient_key_secret
 
     click.echo(f"SMART client key: {ClientKeys(settings.keys_dir).ensure()}")
+    patient_key_secret(settings.keys_dir)  # made here, so `doctor` finds every key
     issuers = settings.issuers_file
     if not issuers.exists():
         issuers.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ import threading
 
 import click
 
-from .common import services
+from .common import services, set_up_logging
 
 log = logging.getLogger("gateway")
 
@@ -25,6 +25,9 @@ def serve(receive: bool, host: str | None, port: int | None, no_worker: bool) ->
 
     overrides = {k: v for k, v in {"mode": "receive" if receive else None, "host": host,
                                    "port": port}.items() if v is not None}
+    from gateway.config import load_settings
+
+    set_up_logging(settings=load_settings(overrides))  # before the app logs anything
     app = create_app(overrides)
     svc = app.extensions["gateway"]
     _audit_configuration(svc, "serve")

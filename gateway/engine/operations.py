@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.errors import GatewayError, InvalidInput, NotFound
 from gateway.outbound import completeness
+from gateway.runtime.logs import log_context
 from gateway.runtime.services import Services
 from gateway.storage.models import (
     Authorization,
@@ -196,11 +197,13 @@ def open_case(svc: Services, authorization_id: str, actor: str, role: str | None
 
 
 def advance_case(svc: Services, case_id: str, actor: str = "worker") -> dict:
-    with svc.db.session() as s:
-        case = cases.get(s, case_id, lock=True)
-        done = cases.advance(svc, s, case, actor=actor)
-        view = case_view(s, case)
-    _enqueue(svc, case_id, done)
+    """One pass over a case (cases.advance); every line it logs names the case."""
+    with log_context(case_id=case_id):
+        with svc.db.session() as s:
+            case = cases.get(s, case_id, lock=True)
+            done = cases.advance(svc, s, case, actor=actor)
+            view = case_view(s, case)
+        _enqueue(svc, case_id, done)
     return view
 
 

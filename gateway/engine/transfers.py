@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 import uuid
 from datetime import timedelta
 
@@ -25,6 +26,7 @@ from sqlalchemy.orm import Session
 from gateway import audit, notify
 from gateway.errors import AuthorizationDenied, Conflict, GatewayError, InvalidInput, NotFound
 from gateway.runtime.celery_app import celery
+from gateway.runtime.logs import log_context
 from gateway.runtime.services import Services, services
 from gateway.storage.models import (
     Authorization,
@@ -190,14 +192,15 @@ def _get(session: Session, transfer_id: str) -> Transfer:
 
 
 def _finish(session: Session, t: Transfer, state: str, reason: str, actor: str,
-            role: str | None) -> None:
+            role: str | None, **timing) -> None:
     t.state, t.reason = state, reason
     t.lease_owner = t.lease_until = None
     if state == "completed":
         t.completed_at = utcnow()
     audit.record(session, f"transfer.{state}", actor=actor, role=role, transfer_id=t.id,
                  authorization_id=t.authorization_id,
-                 outcome="success" if state == "completed" else "failure", reason=reason)
+                 outcome="success" if state == "completed" else "failure", reason=reason,
+                 **timing)
     if state == "failed" or (state == "completed" and t.bundle_id):
         notify.publish(session, "transfer.failed" if state == "failed" else "transfer.delivered",
                        transfer_id=t.id, authorization_id=t.authorization_id, state=state,
@@ -221,13 +224,20 @@ def _retry_after(svc: Services, exc: Exception) -> float | None:
 
 
 def run_step(svc: Services, transfer_id: str, state: str) -> str | None:
-    """Run one step; return the state it moved to (None if it did not run)."""
+    """Run one step; return the state it moved to (None if it did not run). Every line
+    it logs names the transfer (runtime/logs.py)."""
+    with log_context(transfer_id=transfer_id):
+        return _run_step(svc, transfer_id, state)
+
+
+def _run_step(svc: Services, transfer_id: str, state: str) -> str | None:
     from .steps import HANDLERS  # the step bodies live beside, in steps.py
 
     owner = new_owner()
     if not claim(svc, transfer_id, state, owner):
         return None
     actor = "worker"
+    started = time.monotonic()  # the step's duration goes on its audit event (metrics)
     try:
         with svc.db.session() as s:
             policy.check_active(_get(s, transfer_id).authorization)
@@ -241,29 +251,37 @@ def run_step(svc: Services, transfer_id: str, state: str) -> str | None:
                 _finish(s, t, "cancelled", f"authorization: {exc}", actor, None)
         return "cancelled"
     except GatewayError as exc:
-        return _failed_step(svc, transfer_id, state, exc, transient=exc.transient, actor=actor)
+        return _failed_step(svc, transfer_id, state, exc, transient=exc.transient, actor=actor,
+                            duration_s=_since(started))
     except Exception as exc:  # a bug or an unforeseen fault: retried, and logged with its type
         log.exception("step %s of transfer %s raised %s", state, transfer_id, type(exc).__name__)
-        return _failed_step(svc, transfer_id, state, exc, transient=True, actor=actor)
+        return _failed_step(svc, transfer_id, state, exc, transient=True, actor=actor,
+                            duration_s=_since(started))
     waiting_case = None
     with svc.db.session() as s:
         t = _get(s, transfer_id)
         if t.state != state or t.lease_owner != owner:
             return None  # cancelled meanwhile: leave it as it is
         if next_state in TERMINAL:
-            _finish(s, t, next_state, t.reason or "", actor, None)
+            _finish(s, t, next_state, t.reason or "", actor, None, step=state,
+                    duration_s=_since(started))
             waiting_case = _case_with_triggers(s, t.authorization_id)
         else:
             t.state, t.attempts, t.next_attempt_at = next_state, 0, None
             t.lease_owner = t.lease_until = None
             audit.record(s, f"transfer.state.{next_state}", actor=actor, transfer_id=t.id,
-                         authorization_id=t.authorization_id)
+                         authorization_id=t.authorization_id, step=state,
+                         duration_s=_since(started))
     if next_state not in TERMINAL:
         enqueue(transfer_id, next_state)
     if waiting_case is not None:  # announced while this one ran: the next follow-up now
         celery.send_task("gateway.cases.advance", (waiting_case,))  # (unattended.py)
     log.info("transfer %s: %s -> %s", transfer_id, state, next_state)
     return next_state
+
+
+def _since(started: float) -> float:
+    return round(time.monotonic() - started, 4)
 
 
 def _case_with_triggers(session: Session, authorization_id: str) -> str | None:
@@ -276,7 +294,7 @@ def _case_with_triggers(session: Session, authorization_id: str) -> str | None:
 
 
 def _failed_step(svc: Services, transfer_id: str, state: str, exc: Exception, *,
-                 transient: bool, actor: str) -> str:
+                 transient: bool, actor: str, duration_s: float | None = None) -> str:
     message = str(exc) if isinstance(exc, GatewayError) else f"internal error ({type(exc).__name__})"
     with svc.db.session() as s:
         t = _get(s, transfer_id)
@@ -292,14 +310,14 @@ def _failed_step(svc: Services, transfer_id: str, state: str, exc: Exception, *,
             audit.record(s, "transfer.step.retry", actor=actor, transfer_id=t.id,
                          authorization_id=t.authorization_id, outcome="failure", step=state,
                          attempt=t.attempts, error=message, delay_s=round(delay, 2),
-                         retry_after_s=asked)
+                         retry_after_s=asked, duration_s=duration_s)
         elif transient and state in DELIVERY_STEPS:
             delay = None
             t.state, t.reason = "dead_letter", f"{state}: gave up after {t.attempts} attempts: {message}"
             t.lease_owner = t.lease_until = None
             audit.record(s, "transfer.dead_letter", actor=actor, transfer_id=t.id,
                          authorization_id=t.authorization_id, outcome="failure", step=state,
-                         attempts=t.attempts, error=message)
+                         attempts=t.attempts, error=message, duration_s=duration_s)
             notify.publish(s, "transfer.failed", transfer_id=t.id,
                            authorization_id=t.authorization_id, state="dead_letter",
                            detail={"recipient": t.recipient, "step": state,
@@ -307,7 +325,8 @@ def _failed_step(svc: Services, transfer_id: str, state: str, exc: Exception, *,
             return "dead_letter"
         else:
             delay = None
-            _finish(s, t, "failed", f"{state}: {message}", actor, None)
+            _finish(s, t, "failed", f"{state}: {message}", actor, None, step=state,
+                    duration_s=duration_s)
     if delay is not None:
         enqueue(transfer_id, state, countdown=delay)
         return state

@@ -83,6 +83,17 @@ class Database:
                     conn.exec_driver_sql("PRAGMA foreign_keys=ON")
                     conn.commit()
 
+    def revisions(self) -> tuple[str | None, str | None]:
+        """The schema's migration now and the newest there is (equal when up to date)."""
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+        return current, ScriptDirectory.from_config(cfg).get_current_head()
+
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session that commits on success and rolls back on error."""
