@@ -1,5 +1,7 @@
-"""The sandbox's child process (`python -m connectors.fax.child`, started by sandbox.py
-under rlimits): one JSON request on stdin, one JSON answer on stdout."""
+"""The sandbox's child process (`python -m connectors.fax.child`, started by sandbox.py):
+one JSON request on stdin, one JSON answer on stdout. It puts itself under the request's
+rlimits before it opens the file (not the parent, in a `preexec_fn`: that is unsafe in
+a worker that runs threads)."""
 from __future__ import annotations
 
 import json
@@ -22,8 +24,21 @@ def _own_peak_mb() -> float:
     return 0.0
 
 
+def _limit(limits: dict, mapped_bytes: int) -> None:
+    import resource
+
+    mem = limits["memory_mb"] * 1024 * 1024 + mapped_bytes
+    resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+    cpu = limits["cpu_seconds"]
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
+    out = limits["output_mb"] * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_FSIZE, (out, out))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
 def _child_main() -> None:
     request = json.loads(sys.stdin.buffer.read())
+    _limit(request["limits"], int(request.get("mapped_bytes", 0)))
     try:
         if request["op"] == "analyze":
             result = pages.analyze_file(request)

@@ -152,28 +152,19 @@ def _run_child(request: dict, path: Path, limits: Limits) -> dict:
     if size > limits.max_file_mb * 1024 * 1024:
         raise FileRejected("too-large", f"{size} bytes is over the {limits.max_file_mb} MB limit")
     request["limits"] = asdict(limits)
+    request["mapped_bytes"] = size  # the file is mapped once to scan it: room for it too
     request["type"] = sniff(path)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": _PACKAGE_ROOT,
            "LANG": "C.UTF-8", "OMP_THREAD_LIMIT": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     if "TESSDATA_PREFIX" in os.environ:
         env["TESSDATA_PREFIX"] = os.environ["TESSDATA_PREFIX"]
 
-    def set_limits():
-        import resource
-
-        mem = limits.memory_mb * 1024 * 1024 + size  # + the file, mapped once to scan it
-        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))
-        out = limits.output_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_FSIZE, (out, out))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
     workdir = Path(request["out"])
     answer_path, error_path = workdir / ".sandbox-answer", workdir / ".sandbox-errors"
     with open(answer_path, "w+b") as answer_file, open(error_path, "w+b") as error_file:
         proc = subprocess.Popen([sys.executable, "-m", "connectors.fax.child"], stdin=subprocess.PIPE,
                                 stdout=answer_file, stderr=error_file, env=env, cwd=workdir,
-                                preexec_fn=set_limits, start_new_session=True)
+                                start_new_session=True)
         timed_out = threading.Event()
 
         def on_wall_clock():
