@@ -311,6 +311,67 @@ class Cluster:
 
         return wait_until(done, timeout, 0.5, f"{len(want)} transfer(s) to reach {sorted(states)}")
 
+    def running_tasks(self) -> set[str]:
+        """Ids of the tasks the living sending workers took and have not finished (read
+        from their logs: a step that lost its lease may still be running)."""
+        import re
+
+        started, ended = set(), set()
+        for proc in [*self.workers, self.beat]:
+            if not proc.alive or not proc.log_path.exists():
+                continue
+            text = proc.log_path.read_text(errors="replace")
+            started |= set(re.findall(r"Task [\w.]+\[([\w-]+)\] received", text))
+            ended |= set(re.findall(r"Task [\w.]+\[([\w-]+)\] (?:succeeded|raised|retry)", text))
+        return started - ended
+
+    def wait_idle(self, timeout: float = 60) -> None:
+        """Wait until no sending worker runs a task (counts are final only then)."""
+        wait_until(lambda: not self.running_tasks(), timeout, 0.2, "the workers to be idle")
+
+    def bundle_states(self, tid: str) -> list[str]:
+        from sqlalchemy import select
+
+        from gateway.storage.models import TransferBundle
+
+        with self.app.extensions["gateway"].db.session() as s:
+            return list(s.scalars(select(TransferBundle.state).filter_by(transfer_id=tid)
+                                  .order_by(TransferBundle.part)))
+
+    def holder(self, tid: str) -> "Proc | None":
+        """The process whose worker holds the transfer's lease (from the owner's PID)."""
+        from gateway.storage.models import Transfer
+
+        with self.app.extensions["gateway"].db.session() as s:
+            owner = s.get(Transfer, tid).lease_owner
+        pid = (owner or "::").split(":")[1]
+        return next((p for p in [*self.workers, self.beat] if p.alive and str(p.pid) == pid), None)
+
+    def replay(self, tid: str) -> dict:
+        r = self.client.post(f"/transfers/{tid}/replay", headers=self.operator)
+        assert r.status_code == 200, r.get_json()
+        return r.get_json()
+
+    def unacked(self, tid: str) -> list[str]:
+        """Redis broker: the step messages of a transfer delivered to a worker and not
+        acknowledged (Celery acks late: these are delivered again)."""
+        import redis
+
+        conn = redis.Redis.from_url(self.sender_config["redis_url"])
+        out = []
+        for raw in conn.hgetall("unacked").values():
+            message, _exchange, routing_key = json.loads(raw)
+            if routing_key != self.sender_config["queue"]:
+                continue
+            body = message["body"]
+            if message.get("properties", {}).get("body_encoding") == "base64":
+                body = base64.b64decode(body).decode()
+            args = json.loads(body)[0]
+            if args and args[0] == tid:
+                out.append(args[1])
+        conn.close()
+        return out
+
     def events(self, type_: str, transfer_id: str | None = None) -> list:
         from sqlalchemy import select
 

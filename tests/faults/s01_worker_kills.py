@@ -1,0 +1,47 @@
+"""Scenario 1: 100 transfers in flight on 2 worker processes (Redis broker, PostgreSQL);
+a random worker is killed (SIGKILL) at a random moment five times and restarted. Every
+transfer completes, none is lost, none is delivered twice (counted at the recipient)."""
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+from tests.helpers import REDIS_URL, throwaway_database
+
+from .harness import TERMINAL, Cluster, wait_until
+from .result import ScenarioResult, scenario
+
+TRANSFERS, KILLS = 100, 5
+
+
+@scenario(1, "worker killed (SIGKILL) five times with 100 transfers in flight")
+def run(workdir: Path, transfers: int = TRANSFERS, kills: int = KILLS) -> ScenarioResult:
+    rng = random.Random()
+    recoveries = []
+    with throwaway_database("gw_faults") as db_url, \
+            Cluster(workdir, workers=2, broker=REDIS_URL, database_url=db_url) as c:
+        auth = c.authorize()
+        for _ in range(transfers):
+            c.transfer(auth, documents=rng.choice((1, 2)))
+        for _ in range(kills):
+            time.sleep(rng.uniform(0.5, 3.0))  # a random point of whatever is running
+            done = c.states()["completed"]
+            if done == transfers:
+                break
+            victim = rng.choice(c.workers)
+            at = c.kill(victim)
+            c.restart(victim)
+            wait_until(lambda: c.states()["completed"] > done, 180, 0.2,
+                       "a transfer to complete after the kill")
+            recoveries.append(time.monotonic() - at)
+        states = c.wait_states(TERMINAL, 600)
+        tally = c.tally()
+    notes = f"{len(recoveries)} kill(s); states {dict(states)}"
+    if tally.problems:
+        notes += "; " + "; ".join(tally.problems[:5])
+    return ScenarioResult(1, "worker kills at load", transfers, tally.completed, tally.lost,
+                          tally.duplicated, round(max(recoveries, default=0.0), 2),
+                          tally.completed == transfers and not tally.lost and not tally.duplicated
+                          and len(recoveries) == kills and states["completed"] == transfers,
+                          notes)
