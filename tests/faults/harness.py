@@ -258,13 +258,26 @@ class Cluster:
         self.stop()
 
     # ---- work --------------------------------------------------------------------
-    def authorize(self, **claims) -> str:
+    def add_pacs(self, orthanc, scp_port: int, calling_aet: str = "GATEWAY") -> str:
+        """A DICOM source "pacs" (an Orthanc of tests/dicom/dicom_peers.py that knows
+        `calling_aet` at `scp_port`); the workers start with it. Returns its endpoint."""
+        endpoint = f"dicom://{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}"
+        self.sender_config["sources"]["pacs"] = {
+            "kind": "dicom", "organization": SENDER_ORG, "data_class": "imaging",
+            "endpoint": endpoint,
+            "options": {"host": "127.0.0.1", "port": orthanc.dicom_port,
+                        "ae_title": orthanc.aet, "calling_aet": calling_aet,
+                        "scp_port": scp_port, "scp_host": "127.0.0.1", "retrieve": "move"}}
+        return endpoint
+
+    def authorize(self, endpoints: list[dict] | None = None, **claims) -> str:
+        """Import a signed authorization for the PDF folder (or `endpoints`) to the receiver."""
         from gateway.trust.authorizations import example_claims, sign_authorization
 
+        endpoints = endpoints or [{"type": "pdf-folder", "address": str(self.drop)}]
         c = example_claims(
             ISSUER, f"auth-{uuid.uuid4().hex[:12]}",
-            disclosers=[{"id": SENDER_ORG, "name": "Test Hospital",
-                         "endpoints": [{"type": "pdf-folder", "address": str(self.drop)}]}],
+            disclosers=[{"id": SENDER_ORG, "name": "Test Hospital", "endpoints": endpoints}],
             recipient={"id": RECEIVER_ORG, "name": "Test Center",
                        "endpoint": {"type": "gateway", "address": self.receiver_url}}, **claims)
         r = self.client.post("/authorizations", json={"jws": sign_authorization(c, self.issuer_key)},
@@ -272,14 +285,16 @@ class Cluster:
         assert r.status_code == 201, r.get_json()
         return r.get_json()["id"]
 
-    def transfer(self, auth_id: str, documents: int = 1) -> str:
-        """Start a transfer from the PDF folder and drop its documents (small PDFs)."""
-        r = self.client.post("/transfers", json={"authorization": auth_id, "sources": ["records"],
+    def transfer(self, auth_id: str, documents: int = 1, source: str = "records") -> str:
+        """Start a transfer; from the PDF folder, drop its documents (small PDFs)."""
+        r = self.client.post("/transfers", json={"authorization": auth_id, "sources": [source],
                                                  "recipient": "center"}, headers=self.operator)
         assert r.status_code == 202, r.get_json()
         tid = r.get_json()["id"]
-        self.expected[tid] = set(write_pdfs(self.drop / tid, count=documents,
-                                            patient=_patient(tid)))
+        self.expected[tid] = set()
+        if source == "records":
+            self.expected[tid] = set(write_pdfs(self.drop / tid, count=documents,
+                                                patient=_patient(tid)))
         return tid
 
     def view(self, tid: str) -> dict:
@@ -294,6 +309,36 @@ class Cluster:
         with self.app.extensions["gateway"].db.session() as s:
             rows = s.execute(select(Transfer.id, Transfer.state)).all()
         return Counter(state for tid, state in rows if tid in self.expected)
+
+    def snapshot(self) -> dict[str, tuple[str, str | None]]:
+        """Each transfer's state and lease owner, in one query."""
+        from sqlalchemy import select
+
+        from gateway.storage.models import Transfer
+
+        with self.app.extensions["gateway"].db.session() as s:
+            rows = s.execute(select(Transfer.id, Transfer.state, Transfer.lease_owner)).all()
+        return {tid: (state, owner) for tid, state, owner in rows if tid in self.expected}
+
+    def held_by(self, proc: Proc) -> dict[str, str]:
+        """The transfers whose step `proc` holds (lease owner names its PID), by state."""
+        return {tid: state for tid, (state, owner) in self.snapshot().items()
+                if owner and owner.split(":")[1:2] == [str(proc.pid)] and state not in TERMINAL}
+
+    def wait_moved(self, held: dict[str, str], timeout: float = 180) -> None:
+        """Wait until every transfer of `held` has left the state it had (its step was
+        taken over and finished); with none held, until any transfer moves."""
+        before = {tid: state for tid, (state, _) in self.snapshot().items()}
+        watch = held or before
+
+        def moved():
+            now = {tid: state for tid, (state, _) in self.snapshot().items()}
+            changed = [tid for tid, state in watch.items() if now.get(tid) != state]
+            if held:
+                return len(changed) == len(held)
+            return changed or all(state in TERMINAL for state in now.values())
+
+        wait_until(moved, timeout, 0.1, f"{len(held) or 'any'} transfer(s) to move on")
 
     def wait_states(self, states: set[str], timeout: float = 300, tids=None) -> Counter:
         """Wait until every transfer (or those of `tids`) is in one of `states`."""

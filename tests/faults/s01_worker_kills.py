@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.helpers import REDIS_URL, throwaway_database
 
-from .harness import TERMINAL, Cluster, wait_until
+from .harness import TERMINAL, Cluster
 from .result import ScenarioResult, scenario
 
 TRANSFERS, KILLS = 100, 5
@@ -18,7 +18,7 @@ TRANSFERS, KILLS = 100, 5
 @scenario(1, "worker killed (SIGKILL) five times with 100 transfers in flight")
 def run(workdir: Path, transfers: int = TRANSFERS, kills: int = KILLS) -> ScenarioResult:
     rng = random.Random()
-    recoveries = []
+    recoveries, hit = [], []  # per kill: seconds until work moved again, steps it held
     with throwaway_database("gw_faults") as db_url, \
             Cluster(workdir, workers=2, broker=REDIS_URL, database_url=db_url) as c:
         auth = c.authorize()
@@ -26,18 +26,18 @@ def run(workdir: Path, transfers: int = TRANSFERS, kills: int = KILLS) -> Scenar
             c.transfer(auth, documents=rng.choice((1, 2)))
         for _ in range(kills):
             time.sleep(rng.uniform(0.5, 3.0))  # a random point of whatever is running
-            done = c.states()["completed"]
-            if done == transfers:
+            if c.states()["completed"] == transfers:
                 break
             victim = rng.choice(c.workers)
+            held = c.held_by(victim)
             at = c.kill(victim)
             c.restart(victim)
-            wait_until(lambda: c.states()["completed"] > done, 180, 0.2,
-                       "a transfer to complete after the kill")
+            c.wait_moved(held)  # the steps it held were taken over and finished
             recoveries.append(time.monotonic() - at)
+            hit.append(len(held))
         states = c.wait_states(TERMINAL, 600)
         tally = c.tally()
-    notes = f"{len(recoveries)} kill(s); states {dict(states)}"
+    notes = f"{len(recoveries)} kill(s), steps held by the killed worker {hit}; states {dict(states)}"
     if tally.problems:
         notes += "; " + "; ".join(tally.problems[:5])
     return ScenarioResult(1, "worker kills at load", transfers, tally.completed, tally.lost,
