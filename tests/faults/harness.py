@@ -475,6 +475,15 @@ class Cluster:
             instances_unbound=sum(1 for i in instances if not i.bundle_id),
             processing=sum(1 for b in bundles if b.state != "accepted"))
 
+    def receiver_blobs(self):
+        """The receiver's blob store (to count or sweep what it left on disk)."""
+        from gateway.config import Settings
+        from gateway.storage.blobstore import BlobStore, load_master_key
+
+        settings = Settings(**self.receiver_config)
+        secret = settings.blob_key.get_secret_value() if settings.blob_key else None
+        return BlobStore(settings.blobs_dir, load_master_key(secret, settings.blob_key_path))
+
     def tally(self) -> Tally:
         return self.recipient().tally(self.expected)
 

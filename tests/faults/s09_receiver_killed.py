@@ -61,12 +61,18 @@ def run(workdir: Path) -> ScenarioResult:
             states = {tid: c.view(tid)["state"] for tid in (upload, bundle, stow)}
             held = c.recipient()
             tally = held.tally(c.expected)
+            # what the kills left half-written, then the hourly sweep's pass over it
+            blobs = c.receiver_blobs()
+            partial = len(list(blobs.root.glob("*/*.part")))
+            blobs.remove_abandoned(0)
+            partial_after = len(list(blobs.root.glob("*/*.part")))
     instances_ok = (sorted(held.instances) == sorted(study.sop_uids)
                     and set(held.instances.values()) == {1} and held.instances_unbound == 0)
     notes = (f"stalled {stalled}; states {sorted(states.values())}; uploads bound "
              f"{sum(held.uploads_bound.values())}, unbound {held.uploads_unbound}; instances "
              f"{sum(held.instances.values())} of {INSTANCES}, unbound {held.instances_unbound}; "
-             f"bundles left processing {held.processing}")
+             f"bundles left processing {held.processing}; half-written blobs {partial}, "
+             f"after the sweep {partial_after}")
     if tally.problems:
         notes += "; " + "; ".join(tally.problems[:5])
     # the study's transfer counts as complete only with every instance held once
@@ -80,7 +86,7 @@ def run(workdir: Path) -> ScenarioResult:
                           completed == 3 and not lost and not duplicated
                           and held.uploads_unbound == 0 and instances_ok
                           and all(n == 1 for n in held.uploads_bound.values())
-                          and "POST /dicomweb/studies" in stalled, notes)
+                          and "POST /dicomweb/studies" in stalled and partial_after == 0, notes)
 
 
 def _failed(tally) -> set[str]:
