@@ -30,7 +30,7 @@ from tests.delivery.faultproxy import FaultProxy
 from tests.helpers import (ISSUER, RECEIVER_ORG, SENDER_ORG, GatewayProcess, bearer, free_port,
                            make_token, record_binaries, wait_until, write_pdfs)
 
-__all__ = ["Cluster", "Proc", "Recipient", "Tally", "wait_until", "TERMINAL"]
+__all__ = ["Cluster", "Proc", "Recipient", "Tally", "wait_until", "TERMINAL", "private_redis_db"]
 
 TERMINAL = {"completed", "failed", "cancelled", "dead_letter"}
 
@@ -370,6 +370,17 @@ class Cluster:
             ended |= set(re.findall(r"Task [\w.]+\[([\w-]+)\] (?:succeeded|raised|retry)", text))
         return started - ended
 
+    def redelivered(self) -> list[str]:
+        """Ids of the tasks the broker handed to the sending workers more than once."""
+        import re
+
+        seen = Counter()
+        for proc in [*self.workers, self.beat]:
+            if proc is not None and proc.log_path.exists():
+                seen.update(re.findall(r"Task [\w.]+\[([\w-]+)\] received",
+                                       proc.log_path.read_text(errors="replace")))
+        return [task for task, n in seen.items() if n > 1]
+
     def wait_idle(self, timeout: float = 60) -> None:
         """Wait until no sending worker runs a task (counts are final only then)."""
         wait_until(lambda: not self.running_tasks(), timeout, 0.2, "the workers to be idle")
@@ -486,6 +497,15 @@ class Cluster:
 
     def tally(self) -> Tally:
         return self.recipient().tally(self.expected)
+
+
+def private_redis_db(url: str) -> str:
+    """`url` on a Redis database of its own (8-15). Kombu restores every message of its
+    database unacknowledged past *its* visibility timeout, whatever the queue: a short
+    timeout on a shared database would redeliver other gateways' running steps."""
+    import random
+
+    return f"{url.rstrip('/')}/{random.randint(8, 15)}"
 
 
 def _patient(tid: str) -> dict:
