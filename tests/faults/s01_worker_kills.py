@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from pathlib import Path
 
 from tests.helpers import REDIS_URL, throwaway_database
@@ -37,11 +38,15 @@ def run(workdir: Path, transfers: int = TRANSFERS, kills: int = KILLS) -> Scenar
             hit.append(len(held))
         states = c.wait_states(TERMINAL, 600)
         tally = c.tally()
-    notes = f"{len(recoveries)} kill(s), steps held by the killed worker {hit}; states {dict(states)}"
+        sent = Counter(e.transfer_id for e in c.events("transfer.delivery.sent"))
+    twice = sorted(tid for tid, n in sent.items() if n > 1)
+    notes = (f"{len(recoveries)} kill(s), steps held by the killed worker {hit}; states "
+             f"{dict(states)}; transfers the sender logged as sent twice {len(twice)}")
     if tally.problems:
         notes += "; " + "; ".join(tally.problems[:5])
     return ScenarioResult(1, "worker kills at load", transfers, tally.completed, tally.lost,
                           tally.duplicated, round(max(recoveries, default=0.0), 2),
                           tally.completed == transfers and not tally.lost and not tally.duplicated
-                          and len(recoveries) == kills and states["completed"] == transfers,
+                          and len(recoveries) == kills and states["completed"] == transfers
+                          and not twice and len(sent) == transfers,
                           notes)
