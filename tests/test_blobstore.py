@@ -126,3 +126,23 @@ def test_blobs_in_sixteen_folders_and_no_partial_files_left(store):
     assert sorted(p.name for p in files) == sorted(keys)
     assert all(p.parent.name == p.name[0] and p.parent.parent == store.root for p in files)
     assert len({p.parent for p in files}) <= 16
+
+
+def test_half_written_blobs_of_a_killed_writer_are_removed(store):
+    """A process killed while writing leaves `<key>.part`; the sweep removes it once it has
+    been untouched long enough, and never a live writer's file or a finished blob."""
+    kept = store.put_bytes(b"finished").key
+    dead = store.writer()
+    dead.write(b"x" * (CHUNK + 10))  # one chunk sealed, then the process died
+    dead._fh.flush()
+    old = os.path.getmtime(dead._tmp) - 7200
+    os.utime(dead._tmp, (old, old))
+    live = store.writer()
+    live.write(b"still coming")
+    assert store.remove_abandoned(3600) == 1
+    assert not os.path.exists(dead._tmp) and os.path.exists(live._tmp)
+    assert store.read_bytes(kept) == b"finished"
+    live_key = live.close().key
+    assert store.read_bytes(live_key) == b"still coming"
+    assert store.remove_abandoned(0) == 0
+    assert sorted(p.name for p in store.root.rglob("*") if p.is_file()) == sorted([kept, live_key])

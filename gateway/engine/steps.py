@@ -27,7 +27,7 @@ from gateway.trust import receipts
 from mappings import Mapped, MappingContext, MappingFailed, PartlyInvalid, map_record
 
 from . import dicom_sink, follow_ups, policy, sources
-from .lease import Lease
+from .lease import Lease, Superseded
 
 log = logging.getLogger(__name__)
 
@@ -331,6 +331,10 @@ def delivering(svc: Services, transfer_id: str, owner: str) -> str:
         attachments.send(svc, t, part, lease.renew_if_due)  # large documents go first
         answer = delivery.deliver(svc, t, part)
         with svc.db.session() as s:
+            if s.get(Transfer, transfer_id).lease_owner != owner:
+                # the answer outlived our lease and another run took the step over: it
+                # records the delivery (the recipient answers a repeat the same), not us
+                raise Superseded()
             row = s.get(TransferBundle, part.id)
             row.answer, row.state, row.delivered_at = answer, "delivered", utcnow()
             if part.part == 1:

@@ -45,9 +45,16 @@ def configure_celery(settings: Settings) -> Celery:
         task_default_queue=settings.queue,
     )
     if settings.redis_url:
+        visibility = settings.broker_visibility_timeout_s
+        # kombu looks for messages past it every interval * throttle seconds (10 * 10 by
+        # default): a quarter of the timeout, within 1 to 100 s, so a short one holds
+        interval = min(10.0, max(1.0, visibility / 4))
         conf.update(broker_url=settings.redis_url,
                     # a message not acked within this time is delivered again
-                    broker_transport_options={"visibility_timeout": 3600})
+                    broker_transport_options={
+                        "visibility_timeout": visibility,
+                        "unacked_restore_interval": interval,
+                        "unacked_restore_throttle": max(1, round(min(100.0, visibility / 4) / interval))})
     else:
         folder = settings.broker_dir
         for sub in ("queue", "processed", "control"):

@@ -169,6 +169,23 @@ class BlobStore:
     def exists(self, key: str) -> bool:
         return self.path(key).exists()
 
+    def remove_abandoned(self, older_than_s: float) -> int:
+        """Delete `.part` files untouched for `older_than_s`: blobs whose writer died (a
+        process killed mid-upload) and that no row can name. A live writer touches its
+        file with every chunk. Returns how many."""
+        import time
+
+        cutoff, removed = time.time() - older_than_s, 0
+        for folder in self.root.iterdir() if self.root.is_dir() else ():
+            for part in folder.glob("*.part") if folder.is_dir() else ():
+                try:
+                    if part.stat().st_mtime <= cutoff:
+                        part.unlink()
+                        removed += 1
+                except FileNotFoundError:  # finished or removed meanwhile
+                    pass
+        return removed
+
 
 class BlobWriter:
     """Stream plaintext in with write(); `info` is set once the context exits cleanly."""
