@@ -354,6 +354,9 @@ class Settings(BaseSettings):
     database_url: str | None = None  # default: SQLite file in data_dir
     redis_url: str | None = None  # Celery broker; None = embedded broker in data_dir
     queue: str = "records-gateway"  # Celery queue: gateways sharing a Redis each need their own
+    # Redis broker: a message not acked within this many seconds is delivered again (a step
+    # that outlives it runs twice at once; leases and idempotency keys make that harmless)
+    broker_visibility_timeout_s: float = Field(3600.0, gt=0)
     organization: str = "gateway.local"  # our identity in authorizations and receipts
     # our public URL: in receipts and checkpoints, and where sources send FHIR Subscription
     # notifications (it must reach this gateway from the source)

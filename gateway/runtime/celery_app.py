@@ -47,7 +47,8 @@ def configure_celery(settings: Settings) -> Celery:
     if settings.redis_url:
         conf.update(broker_url=settings.redis_url,
                     # a message not acked within this time is delivered again
-                    broker_transport_options={"visibility_timeout": 3600})
+                    broker_transport_options={
+                        "visibility_timeout": settings.broker_visibility_timeout_s})
     else:
         folder = settings.broker_dir
         for sub in ("queue", "processed", "control"):
