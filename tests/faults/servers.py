@@ -213,14 +213,13 @@ class SizeLimitedFolder:
     def fill(self, leave_bytes: int = 0) -> Path:
         """Take the free space, leaving about `leave_bytes`; returns the filler file."""
         filler = self.path / ".filler"
-        chunk = b"\0" * 65536
-        with open(filler, "ab") as f:
-            while self.free_bytes() > leave_bytes + len(chunk):
-                try:
-                    f.write(chunk)
-                    f.flush()
-                except OSError:
-                    break
+        with open(filler, "ab", buffering=0) as f:
+            for size in (65536, 4096, 512, 1):  # the last bytes too: full means full
+                while self.free_bytes() >= leave_bytes + size:
+                    try:
+                        f.write(b"\0" * size)
+                    except OSError:
+                        break
         return filler
 
     def make_room(self) -> None:
