@@ -11,7 +11,7 @@ import pytest
 from tests.faults.result import SCENARIOS
 
 MODULES = {4: "s04_redis_restart", 5: "s05_postgres_restart", 8: "s08_disk_full",
-           10: "s10_clock_skew"}
+           10: "s10_clock_skew", 11: "s11_slow_peers", 12: "s12_bad_input_under_load"}
 
 
 @pytest.mark.parametrize("number", [pytest.param(n, id=f"scenario-{n}") for n in MODULES])
