@@ -10,7 +10,8 @@ import pytest
 
 from tests.faults.result import SCENARIOS
 
-MODULES = {4: "s04_redis_restart", 5: "s05_postgres_restart", 8: "s08_disk_full",
+MODULES = {4: "s04_redis_restart", 5: "s05_postgres_restart", 7: "s07_source_faults",
+           8: "s08_disk_full",
            10: "s10_clock_skew", 11: "s11_slow_peers", 12: "s12_bad_input_under_load"}
 
 
