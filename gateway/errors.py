@@ -6,6 +6,8 @@ each into a FHIR OperationOutcome with `http_status`; the CLI into one line.
 """
 from __future__ import annotations
 
+import errno
+
 
 class GatewayError(Exception):
     """Root of every error the gateway raises on purpose."""
@@ -173,6 +175,23 @@ class NotificationRejected(GatewayError):
 
     code = "processing"
     http_status = 502
+
+
+class StorageFull(GatewayError):
+    """A folder of this gateway (blob store, work folder) has no space left. Transient:
+    the step is retried, and the transfer goes on by itself once there is room."""
+
+    transient = True
+    http_status = 507
+    code = "exception"
+
+
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})  # a full disk, or a quota reached
+
+
+def no_space(exc: BaseException) -> bool:
+    """Whether an OSError says the disk (or the user's quota) is full."""
+    return isinstance(exc, OSError) and exc.errno in NO_SPACE
 
 
 class ColumnCorrupted(GatewayError):

@@ -155,6 +155,23 @@ def test_consent_must_cover_the_delivery(receiver, peer, sender_keys, the_consen
         assert text in claims["outcome"]["issue"][0]["diagnostics"]
 
 
+@pytest.mark.parametrize("ahead_s,accepted", [(0, True), (290, True), (330, False), (3600, False)])
+def test_a_consent_from_a_clock_ahead_of_ours_within_the_tolerance(receiver, peer, sender_keys,
+                                                                    ahead_s, accepted):
+    """Issue 15, clock skew: a Consent stamped by a clock up to five minutes ahead of the
+    receiver's is accepted; further ahead it is refused with a message naming the cause."""
+    from datetime import datetime, timedelta, timezone
+
+    ahead = consent(now=datetime.now(timezone.utc) + timedelta(seconds=ahead_s))
+    r = post(receiver.test_client(), peer, bundle(the_consent=ahead), sender_keys)
+    if accepted:
+        assert r.status_code == 200, r.get_json()
+    else:
+        assert r.status_code == 403
+        text = r.get_json()["issue"][0]["diagnostics"]
+        assert "tolerance of 300 s" in text and "clocks" in text
+
+
 def test_consent_must_cover_the_data_classes(receiver, peer, sender_keys):
     data = json.loads(bundle(the_consent=consent(data_classes=("labs",))))
     data["entry"].append({"fullUrl": "urn:uuid:6e0b7c1e-3f38-4a8f-9d7e-000000000009", "resource": {

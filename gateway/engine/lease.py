@@ -10,8 +10,10 @@ database need distinct host names, as containers and machines have by default.)
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
 import time
 import uuid
 from datetime import timedelta
@@ -96,3 +98,29 @@ class Lease:
         course stops the next bundle, not only the next step."""
         renew_lease(self.svc, self.transfer_id, self.owner)
         self.last = time.monotonic()
+
+    @contextlib.contextmanager
+    def held_while_blocked(self):
+        """Renew the claim from a thread while one blocking call runs (a recipient slow
+        to take a bundle, or slow to answer): a lease marks a dead worker, not a slow
+        peer. A lost lease or a revoked authorization is raised once the call returns."""
+        stop, lost = threading.Event(), []
+
+        def beat() -> None:
+            while not stop.wait(RENEW_EVERY_S):
+                try:
+                    renew_lease(self.svc, self.transfer_id, self.owner)
+                except BaseException as exc:  # noqa: BLE001 - handed to the step below
+                    lost.append(exc)
+                    return
+
+        thread = threading.Thread(target=beat, daemon=True, name="lease-heartbeat")
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            self.last = time.monotonic()
+        if lost:
+            raise lost[0]

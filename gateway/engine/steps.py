@@ -329,7 +329,8 @@ def delivering(svc: Services, transfer_id: str, owner: str) -> str:
                          authorization_id=t.authorization_id, recipient=t.recipient,
                          bundle_id=part.bundle_id, part=part.part, attempt=t.attempts + 1)
         attachments.send(svc, t, part, lease.renew_if_due)  # large documents go first
-        answer = delivery.deliver(svc, t, part)
+        with lease.held_while_blocked():  # the answer may take longer than a lease
+            answer = delivery.deliver(svc, t, part)
         with svc.db.session() as s:
             if s.get(Transfer, transfer_id).lease_owner != owner:
                 # the answer outlived our lease and another run took the step over: it

@@ -24,7 +24,15 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway import audit, notify
-from gateway.errors import AuthorizationDenied, Conflict, GatewayError, InvalidInput, NotFound
+from gateway.errors import (
+    AuthorizationDenied,
+    Conflict,
+    GatewayError,
+    InvalidInput,
+    NotFound,
+    StorageFull,
+    no_space,
+)
 from gateway.runtime.celery_app import celery
 from gateway.runtime.logs import log_context
 from gateway.runtime.services import Services, services
@@ -254,6 +262,11 @@ def _run_step(svc: Services, transfer_id: str, state: str) -> str | None:
         return _failed_step(svc, transfer_id, state, exc, transient=exc.transient, actor=actor,
                             duration_s=_since(started))
     except Exception as exc:  # a bug or an unforeseen fault: retried, and logged with its type
+        if no_space(exc):  # a full work folder: retried like a full blob store, said plainly
+            full = StorageFull("no space left on the disk of this gateway's data folder "
+                               "(work folder or blob store): free space there; transfers "
+                               "resume by themselves")
+            return _failed_step(svc, transfer_id, state, full, transient=True, actor=actor)
         log.exception("step %s of transfer %s raised %s", state, transfer_id, type(exc).__name__)
         return _failed_step(svc, transfer_id, state, exc, transient=True, actor=actor,
                             duration_s=_since(started))

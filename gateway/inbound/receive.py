@@ -35,6 +35,7 @@ from connectors.data_classes import covers
 from gateway import audit
 from gateway.errors import Conflict, Forbidden, InvalidInput
 from gateway.exchange import jsontext
+from gateway.exchange.clock import CLOCK_SKEW, started
 from gateway.exchange.ids import GROUP_SYSTEM, PART_EXT, entry_hash
 from gateway.exchange.manifest import MANIFEST_TYPE, dicom_instances
 from gateway.runtime.services import Services
@@ -151,8 +152,15 @@ def check_consent(data: dict, sender_org: str, centers: set[str], now: datetime)
     if prov.get("type") != "permit":
         raise ConsentNotCovering("the Consent does not permit disclosure")
     start, end = _when((prov.get("period") or {}).get("start")), _when((prov.get("period") or {}).get("end"))
-    if start is None or end is None or not start <= now <= end:
-        raise ConsentNotCovering("the Consent's period does not cover today")
+    if start is None or end is None:
+        raise ConsentNotCovering("the Consent's period has no start or no end")
+    if not started(start, now):  # the sender's or the issuer's clock may be a little ahead
+        raise ConsentNotCovering(
+            f"the Consent's period starts at {start.isoformat()}, after this gateway's clock "
+            f"({now.replace(microsecond=0).isoformat()}) plus its tolerance of "
+            f"{CLOCK_SKEW.total_seconds():.0f} s: check both gateways' clocks")
+    if now > end:
+        raise ConsentNotCovering(f"the Consent's period ended at {end.isoformat()}")
     actors: dict[str, set[str]] = {DISCLOSER_ROLE: set(), RECIPIENT_ROLE: set()}
     for actor in prov.get("actor") or []:
         codes = {c.get("code") for c in (actor.get("role") or {}).get("coding") or []

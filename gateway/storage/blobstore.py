@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from gateway.errors import BlobCorrupted, ConfigError, NotFound
+from gateway.errors import BlobCorrupted, ConfigError, NotFound, StorageFull, no_space
 
 MAGIC = b"RGB2"  # v2: the blob key is bound into every chunk
 SALT_LEN = 16
@@ -187,6 +187,14 @@ class BlobStore:
         return removed
 
 
+def _full(exc: OSError) -> Exception:
+    """A full disk becomes StorageFull (retried); any other OSError stays as it is."""
+    if no_space(exc):
+        return StorageFull("the blob store has no space left: free space in its folder "
+                           "(data_dir/blobs); transfers resume by themselves")
+    return exc
+
+
 class BlobWriter:
     """Stream plaintext in with write(); `info` is set once the context exits cleanly."""
 
@@ -217,7 +225,10 @@ class BlobWriter:
         self._buf += data
         while len(self._buf) > CHUNK:  # keep one chunk back: the last must be flagged
             with memoryview(self._buf) as view:
-                self._seal(view[:CHUNK], last=False)
+                try:
+                    self._seal(view[:CHUNK], last=False)
+                except OSError as exc:  # the caller's `with` aborts: the .part goes
+                    raise _full(exc) from None
             del self._buf[:CHUNK]
 
     def _seal(self, plain, last: bool) -> None:
@@ -227,18 +238,25 @@ class BlobWriter:
         self._index += 1
 
     def close(self) -> BlobInfo:
-        with memoryview(self._buf) as view:
-            self._seal(view, last=True)
-        self._buf.clear()
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
+        try:
+            with memoryview(self._buf) as view:
+                self._seal(view, last=True)
+            self._buf.clear()
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+        except OSError as exc:  # the blob never gets its final name: no half blob is read
+            self.abort()
+            raise _full(exc) from None
         os.replace(self._tmp, self._final)
         self.info = BlobInfo(self.key, self._sha.hexdigest(), self._size)
         return self.info
 
     def abort(self) -> None:
-        self._fh.close()
+        try:
+            self._fh.close()  # flushing what is buffered may fail on a full disk: closed anyway
+        except OSError:
+            pass
         try:
             os.unlink(self._tmp)
         except FileNotFoundError:

@@ -21,7 +21,7 @@ import re
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 from typing import Any
 
 from joserfc import jws as jose_jws
@@ -36,6 +36,7 @@ from gateway.errors import (
     AuthorizationRevoked,
     AuthorizationTooLarge,
 )
+from gateway.exchange.clock import CLOCK_SKEW, started
 from gateway.storage import models
 from gateway.trust.issuers import TrustStore
 from mappings.consent import ConsentInvalid, consent_mismatches, validate_consent
@@ -54,8 +55,6 @@ from .schema import (
     validate_claims,
 )
 
-# an issuer's clock may run a little ahead of ours: nbf is accepted this early
-CLOCK_SKEW = timedelta(seconds=60)
 _COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
@@ -183,9 +182,10 @@ def verify_authorization(jws: str | bytes, trust: TrustStore,
     claims = validate_claims(payload)
     current = _now(now)
     not_before, expires_at = _utc(claims.nbf), _utc(claims.exp)
-    if current + CLOCK_SKEW < not_before:
+    if not started(not_before, current):
         raise AuthorizationNotYetValid(
-            f"authorization {claims.jti} is not valid before {not_before.isoformat()}",
+            f"authorization {claims.jti} is not valid before {not_before.isoformat()}"
+            f" (clock tolerance {CLOCK_SKEW.total_seconds():.0f} s)",
             authorization_id=claims.jti)
     if current >= expires_at:
         raise AuthorizationExpired(f"authorization {claims.jti} expired at {expires_at.isoformat()}",
@@ -320,8 +320,9 @@ def check_active(row: models.Authorization, now: datetime | None = None) -> None
                                   authorization_id=row.id)
     current = _now(now)
     not_before, expires_at = _aware(row.not_before), _aware(row.expires_at)
-    if not_before is not None and current + CLOCK_SKEW < not_before:
-        raise AuthorizationNotYetValid(f"authorization {row.id} is not valid before {not_before.isoformat()}",
+    if not_before is not None and not started(not_before, current):
+        raise AuthorizationNotYetValid(f"authorization {row.id} is not valid before {not_before.isoformat()}"
+                                       f" (clock tolerance {CLOCK_SKEW.total_seconds():.0f} s)",
                                        authorization_id=row.id)
     if expires_at is None or current >= expires_at:
         raise AuthorizationExpired(
