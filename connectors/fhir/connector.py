@@ -59,6 +59,7 @@ from connectors.base import (
     RawRecord,
     RecordQuery,
     RejectedRecord,
+    SkippedRecord,
     SourceRejected,
     SourceUnavailable,
     hash_file,
@@ -416,7 +417,8 @@ class FhirRestConnector(Connector):
                 result: PageResult = split_page(
                     got.path, prefix, seen=seen, supporting=(),
                     base_url=self.base_url, chunk_resources=self.chunk_resources,
-                    chunk_bytes=self.chunk_bytes, want_attachments=self.want_attachments)
+                    chunk_bytes=self.chunk_bytes, want_attachments=self.want_attachments,
+                    patient_id=self._patient_id)
                 break
             except PageBroken as exc:
                 if attempt == 2:
@@ -435,6 +437,11 @@ class FhirRestConnector(Connector):
         fetched_at = _now()
         attachment_ids: dict[str, str] = {}
         refused: list[dict] = []
+        for rkey, reason in result.refused:  # another patient's: reported, never delivered
+            self.stats["refused"] += 1
+            origin = f"{self.base_url}/{rkey}"
+            if origin not in done_origins:
+                yield SkippedRecord(source=self.source, origin=printable(origin), reason=reason)
         for att in result.attachments:
             try:
                 absolute = self.http.resolve(att.url)

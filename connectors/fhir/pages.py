@@ -11,6 +11,7 @@ from pathlib import Path
 
 from connectors.base import SourceRejected
 
+from . import references
 from .bundles import BundleFormatError, BundleReader, next_link
 
 
@@ -54,10 +55,19 @@ class PageResult:
     duplicates: int = 0
     outcomes: int = 0
     skipped: int = 0  # entries without a usable resource
+    # ("Type/id", reason): entries about another patient, never taken (one patient per pull)
+    refused: list[tuple[str, str]] = field(default_factory=list)
 
 
 OWNER_KEYS = ("resourceType", "id", "category", "type", "code", "date", "effectiveDateTime",
               "effectivePeriod", "issued", "context")
+
+
+def _other_patient(rtype: str, rid: str, raw: bytes, base_url: str, patient_id: str) -> bool:
+    if rtype == "Patient":
+        return rid != patient_id
+    return any(r.startswith("Patient/") and r != f"Patient/{patient_id}"
+               for r in references.scan(raw, (base_url.rstrip("/"),)))
 
 
 def version_marker(resource: dict) -> str:
@@ -80,12 +90,15 @@ def newer(marker: str, than: str) -> bool:
 
 def split_page(page_file: Path, out_prefix: Path, *, seen: dict[str, str],
                supporting: tuple[str, ...], base_url: str, chunk_resources: int,
-               chunk_bytes: int, want_attachments: bool) -> PageResult:
+               chunk_bytes: int, want_attachments: bool,
+               patient_id: str | None = None) -> PageResult:
     """Read a downloaded searchset page and write its new resources as NDJSON chunks.
 
     `seen` maps "Type/id" to the version already pulled from other pages; an entry seen
     there in the same or an older version is dropped (paging across changes returns
     some resources twice). Each chunk line is one Bundle entry (fullUrl + resource).
+    With `patient_id`, an entry that is or names another patient is refused, as a read
+    by reference is: a server's page may hold other patients' records.
     """
     result = PageResult()
     reader = BundleReader(page_file)
@@ -114,6 +127,9 @@ def split_page(page_file: Path, out_prefix: Path, *, seen: dict[str, str],
                 result.duplicates += 1
                 continue
             result.keys[rkey] = marker
+            if patient_id is not None and _other_patient(rtype, rid, raw, base_url, patient_id):
+                result.refused.append((rkey, "refers to another patient: not taken"))
+                continue
             result.resources += 1
             if refs_re is not None:
                 for m in refs_re.finditer(raw):
