@@ -11,8 +11,9 @@ from celery import Celery
 
 from gateway.config import Settings
 
-celery = Celery("records_gateway", include=["gateway.engine.transfers", "gateway.engine.checkpoints",
-                                            "gateway.engine.subscriptions", "gateway.engine.unattended",
+celery = Celery("records_gateway", include=["gateway.engine.transfers", "gateway.engine.pulls",
+                                            "gateway.engine.checkpoints", "gateway.engine.subscriptions",
+                                            "gateway.engine.unattended",
                                             "gateway.inbound.tasks", "gateway.notify.tasks"])
 
 
