@@ -48,7 +48,7 @@ def pulling(svc: Services, transfer_id: str, owner: str) -> str:
     """Start a pull task for each source not finished (gateway/engine/pulls.py); they run
     side by side and the last to finish moves the transfer on. Run again (the reconciler,
     a fax arriving, an operator), it starts what is due and not running, or, every source
-    finished, moves on itself."""
+    finished (a pull's message lost after its commit), moves it on the same way."""
     due, unfinished, failed = pulls.survey(svc, transfer_id)
     if unfinished:
         for name in due:
@@ -56,7 +56,8 @@ def pulling(svc: Services, transfer_id: str, owner: str) -> str:
         return "pulling"  # stays: no step of its own until the sources are done
     if failed:
         raise SourcesFailed("; ".join(f"source {name}: {error}" for name, error in failed))
-    return "mapping"
+    pulls.finish_if_last(svc, transfer_id)  # the one way to mapping: a conditional update
+    return "pulling"
 
 
 def mapping(svc: Services, transfer_id: str, owner: str) -> str:
