@@ -238,6 +238,37 @@ class SenderConfig(TlsClient):
         return None
 
 
+class FolderStoreConfig(BaseModel):
+    """Blobs in a folder: data_dir/blobs, or `path` (a volume several hosts mount)."""
+
+    model_config = {"extra": "forbid"}
+    kind: Literal["folder"] = "folder"  # blobs as files in a folder
+    path: Path | None = None  # default: data_dir/blobs; a shared volume for several hosts
+
+
+class S3StoreConfig(BaseModel):
+    """Blobs in an S3-compatible object store; keys from files, never inline."""
+
+    model_config = {"extra": "forbid"}
+    kind: Literal["s3"]  # blobs as objects in an S3-compatible store
+    bucket: str = Field(min_length=3, max_length=63)  # the bucket (it must exist)
+    prefix: str = ""  # e.g. "gateway-a/": several gateways may share a bucket
+    endpoint_url: str | None = None  # None: AWS S3
+    region: str | None = None  # the store's region, where it asks for one
+    access_key_file: Path | None = None  # None: boto3's own chain (instance role, env)
+    secret_key_file: Path | None = None  # the secret key, in a file (with access_key_file)
+    ca_file: Path | None = None  # a private CA for the endpoint's certificate
+    part_size: int = Field(8 * 1024 * 1024, ge=5 * 1024 * 1024)  # multipart upload part
+    allow_http: bool = False  # plain HTTP to an endpoint other than loopback
+
+    @model_validator(mode="after")
+    def _checked(self) -> "S3StoreConfig":
+        _tls_required(self, "endpoint_url")
+        if (self.access_key_file is None) != (self.secret_key_file is None):
+            raise ValueError("access_key_file and secret_key_file go together")
+        return self
+
+
 class RetryConfig(BaseModel):
     base_delay_s: float = 2.0  # the first retry's delay; doubled each attempt, with jitter
     max_delay_s: float = 600.0  # the longest delay between two attempts
@@ -378,6 +409,10 @@ class Settings(BaseSettings):
     mode: Literal["send", "receive", "both"] = "both"  # send, receive (a center), or both
     blob_key: SecretStr | None = None  # base64 AES-256 key; else blob_key_file
     blob_key_file: Path | None = None  # default: data_dir/keys/blob.key
+    # where blobs live (encrypted the same way in both): a folder (default data_dir/blobs,
+    # or a shared volume's path) or an S3-compatible object store
+    blob_store: FolderStoreConfig | S3StoreConfig = Field(default_factory=FolderStoreConfig,
+                                                          discriminator="kind")
     trust_file: Path | None = None  # issuers' JWKS; default: data_dir/trust/issuers.json
     # where records come from, by name
     sources: dict[str, SourceConfig] = Field(default_factory=dict)
@@ -475,7 +510,8 @@ class Settings(BaseSettings):
 
     @property
     def blobs_dir(self) -> Path:
-        return self.data_dir / "blobs"
+        folder = self.blob_store.path if isinstance(self.blob_store, FolderStoreConfig) else None
+        return folder or self.data_dir / "blobs"
 
     @property
     def work_dir(self) -> Path:

@@ -160,6 +160,14 @@ class BlobCorrupted(GatewayError):
     http_status = 500
 
 
+class BlobStoreUnavailable(GatewayError):
+    """The object store holding blobs could not be reached or refused a request; retried."""
+
+    transient = True
+    code = "transient"
+    http_status = 503
+
+
 class NotificationFailed(GatewayError):
     """A webhook or mail server could not be reached or answered "later"; retried, then
     dead-lettered (replayable)."""

@@ -160,8 +160,8 @@ def test_state_on_disk_is_this_users_alone(tmp_path):
         info = svc.blobs.put_bytes(b"a record")
         mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
         assert mode(data) == 0o700
-        assert mode(svc.blobs.path(info.key)) == 0o600
-        assert mode(svc.blobs.path(info.key).parent) == 0o700
+        assert mode(svc.blobs.backend.path(info.key)) == 0o600
+        assert mode(svc.blobs.backend.path(info.key).parent) == 0o700
         database = data / "gateway.db"
         assert mode(database) == 0o600
         assert all(mode(p) == 0o600 for p in data.glob("gateway.db-*"))  # -wal, -shm

@@ -1,7 +1,8 @@
 """The engine: what runs by itself.
 
 Owns the transfer state machine and its Celery tasks (transfers.py), the leases that let
-one worker at a time run a step (lease.py), the body of each step (steps.py), what a
+one worker at a time run a step or pull a source (lease.py), the body of each step
+(steps.py), each source's pull as a task of its own (pulls.py), what a
 follow-up leaves out because its recipient holds it already (follow_ups.py), what an
 authorization allows in the terms of our configuration (policy.py), connector options
 and the DICOM sink into the blob store (sources.py, dicom_sink.py), the fax drop's cover

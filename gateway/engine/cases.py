@@ -373,7 +373,7 @@ def _remind(svc: Services, session: Session, case: Case, source: CaseSource, now
             faxes.write_request(svc, session, row.transfer, source.name, source.reminders)
     else:
         for row in waiting:
-            row.transfer.next_attempt_at = None
+            row.transfer.next_attempt_at = row.next_attempt_at = None
             woken.append(row.transfer_id)
     audit.record(session, "case.source.reminded", actor=actor,
                  authorization_id=case.authorization_id, case=case.id, source=source.name,

@@ -172,6 +172,8 @@ def wake(svc: Services, transfer_id: str) -> None:
         if t is None or t.state != "pulling":
             return
         t.next_attempt_at = None
+        for src in t.sources:  # each source waits on its own schedule (pulls.py)
+            src.next_attempt_at = None
     enqueue(transfer_id, "pulling")
 
 

@@ -7,26 +7,23 @@ again; the bundle is assembled deterministically.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.exc import IntegrityError
 
-from connectors import connector_class
-from connectors.base import ConnectorError, Gap, Outcome, RawRecord, RejectedRecord, SkippedRecord
+from connectors.base import RawRecord
 from gateway import audit
-from gateway.errors import GatewayError, MappingError, ProviderUnavailable, ReceiptInvalid
+from gateway.errors import GatewayError, MappingError, ReceiptInvalid
 from gateway.exchange import jsontext
 from gateway.exchange.ids import patient_urn
 from gateway.outbound import attachments, bundles, delivery, imaging, same_document
 from gateway.runtime.services import Services
-from gateway.storage.models import Item, Transfer, TransferBundle, TransferSource, utcnow
+from gateway.storage.models import Item, Transfer, TransferBundle, utcnow
 from gateway.trust import receipts
 from mappings import Mapped, MappingContext, MappingFailed, PartlyInvalid, map_record
 
-from . import dicom_sink, follow_ups, policy, sources
+from . import follow_ups, policy, pulls
 from .lease import Lease, Superseded
 
 log = logging.getLogger(__name__)
@@ -48,140 +45,19 @@ def pending(svc: Services, transfer_id: str, owner: str) -> str:
 
 
 def pulling(svc: Services, transfer_id: str, owner: str) -> str:
-    t = _load(svc, transfer_id)
-    for src in t.sources:
-        if src.state != "done":
-            _pull_source(svc, t, src.name, owner)
-    with svc.db.session() as s:
-        failed = s.scalars(select(TransferSource).where(TransferSource.transfer_id == transfer_id,
-                                                        TransferSource.state == "failed")).all()
-        if failed:
-            raise SourcesFailed("; ".join(f"source {f.name}: {f.error}" for f in failed))
-    return "mapping"
-
-
-def _pull_source(svc: Services, t: Transfer, name: str, owner: str) -> None:
-    cfg = svc.settings.sources[name]
-    auth = t.authorization
-    with svc.db.session() as s:
-        src = s.scalars(select(TransferSource).filter_by(transfer_id=t.id, name=name)).one()
-        src.state, src.error = "pulling", None
-        done = set(s.scalars(select(Item.origin).filter_by(transfer_id=t.id, source=name)))
-        follow_up = follow_ups.delivered_earlier(s, t)
-        earlier = frozenset(s.scalars(select(Transfer.id).where(
-            Transfer.authorization_id == t.authorization_id, Transfer.id != t.id,
-            Transfer.state == "completed")))
-        audit.record(s, "transfer.pull.started", actor="worker", transfer_id=t.id,
-                     authorization_id=t.authorization_id, source=name, kind=cfg.kind,
-                     already_fetched=len(done))
-    query = policy.record_query(auth, t.id, frozenset(done), since=_since(svc, t, name),
-                                earlier_transfers=earlier)
-    workdir = svc.settings.work_dir / t.id / name
-    lease = Lease(svc, t.id, owner)
-
-    def on_progress(p) -> None:
-        if p.total is not None and lease.due():
-            with svc.db.session() as s:
-                row = s.scalars(select(TransferSource).filter_by(transfer_id=t.id, name=name)).one()
-                row.total = p.total
-        lease.renew_if_due()
-
-    try:
-        options = sources.connector_options(svc, cfg)
-        cursor = None
-        with connector_class(cfg.kind)(name, options, workdir, on_progress) as conn:
-            for record in conn.fetch(query):
-                _store_record(svc, t, name, cfg.data_class, record, follow_up)
-                started = getattr(record, "metadata", {}).get("pull_started")
-                cursor = started if started and (cursor is None or started < cursor) else cursor
-                lease.renew_if_due()
-    except ConnectorError as exc:
-        if exc.transient:
-            raise ProviderUnavailable(f"source {name}: {exc}") from None
-        with svc.db.session() as s:
-            row = s.scalars(select(TransferSource).filter_by(transfer_id=t.id, name=name)).one()
-            row.state, row.error = "failed", str(exc)
-            audit.record(s, "transfer.pull.failed", actor="worker", transfer_id=t.id,
-                         authorization_id=t.authorization_id, outcome="failure", source=name,
-                         error=str(exc))
-        return
-    with svc.db.session() as s:
-        row = s.scalars(select(TransferSource).filter_by(transfer_id=t.id, name=name)).one()
-        rows = sorted(s.scalars(select(Item).filter_by(transfer_id=t.id, source=name)),
-                      key=lambda i: i.origin)  # origins are sealed at rest: sorted once read
-        items = [i for i in rows if i.kind != "gap"]  # gaps are reported, not records
-        row.state = "done"
-        row.cursor = cursor or row.cursor
-        row.items = len(items)
-        row.bytes = sum(i.size for i in items)
-        row.total = row.items
-        digest = hashlib.sha256("".join(i.sha256 for i in items).encode()).hexdigest()
-        audit.record(s, "transfer.pull.finished", actor="worker", transfer_id=t.id,
-                     authorization_id=t.authorization_id, source=name, items=row.items,
-                     bytes=row.bytes, rejected=sum(i.state == "failed" for i in items),
-                     skipped=sum(i.kind == "skipped" for i in items),
-                     gaps=len(rows) - len(items),
-                     items_sha256=digest)
-
-
-def _since(svc: Services, t: Transfer, name: str):
-    """The cursor of the newest earlier complete pull of this authorization from this source."""
-    from datetime import datetime
-
-    with svc.db.session() as s:
-        cursor = s.scalars(
-            select(TransferSource.cursor).join(Transfer)
-            .where(Transfer.authorization_id == t.authorization_id, Transfer.id != t.id,
-                   Transfer.state == "completed", TransferSource.name == name,
-                   TransferSource.cursor.is_not(None))
-            .order_by(Transfer.completed_at.desc()).limit(1)).first()
-    try:
-        return datetime.fromisoformat(cursor) if cursor else None
-    except ValueError:
-        return None
-
-
-def _store_record(svc: Services, t: Transfer, source: str, data_class: str,
-                  record: Outcome, follow_up: bool = False) -> None:
-    blob = None
-    if isinstance(record, RejectedRecord):  # holds the transfer up until an operator acts
-        item = _noted(t, source, record.origin, "rejected", "failed",
-                      f"refused at the source: {record.reason}")
-    elif isinstance(record, SkippedRecord):  # found, deliberately not taken: reported
-        item = _noted(t, source, record.origin, "skipped", "excluded", record.reason)
-    elif isinstance(record, Gap):  # what could not be asked for or got: reported
-        item = _noted(t, source, f"{record.kind}:{record.what}", "gap", record.kind, record.reason)
-    else:
-        blob = dicom_sink.adopt(svc.blobs, record)  # received straight into the store
-        if blob is None:
-            blob = svc.blobs.put_file(record.path)
-            record.path.unlink(missing_ok=True)
-        if blob.sha256 != record.sha256:
-            svc.blobs.delete(blob.key)
-            raise ProviderUnavailable(f"source {source}: record changed while it was read")
-        if follow_up and follow_ups.record_delivered_before(svc, t, source, record.origin, blob.sha256):
-            svc.blobs.delete(blob.key)  # a follow-up sends only what is new
-            return
-        meta = {"data_class": data_class, **record.metadata}
-        item = Item(transfer_id=t.id, source=source, origin=record.origin, kind=record.kind,
-                    media_type=record.media_type, size=blob.size, sha256=blob.sha256,
-                    blob_key=blob.key, fetched_at=record.fetched_at, record_meta=meta)
-    try:
-        with svc.db.session() as s:
-            s.add(item)
-            row = s.scalars(select(TransferSource).filter_by(transfer_id=t.id, name=source)).one()
-            row.items += 1
-            row.bytes += item.size
-    except IntegrityError:  # a resumed pull met a record it already had
-        if blob is not None:
-            svc.blobs.delete(blob.key)
-
-
-def _noted(t: Transfer, source: str, origin: str, kind: str, state: str, reason: str) -> Item:
-    """An item that carries no bytes: only what was found and why it is not delivered."""
-    return Item(transfer_id=t.id, source=source, origin=origin[:1024], kind=kind, media_type="",
-                size=0, sha256="", blob_key="", fetched_at=utcnow(), state=state,
-                error=reason[:2000])
+    """Start a pull task for each source not finished (gateway/engine/pulls.py); they run
+    side by side and the last to finish moves the transfer on. Run again (the reconciler,
+    a fax arriving, an operator), it starts what is due and not running, or, every source
+    finished (a pull's message lost after its commit), moves it on the same way."""
+    due, unfinished, failed = pulls.survey(svc, transfer_id)
+    if unfinished:
+        for name in due:
+            pulls.enqueue(transfer_id, name)
+        return "pulling"  # stays: no step of its own until the sources are done
+    if failed:
+        raise SourcesFailed("; ".join(f"source {name}: {error}" for name, error in failed))
+    pulls.finish_if_last(svc, transfer_id)  # the one way to mapping: a conditional update
+    return "pulling"
 
 
 def mapping(svc: Services, transfer_id: str, owner: str) -> str:

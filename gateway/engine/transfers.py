@@ -15,7 +15,6 @@ row that names them).
 from __future__ import annotations
 
 import logging
-import random
 import time
 import uuid
 from datetime import timedelta
@@ -47,7 +46,7 @@ from gateway.storage.models import (
 )
 
 from . import policy
-from .lease import Superseded, claim, held_by_dead, new_owner
+from .lease import Superseded, backoff, claim, held_by_dead, new_owner
 
 log = logging.getLogger(__name__)
 
@@ -215,12 +214,6 @@ def _finish(session: Session, t: Transfer, state: str, reason: str, actor: str,
                        detail={"recipient": t.recipient})
 
 
-def _backoff(svc: Services, attempts: int) -> float:
-    r = svc.settings.retry
-    delay = min(r.max_delay_s, r.base_delay_s * (2 ** min(attempts, 30)))
-    return delay * random.uniform(0.5, 1.0)  # jitter spreads retries of many transfers
-
-
 def _retry_after(svc: Services, exc: Exception) -> float | None:
     """The wait a recipient asked for (Retry-After on 429/503), capped by the setting:
     the next attempt of this transfer is scheduled no earlier. Other transfers are
@@ -279,6 +272,9 @@ def _run_step(svc: Services, transfer_id: str, state: str) -> str | None:
             _finish(s, t, next_state, t.reason or "", actor, None, step=state,
                     duration_s=_since(started))
             waiting_case = _case_with_triggers(s, t.authorization_id)
+        elif next_state == state:  # pulling: its sources' own tasks move it on (pulls.py)
+            t.lease_owner = t.lease_until = None
+            return None
         else:
             t.state, t.attempts, t.next_attempt_at = next_state, 0, None
             t.lease_owner = t.lease_until = None
@@ -316,7 +312,7 @@ def _failed_step(svc: Services, transfer_id: str, state: str, exc: Exception, *,
         t.attempts += 1
         if transient and t.attempts < svc.settings.retry.max_attempts:
             asked = _retry_after(svc, exc)
-            delay = max(_backoff(svc, t.attempts), asked or 0.0)
+            delay = max(backoff(svc.settings.retry, t.attempts), asked or 0.0)
             t.next_attempt_at = utcnow() + timedelta(seconds=delay)
             t.reason = f"retrying {state} (attempt {t.attempts}): {message}"
             t.lease_owner = t.lease_until = None
@@ -361,7 +357,8 @@ def reconcile() -> int:
 def reconcile_now(svc: Services, send=None) -> int:
     """Enqueue (through `send`, default `enqueue`) every step that should be running
     but is not: no live lease (or one whose process is gone), not waiting for a retry,
-    quiet for a reconcile interval (a step whose process is gone: at once)."""
+    quiet for a reconcile interval (a step whose process is gone: at once). A transfer
+    pulling gets its `pulling` step again, which starts the source pulls due and not held."""
     send = send or enqueue
     now = utcnow()
     quiet = now - timedelta(seconds=svc.settings.reconcile_interval_s)
@@ -374,6 +371,18 @@ def reconcile_now(svc: Services, send=None) -> int:
                 s.execute(update(Transfer).where(Transfer.id == transfer_id, Transfer.lease_owner == owner)
                           .values(lease_until=None).execution_options(synchronize_session=False))
                 log.info("reconciler: transfer %s was held by a process that is gone", transfer_id)
+        # a source pull whose process is gone: freed, and its transfer's pulling run now
+        pulls = s.execute(select(TransferSource.id, TransferSource.transfer_id, TransferSource.lease_owner)
+                          .join(Transfer).where(Transfer.state == "pulling",
+                                                TransferSource.lease_until >= now)).all()
+        for source_id, transfer_id, owner in pulls:
+            if held_by_dead(owner):
+                s.execute(update(TransferSource).where(TransferSource.id == source_id,
+                                                       TransferSource.lease_owner == owner)
+                          .values(lease_until=None).execution_options(synchronize_session=False))
+                freed.append(transfer_id)
+                log.info("reconciler: a source of transfer %s was held by a process that is gone",
+                         transfer_id)
         stuck = s.execute(select(Transfer.id, Transfer.state).where(
             Transfer.state.not_in(TERMINAL | PARKED),
             or_(Transfer.lease_until.is_(None), Transfer.lease_until < now),

@@ -7,12 +7,14 @@ message was lost, so the database alone decides what happens next.
 """
 from __future__ import annotations
 
+import kombu.pools
 from celery import Celery
 
 from gateway.config import Settings
 
-celery = Celery("records_gateway", include=["gateway.engine.transfers", "gateway.engine.checkpoints",
-                                            "gateway.engine.subscriptions", "gateway.engine.unattended",
+celery = Celery("records_gateway", include=["gateway.engine.transfers", "gateway.engine.pulls",
+                                            "gateway.engine.checkpoints", "gateway.engine.subscriptions",
+                                            "gateway.engine.unattended",
                                             "gateway.inbound.tasks", "gateway.notify.tasks"])
 
 
@@ -81,6 +83,9 @@ def configure_celery(settings: Settings) -> Celery:
     if celery._pool is not None:
         celery._pool.force_close_all()
         celery._pool = None
+        # kombu keeps producer pools by broker URL: one over the connections just closed
+        # would be handed out again to an app on the same broker
+        kombu.pools.reset()
     if "amqp" in celery.__dict__:
         celery.amqp._producer_pool = None
     return celery

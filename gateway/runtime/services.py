@@ -4,8 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway import audit
-from gateway.config import Settings, load_settings
+from gateway.config import S3StoreConfig, Settings, load_settings
 from gateway.errors import ConfigError
+from gateway.storage.blob_folder import FolderBackend
+from gateway.storage.blob_s3 import S3Backend
 from gateway.storage.blobstore import BlobStore, load_master_key
 from gateway.storage.db import Database
 from gateway.trust.keys import SigningKeys, patient_key_secret
@@ -45,7 +47,7 @@ def init_services(settings: Settings, migrate: bool = True) -> Services:
     db = Database(settings.db_url, master_key)
     if migrate:
         db.upgrade()
-    svc = Services(settings=settings, db=db, blobs=BlobStore(settings.blobs_dir, master_key),
+    svc = Services(settings=settings, db=db, blobs=BlobStore(blob_backend(settings), master_key),
                    keys=SigningKeys(settings.keys_dir),
                    patient_secret=patient_key_secret(settings.keys_dir))
     configure_celery(settings)
@@ -53,6 +55,15 @@ def init_services(settings: Settings, migrate: bool = True) -> Services:
         _current.close()
     _current = svc
     return svc
+
+
+def blob_backend(settings: Settings) -> FolderBackend | S3Backend:
+    """Where blobs live, from `blob_store`."""
+    conf = settings.blob_store
+    if isinstance(conf, S3StoreConfig):
+        return S3Backend(conf.bucket, conf.prefix, conf.endpoint_url, conf.region,
+                         conf.access_key_file, conf.secret_key_file, conf.ca_file, conf.part_size)
+    return FolderBackend(settings.blobs_dir)
 
 
 def services() -> Services:

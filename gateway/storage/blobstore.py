@@ -9,25 +9,21 @@ be reordered, dropped, the blob truncated, or one blob's file put in another's p
 construction of Hoang, Reyhanitabar, Rogaway and Vizár, as in Tink). A 2 GB record
 never sits in memory: writers and readers hold one chunk.
 
-Blobs live in 16 folders by the first hex digit of their key, each made by the first
-blob that needs it. Making a folder costs more than writing a blob's data (on a busy
-ext4 file system, 1-2 ms of CPU), so a young store should make few: two levels of 256
-made one or two per blob until the tree filled up. ext4 folders stay fast with millions
-of entries. A blob is written as `<key>.part` in its own folder and renamed when
-complete: writers in parallel then seldom wait on one folder's lock (creating a file
-holds it, and takes about as long as making a folder).
+Where the bytes live is a backend with the same few verbs (`create` -> write, commit,
+abort; `open`; `delete`; `exists`): `blob_folder.FolderBackend` (a local folder or a
+volume several hosts share) or `blob_s3.S3Backend` (an S3-compatible object store). The
+encrypted format is the same on both, so a blob moves between them byte for byte.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import secrets
 import struct
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -35,6 +31,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway.errors import BlobCorrupted, ConfigError, NotFound, StorageFull, no_space
+
+from .blob_folder import FolderBackend
 
 MAGIC = b"RGB2"  # v2: the blob key is bound into every chunk
 SALT_LEN = 16
@@ -76,29 +74,51 @@ def _nonce(index: int, last: bool) -> bytes:
     return struct.pack(">QI", index, 1 if last else 0)
 
 
-def _private_file(path: str):
-    """A new file readable by this user only (0600), open for writing."""
-    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
-
-
 def _valid_key(key: str) -> bool:
     return len(key) == 32 and all(c in "0123456789abcdef" for c in key)
 
 
+class Sink(Protocol):
+    def write(self, data) -> None: ...
+    def commit(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+class Backend(Protocol):
+    """Where a blob's encrypted bytes live; keys reach it already validated."""
+
+    def create(self, key: str) -> Sink: ...
+    def open(self, key: str) -> BinaryIO: ...  # NotFound when there is no such blob
+    def delete(self, key: str) -> None: ...
+    def exists(self, key: str) -> bool: ...
+
+
+def _read(fh: BinaryIO, n: int) -> bytes:
+    """Exactly n bytes, fewer only at the end (a network body may return short reads)."""
+    out = fh.read(n)
+    while 0 < len(out) < n:
+        more = fh.read(n - len(out))
+        if not more:
+            break
+        out += more
+    return out
+
+
 class BlobStore:
-    def __init__(self, root: Path, master_key: bytes):
-        self.root = Path(root)
+    """Encrypts and decrypts blobs; `place` is a Backend, or a folder for FolderBackend."""
+
+    def __init__(self, place: "Backend | Path", master_key: bytes):
+        self.backend: Backend = place if hasattr(place, "create") else FolderBackend(Path(place))
         self._master = master_key
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def _derive(self, salt: bytes) -> AESGCM:
         hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=b"records-gateway blob v1")
         return AESGCM(hkdf.derive(self._master))
 
-    def path(self, key: str) -> Path:
-        if not _valid_key(key):
+    def _checked(self, key: str) -> str:
+        if not _valid_key(key):  # never a path or an object name from outside
             raise NotFound(f"no blob {key!r}")
-        return self.root / key[:1] / key
+        return key
 
     # writing ---------------------------------------------------------------
     def writer(self) -> "BlobWriter":
@@ -122,27 +142,24 @@ class BlobStore:
     # reading ---------------------------------------------------------------
     def chunks(self, key: str) -> Iterator[bytes]:
         """Decrypted plaintext chunks; BlobCorrupted if anything was changed."""
-        path = self.path(key)
-        try:
-            fh = open(path, "rb")
-        except FileNotFoundError:
-            raise NotFound(f"no blob {key}") from None
+        fh = self.backend.open(self._checked(key))
         with fh:
-            header = fh.read(HEADER_LEN)
+            header = _read(fh, HEADER_LEN)
             if len(header) != HEADER_LEN or not header.startswith(MAGIC):
                 raise BlobCorrupted(f"blob {key} has a bad header")
             aead = self._derive(header[len(MAGIC):])
             bound = header + key.encode()
             index = 0
+            raw_len = _read(fh, 4)
             while True:
-                raw_len = fh.read(4)
                 if len(raw_len) != 4:
                     raise BlobCorrupted(f"blob {key} is truncated")
                 (length,) = struct.unpack(">I", raw_len)
                 if length > CHUNK + TAG:
                     raise BlobCorrupted(f"blob {key} has an oversized chunk")
-                sealed = fh.read(length)
-                last = fh.peek(1) == b"" if hasattr(fh, "peek") else False
+                sealed = _read(fh, length)
+                raw_len = _read(fh, 4)  # the next chunk's length, or nothing after the last
+                last = raw_len == b""
                 try:
                     plain = aead.decrypt(_nonce(index, last), sealed, bound)
                 except InvalidTag:
@@ -164,27 +181,15 @@ class BlobStore:
                 out.write(block)
 
     def delete(self, key: str) -> None:
-        self.path(key).unlink(missing_ok=True)
+        self.backend.delete(self._checked(key))
 
     def exists(self, key: str) -> bool:
-        return self.path(key).exists()
+        return _valid_key(key) and self.backend.exists(key)
 
     def remove_abandoned(self, older_than_s: float) -> int:
-        """Delete `.part` files untouched for `older_than_s`: blobs whose writer died (a
-        process killed mid-upload) and that no row can name. A live writer touches its
-        file with every chunk. Returns how many."""
-        import time
-
-        cutoff, removed = time.time() - older_than_s, 0
-        for folder in self.root.iterdir() if self.root.is_dir() else ():
-            for part in folder.glob("*.part") if folder.is_dir() else ():
-                try:
-                    if part.stat().st_mtime <= cutoff:
-                        part.unlink()
-                        removed += 1
-                except FileNotFoundError:  # finished or removed meanwhile
-                    pass
-        return removed
+        """Delete what writers that died left half-written (a process killed mid-upload),
+        untouched for `older_than_s`; no row can name it. Returns how many."""
+        return self.backend.remove_abandoned(older_than_s)
 
 
 def _full(exc: OSError) -> Exception:
@@ -201,13 +206,7 @@ class BlobWriter:
     def __init__(self, store: BlobStore):
         self.store = store
         self.key = uuid.uuid4().hex
-        self._final = os.path.join(store.root, self.key[:1], self.key)  # str: no pathlib
-        self._tmp = self._final + ".part"  # per blob; writers write hundreds a second
-        try:
-            self._fh = _private_file(self._tmp)
-        except FileNotFoundError:  # the first blob in its folder
-            os.makedirs(os.path.dirname(self._tmp), mode=0o700, exist_ok=True)
-            self._fh = _private_file(self._tmp)
+        self._fh = store.backend.create(self.key)
         salt = secrets.token_bytes(SALT_LEN)
         self._header = MAGIC + salt
         self._fh.write(self._header)
@@ -242,25 +241,15 @@ class BlobWriter:
             with memoryview(self._buf) as view:
                 self._seal(view, last=True)
             self._buf.clear()
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
-        except OSError as exc:  # the blob never gets its final name: no half blob is read
+            self._fh.commit()  # the blob appears whole, or not at all
+        except OSError as exc:  # never committed: no half blob is read
             self.abort()
             raise _full(exc) from None
-        os.replace(self._tmp, self._final)
         self.info = BlobInfo(self.key, self._sha.hexdigest(), self._size)
         return self.info
 
     def abort(self) -> None:
-        try:
-            self._fh.close()  # flushing what is buffered may fail on a full disk: closed anyway
-        except OSError:
-            pass
-        try:
-            os.unlink(self._tmp)
-        except FileNotFoundError:
-            pass
+        self._fh.abort()
 
     def __enter__(self):
         return self

@@ -122,6 +122,12 @@ class TransferSource(Base):
     # where the source says this pull started (its clock): the next pull of the same
     # authorization from this source asks only for what changed since
     cursor: Mapped[str | None] = mapped_column(String(64))
+    # each source is pulled by its own task (gateway/engine/pulls.py), which claims the row
+    # until lease_until and, while the source is not ready, retries on its own schedule
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime | None]
 
     transfer: Mapped[Transfer] = relationship(back_populates="sources")
 
