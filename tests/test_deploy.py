@@ -24,7 +24,7 @@ from gateway.errors import ConfigError
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 K8S = DEPLOY / "k8s"
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
-COMPONENTS = {"api", "worker", "beat", "dicom-receiver"}
+COMPONENTS = {"api", "worker", "beat"}
 
 
 def compose_binary() -> Path:
@@ -61,22 +61,21 @@ def test_compose_file_is_valid_and_runs_the_whole_topology():
     import json
 
     services = json.loads(done.stdout)["services"]
-    assert set(services) == {"init", "tls", "api", "worker", "beat", "dicom-receiver", "db", "redis"}
+    assert set(services) == {"init", "tls", "api", "worker", "beat", "db", "redis"}
     assert services["init"]["command"] == ["records-gateway", "init"]
     assert services["worker"]["depends_on"]["init"]["condition"] == "service_completed_successfully"
     assert services["worker"]["deploy"]["replicas"] == 3  # GATEWAY_WORKERS
     assert services["beat"]["deploy"]["replicas"] == 1
     assert services["beat"]["command"][-3:] == ["--beat", "--concurrency", "1"]
-    assert services["dicom-receiver"]["command"] == ["records-gateway", "dicom-receiver"]
     redis = services["redis"]["command"]
     assert redis[redis.index("--appendonly") + 1] == "yes"
     assert redis[redis.index("--maxmemory-policy") + 1] == "noeviction"
-    # only the TLS terminator and the DICOM port are published; the API is not
+    # only the TLS terminator is published; the API is not
     published = {name for name, s in services.items() if s.get("ports")}
-    assert published == {"tls", "dicom-receiver"}
+    assert published == {"tls"}
     assert [p["target"] for p in services["tls"]["ports"]] == [8443]
     assert {s["source"] for s in services["tls"]["secrets"]} == {"tls.crt", "tls.key", "ca.pem"}
-    for name in ("init", "api", "worker", "beat", "dicom-receiver"):
+    for name in ("init", "api", "worker", "beat"):
         service = services[name]
         assert service["read_only"] is True
         assert {s["source"] for s in service["secrets"]} >= {"blob.key", "pgpass"}
