@@ -41,7 +41,7 @@ def test_ready_when_everything_works(client):
 
 
 def test_ready_names_the_blob_store_when_it_cannot_write(app, client):
-    blobs = app.extensions["gateway"].blobs.root
+    blobs = app.extensions["gateway"].blobs.backend.root
     aside = blobs.with_name("blobs-aside")
     blobs.rename(aside)
     blobs.write_text("a file where the blob folder should be")  # a mount gone wrong

@@ -63,11 +63,24 @@ OWNER_KEYS = ("resourceType", "id", "category", "type", "code", "date", "effecti
               "effectivePeriod", "issued", "context")
 
 
-def _other_patient(rtype: str, rid: str, raw: bytes, base_url: str, patient_id: str) -> bool:
+# the elements that say whom a resource is about (as the receiving gateway checks them)
+SUBJECT_ELEMENTS = ("subject", "patient", "beneficiary")
+
+
+def _other_patient(rtype: str, rid: str, resource: dict, base_url: str, patient_id: str) -> bool:
+    """Whether the entry is another patient, or is about one. A record of this patient
+    that merely mentions another (a focus, a family member) stays: whom it is about
+    decides, as on the receiving side."""
     if rtype == "Patient":
         return rid != patient_id
-    return any(r.startswith("Patient/") and r != f"Patient/{patient_id}"
-               for r in references.scan(raw, (base_url.rstrip("/"),)))
+    for name in SUBJECT_ELEMENTS:
+        values = resource.get(name)
+        for value in values if isinstance(values, list) else [values]:
+            ref = value.get("reference") if isinstance(value, dict) else None
+            target = references.normalize(ref, (base_url.rstrip("/"),)) if isinstance(ref, str) else None
+            if target and target.startswith("Patient/") and target != f"Patient/{patient_id}":
+                return True
+    return False
 
 
 def version_marker(resource: dict) -> str:
@@ -97,8 +110,8 @@ def split_page(page_file: Path, out_prefix: Path, *, seen: dict[str, str],
     `seen` maps "Type/id" to the version already pulled from other pages; an entry seen
     there in the same or an older version is dropped (paging across changes returns
     some resources twice). Each chunk line is one Bundle entry (fullUrl + resource).
-    With `patient_id`, an entry that is or names another patient is refused, as a read
-    by reference is: a server's page may hold other patients' records.
+    With `patient_id`, an entry that is another patient or about one is refused: a
+    server's page may hold other patients' records.
     """
     result = PageResult()
     reader = BundleReader(page_file)
@@ -127,7 +140,7 @@ def split_page(page_file: Path, out_prefix: Path, *, seen: dict[str, str],
                 result.duplicates += 1
                 continue
             result.keys[rkey] = marker
-            if patient_id is not None and _other_patient(rtype, rid, raw, base_url, patient_id):
+            if patient_id is not None and _other_patient(rtype, rid, resource, base_url, patient_id):
                 result.refused.append((rkey, "refers to another patient: not taken"))
                 continue
             result.resources += 1

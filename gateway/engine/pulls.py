@@ -34,7 +34,7 @@ from gateway import audit
 from gateway.errors import AuthorizationDenied, GatewayError, ProviderUnavailable
 from gateway.runtime.celery_app import celery
 from gateway.runtime.services import Services, services
-from gateway.storage.models import Item, Transfer, TransferSource, utcnow
+from gateway.storage.models import AuditEvent, Item, Transfer, TransferSource, utcnow
 
 from . import dicom_sink, follow_ups, policy, sources
 from .lease import Lease, Superseded, backoff, claim_source, new_owner
@@ -156,8 +156,13 @@ def finish_if_last(svc: Services, transfer_id: str) -> None:
                 .execution_options(synchronize_session=False)).rowcount == 1
             if moved:
                 auth_id = s.scalars(select(Transfer.authorization_id).filter_by(id=transfer_id)).one()
+                began = s.scalars(select(AuditEvent.at).where(
+                    AuditEvent.transfer_id == transfer_id, AuditEvent.type == "transfer.state.pulling")
+                    .order_by(AuditEvent.seq.desc()).limit(1)).first()
+                # the pulling step's duration (for the metrics): from its start to the last source
                 audit.record(s, "transfer.state.mapping", actor="worker", transfer_id=transfer_id,
-                             authorization_id=auth_id)
+                             authorization_id=auth_id, step="pulling",
+                             duration_s=round((utcnow() - began).total_seconds(), 3) if began else None)
     if failed:
         celery.send_task(STEP_TASK, (transfer_id, "pulling"))
     elif moved:

@@ -96,11 +96,11 @@ def check_blobs(blobs: BlobStore) -> Check:
         finally:
             blobs.delete(info.key)
     except Exception as exc:
-        return Check("blob store", False, f"{blobs.root} cannot write, read and delete a "
+        return Check("blob store", False, f"{blobs.backend} cannot write, read and delete a "
                                           f"probe blob: {error_line(exc)}")
     if not same:
-        return Check("blob store", False, f"{blobs.root} returned other bytes than written")
-    return Check("blob store", True, f"{blobs.root} writes, reads and deletes")
+        return Check("blob store", False, f"{blobs.backend} returned other bytes than written")
+    return Check("blob store", True, f"{blobs.backend} writes, reads and deletes")
 
 
 def check_keys(keys: SigningKeys) -> Check:

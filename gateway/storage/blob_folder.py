@@ -38,6 +38,9 @@ class FolderBackend:
         self.root = Path(root)
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
 
+    def __str__(self) -> str:
+        return str(self.root)
+
     def path(self, key: str) -> Path:
         return self.root / key[:1] / key
 

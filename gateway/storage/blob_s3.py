@@ -49,6 +49,9 @@ class S3Backend:
         self._client = None
         self._pid = 0
 
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
     @property
     def client(self):
         """This process's S3 client (made after a fork: clients do not cross processes)."""

@@ -63,9 +63,9 @@ def run(workdir: Path) -> ScenarioResult:
             tally = held.tally(c.expected)
             # what the kills left half-written, then the hourly sweep's pass over it
             blobs = c.receiver_blobs()
-            partial = len(list(blobs.root.glob("*/*.part")))
+            partial = len(list(blobs.backend.root.glob("*/*.part")))
             blobs.remove_abandoned(0)
-            partial_after = len(list(blobs.root.glob("*/*.part")))
+            partial_after = len(list(blobs.backend.root.glob("*/*.part")))
     instances_ok = (sorted(held.instances) == sorted(study.sop_uids)
                     and set(held.instances.values()) == {1} and held.instances_unbound == 0)
     notes = (f"stalled {stalled}; states {sorted(states.values())}; uploads bound "
