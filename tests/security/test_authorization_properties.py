@@ -32,7 +32,7 @@ from sqlalchemy import func, select
 from werkzeug.serving import make_server
 
 from gateway import create_app
-from gateway.engine import operations
+from gateway.engine import operations, pulls
 from gateway.engine.transfers import run_step
 from gateway.errors import AuthorizationDenied
 from gateway.storage.models import Authorization, ReceivedBundle, Transfer, TransferBundle
@@ -131,6 +131,12 @@ def _run(sender, tid: str, situation: tuple, duplicates: bool) -> str:
         moved = run_step(sender, tid, state)
         if duplicates:
             assert run_step(sender, tid, state) is None  # a duplicate message does nothing
+        if state == "pulling" and moved is None:  # each source's own task pulls it (pulls.py)
+            for name in _sources(sender, tid):
+                pulls.run_pull(sender, tid, name)
+                if duplicates:
+                    pulls.run_pull(sender, tid, name)
+            moved = "pulled"
         with sender.db.session() as s:
             t = s.get(Transfer, tid)
             state, retry_at = t.state, t.next_attempt_at
@@ -147,6 +153,11 @@ def _due(sender, tid: str) -> bool:
     with sender.db.session() as s:
         at = s.get(Transfer, tid).next_attempt_at
     return at is None or (at if at.tzinfo else at.replace(tzinfo=timezone.utc)) <= datetime.now(timezone.utc)
+
+
+def _sources(sender, tid: str) -> list[str]:
+    with sender.db.session() as s:
+        return [src.name for src in s.get(Transfer, tid).sources]
 
 
 def _auth_of(sender, tid: str) -> str:
