@@ -228,14 +228,16 @@ def test_concurrent_import_of_the_same_authorization(claims, sign, trust, pg_url
                         patient_secret=PATIENT_SECRET).id
                     second.commit()
 
+            # the second session's own backend: only its lock wait counts, not any other
+            racer_pid = second.connection().exec_driver_sql("SELECT pg_backend_pid()").scalar()
             racer = threading.Thread(target=race)
             racer.start()
             # wait (polling) until the second is blocked on the first's uncommitted row
             deadline = time.monotonic() + 20
             with engine.connect() as watcher:
                 while not watcher.scalar(text(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                        "AND wait_event_type = 'Lock'")):
+                        "SELECT count(*) FROM pg_stat_activity WHERE pid = :pid "
+                        "AND wait_event_type = 'Lock'"), {"pid": racer_pid}):
                     assert time.monotonic() < deadline, "the second import never reached the database"
                     assert racer.is_alive(), f"the second import did not block: {outcome}"
                     time.sleep(0.02)
