@@ -121,7 +121,8 @@ def pull_once(base_url: str, query: RecordQuery, mode: str, workdir: Path) -> tu
     items = 0
     with FhirRestConnector("bench", {"base_url": base_url, "retrieval": mode, "page_size": 500}, workdir) as conn:
         for rec in conn.fetch(query):
-            items += len(map_record(rec, CONTEXT))
+            if isinstance(rec, RawRecord):  # gaps, skipped and refused records carry no data
+                items += len(map_record(rec, CONTEXT))
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu
     journal = next(workdir.glob("fhir-pull-*.jsonl"))
