@@ -107,7 +107,8 @@ def cases():
     return render("operators/cases.html", cases=rows, filters=f, states=CASE_STATES)
 
 
-def _patient(auth: Authorization) -> dict:
+def patient_of(auth: Authorization) -> dict:
+    """Who an authorization names, for the pages that show it (each audits the view)."""
     p = auth.claims.get("patient", {})
     return {"name": " ".join([*p.get("name", {}).get("given", []), p.get("name", {}).get("family", "")]),
             "birthDate": p.get("birthDate"), "identifiers": p.get("identifiers", [])}
@@ -124,7 +125,7 @@ def transfer(transfer_id: str):
         auth = s.get(Authorization, t.authorization_id)
         audit_read(s, "transfer", transfer_id=t.id, authorization_id=auth.id,
                    patient_key=patient_key(auth, svc().patient_secret))
-        patient = _patient(auth)
+        patient = patient_of(auth)
         case = s.scalars(select(Case).where(Case.authorization_id == auth.id)).first()
     return render("operators/transfer.html", t=view, patient=patient,
                   notice=notice(),
@@ -175,7 +176,7 @@ def case(case_id: str):
         audit_read(s, "case", authorization_id=auth.id,
                    patient_key=patient_key(auth, svc().patient_secret), case_id=c.id)
         story = timeline(s, auth.id)
-        patient = _patient(auth)
+        patient = patient_of(auth)
     return render("operators/case.html", c=view, patient=patient, timeline=story,
                   notice=notice())
 
