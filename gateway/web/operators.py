@@ -43,12 +43,12 @@ def _identifier_matches(auth: Authorization, wanted: str) -> bool:
     return False
 
 
-def _filters() -> dict:
+def _filters(states) -> dict:
     """The list filters from the POSTed form (a GET shows everything)."""
     if request.method != "POST":
         return {}
     state = request.form.get("state", "")
-    if state and state not in STATES:
+    if state and state not in states:
         raise InvalidInput(f"unknown state {state!r}")
     return {"state": state, "since": _day("since"), "until": _day("until", end=True),
             "patient": request.form.get("patient", "").strip()}
@@ -60,7 +60,7 @@ def _authorizations_of_patient(s, wanted: str) -> list[str]:
     return [a.id for a in rows if _identifier_matches(a, wanted)]
 
 
-def _filtered(s, model, f: dict, state_values=None):
+def _filtered(s, model, f: dict):
     q = select(model).order_by(model.created_at.desc()).limit(LIMIT)
     if f.get("state"):
         q = q.where(model.state == f["state"])
@@ -79,7 +79,7 @@ def _filtered(s, model, f: dict, state_values=None):
 @bp.route("/", methods=["GET", "POST"])
 @page(*OPERATORS)
 def transfers():
-    f = _filters()
+    f = _filters(STATES)
     with svc().db.session() as s:
         rows = [transfer_view(s, t, completeness_report=False) for t in _filtered(s, Transfer, f)]
     return render("operators/transfers.html", transfers=rows, filters=f, states=STATES)
@@ -90,20 +90,9 @@ def transfers():
 def cases():
     from gateway.engine.cases import STATES as CASE_STATES
 
-    f = _filters() if request.form.get("state", "") in ("", *CASE_STATES) else {}
+    f = _filters(CASE_STATES)
     with svc().db.session() as s:
-        q = select(Case).order_by(Case.created_at.desc()).limit(LIMIT)
-        if f.get("state"):
-            q = q.where(Case.state == f["state"])
-        if f.get("since"):
-            q = q.where(Case.created_at >= f["since"])
-        if f.get("until"):
-            q = q.where(Case.created_at <= f["until"])
-        if f.get("patient"):
-            ids = _authorizations_of_patient(s, f["patient"])
-            q = q.where(Case.authorization_id.in_(ids))
-            audit_read(s, "patient_search", page=request.endpoint, matches=len(ids))
-        rows = [case_view(s, c) for c in s.scalars(q)]
+        rows = [case_view(s, c) for c in _filtered(s, Case, f)]
     return render("operators/cases.html", cases=rows, filters=f, states=CASE_STATES)
 
 
