@@ -4,6 +4,7 @@ dead letters. Each page is checked with axe-core and photographed."""
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 
 from playwright.sync_api import expect
 from sqlalchemy import select
@@ -72,17 +73,35 @@ def test_transfer_and_case_pages(page, web, check_page):
     check_page("operator-cases")
 
 
+def _synthetic_page(path, lines: list[str]) -> None:
+    """A first-page preview that looks like a faxed report (synthetic text only)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("L", (612, 792), 255)
+    draw = ImageDraw.Draw(image)
+    for n, line in enumerate(lines):
+        draw.text((60, 70 + 28 * n), line, fill=0)
+    draw.rectangle((50, 50, 562, 742), outline=0)
+    image.save(path, format="PNG")
+
+
 def test_assign_a_fax_from_review(page, web, check_page):
     patient = {"name": {"family": "Faxperson", "given": ["Robin"]}, "birthDate": "1961-04-05",
                "identifiers": [{"system": "urn:oid:2.16.840.1.113883.19.5", "value": "MRN-FAX-1"}]}
     _, tid = _new_transfer(web, ["fax"], patient)
     fax_id = route_world._fax_in_review(web.config, "Faxperson", tid, "+1 555 0199")
+    from connectors.fax.store import FaxStore
+
+    store = FaxStore(Path(web.config["sources"]["fax"]["options"]["store"]))
+    _synthetic_page(store.path("review", fax_id) / "preview.png", [
+        "SYNTHETIC LABORATORY REPORT (test data)", "", "Patient: Robin Faxperson",
+        "Born: 1961-04-05", "", "Hemoglobin A1c ........ 5.4 %", "LDL cholesterol ...... 98 mg/dL"])
     sign_in(page, web, "operator")
     page.get_by_role("link", name="Fax review").click()
     page.get_by_role("link", name=f"Review fax {fax_id}").click()
     preview = page.get_by_role("img", name="First page of the fax, as received")
     expect(preview).to_be_visible()
-    assert page.evaluate("(img) => img.naturalWidth", preview.element_handle()) > 0
+    assert page.evaluate("(img) => img.naturalWidth", preview.element_handle()) == 612
     choice = page.get_by_label("Transfer (patient, born, request id)")
     expect(choice.locator("option").first).to_contain_text("Robin Faxperson, 1961-04-05")
     check_page("operator-fax-review")
