@@ -189,3 +189,4 @@ def progress():
 nav_link("operators.transfers", "Transfers", *OPERATORS)
 nav_link("operators.cases", "Cases", *OPERATORS)
 home_for("operator", "operators.transfers")
+home_for("admin", "operators.transfers")

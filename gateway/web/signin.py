@@ -6,7 +6,7 @@ from __future__ import annotations
 import hmac
 import secrets
 
-from flask import g, make_response, redirect, request, url_for
+from flask import current_app, g, make_response, redirect, request, url_for
 
 from gateway import audit
 from gateway.errors import Unauthenticated
@@ -24,12 +24,14 @@ WHY = {"idle": "You were signed out after a time without use. Please sign in aga
        "revoked": "Your token or account was revoked or disabled.",
        "ended": "You are signed out."}
 
-# where each role starts; page groups of other roles add theirs with `home_for`
-HOME: dict[str, str] = {}
+# where each role starts: the first of its endpoints this app serves (page groups add
+# theirs with `home_for`; a gateway in receive mode has no operator pages, for example)
+HOME: dict[str, list[str]] = {}
 
 
 def home_for(role: str, endpoint: str) -> None:
-    HOME.setdefault(role, endpoint)
+    if endpoint not in HOME.setdefault(role, []):
+        HOME[role].append(endpoint)
 
 
 def _form(status: int = 200, error: str | None = None, notice: str | None = None):
@@ -97,8 +99,9 @@ def sign_out():
 @bp.get("/")
 @session.page(*PERSON_ROLES)
 def home():
-    if g.role in HOME:
-        return redirect(url_for(HOME[g.role]), code=303)
+    for endpoint in HOME.get(g.role, []):
+        if endpoint in current_app.view_functions:
+            return redirect(url_for(endpoint), code=303)
     return render("home.html")
 
 

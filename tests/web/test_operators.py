@@ -147,3 +147,20 @@ def test_dead_letters_page(page, web, check_page):
     table.get_by_role("button", name="Replay").click()
     expect(page.get_by_role("status")).to_contain_text("Notification queued")
     expect(page.get_by_role("table", name="Notifications that failed for good (0)")).to_be_visible()
+
+
+def test_approve_a_case_and_mark_a_source_without_records(page, web):
+    case_id = web.ids["case_id"]
+    sign_in(page, web, "operator")
+    page.goto(f"/ui/operator/cases/{case_id}")
+    page.get_by_role("button", name="Approve this case").click()
+    expect(page.get_by_role("status")).to_contain_text("Case approved")
+    expect(page.get_by_role("button", name="Approve this case")).to_have_count(0)
+    [approved] = [e for e in _events(web, "case.approved") if e.detail.get("case_id", case_id) == case_id]
+    assert approved.actor == "route-operator"
+    row = page.get_by_role("row").filter(has=page.get_by_role("cell", name="fax", exact=True))
+    row.get_by_label("Why no records").fill("the clinic holds no faxes for this patient")
+    row.get_by_role("button", name="Mark no records").click()
+    expect(page.get_by_role("status")).to_contain_text("the source has no records")
+    expect(page.get_by_role("row").filter(has=page.get_by_role("cell", name="fax", exact=True))
+           ).to_contain_text("no-records")
