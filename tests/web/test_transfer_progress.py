@@ -88,3 +88,13 @@ def test_a_transfer_progresses_to_completed_without_reloading(page, web, check_p
     row.get_by_role("link").click()
     expect(page.locator("table").filter(has_text="Part")).to_contain_text("signed")
     check_page("operator-transfer-completed")
+    page.locator("dl.facts").get_by_role("link").click()  # its case, and the story so far
+    timeline = page.locator("ol.timeline li")
+    expect(timeline.last).to_be_visible()
+    story = [t.split(" ", 2)[2] for t in timeline.all_inner_texts()]
+    steps = ["Authorization verified", "Transfer started", "Pull started", "Pull finished",
+             "Bundle assembled", "Bundle delivered", "Receipt verified"]
+    found = [next(i for i, text in enumerate(story) if text.startswith(step)) for step in steps]
+    assert found == sorted(found), story  # in the order they happened
+    assert any(text.startswith("Pull finished") and "items 3" in text for text in story), story
+    check_page("operator-case-completed")
