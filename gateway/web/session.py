@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from functools import wraps
 
 from flask import current_app, g, jsonify, redirect, request, url_for
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from gateway import audit
 from gateway.runtime.services import Services
@@ -49,10 +49,14 @@ def start(response, *, actor: str, role: str, organization: str | None,
           token_id: str | None = None, user_id: str | None = None, how: str) -> None:
     """Open a session for who signed in and set its cookie on `response`."""
     secret = secrets.token_urlsafe(32)
+    now = utcnow()
     with svc().db.session() as s:
+        # sessions past their maximum age can never be used again: no need to keep them
+        s.execute(delete(WebSession).where(
+            WebSession.created_at < now - timedelta(seconds=svc().settings.web.max_age_s)))
         row = WebSession(secret_sha256=_digest(secret), csrf=secrets.token_urlsafe(32),
                          actor=actor, role=role, organization=organization, token_id=token_id,
-                         user_id=user_id, created_at=utcnow(), last_seen_at=utcnow())
+                         user_id=user_id, created_at=now, last_seen_at=now)
         s.add(row)
         s.flush()
         audit.record(s, "web.session.started", actor=actor, role=role, session_id=row.id,
