@@ -164,3 +164,19 @@ def test_approve_a_case_and_mark_a_source_without_records(page, web):
     expect(page.get_by_role("status")).to_contain_text("the source has no records")
     expect(page.get_by_role("row").filter(has=page.get_by_role("cell", name="fax", exact=True))
            ).to_contain_text("no-records")
+
+
+def test_the_cases_list_updates_live(page, web):
+    auth_id, _ = _new_transfer(web, ["records"])
+    client, operator = _api(web)
+    [case] = [c for c in client.get("/cases", headers=operator).get_json()["cases"]
+              if c["authorization"] == auth_id]
+    sign_in(page, web, "operator")
+    page.get_by_role("link", name="Cases").click()
+    row = page.locator(f'tr[data-case="{case["id"]}"]')
+    expect(row.locator('[data-field="state"]')).to_have_text(case["state"])
+    page.evaluate("() => { window.loadedOnce = true; }")
+    assert client.post(f"/cases/{case['id']}/close", json={"reason": "test"},
+                       headers=operator).status_code == 200  # elsewhere, by the API
+    expect(row.locator('[data-field="state"]')).to_have_text("closed")
+    assert page.evaluate("() => window.loadedOnce === true")

@@ -98,3 +98,8 @@ def test_a_transfer_progresses_to_completed_without_reloading(page, web, check_p
     assert found == sorted(found), story  # in the order they happened
     assert any(text.startswith("Pull finished") and "items 3" in text for text in story), story
     check_page("operator-case-completed")
+    page.get_by_role("link", name="Cases").click()  # the case list's bars are live too
+    case_row = page.locator("tr[data-case]").first
+    expect(case_row.locator('[data-field="sources"]')).to_contain_text("records: complete")
+    expect(case_row.locator('[data-field="percent-text"]')).to_have_text("100%")
+    check_page("operator-cases-live")
