@@ -50,6 +50,14 @@ def test_filters_by_patient_identifier_in_the_form_not_the_url(page, web):
     page.get_by_label("Patient identifier").fill("MRN-nobody")
     page.get_by_role("button", name="Filter").click()
     expect(page.get_by_text("No transfers.")).to_be_visible()
+    page.get_by_label("Patient identifier").fill("")
+    page.get_by_label("State").select_option("pending")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator(f'tr[data-transfer="{web.ids["transfer_id"]}"]')).to_have_count(1)
+    page.get_by_label("Created from").fill("2999-01-01")  # nothing is that new
+    page.get_by_role("button", name="Filter").click()
+    expect(page.get_by_text("No transfers.")).to_be_visible()
+    expect(page.get_by_label("State")).to_have_value("pending")  # the form keeps its filters
 
 
 def test_transfer_and_case_pages(page, web, check_page):
