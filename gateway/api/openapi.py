@@ -23,6 +23,16 @@ _BYTES = {"schema": {"type": "string", "format": "binary"}}
 
 # What an operation answers on success, where it is not 200 with a JSON object
 ANSWERS = {
+    "center.providers": "The center's directory of providers a patient's request may name",
+    "center.new_form": "A one-time token for a blank request form (its submission uses it up)",
+    "center.create": "Take a patient's request: checked, signed by the intake key, sent to every provider",
+    "center.index": "List the center's requests",
+    "center.show": "One center request: each provider's status and what arrived (audited read)",
+    "center.opinion_ready": "Record that the written opinion is ready (the patient's page says so)",
+    "center.staff_revoke": "Revoke a request's authorization at every provider (signed revocation)",
+    "center.patient_status": "The patient's status (X-Status-Token: the link's token; audited)",
+    "center.patient_revoke": "The patient revokes their authorization (X-Status-Token)",
+    "authorizations.signed_revocation": "Revoke on the issuer's signed word (revocation+jwt JWS)",
     "web.dashboard": {"200": {"text/html": _BYTES}},
     "meta.ready": {"200": _JSON, "503": {"application/fhir+json": {"schema": {"type": "object"}}}},
     "meta.metrics": {"200": {"text/plain": _BYTES}},

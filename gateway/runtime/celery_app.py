@@ -15,7 +15,8 @@ from gateway.config import Settings
 celery = Celery("records_gateway", include=["gateway.engine.transfers", "gateway.engine.pulls",
                                             "gateway.engine.checkpoints", "gateway.engine.subscriptions",
                                             "gateway.engine.unattended",
-                                            "gateway.inbound.tasks", "gateway.notify.tasks"])
+                                            "gateway.inbound.tasks", "gateway.notify.tasks",
+                                            "gateway.center.tasks"])
 
 
 def configure_celery(settings: Settings) -> Celery:
@@ -42,6 +43,7 @@ def configure_celery(settings: Settings) -> Celery:
             "subscription-heartbeats": {"task": "gateway.subscriptions.check_heartbeats",
                                         "schedule": settings.reconcile_interval_s},
             "cases": {"task": "gateway.cases.tick", "schedule": settings.case_tick_s},
+            "center": {"task": "gateway.center.tick", "schedule": settings.case_tick_s},
         },
         timezone="UTC",
         task_default_queue=settings.queue,
