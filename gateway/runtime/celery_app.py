@@ -43,11 +43,13 @@ def configure_celery(settings: Settings) -> Celery:
             "subscription-heartbeats": {"task": "gateway.subscriptions.check_heartbeats",
                                         "schedule": settings.reconcile_interval_s},
             "cases": {"task": "gateway.cases.tick", "schedule": settings.case_tick_s},
-            "center": {"task": "gateway.center.tick", "schedule": settings.case_tick_s},
         },
         timezone="UTC",
         task_default_queue=settings.queue,
     )
+    if settings.center is not None:  # a second-opinion center's requests
+        conf["beat_schedule"]["center"] = {"task": "gateway.center.tick",
+                                           "schedule": settings.case_tick_s}
     if settings.redis_url:
         visibility = settings.broker_visibility_timeout_s
         # kombu looks for messages past it every interval * throttle seconds (10 * 10 by

@@ -42,6 +42,7 @@ class Gateway:
         self.file = tmp_path / f"{name}-cli.json"
         self.file.write_text(json.dumps(self.config))
         self.tmp, self.processes = tmp_path, processes
+        self.cli("init")  # its keys
 
     def cli(self, *args) -> str:
         return cli(self.file, *args)
@@ -168,6 +169,7 @@ def wait_status(center, token, check, what, timeout=180) -> dict:
     return wait_until(lambda: (v := status(center, token)) and check(v) and v, timeout, 0.5, what)
 
 
+@pytest.mark.timeout(1500)  # seven processes on a small machine
 def test_one_request_asks_every_provider_and_the_patient_follows_it(world):
     center, staff, mail, tmp = world["center"], world["staff"], world["mail"], world["tmp"]
     patient = world["sekmet"].patients[0]["patient"]
