@@ -169,7 +169,11 @@ def provider_view(p: CenterProvider) -> dict:
 
 
 def open_ids(session: Session) -> list[str]:
-    return list(session.scalars(select(CenterRequest.id).where(CenterRequest.state == "open")))
+    """Requests the periodic pass looks at: open ones, and complete ones whose records the
+    center's staff have not opened yet (the patient's page says when they do)."""
+    return list(session.scalars(select(CenterRequest.id).where(
+        (CenterRequest.state == "open")
+        | ((CenterRequest.state == "complete") & CenterRequest.opened_at.is_(None)))))
 
 
 def check_open(row: CenterRequest) -> None:

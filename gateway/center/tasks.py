@@ -125,7 +125,7 @@ def mail_link_now(svc: Services, request_id: str, link_base: str | None = None) 
         msg["From"] = email.from_
         msg["To"] = row.patient["email"]
         msg["Subject"] = f"Your second-opinion request {reqs.reference(row.id)}"
-        url = f"{(link_base or svc.settings.base_url).rstrip('/')}/my-request?t={plain}"
+        url = f"{(link_base or svc.settings.base_url).rstrip('/')}/ui/my-request?t={plain}"
         msg.set_content(
             f"{svc.settings.center.name} has your request {reqs.reference(row.id)} and is asking "
             "each place that holds your records.\n\nSee where things stand (this link is yours "

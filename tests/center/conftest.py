@@ -28,8 +28,8 @@ def form_for(**overrides) -> dict:
     return form
 
 
-@pytest.fixture
-def center_config(tmp_path) -> dict:
+def center_settings(tmp_path) -> dict:
+    """A center whose providers point at loopback ports nothing listens on."""
     (tmp_path / "token").write_text("not-used")
     (tmp_path / "fax-out").mkdir()
     return {"data_dir": str(tmp_path / "center"), "blob_key": new_master_key(),
@@ -45,6 +45,11 @@ def center_config(tmp_path) -> dict:
                            "office": {"name": "Records Office", "kind": "fax",
                                       "organization": "org-office", "fax_number": "+1 555 0101",
                                       "endpoints": [{"type": "fax", "address": "+1 555 0101"}]}}}}
+
+
+@pytest.fixture
+def center_config(tmp_path) -> dict:
+    return center_settings(tmp_path)
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from pypdf import PdfReader, PdfWriter
 from connectors.fax.cover import decode_cover
 from gateway import create_app
 from gateway.storage.blobstore import new_master_key
-from gateway.trust.issuers import trust_document
 from tests.center.conftest import form_for
 from tests.fhir.conftest import MRN_SYSTEM, sekmet, synthea_files  # noqa: F401 (fixtures)
 from tests.helpers import free_port, wait_until, write_pdfs
@@ -240,6 +239,9 @@ def test_one_request_asks_every_provider_and_the_patient_follows_it(world):
                      if e["resource"]["resourceType"] == "Composition"]
     assert composition["section"][0]["title"] == "Patient's questions"
     assert "Do I need the operation?" in composition["section"][0]["text"]["div"]
+    assert not status(center, token)["openedByCenter"]
+    r = requests.post(f"{center.url}/inbox/{received[0]['id']}/opened", headers=staff_r, timeout=10)
+    assert r.status_code == 200, r.text
     wait_status(center, token, lambda v: v["openedByCenter"], "the page to say the records were opened")
     r = requests.post(f"{center.url}/center/requests/{made['id']}/opinion-ready", headers=staff,
                       timeout=10)

@@ -10,7 +10,6 @@ from sqlalchemy import func, select
 
 from gateway.center import tasks
 from gateway.storage.models import AuditEvent, CenterRequest, CenterToken, utcnow
-
 from tests.center.conftest import form_for
 
 TODAY = date.today()

@@ -4,7 +4,6 @@ authorization is revoked as if an operator had done it."""
 from __future__ import annotations
 
 from gateway.trust.authorizations import new_issuer_key, sign_revocation
-
 from tests.helpers import ISSUER, bearer, make_token
 
 
