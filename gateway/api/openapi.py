@@ -8,6 +8,8 @@ import re
 
 from flask import Flask
 
+from gateway.web import is_page
+
 from .params import MAX_WHOLE
 
 DESCRIPTION = "Records interoperability gateway for second opinions."
@@ -23,17 +25,6 @@ _BYTES = {"schema": {"type": "string", "format": "binary"}}
 
 # What an operation answers on success, where it is not 200 with a JSON object
 ANSWERS = {
-    "center.providers": "The center's directory of providers a patient's request may name",
-    "center.new_form": "A one-time token for a blank request form (its submission uses it up)",
-    "center.create": "Take a patient's request: checked, signed by the intake key, sent to every provider",
-    "center.index": "List the center's requests",
-    "center.show": "One center request: each provider's status and what arrived (audited read)",
-    "center.opinion_ready": "Record that the written opinion is ready (the patient's page says so)",
-    "center.staff_revoke": "Revoke a request's authorization at every provider (signed revocation)",
-    "center.patient_status": "The patient's status (X-Status-Token: the link's token; audited)",
-    "center.patient_revoke": "The patient revokes their authorization (X-Status-Token)",
-    "authorizations.signed_revocation": "Revoke on the issuer's signed word (revocation+jwt JWS)",
-    "web.dashboard": {"200": {"text/html": _BYTES}},
     "meta.ready": {"200": _JSON, "503": {"application/fhir+json": {"schema": {"type": "object"}}}},
     "meta.metrics": {"200": {"text/plain": _BYTES}},
     "faxes.cover_sheet": {"200": {"application/pdf": _BYTES}},
@@ -154,11 +145,20 @@ SUMMARIES = {
     "faxes.review_preview": "PNG of the fax's first page",
     "faxes.review_assign": "Attach a fax to an open transfer",
     "faxes.review_reject": "Set a fax aside for good",
-    "web.dashboard": "Operator dashboard (HTML; reads the API with the user's token)",
     "authorizations.create": "Import a signed release authorization (verified before it is stored)",
     "authorizations.index": "List authorizations",
     "authorizations.show": "One authorization with its claims and Consent (audited read)",
     "authorizations.revoke": "Revoke an authorization; transfers in flight under it are cancelled",
+    "authorizations.signed_revocation": "Revoke on the issuer's signed word (revocation+jwt JWS)",
+    "center.providers": "The center's directory of providers a patient's request may name",
+    "center.new_form": "A one-time token for a blank request form (its submission uses it up)",
+    "center.create": "Take a patient's request: checked, signed by the intake key, sent to every provider",
+    "center.index": "List the center's requests",
+    "center.show": "One center request: each provider's status and what arrived (audited read)",
+    "center.opinion_ready": "Record that the written opinion is ready (the patient's page says so)",
+    "center.staff_revoke": "Revoke a request's authorization at every provider (signed revocation)",
+    "center.patient_status": "The patient's status (X-Status-Token: the link's token; audited)",
+    "center.patient_revoke": "The patient revokes their authorization (X-Status-Token)",
     "transfers.create": "Start a transfer from sources to a recipient under an authorization",
     "transfers.index": "List transfers (filters: state, authorization, limit)",
     "transfers.show": "One transfer with per-source progress and items",
@@ -225,8 +225,8 @@ def document(app: Flask) -> dict:
     paths: dict = {}
     seen: set[str] = set()
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
-            continue
+        if rule.endpoint == "static" or is_page(rule.rule):
+            continue  # the web pages are not API operations
         view = app.view_functions[rule.endpoint]
         path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
         roles = getattr(view, "roles", None)

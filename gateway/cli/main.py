@@ -25,6 +25,7 @@ from .serve import serve, worker
 from .settings_reference import settings_reference
 from .tokens import token
 from .transfers import transfer
+from .users import user
 
 
 @click.group(cls=OneLineErrors)
@@ -35,7 +36,7 @@ def main(log_level: str | None) -> None:
 
 
 for _command in (serve, worker, keys, token, authorization, case, transfer, fax, audit,
-                 notification, requests, settings_reference, doctor):
+                 notification, requests, user, settings_reference, doctor):
     main.add_command(_command)
 
 

@@ -1,16 +1,16 @@
 """the second-opinion center's requests: one per patient, each provider's answer,
 what arrived, one-time form tokens and status links; a received bundle's Consent id
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 """
 import sqlalchemy as sa
 from alembic import op
 
 from gateway.storage.models import UTCDateTime
 
-revision = '0008'
-down_revision = '0007'
+revision = '0009'
+down_revision = '0008'
 branch_labels = None
 depends_on = None
 
