@@ -110,7 +110,8 @@ def revoke_now(svc: Services, provider_id: str) -> None:
 
 def mail_link_now(svc: Services, request_id: str, link_base: str | None = None) -> bool:
     """Mint a status link and mail it to the patient; False when mailed already or no
-    mail server is configured. The link is committed only once the mail went."""
+    mail server is configured. The link is stored before the mail goes (it must work the
+    moment the patient opens it) and revoked again if the mail could not be sent."""
     email = svc.settings.notify.email
     with svc.db.session() as s:
         row = reqs.get(s, request_id)
@@ -118,23 +119,29 @@ def mail_link_now(svc: Services, request_id: str, link_base: str | None = None) 
             log.warning("center request %s: no notify.email configured: status link not mailed",
                         row.id)
             return False
-        if any(t.purpose == "status" for t in row_tokens(s, row.id)):
+        if any(t.purpose == "status" and t.revoked_at is None for t in row_tokens(s, row.id)):
             return False
         plain = tokens.mint(s, "status", svc.settings.center.status_link_ttl_s, row.id)
-        msg = EmailMessage()
-        msg["From"] = email.from_
-        msg["To"] = row.patient["email"]
-        msg["Subject"] = f"Your second-opinion request {reqs.reference(row.id)}"
-        url = f"{(link_base or svc.settings.base_url).rstrip('/')}/ui/my-request?t={plain}"
-        msg.set_content(
-            f"{svc.settings.center.name} has your request {reqs.reference(row.id)} and is asking "
-            "each place that holds your records.\n\nSee where things stand (this link is yours "
-            f"alone; do not share it):\n{url}\n\nThe same page lets you revoke your "
-            "authorization.\n")
-        send_message(email, msg, [row.patient["email"]], svc.settings.notify.timeout_s)
-        audit.record(s, "center.status-link.mailed", actor="worker", request=row.id,
-                     authorization_id=row.authorization_id)
-        return True
+        reference, to, auth_id = reqs.reference(row.id), row.patient["email"], row.authorization_id
+    msg = EmailMessage()
+    msg["From"] = email.from_
+    msg["To"] = to
+    msg["Subject"] = f"Your second-opinion request {reference}"
+    url = f"{(link_base or svc.settings.base_url).rstrip('/')}/ui/my-request?t={plain}"
+    msg.set_content(
+        f"{svc.settings.center.name} has your request {reference} and is asking each place "
+        "that holds your records.\n\nSee where things stand (this link is yours alone; do not "
+        f"share it):\n{url}\n\nThe same page lets you revoke your authorization.\n")
+    try:
+        send_message(email, msg, [to], svc.settings.notify.timeout_s)
+    except GatewayError:
+        with svc.db.session() as s:  # the next attempt makes a new link
+            tokens.revoke_link(s, plain)
+        raise
+    with svc.db.session() as s:
+        audit.record(s, "center.status-link.mailed", actor="worker", request=request_id,
+                     authorization_id=auth_id)
+    return True
 
 
 def row_tokens(session, request_id: str):

@@ -69,3 +69,8 @@ def status_request(session: Session, presented) -> str:
             or row.expires_at <= utcnow():
         raise refused
     return row.request_id
+
+
+def revoke_link(session: Session, plain: str) -> None:
+    session.execute(update(CenterToken).where(CenterToken.sha256 == _digest(plain))
+                    .values(revoked_at=utcnow()))
