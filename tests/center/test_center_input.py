@@ -165,3 +165,34 @@ def test_the_fax_request_carries_the_signed_form_and_a_cover_sheet(center_app, s
         tasks.send_now(svc, hospital["id"])
     view = client.get(f"/center/requests/{made['id']}", headers=staff).get_json()
     assert next(p for p in view["providers"] if p["name"] == "hospital")["error"].startswith("http://")
+
+
+def test_a_provider_that_does_not_answer_is_reminded_then_overdue(center_app, staff, tmp_path):
+    from gateway.center import progress
+
+    client = center_app.test_client()
+    svc = center_app.extensions["gateway"]
+    made = client.post("/center/requests", json={**form_for(providers=["office"]),
+                                                 "form_token": _form_token(client, staff)},
+                       headers=staff).get_json()
+    [office] = made["providers"]
+    assert tasks.send_now(svc, office["id"]) == "sent"
+    now = utcnow()
+    assert progress.advance(svc, made["id"], now + timedelta(days=1)) == []  # not due yet
+    # a third of the fax default (10 days) later: reminded, the request written again
+    [(provider_id, reminder)] = progress.advance(svc, made["id"], now + timedelta(days=3.5))
+    assert (provider_id, reminder) == (office["id"], 1)
+    tasks.send_now(svc, provider_id, reminder)
+    letters = sorted(p.name for p in (tmp_path / "fax-out").iterdir())
+    assert len(letters) == 2 and letters[1].endswith("-office-1.pdf")
+    # past the deadline with no answer: overdue, no more reminders; the patient sees it late
+    assert progress.advance(svc, made["id"], now + timedelta(days=11)) == []
+    view = client.get(f"/center/requests/{made['id']}", headers=staff).get_json()
+    assert view["providers"][0]["status"] == "overdue" and view["state"] == "open"
+    # a late fax still answers it: the request completes
+    with svc.db.session() as s:
+        assert progress.take_fax(s, office["id"], "fax-late", None)
+        assert not progress.take_fax(s, office["id"], "fax-late", None)  # counted once
+    progress.advance(svc, made["id"], now + timedelta(days=12))
+    view = client.get(f"/center/requests/{made['id']}", headers=staff).get_json()
+    assert view["state"] == "complete" and view["providers"][0]["arrived"]["faxes"] == 1
