@@ -238,6 +238,75 @@ class SenderConfig(TlsClient):
         return None
 
 
+class CenterProviderConfig(TlsClient):
+    """A provider in the second-opinion center's directory: a hospital running this
+    gateway (`kind = "gateway"`: the signed authorization goes to its
+    `POST /authorizations`), or a records office reachable only by fax (`kind = "fax"`:
+    a request letter, the signed form and a cover sheet go to the center's fax outbox)."""
+
+    name: str = Field(min_length=1, max_length=200)  # shown to the patient on the form
+    kind: Literal["gateway", "fax"]  # a peer gateway, or a records office by fax
+    organization: str  # its id, named as the discloser in the authorization
+    # its endpoints as the authorization names them ({"type", "address"}): what its own
+    # gateway's sources are configured with, or {"type": "fax", "address": number}
+    endpoints: list[dict[str, str]] = Field(min_length=1)
+    base_url: str | None = None  # gateway: its base URL
+    token_file: Path | None = None  # gateway: a file holding the peer token it issued to us
+    fax_number: str | None = None  # fax: the number the request goes to (printed in the letter)
+    allow_http: bool = False  # plain HTTP to a host other than loopback
+    # it should have answered this long after the request went (default: 3 days for a
+    # gateway, as a PDF folder source, 10 days by fax)
+    expect_within_s: float | None = Field(default=None, gt=0)
+    remind_every_s: float | None = Field(default=None, gt=0)  # default: a third of expect_within_s
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return v.rstrip("/") if v else v
+
+    @model_validator(mode="after")
+    def _kind(self) -> "CenterProviderConfig":
+        if self.kind == "gateway" and (self.base_url is None or self.token_file is None):
+            raise ValueError("a gateway provider needs base_url and token_file")
+        if self.kind == "fax" and not self.fax_number:
+            raise ValueError("a fax provider needs fax_number")
+        for endpoint in self.endpoints:
+            if set(endpoint) != {"type", "address"}:
+                raise ValueError("each endpoint is {\"type\": ..., \"address\": ...}")
+        _tls_required(self, "base_url")
+        return self
+
+    def expect_within(self) -> float:
+        return self.expect_within_s or EXPECT_WITHIN_S["fax-drop" if self.kind == "fax" else "pdf-folder"]
+
+    def remind_every(self) -> float:
+        return self.remind_every_s or self.expect_within() / 3
+
+
+class CenterConfig(BaseModel):
+    """The second-opinion center's intake: it takes a patient's request once, signs the
+    authorization with its intake issuer key, asks every provider named and tracks the
+    answers; the patient follows them on a status page (docs/requests.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)  # the center's name, as the recipient
+    # the issuer id of the authorizations the intake signs; hospitals trust it with the
+    # key `records-gateway requests issuer-jwks` prints
+    issuer: str = Field(min_length=1, max_length=255)
+    providers: dict[str, CenterProviderConfig] = Field(default_factory=dict)  # the directory
+    fax_outbox: Path | None = None  # where fax requests are written for the fax server
+    return_fax: str = ""  # the center's fax number, printed on cover sheets
+    # fax-drop connector options (drop, store, ...) of the folder faxed replies arrive in;
+    # their cover sheets bring them back to the request
+    fax_replies: dict[str, Any] | None = None
+    valid_days: int = Field(180, ge=1, le=3650)  # the longest expiration the form accepts
+    status_link_ttl_s: float = Field(90 * DAY, gt=0)  # a patient's status link works this long
+    form_ttl_s: float = Field(2 * 3600.0, gt=0)  # a blank form must be submitted within this
+
+
 class FolderStoreConfig(BaseModel):
     """Blobs in a folder: data_dir/blobs, or `path` (a volume several hosts mount)."""
 
@@ -459,6 +528,8 @@ class Settings(BaseSettings):
     intake_dir: Path | None = None
     case_tick_s: float = 5.0  # how often open cases are checked (deadlines, polls, expiry)
     follow_up_settle_s: float = 2.0  # a burst of new records within this makes one follow-up
+    # second-opinion center: the request intake, its provider directory, status links
+    center: CenterConfig | None = None
     # DEBUG, INFO, WARNING, ERROR
     log_level: str = "INFO"
     # "json": one JSON object a line (time, level, logger, message, transfer_id, case_id)

@@ -28,6 +28,7 @@ ROOMS = {
     "gateway.runtime": 4, "gateway.notify": 4,
     "gateway.outbound": 5, "gateway.inbound": 5,
     "gateway.engine": 6,
+    "gateway.center": 6.5,  # the center's requests: above the engine (fax cover keys)
     "gateway.api": 7, "gateway.web": 7,
     "gateway.cli": 9,
 }
@@ -128,7 +129,7 @@ def room(module: str) -> str:
     return module
 
 
-def rank(module: str) -> int | None:
+def rank(module: str) -> float | None:
     r = room(module)
     return ROOMS.get(r, TOP.get(r))
 

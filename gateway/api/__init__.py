@@ -1,5 +1,5 @@
 """The HTTP API: one blueprint per resource (sending side: authorizations, transfers,
-faxes, receipts, subscription notifications; receive mode: receive, dicomweb, inbox;
+faxes, receipts, subscription notifications; receive mode: receive, dicomweb, inbox, the center's requests;
 audit, notifications and meta for both), errors as FHIR OperationOutcome bodies
 (outcomes.py), the OpenAPI document built from the routes (openapi.py). A face: it may
 import any room below it (engine, outbound, inbound, runtime, notify, trust, audit,
@@ -23,6 +23,7 @@ def register(app: Flask, mode: str) -> None:
         audit,
         authorizations,
         cases,
+        center,
         dicomweb,
         faxes,
         inbox,
@@ -48,6 +49,8 @@ def register(app: Flask, mode: str) -> None:
         app.register_blueprint(receive.bp)
         app.register_blueprint(dicomweb.bp)
         app.register_blueprint(inbox.bp)
+        if app.extensions["gateway"].settings.center is not None:
+            app.register_blueprint(center.bp)  # a center takes requests where it receives
 
     from gateway import web
 

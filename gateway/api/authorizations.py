@@ -1,13 +1,22 @@
-"""/authorizations: import a signed authorization, read it, revoke it."""
+"""/authorizations: import a signed authorization, read it, revoke it.
+
+A peer (a second-opinion center's gateway, with the peer token we issued it) may post
+the authorizations its intake signed, and revoke them with a revocation signed by the
+same issuer (`/authorizations/{id}/revocation`)."""
 from __future__ import annotations
 
 from flask import Blueprint, g, jsonify, request
 
 from gateway import audit
-from gateway.engine.operations import authorization_view, import_authorization, revoke_authorization
+from gateway.engine.operations import (
+    authorization_view,
+    import_authorization,
+    revoke_authorization,
+    trust_store,
+)
 from gateway.errors import InvalidInput, NotFound, PayloadTooLarge
 from gateway.storage.models import Authorization
-from gateway.trust.authorizations import MAX_JWS_BYTES
+from gateway.trust.authorizations import MAX_JWS_BYTES, verify_revocation
 
 from .auth import json_body, require, svc
 
@@ -32,7 +41,7 @@ def _jws_from_request() -> str:
 
 
 @bp.post("")
-@require("operator", "admin")
+@require("operator", "admin", "peer")
 def create():
     row = import_authorization(svc(), _jws_from_request(), actor=g.actor, role=g.role)
     return jsonify(authorization_view(row)), 201
@@ -71,4 +80,20 @@ def audit_key(row: Authorization) -> str | None:
 def revoke(auth_id: str):
     reason = json_body().get("reason")
     row, stopped = revoke_authorization(svc(), auth_id, reason, actor=g.actor, role=g.role)
+    return jsonify({**authorization_view(row), "transfersCancelled": stopped})
+
+
+@bp.post("/<auth_id>/revocation")
+@require("peer", "operator", "admin")
+def signed_revocation(auth_id: str):
+    """Revoke on the issuer's signed word (a compact JWS, revocation+jwt)."""
+    jws = _jws_from_request()
+    with svc().db.session() as s:
+        row = s.get(Authorization, auth_id)
+        if row is None:
+            raise NotFound(f"no authorization {auth_id}")
+        issuer = row.issuer
+    payload = verify_revocation(jws, trust_store(svc()), auth_id, issuer)
+    row, stopped = revoke_authorization(svc(), auth_id, payload["reason"], actor=g.actor,
+                                        role=g.role)
     return jsonify({**authorization_view(row), "transfersCancelled": stopped})

@@ -20,6 +20,7 @@ from .doctor import doctor
 from .faxes import fax
 from .keys import keys
 from .notifications import notification
+from .requests import requests
 from .serve import serve, worker
 from .settings_reference import settings_reference
 from .tokens import token
@@ -35,7 +36,7 @@ def main(log_level: str | None) -> None:
 
 
 for _command in (serve, worker, keys, token, authorization, case, transfer, fax, audit,
-                 notification, user, settings_reference, doctor):
+                 notification, requests, user, settings_reference, doctor):
     main.add_command(_command)
 
 

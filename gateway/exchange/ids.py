@@ -16,6 +16,8 @@ BINARY_NS = uuid.UUID("9b2d7c55-1f3e-4a61-8c0e-5d4b3a291f07")
 MHD = "https://profiles.ihe.net/ITI/MHD"
 GROUP_SYSTEM = "urn:records-gateway:submission-group"
 PART_EXT = "urn:records-gateway:bundle-part"
+# the Consent in a bundle names its authorization (the JWS jti): a center finds its request by it
+AUTHORIZATION_SYSTEM = "urn:records-gateway:authorization"
 
 
 def urn(transfer_id: str, *parts: str) -> str:

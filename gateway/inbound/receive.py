@@ -36,7 +36,7 @@ from gateway import audit
 from gateway.errors import Conflict, Forbidden, InvalidInput
 from gateway.exchange import jsontext
 from gateway.exchange.clock import CLOCK_SKEW, started
-from gateway.exchange.ids import GROUP_SYSTEM, PART_EXT, entry_hash
+from gateway.exchange.ids import AUTHORIZATION_SYSTEM, GROUP_SYSTEM, PART_EXT, entry_hash
 from gateway.exchange.manifest import MANIFEST_TYPE, dicom_instances
 from gateway.runtime.services import Services
 from gateway.storage.models import ReceivedBundle, utcnow
@@ -264,6 +264,12 @@ def check_reply(svc: Services, in_reply_to: str, sender_org: str) -> str:
     return svc.settings.organization
 
 
+def _consent_id(data: dict) -> str | None:
+    ids = [i.get("value") for c in _resources(data, "Consent") for i in c.get("identifier") or []
+           if isinstance(i, dict) and i.get("system") == AUTHORIZATION_SYSTEM]
+    return ids[0] if len(ids) == 1 and _storable(ids[0]) and len(ids[0]) <= 64 else None
+
+
 def _storable(text) -> bool:
     """Fits a String(255) column on every database (PostgreSQL takes no NUL)."""
     return isinstance(text, str) and 0 < len(text) <= 255 and "\x00" not in text
@@ -414,6 +420,7 @@ def accept(svc: Services, *, sender: str, key: str, body: bytes, signature: str)
             row.recipient_org, row.sender_org = recipient, trusted.organization
             row.submission_group, row.part, row.parts = group, part, parts
             row.in_reply_to = in_reply_to.removeprefix("urn:uuid:") if in_reply_to else None
+            row.consent_id = _consent_id(data)  # the authorization's id: a center's request finds it
             row.receipt_jws = svc.keys.sign({
                 "iss": svc.settings.organization, "receipt_id": row.id,
                 "bundle": row.bundle_identifier, "sha256": digest, "size": row.size,

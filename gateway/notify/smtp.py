@@ -45,6 +45,11 @@ def send(cfg: EmailConfig, payload: dict, timeout_s: float) -> None:
     """Send the event's mail. Raises NotificationFailed (retried: no connection, a 4xx
     reply, a refused login) or NotificationRejected (no STARTTLS offered, an untrusted
     certificate, a permanent 5xx reply)."""
+    send_message(cfg, message(cfg, payload), cfg.to, timeout_s)
+
+
+def send_message(cfg: EmailConfig, msg: EmailMessage, to: list[str], timeout_s: float) -> None:
+    """Send one message to `to` through the configured server (errors as for `send`)."""
     where = f"mail server {cfg.host}:{cfg.port}"
     refusal = cfg.plain_auth_refusal()
     if refusal:
@@ -59,7 +64,7 @@ def send(cfg: EmailConfig, payload: dict, timeout_s: float) -> None:
                 smtp.ehlo()
             if cfg.username is not None:
                 smtp.login(cfg.username, _password(cfg))
-            smtp.send_message(message(cfg, payload), from_addr=cfg.from_, to_addrs=cfg.to)
+            smtp.send_message(msg, from_addr=cfg.from_, to_addrs=to)
     except smtplib.SMTPAuthenticationError as exc:
         raise NotificationFailed(f"{where} refused the login of {cfg.username} (SMTP "
                                  f"{exc.smtp_code}): check username and password_file") from None

@@ -40,6 +40,7 @@ from sqlalchemy import select
 from gateway.exchange import jsontext
 from gateway.exchange.attachments import referenced
 from gateway.exchange.ids import (
+    AUTHORIZATION_SYSTEM,
     GROUP_SYSTEM,
     MHD,
     PART_EXT,
@@ -95,6 +96,8 @@ def patient_resource(claims: dict) -> dict:
 def consent_resource(consent: dict, patient: str) -> dict:
     body = dict(consent)
     body["patient"] = {"reference": patient}
+    if body.get("id"):
+        body["identifier"] = [{"system": AUTHORIZATION_SYSTEM, "value": body["id"]}]
     body.pop("id", None)
     return _dump(Consent.model_validate(body))
 

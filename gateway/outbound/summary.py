@@ -57,7 +57,33 @@ def _sections(units) -> dict[str, list]:
     return sections
 
 
-def _pdf(title: str, patient: dict, sections: dict[str, list], when: str) -> bytes:
+QUESTIONS_CODE = {"system": "urn:records-gateway:summary-section", "code": "patient-questions",
+                  "display": "Patient's questions"}
+MAX_QUESTIONS = 4000  # characters; the center's form takes no more
+
+
+def questions(claims: dict) -> str | None:
+    """The patient's questions the authorization carries (a center's intake puts them
+    there), so the second-opinion doctor reads them before the records."""
+    text = claims.get("questions")
+    return text.strip()[:MAX_QUESTIONS] if isinstance(text, str) and text.strip() else None
+
+
+def _wrap(text: str, width: int = 100) -> list[str]:
+    import textwrap
+
+    return [line for para in text.splitlines() for line in (textwrap.wrap(para, width) or [""])]
+
+
+def _questions_section(text: str) -> dict:
+    paras = "".join(f"<p>{html.escape(p)}</p>" for p in text.splitlines() if p.strip())
+    return {"title": "Patient's questions", "code": {"coding": [QUESTIONS_CODE]},
+            "text": {"status": "additional",
+                     "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{paras}</div>'}}
+
+
+def _pdf(title: str, patient: dict, sections: dict[str, list], when: str,
+         asked: str | None = None) -> bytes:
     from reportlab.lib.pagesizes import letter
     from reportlab.pdfgen import canvas
 
@@ -79,6 +105,10 @@ def _pdf(title: str, patient: dict, sections: dict[str, list], when: str) -> byt
     name = patient["name"]
     line(f"Patient: {' '.join(name.get('given', []))} {name['family']}  born {patient['birthDate']}")
     line(f"Assembled {when[:10]}")
+    if asked:
+        line("Patient's questions", "Helvetica-Bold", 12)
+        for text in _wrap(asked):
+            line(text)
     for cls, units in sections.items():
         line(CLASS_TITLES.get(cls, cls.title()), "Helvetica-Bold", 12)
         for unit in units:
@@ -103,15 +133,20 @@ def build(svc, t, shape, units, part_of, patient_url, claims, urn) -> list:
             "text": {"status": "generated",
                      "div": f'<div xmlns="http://www.w3.org/1999/xhtml"><ul>{rows}</ul></div>'},
             "entry": [reference_to(u, part_of, u.entries[0]["resource"]) for u in members]})
+    asked = questions(claims)
+    if asked:  # first: the doctor reads what the patient wants answered before the records
+        section_models.insert(0, _questions_section(asked))
     composition = json.loads(Composition.model_validate({
         "resourceType": "Composition", "status": "final", "type": {"coding": [SUMMARY_TYPE]},
         "subject": {"reference": patient_url}, "date": when, "title": title,
         "author": [{"display": svc.settings.organization}],
-        "section": section_models or [{"title": "No records", "emptyReason": {"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/list-empty-reason", "code": "nilknown"}]}}],
+        "section": section_models if sections else section_models + [{
+            "title": "No records", "emptyReason": {"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/list-empty-reason",
+                "code": "nilknown"}]}}],
     }).model_dump_json())
     comp_url = urn(t.id, "composition")
-    pdf = _pdf(title, claims["patient"], sections, when)
+    pdf = _pdf(title, claims["patient"], sections, when, asked)
     pdf_sha256 = hashlib.sha256(pdf).hexdigest()
     doc_url, bin_url = urn(t.id, "summary-pdf"), urn(t.id, "summary-pdf-binary")
     doc = json.loads(DocumentReference.model_validate({

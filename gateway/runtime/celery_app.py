@@ -15,7 +15,8 @@ from gateway.config import Settings
 celery = Celery("records_gateway", include=["gateway.engine.transfers", "gateway.engine.pulls",
                                             "gateway.engine.checkpoints", "gateway.engine.subscriptions",
                                             "gateway.engine.unattended",
-                                            "gateway.inbound.tasks", "gateway.notify.tasks"])
+                                            "gateway.inbound.tasks", "gateway.notify.tasks",
+                                            "gateway.center.tasks"])
 
 
 def configure_celery(settings: Settings) -> Celery:
@@ -46,6 +47,9 @@ def configure_celery(settings: Settings) -> Celery:
         timezone="UTC",
         task_default_queue=settings.queue,
     )
+    if settings.center is not None:  # a second-opinion center's requests
+        conf["beat_schedule"]["center"] = {"task": "gateway.center.tick",
+                                           "schedule": settings.case_tick_s}
     if settings.redis_url:
         visibility = settings.broker_visibility_timeout_s
         # kombu looks for messages past it every interval * throttle seconds (10 * 10 by

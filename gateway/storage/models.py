@@ -217,6 +217,7 @@ class ReceivedBundle(Base):
     sender_org: Mapped[str | None] = mapped_column(String(255))
     submission_group: Mapped[str | None] = mapped_column(String(255))  # parts of one transfer
     in_reply_to: Mapped[str | None] = mapped_column(String(64), index=True)  # a reply: our bundle id
+    consent_id: Mapped[str | None] = mapped_column(String(64), index=True)  # its Consent's id
     part: Mapped[int] = mapped_column(Integer, default=1)
     parts: Mapped[int] = mapped_column(Integer, default=1)
     response: Mapped[dict | None]  # the transaction-response, replayed as it was
@@ -502,6 +503,88 @@ class CaseSource(Base):
     next_reminder_at: Mapped[datetime | None]
     next_pull_at: Mapped[datetime | None]  # scheduled incremental pull
     case: Mapped[Case] = relationship(back_populates="sources")
+
+
+class CenterRequest(Base):
+    """A second-opinion center's request for one patient (gateway/center/): the signed
+    authorization its intake made from the patient's form, sent to every provider named."""
+
+    __tablename__ = "center_requests"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    authorization_id: Mapped[str] = mapped_column(String(64), unique=True)  # the JWS jti
+    jws: Mapped[str] = mapped_column(SealedText("center_requests.jws"))  # what the providers get
+    # the patient's name, birth date and email, their questions: patient data, sealed
+    patient: Mapped[dict] = mapped_column(SealedJSON("center_requests.patient"))
+    state: Mapped[str] = mapped_column(String(16), default="open", index=True)  # open|complete|revoked
+    expires_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    completed_at: Mapped[datetime | None]
+    opened_at: Mapped[datetime | None]  # the center's staff first opened what arrived
+    opinion_ready_at: Mapped[datetime | None]  # the written opinion is ready
+    revoked_at: Mapped[datetime | None]
+    revocation_jws: Mapped[str | None] = mapped_column(Text)  # signed; names no patient
+    providers: Mapped[list[CenterProvider]] = relationship(
+        back_populates="request", order_by="CenterProvider.name", cascade="all, delete-orphan")
+
+
+class CenterProvider(Base):
+    """One provider of a center request and where its answer stands:
+    sent -> acknowledged -> receiving -> complete | no-records, or overdue."""
+
+    __tablename__ = "center_providers"
+    __table_args__ = (UniqueConstraint("request_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    request_id: Mapped[str] = mapped_column(ForeignKey("center_requests.id", ondelete="CASCADE"),
+                                            index=True)
+    name: Mapped[str] = mapped_column(String(64))  # the directory entry
+    kind: Mapped[str] = mapped_column(String(16))  # gateway | fax
+    organization: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    error: Mapped[str | None] = mapped_column(Text)  # the last sending failure (no patient data)
+    sent_at: Mapped[datetime | None]
+    acknowledged_at: Mapped[datetime | None]
+    deadline_at: Mapped[datetime | None]
+    reminders: Mapped[int] = mapped_column(Integer, default=0)
+    next_reminder_at: Mapped[datetime | None]
+    revocation_sent_at: Mapped[datetime | None]
+    # what arrived: counts by kind ({"bundles", "documents", "resources", "byType", "faxes",
+    # "pages"}), never content
+    counts: Mapped[dict] = mapped_column(JSON, default=dict)
+    request: Mapped[CenterRequest] = relationship(back_populates="providers")
+
+
+class CenterArrival(Base):
+    """Something a provider sent for a center request, counted once: a received bundle
+    or a faxed reply."""
+
+    __tablename__ = "center_arrivals"
+    __table_args__ = (UniqueConstraint("kind", "ref"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    provider_id: Mapped[str] = mapped_column(ForeignKey("center_providers.id", ondelete="CASCADE"),
+                                             index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # bundle | fax
+    ref: Mapped[str] = mapped_column(String(64))  # received bundle id, or fax id
+    counts: Mapped[dict] = mapped_column(JSON, default=dict)
+    arrived_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CenterToken(Base):
+    """A one-time form token or a patient's status link: only its sha256 is stored."""
+
+    __tablename__ = "center_tokens"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(16))  # form | status
+    request_id: Mapped[str | None] = mapped_column(ForeignKey("center_requests.id",
+                                                              ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]  # form: submitted (a replay is refused)
+    revoked_at: Mapped[datetime | None]  # status: the link no longer works
 
 
 class WebUser(Base):

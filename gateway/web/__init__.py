@@ -27,6 +27,11 @@ def register(app: Flask, mode: str) -> None:
         app.register_blueprint(operators.bp)  # with operator_actions' routes
         for group in (faxes, authorizations, dead_letters):
             app.register_blueprint(group.bp)
+    if mode in ("receive", "both") and app.extensions["gateway"].settings.center is not None:
+        from . import requests  # the center's request form and the patient's status page
+
+        app.register_blueprint(requests.bp)
+        app.register_blueprint(requests.patient_bp)
     # the old single-page dashboard's address leads to the pages that replaced it
     app.add_url_rule("/dashboard", "web_dashboard", lambda: redirect(PREFIX + "/", code=301))
     app.after_request(security_headers)
