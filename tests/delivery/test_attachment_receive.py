@@ -77,7 +77,7 @@ def test_upload_then_bundle_is_accepted_receipted_and_served(receiver, peer, sen
     (SCAN[:-1] + b"x", with_upload(), "differ from the sha256"),  # other bytes than named
     (SCAN, with_upload(size=len(SCAN) + 1), "differ in size"),
     (SCAN, with_upload(declare=False), "names no sha256"),
-])
+], ids=["missing", "other-bytes", "other-size", "no-sha256"])  # stable ids: the bodies are dated
 def test_missing_or_different_upload_refuses_the_bundle(receiver, peer, sender_keys, upload, body, text):
     client = receiver.test_client()
     if upload is not None:
