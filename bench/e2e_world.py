@@ -46,6 +46,7 @@ class World:
     cases: int  # throughput cases, 0..cases-1; the latency case comes after them
     instances: int  # of the latency case's study
     throughput_instances: int
+    throughput_faxes: int
     rows: int
     sekmet: object = None
     orthanc: object = None
@@ -107,7 +108,8 @@ class World:
     def _faxes(self) -> None:
         from tests.fax.faxgen import records_pdf
 
-        self.faxes = [[records_pdf(None, pages=2, seed=k * 100 + n) for n in range(FAXES)]
+        self.faxes = [[records_pdf(None, pages=2, seed=k * 100 + n)
+                       for n in range(FAXES if k == self.latency_case else self.throughput_faxes)]
                       for k in range(self.cases + 1)]
 
     @property
