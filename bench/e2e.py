@@ -48,6 +48,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -131,6 +132,7 @@ class Setup:
 
         ensure_cover_key(Path(self.cluster.sender_config["data_dir"]) / "keys")
         self.cluster.start()
+        stop_on_signals()  # the in-process app may have taken SIGINT
         args = ("serve",) if self.kind == "embedded" else ("serve", "--no-worker")
         self.api = Proc(self.cluster.sender_config, self.cluster.dir, "api", *args).start()
         self.api.wait_http(90)
@@ -263,6 +265,13 @@ class Setup:
         self.exits.close()
 
 
+def stop_on_signals() -> None:
+    """SIGINT and SIGTERM end the run through its `finally` blocks, which stop by PID
+    every process it started."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 def _epoch(at: datetime) -> float:
     return (at if at.tzinfo else at.replace(tzinfo=timezone.utc)).timestamp()
 
@@ -299,6 +308,7 @@ def latency(world: World, root: Path, kind: str, keep_bundle: bool) -> tuple[dic
         steps = timeline(events, t0)
         for kind_, since, delta in steps:
             say(f"  +{since:7.2f} s  (+{delta:6.2f})  {kind_}")
+        say("  where the time went: " + "; ".join(f"{what.strip()} {secs} s" for what, secs in phases(steps)))
         value = round(end - t0, 2) if end and not problems else None
         say(f"{kind}: authorization in -> verified receipt {value} s ({len(d['tids'])} transfer(s))"
             + (f"; PROBLEMS: {problems}" if problems else ""))
@@ -369,6 +379,34 @@ def ingest_rate(events: list[tuple[str, float, dict]], first: float) -> dict:
             "per_min": round(len(at) / max(at[-1] - first, 1e-3) * 60, 1)}
 
 
+PHASES = (  # (what, the event that starts it, the event that ends it), from the audit log
+    ("pull, all sources", "transfer.state.pulling", "transfer.state.mapping"),
+    ("  FHIR record", "transfer.pull.started (ehr)", "transfer.pull.finished (ehr)"),
+    ("  CT study", "transfer.pull.started (pacs)", "transfer.pull.finished (pacs)"),
+    ("mapping", "transfer.state.mapping", "transfer.mapping.finished"),
+    ("bundle assembly", "transfer.state.assembling", "transfer.bundle.assembled"),
+    ("study by STOW-RS", "transfer.dicom.forward.started", "transfer.dicom.forward.finished"),
+    ("bundle delivery (until the receipt comes)", "transfer.delivery.attempt", "transfer.delivery.sent"),
+    ("fax intake, cover sheet to the last fax matched", "fax.cover_sheet", "fax.matched*"),
+    ("late faxes: first transfer done to the last receipt", "transfer.completed",
+     "transfer.receipt.verified*"),
+)
+
+
+def phases(steps: list) -> list[tuple[str, float]]:
+    """Seconds of each phase of PHASES in one case's timeline (an end marked * is the
+    last of its kind, else the first after the start)."""
+    out = []
+    for what, start, end in PHASES:
+        t0 = next((since for kind, since, _ in steps if kind == start), None)
+        if t0 is None:
+            continue
+        ends = [since for kind, since, _ in steps if kind == end.rstrip("*") and since >= t0]
+        if ends:
+            out.append((what, round((ends[-1] if end.endswith("*") else ends[0]) - t0, 2)))
+    return out
+
+
 def step_medians(timelines: list[list[tuple[str, float, float]]]) -> dict[str, float]:
     """Median time spent before each kind of event (its first occurrence per transfer)."""
     spent: dict[str, list[float]] = {}
@@ -424,6 +462,7 @@ def table(r: dict) -> str:
 
 
 def write_docs(r: dict) -> None:
+    emb, dist = (phases((r["latency"].get(k) or {}).get("steps", [])) for k in ("embedded", "distributed"))
     DOC.write_text(
         "# End to end: latency and throughput\n\n"
         "`python bench/e2e.py` (its docstring says what is measured and how). The standard\n"
@@ -432,8 +471,13 @@ def write_docs(r: dict) -> None:
         "the study by STOW-RS) with a verified receipt. Floors are plain tools doing each\n"
         "part alone, one after another, in the same run.\n\n"
         f"Latest run ({r['date']}):\n\n" + table(r) + "\n\n"
-        "Where the time of the embedded case went (seconds since the authorization went in,\n"
-        "and since the event before):\n\n" + "\n".join(
+        "## Where the time goes\n\n"
+        "Phases of the standard case, from the transfers' audit events (they overlap: the\n"
+        "sources are pulled side by side, the faxes are taken in while the rest goes on):\n\n"
+        "| phase | embedded s | distributed s |\n| --- | --- | --- |\n" + "\n".join(
+            f"| {what} | {secs} | {dict(dist).get(what)} |" for what, secs in emb) + "\n\n"
+        "The embedded case's audit events (seconds since the authorization went in, and\n"
+        "since the event before):\n\n" + "\n".join(
             f"- +{since} (+{delta}) {kind}" for kind, since, delta in
             (r["latency"].get("embedded") or {}).get("steps", [])) + "\n")
     start, end = "<!-- e2e:start -->", "<!-- e2e:end -->"
@@ -480,6 +524,7 @@ def main() -> None:
     if args.docs_only:
         return write_docs(json.loads(RESULTS.read_text()))
     t_instances = args.throughput_instances
+    stop_on_signals()
     root = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     say(f"working in {root}; {shutil.disk_usage(root).free / 1e9:.0f} GB free there")
     started, load_start = time.monotonic(), round(os.getloadavg()[0], 2)
@@ -494,6 +539,8 @@ def main() -> None:
         result["resources"] = world.resources
         if not args.skip_latency:
             latency_and_floors(world, root, args.rounds, result)
+            if not args.no_write:
+                dump(RESULTS, result)  # what is measured so far, should the rest not finish
         if not args.skip_throughput:
             if (t_instances, args.throughput_faxes) != (args.instances, FAXES):
                 say(f"throughput cases are smaller than the standard case: {t_instances}-instance "
@@ -502,6 +549,8 @@ def main() -> None:
                     "shows how long 10 take)")
             for workers in (1, 2):
                 result["throughput"].append(throughput(world, root, args.cases, workers))
+                if not args.no_write:
+                    dump(RESULTS, result)
     finally:
         world.stop()
         shutil.rmtree(root, ignore_errors=True)
