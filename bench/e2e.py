@@ -431,7 +431,8 @@ def machine() -> dict:
 def table(r: dict) -> str:
     f, m = r.get("floors_s") or dict.fromkeys(FLOORS, 0.0), r["machine"]
     lines = [
-        f"Machine: {m['cores']} cores, {m['ram_gb']} GB RAM, {m['cpu']}; load average "
+        f"`{r.get('command', 'python bench/e2e.py')}` on {m['cores']} cores, {m['ram_gb']} GB RAM, "
+        f"{m['cpu']}; load average "
         f"{r['load_avg_start']} at the start, {r['load_avg_end']} at the end. Case: "
         f"{r['resources']} FHIR resources, {r['instances']}-instance CT study "
         f"({r['rows']}x{r['rows']}), {FAXES} faxes with cover sheets.",
@@ -533,7 +534,8 @@ def main() -> None:
     result: dict = {"machine": machine(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                     "instances": args.instances, "throughput_instances": t_instances,
                     "throughput_faxes": args.throughput_faxes,
-                    "rows": args.rows, "load_avg_start": load_start, "latency": {}, "throughput": []}
+                    "rows": args.rows, "load_avg_start": load_start, "latency": {}, "throughput": [],
+                    "command": " ".join(["python bench/e2e.py", *sys.argv[1:]])}
     try:
         world.start()
         result["resources"] = world.resources
