@@ -145,12 +145,14 @@ class Cluster:
     broker: None (embedded) or a redis:// URL; database_url / receiver_database_url:
     None (SQLite in the data dir) or a PostgreSQL URL. proxy=True puts a FaultProxy in
     front of the receiver (`cluster.proxy.faults` etc.). `sender` / `receiver` are
-    extra settings merged into each side's configuration."""
+    extra settings merged into each side's configuration. beat=False starts no beat
+    process (the caller runs one its own way, e.g. `serve` with its embedded worker)."""
 
     def __init__(self, workdir: Path, *, workers: int = 2, concurrency: int = 2,
                  pool: str = "threads", broker: str | None = None,
                  database_url: str | None = None, receiver_database_url: str | None = None,
-                 proxy: bool = False, sender: dict | None = None, receiver: dict | None = None):
+                 proxy: bool = False, sender: dict | None = None, receiver: dict | None = None,
+                 beat: bool = True):
         from gateway.storage.blobstore import new_master_key
         from gateway.trust.authorizations import new_issuer_key
         from gateway.trust.issuers import trust_document
@@ -202,6 +204,7 @@ class Cluster:
         if receiver_database_url:
             self.receiver_config["database_url"] = receiver_database_url
         _merge(self.receiver_config, receiver or {})
+        self.with_beat = beat
         self.workers: list[Proc] = []
         self.beat: Proc | None = None
         self.receiver: Proc | None = None
@@ -233,8 +236,9 @@ class Cluster:
         for n in range(self.n_workers):
             self.workers.append(Proc(self.sender_config, self.dir, f"worker-{n}",
                                      *self.worker_args).start())
-        self.beat = Proc(self.sender_config, self.dir, "beat", "worker", "--beat",
-                         "--concurrency", "1").start()
+        if self.with_beat:
+            self.beat = Proc(self.sender_config, self.dir, "beat", "worker", "--beat",
+                             "--concurrency", "1").start()
         return self
 
     def start_receiver(self) -> Proc:
@@ -372,7 +376,7 @@ class Cluster:
         import re
 
         running = set()
-        for proc in [*self.workers, self.beat]:
+        for proc in self._senders():
             if not proc.alive:
                 continue
             text = proc.log_text()
@@ -386,8 +390,8 @@ class Cluster:
         import re
 
         seen = Counter()
-        for proc in [*self.workers, self.beat]:
-            if proc is not None and proc.log_path.exists():
+        for proc in self._senders():
+            if proc.log_path.exists():
                 seen.update(re.findall(r"Task [\w.]+\[([\w-]+)\] received",
                                        proc.log_path.read_text(errors="replace")))
         return [task for task, n in seen.items() if n > 1]
@@ -412,7 +416,11 @@ class Cluster:
         with self.app.extensions["gateway"].db.session() as s:
             owner = s.get(Transfer, tid).lease_owner
         pid = (owner or "::").split(":")[1]
-        return next((p for p in [*self.workers, self.beat] if p.alive and str(p.pid) == pid), None)
+        return next((p for p in self._senders() if p.alive and str(p.pid) == pid), None)
+
+    def _senders(self) -> list[Proc]:
+        """The sending side's worker processes, the beat process among them if any."""
+        return [p for p in (*self.workers, self.beat) if p is not None]
 
     def replay(self, tid: str) -> dict:
         r = self.client.post(f"/transfers/{tid}/replay", headers=self.operator)
