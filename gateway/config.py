@@ -388,6 +388,18 @@ class NotifyConfig(BaseModel):
         return v
 
 
+class WebConfig(BaseModel):
+    """The web pages' signed-in sessions."""
+
+    # a session unused this long ends (a page polling for progress does not count as use)
+    idle_timeout_s: float = Field(900.0, gt=0)
+    # a session ends this long after sign-in, however busy
+    max_age_s: float = Field(12 * 3600.0, gt=0)
+    # the session cookie's Secure flag: "auto" sets it when the request came over TLS or
+    # base_url is https (behind a TLS-terminating proxy); "always" or "never" force it
+    secure_cookie: Literal["auto", "always", "never"] = "auto"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_nested_delimiter="__",
                                       extra="forbid")
@@ -427,6 +439,8 @@ class Settings(BaseSettings):
     retry: RetryConfig = Field(default_factory=RetryConfig)
     # notifications to people: webhooks, email
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    # the web pages: session idle timeout and lifetime, the cookie's Secure flag
+    web: WebConfig = Field(default_factory=WebConfig)
     step_lease_s: float = 300.0  # a step not finished by then is taken over
     reconcile_interval_s: float = 30.0  # how often lost step messages are re-enqueued
     # how often the audit log's tree head is signed (when the log grew): the newest events

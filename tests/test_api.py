@@ -94,8 +94,12 @@ def test_patient_data_is_never_cached(client, operator):
 def test_openapi_describes_every_route_with_roles(app, client):
     doc = client.get("/openapi.json").get_json()
     assert doc["openapi"].startswith("3.")
+    from gateway.web import is_page
+
     routes = {r.rule for r in app.url_map.iter_rules() if r.endpoint != "static"}
-    assert len(doc["paths"]) == len(routes)
+    pages = {r for r in routes if is_page(r)}
+    assert "/ui/sign-in" in pages and not pages & {"/transfers", "/health"}
+    assert len(doc["paths"]) == len(routes - pages)  # every API route; no page
     assert doc["paths"]["/transfers"]["post"]["x-roles"] == ["operator", "admin"]
     assert "requestBody" in doc["paths"]["/transfers/{transfer_id}/retry"]["post"]
     assert "security" not in doc["paths"]["/health"]["get"]
@@ -174,8 +178,8 @@ def test_transfer_created_queued_and_listed(app, client, operator, claims_for, s
     _outcome(client.post(f"/transfers/{view['id']}/retry", headers=operator), 409)
 
 
-def test_dashboard_page_carries_no_data(client):
+def test_old_dashboard_address_leads_to_the_pages(client):
     r = client.get("/dashboard")
-    assert r.status_code == 200 and r.mimetype == "text/html"
-    assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
-    assert b"transfers?limit=100" in r.data and b"sessionStorage" in r.data
+    assert r.status_code == 301 and r.headers["Location"].endswith("/ui/")
+    r = client.get("/ui/")  # signed out: to the sign-in page, with nothing in the answer
+    assert r.status_code == 303 and r.headers["Location"].endswith("/ui/sign-in")

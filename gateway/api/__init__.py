@@ -38,9 +38,6 @@ def register(app: Flask, mode: str) -> None:
     app.register_blueprint(audit.bp)
     app.register_blueprint(notifications.bp)
     if mode in ("send", "both"):
-        from gateway.web import bp as dashboard
-
-        app.register_blueprint(dashboard)
         app.register_blueprint(authorizations.bp)
         app.register_blueprint(cases.bp)
         app.register_blueprint(faxes.bp)
@@ -52,6 +49,9 @@ def register(app: Flask, mode: str) -> None:
         app.register_blueprint(dicomweb.bp)
         app.register_blueprint(inbox.bp)
 
+    from gateway import web
+
+    web.register(app, mode)
     app.before_request(url_without_nul)
 
     @app.errorhandler(GatewayError)

@@ -8,6 +8,8 @@ import re
 
 from flask import Flask
 
+from gateway.web import is_page
+
 from .params import MAX_WHOLE
 
 DESCRIPTION = "Records interoperability gateway for second opinions."
@@ -23,7 +25,6 @@ _BYTES = {"schema": {"type": "string", "format": "binary"}}
 
 # What an operation answers on success, where it is not 200 with a JSON object
 ANSWERS = {
-    "web.dashboard": {"200": {"text/html": _BYTES}},
     "meta.ready": {"200": _JSON, "503": {"application/fhir+json": {"schema": {"type": "object"}}}},
     "meta.metrics": {"200": {"text/plain": _BYTES}},
     "faxes.cover_sheet": {"200": {"application/pdf": _BYTES}},
@@ -144,7 +145,6 @@ SUMMARIES = {
     "faxes.review_preview": "PNG of the fax's first page",
     "faxes.review_assign": "Attach a fax to an open transfer",
     "faxes.review_reject": "Set a fax aside for good",
-    "web.dashboard": "Operator dashboard (HTML; reads the API with the user's token)",
     "authorizations.create": "Import a signed release authorization (verified before it is stored)",
     "authorizations.index": "List authorizations",
     "authorizations.show": "One authorization with its claims and Consent (audited read)",
@@ -215,8 +215,8 @@ def document(app: Flask) -> dict:
     paths: dict = {}
     seen: set[str] = set()
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
-            continue
+        if rule.endpoint == "static" or is_page(rule.rule):
+            continue  # the web pages are not API operations
         view = app.view_functions[rule.endpoint]
         path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
         roles = getattr(view, "roles", None)

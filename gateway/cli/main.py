@@ -24,6 +24,7 @@ from .serve import serve, worker
 from .settings_reference import settings_reference
 from .tokens import token
 from .transfers import transfer
+from .users import user
 
 
 @click.group(cls=OneLineErrors)
@@ -34,7 +35,7 @@ def main(log_level: str | None) -> None:
 
 
 for _command in (serve, worker, keys, token, authorization, case, transfer, fax, audit,
-                 notification, settings_reference, doctor):
+                 notification, user, settings_reference, doctor):
     main.add_command(_command)
 
 

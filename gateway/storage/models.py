@@ -502,3 +502,37 @@ class CaseSource(Base):
     next_reminder_at: Mapped[datetime | None]
     next_pull_at: Mapped[datetime | None]  # scheduled incremental pull
     case: Mapped[Case] = relationship(back_populates="sources")
+
+
+class WebUser(Base):
+    """A person who signs in to the web pages with a username and password; holds a role
+    and organization as an API token does. Only a scrypt hash of the password is kept."""
+
+    __tablename__ = "web_users"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    username: Mapped[str] = mapped_column(String(255), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))
+    organization: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    disabled_at: Mapped[datetime | None]  # set: sign-in refused, open sessions end
+
+
+class WebSession(Base):
+    """A signed-in browser: the cookie holds a random value, only its sha256 is kept here.
+    Ends on sign-out, after the idle timeout, or when its token or person is revoked."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    csrf: Mapped[str] = mapped_column(String(64))  # the form token of this session
+    actor: Mapped[str] = mapped_column(String(255))  # who, as the audit log names them
+    role: Mapped[str] = mapped_column(String(16))
+    organization: Mapped[str | None] = mapped_column(String(255))
+    token_id: Mapped[str | None] = mapped_column(String(32))  # signed in with an API token
+    user_id: Mapped[str | None] = mapped_column(String(32))  # or as a person
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None]

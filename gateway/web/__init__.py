@@ -1,20 +1,35 @@
-"""The operator dashboard: one static page that reads the API with the user's token
-(kept in the browser tab's sessionStorage), so it carries no data and needs no session.
-A face, like the API: it may import any room below it."""
+"""The web pages: server-rendered (Jinja templates in templates/, scripts and styles from
+static/, nothing from elsewhere), behind the same tokens and roles as the API.
+
+One module a page group, each with its blueprint from `pages.blueprint`: signin.py
+(sign-in and out, home), operators.py (the sending side's cases and transfers), ...
+session.py holds the sessions, the `page` decorator (sign-in, roles, CSRF) and the audit
+of page views; docs/web.md says how to add a page. A face, like the API: it may import
+any room below it (engine, trust, audit, storage, ...); only the app factory's
+registration (gateway/api/__init__.py) imports it."""
 from __future__ import annotations
 
-from importlib import resources
+from flask import Blueprint, Flask, redirect
 
-from flask import Blueprint, Response
+from .pages import PREFIX, security_headers
 
-bp = Blueprint("web", __name__)
+assets = Blueprint("web_assets", __name__, url_prefix=PREFIX, static_folder="static",
+                   static_url_path="/static")
 
 
-@bp.get("/dashboard")
-def dashboard():
-    page = resources.files(__package__).joinpath("dashboard.html").read_text()
-    response = Response(page, mimetype="text/html")
-    response.headers["Content-Security-Policy"] = (
-        "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; "
-        "connect-src 'self'; frame-ancestors 'none'")
-    return response
+def register(app: Flask, mode: str) -> None:
+    """Every page group of this gateway's `mode` (send, receive, both)."""
+    from . import operator_actions, operators, signin  # noqa: F401 (actions add routes)
+
+    app.register_blueprint(assets)
+    app.register_blueprint(signin.bp)
+    if mode in ("send", "both"):
+        app.register_blueprint(operators.bp)
+    # the old single-page dashboard's address leads to the pages that replaced it
+    app.add_url_rule("/dashboard", "web_dashboard", lambda: redirect(PREFIX + "/", code=301))
+    app.after_request(security_headers)
+
+
+def is_page(path: str) -> bool:
+    """A page or asset (not an API operation): left out of the OpenAPI document."""
+    return path in (PREFIX, "/dashboard") or path.startswith(PREFIX + "/")

@@ -1,7 +1,8 @@
 """Every route x {no token, garbage, expired, revoked, each wrong role}: 401 or 403, an
 OperationOutcome, nothing from the store in the answer and nothing done. The routes come
 from the app's own /openapi.json, so a new route is in the matrix by itself; one without
-roles must be named in PUBLIC, or the test fails."""
+roles must be named in PUBLIC, or the test fails. The web pages are not API operations:
+tests/security/test_page_matrix.py drives those."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,14 +20,13 @@ from tests.helpers import bearer
 from tests.security import route_world
 
 # Operations without an API token, and what each answers to a request with no credential:
-# liveness, readiness, metrics (counts only), published keys, this description, the dashboard page (it carries no data; it
-# reads the API with the user's token), the audit log's checkpoints and proofs (hashes
-# only); and a FHIR Subscription's hook, which a source calls with the channel's own
+# liveness, readiness, metrics (counts only), published keys, this description, the audit
+# log's checkpoints and proofs (hashes only); and a FHIR Subscription's hook, which a source calls with the channel's own
 # secret instead (refused without it).
 PUBLIC = {
     ("get", "/health"): 200, ("get", "/ready"): 200, ("get", "/metrics"): 200,
     ("get", "/.well-known/jwks.json"): 200, ("get", "/openapi.json"): 200,
-    ("get", "/dashboard"): 200, ("get", "/audit/checkpoints"): 200,
+    ("get", "/audit/checkpoints"): 200,
     ("get", "/audit/checkpoints/latest"): 200, ("get", "/audit/consistency"): 200,
     ("get", "/audit/events/{seq}/proof"): 200, ("post", "/subscriptions/{sid}/notify"): 401,
 }
