@@ -9,7 +9,6 @@ them: a study as multipart/related; type="application/dicom", or one instance.
 """
 from __future__ import annotations
 
-import re
 import uuid
 
 from flask import Blueprint, Response, g, jsonify
@@ -72,22 +71,11 @@ def document_content(received_id: str, doc_id: str):
     return response
 
 
-# Media types served as they are; anything else a sender names (text/html, SVG, scripts)
-# goes as application/octet-stream. Always as an attachment in a sandbox: the document
-# never runs in the gateway's origin, whatever it holds.
-SERVED_AS_IS = {"application/pdf": "pdf", "image/tiff": "tiff", "image/png": "png",
-                "image/jpeg": "jpg", "text/plain": "txt", "application/json": "json",
-                "application/fhir+json": "json", "application/dicom": "dcm"}
-
-
 def document_response(body, content_type: str | None, name: str) -> Response:
-    media = str(content_type or "").split(";")[0].strip().lower()
-    ext = SERVED_AS_IS.get(media)
-    if ext is None:
-        media, ext = "application/octet-stream", "bin"
-    stem = name if re.fullmatch(r"[A-Za-z0-9-]{1,64}", name or "") else "document"
+    """As an attachment, in a sandbox, with no sniffing (see inbox.served_as)."""
+    media, filename = inbox.served_as(content_type, name)
     response = Response(body, mimetype=media)
-    response.headers["Content-Disposition"] = f'attachment; filename="{stem}.{ext}"'
+    response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
     response.headers["Content-Security-Policy"] = "sandbox"
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response

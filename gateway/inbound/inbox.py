@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -25,6 +26,25 @@ SHA256_SYSTEM = "urn:records-gateway:sha256"
 DICOM_UID_SYSTEM = "urn:dicom:uid"
 PATIENT_SUMMARY = "60591-5"  # LOINC Patient summary Document
 MANIFEST = "completeness-manifest"
+
+
+# Media types served as they are; anything else a sender names (text/html, SVG, scripts)
+# goes as application/octet-stream. Always in a sandbox (CSP `sandbox`): the document
+# never runs in the gateway's origin, whatever it holds.
+SERVED_AS_IS = {"application/pdf": "pdf", "image/tiff": "tiff", "image/png": "png",
+                "image/jpeg": "jpg", "text/plain": "txt", "application/json": "json",
+                "application/fhir+json": "json", "application/dicom": "dcm"}
+
+
+def served_as(content_type: str | None, name: str) -> tuple[str, str]:
+    """(media type, file name) a document is served with: a known type as it is, any
+    other as application/octet-stream; the name only from safe characters."""
+    media = str(content_type or "").split(";")[0].strip().lower()
+    ext = SERVED_AS_IS.get(media)
+    if ext is None:
+        media, ext = "application/octet-stream", "bin"
+    stem = name if re.fullmatch(r"[A-Za-z0-9-]{1,64}", name or "") else "document"
+    return media, f"{stem}.{ext}"
 
 
 def view(row: ReceivedBundle) -> dict:
@@ -46,13 +66,16 @@ def received(svc: Services, org: str, limit: int = 500) -> list[ReceivedBundle]:
             .order_by(ReceivedBundle.received_at.desc()).limit(limit)).all())
 
 
-def get(s, received_id: str, org: str, action: str, actor: str, role: str | None) -> ReceivedBundle:
-    """One of the organization's bundles, the read logged as `api.read.{action}`."""
+def get(s, received_id: str, org: str, action: str | None, actor: str, role: str | None,
+        face: str = "api") -> ReceivedBundle:
+    """One of the organization's bundles, the read logged as `{face}.read.{action}`
+    (`action` None: not logged, for a part of a page whose view was logged)."""
     row = s.get(ReceivedBundle, received_id)
     if row is None or row.state != "accepted" or row.recipient_org != org:
         raise NotFound(f"no received bundle {received_id}")
-    audit.record(s, f"api.read.{action}", actor=actor, role=role,
-                 bundle=row.bundle_identifier, received_id=row.id)
+    if action is not None:
+        audit.record(s, f"{face}.read.{action}", actor=actor, role=role,
+                     bundle=row.bundle_identifier, received_id=row.id)
     return row
 
 

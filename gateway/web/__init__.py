@@ -25,6 +25,10 @@ def register(app: Flask, mode: str) -> None:
     app.register_blueprint(signin.bp)
     if mode in ("send", "both"):
         app.register_blueprint(operators.bp)
+    if mode in ("receive", "both"):
+        from . import center
+
+        app.register_blueprint(center.bp)
     # the old single-page dashboard's address leads to the pages that replaced it
     app.add_url_rule("/dashboard", "web_dashboard", lambda: redirect(PREFIX + "/", code=301))
     app.after_request(security_headers)

@@ -32,6 +32,9 @@ class InstanceFacts:
     columns: int
     has_pixels: bool
     transfer_syntax: str
+    modality: str = ""
+    series_number: int | None = None
+    series_description: str = ""
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,9 @@ def read_facts(data: bytes) -> InstanceFacts:
         frames=max(1, _int(ds.get("NumberOfFrames"), 1) or 1),
         rows=_int(ds.get("Rows"), 0) or 0, columns=_int(ds.get("Columns"), 0) or 0,
         has_pixels=any(t in ds for t in PIXEL_TAGS),
-        transfer_syntax=str(meta.get("TransferSyntaxUID", "")) if meta else "")
+        transfer_syntax=str(meta.get("TransferSyntaxUID", "")) if meta else "",
+        modality=str(ds.get("Modality", "")), series_number=_int(ds.get("SeriesNumber")),
+        series_description=str(ds.get("SeriesDescription", "")))
 
 
 def frame_order(instances: list[InstanceFacts]) -> list[tuple[str, int]]:
