@@ -29,6 +29,9 @@ def register(app: Flask, mode: str) -> None:
         from . import center
 
         app.register_blueprint(center.bp)
+    from . import auditors
+
+    app.register_blueprint(auditors.bp)
     # the old single-page dashboard's address leads to the pages that replaced it
     app.add_url_rule("/dashboard", "web_dashboard", lambda: redirect(PREFIX + "/", code=301))
     app.after_request(security_headers)

@@ -56,7 +56,8 @@ def _head(title: str, summary: str, width: int, height: int) -> list[str]:
             f'class="chart">',
             f'<title id="{key}-t">{escape(title)}</title>',
             f'<desc id="{key}-d">{escape(summary)}</desc>',
-            '<style>text{font:11px sans-serif;fill:#222}.tick{fill:#444}</style>']
+            # presentation attributes, not a <style>: the pages' CSP allows no inline style
+            '<g font-family="sans-serif" font-size="11" fill="#222">']
 
 
 def _frame(title: str, summary: str, body: list[str], ymax: float, y_label: str) -> str:
@@ -66,10 +67,10 @@ def _frame(title: str, summary: str, body: list[str], ymax: float, y_label: str)
             f'stroke="#444"/>']
     for frac in (0, 0.5, 1):
         y = TOP + plot_h * (1 - frac)
-        axis.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" class="tick">'
+        axis.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" class="tick" fill="#444">'
                     f'{_fmt(ymax * frac)}</text>')
     axis.append(f'<text x="{LEFT}" y="{TOP - 10}" class="axis-label">{escape(y_label)}</text>')
-    return "\n".join([*_head(title, summary, WIDTH, HEIGHT), *axis, *body, "</svg>"])
+    return "\n".join([*_head(title, summary, WIDTH, HEIGHT), *axis, *body, "</g></svg>"])
 
 
 def stacked_bars(title: str, categories: list[str], series: dict[str, list[int]],
@@ -96,7 +97,7 @@ def stacked_bars(title: str, categories: list[str], series: dict[str, list[int]]
                         f'<title>{escape(cat)}: {v} {escape(name)}</title></rect>')
         if len(categories) <= 16 or i % max(1, len(categories) // 8) == 0:
             body.append(f'<text x="{x + bar_w / 2:.1f}" y="{TOP + plot_h + 14}" '
-                        f'text-anchor="middle" class="tick">{escape(cat[-5:])}</text>')
+                        f'text-anchor="middle" class="tick" fill="#444">{escape(cat[-5:])}</text>')
     for k, name in enumerate(names):  # legend under the axis
         lx = LEFT + k * 120
         body.append(f'<rect x="{lx}" y="{HEIGHT - 22}" width="10" height="10" '
@@ -128,7 +129,7 @@ def histogram(title: str, buckets: list[tuple[str, int]], x_label: str,
                     f'data-label="{escape(label)}" data-value="{count}">'
                     f'<title>{escape(label)}: {count}</title></rect>')
         body.append(f'<text x="{x + slot * 0.4:.1f}" y="{TOP + plot_h + 14}" text-anchor="middle" '
-                    f'class="tick">{escape(label)}</text>')
+                    f'class="tick" fill="#444">{escape(label)}</text>')
     body.append(f'<text x="{WIDTH / 2}" y="{HEIGHT - 12}" text-anchor="middle">'
                 f'{escape(x_label)}</text>')
     total = sum(c for _, c in buckets)
@@ -167,7 +168,7 @@ def horizontal_bars(title: str, rows: list[tuple[str, float, str]], value_label:
         summary = f"{title}: none yet."
     svg = "\n".join([
         *_head(title, summary, WIDTH, height),
-        f'<text x="{label_w}" y="{TOP - 10}">{escape(value_label)}</text>', *body, "</svg>"])
+        f'<text x="{label_w}" y="{TOP - 10}">{escape(value_label)}</text>', *body, "</g></svg>"])
     table = (("source", value_label, "note"), *((r[0], format_value(r[1]), r[2]) for r in rows))
     return Chart(title, svg, summary, table)
 
