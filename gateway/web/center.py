@@ -14,7 +14,7 @@ import threading
 from collections import OrderedDict
 from datetime import datetime, timezone
 
-from flask import Response, g, redirect, request, url_for
+from flask import Response, g, make_response, redirect, request, url_for
 from sqlalchemy import select
 
 from connectors.dicom.uids import clean_uid
@@ -25,7 +25,7 @@ from gateway.inbound.replies import send_reply
 from gateway.storage.models import AuditEvent, ReceivedBundle
 
 from . import images
-from .pages import NOTICES, blueprint, nav_link, notice, render
+from .pages import CSP, NOTICES, blueprint, nav_link, notice, render
 from .session import page, svc
 from .signin import home_for
 
@@ -85,8 +85,11 @@ def document(received_id: str, doc_id: str):
     row = _row(received_id, "received_document")
     doc = _document(inbox.load(svc(), row), row.id, doc_id)
     media, _ = inbox.served_as(doc["contentType"], doc_id)
-    return render("center/document.html", item=inbox.view(row), doc=doc, doc_id=doc_id,
-                  media=media, inline=media in SHOWN_INLINE)
+    response = make_response(render("center/document.html", item=inbox.view(row), doc=doc,
+                                    doc_id=doc_id, media=media, inline=media in SHOWN_INLINE))
+    # the pages' policy, and frames from our own origin: the document's sandboxed frame
+    response.headers["Content-Security-Policy"] = f"{CSP}; frame-src 'self'"
+    return response
 
 
 @bp.get("/inbox/<received_id>/documents/<doc_id>/content")
