@@ -19,12 +19,14 @@ assets = Blueprint("web_assets", __name__, url_prefix=PREFIX, static_folder="sta
 
 def register(app: Flask, mode: str) -> None:
     """Every page group of this gateway's `mode` (send, receive, both)."""
-    from . import operator_actions, operators, signin  # noqa: F401 (actions add routes)
+    from . import authorizations, dead_letters, faxes, operator_actions, operators, signin  # noqa: F401
 
     app.register_blueprint(assets)
     app.register_blueprint(signin.bp)
     if mode in ("send", "both"):
-        app.register_blueprint(operators.bp)
+        app.register_blueprint(operators.bp)  # with operator_actions' routes
+        for group in (faxes, authorizations, dead_letters):
+            app.register_blueprint(group.bp)
     if mode in ("receive", "both"):
         from . import center
 

@@ -43,12 +43,12 @@ def _identifier_matches(auth: Authorization, wanted: str) -> bool:
     return False
 
 
-def _filters() -> dict:
+def _filters(states) -> dict:
     """The list filters from the POSTed form (a GET shows everything)."""
     if request.method != "POST":
         return {}
     state = request.form.get("state", "")
-    if state and state not in STATES:
+    if state and state not in states:
         raise InvalidInput(f"unknown state {state!r}")
     return {"state": state, "since": _day("since"), "until": _day("until", end=True),
             "patient": request.form.get("patient", "").strip()}
@@ -60,7 +60,7 @@ def _authorizations_of_patient(s, wanted: str) -> list[str]:
     return [a.id for a in rows if _identifier_matches(a, wanted)]
 
 
-def _filtered(s, model, f: dict, state_values=None):
+def _filtered(s, model, f: dict):
     q = select(model).order_by(model.created_at.desc()).limit(LIMIT)
     if f.get("state"):
         q = q.where(model.state == f["state"])
@@ -79,7 +79,7 @@ def _filtered(s, model, f: dict, state_values=None):
 @bp.route("/", methods=["GET", "POST"])
 @page(*OPERATORS)
 def transfers():
-    f = _filters()
+    f = _filters(STATES)
     with svc().db.session() as s:
         rows = [transfer_view(s, t, completeness_report=False) for t in _filtered(s, Transfer, f)]
     return render("operators/transfers.html", transfers=rows, filters=f, states=STATES)
@@ -90,24 +90,14 @@ def transfers():
 def cases():
     from gateway.engine.cases import STATES as CASE_STATES
 
-    f = _filters() if request.form.get("state", "") in ("", *CASE_STATES) else {}
+    f = _filters(CASE_STATES)
     with svc().db.session() as s:
-        q = select(Case).order_by(Case.created_at.desc()).limit(LIMIT)
-        if f.get("state"):
-            q = q.where(Case.state == f["state"])
-        if f.get("since"):
-            q = q.where(Case.created_at >= f["since"])
-        if f.get("until"):
-            q = q.where(Case.created_at <= f["until"])
-        if f.get("patient"):
-            ids = _authorizations_of_patient(s, f["patient"])
-            q = q.where(Case.authorization_id.in_(ids))
-            audit_read(s, "patient_search", page=request.endpoint, matches=len(ids))
-        rows = [case_view(s, c) for c in s.scalars(q)]
+        rows = [case_view(s, c) for c in _filtered(s, Case, f)]
     return render("operators/cases.html", cases=rows, filters=f, states=CASE_STATES)
 
 
-def _patient(auth: Authorization) -> dict:
+def patient_of(auth: Authorization) -> dict:
+    """Who an authorization names, for the pages that show it (each audits the view)."""
     p = auth.claims.get("patient", {})
     return {"name": " ".join([*p.get("name", {}).get("given", []), p.get("name", {}).get("family", "")]),
             "birthDate": p.get("birthDate"), "identifiers": p.get("identifiers", [])}
@@ -124,7 +114,7 @@ def transfer(transfer_id: str):
         auth = s.get(Authorization, t.authorization_id)
         audit_read(s, "transfer", transfer_id=t.id, authorization_id=auth.id,
                    patient_key=patient_key(auth, svc().patient_secret))
-        patient = _patient(auth)
+        patient = patient_of(auth)
         case = s.scalars(select(Case).where(Case.authorization_id == auth.id)).first()
     return render("operators/transfer.html", t=view, patient=patient,
                   notice=notice(),
@@ -175,7 +165,7 @@ def case(case_id: str):
         audit_read(s, "case", authorization_id=auth.id,
                    patient_key=patient_key(auth, svc().patient_secret), case_id=c.id)
         story = timeline(s, auth.id)
-        patient = _patient(auth)
+        patient = patient_of(auth)
     return render("operators/case.html", c=view, patient=patient, timeline=story,
                   notice=notice())
 

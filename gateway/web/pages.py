@@ -62,7 +62,8 @@ NOTICES = {"retried": "Transfer retried.", "cancelled": "Transfer cancelled.",
            "replayed": "Delivery replayed.", "approved": "Case approved: its sources start now.",
            "no-records": "Recorded: the source has no records.",
            "revoked": "Authorization revoked; its transfers in flight were stopped.",
-           "assigned": "Fax assigned to the transfer.", "rejected": "Fax rejected."}
+           "assigned": "Fax assigned to the transfer.", "rejected": "Fax rejected.",
+           "notification-replayed": "Notification queued to be sent again."}
 
 
 def notice() -> str | None:
