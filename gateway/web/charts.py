@@ -174,11 +174,10 @@ def horizontal_bars(title: str, rows: list[tuple[str, float, str]], value_label:
 
 
 def duration(seconds: float) -> str:
-    """A duration as people say it: 45 s, 12 min, 3.5 h, 2.0 d."""
-    if seconds < 90:
+    """A duration as people say it: 45 s, 12 min, 3.5 h, 2 d."""
+    if seconds < 60 or (seconds < 90 and seconds % 60):
         return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
+    if seconds < 3600:
         return f"{seconds / 60:.0f} min"
-    if seconds < 36 * 3600:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
+    value, unit = (seconds / 3600, "h") if seconds < 36 * 3600 else (seconds / 86400, "d")
+    return f"{value:.0f} {unit}" if float(value).is_integer() else f"{value:.1f} {unit}"

@@ -59,9 +59,9 @@ def test_horizontal_bars_slowest_first_with_readable_values():
     root = _parse(chart)
     bars = _bars(root)
     assert [(b["data-label"], b["data-value"]) for b in bars] == [("ehr", "7200"), ("pacs", "30")]
-    assert "2.0 h" in ET.tostring(root, encoding="unicode")
-    assert chart.table[1:] == (("ehr", "2.0 h", "1 pull"), ("pacs", "30 s", "2 pulls"))
-    assert chart.summary.startswith("Sources by time to records: 2 sources; slowest ehr at 2.0 h")
+    assert "2 h" in ET.tostring(root, encoding="unicode")
+    assert chart.table[1:] == (("ehr", "2 h", "1 pull"), ("pacs", "30 s", "2 pulls"))
+    assert chart.summary.startswith("Sources by time to records: 2 sources; slowest ehr at 2 h")
 
 
 def test_empty_charts_still_parse_and_say_so():
@@ -83,5 +83,5 @@ def test_labels_are_escaped_and_ids_differ_between_charts():
 
 
 def test_durations_in_words():
-    assert [charts.duration(s) for s in (45, 600, 3 * 3600, 3 * 86400)] == [
-        "45 s", "10 min", "3.0 h", "3.0 d"]
+    assert [charts.duration(s) for s in (45, 600, 3 * 3600, 3 * 86400, 5000, 12600, 1.5 * 86400)] == [
+        "45 s", "10 min", "3 h", "3 d", "1.4 h", "3.5 h", "1.5 d"]
