@@ -20,7 +20,7 @@ def test_demo_json_summary_of_a_whole_transfer(tmp_path):
     work = tmp_path / "tmp"
     work.mkdir()
     done = subprocess.run([sys.executable, "-m", "gateway", "demo", "--json"], env=_env(str(work)),
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                          cwd=tmp_path, capture_output=True, text=True, timeout=290)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
     assert summary["state"] == "completed"
@@ -41,7 +41,7 @@ def test_demo_json_summary_of_a_whole_transfer(tmp_path):
     assert not list(work.iterdir())  # and its working folder removed
 
 
-def _wait_for(path, text: str, proc, timeout: float = 120) -> str:
+def _wait_for(path, text: str, proc, timeout: float = 290) -> str:
     """Poll the process's output file until `text` appears (or the process ends)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -85,6 +85,15 @@ def test_demo_prints_a_summary_and_keeps_the_gateways_running_until_ctrl_c(tmp_p
         inbox = requests.get(f"{receiver}/inbox", timeout=10,
                              headers={"Authorization": f"Bearer {pages[1][2]}"})
         assert len(inbox.json()["received"]) == 1
+        # and the center's page, signed in with the printed token as a newcomer would
+        browser = requests.Session()
+        form = browser.get(pages[1][1], timeout=10)
+        assert form.url == f"{receiver}/ui/sign-in"
+        nonce = re.search(r'name="form_nonce" value="([^"]+)"', form.text).group(1)
+        page = browser.post(f"{receiver}/ui/sign-in", data={"form_nonce": nonce,
+                                                            "token": pages[1][2]}, timeout=30)
+        assert page.url == f"{receiver}/ui/center/"
+        assert page.text.count("data-received=") == 1
     finally:
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(60)

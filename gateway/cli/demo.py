@@ -36,7 +36,7 @@ from .progress import follow_transfer
 
 ISSUER = "https://esign.demo.invalid"
 SENDER_ORG, RECEIVER_ORG = "org-demo-hospital", "org-second-opinion"
-SENDER_PAGE, RECEIVER_PAGE = "/dashboard", "/dashboard"  # where `--keep` sends a newcomer
+SENDER_PAGE = RECEIVER_PAGE = "/ui/"  # where `--keep` sends a newcomer: sign-in, then home
 DOCUMENTS = [  # (file name, title, data class, lines) - synthetic, no real patient
     ("progress-note.pdf", "Progress note", "notes",
      ["Follow-up visit. Symptoms stable.", "Plan: continue current therapy; review in 6 weeks."]),
@@ -139,7 +139,7 @@ def _api(method: str, url: str, token: str, **kw) -> dict:
     return r.json() if r.content else {}
 
 
-def run_demo(keep: bool = False, as_json: bool = False, timeout: float = 60) -> dict:
+def run_demo(keep: bool = False, as_json: bool = False, timeout: float = 180) -> dict:
     root = Path(tempfile.mkdtemp(prefix="records-gateway-demo-"))
     say = lambda msg: click.echo(f"demo: {msg}", err=True)  # noqa: E731
     sender_port, receiver_port = _free_port(), _free_port()
