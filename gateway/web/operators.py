@@ -4,6 +4,7 @@ items and a case's timeline. The buttons are in operator_actions.py."""
 from __future__ import annotations
 
 from datetime import date, datetime, time, timezone
+from types import SimpleNamespace
 
 from flask import jsonify, request
 from sqlalchemy import select
@@ -175,17 +176,24 @@ def case(case_id: str):
 def progress():
     """Live state for the progress bars (polled by static/progress.js): ids, states,
     counts and bytes only, so not an audited read. Not counted as use of the session."""
-    ids = request.args.getlist("id")[:LIMIT]
+    ids, case_ids = request.args.getlist("id")[:LIMIT], request.args.getlist("case")[:LIMIT]
     with svc().db.session() as s:
         rows = s.scalars(select(Transfer).where(Transfer.id.in_(ids)))
         out = {t.id: {k: v for k, v in transfer_view(s, t, completeness_report=False).items()
                       if k in ("state", "percent", "sources", "items")} for t in rows}
+        open_cases = {c.id: {"state": c.state, "percent": c.percent,
+                             "sources": [{"name": x["name"], "status": x["status"]}
+                                         for x in c.sources]}
+                      for c in (SimpleNamespace(**case_view(s, row))
+                                for row in s.scalars(select(Case).where(Case.id.in_(case_ids))))}
     for view in out.values():
         for src in view["sources"]:
             src.pop("error", None)  # an error text can quote a file name
-    return jsonify({"transfers": out, "terminal": sorted(TERMINAL | PARKED)})
+    return jsonify({"transfers": out, "cases": open_cases,
+                    "terminal": sorted(TERMINAL | PARKED | {"closed"})})
 
 
 nav_link("operators.transfers", "Transfers", *OPERATORS)
 nav_link("operators.cases", "Cases", *OPERATORS)
 home_for("operator", "operators.transfers")
+home_for("admin", "operators.transfers")

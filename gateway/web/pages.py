@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flask import Blueprint, g, render_template, request, url_for
+from flask import Blueprint, current_app, g, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
 from gateway.errors import GatewayError
@@ -52,7 +52,8 @@ def render(template: str, **context):
     """Render a page with what the base template needs (navigation, form token)."""
     role = g.get("role")
     links = [(url_for(link.endpoint), link.label, request.endpoint == link.endpoint)
-             for link in NAV if role in link.roles]
+             for link in NAV if role in link.roles
+             and link.endpoint in current_app.view_functions]  # this mode's pages only
     return render_template(template, nav=links, signed_in=role is not None, actor=g.get("actor"),
                            role=role, csrf_token=g.get("csrf_token", ""), **context)
 

@@ -12,8 +12,8 @@ import secrets
 from datetime import datetime, timedelta
 from functools import wraps
 
-from flask import current_app, g, jsonify, redirect, request, url_for
-from sqlalchemy import select
+from flask import current_app, g, jsonify, make_response, redirect, request, url_for
+from sqlalchemy import delete, select
 
 from gateway import audit
 from gateway.runtime.services import Services
@@ -49,10 +49,14 @@ def start(response, *, actor: str, role: str, organization: str | None,
           token_id: str | None = None, user_id: str | None = None, how: str) -> None:
     """Open a session for who signed in and set its cookie on `response`."""
     secret = secrets.token_urlsafe(32)
+    now = utcnow()
     with svc().db.session() as s:
+        # sessions past their maximum age can never be used again: no need to keep them
+        s.execute(delete(WebSession).where(
+            WebSession.created_at < now - timedelta(seconds=svc().settings.web.max_age_s)))
         row = WebSession(secret_sha256=_digest(secret), csrf=secrets.token_urlsafe(32),
                          actor=actor, role=role, organization=organization, token_id=token_id,
-                         user_id=user_id, created_at=utcnow(), last_seen_at=utcnow())
+                         user_id=user_id, created_at=now, last_seen_at=now)
         s.add(row)
         s.flush()
         audit.record(s, "web.session.started", actor=actor, role=role, session_id=row.id,
@@ -124,6 +128,29 @@ def current(touch: bool = True) -> tuple[dict | None, str | None]:
 def csrf_ok(expected: str) -> bool:
     presented = request.form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER) or ""
     return hmac.compare_digest(presented.encode(), expected.encode())
+
+
+PUBLIC_FORM_COOKIE = "rgw_form"
+PUBLIC_FORM_FIELD = "form_nonce"
+
+
+def public_form(render_page, status: int = 200, path: str | None = None):
+    """A form for people with no session (sign-in, a patient's own form): a double-submit
+    token, set as a cookie scoped to the form's `path` (default: this request's) and
+    passed to `render_page(nonce)`, which puts it in the form's PUBLIC_FORM_FIELD.
+    Check the POST with `public_form_ok()`."""
+    nonce = secrets.token_urlsafe(24)
+    response = make_response(render_page(nonce), status)
+    set_cookie(response, PUBLIC_FORM_COOKIE, nonce, path or request.path)
+    return response
+
+
+def public_form_ok() -> bool:
+    """The POSTed form carries the token its page set (a forged form has no cookie of ours
+    or cannot read it)."""
+    nonce = request.cookies.get(PUBLIC_FORM_COOKIE, "")
+    sent = request.form.get(PUBLIC_FORM_FIELD, "")
+    return bool(nonce) and hmac.compare_digest(nonce.encode(), sent.encode())
 
 
 def page(*roles: str, touch: bool = True):

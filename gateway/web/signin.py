@@ -1,12 +1,10 @@
 """Sign-in (an API token, or a person's username and password), sign-out, and the home
-page that sends each role to its pages. The sign-in form is guarded by its own
-double-submit token: a cookie set with the form, and the same value in the form."""
+page that sends each role to its pages. The sign-in form is guarded by a
+double-submit token (session.public_form): a cookie set with the form, and the same
+value in the form."""
 from __future__ import annotations
 
-import hmac
-import secrets
-
-from flask import g, make_response, redirect, request, url_for
+from flask import current_app, g, make_response, redirect, request, url_for
 
 from gateway import audit
 from gateway.errors import Unauthenticated
@@ -17,27 +15,27 @@ from . import session
 from .pages import blueprint, nav_link, render
 
 bp = blueprint("web_session")
-SIGNIN_COOKIE = "rgw_signin"
+SIGN_IN_PATH = bp.url_prefix + "/sign-in"
 
 WHY = {"idle": "You were signed out after a time without use. Please sign in again.",
        "expired": "Your session reached its longest allowed time. Please sign in again.",
        "revoked": "Your token or account was revoked or disabled.",
        "ended": "You are signed out."}
 
-# where each role starts; page groups of other roles add theirs with `home_for`
-HOME: dict[str, str] = {}
+# where each role starts: the first of its endpoints this app serves (page groups add
+# theirs with `home_for`; a gateway in receive mode has no operator pages, for example)
+HOME: dict[str, list[str]] = {}
 
 
 def home_for(role: str, endpoint: str) -> None:
-    HOME.setdefault(role, endpoint)
+    if endpoint not in HOME.setdefault(role, []):
+        HOME[role].append(endpoint)
 
 
 def _form(status: int = 200, error: str | None = None, notice: str | None = None):
-    nonce = secrets.token_urlsafe(24)
-    response = make_response(render("sign_in.html", form_nonce=nonce, error=error,
-                                    notice=notice), status)
-    session.set_cookie(response, SIGNIN_COOKIE, nonce, bp.url_prefix + "/sign-in")
-    return response
+    return session.public_form(lambda nonce: render("sign_in.html", form_nonce=nonce,
+                                                    error=error, notice=notice),
+                               status, SIGN_IN_PATH)
 
 
 @bp.get("/sign-in")
@@ -55,9 +53,7 @@ def _refused(message: str, presented_as: str):
 
 @bp.post("/sign-in")
 def sign_in_post():
-    nonce = request.cookies.get(SIGNIN_COOKIE, "")
-    sent = request.form.get("form_nonce", "")
-    if not nonce or not hmac.compare_digest(nonce.encode(), sent.encode()):
+    if not session.public_form_ok():
         return _form(403, "The sign-in form had expired or was not this site's own: "
                           "please try again.")
     token, username = request.form.get("token", "").strip(), request.form.get("username", "")
@@ -82,7 +78,7 @@ def sign_in_post():
         return _refused("Peer tokens are for other gateways and cannot sign in here.",
                         who["actor"])
     session.start(response, **who)
-    response.delete_cookie(SIGNIN_COOKIE, path=bp.url_prefix + "/sign-in")
+    response.delete_cookie(session.PUBLIC_FORM_COOKIE, path=SIGN_IN_PATH)
     return response
 
 
@@ -97,8 +93,9 @@ def sign_out():
 @bp.get("/")
 @session.page(*PERSON_ROLES)
 def home():
-    if g.role in HOME:
-        return redirect(url_for(HOME[g.role]), code=303)
+    for endpoint in HOME.get(g.role, []):
+        if endpoint in current_app.view_functions:
+            return redirect(url_for(endpoint), code=303)
     return render("home.html")
 
 

@@ -50,6 +50,14 @@ def test_filters_by_patient_identifier_in_the_form_not_the_url(page, web):
     page.get_by_label("Patient identifier").fill("MRN-nobody")
     page.get_by_role("button", name="Filter").click()
     expect(page.get_by_text("No transfers.")).to_be_visible()
+    page.get_by_label("Patient identifier").fill("")
+    page.get_by_label("State").select_option("pending")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator(f'tr[data-transfer="{web.ids["transfer_id"]}"]')).to_have_count(1)
+    page.get_by_label("Created from").fill("2999-01-01")  # nothing is that new
+    page.get_by_role("button", name="Filter").click()
+    expect(page.get_by_text("No transfers.")).to_be_visible()
+    expect(page.get_by_label("State")).to_have_value("pending")  # the form keeps its filters
 
 
 def test_transfer_and_case_pages(page, web, check_page):
@@ -147,3 +155,36 @@ def test_dead_letters_page(page, web, check_page):
     table.get_by_role("button", name="Replay").click()
     expect(page.get_by_role("status")).to_contain_text("Notification queued")
     expect(page.get_by_role("table", name="Notifications that failed for good (0)")).to_be_visible()
+
+
+def test_approve_a_case_and_mark_a_source_without_records(page, web):
+    case_id = web.ids["case_id"]
+    sign_in(page, web, "operator")
+    page.goto(f"/ui/operator/cases/{case_id}")
+    page.get_by_role("button", name="Approve this case").click()
+    expect(page.get_by_role("status")).to_contain_text("Case approved")
+    expect(page.get_by_role("button", name="Approve this case")).to_have_count(0)
+    [approved] = [e for e in _events(web, "case.approved") if e.detail.get("case_id", case_id) == case_id]
+    assert approved.actor == "route-operator"
+    row = page.get_by_role("row").filter(has=page.get_by_role("cell", name="fax", exact=True))
+    row.get_by_label("Why no records").fill("the clinic holds no faxes for this patient")
+    row.get_by_role("button", name="Mark no records").click()
+    expect(page.get_by_role("status")).to_contain_text("the source has no records")
+    expect(page.get_by_role("row").filter(has=page.get_by_role("cell", name="fax", exact=True))
+           ).to_contain_text("no-records")
+
+
+def test_the_cases_list_updates_live(page, web):
+    auth_id, _ = _new_transfer(web, ["records"])
+    client, operator = _api(web)
+    [case] = [c for c in client.get("/cases", headers=operator).get_json()["cases"]
+              if c["authorization"] == auth_id]
+    sign_in(page, web, "operator")
+    page.get_by_role("link", name="Cases").click()
+    row = page.locator(f'tr[data-case="{case["id"]}"]')
+    expect(row.locator('[data-field="state"]')).to_have_text(case["state"])
+    page.evaluate("() => { window.loadedOnce = true; }")
+    assert client.post(f"/cases/{case['id']}/close", json={"reason": "test"},
+                       headers=operator).status_code == 200  # elsewhere, by the API
+    expect(row.locator('[data-field="state"]')).to_have_text("closed")
+    assert page.evaluate("() => window.loadedOnce === true")

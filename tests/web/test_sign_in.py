@@ -111,3 +111,21 @@ def test_each_role_sees_only_its_pages(page, web, check_page):
     body = page.content()
     assert not [x for x in web.leaks if x in body]
     check_page("forbidden")
+
+
+def test_sign_in_by_keyboard_alone(page, web):
+    """Tab order follows the page: skip link, the password form, then the token form."""
+    page.goto("/ui/sign-in")
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("Username")).to_be_focused()
+    for name in ("Password", "Sign in"):
+        page.keyboard.press("Tab")
+    expect(page.get_by_role("button", name="Sign in", exact=True)).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("API token")).to_be_focused()
+    page.keyboard.type(web.tokens["admin"])
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+    expect(page).to_have_url(f"{web.url}/ui/operator/")  # admin starts where operators do

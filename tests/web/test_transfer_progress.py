@@ -4,9 +4,6 @@ page, loaded once, updates its bars and states by itself until the transfer comp
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from playwright.sync_api import expect
@@ -18,15 +15,6 @@ from gateway.storage.blobstore import new_master_key
 from tests.helpers import RECEIVER_ORG, SENDER_ORG, GatewayProcess, bearer, make_token, write_pdfs
 from tests.web.conftest import ServerThread, WebWorld, web_config
 from tests.web.helpers import sign_in
-
-
-def _cli(config_file, *args) -> str:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")},
-           "GATEWAY_CONFIG_FILE": str(config_file)}
-    done = subprocess.run([sys.executable, "-m", "gateway", *args], env=env, capture_output=True,
-                          text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +34,12 @@ def web(tmp_path_factory, issuer_private_key):
                 "senders": {"test-hospital": {"organization": SENDER_ORG,
                                               "jwks_file": str(tmp / "sender-jwks.json")}}}
     (tmp / "receiver").mkdir()
-    rc = tmp / "receiver-cli.json"
-    rc.write_text(json.dumps(receiver))
-    _cli(rc, "init")
-    (tmp / "sender" / "peer-token").write_text(
-        _cli(rc, "token", "create", "--name", "test-hospital", "--role", "peer"))
+    center = create_app(receiver)  # its keys and store made here, as `init` would
+    try:
+        center.extensions["gateway"].keys.ensure()
+        (tmp / "sender" / "peer-token").write_text(make_token(center, "peer", "test-hospital"))
+    finally:
+        center.extensions["gateway"].close()
     procs = [GatewayProcess(receiver, tmp, "receiver").start("serve", "--receive"),
              GatewayProcess(config, tmp, "worker").start("worker", "--beat")]
     try:
@@ -88,3 +77,18 @@ def test_a_transfer_progresses_to_completed_without_reloading(page, web, check_p
     row.get_by_role("link").click()
     expect(page.locator("table").filter(has_text="Part")).to_contain_text("signed")
     check_page("operator-transfer-completed")
+    page.locator("dl.facts").get_by_role("link").click()  # its case, and the story so far
+    timeline = page.locator("ol.timeline li")
+    expect(timeline.last).to_be_visible()
+    story = [t.split(" ", 2)[2] for t in timeline.all_inner_texts()]
+    steps = ["Authorization verified", "Transfer started", "Pull started", "Pull finished",
+             "Bundle assembled", "Bundle delivered", "Receipt verified"]
+    found = [next(i for i, text in enumerate(story) if text.startswith(step)) for step in steps]
+    assert found == sorted(found), story  # in the order they happened
+    assert any(text.startswith("Pull finished") and "items 3" in text for text in story), story
+    check_page("operator-case-completed")
+    page.get_by_role("link", name="Cases").click()  # the case list's bars are live too
+    case_row = page.locator("tr[data-case]").first
+    expect(case_row.locator('[data-field="sources"]')).to_contain_text("records: complete")
+    expect(case_row.locator('[data-field="percent-text"]')).to_have_text("100%")
+    check_page("operator-cases-live")

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from PIL import Image
 
-PAGES = ["operator-transfers-completed", "operator-case", "operator-fax-review",
+PAGES = ["operator-transfers-completed", "operator-case-completed", "operator-fax-review",
          "operator-revoke-confirm"]
 for name in PAGES:
     image = Image.open(Path(sys.argv[1]) / f"{name}.png").convert("RGB")

@@ -1,8 +1,9 @@
-// Live progress on the transfer pages: polls the pages' JSON endpoint for the transfers
-// shown (rows with data-transfer) and updates their bars, states and texts in place.
+// Live progress on the transfer and case pages: polls the pages' JSON endpoint for the
+// transfers and cases shown (rows with data-transfer or data-case) and updates their
+// bars, states and texts in place, until nothing shown is running.
 "use strict";
 (function () {
-  const table = document.getElementById("transfers");
+  const table = document.getElementById("transfers") || document.getElementById("cases");
   if (!table) return;
   const url = table.dataset.progressUrl;
   const live = document.getElementById("live");
@@ -34,10 +35,18 @@
     }
   }
 
+  function updateCase(row, c) {
+    update(row, {state: c.state, percent: c.percent, sources: []});
+    const cell = row.querySelector('[data-field="sources"]');
+    if (cell) cell.textContent = c.sources.map((s) => s.name + ": " + s.status).join(", ");
+  }
+
   async function tick() {
-    const rows = Array.from(table.querySelectorAll("tr[data-transfer]"));
+    const rows = Array.from(table.querySelectorAll("tr[data-transfer], tr[data-case]"));
     if (!rows.length) return;
-    const query = rows.map((r) => "id=" + encodeURIComponent(r.dataset.transfer)).join("&");
+    const query = rows.map((r) => r.dataset.transfer
+      ? "id=" + encodeURIComponent(r.dataset.transfer)
+      : "case=" + encodeURIComponent(r.dataset.case)).join("&");
     let body;
     try { body = await window.rgw.json(url + "?" + query); } catch (e) {
       if (live) live.textContent = "Live updates paused: " + e.message;
@@ -46,9 +55,9 @@
     if (!body) return;
     let running = 0;
     for (const row of rows) {
-      const t = body.transfers[row.dataset.transfer];
+      const t = row.dataset.transfer ? body.transfers[row.dataset.transfer] : body.cases[row.dataset.case];
       if (!t) continue;
-      update(row, t);
+      if (row.dataset.transfer) update(row, t); else updateCase(row, t);
       if (!body.terminal.includes(t.state)) running += 1;
     }
     if (live) live.textContent = running ? running + " running, updated live" : "";
