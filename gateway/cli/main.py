@@ -80,12 +80,15 @@ def init(data_dir: Path | None) -> None:
 
 
 @main.command()
-@click.option("--keep", is_flag=True, help="Keep the temporary data dir and print its path.")
-def demo(keep: bool) -> None:
+@click.option("--keep", is_flag=True,
+              help="Keep both gateways running afterwards (pages and sign-in tokens printed) "
+                   "until Ctrl-C.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def demo(keep: bool, as_json: bool) -> None:
     """Run a whole transfer on this machine: two gateways, a signed authorization, PDFs."""
     from .demo import run_demo
 
-    run_demo(keep=keep)
+    run_demo(keep=keep, as_json=as_json)
 
 
 if __name__ == "__main__":  # pragma: no cover
