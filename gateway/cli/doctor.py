@@ -87,7 +87,7 @@ def _source_probe(svc, name: str, cfg, timeout: float):
     from gateway.engine.sources import connector_options
 
     def probe() -> str:
-        options = connector_options(svc, cfg)
+        options = connector_options(svc, cfg, name)
         if cfg.kind == "fhir-rest":  # one quick try, not the pull's patient retries
             options = {**options, "timeout": (timeout, timeout), "max_retries": 0}
         with connector_class(cfg.kind)(name, options, svc.settings.work_dir / "doctor") as conn:

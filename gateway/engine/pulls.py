@@ -197,7 +197,7 @@ def _pull_source(svc: Services, t: Transfer, name: str, owner: str) -> None:
         lease.renew_if_due()
 
     try:
-        options = sources.connector_options(svc, cfg)
+        options = sources.connector_options(svc, cfg, name)
         cursor = None
         with connector_class(cfg.kind)(name, options, workdir, on_progress) as conn:
             for record in conn.fetch(query):
