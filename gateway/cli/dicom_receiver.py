@@ -48,10 +48,9 @@ def receiver_peers(settings) -> dict:
 def dicom_receiver() -> None:
     """Run the standing DICOM receiver (the C-MOVE destination of every worker)."""
     from connectors.dicom.scp import StorageSCP
+    from gateway.config import load_settings
     from gateway.engine.dicom_receiver import ReceiverRouter
     from gateway.engine.sources import audit_refused
-
-    from gateway.config import load_settings
 
     settings = load_settings()
     conf = settings.dicom_receiver
