@@ -557,7 +557,7 @@ class DicomArrival(Base):
     state: Mapped[str] = mapped_column(String(16))  # received | error | conflict
     sha256: Mapped[str] = mapped_column(String(64), default="")
     size: Mapped[int] = mapped_column(BigInteger, default=0)
-    blob_key: Mapped[str] = mapped_column(String(64), default="")
+    blob_key: Mapped[str] = mapped_column(String(64), default="", index=True)
     # the instance's UIDs and header (received), or the reason (error, conflict)
     detail: Mapped[dict] = mapped_column(SealedJSON("dicom_arrivals.detail"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

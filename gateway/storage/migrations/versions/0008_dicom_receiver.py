@@ -56,6 +56,7 @@ def upgrade() -> None:
         sa.Column('created_at', UTCDateTime(timezone=True), nullable=False),
         sa.UniqueConstraint('transfer_id', 'source', 'sop_key', 'state'))
     op.create_index('ix_dicom_arrivals_transfer_id', 'dicom_arrivals', ['transfer_id'])
+    op.create_index('ix_dicom_arrivals_blob_key', 'dicom_arrivals', ['blob_key'])
 
 
 def downgrade() -> None:
