@@ -400,10 +400,10 @@ class DicomReceiverConfig(BaseModel):
                           pattern=r"^[ -~]*[!-~][ -~]*$")  # its AE title: the move destination
     host: str = "127.0.0.1"  # the interface it listens on (0.0.0.0 in a container)
     port: int = Field(11112, ge=1, le=65535)  # its DICOM port
-    # where workers and `doctor` reach it (C-ECHO); default host (127.0.0.1 for 0.0.0.0)
+    # where `doctor` reaches it (an association, /health); default host (127.0.0.1 for 0.0.0.0)
     address: str | None = None
     # GET /health on this port answers 200 while it listens and reaches the database
-    # and blob store (None: no health endpoint; `doctor` still checks by C-ECHO)
+    # and blob store (unset: no health endpoint; `doctor` still checks its association)
     health_port: int | None = Field(None, ge=1, le=65535)
     health_host: str = "127.0.0.1"  # the interface the health endpoint listens on
     # every DICOM (DIMSE) source retrieves by C-MOVE to this receiver; otherwise only the
@@ -416,7 +416,7 @@ class DicomReceiverConfig(BaseModel):
     settle_s: float = Field(120.0, gt=0)
 
     def reach(self) -> str:
-        """The host workers and `doctor` connect to."""
+        """The host `doctor` connects to."""
         return self.address or ("127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host)
 
 
@@ -459,7 +459,7 @@ class Settings(BaseSettings):
     retry: RetryConfig = Field(default_factory=RetryConfig)
     # notifications to people: webhooks, email
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
-    # the standing DICOM receiver (C-MOVE destination shared by every worker); None: none
+    # the standing DICOM receiver, the C-MOVE destination every worker shares (unset: none)
     dicom_receiver: DicomReceiverConfig | None = None
     step_lease_s: float = 300.0  # a step not finished by then is taken over
     reconcile_interval_s: float = 30.0  # how often lost step messages are re-enqueued
