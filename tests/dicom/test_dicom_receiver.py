@@ -9,7 +9,10 @@ DICOM port of its own, and PostgreSQL between them:
   the same bytes is stored once, one with other bytes is refused (0x0111) and reported;
 - the receiver killed in the middle of a C-MOVE and started again: the pull goes on,
   the instances stored before the kill are kept (not fetched again), each instance is
-  stored once, none is missing.
+  stored once, none is missing;
+- with the S3 blob store (moto's server), the instances go into the bucket and the
+  worker's side reads them from there;
+- a wrong configuration is one line and exit status 1.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from gateway.engine.dicom_sink import BlobStoreSink
 from gateway.runtime.health import check_dicom_receiver
 from gateway.storage.models import AuditEvent, DicomArrival, DicomMove, Item
 from gateway.trust.authorizations import example_claims
+from tests import s3_server
 from tests.delivery.delivery_fixtures import _stack_class
 from tests.dicom.dicom_peers import Modality, Orthanc, free_port
 from tests.dicom.dicom_studies import make_study
@@ -256,3 +260,71 @@ class _Sent:
 
     def __init__(self, completed: int):
         self.status, self.completed, self.warning = 0x0000, completed, 0
+
+
+@pytest.fixture
+def s3_blobs(sender_config, tmp_path):
+    """The sender's blobs (the receiver's and the workers') in an S3 bucket."""
+    server = s3_server.start(tmp_path / "moto.log")
+    bucket = server.new_bucket()
+    sender_config["blob_store"] = server.store_config(bucket, tmp_path / "s3-secrets")
+    yield server, bucket
+    s3_server.stop(server)
+
+
+def test_the_receiver_stores_into_the_s3_store(s3_blobs, app, client, operator, receiver, sign,
+                                               pacs, tmp_path, receiver_url):
+    server, bucket = s3_blobs
+    svc = app.extensions["gateway"]
+    tid = start_transfer(client, operator, sign, pacs, "PAT-1", receiver_url)
+    a, sop_a = forged(tmp_path / "a.dcm")
+    retrieval = Retrieval(tid, BlobStoreSink(svc.blobs), studies=frozenset(
+        {dcmread(a).StudyInstanceUID}), patient_ids=frozenset({"PAT-1"}))
+    board = MoveBoard(svc, "pacs", svc.settings.dicom_receiver)
+    with board.expect(retrieval, source_peer("ORTHANC", ["127.0.0.1"]), {sop_a},
+                      "GATEWAY") as move_id:
+        assert _status(store(receiver.conf.port, "ORTHANC", [a, a], ("GATEWAY", move_id))) == \
+            [0x0000, 0x0000]
+        board.settle(move_id, _Sent(1))
+    kept = retrieval.received[sop_a]
+    objects = server.client().list_objects_v2(Bucket=bucket).get("Contents", [])
+    assert [o["Key"] for o in objects if kept.location in o["Key"]]  # in the bucket, once
+    assert data_set(svc.blobs.read_bytes(kept.location)) == data_set(Path(a).read_bytes())
+    assert Path(a).read_bytes()[-4096:] not in server.client().get_object(
+        Bucket=bucket, Key=next(o["Key"] for o in objects if kept.location in o["Key"])
+    )["Body"].read()  # encrypted before upload
+
+
+def test_a_wrong_receiver_configuration_is_one_line(sender_config, tmp_path):
+    import copy
+    import json
+    import socket
+
+    from click.testing import CliRunner
+
+    from gateway.cli.main import main
+
+    def run(config: dict) -> list[str]:
+        path = tmp_path / f"{uuid.uuid4().hex}.json"
+        path.write_text(json.dumps(config))
+        env = {k: None for k in os.environ if k.startswith("GATEWAY_")}
+        done = CliRunner().invoke(main, ["dicom-receiver"], env={**env, "GATEWAY_CONFIG_FILE": str(path)})
+        assert done.exit_code == 1, done.output
+        return done.output.strip().splitlines()
+
+    unset = copy.deepcopy(sender_config)
+    del unset["dicom_receiver"]
+    [line] = run(unset)
+    assert line.startswith("error: ") and "retrieve = receiver needs" in line
+    none_uses_it = copy.deepcopy(sender_config)
+    none_uses_it["sources"]["pacs"]["options"]["retrieve"] = "get"
+    assert run(none_uses_it) == ["error: no DICOM source retrieves through the receiver: set a "
+                                 "source's options.retrieve = \"receiver\", or "
+                                 "dicom_receiver.all_sources"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = copy.deepcopy(sender_config)
+        busy["dicom_receiver"]["port"] = port = taken.getsockname()[1]
+        [line] = run(busy)
+    assert line.startswith(f"error: dicom_receiver cannot listen on 127.0.0.1:{port}: ")
