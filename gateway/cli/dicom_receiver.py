@@ -4,8 +4,10 @@ It listens on `dicom_receiver.host`/`port` as `dicom_receiver.ae_title` (the mov
 destination every PACS source is configured with) and takes the instances of the C-MOVEs
 any worker has open (gateway.engine.dicom_receiver). With `health_port` it answers
 `GET /health` (200 while it listens and the database and blob store answer, else 503
-naming what failed). SIGTERM or SIGINT stops it gracefully: no new association is taken,
-the instances received are stored and recorded, then it exits 0.
+naming what failed). Every SWEEP_EVERY seconds it forgets what it took for transfers
+settled long ago (gateway.engine.dicom_receiver.sweep). SIGTERM or SIGINT stops it
+gracefully: no new association is taken, the instances received are stored and
+recorded, then it exits 0.
 """
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ def dicom_receiver() -> None:
     """Run the standing DICOM receiver (the C-MOVE destination of every worker)."""
     from connectors.dicom.scp import StorageSCP
     from gateway.config import load_settings
-    from gateway.engine.dicom_receiver import ReceiverRouter
+    from gateway.engine.dicom_receiver import SWEEP_EVERY, ReceiverRouter
     from gateway.engine.sources import audit_refused
 
     settings = load_settings()
@@ -82,8 +84,11 @@ def dicom_receiver() -> None:
     log.info("DICOM receiver %s listening on %s:%d for %d source(s)", conf.ae_title, conf.host,
              scp.port, len(peers))
     try:
-        while not stop.wait(1.0):
-            pass
+        while not stop.wait(SWEEP_EVERY):
+            try:
+                router.sweep()
+            except Exception:  # the database away for a while: the next sweep tries again
+                log.exception("DICOM receiver sweep failed")
     finally:
         log.info("DICOM receiver stopping: storing what was received")
         if health is not None:

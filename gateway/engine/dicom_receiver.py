@@ -18,15 +18,20 @@ hashed and answered as stored when the bytes are the same, refused (0x0111) and 
 as a conflict when they differ. Nothing is kept in memory that the database does not
 hold: a receiver killed at any point loses only the instances it had not recorded,
 which the PACS counted failed or the worker finds missing and asks for again.
+
+`sweep()` (the receiver runs it every SWEEP_EVERY seconds) forgets what it took for a
+transfer settled (completed or cancelled) an hour ago: every blob no item kept (a copy
+nobody adopted) is deleted, then the records; and expectations a dead worker left expire.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from connectors.dicom.intake import InstanceError, Received, Retrieval
@@ -36,6 +41,8 @@ from gateway.storage.models import (
     DicomArrival,
     DicomMove,
     DicomMoveInstance,
+    Item,
+    Transfer,
     dicom_sop_key,
     utcnow,
 )
@@ -46,6 +53,8 @@ from .dicom_sink import BlobStoreSink
 log = logging.getLogger(__name__)
 
 IDLE_S = 3600.0  # a transfer's retrieval unused this long is dropped from memory
+SWEEP_EVERY = 600.0  # seconds between sweeps of settled transfers' records
+SETTLED = ("completed", "cancelled")
 _PLAIN = (str, int, float, bool, type(None))
 
 
@@ -190,3 +199,44 @@ class ReceiverRouter:
         for r in retrievals:
             r.wait_settled(60)
             r.close()
+
+    def sweep(self, older_than: float = 3600.0) -> int:
+        """`sweep()`, and forget the swept transfers' retrievals here too."""
+        deleted, swept = sweep(self.svc, older_than)
+        with self._lock:
+            for key in swept:
+                retrieval = self._retrievals.pop(key, None)
+                if retrieval is not None:
+                    retrieval.close()
+        return deleted
+
+
+def sweep(svc: Services, older_than: float = 3600.0) -> tuple[int, set[tuple[str, str]]]:
+    """Delete expired expectations, and the records of transfers settled more than
+    `older_than` seconds ago with every blob of theirs no item kept. Returns (blobs
+    deleted, the (transfer, source) pairs swept)."""
+    now = utcnow()
+    with svc.db.session() as s:
+        expired = select(DicomMove.id).where(DicomMove.expires_at < now)
+        s.execute(delete(DicomMoveInstance).where(DicomMoveInstance.move_id.in_(expired)))
+        s.execute(delete(DicomMove).where(DicomMove.expires_at < now))
+    with svc.db.session() as s:
+        settled = select(Transfer.id).where(Transfer.state.in_(SETTLED),
+                                            Transfer.updated_at < now - timedelta(seconds=older_than))
+        rows = s.execute(select(DicomArrival.id, DicomArrival.transfer_id, DicomArrival.source,
+                                DicomArrival.blob_key)
+                         .where(DicomArrival.transfer_id.in_(settled))).all()
+        keys = {r.blob_key for r in rows if r.blob_key}
+        kept = set(s.scalars(select(Item.blob_key).where(Item.blob_key.in_(keys)))) if keys else set()
+    deleted = 0
+    for key in keys - kept:
+        svc.blobs.delete(key)
+        deleted += 1
+    ids = [r.id for r in rows]
+    for i in range(0, len(ids), 500):
+        with svc.db.session() as s:
+            s.execute(delete(DicomArrival).where(DicomArrival.id.in_(ids[i:i + 500])))
+    if rows:
+        log.info("DICOM receiver sweep: %d record(s) of settled transfers, %d blob(s) deleted",
+                 len(rows), deleted)
+    return deleted, {(r.transfer_id, r.source) for r in rows}

@@ -7,6 +7,7 @@ DICOM port of its own, and PostgreSQL between them:
 - who may send: a stranger's association is refused, and so is a C-STORE that no open
   C-MOVE expects (wrong instance, wrong Message ID, a move closed); a second copy with
   the same bytes is stored once, one with other bytes is refused (0x0111) and reported;
+  once the transfer is settled, what nobody adopted is swept;
 - the receiver killed in the middle of a C-MOVE and started again: the pull goes on,
   the instances stored before the kill are kept (not fetched again), each instance is
   stored once, none is missing;
@@ -32,9 +33,10 @@ from connectors.dicom.intake import Retrieval
 from connectors.dicom.scp import source_peer
 from gateway.config import DicomReceiverConfig
 from gateway.engine.dicom_moves import MoveBoard
+from gateway.engine.dicom_receiver import sweep
 from gateway.engine.dicom_sink import BlobStoreSink
 from gateway.runtime.health import check_dicom_receiver
-from gateway.storage.models import AuditEvent, DicomArrival, DicomMove, Item
+from gateway.storage.models import AuditEvent, DicomArrival, DicomMove, Item, Transfer
 from gateway.trust.authorizations import example_claims
 from tests import s3_server
 from tests.delivery.delivery_fixtures import _stack_class
@@ -222,6 +224,12 @@ def test_strangers_and_instances_no_move_expects_are_refused(app, client, operat
     with svc.db.session() as s:
         refused = s.scalars(select(AuditEvent).filter_by(type="dicom.association.refused")).all()
     assert refused and all(e.actor == "dicom-scp" for e in refused)
+    # the transfer settles: the copy nobody adopted, and the records, are swept
+    assert sweep(svc, older_than=0) == (0, set())  # still open: nothing goes
+    with svc.db.session() as s:
+        s.get(Transfer, tid).state = "cancelled"
+    assert sweep(svc, older_than=0) == (1, {(tid, "pacs")})
+    assert not svc.blobs.exists(kept.location) and arrivals(svc, tid) == []
 
 
 def test_receiver_killed_mid_move_and_started_again(stack, receiver, sign, pacs, tmp_path,
