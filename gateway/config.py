@@ -400,7 +400,8 @@ class DicomReceiverConfig(BaseModel):
                           pattern=r"^[ -~]*[!-~][ -~]*$")  # its AE title: the move destination
     host: str = "127.0.0.1"  # the interface it listens on (0.0.0.0 in a container)
     port: int = Field(11112, ge=1, le=65535)  # its DICOM port
-    # where `doctor` reaches it (an association, /health); default host (127.0.0.1 for 0.0.0.0)
+    # where `doctor`, and a worker whose C-MOVE brought nothing, check it answers (an
+    # association, and /health where health_port is set); default host (127.0.0.1 for 0.0.0.0)
     address: str | None = None
     # GET /health on this port answers 200 while it listens and reaches the database
     # and blob store (unset: no health endpoint; `doctor` still checks its association)
@@ -416,7 +417,7 @@ class DicomReceiverConfig(BaseModel):
     settle_s: float = Field(120.0, gt=0)
 
     def reach(self) -> str:
-        """The host `doctor` connects to."""
+        """The host `doctor` and the workers check it on."""
         return self.address or ("127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host)
 
 

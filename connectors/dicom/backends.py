@@ -190,7 +190,11 @@ class DimseBackend:
             status = self.scu.move(ident, self.move_dest, move_id, retrieval,
                                    on_response=lambda: moves.on_response(move_id))
             moves.settle(move_id, status)
-            return status
+        if not status.ok and status.completed == 0:
+            # nothing came: a receiver that is down is a reason to try later, not a
+            # sign the PACS refuses UID lists (retrieve() then moves one at a time)
+            moves.check()
+        return status
 
     def _listed(self, plan, series) -> set[str]:
         """SOP Instance UIDs the instance-level query lists for a series (or, without

@@ -36,7 +36,7 @@ dicomweb_headers, retrieve, parallel (2), retries (2), patient_id_systems, modal
 stall_timeout (900 s), start_timeout (120 s), sink (a callable, see
 connectors.dicom.intake), spool, intake_workers (4), incomplete_attempts (3),
 allow_incomplete (false), moves (where the C-MOVEs' instances are received instead of an
-SCP in this process: an object with the `expect`, `on_response` and `settle` of
+SCP in this process: an object with the `expect`, `on_response`, `settle` and `check` of
 scp.StorageSCP; the gateway's standing receiver gives one, scp_aet names it).
 """
 from __future__ import annotations

@@ -447,6 +447,10 @@ class StorageSCP:
     def settle(self, move_id: int, status) -> None:
         pass
 
+    def check(self) -> None:
+        """Raise SourceUnavailable when the move destination is not there (this SCP
+        runs in this process: it is)."""
+
     def _match(self, assoc, originator_aet, originator_id, sop) -> Retrieval | None:
         """The open retrieve this C-STORE belongs to (see the module docs), or None."""
         calling = (assoc.requestor.ae_title or "").strip()

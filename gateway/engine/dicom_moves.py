@@ -34,6 +34,7 @@ from datetime import timedelta
 
 from sqlalchemy import delete, select
 
+from connectors.base import SourceUnavailable
 from connectors.dicom.intake import InstanceError, Received, Retrieval
 from connectors.dicom.scp import SourcePeer
 from gateway.config import DicomReceiverConfig
@@ -128,6 +129,15 @@ class MoveBoard:
             elif time.monotonic() - progress > self.conf.settle_s:
                 return
             time.sleep(POLL_EVERY)
+
+    def check(self) -> None:
+        """A C-MOVE brought nothing: raise SourceUnavailable when the receiver does not
+        answer (the pull is tried again later, and the PACS is not blamed)."""
+        from gateway.runtime.health import check_dicom_receiver
+
+        answer = check_dicom_receiver(self.conf, timeout=10)
+        if not answer.ok:
+            raise SourceUnavailable(f"the DICOM receiver: {answer.detail}")
 
     def _read(self, state: _Open) -> None:
         """Hand the receiver's new records for this move's instances to its Retrieval."""
