@@ -56,7 +56,10 @@ class _Open:
     row: int  # DicomMove.id
     retrieval: Retrieval
     instances: frozenset[str]
-    seen: int = 0  # the newest DicomArrival.id read
+    keys: list[str]  # their keyed HMACs, as DicomArrival.sop_key
+    # DicomArrival ids read (not a high-water mark: the receiver's intake threads commit
+    # rows out of id order)
+    done: set[int] = field(default_factory=set)
     accounted: set[str] = field(default_factory=set)  # expected instances the receiver took
     polled: float = 0.0
 
@@ -90,9 +93,9 @@ class MoveBoard:
                     expires_at=utcnow() + timedelta(seconds=self.conf.move_ttl_s))
                 s.add(move)
                 s.flush()
-                s.add_all(DicomMoveInstance(move_id=move.id, sop_key=dicom_sop_key(keys, sop))
-                          for sop in instances)
-                state = _Open(move.id, retrieval, instances)
+                sop_keys = sorted(dicom_sop_key(keys, sop) for sop in instances)
+                s.add_all(DicomMoveInstance(move_id=move.id, sop_key=k) for k in sop_keys)
+                state = _Open(move.id, retrieval, instances, sop_keys)
             with self._lock:
                 self._open[message_id] = state
             self._read(state)  # what an earlier move of this transfer's source brought
@@ -144,15 +147,23 @@ class MoveBoard:
         state.polled = time.monotonic()
         retrieval = state.retrieval
         with self.svc.db.session() as s:
-            rows = s.scalars(select(DicomArrival).where(
-                DicomArrival.transfer_id == retrieval.key, DicomArrival.source == self.source,
-                DicomArrival.id > state.seen).order_by(DicomArrival.id)).all()
-            found = [(r.id, r.state, r.sha256, r.size, r.blob_key, r.detail) for r in rows]
+            ids = []  # the rows of this move's instances not read yet (ids only: cheap)
+            for i in range(0, len(state.keys), 500):
+                ids += [n for n in s.scalars(select(DicomArrival.id).where(
+                    DicomArrival.transfer_id == retrieval.key,
+                    DicomArrival.source == self.source,
+                    DicomArrival.sop_key.in_(state.keys[i:i + 500]))) if n not in state.done]
+            found = []
+            for i in range(0, len(ids), 500):
+                found += [(r.id, r.state, r.sha256, r.size, r.blob_key, r.detail)
+                          for r in s.scalars(select(DicomArrival).where(
+                              DicomArrival.id.in_(ids[i:i + 500])))]
+        found.sort(key=lambda row: row[0])
         for row_id, kind, sha256, size, blob_key, d in found:
-            state.seen = max(state.seen, row_id)
+            state.done.add(row_id)
             sop = d.get("sop_instance_uid", "")
             if sop not in state.instances:
-                continue  # another move's (several run side by side)
+                continue  # the keys are this move's: only an HMAC collision gets here
             state.accounted.add(sop)
             if kind == "received":
                 retrieval.add(Received(sop, d["sop_class_uid"], d["study_uid"], d["series_uid"],

@@ -178,8 +178,13 @@ def test_a_c_move_goes_through_the_standing_receiver(stack, receiver, sign, pacs
         body = svc.blobs.read_bytes(item.blob_key)
         assert hashlib.sha256(body).hexdigest() == item.sha256
         assert dcmread(io.BytesIO(body)).SOPInstanceUID == sop
-    with svc.db.session() as s:
-        assert s.scalar(select(func.count()).select_from(DicomMove)) == 0  # every move closed
+
+    def moves_open() -> int:
+        with svc.db.session() as s:
+            return s.scalar(select(func.count()).select_from(DicomMove))
+
+    # every move is closed (a pull superseded after its lease ran out closes its own)
+    wait_until(lambda: moves_open() == 0, 60, 0.2, "every C-MOVE to be closed")
     assert check_dicom_receiver(receiver.conf).ok
 
 
