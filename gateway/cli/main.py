@@ -16,6 +16,7 @@ from .audit import audit  # `audit verify` needs no database
 from .authorizations import authorization
 from .cases import case
 from .common import OneLineErrors, set_up_logging
+from .dicom_receiver import dicom_receiver
 from .doctor import doctor
 from .faxes import fax
 from .keys import keys
@@ -36,7 +37,7 @@ def main(log_level: str | None) -> None:
 
 
 for _command in (serve, worker, keys, token, authorization, case, transfer, fax, audit,
-                 notification, requests, user, settings_reference, doctor):
+                 notification, requests, user, settings_reference, doctor, dicom_receiver):
     main.add_command(_command)
 
 
