@@ -44,6 +44,7 @@ class DicomFaultProxy:
         self.upstream_port = upstream_port
         self.abort_after, self.stall_after, self.interval = abort_after, stall_after, interval
         self.sent: list[str] = []  # SOP Instance UIDs handed to a client, in order
+        self.sent_at: list[float] = []  # when each was handed over (monotonic)
         self.associations = 0
         self.aborted = self.stalled = 0  # associations ended so
         self.fault_at: float | None = None  # when the fault was injected (monotonic)
@@ -134,6 +135,7 @@ class DicomFaultProxy:
                     carried += 1
                     with self._lock:
                         self.sent.append(uid)
+                        self.sent_at.append(time.monotonic())
                     self._pace()
         except OSError:
             pass
