@@ -22,6 +22,7 @@ import io
 import time
 import uuid
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 
 import requests
@@ -170,7 +171,7 @@ def run(workdir: Path) -> ScenarioResult:
         assert cover.status_code == 200, cover.get_json()
         fax = _fax_pdf(cover.data, workdir)
         _write_slowly(fax_drop / "fax-0001.pdf", fax)
-        written = time.monotonic()
+        written = datetime.now(timezone.utc)
         final = cluster.wait_states(TERMINAL, 300, tids=[*tids, pacs_tid, fax_tid])
         held = _observations_held(cluster, [peer.base_url for peer in peers])
         pages: Counter = Counter()
@@ -189,14 +190,11 @@ def run(workdir: Path) -> ScenarioResult:
                                + cluster.events("fax.review") + cluster.events("fax.quarantine"))
         fax_items = _fax_item(cluster, fax_tid)
         quarantined = cluster.quarantined()
-        fax_done = cluster.events("transfer.pull.finished", fax_tid)
         after_abort = [t for t in proxy.sent_at if proxy.fault_at and t > proxy.fault_at]
         if after_abort:  # from the PACS's abort to its next instance (the retry)
             recovery = max(recovery, after_abort[0] - proxy.fault_at)
-        if fax_done:  # from the last byte written to the fax pulled
-            pulled = (fax_done[-1].at - cluster.events("transfer.state.pulling", fax_tid)[0].at)
-            notes.append(f"fax pulled {pulled.total_seconds():.0f} s after its transfer began, "
-                         f"{time.monotonic() - written:.0f} s ago")
+        matched_at = [e.at.replace(tzinfo=e.at.tzinfo or timezone.utc)
+                      for e in cluster.events("fax.matched")]
     finally:
         cluster.stop()
         proxy.stop()
@@ -241,13 +239,16 @@ def run(workdir: Path) -> ScenarioResult:
     whole = [i for i in fax_items if (i.record_meta or {}).get("original_size") == len(fax)
              and (i.record_meta or {}).get("pages") == 2]
     fax_held = [docs[i.sha256] for i in fax_items]
+    after_write = [round((at - written).total_seconds(), 1) for at in matched_at]
     fax_ok = (states[fax_tid] == "completed" and fax_outcomes == Counter({"fax.matched": 1})
+              and all(gap >= 0 for gap in after_write)
               and len(fax_items) == 1 and len(whole) == 1 and fax_held == [1] and not quarantined)
     lost += states[fax_tid] != "completed" or not fax_held or 0 in fax_held
     duplicated += any(n > 1 for n in fax_held)
     completed += fax_ok
     notes.append(f"fax: written in {FAX_CHUNKS} chunks {FAX_PAUSE_S} s apart (settle "
-                 f"{FAX_SETTLE_S} s); outcomes {dict(fax_outcomes)}; quarantined {len(quarantined)}; "
+                 f"{FAX_SETTLE_S} s); matched {after_write} s after its last byte; outcomes "
+                 f"{dict(fax_outcomes)}; quarantined {len(quarantined)}; "
                  f"taken whole {len(whole)} of {len(fax_items)}; held {fax_held}")
     all_states = dict(final)
     if all_states != {"completed": TRANSFERS + 2}:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import requests
 
+from connectors.fax.store import display_name
+
 from .harness import TERMINAL, Cluster, wait_until
 from .result import ScenarioResult, scenario
 
@@ -54,8 +56,8 @@ def _bad_requests(base: str, token: str) -> list[tuple[str, str, dict, bytes]]:
     ]
 
 
-# broken faxes -> the reason the quarantine must give (None: any reason the sandbox names)
-BROKEN_FAXES = {"truncated.pdf": None, "garbage.pdf": None, "empty.pdf": None,
+# broken faxes -> the reason the quarantine must give
+BROKEN_FAXES = {"truncated.pdf": "truncated", "garbage.pdf": "unsupported", "empty.pdf": "empty",
                 "link.pdf": "not-a-file", "bad\nname.pdf": "hostile-name"}
 
 
@@ -141,10 +143,9 @@ def run(workdir: Path) -> ScenarioResult:
         alive = cluster.receiver.alive and all(w.alive for w in cluster.workers)
         refused_right = all("4 record(s) cannot be delivered" in r for r in reasons)
         held = {q.source_name: q.reason for q in quarantine}
-        names = {ascii(n)[1:-1]: n for n in BROKEN_FAXES}  # the quarantine prints names so
-        quarantined_right = (sorted(held) == sorted(names) and all(held.values())
-                             and all(held[shown] == BROKEN_FAXES[n] for shown, n in names.items()
-                                     if BROKEN_FAXES[n]) and not fax_outcomes and not left)
+        names = {display_name(n.encode()): n for n in BROKEN_FAXES}  # as it shows them
+        quarantined_right = (held == {shown: BROKEN_FAXES[n] for shown, n in names.items()}
+                             and not fax_outcomes and not left)
         notes.append(f"{sum(answers.values())} bad requests under load: {dict(answers)}; "
                      f"broken-PDF transfers {dict(bad_final)}; good done in {took:.0f} s")
         notes.append(f"fax quarantine {dict(sorted(held.items()))}")
