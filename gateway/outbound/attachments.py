@@ -163,8 +163,9 @@ def _put(svc: Services, t: Transfer, row: TransferUpload, renew: Callable[[], No
     headers["Content-Length"] = str(len(body))
     try:
         with paced_session() as session:  # the read timeout measures the recipient
+            # each write waits on the recipient as long as the answer may (delivery.py)
             response = session.put(url, data=body, headers=headers, allow_redirects=False,
-                                   timeout=(10, svc.settings.http_timeout_s), stream=True,
+                                   timeout=svc.settings.http_timeout_s, stream=True,
                                    **svc.settings.peers[t.recipient].tls())
             content = response.raw.read(MAX_ANSWER, decode_content=True)
     except Exception as exc:  # requests' and urllib3's errors alike: the upload did not land

@@ -49,8 +49,10 @@ def deliver(svc: Services, t: Transfer, part: TransferBundle) -> str:
     body = StreamedBody([], svc.blobs.chunks(part.blob_key), [], part.size, lambda: None)
     try:
         with paced_session() as session:  # the read timeout measures the recipient
+            # each write waits on the recipient as long as the answer may (the connect
+            # timeout applies to writes): a busy recipient is not cut off at 10 s
             response = session.post(url, data=body, headers=headers,
-                                    timeout=(10, svc.settings.http_timeout_s),
+                                    timeout=svc.settings.http_timeout_s,
                                     allow_redirects=False, stream=True, **peer.tls())
             content = response.raw.read(MAX_RESPONSE + 1, decode_content=True)
         declared = response.headers.get("Content-Length")

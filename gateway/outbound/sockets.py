@@ -6,7 +6,7 @@ to the kernel at once, and the wait for the answer (the read timeout) starts whi
 slow recipient is still taking it: at 10 KB/s, a 1 MB bundle would time out while
 making progress. TCP_NOTSENT_LOWAT keeps at most UNSENT bytes not yet sent in the
 kernel, so the sender's writes follow the recipient's reads (each write then waits
-under the connect timeout, and the read timeout covers only those last bytes); data
+under the request's timeout, and the read timeout covers only those last bytes); data
 in flight on a long link is not limited, so throughput is not."""
 from __future__ import annotations
 
