@@ -18,7 +18,6 @@ from __future__ import annotations
 import shutil
 from typing import Callable
 
-import requests
 from sqlalchemy import func, select
 
 from connectors.dicom.forward import Outgoing, forward_c_store, forward_stow_rs
@@ -27,6 +26,8 @@ from gateway.errors import DeliveryFailed, DeliveryRejected
 from gateway.exchange.manifest import study_digest
 from gateway.runtime.services import Services
 from gateway.storage.models import Item, Transfer, utcnow
+
+from .sockets import paced_session
 
 INSTANCE, STUDY = "dicom", "dicom-study"
 BATCH_FILES, BATCH_BYTES = 64, 256 << 20  # plaintext copies on disk at a time
@@ -129,8 +130,8 @@ def forward(svc: Services, t: Transfer, keep_alive: Callable[[], None]) -> None:
                 # the peer gateway's own STOW-RS: its CA and our client certificate
                 tls = peer.tls() if dest.url.startswith(peer.base_url) else None
                 report = forward_stow_rs(outgoing, dest.url, on_result=on_result,
-                                         session=requests.Session(), headers=headers,
-                                         batch_bytes=dest.batch_bytes,
+                                         session=paced_session(),  # the read timeout measures the recipient
+                                         headers=headers, batch_bytes=dest.batch_bytes,
                                          timeout=svc.settings.http_timeout_s, tls=tls)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
