@@ -305,6 +305,7 @@ class CenterConfig(BaseModel):
     valid_days: int = Field(180, ge=1, le=3650)  # the longest expiration the form accepts
     status_link_ttl_s: float = Field(90 * DAY, gt=0)  # a patient's status link works this long
     form_ttl_s: float = Field(2 * 3600.0, gt=0)  # a blank form must be submitted within this
+    invite_ttl_s: float = Field(7 * DAY, gt=0)  # a patient's emailed invitation to the form works this long
 
 
 class FolderStoreConfig(BaseModel):

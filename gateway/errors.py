@@ -54,6 +54,12 @@ class Conflict(GatewayError):
     http_status = 409
 
 
+class Gone(GatewayError):
+    """It existed but can no longer be used (an expired or used invitation link)."""
+    code = "gone"
+    http_status = 410
+
+
 class Unauthenticated(GatewayError):
     code = "login"
     http_status = 401

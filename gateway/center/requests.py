@@ -53,12 +53,15 @@ def new_form(svc: Services) -> str:
         return tokens.mint(s, "form", center(svc).form_ttl_s)
 
 
-def create(svc: Services, data: dict, actor: str, role: str | None = None) -> CenterRequest:
-    """Check, sign and store a patient's request (module docstring); the caller enqueues."""
+def create(svc: Services, data: dict, actor: str, role: str | None = None,
+           invite: str | None = None) -> CenterRequest:
+    """Check, sign and store a patient's request (module docstring); the caller enqueues.
+    `invite`: the patient's own invitation link (used up with the form: once only)."""
     cfg = center(svc)
     if not isinstance(data, dict):
         raise InvalidInput("the form must be a set of fields")
     with svc.db.session() as s:
+        invited = tokens.take_invite(s, invite) if invite is not None else None
         tokens.take_form(s, data.get("form_token"))  # first: a replay signs nothing
         try:
             form = form_mod.check(data, cfg)
@@ -93,6 +96,9 @@ def create(svc: Services, data: dict, actor: str, role: str | None = None) -> Ce
                      request=row.id, providers=sorted(form.providers),
                      data_classes=sorted(form.data_classes), questions=bool(form.questions),
                      signed_form_sha256=hashlib.sha256(signed_form).hexdigest())
+        if invited is not None:
+            audit.record(s, "center.invite.used", actor=actor, role=role, request=row.id,
+                         authorization_id=jti, invitation=invited[:16])
         s.commit()
         return row
 

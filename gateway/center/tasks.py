@@ -108,7 +108,8 @@ def revoke_now(svc: Services, provider_id: str) -> None:
                      authorization_id=row.authorization_id, provider=p.name, kind=p.kind)
 
 
-def mail_link_now(svc: Services, request_id: str, link_base: str | None = None) -> bool:
+def mail_link_now(svc: Services, request_id: str, link_base: str | None = None,
+                  plain: str | None = None) -> bool:
     """Mint a status link and mail it to the patient; False when mailed already or no
     mail server is configured. The link is stored before the mail goes (it must work the
     moment the patient opens it) and revoked again if the mail could not be sent."""
@@ -119,9 +120,14 @@ def mail_link_now(svc: Services, request_id: str, link_base: str | None = None) 
             log.warning("center request %s: no notify.email configured: status link not mailed",
                         row.id)
             return False
-        if any(t.purpose == "status" and t.revoked_at is None for t in row_tokens(s, row.id)):
-            return False
-        plain = tokens.mint(s, "status", svc.settings.center.status_link_ttl_s, row.id)
+        if plain is None:  # else the link the patient holds already (their own form)
+            if any(t.purpose == "status" and t.revoked_at is None
+                   for t in row_tokens(s, row.id)):
+                return False
+            plain, minted = tokens.mint(s, "status", svc.settings.center.status_link_ttl_s,
+                                        row.id), True
+        else:
+            minted = False
         reference, to, auth_id = reqs.reference(row.id), row.patient["email"], row.authorization_id
     msg = EmailMessage()
     msg["From"] = email.from_
@@ -135,8 +141,9 @@ def mail_link_now(svc: Services, request_id: str, link_base: str | None = None) 
     try:
         send_message(email, msg, [to], svc.settings.notify.timeout_s)
     except GatewayError:
-        with svc.db.session() as s:  # the next attempt makes a new link
-            tokens.revoke_link(s, plain)
+        if minted:
+            with svc.db.session() as s:  # the next attempt makes a new link
+                tokens.revoke_link(s, plain)
         raise
     with svc.db.session() as s:
         audit.record(s, "center.status-link.mailed", actor="worker", request=request_id,

@@ -4,7 +4,8 @@ Both are 256-bit random values; only their sha256 is stored (a stolen database y
 no usable link). A form token is handed out with a blank form and taken by its
 submission: a replayed submission finds it used and nothing is signed or sent. A status
 link opens one request's status page until it expires or is revoked (a new link revokes
-the older ones; revoking the authorization leaves it working, read-only)."""
+the older ones; revoking the authorization leaves it working, read-only). An invitation
+opens the form for a patient without a sign-in, once, until it expires."""
 from __future__ import annotations
 
 import hashlib
@@ -14,10 +15,10 @@ from datetime import timedelta
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from gateway.errors import Conflict, Forbidden, InvalidInput
+from gateway.errors import Conflict, Forbidden, Gone, InvalidInput, NotFound
 from gateway.storage.models import CenterToken, utcnow
 
-PREFIX = {"form": "rgf_", "status": "rgs_"}
+PREFIX = {"form": "rgf_", "status": "rgs_", "invite": "rgi_"}
 
 
 def _digest(token: str) -> str:
@@ -74,3 +75,34 @@ def status_request(session: Session, presented) -> str:
 def revoke_link(session: Session, plain: str) -> None:
     session.execute(update(CenterToken).where(CenterToken.sha256 == _digest(plain))
                     .values(revoked_at=utcnow()))
+
+
+def check_invite(session: Session, presented) -> CenterToken:
+    """The invitation a link carries, still usable; NotFound for a forged one, Gone for
+    one used or expired (no more said: a guesser learns nothing else)."""
+    if not isinstance(presented, str) or not presented.startswith(PREFIX["invite"]) \
+            or len(presented) > 100:
+        raise NotFound("this invitation link is not valid. Ask the second-opinion center "
+                       "for a new one")
+    row = session.get(CenterToken, _digest(presented))
+    if row is None or row.purpose != "invite":
+        raise NotFound("this invitation link is not valid. Ask the second-opinion center "
+                       "for a new one")
+    if row.used_at is not None:
+        raise Gone("this invitation was already used to send a request; nothing was signed "
+                   "or sent again. The status link was emailed after the first submission")
+    if row.expires_at <= utcnow() or row.revoked_at is not None:
+        raise Gone("this invitation link has expired. Ask the second-opinion center for a "
+                   "new one")
+    return row
+
+
+def take_invite(session: Session, presented) -> str:
+    """Use up an invitation (in the caller's transaction); its sha256, for the audit."""
+    row = check_invite(session, presented)
+    done = session.execute(update(CenterToken).where(
+        CenterToken.sha256 == row.sha256, CenterToken.used_at.is_(None)).values(used_at=utcnow()))
+    if done.rowcount != 1:  # a second submission raced this one
+        raise Gone("this invitation was already used to send a request; nothing was signed "
+                   "or sent again")
+    return row.sha256

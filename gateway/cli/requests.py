@@ -69,3 +69,15 @@ def requests_issuer_jwks() -> None:
     svc = services()
     center(svc)
     echo_json(trust_entry(svc))
+
+
+@requests.command("invite")
+@click.option("--email", "address", required=True,
+              help="The patient's address: the one-time link to the form goes there.")
+@click.option("--link-base", default=None, help="The address patients reach (default: base_url).")
+def requests_invite(address: str, link_base: str | None) -> None:
+    """Email a patient a one-time link to fill in and sign the request form alone."""
+    from gateway.center.invites import invite
+
+    invite(services(), address, actor="cli", role="operator", link_base=link_base)
+    click.echo("invitation sent")

@@ -578,12 +578,12 @@ class CenterToken(Base):
     __tablename__ = "center_tokens"
 
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
-    purpose: Mapped[str] = mapped_column(String(16))  # form | status
+    purpose: Mapped[str] = mapped_column(String(16))  # form | status | invite
     request_id: Mapped[str | None] = mapped_column(ForeignKey("center_requests.id",
                                                               ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
-    used_at: Mapped[datetime | None]  # form: submitted (a replay is refused)
+    used_at: Mapped[datetime | None]  # form, invite: submitted (a replay is refused)
     revoked_at: Mapped[datetime | None]  # status: the link no longer works
 
 

@@ -36,6 +36,7 @@ def register(app: Flask, mode: str) -> None:
 
         app.register_blueprint(requests.bp)
         app.register_blueprint(requests.patient_bp)
+        app.register_blueprint(requests.invite_bp)
     from . import auditors
 
     app.register_blueprint(auditors.bp)

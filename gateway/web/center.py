@@ -29,7 +29,7 @@ from .pages import CSP, NOTICES, blueprint, nav_link, notice, render
 from .session import page, svc
 from .signin import home_for
 
-bp = blueprint("center_inbox", "/center")
+bp = blueprint("center_pages", "/center")
 STAFF = ("recipient",)  # as the API's inbox: a recipient token or person, scoped to its org
 NOTICES.setdefault("replied", "Your opinion was sent, signed, and the sender's receipt verified.")
 SHOWN_INLINE = {"application/pdf", "text/plain", "image/png", "image/jpeg"}
@@ -216,8 +216,8 @@ def reply(received_id: str):
                 "code": {"text": title}, "conclusion": text,
                 "issued": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     send_reply(svc(), row, resource, g.actor)
-    return redirect(url_for("center_inbox.item", received_id=row.id, done="replied"), code=303)
+    return redirect(url_for("center_pages.item", received_id=row.id, done="replied"), code=303)
 
 
-nav_link("center_inbox.inbox_page", "Inbox", *STAFF)
-home_for("recipient", "center_inbox.inbox_page")
+nav_link("center_pages.inbox_page", "Inbox", *STAFF)
+home_for("recipient", "center_pages.inbox_page")

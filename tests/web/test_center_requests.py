@@ -150,3 +150,42 @@ def test_the_status_page_shows_each_step_then_the_patient_revokes(page, center_w
     page.context.clear_cookies()
     page.goto("/ui/my-request?t=rgs_forged")
     expect(page.locator("main")).to_contain_text("not valid")
+
+
+def test_an_invited_patient_fills_in_the_form_alone(page, center_web, check_page):
+    app = center_web["app"]
+    svc = app.extensions["gateway"]
+    with svc.db.session() as s:  # the mailed link (the mail itself: tests/center/test_center_invite.py)
+        link = tokens.mint(s, "invite", 3600)
+    before = len(_requests(app))
+    page.goto(f"/ui/invite?t={link}")
+    expect(page).to_have_url(f"{center_web['url']}/ui/invite")  # the token left the address
+    expect(page.get_by_role("heading", name="Request a second opinion")).to_be_visible()
+    expect(page.get_by_role("button", name="Email the patient an invitation")).to_have_count(0)
+    check_page("center-invite-form")
+    form = form_for()
+    for label, key in (("Given name", "given_name"), ("Family name", "family_name"),
+                       ("Date of birth", "birth_date"),
+                       ("Identifier (such as a medical record number)", "identifier_value"),
+                       ("Who issued the identifier (system)", "identifier_system"),
+                       ("Email address for the status link", "email"),
+                       ("This permission ends on", "expiration_date"),
+                       ("Full name of the person signing (typed signature)", "signature_name"),
+                       ("Date of signature", "signature_date")):
+        page.get_by_label(label).fill(form[key])
+    for label in ("Hospital", "Records Office", "All records"):
+        page.get_by_label(label, exact=True).check()
+    for box in ("#ack_revoke", "#ack_conditioning", "#ack_redisclosure"):
+        page.locator(box).check()
+    page.get_by_label("The patient signs").check()
+    page.get_by_role("button", name="Sign and send the request").click()
+    expect(page.get_by_role("status")).to_contain_text("Your request is signed and sent")
+    expect(page.get_by_role("heading", name="Your second-opinion request")).to_be_visible()
+    check_page("center-invite-sent")
+    made = _requests(app)[before:]
+    assert len(made) == 1 and made[0].created_by == "patient"
+    # the link again: refused, nothing new
+    page.goto(f"/ui/invite?t={link}")
+    expect(page.locator("main")).to_contain_text("already used")
+    check_page("center-invite-used")
+    assert len(_requests(app)) == before + 1
