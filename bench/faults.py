@@ -66,8 +66,9 @@ def write_doc(results: list[ScenarioResult]) -> None:
     DOC.write_text(
         "# Faults survived\n\n"
         "Each scenario runs real processes (sending gateway workers, a receiving gateway,\n"
-        "Redis and PostgreSQL, the fault proxy of `tests/delivery/faultproxy.py`) through\n"
-        "the harness in `tests/faults/harness.py`, injects its fault, and counts what the\n"
+        "Redis and PostgreSQL, Orthanc, the fault proxies of `tests/delivery/faultproxy.py`\n"
+        "for HTTP and `tests/faults/dicom_proxy.py` for DICOM) through the harness in\n"
+        "`tests/faults/harness.py`, injects its fault, and counts what the\n"
         "recipient really stored: bundles per idempotency key and per submission-group part,\n"
         "documents by sha256, uploads and DICOM instances. Lost: a transfer whose bundle or\n"
         "documents the recipient does not hold; duplicated: held more than once. Recovery:\n"

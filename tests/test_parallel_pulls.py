@@ -89,6 +89,9 @@ def test_a_waiting_source_holds_up_no_other(pstack, two_sources, claims_for, sig
     assert {i.source for i in stored} == {"records"} and len(stored) == 2
     wait_until(lambda: _per_source(_events(pstack, tid), "transfer.pull.retry")["late"], 60, 0.2,
                "the late source to wait")
+    # the transfer says why it is held up: the waiting source's own reason
+    reason = pstack.view(tid)["reason"]
+    assert reason.startswith("source late: waiting (attempt ") and "no folder yet" in reason
     late = write_pdfs(two_sources / tid, count=1)
     view = pstack.wait_state(tid, TERMINAL, timeout=180)
     assert view["state"] == "completed", view["reason"]

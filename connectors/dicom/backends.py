@@ -272,12 +272,17 @@ class DimseBackend:
             status = None
             if self.uid_lists or len(sops) == 1:
                 status = self._one("IMAGE", plan.uid, series, sops, retrieval, plan)
-                if len(sops) > 1 and not status.ok and status.completed == 0:
-                    self.uid_lists = False  # retry one instance at a time
+                # refused with nothing sent: the PACS takes no UID list, so one at a time
+                # (an association aborted or stalled says nothing of that: the study's
+                # retry asks again for what is missing, and only that)
+                if (len(sops) > 1 and status.status is not None and not status.ok
+                        and status.completed == 0):
+                    self.uid_lists = False
                     status = None
             if status is None:
                 failed = 0
-                for sop in sops:
+                have = {r.sop_instance_uid for r in retrieval.received_in(plan.uid, series)}
+                for sop in (sop for sop in sops if sop not in have):
                     s = self._one("IMAGE", plan.uid, series, [sop], retrieval, plan)
                     failed += s.failed + (0 if s.ok else 1)
                 return failed

@@ -153,6 +153,9 @@ class _Watchdog:
                 self.fired = True
                 LOGGER.warning("retrieve made no progress for %.0f s: aborting", limit)
                 self.assoc.abort()
+                # a local abort leaves the C-GET/C-MOVE response wait blocked on its
+                # queue (no DIMSE timeout, on purpose): "no response" ends it
+                self.assoc.dimse.msg_queue.put((None, None))
                 return
 
     def __enter__(self):

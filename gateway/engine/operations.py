@@ -135,13 +135,24 @@ def list_transfers(svc: Services, state: str | None = None, authorization_id: st
         return [transfer_view(s, t) for t in s.scalars(q)]
 
 
+def stuck_reason(t: Transfer) -> str | None:
+    """The transfer's reason; while it pulls with none of its own, why its unfinished
+    sources wait (a full disk, a server down): each source retries in its own task, so
+    the transfer row itself never records it."""
+    if t.reason or t.state != "pulling":
+        return t.reason
+    waiting = [f"source {src.name}: {src.error}" for src in t.sources
+               if src.state not in ("done", "failed") and src.error]
+    return "; ".join(waiting) or None
+
+
 def transfer_view(s, t: Transfer, items: bool = False, completeness_report: bool = True) -> dict:
     counts = dict(s.execute(select(Item.state, func.count()).filter_by(transfer_id=t.id)
                             .group_by(Item.state)).all())
     total = sum(counts.values())
     view = {
         "id": t.id, "authorization": t.authorization_id, "recipient": t.recipient,
-        "state": t.state, "reason": t.reason,
+        "state": t.state, "reason": stuck_reason(t),
         "percent": transfers.percent(t, total, total - counts.get("pulled", 0)),
         "createdAt": t.created_at.isoformat() if t.created_at else None,
         "completedAt": t.completed_at.isoformat() if t.completed_at else None,

@@ -31,7 +31,13 @@ from sqlalchemy.exc import IntegrityError
 from connectors import connector_class
 from connectors.base import ConnectorError, Gap, Outcome, RejectedRecord, SkippedRecord
 from gateway import audit
-from gateway.errors import AuthorizationDenied, GatewayError, ProviderUnavailable
+from gateway.errors import (
+    AuthorizationDenied,
+    GatewayError,
+    ProviderUnavailable,
+    StorageFull,
+    no_space,
+)
 from gateway.runtime.celery_app import celery
 from gateway.runtime.services import Services, services
 from gateway.storage.models import AuditEvent, Item, Transfer, TransferSource, utcnow
@@ -89,6 +95,11 @@ def run_pull(svc: Services, transfer_id: str, source: str) -> str | None:
     except GatewayError as exc:
         return _failed(svc, transfer_id, source, owner, exc, exc.transient)
     except Exception as exc:  # a bug or an unforeseen fault: retried, logged with its type
+        if no_space(exc):  # a full work folder: retried like a full blob store, said plainly
+            full = StorageFull("no space left on the disk of this gateway's data folder "
+                               "(work folder or blob store): free space there; transfers "
+                               "resume by themselves")
+            return _failed(svc, transfer_id, source, owner, full, True)
         log.exception("pull of source %s of transfer %s raised %s", source, transfer_id,
                       type(exc).__name__)
         return _failed(svc, transfer_id, source, owner, exc, True)
@@ -175,7 +186,7 @@ def _pull_source(svc: Services, t: Transfer, name: str, owner: str) -> None:
     auth = t.authorization
     with svc.db.session() as s:
         src = s.scalars(select(TransferSource).filter_by(transfer_id=t.id, name=name)).one()
-        src.state, src.error = "pulling", None
+        src.state = "pulling"  # its last reason to wait stays shown until it is done
         done = set(s.scalars(select(Item.origin).filter_by(transfer_id=t.id, source=name)))
         follow_up = follow_ups.delivered_earlier(s, t)
         earlier = frozenset(s.scalars(select(Transfer.id).where(

@@ -34,6 +34,7 @@ from gateway.storage.models import Transfer, TransferBundle, TransferUpload, utc
 
 from .answers import answer_error
 from .bodies import StreamedBody, base64_chunks
+from .sockets import paced_session
 
 MAX_ANSWER = 1 << 20
 
@@ -161,10 +162,12 @@ def _put(svc: Services, t: Transfer, row: TransferUpload, renew: Callable[[], No
         headers["Content-Type"] = "application/fhir+json"
     headers["Content-Length"] = str(len(body))
     try:
-        response = requests.put(url, data=body, headers=headers, allow_redirects=False,
-                                timeout=(10, svc.settings.http_timeout_s), stream=True,
-                                **svc.settings.peers[t.recipient].tls())
-        content = response.raw.read(MAX_ANSWER, decode_content=True)
+        with paced_session() as session:  # the read timeout measures the recipient
+            # each write waits on the recipient as long as the answer may (delivery.py)
+            response = session.put(url, data=body, headers=headers, allow_redirects=False,
+                                   timeout=svc.settings.http_timeout_s, stream=True,
+                                   **svc.settings.peers[t.recipient].tls())
+            content = response.raw.read(MAX_ANSWER, decode_content=True)
     except Exception as exc:  # requests' and urllib3's errors alike: the upload did not land
         if body.error is not None:
             raise body.error from None

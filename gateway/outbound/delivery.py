@@ -27,6 +27,7 @@ from gateway.trust.keys import verify_jws
 from . import attachments, imaging
 from .answers import TRANSIENT, answer_error, outcome_text
 from .bodies import StreamedBody
+from .sockets import paced_session
 
 RECEIPT_TYP = receipts.RECEIPT_TYP
 MAX_RESPONSE = 16 * 1024 * 1024
@@ -47,10 +48,13 @@ def deliver(svc: Services, t: Transfer, part: TransferBundle) -> str:
     url = f"{peer.base_url}/fhir" if peer.kind == "gateway" else peer.base_url
     body = StreamedBody([], svc.blobs.chunks(part.blob_key), [], part.size, lambda: None)
     try:
-        response = requests.post(url, data=body, headers=headers,
-                                 timeout=(10, svc.settings.http_timeout_s), allow_redirects=False,
-                                 stream=True, **peer.tls())
-        content = response.raw.read(MAX_RESPONSE + 1, decode_content=True)
+        with paced_session() as session:  # the read timeout measures the recipient
+            # each write waits on the recipient as long as the answer may (the connect
+            # timeout applies to writes): a busy recipient is not cut off at 10 s
+            response = session.post(url, data=body, headers=headers,
+                                    timeout=svc.settings.http_timeout_s,
+                                    allow_redirects=False, stream=True, **peer.tls())
+            content = response.raw.read(MAX_RESPONSE + 1, decode_content=True)
         declared = response.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) != len(content) \
                 and len(content) <= MAX_RESPONSE:

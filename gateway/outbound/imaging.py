@@ -18,7 +18,6 @@ from __future__ import annotations
 import shutil
 from typing import Callable
 
-import requests
 from sqlalchemy import func, select
 
 from connectors.dicom.forward import Outgoing, forward_c_store, forward_stow_rs
@@ -27,6 +26,8 @@ from gateway.errors import DeliveryFailed, DeliveryRejected
 from gateway.exchange.manifest import study_digest
 from gateway.runtime.services import Services
 from gateway.storage.models import Item, Transfer, utcnow
+
+from .sockets import paced_session
 
 INSTANCE, STUDY = "dicom", "dicom-study"
 BATCH_FILES, BATCH_BYTES = 64, 256 << 20  # plaintext copies on disk at a time
@@ -126,7 +127,7 @@ def forward(svc: Services, t: Transfer, keep_alive: Callable[[], None]) -> None:
                                          dest.calling_aet, on_result=on_result)
             else:
                 headers = {"Authorization": f"Bearer {peer.bearer()}"} if dest.send_token else {}
-                session = requests.Session()
+                session = paced_session()  # the read timeout measures the recipient
                 if dest.url.startswith(peer.base_url):  # the peer gateway's own STOW-RS
                     tls = peer.tls()
                     session.verify, session.cert = tls["verify"], tls.get("cert")

@@ -27,8 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.delivery.faultproxy import FaultProxy
-from tests.helpers import (ISSUER, RECEIVER_ORG, SENDER_ORG, GatewayProcess, bearer, free_port,
-                           make_token, record_binaries, wait_until, write_pdfs)
+from tests.helpers import (
+    ISSUER,
+    RECEIVER_ORG,
+    SENDER_ORG,
+    GatewayProcess,
+    bearer,
+    free_port,
+    make_token,
+    record_binaries,
+    wait_until,
+    write_pdfs,
+)
 
 __all__ = ["Cluster", "Proc", "Recipient", "Tally", "wait_until", "TERMINAL", "private_redis_db"]
 
@@ -220,6 +230,10 @@ class Cluster:
         self.app = create_app(self.sender_config)
         svc = self.app.extensions["gateway"]
         svc.keys.ensure()
+        if "fax" in self.sender_config["sources"]:  # `init` makes it; workers need it to ingest
+            from gateway.engine.faxes import ensure_cover_key
+
+            ensure_cover_key(svc.settings.keys_dir)
         (self.dir / "sender-jwks.json").write_text(json.dumps(svc.keys.jwks()))
         self.client = self.app.test_client()
         self.operator = bearer(make_token(self.app, "operator"))
@@ -283,6 +297,27 @@ class Cluster:
                         "ae_title": orthanc.aet, "calling_aet": calling_aet,
                         "scp_port": scp_port, "scp_host": "127.0.0.1", "retrieve": "move"}}
         return endpoint
+
+    def add_fax(self, file_settle_s: float = 0.5) -> Path:
+        """A fax source "fax" (connectors.fax: drop folder, store, cover sheets matched
+        by QR); the workers start with it. Returns the drop folder."""
+        drop, store = self.dir / "fax-drop", self.dir / "fax-store"
+        drop.mkdir(exist_ok=True)
+        store.mkdir(exist_ok=True)
+        self.sender_config["sources"]["fax"] = {
+            "kind": "fax-drop", "organization": SENDER_ORG, "endpoint": str(drop),
+            "options": {"drop": str(drop), "store": str(store), "settle_seconds": 0,
+                        "file_settle_seconds": file_settle_s, "return_fax": "+1 555 0100"}}
+        self.sender_config["fax_scan_interval_s"] = 0.5
+        return drop
+
+    def quarantined(self) -> list:
+        """The fax source's quarantine: what it set aside, each with its reason."""
+        from connectors.fax.review import ReviewQueue
+        from connectors.fax.store import FaxStore
+
+        store = self.sender_config["sources"]["fax"]["options"]["store"]
+        return ReviewQueue(FaxStore(Path(store))).quarantined()
 
     def authorize(self, endpoints: list[dict] | None = None, **claims) -> str:
         """Import a signed authorization for the PDF folder (or `endpoints`) to the receiver."""

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults import s02_sigterm_mid_step, s03_visibility_timeout, s06_recipient_down, s09_receiver_killed  # noqa: F401 (they register)
+from tests.faults import (  # noqa: F401 (they register)
+    s02_sigterm_mid_step,
+    s03_visibility_timeout,
+    s06_recipient_down,
+    s09_receiver_killed,
+)
 from tests.faults.result import SCENARIOS
 
 QUICK = [2, 3, 6, 9]

@@ -10,7 +10,6 @@ import pytest
 
 from gateway.errors import StorageFull
 from gateway.storage.blobstore import BlobStore
-
 from tests.faults.servers import SizeLimitedFolder
 
 
