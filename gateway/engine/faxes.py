@@ -184,6 +184,7 @@ def _ingestor(svc: Services, name: str, cfg: SourceConfig):
         conn.check()
         ingestor = conn.ingestor(lambda: open_transfers(svc, name),
                                  settle_seconds=float(cfg.options.get("file_settle_seconds", 2.0)),
+                                 workers=svc.settings.fax_ingest_concurrency,
                                  on_result=lambda outcome: _outcome(svc, name, outcome))
         _ingestors[name] = ingestor
     return ingestor
