@@ -214,8 +214,9 @@ def ingest_now(svc: Services) -> dict[str, int]:
 
 def start_watchers(svc: Services, stop: threading.Event) -> list[threading.Thread]:
     """Watch every fax drop folder (inotify where available, else polling every
-    fax_scan_interval_s) in threads of this process until `stop` is set. Run by the one
-    worker that also runs the periodic reconciler (`--beat`)."""
+    fax_scan_interval_s) in threads of this process until `stop` is set; each analyzes
+    up to fax_ingest_concurrency files at once. Run by the one worker that also runs the
+    periodic reconciler (`--beat`)."""
     threads = []
     for name, cfg in fax_sources(svc).items():
         try:
