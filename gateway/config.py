@@ -469,6 +469,39 @@ class WebConfig(BaseModel):
     secure_cookie: Literal["auto", "always", "never"] = "auto"
 
 
+class DicomReceiverConfig(BaseModel):
+    """The standing DICOM receiver (`records-gateway dicom-receiver`): one C-MOVE
+    destination on a stable address for every worker, so a DICOM pull runs on any worker
+    with no inbound port of its own (docs/dicom.md). The PACS must know its AE title,
+    host and port as a move destination."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ae_title: str = Field("GATEWAY-RECV", min_length=1, max_length=16,
+                          pattern=r"^[ -~]*[!-~][ -~]*$")  # its AE title: the move destination
+    host: str = "127.0.0.1"  # the interface it listens on (0.0.0.0 in a container)
+    port: int = Field(11112, ge=1, le=65535)  # its DICOM port
+    # where `doctor`, and a worker whose C-MOVE brought nothing, check it answers (an
+    # association, and /health where health_port is set); default host (127.0.0.1 for 0.0.0.0)
+    address: str | None = None
+    # GET /health on this port answers 200 while it listens and reaches the database
+    # and blob store (unset: no health endpoint; `doctor` still checks its association)
+    health_port: int | None = Field(None, ge=1, le=65535)
+    health_host: str = "127.0.0.1"  # the interface the health endpoint listens on
+    # every DICOM (DIMSE) source retrieves by C-MOVE to this receiver; otherwise only the
+    # sources whose options say retrieve = "receiver"
+    all_sources: bool = False
+    # an open C-MOVE's expectation expires after this long (a worker killed mid-move)
+    move_ttl_s: float = Field(6 * 3600.0, gt=0)
+    # after a C-MOVE's final response, how long the worker waits for the receiver to
+    # record instances the PACS counted as sent
+    settle_s: float = Field(120.0, gt=0)
+
+    def reach(self) -> str:
+        """The host `doctor` and the workers check it on."""
+        return self.address or ("127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_nested_delimiter="__",
                                       extra="forbid")
@@ -510,6 +543,8 @@ class Settings(BaseSettings):
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     # the web pages: session idle timeout and lifetime, the cookie's Secure flag
     web: WebConfig = Field(default_factory=WebConfig)
+    # the standing DICOM receiver, the C-MOVE destination every worker shares (unset: none)
+    dicom_receiver: DicomReceiverConfig | None = None
     step_lease_s: float = 300.0  # a step not finished by then is taken over
     reconcile_interval_s: float = 30.0  # how often lost step messages are re-enqueued
     # how often the audit log's tree head is signed (when the log grew): the newest events
@@ -558,6 +593,15 @@ class Settings(BaseSettings):
         if v is not None and not v.startswith(("sqlite:", "postgresql")):
             raise ValueError("must be a sqlite:/// or postgresql:// URL")
         return v
+
+    @model_validator(mode="after")
+    def _receiver_sources(self) -> "Settings":
+        for name, source in self.sources.items():
+            if source.options.get("retrieve") == "receiver" and (
+                    source.kind != "dicom" or self.dicom_receiver is None):
+                raise ValueError(f"source {name}: retrieve = receiver needs a dicom source and "
+                                 "dicom_receiver (the standing DICOM receiver) configured")
+        return self
 
     @model_validator(mode="after")
     def _server_tls(self) -> "Settings":

@@ -39,5 +39,10 @@ for setup in tests/setup/*.sh; do
   bash "$setup"
 done
 
-log "pytest"
-exec python3 -m pytest "$@"
+# Test files run in parallel processes, each file's tests in one of them (module fixtures
+# start their servers once); GATEWAY_TEST_PROCESSES=0 runs everything in this process.
+processes=${GATEWAY_TEST_PROCESSES:-3}
+parallel=()
+[ "$processes" -gt 0 ] && parallel=(-n "$processes" --dist loadfile)
+log "pytest (${processes} processes)"
+exec python3 -m pytest "${parallel[@]}" "$@"

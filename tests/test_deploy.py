@@ -24,7 +24,7 @@ from gateway.errors import ConfigError
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 K8S = DEPLOY / "k8s"
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
-COMPONENTS = {"api", "worker", "beat"}
+COMPONENTS = {"api", "worker", "beat", "dicom-receiver"}
 
 
 def compose_binary() -> Path:
@@ -61,21 +61,25 @@ def test_compose_file_is_valid_and_runs_the_whole_topology():
     import json
 
     services = json.loads(done.stdout)["services"]
-    assert set(services) == {"init", "tls", "api", "worker", "beat", "db", "redis"}
+    assert set(services) == {"init", "tls", "api", "worker", "beat", "dicom-receiver", "db", "redis"}
     assert services["init"]["command"] == ["records-gateway", "init"]
     assert services["worker"]["depends_on"]["init"]["condition"] == "service_completed_successfully"
     assert services["worker"]["deploy"]["replicas"] == 3  # GATEWAY_WORKERS
     assert services["beat"]["deploy"]["replicas"] == 1
     assert services["beat"]["command"][-3:] == ["--beat", "--concurrency", "1"]
+    receiver = services["dicom-receiver"]
+    assert receiver["command"] == ["records-gateway", "dicom-receiver"]
+    assert [p["target"] for p in receiver["ports"]] == [11112]
+    assert receiver["environment"]["GATEWAY_DICOM_RECEIVER__HOST"] == "0.0.0.0"
     redis = services["redis"]["command"]
     assert redis[redis.index("--appendonly") + 1] == "yes"
     assert redis[redis.index("--maxmemory-policy") + 1] == "noeviction"
-    # only the TLS terminator is published; the API is not
+    # only the TLS terminator and the DICOM receiver's port are published; the API is not
     published = {name for name, s in services.items() if s.get("ports")}
-    assert published == {"tls"}
+    assert published == {"tls", "dicom-receiver"}
     assert [p["target"] for p in services["tls"]["ports"]] == [8443]
     assert {s["source"] for s in services["tls"]["secrets"]} == {"tls.crt", "tls.key", "ca.pem"}
-    for name in ("init", "api", "worker", "beat"):
+    for name in ("init", "api", "worker", "beat", "dicom-receiver"):
         service = services[name]
         assert service["read_only"] is True
         assert {s["source"] for s in service["secrets"]} >= {"blob.key", "pgpass"}
@@ -225,6 +229,13 @@ def test_every_pod_is_probed_limited_non_root_and_reads_secrets_from_files():
     assert beat["replicas"] == 1 and beat["strategy"]["type"] == "Recreate"
     [init] = beat["template"]["spec"]["initContainers"]
     assert init["command"] == ["records-gateway", "init"]
+    receiver = components["dicom-receiver"]["spec"]
+    assert receiver["replicas"] == 1 and receiver["strategy"]["type"] == "Recreate"
+    [container] = receiver["template"]["spec"]["containers"]
+    assert container["command"][-2:] == ["records-gateway", "dicom-receiver"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    service = by_kind("Service")["records-gateway-dicom"]["spec"]
+    assert [p["port"] for p in service["ports"]] == [11112]
 
 
 def test_disruption_budgets_and_worker_autoscaling_on_queue_depth():
@@ -243,6 +254,8 @@ def test_disruption_budgets_and_worker_autoscaling_on_queue_depth():
     assert policies["records-gateway-default-deny"]["spec"]["podSelector"]["matchLabels"] == {
         "app.kubernetes.io/name": "records-gateway"}
     assert [p["port"] for p in policies["records-gateway-api"]["spec"]["ingress"][0]["ports"]] == [8080]
+    receiver = policies["records-gateway-dicom-receiver"]["spec"]["ingress"]
+    assert [p["port"] for rule in receiver for p in rule["ports"]] == [11112]
     ingress = by_kind("Ingress")["records-gateway"]["metadata"]["annotations"]
     assert ingress["nginx.ingress.kubernetes.io/auth-tls-verify-client"] == "on"
     assert ingress["nginx.ingress.kubernetes.io/backend-protocol"] == "HTTPS"
@@ -262,6 +275,8 @@ def test_example_configurations_load_with_the_settings_model(monkeypatch, tmp_pa
     hospital = settings_from(DEPLOY / "examples" / "hospital.toml", monkeypatch)
     assert hospital.mode == "send" and hospital.organization == "org-general-hospital"
     assert {s.kind for s in hospital.sources.values()} == {"pdf-folder", "fhir-rest", "dicom"}
+    assert hospital.sources["pacs"].options["retrieve"] == "receiver"
+    assert hospital.dicom_receiver.ae_title == "RECORDSGW-RX"
     assert hospital.peers["center"].organization == "org-second-opinion"
     center = settings_from(DEPLOY / "examples" / "center.toml", monkeypatch)
     assert center.mode == "receive" and center.organization == "org-second-opinion"

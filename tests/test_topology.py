@@ -1,9 +1,12 @@
 """The deployed topology as processes on this machine: the API under gunicorn with
 deploy/gunicorn.conf.py (two gunicorn workers), two Celery worker processes, one beat,
-and a receiving gateway, also under gunicorn, behind nginx with deploy/nginx/gateway.conf
-(TLS in front, a client certificate required), against the real PostgreSQL (a throwaway
-database) and Redis (a queue of its own). One transfer goes end to end, every call over
-HTTP, and comes back with a verified receipt; every process is stopped by its PID."""
+the standing DICOM receiver (`records-gateway dicom-receiver`), and a receiving gateway,
+also under gunicorn, behind nginx with deploy/nginx/gateway.conf (TLS in front, a client
+certificate required), against the real PostgreSQL (a throwaway database) and Redis (a
+queue of its own). One transfer goes end to end, every call over HTTP, and comes back
+with a verified receipt: a records folder, and a study pulled from a real Orthanc by
+C-MOVE through the receiver, the pull running on a worker (not the receiver, which no
+worker needs for a port). Every process is stopped by its PID."""
 from __future__ import annotations
 
 import json
@@ -18,10 +21,13 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from gateway.storage.models import AuditEvent
+from gateway.storage.models import AuditEvent, DicomArrival, TransferSource
+from gateway.trust.authorizations import example_claims
 
-from tests.helpers import (REDIS_URL, GatewayProcess, bearer, free_port, make_token, wait_until,
-                           write_pdfs)
+from tests.dicom.dicom_peers import Modality, Orthanc
+from tests.dicom.dicom_studies import make_study
+from tests.helpers import (ISSUER, RECEIVER_ORG, REDIS_URL, SENDER_ORG, GatewayProcess, bearer,
+                           free_port, make_token, wait_until, write_pdfs)
 from tests.test_tls import pki  # noqa: F401  (the fixture: a CA, the center's and a hospital's certificates)
 from tests.test_transfer_flow import binaries, cli
 
@@ -112,6 +118,19 @@ def sender_config(sender_config, pki) -> dict:
 
 
 @pytest.fixture
+def pacs(tmp_path):
+    """A real Orthanc holding one small study, whose move destination is the gateway's
+    standing DICOM receiver."""
+    port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", [Modality("RECORDSGW-RX", port),
+                                             Modality("GATEWAY", free_port())]).start()
+    study = make_study(tmp_path / "study", 12, 2, patient_id="PAT-TOPO", rows=64, cols=64)
+    orthanc.upload(study.files)
+    yield orthanc, study, port
+    orthanc.stop()
+
+
+@pytest.fixture
 def started():
     """Processes of the topology; each stopped by its PID (and process group) at teardown."""
     procs: list[GatewayProcess] = []
@@ -121,14 +140,22 @@ def started():
 
 
 def test_api_two_workers_beat_and_a_receiver_deliver_a_transfer(
-        started, sender_config, receiver_config, tmp_path, claims_for, sign, drop_dir, pg_url,
-        pki):
+        started, sender_config, receiver_config, tmp_path, sign, drop_dir, pg_url, pki, pacs):
     from gateway import create_app
     from gateway.engine.faxes import ensure_cover_key
 
+    orthanc, study, receiver_port = pacs
     sender_config.update(redis_url=REDIS_URL, database_url=pg_url,
                          queue=f"test-topology-{uuid.uuid4().hex[:8]}")
-    sender_config["sources"].pop("fax")  # the drop folder is enough here
+    sender_config["sources"].pop("fax")  # the drop folder, and the PACS by C-MOVE
+    pacs_endpoint = f"dicom://ORTHANC@127.0.0.1:{orthanc.dicom_port}"
+    sender_config["sources"]["pacs"] = {
+        "kind": "dicom", "organization": SENDER_ORG, "data_class": "imaging",
+        "endpoint": pacs_endpoint,
+        "options": {"host": "127.0.0.1", "port": orthanc.dicom_port, "ae_title": "ORTHANC",
+                    "calling_aet": "GATEWAY", "retrieve": "receiver"}}
+    sender_config["dicom_receiver"] = {"ae_title": "RECORDSGW-RX", "port": receiver_port,
+                                       "health_port": free_port()}
     # keys, the schema and an operator token, made once as `records-gateway init` would
     app = create_app(sender_config)
     svc = app.extensions["gateway"]
@@ -174,26 +201,63 @@ def test_api_two_workers_beat_and_a_receiver_deliver_a_transfer(
                      "prefork", "--concurrency", "1") for n in (1, 2)]
     beat = start(GatewayProcess(sender_config, tmp_path, "beat"), "worker", "--beat",
                  "--concurrency", "1")
+    dicom = start(GatewayProcess(sender_config, tmp_path, "dicom-receiver"), "dicom-receiver")
+    health = f"http://127.0.0.1:{sender_config['dicom_receiver']['health_port']}/health"
+
+    def receiving():
+        assert dicom.proc.poll() is None, dicom.log_path.read_text()[-2000:]
+        try:
+            return requests.get(health, timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_until(receiving, 60, what="the DICOM receiver's /health")
     assert len(api.children()) == 2  # gunicorn's master and its two workers
 
     url = f"http://127.0.0.1:{sender_config['port']}"
-    r = requests.post(f"{url}/authorizations", json={"jws": sign(claims_for())}, headers=operator,
+    claims = example_claims(
+        ISSUER, f"auth-{uuid.uuid4().hex[:12]}",
+        patient={"name": {"family": "Doe", "given": ["Jane"]}, "birthDate": "1970-01-01",
+                 "identifiers": [{"system": "urn:oid:2.16.840.1.113883.19.5",
+                                  "value": study.patient_id}]},
+        disclosers=[{"id": SENDER_ORG, "name": "Test Hospital", "endpoints": [
+            {"type": "pdf-folder", "address": str(drop_dir)},
+            {"type": "dicom", "address": pacs_endpoint}]}],
+        recipient={"id": RECEIVER_ORG, "name": "Test Center",
+                   "endpoint": {"type": "gateway", "address": receiver_config["base_url"]}})
+    r = requests.post(f"{url}/authorizations", json={"jws": sign(claims)}, headers=operator,
                       timeout=30)
     assert r.status_code == 201, r.text
     r = requests.post(f"{url}/transfers", json={"authorization": r.json()["id"],
-                                                 "sources": ["records"], "recipient": "center"},
+                                                 "sources": ["records", "pacs"],
+                                                 "recipient": "center"},
                       headers=operator, timeout=30)
     assert r.status_code == 202, r.text
     tid = r.json()["id"]
+
+    def pulling_pacs():  # the process holding the PACS pull's lease: host:PID:claim
+        with svc.db.session() as s:
+            owner = s.scalar(select(TransferSource.lease_owner).filter_by(
+                transfer_id=tid, name="pacs"))
+        return owner and int(owner.split(":")[1])
+
+    puller = wait_until(pulling_pacs, 120, 0.02, "a worker to take the PACS pull")
     sent = write_pdfs(drop_dir / tid, count=2)
 
     def finished():
         view = requests.get(f"{url}/transfers/{tid}", headers=operator, timeout=10).json()
         return view["state"] in {"completed", "failed", "cancelled"} and view
 
-    view = wait_until(finished, 180, 0.3, "the transfer to finish")
+    view = wait_until(finished, 240, 0.3, "the transfer to finish")
     assert view["state"] == "completed", view["reason"]
-    assert view["items"] == {"mapped": 2}
+    assert view["items"] == {"mapped": 2 + 12 + 1}  # the PDFs, the instances, the study
+    assert view["receipt"]["dicomInstances"] == {study.study_uid: 12}
+    # the PACS pull ran in a worker's process group, and its instances came through the
+    # receiver (stored there, once each)
+    assert os.getpgid(puller) in {w.proc.pid for w in workers}
+    with svc.db.session() as s:
+        took = s.scalars(select(DicomArrival).filter_by(transfer_id=tid)).all()
+    assert sorted(a.detail["sop_instance_uid"] for a in took) == sorted(study.sop_uids)
     assert view["receipt"]["status"] == "accepted" and view["receipt"]["iss"] == "org-test-center"
     assert view["receipt"]["sha256"] == view["bundle"]["sha256"]
 
@@ -207,15 +271,19 @@ def test_api_two_workers_beat_and_a_receiver_deliver_a_transfer(
         verified = s.scalars(select(AuditEvent).filter_by(type="transfer.receipt.verified")).all()
         loaded = s.scalars(select(AuditEvent).filter_by(type="admin.configuration.loaded")).all()
     assert [e.transfer_id for e in verified] == [tid]
-    assert sorted(e.actor for e in loaded) == ["worker"] * 3  # two workers and the beat
+    # two workers, the beat and the DICOM receiver
+    assert sorted(e.actor for e in loaded) == ["dicom-receiver"] + ["worker"] * 3
     # the bundle came through nginx; its access log names paths only
     access = nginx.access_log.read_text()
     assert '"POST /fhir" 200' in access and "?" not in access
-    for proc in [api, receiver, nginx, beat, *workers]:
+    for proc in [api, receiver, nginx, beat, dicom, *workers]:
         assert proc.proc.poll() is None, f"{proc.name} exited: {proc.log_path.read_text()[-2000:]}"
     # gunicorn stops on SIGTERM to its master, its workers with it
     children = api.children()
     os.kill(api.proc.pid, signal.SIGTERM)
     assert api.proc.wait(30) == 0
     assert all(not Path(f"/proc/{pid}").exists() for pid in children)
+    # the DICOM receiver stops on SIGTERM, gracefully
+    os.kill(dicom.proc.pid, signal.SIGTERM)
+    assert dicom.proc.wait(60) == 0
     svc.close()

@@ -64,6 +64,17 @@ def release_scp(scp: StorageSCP) -> None:
                 return
 
 
+def sender_peer(options: dict) -> SourcePeer:
+    """Who a PACS's C-STOREs come from: its AE title (`sender_aet`, default `ae_title`)
+    and addresses (`sender_hosts`, default `host`), resolved now."""
+    hosts = options.get("sender_hosts") or [options["host"]]
+    hosts = [hosts] if isinstance(hosts, str) else list(hosts)
+    try:
+        return source_peer(str(options.get("sender_aet") or options["ae_title"]), hosts)
+    except ValueError as exc:
+        raise SourceUnavailable(str(exc)) from None
+
+
 def _text(value) -> str:
     return "" if value is None else str(value)
 
@@ -121,7 +132,11 @@ class DimseBackend:
             else ("get" if method == "auto" else method)
         self.scp = None
         self.move_dest = options.get("scp_aet") or options.get("calling_aet", "GATEWAY")
-        if self.method == "move":
+        self.moves = options.get("moves")  # open C-MOVEs kept by a standing receiver
+        if self.method == "move" and self.moves is not None:
+            # the C-MOVE destination is a receiver elsewhere (scp_aet): no port here
+            self.peer = self._sender(options)
+        elif self.method == "move":
             if options.get("scp_port") is None:
                 raise SourceRejected("retrieve = move needs scp_port (our Storage SCP)")
             self.peer = self._sender(options)
@@ -137,14 +152,7 @@ class DimseBackend:
 
     @staticmethod
     def _sender(options: dict) -> SourcePeer:
-        """Who the PACS's C-STOREs come from: its AE title (`sender_aet`, default
-        `ae_title`) and addresses (`sender_hosts`, default `host`)."""
-        hosts = options.get("sender_hosts") or [options["host"]]
-        hosts = [hosts] if isinstance(hosts, str) else list(hosts)
-        try:
-            return source_peer(str(options.get("sender_aet") or options["ae_title"]), hosts)
-        except ValueError as exc:
-            raise SourceUnavailable(str(exc)) from None
+        return sender_peer(options)
 
     def close(self):
         if self.scp is not None:
@@ -176,9 +184,17 @@ class DimseBackend:
             return RetrieveStatus(None, reason="the PACS lists no instance of it at IMAGE "
                                   "level, and a C-MOVE takes only listed ones (scp.py); "
                                   "retrieve = get does not need the list")
-        with self.scp.expect(retrieval, self.peer, expected, self.scu.peer.calling_aet) \
+        moves = self.moves or self.scp
+        with moves.expect(retrieval, self.peer, expected, self.scu.peer.calling_aet) \
                 as move_id:
-            return self.scu.move(ident, self.move_dest, move_id, retrieval)
+            status = self.scu.move(ident, self.move_dest, move_id, retrieval,
+                                   on_response=lambda: moves.on_response(move_id))
+            moves.settle(move_id, status)
+        if not status.ok and status.completed == 0:
+            # nothing came: a receiver that is down is a reason to try later, not a
+            # sign the PACS refuses UID lists (retrieve() then moves one at a time)
+            moves.check()
+        return status
 
     def _listed(self, plan, series) -> set[str]:
         """SOP Instance UIDs the instance-level query lists for a series (or, without

@@ -35,7 +35,9 @@ scp_aet (our Storage SCP; its AE title defaults to calling_aet), sender_aet / se
 dicomweb_headers, retrieve, parallel (2), retries (2), patient_id_systems, modalities,
 stall_timeout (900 s), start_timeout (120 s), sink (a callable, see
 connectors.dicom.intake), spool, intake_workers (4), incomplete_attempts (3),
-allow_incomplete (false).
+allow_incomplete (false), moves (where the C-MOVEs' instances are received instead of an
+SCP in this process: an object with the `expect`, `on_response`, `settle` and `check` of
+scp.StorageSCP; the gateway's standing receiver gives one, scp_aet names it).
 """
 from __future__ import annotations
 

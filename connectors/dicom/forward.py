@@ -158,9 +158,12 @@ def forward_stow_rs(items: Iterable[Outgoing], url: str, *,
                     already_sent: frozenset[str] = frozenset(),
                     on_result: ResultCallback = _noop, session: requests.Session | None = None,
                     headers: dict | None = None, batch_bytes: int = 32 << 20,
-                    timeout: float = 300) -> ForwardReport:
-    """STOW-RS every item not in `already_sent` to the DICOMweb base `url`."""
+                    timeout: float = 300, tls: dict | None = None) -> ForwardReport:
+    """STOW-RS every item not in `already_sent` to the DICOMweb base `url`. `tls`: the
+    `verify` and `cert` of each request (given per request: requests lets
+    REQUESTS_CA_BUNDLE in the environment override a session's `verify`)."""
     session = session or requests.Session()
+    tls = tls or {}
     report = ForwardReport()
     batch: list[Outgoing] = []
     size = 0
@@ -170,12 +173,12 @@ def forward_stow_rs(items: Iterable[Outgoing], url: str, *,
             continue
         item_size = item.path.stat().st_size
         if batch and size + item_size > batch_bytes:
-            _stow_batch(session, url, headers or {}, timeout, batch, report, on_result)
+            _stow_batch(session, url, headers or {}, timeout, batch, report, on_result, tls)
             batch, size = [], 0
         batch.append(item)
         size += item_size
     if batch:
-        _stow_batch(session, url, headers or {}, timeout, batch, report, on_result)
+        _stow_batch(session, url, headers or {}, timeout, batch, report, on_result, tls)
     return report
 
 
@@ -216,7 +219,7 @@ class _Multipart:
 
 
 def _stow_batch(session, url: str, headers: dict, timeout: float, batch: list[Outgoing],
-                report: ForwardReport, on_result: ResultCallback) -> None:
+                report: ForwardReport, on_result: ResultCallback, tls: dict) -> None:
     import uuid
 
     uids = [i.sop_instance_uid for i in batch]
@@ -233,7 +236,7 @@ def _stow_batch(session, url: str, headers: dict, timeout: float, batch: list[Ou
             "Content-Length": str(len(body))}
     try:
         response = session.post(f"{url.rstrip('/')}/studies", data=body, headers=head,
-                                timeout=(10, timeout), allow_redirects=False)
+                                timeout=(10, timeout), allow_redirects=False, **tls)
     except requests.RequestException as exc:
         LOGGER.warning("STOW-RS request failed: %s", type(exc).__name__)
         report.pending += uids

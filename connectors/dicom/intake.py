@@ -361,8 +361,15 @@ class Retrieval:
             location, sha256, size = location.location, location.sha256, location.size
         if sha256 is None:
             raise RuntimeError("the sink stored the file but reported no sha256")
-        item = Received(sop, klass, study, series, sha256, size, location,
-                        header.get("TransferSyntaxUID", ""), header, via)
+        return self.add(Received(sop, klass, study, series, sha256, size, location,
+                                 header.get("TransferSyntaxUID", ""), header, via))
+
+    def add(self, item: Received) -> Received:
+        """Account for an instance stored and checked (here, or by another process that
+        shares this retrieval's sink: the gateway's standing receiver); the first copy of
+        a SOP Instance UID is kept."""
+        sop, sha256, size = item.sop_instance_uid, item.sha256, item.size
+        study, series, via = item.study_uid, item.series_uid, item.via
         with self._cond:
             first = self.received.get(sop)
             if first is not None:  # unclaimed paths (WADO-RS): the first is kept as well
@@ -375,6 +382,8 @@ class Retrieval:
             self.received[sop] = item
             self.errors.pop(sop, None)
             self.bytes += size
+            self.touch()
+            self._cond.notify_all()
         if self.on_received:
             self.on_received(item)
         return item

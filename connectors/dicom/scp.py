@@ -303,19 +303,35 @@ class _Expectation:
 
     def brings(self, calling: str, address: str, originator_aet, originator_id,
                sop) -> bool:
-        return (calling == self.peer.ae_title and address in self.peer.addresses
-                and sop in self.instances
-                and (originator_id is None or originator_id == self.move_id)
-                and (not originator_aet or originator_aet == self.originator_aet))
+        return sop in self.instances and from_move(self.peer, self.originator_aet,
+                                                   self.move_id, calling, address,
+                                                   originator_aet, originator_id)
+
+
+def from_move(peer: SourcePeer, our_aet: str, move_id: int, calling: str, address: str,
+              originator_aet, originator_id) -> bool:
+    """Whether a C-STORE (its association's calling AE title and address, the Move
+    Originator AE title and Message ID it carries, where it carries them) may be a
+    sub-operation of the C-MOVE `move_id` we sent from `our_aet` to `peer`."""
+    return (calling == peer.ae_title and address in peer.addresses
+            and (originator_id is None or originator_id == move_id)
+            and (not originator_aet or originator_aet == our_aet))
 
 
 class StorageSCP:
     """The shared C-MOVE destination. `start()`, `admit()` each source, then `expect()`
-    around each C-MOVE."""
+    around each C-MOVE.
+
+    With a `router`, the open retrieves live elsewhere (the gateway's standing receiver
+    keeps them in its database, shared with the workers that send the C-MOVEs):
+    `router(calling, address, originator_aet, originator_id, sop)` names the retrieval a
+    C-STORE belongs to, or None; everything else (who may associate, receiving, the
+    checks, duplicates, the one refusal) is this class's, the same for both."""
 
     def __init__(self, ae_title: str, port: int, host: str = "127.0.0.1", *,
-                 max_pdu: int = 0, socket_timeout: float = 120.0):
+                 max_pdu: int = 0, socket_timeout: float = 120.0, router=None):
         check_version()
+        self.router = router
         self.ae_title = ae_title
         self.host = host
         self.port = port
@@ -423,12 +439,26 @@ class StorageSCP:
             with self._lock:
                 self._open.pop(move_id, None)
 
+    # C-STOREs reach this process's retrievals directly: nothing to fetch while or after
+    # a C-MOVE runs (the standing receiver's board does: gateway.engine.dicom_moves)
+    def on_response(self, move_id: int) -> None:
+        pass
+
+    def settle(self, move_id: int, status) -> None:
+        pass
+
+    def check(self) -> None:
+        """Raise SourceUnavailable when the move destination is not there (this SCP
+        runs in this process: it is)."""
+
     def _match(self, assoc, originator_aet, originator_id, sop) -> Retrieval | None:
         """The open retrieve this C-STORE belongs to (see the module docs), or None."""
         calling = (assoc.requestor.ae_title or "").strip()
         address = _address(assoc.requestor.address)
         originator_aet = (originator_aet or "").strip() or None
         originator_id = int(originator_id) if originator_id is not None else None
+        if self.router is not None:
+            return self.router(calling, address, originator_aet, originator_id, sop)
         with self._lock:
             found = [e.retrieval for e in self._open.values()
                      if e.brings(calling, address, originator_aet, originator_id, sop)]

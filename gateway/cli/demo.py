@@ -5,6 +5,10 @@ loopback ports, each a real `records-gateway serve` process with its own data di
 makes a demo issuer key and signs an authorization; writes synthetic PDFs into the
 sender's drop folder; runs the transfer through the API; prints the verified receipt
 and what the receiver stored. Exits non-zero if any step fails.
+
+By default it prints a short human summary (`--json`: the same facts as JSON). With
+`--keep` both gateways stay up, their pages' addresses and sign-in tokens printed, until
+Ctrl-C (or SIGTERM), then stop and their data is removed.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from .progress import follow_transfer
 
 ISSUER = "https://esign.demo.invalid"
 SENDER_ORG, RECEIVER_ORG = "org-demo-hospital", "org-second-opinion"
+SENDER_PAGE = RECEIVER_PAGE = "/ui/"  # where `--keep` sends a newcomer: sign-in, then home
 DOCUMENTS = [  # (file name, title, data class, lines) - synthetic, no real patient
     ("progress-note.pdf", "Progress note", "notes",
      ["Follow-up visit. Symptoms stable.", "Plan: continue current therapy; review in 6 weeks."]),
@@ -95,8 +100,10 @@ class _Gateway:
 
     def start(self, *args: str) -> None:
         self.log = open(self.dir / "serve.log", "wb")
+        # its own session: Ctrl-C reaches the demo alone, which then stops it in order
         self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", *args],
-                                     env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+                                     env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -132,7 +139,7 @@ def _api(method: str, url: str, token: str, **kw) -> dict:
     return r.json() if r.content else {}
 
 
-def run_demo(keep: bool = False, timeout: float = 60) -> dict:
+def run_demo(keep: bool = False, as_json: bool = False, timeout: float = 180) -> dict:
     root = Path(tempfile.mkdtemp(prefix="records-gateway-demo-"))
     say = lambda msg: click.echo(f"demo: {msg}", err=True)  # noqa: E731
     sender_port, receiver_port = _free_port(), _free_port()
@@ -209,23 +216,13 @@ def run_demo(keep: bool = False, timeout: float = 60) -> dict:
                              if view["state"] in ("failed", "cancelled")
                              else f"transfer still {view['state']} after {timeout:.0f} s")
         receipt = view["receipt"]
-        click.echo("receipt (verified against the receiver's published key):")
-        click.echo(json.dumps(receipt, indent=2, sort_keys=True))
+        say("receipt verified against the receiver's published key")
 
         inbox = _api("GET", f"{receiver.url}/inbox", inbox_token)["received"]
         if len(inbox) != 1:
             raise DemoFailed(f"receiver holds {len(inbox)} bundles, expected 1")
         stored = _api("GET", f"{receiver.url}/inbox/{inbox[0]['id']}/bundle", inbox_token)
-        kinds: dict[str, int] = {}
-        delivered = set()
-        generated = {d["content"][0]["attachment"]["url"] for d in (e["resource"] for e in stored["entry"])
-                     if d["resourceType"] == "DocumentReference"
-                     and d["type"]["coding"][0]["code"] in ("60591-5", "completeness-manifest")}
-        for entry in stored["entry"]:
-            rtype = entry["resource"]["resourceType"]
-            kinds[rtype] = kinds.get(rtype, 0) + 1
-            if rtype == "Binary" and entry["fullUrl"] not in generated:
-                delivered.add(hashlib.sha256(base64.b64decode(entry["resource"]["data"])).hexdigest())
+        kinds, delivered = _stored_contents(stored)
         if delivered != set(expected):
             raise DemoFailed("the documents stored by the receiver differ from the PDFs sent")
         if inbox[0]["sha256"] != view["bundle"]["sha256"] != receipt["sha256"]:
@@ -237,17 +234,93 @@ def run_demo(keep: bool = False, timeout: float = 60) -> dict:
         say(f"the center opened the records; the sender holds the signed 'opened' receipt "
             f"(by {view['bundles'][0]['opened']['openedBy']})")
         summary = {"transfer": view["id"], "state": view["state"], "bundle": view["bundle"],
+                   "pulled": [{"source": src["name"], "kind": "pdf-folder",
+                               "organization": SENDER_ORG, "items": src["items"],
+                               "bytes": src["bytes"]} for src in view["sources"]],
+                   "delivered_to": RECEIVER_ORG,
+                   "receipt": {k: receipt.get(k) for k in ("receipt_id", "iss", "sha256",
+                                                           "entries", "received_at")},
                    "receiver_stored": {"id": inbox[0]["id"], "sha256": inbox[0]["sha256"],
                                        "entries": kinds},
-                   "documents_verified": sorted(expected.values())}
-        click.echo("receiver stored:")
-        click.echo(json.dumps(summary, indent=2, sort_keys=True))
-        say("completed: every PDF arrived byte-identical, receipt verified")
+                   "documents_verified": sorted(expected.values()),
+                   "opened": view["bundles"][0]["opened"]}
+        click.echo(json.dumps(summary, indent=2, sort_keys=True) if as_json
+                   else "\n".join(human_summary(summary)))
+        if keep:
+            _look_around(sender, operator_token, receiver, inbox_token, as_json)
         return summary
     finally:
         sender.stop()
         receiver.stop()
-        if keep:
-            say(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _stored_contents(stored: dict) -> tuple[dict[str, int], set[str]]:
+    """Resources by type in the stored bundle, and the sha256 of each delivered document
+    (the PDFs sent, not the summary and manifest the sender generated)."""
+    kinds: dict[str, int] = {}
+    delivered = set()
+    generated = {d["content"][0]["attachment"]["url"] for d in (e["resource"] for e in stored["entry"])
+                 if d["resourceType"] == "DocumentReference"
+                 and d["type"]["coding"][0]["code"] in ("60591-5", "completeness-manifest")}
+    for entry in stored["entry"]:
+        rtype = entry["resource"]["resourceType"]
+        kinds[rtype] = kinds.get(rtype, 0) + 1
+        if rtype == "Binary" and entry["fullUrl"] not in generated:
+            delivered.add(hashlib.sha256(base64.b64decode(entry["resource"]["data"])).hexdigest())
+    return kinds, delivered
+
+
+def human_summary(summary: dict) -> list[str]:
+    """What happened, in the words a newcomer reads: one line a step."""
+    lines = []
+    for src in summary["pulled"]:
+        lines.append(f"Pulled     {src['items']} documents ({src['bytes']:,} bytes) from "
+                     f"{src['source']} ({src['kind']}) at {src['organization']}")
+    entries = summary["receiver_stored"]["entries"]
+    what = ", ".join(f"{n} {kind}" for kind, n in sorted(entries.items()))
+    bundle = summary["bundle"]
+    lines.append(f"Delivered  one signed FHIR bundle ({bundle['size']:,} bytes, sha256 "
+                 f"{bundle['sha256'][:16]}...) to {summary['delivered_to']}: {what}")
+    receipt = summary["receipt"]
+    lines.append(f"Receipt    {receipt['receipt_id']} signed by {receipt['iss']}, verified "
+                 f"against its published key; it names all {receipt['entries']} entries")
+    lines.append(f"Stored     {len(summary['documents_verified'])} PDFs byte-identical at the "
+                 f"receiver: {', '.join(summary['documents_verified'])}")
+    opened = summary["opened"] or {}
+    lines.append(f"Opened     by {opened.get('openedBy')} at {opened.get('openedAt')}; the "
+                 "sender holds the center's signed 'opened' receipt")
+    lines.append(f"Transfer   {summary['transfer']} {summary['state']}")
+    return lines
+
+
+def _look_around(sender: _Gateway, operator_token: str, receiver: _Gateway,
+                 inbox_token: str, as_json: bool) -> None:
+    """Leave both gateways up for a newcomer's browser until Ctrl-C or SIGTERM."""
+    out = sys.stderr if as_json else sys.stdout
+    pages = [("Sending gateway (operator)", f"{sender.url}{SENDER_PAGE}", operator_token),
+             ("Receiving center (staff)", f"{receiver.url}{RECEIVER_PAGE}", inbox_token)]
+    lines = ["", "Both gateways keep running. Open a page and sign in with its token:"]
+    for who, url, token in pages:
+        lines += [f"  {who}: {url}", f"    token: {token}"]
+    lines.append("Press Ctrl-C to stop them.")
+    click.echo("\n".join(lines), file=out)
+    out.flush()
+    stop = {"now": False}
+
+    def _stop(signum, frame):
+        stop["now"] = True
+
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not stop["now"]:
+            for gw in (sender, receiver):
+                if gw.proc.poll() is not None:
+                    raise DemoFailed(f"the {gw.name} gateway stopped (exit {gw.proc.returncode}); "
+                                     f"see its serve.log")
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    click.echo("demo: stopping both gateways", err=True)

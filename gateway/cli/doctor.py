@@ -6,7 +6,8 @@ key, the patient-key secret) load; the database answers with its schema at the n
 migration; the broker answers; the blob store writes, reads and deletes a probe; each
 configured source answers its connector's `check()` (FHIR `GET /metadata`, DICOM C-ECHO,
 folders readable); each peer answers `GET /health` (a gateway) or `GET /metadata` (a
-FHIR server) over TLS checked against its `ca_file`. Each has a time limit; nothing
+FHIR server) over TLS checked against its `ca_file`; the standing DICOM receiver, when
+configured, answers an association (and its GET /health). Each has a time limit; nothing
 printed holds a secret (URLs lose their user and password).
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from gateway.runtime.health import (
     check_blobs,
     check_broker,
     check_database,
+    check_dicom_receiver,
     check_keys,
     error_line,
     redacted,
@@ -87,7 +89,7 @@ def _source_probe(svc, name: str, cfg, timeout: float):
     from gateway.engine.sources import connector_options
 
     def probe() -> str:
-        options = connector_options(svc, cfg)
+        options = connector_options(svc, cfg, name)
         if cfg.kind == "fhir-rest":  # one quick try, not the pull's patient retries
             options = {**options, "timeout": (timeout, timeout), "max_retries": 0}
         with connector_class(cfg.kind)(name, options, svc.settings.work_dir / "doctor") as conn:
@@ -192,6 +194,9 @@ def doctor(ctx: click.Context, timeout: float) -> None:
             report(_within(f"source {name}", timeout + 2, _source_probe(svc, name, cfg, timeout)))
         for name, peer in sorted(settings.peers.items()):
             report(_within(f"peer {name}", timeout + 2, _peer_probe(peer, timeout)))
+        if settings.dicom_receiver is not None:
+            report(_within("dicom receiver", timeout + 2,
+                           lambda: check_dicom_receiver(settings.dicom_receiver, timeout)))
     finally:
         if db is not None:
             db.dispose()

@@ -16,6 +16,7 @@ from .audit import audit  # `audit verify` needs no database
 from .authorizations import authorization
 from .cases import case
 from .common import OneLineErrors, set_up_logging
+from .dicom_receiver import dicom_receiver
 from .doctor import doctor
 from .faxes import fax
 from .keys import keys
@@ -36,7 +37,7 @@ def main(log_level: str | None) -> None:
 
 
 for _command in (serve, worker, keys, token, authorization, case, transfer, fax, audit,
-                 notification, requests, user, settings_reference, doctor):
+                 notification, requests, user, settings_reference, doctor, dicom_receiver):
     main.add_command(_command)
 
 
@@ -80,12 +81,15 @@ def init(data_dir: Path | None) -> None:
 
 
 @main.command()
-@click.option("--keep", is_flag=True, help="Keep the temporary data dir and print its path.")
-def demo(keep: bool) -> None:
+@click.option("--keep", is_flag=True,
+              help="Keep both gateways running afterwards (pages and sign-in tokens printed) "
+                   "until Ctrl-C.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def demo(keep: bool, as_json: bool) -> None:
     """Run a whole transfer on this machine: two gateways, a signed authorization, PDFs."""
     from .demo import run_demo
 
-    run_demo(keep=keep)
+    run_demo(keep=keep, as_json=as_json)
 
 
 if __name__ == "__main__":  # pragma: no cover

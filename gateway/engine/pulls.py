@@ -40,7 +40,14 @@ from gateway.errors import (
 )
 from gateway.runtime.celery_app import celery
 from gateway.runtime.services import Services, services
-from gateway.storage.models import AuditEvent, Item, Transfer, TransferSource, utcnow
+from gateway.storage.models import (
+    AuditEvent,
+    DicomArrival,
+    Item,
+    Transfer,
+    TransferSource,
+    utcnow,
+)
 
 from . import dicom_sink, follow_ups, policy, sources
 from .lease import Lease, Superseded, backoff, claim_source, new_owner
@@ -208,7 +215,7 @@ def _pull_source(svc: Services, t: Transfer, name: str, owner: str) -> None:
         lease.renew_if_due()
 
     try:
-        options = sources.connector_options(svc, cfg)
+        options = sources.connector_options(svc, cfg, name)
         cursor = None
         with connector_class(cfg.kind)(name, options, workdir, on_progress) as conn:
             for record in conn.fetch(query):
@@ -284,7 +291,7 @@ def _store_record(svc: Services, t: Transfer, source: str, data_class: str,
             svc.blobs.delete(blob.key)
             raise ProviderUnavailable(f"source {source}: record changed while it was read")
         if follow_up and follow_ups.record_delivered_before(svc, t, source, record.origin, blob.sha256):
-            svc.blobs.delete(blob.key)  # a follow-up sends only what is new
+            _drop(svc, blob.key)  # a follow-up sends only what is new
             return
         meta = {"data_class": data_class, **record.metadata}
         item = Item(transfer_id=t.id, source=source, origin=record.origin, kind=record.kind,
@@ -298,7 +305,16 @@ def _store_record(svc: Services, t: Transfer, source: str, data_class: str,
             row.bytes += item.size
     except IntegrityError:  # a resumed pull met a record it already had
         if blob is not None:
-            svc.blobs.delete(blob.key)
+            _drop(svc, blob.key)
+
+
+def _drop(svc: Services, key: str) -> None:
+    """Delete a blob this pull stored and does not keep. One the standing DICOM receiver
+    stored stays: it is shared (the item that has the record may hold that very blob)."""
+    with svc.db.session() as s:
+        shared = s.scalar(select(DicomArrival.id).filter_by(blob_key=key).limit(1))
+    if shared is None:
+        svc.blobs.delete(key)
 
 
 def _noted(t: Transfer, source: str, origin: str, kind: str, state: str, reason: str) -> Item:

@@ -12,25 +12,51 @@ pulled (their AE title and address: `sender_aet`, `sender_hosts`, default `ae_ti
 ("dicom.association.refused", at most once a minute per address, with the count).
 A second worker process on the same host pulling at the same time cannot listen on the
 port: its pull is retried later (ProviderUnavailable). Without `scp_port` the connector
-retrieves by C-GET (no inbound port), or by WADO-RS where `dicomweb_url` is set."""
+retrieves by C-GET (no inbound port), or by WADO-RS where `dicomweb_url` is set.
+
+With the standing receiver configured (`dicom_receiver`, gateway.engine.dicom_receiver),
+a source whose options say `retrieve = "receiver"` (or every DIMSE source, with
+`dicom_receiver.all_sources`) sends its C-MOVEs to the receiver's AE title instead, from
+whichever worker runs the pull, and reads what arrived from the database
+(gateway.engine.dicom_moves): the worker needs no port."""
 from __future__ import annotations
 
 import functools
 
 from gateway import audit
-from gateway.config import SourceConfig
+from gateway.config import Settings, SourceConfig
 from gateway.runtime.services import Services
 
 
-def connector_options(svc: Services, source: SourceConfig) -> dict:
+def uses_receiver(settings: Settings, source: SourceConfig) -> bool:
+    """Whether `source` retrieves by C-MOVE to the standing DICOM receiver."""
+    if source.kind != "dicom" or settings.dicom_receiver is None:
+        return False
+    retrieve = source.options.get("retrieve", "auto")
+    if retrieve == "receiver":
+        return True
+    return settings.dicom_receiver.all_sources and retrieve in ("auto", "move") and not (
+        retrieve == "auto" and source.options.get("dicomweb_url"))
+
+
+def connector_options(svc: Services, source: SourceConfig, name: str = "") -> dict:
+    """The connector's options for `source` (named `name`: a pull's DICOM receiver
+    records are kept per transfer and source)."""
     options = dict(source.options)
+    if uses_receiver(svc.settings, source):
+        from .dicom_moves import MoveBoard
+
+        conf = svc.settings.dicom_receiver
+        options.update(retrieve="move", scp_aet=conf.ae_title,
+                       moves=MoveBoard(svc, name, conf))
+        options.pop("scp_port", None)
     if source.kind == "fax-drop":
         options.setdefault("cover_key_file", str(svc.settings.keys_dir / "fax-cover.key"))
     if source.kind in ("dicom", "dicomweb"):
         from .dicom_sink import BlobStoreSink
 
         options["sink"] = BlobStoreSink(svc.blobs)  # received once, encrypted, hashed
-        options["on_refused"] = functools.partial(_audit_refused, svc)
+        options["on_refused"] = functools.partial(audit_refused, svc)
     if source.kind == "fhir-rest":
         auth = dict(options.get("auth") or {})
         if auth.get("type") == "smart-backend" and not (auth.get("private_key") or
@@ -45,7 +71,7 @@ def connector_options(svc: Services, source: SourceConfig) -> dict:
     return options
 
 
-def _audit_refused(svc: Services, calling_ae: str, address: str, refused: int) -> None:
+def audit_refused(svc: Services, calling_ae: str, address: str, refused: int) -> None:
     """An association our Storage SCP refused (not a configured source): audited."""
     with svc.db.session() as s:
         audit.record(s, "dicom.association.refused", actor="dicom-scp", outcome="deny",

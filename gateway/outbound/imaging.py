@@ -127,13 +127,12 @@ def forward(svc: Services, t: Transfer, keep_alive: Callable[[], None]) -> None:
                                          dest.calling_aet, on_result=on_result)
             else:
                 headers = {"Authorization": f"Bearer {peer.bearer()}"} if dest.send_token else {}
-                session = paced_session()  # the read timeout measures the recipient
-                if dest.url.startswith(peer.base_url):  # the peer gateway's own STOW-RS
-                    tls = peer.tls()
-                    session.verify, session.cert = tls["verify"], tls.get("cert")
-                report = forward_stow_rs(outgoing, dest.url, on_result=on_result, session=session,
+                # the peer gateway's own STOW-RS: its CA and our client certificate
+                tls = peer.tls() if dest.url.startswith(peer.base_url) else None
+                report = forward_stow_rs(outgoing, dest.url, on_result=on_result,
+                                         session=paced_session(),  # the read timeout measures the recipient
                                          headers=headers, batch_bytes=dest.batch_bytes,
-                                         timeout=svc.settings.http_timeout_s)
+                                         timeout=svc.settings.http_timeout_s, tls=tls)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         if report.pending and not report.sent:

@@ -116,3 +116,53 @@ def readiness(svc) -> list[Check]:
     """Every readiness check of a running process's services."""
     return [check_database(svc.db), check_broker(svc.settings), check_blobs(svc.blobs),
             check_keys(svc.keys)]
+
+
+def check_dicom_receiver(conf, timeout: float = 5.0) -> Check:
+    """The standing DICOM receiver (`dicom_receiver`) answers an association on its
+    address: a C-ECHO where it accepts us, or its refusal of a caller that is not a PACS
+    source ("calling AE title not recognized": it listens, and refuses as configured);
+    with `health_port`, its GET /health answers 200 as well."""
+    from pynetdicom.sop_class import Verification
+
+    from connectors.dicom.net import FastAE
+
+    where = f"{conf.ae_title}@{conf.reach()}:{conf.port}"
+    ae = FastAE(ae_title="RG-DOCTOR")
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.network_timeout = ae.connection_timeout = ae.dimse_timeout = timeout
+    try:
+        assoc = ae.associate(conf.reach(), conf.port, ae_title=conf.ae_title)
+    except OSError as exc:
+        return Check("dicom receiver", False, f"{where}: {error_line(exc)}")
+    if assoc.is_established:
+        try:
+            status = assoc.send_c_echo()
+        finally:
+            assoc.release()
+        if not status or status.Status != 0x0000:
+            return Check("dicom receiver", False, f"{where}: C-ECHO failed")
+        detail = f"{where} answers C-ECHO"
+    elif assoc.is_rejected and _rejection(assoc) == (0x01, 0x01, 0x03):  # calling AE
+        detail = f"{where} answers (refuses callers that are not PACS sources)"
+    else:
+        return Check("dicom receiver", False, f"{where} does not accept an association")
+    if conf.health_port:
+        import requests
+
+        url = f"http://{conf.reach()}:{conf.health_port}/health"
+        try:
+            r = requests.get(url, timeout=timeout)
+        except requests.RequestException as exc:
+            return Check("dicom receiver", False, f"{detail}, but {url}: {type(exc).__name__}")
+        if r.status_code != 200:
+            return Check("dicom receiver", False, f"{detail}, but {url} answered {r.status_code}")
+        detail += ", /health 200"
+    return Check("dicom receiver", True, detail)
+
+
+def _rejection(assoc) -> tuple:
+    """An A-ASSOCIATE-RJ's (result, source, reason)."""
+    rsp = getattr(assoc.acceptor, "primitive", None)
+    return (getattr(rsp, "result", None), getattr(rsp, "result_source", None),
+            getattr(rsp, "diagnostic", None))

@@ -619,3 +619,62 @@ class WebSession(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
     ended_at: Mapped[datetime | None]
+
+
+def dicom_sop_key(keys: ColumnKeys, sop_instance_uid: str) -> str:
+    """The keyed HMAC a SOP Instance UID is looked up by (the UID itself is sealed)."""
+    return keys.index("dicom.sop", sop_instance_uid)
+
+
+class DicomMove(Base):
+    """A C-MOVE a worker has in flight to the standing DICOM receiver (`records-gateway
+    dicom-receiver`): who may send its instances (the source's AE title and addresses,
+    the Move Originator AE title and Message ID), which studies and patients it is for,
+    and until when it is open (a worker killed mid-move leaves it to expire)."""
+
+    __tablename__ = "dicom_moves"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    transfer_id: Mapped[str] = mapped_column(ForeignKey("transfers.id", ondelete="CASCADE"),
+                                             index=True)
+    source: Mapped[str] = mapped_column(String(255))
+    message_id: Mapped[int] = mapped_column(Integer)  # the C-MOVE's Message ID
+    peer_aet: Mapped[str] = mapped_column(String(16))
+    peer_addresses: Mapped[list] = mapped_column(JSON)
+    originator_aet: Mapped[str] = mapped_column(String(16))
+    # {"studies": [...], "patient_ids": [...]}: what an instance of this move must be of
+    scope: Mapped[dict] = mapped_column(SealedJSON("dicom_moves.scope"))
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DicomMoveInstance(Base):
+    """A SOP Instance UID (by its keyed HMAC) an open C-MOVE may bring."""
+
+    __tablename__ = "dicom_move_instances"
+
+    move_id: Mapped[int] = mapped_column(ForeignKey("dicom_moves.id", ondelete="CASCADE"),
+                                         primary_key=True)
+    sop_key: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+
+
+class DicomArrival(Base):
+    """What the standing receiver took for a transfer's source: an instance stored in the
+    blob store ("received"), one it refused after receiving ("error"), or a second copy
+    with other bytes ("conflict"). The worker pulling that source reads these."""
+
+    __tablename__ = "dicom_arrivals"
+    __table_args__ = (UniqueConstraint("transfer_id", "source", "sop_key", "state"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    transfer_id: Mapped[str] = mapped_column(ForeignKey("transfers.id", ondelete="CASCADE"),
+                                             index=True)
+    source: Mapped[str] = mapped_column(String(255))
+    sop_key: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))  # received | error | conflict
+    sha256: Mapped[str] = mapped_column(String(64), default="")
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    blob_key: Mapped[str] = mapped_column(String(64), default="", index=True)
+    # the instance's UIDs and header (received), or the reason (error, conflict)
+    detail: Mapped[dict] = mapped_column(SealedJSON("dicom_arrivals.detail"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -27,11 +27,18 @@ def register(app: Flask, mode: str) -> None:
         app.register_blueprint(operators.bp)  # with operator_actions' routes
         for group in (faxes, authorizations, dead_letters):
             app.register_blueprint(group.bp)
+    if mode in ("receive", "both"):
+        from . import center
+
+        app.register_blueprint(center.bp)
     if mode in ("receive", "both") and app.extensions["gateway"].settings.center is not None:
         from . import requests  # the center's request form and the patient's status page
 
         app.register_blueprint(requests.bp)
         app.register_blueprint(requests.patient_bp)
+    from . import auditors
+
+    app.register_blueprint(auditors.bp)
     # the old single-page dashboard's address leads to the pages that replaced it
     app.add_url_rule("/dashboard", "web_dashboard", lambda: redirect(PREFIX + "/", code=301))
     app.after_request(security_headers)

@@ -79,8 +79,9 @@ def refuse(status: int, message: str):
 def security_headers(response):
     """Headers for every page and asset (after_request; the API's hook adds no-store)."""
     if request.path == PREFIX or request.path.startswith(PREFIX + "/"):
-        response.headers["Content-Security-Policy"] = CSP
-        response.headers["X-Frame-Options"] = "DENY"
+        # a response that set its own (a document shown in a sandboxed frame) keeps it
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers["Referrer-Policy"] = "no-referrer"
         response.headers["Cache-Control"] = "no-store"
     return response

@@ -74,7 +74,7 @@ class Process:
         self.proc = subprocess.Popen(argv, env={**os.environ, **(env or {})}, cwd=cwd or self.workdir,
                                      stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
 
-    def wait_http(self, url: str, timeout: float = 60, ok=lambda r: r.status_code < 500) -> None:
+    def wait_http(self, url: str, timeout: float = 180, ok=lambda r: r.status_code < 500) -> None:
         def up():
             if self.proc.poll() is not None:
                 raise AssertionError(f"{self.name} exited: {self.log_path.read_text()[-3000:]}")

@@ -254,7 +254,8 @@ def build(config: dict, tmp_path: Path, sign, claims_for) -> World:
     fax_id = _fax_in_review(config, patient["name"]["family"], transfer_id, fax_number)
     ids = {"transfer_id": transfer_id, "auth_id": auth_id, "received_id": received["id"],
            "doc_id": doc_uuid, "study_uid": study_uid, "study": study_uid,
-           "sop_uid": sop_uid, "binary_id": binary_id, "fax_id": fax_id, "seq": "1",
+           "sop_uid": sop_uid, "series_uid": next(iter(study.series)), "n": "1",
+           "binary_id": binary_id, "fax_id": fax_id, "seq": "1",
            "case_id": case["id"], "source": "records", "sid": sid,
            "notification_id": NOTIFICATION_ID}
     leaks = [patient["name"]["family"], patient["name"]["given"][0], patient["birthDate"],

@@ -13,7 +13,7 @@ from pathlib import Path
 from PIL import Image
 
 PAGES = ["operator-transfers-completed", "operator-case-completed", "operator-fax-review",
-         "operator-revoke-confirm"]
+         "operator-revoke-confirm", "center-item", "audit-chain", "audit-checkpoints", "figures"]
 for name in PAGES:
     image = Image.open(Path(sys.argv[1]) / f"{name}.png").convert("RGB")
     image.quantize(colors=64).save(f"docs/screenshots/{name}.png", optimize=True)
