@@ -555,6 +555,9 @@ class Settings(BaseSettings):
     # witness holds signed tree heads the gateway's own database cannot take back
     audit_witness_dir: Path | None = None
     fax_scan_interval_s: float = 5.0  # fax drop folders: polling interval where inotify is missing
+    # fax drop folders: received files analyzed at once, each in its own sandbox process
+    # (unset: one per CPU)
+    fax_ingest_concurrency: int | None = Field(default=None, ge=1)
     max_body_bytes: int = 512 * 1024 * 1024  # the largest request body the API accepts
     max_binary_bytes: int = 4 * 1024 * 1024 * 1024  # receive side: one uploaded document
     receive_upload_ttl_s: float = 7 * 24 * 3600.0  # an upload no bundle took is deleted after

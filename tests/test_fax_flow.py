@@ -102,3 +102,23 @@ def test_unmatched_fax_waits_for_review_then_goes(app, client, operator, process
     assert len(pdf.pages) == 1
     again = client.post(f"/faxes/review/{item['fax_id']}/reject", json={"reason": "x"}, headers=operator)
     assert again.status_code == 409  # already decided
+
+
+def test_faxes_already_in_the_folder_all_go_in_one_transfer(app, client, operator, processes, sender_config,
+                                                            receiver_config, tmp_path, claims_for, sign, fax_dir):
+    """The first fax matched wakes the pull while the others are still being analyzed: the
+    pull waits for that backlog instead of finishing with one fax and leaving the rest to
+    a follow-up transfer."""
+    stack = Stack(app, client, operator, processes, sender_config, receiver_config, tmp_path)
+    stack.start_receiver()
+    tid = _transfer(stack, claims_for, sign)
+    cover = PdfReader(io.BytesIO(client.get(f"/transfers/{tid}/cover-sheet", headers=operator).data))
+    for n in range(5):
+        _drop(fax_dir, f"fax-{n:04d}.pdf", cover, _records_pdf(tmp_path, 1))
+    view = stack.wait_state(tid, TERMINAL, timeout=240)
+    assert view["state"] == "completed", view["reason"]
+    assert [i["kind"] for i in view["itemList"]] == ["fax"] * 5
+    matched = stack.events("fax.matched")
+    assert len(matched) == len({e.detail["fax_id"] for e in matched}) == 5  # each fax taken once
+    assert {e.transfer_id for e in matched} == {tid}
+    assert sorted(len(pdf.pages) for pdf in _delivered_pdfs(stack)) == [1] * 5

@@ -36,7 +36,7 @@ import shutil
 import stat
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -124,7 +124,7 @@ class FaxIngestor:
                  open_transfers: Callable[[], Sequence[TransferDescriptor]],
                  limits: Limits = Limits(), settle_seconds: float = 2.0,
                  empty_settle_seconds: float = 30.0, on_result: Callable[[Outcome], None] | None = None,
-                 workers: int = 1, orphan_sidecar_seconds: float = 3600.0):
+                 workers: int | None = None, orphan_sidecar_seconds: float = 3600.0):
         check_key(cover_key)  # a wrong key must fail at start, not quarantine every fax
         self.drop = Path(drop)
         self.store = store
@@ -135,7 +135,8 @@ class FaxIngestor:
         self.empty_settle_seconds = empty_settle_seconds
         self.on_result = on_result or (lambda outcome: None)
         self.orphan_sidecar_seconds = orphan_sidecar_seconds  # a sidecar alone this long is set aside
-        self.workers = workers  # faxes parsed at once (each in its own sandbox process)
+        # faxes analyzed at once, each in its own sandbox process (default: one per CPU)
+        self.workers = max(1, workers if workers is not None else os.cpu_count() or 1)
         self._seen: dict[bytes, tuple[int, int, float]] = {}
 
     # ---- one pass -----------------------------------------------------------------
@@ -143,34 +144,54 @@ class FaxIngestor:
     def scan_once(self) -> list[Outcome]:
         """Recover, claim every complete file, process every claimed fax. Returns outcomes.
 
-        With `workers` > 1 faxes are processed in threads (each parses in its own sandbox
-        process) and `on_result` is called from those threads. Raises StoreBusy when
-        another ingestor holds the store.
+        Up to `workers` faxes are processed at once, in threads that each wait on the
+        fax's own sandbox process; `on_result` is called from those threads. While some
+        are processing, the drop folder is looked at again, so a fax that settles
+        meanwhile starts as soon as a worker is free rather than at the next pass. Raises
+        StoreBusy when another ingestor (thread or process) holds the store.
         """
-        with self.store.locked():
+        outcomes: list[Outcome] = []
+        with self.store.locked():  # held for the whole pass: one ingestor per store
             self.store.recover(self.drop)
-            for raw, sidecar, facts in self._complete_files():
-                try:
-                    self.store.claim(self.drop, raw, facts, sidecar)
-                except FileNotFoundError:
-                    continue  # taken away meanwhile
-                except OSError as exc:  # this file only; recover() undoes the half claim
-                    log.warning("fax drop: cannot claim a file: %s", type(exc).__name__)
-            claimed = self.store.ids("claimed")
-            if not claimed:
-                return []
-            # once a pass, outside the per-fax error handling: if the gateway cannot list
-            # its transfers (database down), the faxes stay claimed for the next pass
-            transfers = list(self.open_transfers())
+            submitted: set[str] = set()
+            pending: set[Future] = set()
+            with ThreadPoolExecutor(max(1, self.workers), thread_name_prefix="fax") as pool:
+                while True:
+                    self._claim_complete()
+                    fresh = [f for f in self.store.ids("claimed") if f not in submitted]
+                    if fresh:
+                        # listed for each batch, outside the per-fax error handling: if the
+                        # gateway cannot list its transfers (database down), the faxes stay
+                        # claimed for the next pass (those already running go on)
+                        try:
+                            transfers = list(self.open_transfers())
+                        except Exception:
+                            if not pending:
+                                raise
+                            log.warning("fax ingest: transfer list unavailable, faxes left claimed")
+                            fresh = []
+                        submitted.update(fresh)
+                        pending.update(pool.submit(self._one, fax_id, transfers) for fax_id in fresh)
+                    if not pending:
+                        return outcomes
+                    # wake when a fax is done (a worker is free) or a settling file may be complete
+                    done, pending = wait(pending, timeout=max(0.05, self.settle_seconds) if self._seen else None,
+                                         return_when=FIRST_COMPLETED)
+                    outcomes.extend(f.result() for f in done)
 
-            def one(fax_id: str) -> Outcome:
-                outcome = self._process(fax_id, transfers)
-                self.on_result(outcome)
-                return outcome
-            if self.workers <= 1 or len(claimed) <= 1:
-                return [one(fax_id) for fax_id in claimed]
-            with ThreadPoolExecutor(self.workers, thread_name_prefix="fax") as pool:
-                return list(pool.map(one, claimed))
+    def _one(self, fax_id: str, transfers: Sequence[TransferDescriptor]) -> Outcome:
+        outcome = self._process(fax_id, transfers)
+        self.on_result(outcome)
+        return outcome
+
+    def _claim_complete(self) -> None:
+        for raw, sidecar, facts in self._complete_files():
+            try:
+                self.store.claim(self.drop, raw, facts, sidecar)
+            except FileNotFoundError:
+                continue  # taken away meanwhile
+            except OSError as exc:  # this file only; recover() undoes the half claim
+                log.warning("fax drop: cannot claim a file: %s", type(exc).__name__)
 
     def run(self, stop: threading.Event, poll_seconds: float = 10.0, use_inotify: bool = True) -> None:
         """Process faxes until `stop` is set; survives errors of single files and busy stores."""
@@ -392,10 +413,16 @@ class FaxDropConnector(Connector):
 
     def fetch(self, query: RecordQuery) -> Iterator[RawRecord]:
         """Yield the transfer's matched faxes. Faxes come when the provider sends them:
-        until one has come, and until none has come for `settle_seconds` (option, default
-        600: a provider may send the records in several faxes), this ends with
-        SourceUnavailable after yielding what there is, so the pull is tried again later."""
+        until one has come, until none has come for `settle_seconds` (option, default
+        600: a provider may send the records in several faxes), and while files in the
+        drop folder still wait to be analyzed (any of them may be this transfer's; for at
+        most `backlog_wait_seconds`, option, default 600, after a file's last change), this
+        ends with SourceUnavailable after yielding what there is, so the pull is tried
+        again later and one transfer carries every fax that was already in the folder."""
         settle = float(self.options.get("settle_seconds", 600))
+        # counted before the matched faxes are listed: the store's states are listed in
+        # the order a fax moves through them, so one moving meanwhile is seen at least once
+        backlog = self.store.backlog(self.drop, float(self.options.get("backlog_wait_seconds", 600)))
         had_any = any(o.startswith("fax:") for o in query.already_fetched)
         newest = None
         for record in self._fetch_matched(query):
@@ -405,6 +432,9 @@ class FaxDropConnector(Connector):
             yield record
         if not had_any:
             raise SourceUnavailable(f"fax-drop {self.source!r}: no fax has arrived yet for this transfer")
+        if backlog:
+            raise SourceUnavailable(f"fax-drop {self.source!r}: waiting for {backlog} received "
+                                    "file(s) to be analyzed")
         if newest is not None and (datetime.now(timezone.utc) - newest).total_seconds() < settle:
             raise SourceUnavailable(f"fax-drop {self.source!r}: waiting {settle:.0f} s after the last "
                                     "fax for further pages")

@@ -21,6 +21,7 @@ import re
 import secrets
 import shutil
 import stat
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -101,6 +102,33 @@ class FaxStore:
             yield
         finally:
             os.close(fd)
+
+    def backlog(self, drop: Path, max_age_s: float) -> int:
+        """Received files not yet analyzed: documents in the drop folder (hidden temporary
+        files and sidecars aside), claims in progress and claimed faxes (waiting or being
+        analyzed). Listed in the order a fax moves (drop, tmp, claimed), so a fax moving
+        meanwhile is counted at least once. A file unchanged for `max_age_s` (stuck: held
+        open for ever, or failing to claim) no longer counts."""
+        now = time.time()
+        count = 0
+        dropb = os.fsencode(drop)
+        for raw in os.listdir(dropb):
+            if raw.startswith(b".") or raw.lower().endswith(b".json"):
+                continue
+            try:
+                st = os.lstat(os.path.join(dropb, raw))
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISDIR(st.st_mode) and now - st.st_mtime < max_age_s:
+                count += 1
+        for state in ("tmp", "claimed"):
+            for fax_id in self.ids(state):
+                try:
+                    if now - os.stat(self.path(state, fax_id)).st_mtime < max_age_s:
+                        count += 1
+                except FileNotFoundError:
+                    count += 1  # moved on meanwhile: counted, the caller looks again later
+        return count
 
     # ---- claim --------------------------------------------------------------------
 

@@ -184,6 +184,7 @@ def _ingestor(svc: Services, name: str, cfg: SourceConfig):
         conn.check()
         ingestor = conn.ingestor(lambda: open_transfers(svc, name),
                                  settle_seconds=float(cfg.options.get("file_settle_seconds", 2.0)),
+                                 workers=svc.settings.fax_ingest_concurrency,
                                  on_result=lambda outcome: _outcome(svc, name, outcome))
         _ingestors[name] = ingestor
     return ingestor
@@ -213,8 +214,9 @@ def ingest_now(svc: Services) -> dict[str, int]:
 
 def start_watchers(svc: Services, stop: threading.Event) -> list[threading.Thread]:
     """Watch every fax drop folder (inotify where available, else polling every
-    fax_scan_interval_s) in threads of this process until `stop` is set. Run by the one
-    worker that also runs the periodic reconciler (`--beat`)."""
+    fax_scan_interval_s) in threads of this process until `stop` is set; each analyzes
+    up to fax_ingest_concurrency files at once. Run by the one worker that also runs the
+    periodic reconciler (`--beat`)."""
     threads = []
     for name, cfg in fax_sources(svc).items():
         try:
