@@ -46,7 +46,7 @@ def item(fax_id: str):
                   previews=q.previews(fax_id))
 
 
-@bp.get("/<fax_id>/pages/<n>.png")
+@bp.get("/<fax_id>/pages/<n>")
 @page(*OPERATORS)
 def preview(fax_id: str, n: str):
     _, q = faxes.read_review(svc(), _source(), "preview", g.actor, g.role, fax_id)
