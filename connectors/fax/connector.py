@@ -325,7 +325,7 @@ class FaxIngestor:
         doc_sha, doc_size = hash_file(Path(built.path))
         orig_sha, orig_size = hash_file(original)
         received = datetime.fromtimestamp(meta["source_mtime_ns"] / 1e9, timezone.utc)
-        for name in ("document.pdf", "preview.png"):
+        for name in ["document.pdf"] + [f"preview-{n}.png" for n in range(1, analysis.previews + 1)]:
             if (work / name).exists():
                 os.replace(work / name, folder / name)
         state = "matched" if result.automatic else "review"

@@ -19,7 +19,8 @@ from .pdfcheck import check_pdf, reference_chains
 from .sandbox import FileRejected, phone_like
 
 _MIN_TEXT = 20  # fewer non-space characters than this is "no text layer"
-TESSERACT_PEAK_MB = [0.0]  # the largest peak RSS of a Tesseract run (RUSAGE_CHILDREN)
+TESSERACT_PEAK_MB = [0.0]
+_PREVIEW_SIZE = (850, 1100)  # review thumbnails fit this box (pixels)  # the largest peak RSS of a Tesseract run (RUSAGE_CHILDREN)
 
 
 def analyze_file(request: dict) -> dict:
@@ -35,6 +36,8 @@ def analyze_file(request: dict) -> dict:
             scan = _scan_indices(pages, limits)
             images = {i: _render_pdf_page(doc, i, limits) for i in scan}
             layer = [_pdf_text(doc, i) for i in range(min(pages, limits["text_pages"]))]
+            for i in range(min(pages, limits["preview_pages"])):
+                _save_preview(_render_pdf_page(doc, i, limits, _PREVIEW_SIZE), out, i)
         finally:
             doc.close()
         fax_number = None
@@ -43,6 +46,8 @@ def analyze_file(request: dict) -> dict:
         last: list = [None]
 
         def keep(i, frame):
+            if i < limits["preview_pages"]:
+                _save_preview(_square(frame), out, i)
             last[0] = frame  # only the latest frame is held beyond the first ones
             return frame if i < wanted else None
         frames, pages, fax_number = _tiff_frames(path, limits, keep)
@@ -70,15 +75,16 @@ def analyze_file(request: dict) -> dict:
                 text = [_ocr(img, limits) for img in ocr_images]
                 source = "ocr" if any(t.strip() for t in text) else "none"
 
-    preview = None
-    if images:
-        first = images[0].convert("L")
-        first.thumbnail((850, 1100))
-        first.save(out / "preview.png", format="PNG")
-        preview = "preview.png"
     return {"type": request["type"], "pages": pages, "codes": codes, "text": text,
             "text_source": source, "fax_number": fax_number, "encrypted": encrypted,
-            "preview": preview}
+            "previews": min(pages, limits["preview_pages"])}
+
+
+def _save_preview(image, out: Path, index: int) -> None:
+    """preview-<n>.png: page n as a small grayscale thumbnail for the review queue."""
+    image = image.convert("L")
+    image.thumbnail(_PREVIEW_SIZE)
+    image.save(out / f"preview-{index + 1}.png", format="PNG")
 
 
 def inspect_file(request: dict) -> dict:
@@ -234,7 +240,8 @@ def _pdf_encrypted(doc) -> bool:
     return raw.FPDF_GetSecurityHandlerRevision(doc.raw) != -1
 
 
-def _render_pdf_page(doc, index: int, limits: dict):
+def _render_pdf_page(doc, index: int, limits: dict, fit: tuple[int, int] | None = None):
+    """Page `index` in grayscale at `render_dpi`, or just large enough to fill `fit`."""
     import pypdfium2 as pdfium
 
     page = _page(doc, index)
@@ -244,6 +251,8 @@ def _render_pdf_page(doc, index: int, limits: dict):
         if width <= 0 or height <= 0 or inches > limits["max_page_inches"]:
             raise FileRejected("absurd-size", f"page {index + 1} is {width:.0f} x {height:.0f} pt")
         scale = limits["render_dpi"] / 72
+        if fit:
+            scale = min(scale, fit[0] / width, fit[1] / height)
         pixels = width * height * scale * scale
         if pixels > limits["max_pixels"]:
             scale *= (limits["max_pixels"] / pixels) ** 0.5

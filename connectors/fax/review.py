@@ -1,7 +1,7 @@
 """The review queue: faxes no rule could match automatically wait here for a person.
 
 File-backed on the fax store (review/<id>/), so the API and the CLI can share it
-without the database: `list`, `get`, `preview` (PNG of the first page), `document`,
+without the database: `list`, `get`, `preview` (PNG of one page), `document`,
 `assign` (to a transfer: the fax moves to matched/ and the next fetch of that transfer
 yields it) and `reject` (moves to rejected/, kept, never delivered). The caller checks
 that the transfer it assigns to is open and that the person may do it; this module
@@ -21,6 +21,10 @@ from .store import FAX_ID_RE, FaxStore, read_json, write_json
 
 class ReviewError(ConnectorError):
     """A review action cannot be done (unknown fax, already decided, bad transfer id)."""
+
+
+class PageNotFound(ReviewError):
+    """The fax has no preview of the asked page (not a number, or out of its range)."""
 
 
 @dataclass(frozen=True)
@@ -74,12 +78,23 @@ class ReviewQueue:
                           tuple(result["candidates"]), result.get("fax_number"), result["size"],
                           result["sha256"], result["original_media_type"])
 
-    def preview(self, fax_id: str) -> Path:
-        """PNG of the fax's first page (as received, cover sheet included)."""
-        path = self._folder(fax_id) / "preview.png"
-        if not path.exists():
-            raise ReviewError(f"fax {fax_id} has no preview image")
-        return path
+    def previews(self, fax_id: str) -> int:
+        """How many pages have a preview: the first ones as received, cover sheet included."""
+        folder = self._folder(fax_id)
+        count = 0
+        while (folder / f"preview-{count + 1}.png").exists():
+            count += 1
+        return count
+
+    def preview(self, fax_id: str, page: int | str = 1) -> Path:
+        """PNG of page `page` (1-based, as received, cover sheet included)."""
+        count = self.previews(fax_id)
+        text = str(page)
+        number = int(text) if text.isascii() and text.isdigit() and len(text) <= 6 else 0
+        if not 1 <= number <= count:
+            raise PageNotFound(f"fax {fax_id} has no preview of page {str(page)[:12]!r}: "
+                               f"pages 1 to {count} have one")
+        return self._folder(fax_id) / f"preview-{number}.png"
 
     def document(self, fax_id: str) -> Path:
         return self._folder(fax_id) / "document.pdf"

@@ -65,6 +65,7 @@ class Limits:
     text_pages: int = 3  # first pages whose text is matched
     ocr_pages: int = 2  # first pages OCR'd when there is no text layer
     render_dpi: int = 200
+    preview_pages: int = 200  # first pages given a review thumbnail (bounds the render time)
     ocr_seconds: float = 60.0
 
 
@@ -90,7 +91,7 @@ class Analysis:
     text_source: str = "none"  # "layer", "ocr" or "none"
     fax_number: str | None = None  # TIFF ImageDescription when it is a phone number
     encrypted: bool = False  # opened with an empty user password
-    preview: str | None = None  # PNG of the first page, in the output folder
+    previews: int = 0  # preview-1.png ... preview-<previews>.png, in the output folder
     peak_rss_mb: float = 0.0  # the child's peak resident memory (with Tesseract's)
 
 

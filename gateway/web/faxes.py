@@ -1,5 +1,5 @@
-"""The fax review queue: faxes no cover sheet matched, each with a preview of its first
-page (a PNG the fax connector rendered in its sandbox), to assign to an open transfer
+"""The fax review queue: faxes no cover sheet matched, each with a preview of every page
+(PNGs the fax connector rendered in its sandbox), to assign to an open transfer
 or reject. Every read goes through gateway/engine/faxes.read_review, which audits it."""
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from dataclasses import asdict
 
 from flask import g, redirect, request, send_file, url_for
 
-from connectors.fax.review import ReviewError
+from connectors.fax.review import PageNotFound, ReviewError
 from gateway.engine import faxes
-from gateway.errors import Conflict, InvalidInput
+from gateway.errors import Conflict, InvalidInput, NotFound
 
 from .operators import OPERATORS
 from .pages import blueprint, nav_link, notice, render
@@ -42,15 +42,18 @@ def item(fax_id: str):
     # open transfers this fax may answer, by patient and request id, candidates first
     choices = sorted(faxes.open_transfers(svc(), name),
                      key=lambda d: (d.transfer_id not in fax["candidates"], d.patient_name))
-    return render("operators/fax.html", source=name, fax=fax, choices=choices)
+    return render("operators/fax.html", source=name, fax=fax, choices=choices,
+                  previews=q.previews(fax_id))
 
 
-@bp.get("/<fax_id>/preview.png")
+@bp.get("/<fax_id>/pages/<n>")
 @page(*OPERATORS)
-def preview(fax_id: str):
+def preview(fax_id: str, n: str):
     _, q = faxes.read_review(svc(), _source(), "preview", g.actor, g.role, fax_id)
     try:
-        return send_file(q.preview(fax_id), mimetype="image/png")
+        return send_file(q.preview(fax_id, n), mimetype="image/png")
+    except PageNotFound as exc:
+        raise NotFound(str(exc)) from None
     except ReviewError as exc:
         raise Conflict(str(exc)) from None
 

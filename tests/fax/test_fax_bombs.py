@@ -68,7 +68,7 @@ def test_ordinary_faxes_and_a_large_scan_pass_well_under_the_cap(samples, tmp_pa
         peaks[name] = found.peak_rss_mb
         assert 0 < found.peak_rss_mb < CAP_MB / 2, (name, found.peak_rss_mb)
         assert inspect(path, out).pages == found.pages
-    with Image.open(tmp_path / "scan-600dpi" / "preview.png") as preview:
+    with Image.open(tmp_path / "scan-600dpi" / "preview-1.png") as preview:
         low, high = preview.getextrema()
     assert high - low > 50, "the scan's image was not drawn"  # noise, not a blank page
     assert peaks["ocr"] > 0 and peaks["text_layer"] > 0

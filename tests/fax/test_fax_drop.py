@@ -13,13 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from . import faxgen
 from .faxgen import KEY, cover_pdf
 from connectors import connector_class
 from connectors.base import RecordQuery, SourceUnavailable, hash_file
 from connectors.fax.connector import FaxIngestor
-from connectors.fax.review import ReviewError
+from connectors.fax.review import PageNotFound, ReviewError
 from connectors.fax.store import FaxStore, read_json
 
 FINAL = ("matched", "review", "quarantine", "rejected", "done")
@@ -165,6 +166,27 @@ def test_pull_waits_for_faxes(env, samples):
         c.options["settle_seconds"] = 0
         done = list(c.fetch(RecordQuery("auth-1", tid, already_fetched=frozenset({got[0].origin}))))
         assert done == []  # nothing new, and it had some: the pull is complete
+
+
+@pytest.mark.parametrize("kind", ["pdf", "tiff"])
+def test_review_has_a_preview_of_every_page(env, tmp_path, kind):
+    pdf = faxgen.records_pdf(None, 3, seed=7)
+    if kind == "pdf":
+        (env.drop / "three.pdf").write_bytes(pdf)
+    else:
+        faxgen.save_tiff([faxgen.faxify(p) for p in faxgen.render(pdf)], env.drop / "three.tif")
+    env.ingest_all()
+    queue = env.connector().review_queue()
+    [fax_id] = [item.fax_id for item in queue.list()]
+    assert queue.previews(fax_id) == 3
+    for n in (1, 2, 3, "3"):
+        with Image.open(queue.preview(fax_id, n)) as image:
+            image.load()
+            assert image.mode == "L" and image.width <= 850 and image.height <= 1100
+            assert image.height > 500 and image.getextrema() == (0, 255)  # a page, with ink
+    for bad in (4, 0, -1, "x", "1.0", "", "²", "../preview-1"):
+        with pytest.raises(PageNotFound, match="pages 1 to 3"):
+            queue.preview(fax_id, bad)
 
 
 def test_review_assign_and_reject(env, samples, people):

@@ -154,7 +154,7 @@ def _fax_in_review(config: dict, family: str, transfer_id: str, fax_number: str)
     fax_id = store.claim(drop, raw, {"source": "fax"})
     folder = store.path("claimed", fax_id)
     (folder / "document.pdf").write_bytes(pdf)
-    (folder / "preview.png").write_bytes(_png(family))
+    (folder / "preview-1.png").write_bytes(_png(family))
     write_json(folder / "result.json", {
         "decision": "pending", "transfer_id": None, "match": "review",
         "reasons": ["no cover sheet code"], "candidates": [transfer_id], "cover_pages_removed": [],

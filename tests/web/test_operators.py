@@ -3,9 +3,12 @@ case, assigning a fax from review, revoking an authorization through its confirm
 dead letters. Each page is checked with axe-core and photographed."""
 from __future__ import annotations
 
+import io
+import re
 import secrets
 from pathlib import Path
 
+from PIL import Image
 from playwright.sync_api import expect
 from sqlalchemy import select
 
@@ -101,15 +104,30 @@ def test_assign_a_fax_from_review(page, web, check_page):
     from connectors.fax.store import FaxStore
 
     store = FaxStore(Path(web.config["sources"]["fax"]["options"]["store"]))
-    _synthetic_page(store.path("review", fax_id) / "preview.png", [
+    folder = store.path("review", fax_id)
+    _synthetic_page(folder / "preview-1.png", [
         "SYNTHETIC LABORATORY REPORT (test data)", "", "Patient: Robin Faxperson",
         "Born: 1961-04-05", "", "Hemoglobin A1c ........ 5.4 %", "LDL cholesterol ...... 98 mg/dL"])
+    for n in (2, 3):
+        _synthetic_page(folder / f"preview-{n}.png", [f"SYNTHETIC REPORT, PAGE {n} (test data)"])
     sign_in(page, web, "operator")
     page.get_by_role("link", name="Fax review").click()
     page.get_by_role("link", name=f"Review fax {fax_id}").click()
-    preview = page.get_by_role("img", name="First page of the fax, as received")
-    expect(preview).to_be_visible()
-    assert page.evaluate("(img) => img.naturalWidth", preview.element_handle()) == 612
+    expect(page.get_by_role("img", name=re.compile(r"^Page \d+ of \d+$"))).to_have_count(3)
+    for n in (1, 2, 3):
+        preview = page.get_by_role("img", name=f"Page {n} of 3", exact=True)
+        preview.scroll_into_view_if_needed()
+        expect(preview).to_be_visible()
+        page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=preview.element_handle())
+        assert page.evaluate("(img) => img.naturalWidth", preview.element_handle()) == 612
+        got = page.request.get(preview.get_attribute("src"))
+        assert got.status == 200 and got.headers["content-type"] == "image/png"
+        with Image.open(io.BytesIO(got.body())) as image:
+            assert image.size == (612, 792) and image.getextrema() == (0, 255)
+    src = page.get_by_role("img", name="Page 1 of 3", exact=True).get_attribute("src")
+    for bad in ("4", "0", "x"):
+        refused = page.request.get(src.replace("/pages/1", f"/pages/{bad}"))
+        assert refused.status == 404 and "pages 1 to 3" in refused.text()
     choice = page.get_by_label("Transfer (patient, born, request id)")
     expect(choice.locator("option").first).to_contain_text("Robin Faxperson, 1961-04-05")
     check_page("operator-fax-review")
