@@ -82,7 +82,7 @@ class ReviewQueue:
         """How many pages have a preview: the first ones as received, cover sheet included."""
         folder = self._folder(fax_id)
         count = 0
-        while (folder / f"preview-{count + 1}.png").exists():
+        while _page_file(folder, count + 1).exists():
             count += 1
         return count
 
@@ -94,7 +94,7 @@ class ReviewQueue:
         if not 1 <= number <= count:
             raise PageNotFound(f"fax {fax_id} has no preview of page {str(page)[:12]!r}: "
                                f"pages 1 to {count} have one")
-        return self._folder(fax_id) / f"preview-{number}.png"
+        return _page_file(self._folder(fax_id), number)
 
     def document(self, fax_id: str) -> Path:
         return self._folder(fax_id) / "document.pdf"
@@ -134,3 +134,10 @@ class ReviewQueue:
             items.append(QuarantineItem(fax_id, result.get("reason", ""), result.get("detail", ""),
                                         meta.get("source_name", "")))
         return items
+
+
+def _page_file(folder: Path, number: int) -> Path:
+    path = folder / f"preview-{number}.png"
+    if number == 1 and not path.exists() and (folder / "preview.png").exists():
+        return folder / "preview.png"  # a fax put in review when only page 1 had a preview
+    return path

@@ -189,6 +189,21 @@ def test_review_has_a_preview_of_every_page(env, tmp_path, kind):
             queue.preview(fax_id, bad)
 
 
+
+def test_a_fax_reviewed_before_every_page_had_a_preview_keeps_its_first(env):
+    (env.drop / "one.pdf").write_bytes(faxgen.records_pdf(None, 2, seed=11))
+    env.ingest_all()
+    queue = env.connector().review_queue()
+    [fax_id] = [item.fax_id for item in queue.list()]
+    folder = queue.preview(fax_id, 1).parent
+    first = (folder / "preview-1.png").read_bytes()
+    (folder / "preview-1.png").rename(folder / "preview.png")  # the earlier layout: page 1 only
+    (folder / "preview-2.png").unlink()
+    assert queue.previews(fax_id) == 1
+    assert queue.preview(fax_id, 1).read_bytes() == first
+    with pytest.raises(PageNotFound, match="pages 1 to 1"):
+        queue.preview(fax_id, 2)
+
 def test_review_assign_and_reject(env, samples, people):
     shutil.copy(samples["unknown"].path, env.drop / "u1.pdf")
     (env.drop / "u2.pdf").write_bytes(faxgen.records_pdf(None, 1, seed=99))
