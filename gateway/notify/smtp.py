@@ -45,15 +45,20 @@ def send(cfg: EmailConfig, payload: dict, timeout_s: float) -> None:
     """Send the event's mail. Raises NotificationFailed (retried: no connection, a 4xx
     reply, a refused login) or NotificationRejected (no STARTTLS offered, an untrusted
     certificate, a permanent 5xx reply)."""
+    _refuse_plain_auth(cfg)  # before the message is even made
     send_message(cfg, message(cfg, payload), cfg.to, timeout_s)
+
+
+def _refuse_plain_auth(cfg: EmailConfig) -> None:
+    refusal = cfg.plain_auth_refusal()
+    if refusal:
+        raise NotificationRejected(f"email: {refusal}")
 
 
 def send_message(cfg: EmailConfig, msg: EmailMessage, to: list[str], timeout_s: float) -> None:
     """Send one message to `to` through the configured server (errors as for `send`)."""
     where = f"mail server {cfg.host}:{cfg.port}"
-    refusal = cfg.plain_auth_refusal()
-    if refusal:
-        raise NotificationRejected(f"email: {refusal}")
+    _refuse_plain_auth(cfg)
     try:
         with smtplib.SMTP(cfg.host, cfg.port, timeout=timeout_s) as smtp:
             smtp.ehlo()
