@@ -252,7 +252,10 @@ def test_full_resource_payload_stores_the_focus_only(gateway, hospital):
     wait_until(lambda: _triggers(svc, "case-c"), 20, what="the report's trigger")
     assert [(t.kind, t.focus) for t in _triggers(svc, "case-c")] == [
         ("event", [f"DiagnosticReport/{report['id']}"])]
-    delivered = json.loads(gateway["recorder"].notifications(rows[0].id, "event-notification")[0]["body"])
+    # the recorder notes a notification once the gateway has answered it: poll for it too
+    [note, *_] = wait_until(lambda: gateway["recorder"].notifications(rows[0].id, "event-notification"),
+                            20, what="the recorded notification")
+    delivered = json.loads(note["body"])
     assert delivered["entry"][1]["resource"]["id"] == report["id"]  # the source sent the resource
     assert subs.unsubscribe_owner(svc, "case-c") == 1
 
@@ -353,7 +356,9 @@ def test_heartbeats_arrive_and_a_silent_source_is_a_trigger(gateway, subscribed)
     # times given, not waited for: within two periods of the last word nothing is missed
     assert subs.check_heartbeats(svc, now=oldest + timedelta(seconds=HEARTBEAT_S)) == 0
     later = utcnow() + timedelta(seconds=10 * HEARTBEAT_S)
-    assert subs.check_heartbeats(svc, now=later) == active
+    # the gateway's own periodic check may already have reported one whose heartbeat came
+    # late on a busy machine; together they report every subscription
+    assert 1 <= subs.check_heartbeats(svc, now=later) <= active
     assert subs.check_heartbeats(svc, now=later) == 0  # reported once until heard from again
     missed = [t for t in _triggers(svc, "case-a") if t.kind == "heartbeat-missed"]
     assert {t.subscription_id for t in missed} == {r.id for r in subscribed["rows"]}
