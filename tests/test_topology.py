@@ -252,9 +252,9 @@ def test_api_two_workers_beat_and_a_receiver_deliver_a_transfer(
     assert view["state"] == "completed", view["reason"]
     assert view["items"] == {"mapped": 2 + 12 + 1}  # the PDFs, the instances, the study
     assert view["receipt"]["dicomInstances"] == {study.study_uid: 12}
-    # the PACS pull ran in a worker's process group, and its instances came through the
-    # receiver (stored there, once each)
-    assert os.getpgid(puller) in {w.proc.pid for w in workers}
+    # the PACS pull ran in a worker's process group (the beat's process is a worker too),
+    # and its instances came through the receiver (stored there, once each)
+    assert os.getpgid(puller) in {w.proc.pid for w in [*workers, beat]}
     with svc.db.session() as s:
         took = s.scalars(select(DicomArrival).filter_by(transfer_id=tid)).all()
     assert sorted(a.detail["sop_instance_uid"] for a in took) == sorted(study.sop_uids)
