@@ -10,8 +10,9 @@ file with its last entry.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from connectors.files import write_atomic
 
 from .uids import is_uid
 
@@ -46,7 +47,4 @@ class AttemptJournal:
         if not self.entries:
             self.path.unlink(missing_ok=True)
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.entries, sort_keys=True))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(self.entries, sort_keys=True).encode())

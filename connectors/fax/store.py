@@ -27,6 +27,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
+from connectors.files import write_atomic
+
 STATES = ("tmp", "claimed", "matched", "review", "quarantine", "rejected", "done", "work")
 FAX_ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{12}$")
 
@@ -47,12 +49,7 @@ def display_name(raw: bytes) -> str:
 
 def write_json(path: Path, data: dict) -> None:
     """Replace `path` atomically (write, fsync, rename)."""
-    part = path.with_name(path.name + ".part")
-    with open(part, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(part, path)
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True, default=str).encode())
 
 
 def read_json(path: Path) -> dict:

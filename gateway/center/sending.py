@@ -14,14 +14,13 @@ half of one; the name carries the request's reference only.
 from __future__ import annotations
 
 import io
-import os
-import secrets
 from datetime import date
 from pathlib import Path
 
 import requests as http
 
 from connectors.fax.cover import CoverSheet, render_request_pdf
+from connectors.files import write_atomic
 from gateway.config import CenterProviderConfig
 from gateway.engine.faxes import ensure_cover_key
 from gateway.errors import ConfigError, ProviderRejected, ProviderUnavailable
@@ -75,8 +74,8 @@ def fax_request(svc: Services, row: CenterRequest, p: CenterProvider, signed_for
                        note=f"To {cfg.providers[p.name].name}: please fax the records with this "
                             "cover sheet on top.")
     letter = render_request_pdf(sheet, key, reminder)
-    return _write(Path(cfg.fax_outbox), f"request-{reference(row.id)}-{p.name}-{reminder}.pdf",
-                  _join(letter, signed_form))
+    return write_atomic(Path(cfg.fax_outbox) / f"request-{reference(row.id)}-{p.name}-{reminder}.pdf",
+                        _join(letter, signed_form))
 
 
 def fax_revocation(svc: Services, row: CenterRequest, p: CenterProvider) -> Path:
@@ -100,7 +99,8 @@ def fax_revocation(svc: Services, row: CenterRequest, p: CenterProvider) -> Path
         c.drawString(60, 690 - 18 * i, text)
     c.showPage()
     c.save()
-    return _write(Path(cfg.fax_outbox), f"revocation-{reference(row.id)}-{p.name}.pdf", buf.getvalue())
+    return write_atomic(Path(cfg.fax_outbox) / f"revocation-{reference(row.id)}-{p.name}.pdf",
+                        buf.getvalue())
 
 
 def _join(*pdfs: bytes) -> bytes:
@@ -115,14 +115,3 @@ def _join(*pdfs: bytes) -> bytes:
     return buf.getvalue()
 
 
-def _write(folder: Path, name: str, data: bytes) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / name
-    partial = folder / f".{name}.{secrets.token_hex(4)}.part"
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(partial, target)
-    return target

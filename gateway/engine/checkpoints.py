@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
+from connectors.files import write_atomic
 from gateway.audit import checkpoints
 from gateway.audit.fhir_auditevent import GatewayIdentity
 from gateway.errors import InvalidInput
@@ -45,10 +45,7 @@ def witness(folder: Path, cp: dict) -> Path:
     """Write a checkpoint to the witness folder, whole or not at all (one file a size)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"checkpoint-{cp['tree_size']:012d}.json"
-    tmp = path.with_suffix(".part")
-    tmp.write_text(json.dumps(cp, sort_keys=True))
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, json.dumps(cp, sort_keys=True).encode(), mode=0o644)  # public
 
 
 @celery.task(name="gateway.auditing.checkpoint", ignore_result=True)

@@ -21,6 +21,7 @@ from connectors.base import ConnectorError
 from connectors.fax.cover import CoverSheet, render_cover_pdf, render_request_pdf
 from connectors.fax.match import TransferDescriptor
 from connectors.fax.store import StoreBusy
+from connectors.files import write_atomic
 from gateway import audit
 from gateway.config import SourceConfig
 from gateway.errors import Conflict, InvalidInput, NotFound
@@ -148,15 +149,7 @@ def write_request(svc: Services, session, t: Transfer, source: str, reminder: in
                        return_fax=str(cfg.options.get("return_fax", "")),
                        requester=svc.settings.organization)
     pdf = render_request_pdf(sheet, cover_key_path(svc).read_bytes().strip(), reminder)
-    folder = Path(outbox)
-    target = folder / f"request-{d.request_id}-{reminder}.pdf"
-    partial = folder / f".{target.name}.{secrets.token_hex(4)}.part"
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(pdf)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(partial, target)
+    target = write_atomic(Path(outbox) / f"request-{d.request_id}-{reminder}.pdf", pdf)
     audit.record(session, "fax.request.written", actor="worker", transfer_id=t.id,
                  authorization_id=t.authorization_id, source=source, reminder=reminder,
                  file=target.name, size=len(pdf))

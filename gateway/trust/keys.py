@@ -21,6 +21,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, OKPKey
 from joserfc.jws import JWSRegistry
 
+from connectors.files import write_atomic
 from gateway.errors import ConfigError, ReceiptInvalid
 
 ALG = "Ed25519"  # fully-specified EdDSA (RFC 9864)
@@ -94,9 +95,7 @@ class SigningKeys:
             return {"current": {}, "keys": {}}
 
     def _save(self, index: dict) -> None:
-        tmp = self.dir / "keys.json.tmp"
-        tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
-        os.replace(tmp, self._index_path)
+        write_atomic(self._index_path, json.dumps(index, indent=1, sort_keys=True).encode())
 
     def ensure(self) -> dict[str, str]:
         """Make a key for each purpose that has none; return purpose -> current key id."""
