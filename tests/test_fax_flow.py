@@ -122,3 +122,40 @@ def test_faxes_already_in_the_folder_all_go_in_one_transfer(app, client, operato
     assert len(matched) == len({e.detail["fax_id"] for e in matched}) == 5  # each fax taken once
     assert {e.transfer_id for e in matched} == {tid}
     assert sorted(len(pdf.pages) for pdf in _delivered_pdfs(stack)) == [1] * 5
+
+
+def test_the_backlog_clearing_into_review_wakes_the_waiting_pull(
+        app, client, operator, processes, sender_config, receiver_config, tmp_path, claims_for,
+        sign, fax_dir):
+    """A matched fax's pull waits while another received file is still being written; that
+    file turns out to be no answer (it goes to review). Once nothing is left to analyze the
+    pull is woken then, not at its next retry (five minutes away here)."""
+    sender_config["retry"] = {"base_delay_s": 300, "max_delay_s": 300, "max_attempts": 10}
+    stack = Stack(app, client, operator, processes, sender_config, receiver_config, tmp_path)
+    stack.start_receiver()
+    tid = _transfer(stack, claims_for, sign)
+    cover = PdfReader(io.BytesIO(client.get(f"/transfers/{tid}/cover-sheet", headers=operator).data))
+    stray = io.BytesIO()
+    writer = PdfWriter()
+    writer.append(_records_pdf(tmp_path, 1))
+    writer.write(stray)
+    data = stray.getvalue()
+    with open(fax_dir / "still-coming.pdf", "wb") as slow:  # a fax server writing in place
+        slow.write(data[:100])
+        slow.flush()
+        _drop(fax_dir, "answer.pdf", cover, _records_pdf(tmp_path, 1))
+        # the answer is matched and pulled; the pull waits for the file still being written
+        def backlogged():
+            return [e for e in stack.events("transfer.pull.retry")
+                    if "to be analyzed" in e.detail["error"]]
+
+        wait_until(backlogged, 120, 0.2, "the pull to wait for the file being written")
+        slow.write(data[100:])
+    waited = backlogged()[-1].at
+    view = stack.wait_state(tid, TERMINAL, timeout=120)
+    assert view["state"] == "completed", view["reason"]
+    assert [i["kind"] for i in view["itemList"]] == ["fax"]
+    [review] = client.get("/faxes/review", headers=operator).get_json()["review"]
+    assert review["pages"] == 1
+    [finished] = [e for e in stack.events("transfer.pull.finished") if e.detail.get("source") == "fax"]
+    assert (finished.at - waited).total_seconds() < 150  # woken, not retried after 300 s

@@ -411,6 +411,11 @@ class FaxDropConnector(Connector):
                 found.append(fax_id)
         return found
 
+    def backlog(self) -> int:
+        """Received files not yet analyzed (see FaxStore.backlog): while there are any, a
+        pull waits for them, for at most `backlog_wait_seconds` after a file's last change."""
+        return self.store.backlog(self.drop, float(self.options.get("backlog_wait_seconds", 600)))
+
     def fetch(self, query: RecordQuery) -> Iterator[RawRecord]:
         """Yield the transfer's matched faxes. Faxes come when the provider sends them:
         until one has come, until none has come for `settle_seconds` (option, default
@@ -422,7 +427,7 @@ class FaxDropConnector(Connector):
         settle = float(self.options.get("settle_seconds", 600))
         # counted before the matched faxes are listed: the store's states are listed in
         # the order a fax moves through them, so one moving meanwhile is seen at least once
-        backlog = self.store.backlog(self.drop, float(self.options.get("backlog_wait_seconds", 600)))
+        backlog = self.backlog()
         had_any = any(o.startswith("fax:") for o in query.already_fetched)
         newest = None
         for record in self._fetch_matched(query):

@@ -188,8 +188,16 @@ def _outcome(svc: Services, source: str, outcome) -> None:
         audit.record(s, f"fax.{outcome.state}", actor="worker", transfer_id=outcome.transfer_id,
                      source=source, fax_id=outcome.fax_id, method=outcome.method,
                      reason=outcome.reason)
-    if outcome.state == "matched" and outcome.transfer_id:
-        wake(svc, outcome.transfer_id)
+    waiting = {outcome.transfer_id} if outcome.state == "matched" and outcome.transfer_id else set()
+    if _connector(svc, source, svc.settings.sources[source]).backlog() == 0:
+        # nothing left to analyze (this file may have gone to review or the quarantine):
+        # pulls that waited for the backlog to clear finish now, not at their next retry
+        with svc.db.session() as s:
+            waiting.update(s.scalars(select(Transfer.id).join(TransferSource).where(
+                TransferSource.name == source, TransferSource.state != "done",
+                Transfer.state == "pulling")))
+    for transfer_id in sorted(waiting):
+        wake(svc, transfer_id)
 
 
 def ingest_now(svc: Services) -> dict[str, int]:
