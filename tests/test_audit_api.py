@@ -23,8 +23,8 @@ def test_auditor_queries_chain_and_accounting(app, client, operator, claims_for,
     assert client.get("/audit/events", headers=operator).status_code == 403
     cp = client.post("/audit/checkpoints", headers=auditor).get_json()
     assert cp["tree_size"] >= 5
-    by_patient = client.get("/audit/events?patient=urn:oid:2.16.840.1.113883.19.5|MRN-000001",
-                            headers=auditor).get_json()
+    by_patient = client.get("/audit/events", headers={
+        **auditor, "X-Patient": "urn:oid:2.16.840.1.113883.19.5|MRN-000001"}).get_json()
     types = [e["event"]["type"] for e in by_patient["events"]]
     assert "authorization.verified" in types and "transfer.created" in types
     for e in by_patient["events"]:  # proven against the checkpoint; later ones wait for the next
@@ -37,9 +37,14 @@ def test_auditor_queries_chain_and_accounting(app, client, operator, claims_for,
     assert chain_types[0] == "authorization.verified"  # authorization -> ... -> the end
     assert chain_types.index("transfer.created") < chain_types.index("transfer.cancelled")
     assert client.get("/audit/events?since=yesterday", headers=auditor).status_code == 400
-    pdf = client.get("/audit/accounting?patient=urn:oid:2.16.840.1.113883.19.5|MRN-000001&format=pdf",
-                     headers=auditor)
+    mrn = "urn:oid:2.16.840.1.113883.19.5|MRN-000001"
+    pdf = client.get("/audit/accounting?format=pdf", headers={**auditor, "X-Patient": mrn})
     assert pdf.status_code == 200 and pdf.data.startswith(b"%PDF-")
+    # an identifier in the URL would land in access logs: refused, with where it goes
+    for path in ("/audit/accounting", "/audit/events", "/audit/export"):
+        r = client.get(f"{path}?patient={mrn}", headers=auditor)
+        assert r.status_code == 400, path
+        assert "X-Patient" in r.get_json()["issue"][0]["diagnostics"], path
     bundle = client.get("/audit/export?format=bundle", headers=auditor).get_json()
     assert bundle["resourceType"] == "Bundle" and bundle["entry"][0]["resource"]["resourceType"] == "AuditEvent"
     # the auditor's reads are on the log too
@@ -151,8 +156,13 @@ def test_patient_keys_are_keyed_with_the_deployment_secret(app, client, operator
     assert keys == {hmac.new(svc.patient_secret, identifier.encode(), hashlib.sha256).hexdigest()}
     assert hashlib.sha256(identifier.encode()).hexdigest() not in keys  # not a bare hash
     auditor = bearer(make_token(app, "auditor"))
-    found = client.get(f"/audit/events?patient={identifier}", headers=auditor).get_json()["events"]
-    assert {"authorization.verified", "transfer.created"} <= {e["event"]["type"] for e in found}
+    found = client.get("/audit/events", headers={**auditor, "X-Patient": identifier}).get_json()
+    assert {"authorization.verified", "transfer.created"} <= {e["event"]["type"] for e in found["events"]}
+    # the key itself may go in the URL: it names no one without the deployment's secret
+    key = client.get(f"/audit/events?patient={keys.pop()}", headers=auditor).get_json()["events"]
+    before = [e for e in key if e["event"]["seq"] <= found["events"][-1]["event"]["seq"]]
+    assert [e["event"]["seq"] for e in before] == [e["event"]["seq"] for e in found["events"]]
+    assert [e["event"]["type"] for e in key[len(before):]] == ["api.read.audit.events"]  # the read
 
 
 def test_checkpoints_go_to_a_witness_the_database_cannot_take_back(

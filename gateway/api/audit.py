@@ -11,7 +11,7 @@ from flask import Blueprint, Response, g, jsonify, request
 from gateway import audit
 from gateway.audit import checkpoints, export, queries
 from gateway.audit import log as audit_log
-from gateway.engine.checkpoints import checkpoint_now, identity, patient_key_from
+from gateway.engine.checkpoints import checkpoint_now, identity, is_patient_key, patient_key_from
 from gateway.errors import InvalidInput
 
 from .auth import require, svc
@@ -40,9 +40,21 @@ def _filters() -> dict:
          "authorization_id": request.args.get("authorization"),
          "actor": request.args.get("actor"), "type_prefix": request.args.get("type"),
          "since": _time("since"), "until": _time("until")}
-    if patient := request.args.get("patient"):
-        f["patient_key"] = patient_key_from(svc(), patient)
+    if key := _patient():
+        f["patient_key"] = key
     return {k: v for k, v in f.items() if v is not None}
+
+
+def _patient() -> str | None:
+    """The patient filter: a patient key (an opaque keyed hash) may be in the query; an
+    identifier (`system|value`) only in the X-Patient header, since URLs are written to
+    proxies' and servers' access logs."""
+    in_url = request.args.get("patient")
+    if in_url is not None and not is_patient_key(in_url):
+        raise InvalidInput("a patient identifier goes in the X-Patient header, not the URL; "
+                           "the patient query parameter takes only a patient key (64 hex)")
+    value = request.headers.get("X-Patient") or in_url
+    return patient_key_from(svc(), value) if value else None
 
 
 def _log_read(what: str, filters: dict) -> None:
@@ -102,10 +114,9 @@ def export_events():
 @bp.get("/accounting")
 @require("auditor", "admin")
 def accounting():
-    patient = request.args.get("patient")
-    if not patient:
-        raise InvalidInput("patient is required (a patient key or 'system|value')")
-    key = patient_key_from(svc(), patient)
+    key = _patient()
+    if key is None:
+        raise InvalidInput("a patient is required: X-Patient: system|value, or ?patient=<key>")
     _log_read("accounting", {"patient_key": key})
     with svc().db.session() as s:
         acc = export.accounting(s, key, since=_time("since"), until=_time("until"))

@@ -62,8 +62,10 @@ def _h(name: str, required: bool, description: str) -> dict:
             "schema": {"type": "string"}}
 
 
-_AUDIT_FILTERS = [_q("patient", description="patient key (64 hex) or 'system|value'"),
-                  _q("transfer"), _q("authorization"), _q("actor"), _q("type"),
+_PATIENT = [_q("patient", description="a patient key (64 hex); an identifier goes in X-Patient",
+               pattern="^[0-9a-f]{64}$"),
+            _h("X-Patient", False, "the patient's identifier as 'system|value' (kept out of URLs)")]
+_AUDIT_FILTERS = [*_PATIENT, _q("transfer"), _q("authorization"), _q("actor"), _q("type"),
                   _q("since", format="date-time"), _q("until", format="date-time")]
 PARAMETERS = {
     "receive.transaction": [_h("Idempotency-Key", True, "the same key for every try of one bundle"),
@@ -80,7 +82,7 @@ PARAMETERS = {
     "faxes.review_reject": [_q("source")],
     "audit.events": [*_AUDIT_FILTERS, _q("after", "integer"), _q("limit", "integer")],
     "audit.export_events": [*_AUDIT_FILTERS, _q("format", enum=["ndjson", "fhir-ndjson", "bundle"])],
-    "audit.accounting": [_q("patient"), _q("since", format="date-time"),
+    "audit.accounting": [*_PATIENT, _q("since", format="date-time"),
                          _q("until", format="date-time"), _q("format", enum=["json", "pdf"])],
     "audit.checkpoint_list": [_q("since_size", "integer"), _q("limit", "integer")],
     "audit.consistency": [_q("first", "integer"), _q("second", "integer")],

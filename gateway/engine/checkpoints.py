@@ -53,10 +53,14 @@ def checkpoint() -> None:
     checkpoint_now(services())
 
 
+def is_patient_key(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
 def patient_key_from(svc: Services, value: str) -> str:
     """A patient filter as given by an auditor: a 64-hex patient key or `system|value`
     (the identifier itself, keyed here with the deployment's secret)."""
-    if len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+    if is_patient_key(value):
         return value
     system, sep, ident = value.partition("|")
     if not sep or not system or not ident:

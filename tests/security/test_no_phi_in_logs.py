@@ -8,7 +8,6 @@ from __future__ import annotations
 import http.client
 import logging
 import os
-from urllib.parse import urlencode
 
 import pytest
 import requests
@@ -99,12 +98,12 @@ def test_records_never_in_logs(debug_everything, app, client, operator, processe
     assert reply.status_code == 200, reply.text
     assert reply.json()["receipt"]["status"] == "accepted"
     assert stack.client.get(f"/authorizations/{auth_id}", headers=operator).status_code == 200
-    # an auditor's accounting of disclosures names the patient in the query string (sent
-    # with http.client: this test's own HTTP client logs nothing)
+    # an auditor's accounting of disclosures names the patient in a header (sent with
+    # http.client: this test's own HTTP client logs nothing)
     conn = http.client.HTTPConnection("127.0.0.1", sender_config["port"], timeout=30)
-    conn.request("GET", "/audit/accounting?" + urlencode(
-        {"patient": f"urn:oid:2.16.840.1.113883.19.5|{patient.mrn}"}),
-        headers=bearer(make_token(app, "auditor")))
+    conn.request("GET", "/audit/accounting", headers={
+        **bearer(make_token(app, "auditor")),
+        "X-Patient": f"urn:oid:2.16.840.1.113883.19.5|{patient.mrn}"})
     assert conn.getresponse().status == 200
     conn.close()
     assert stack.client.get(f"/transfers/{tid}", headers=operator).status_code == 200
