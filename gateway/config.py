@@ -458,8 +458,37 @@ class NotifyConfig(BaseModel):
         return v
 
 
+class SignInLimits(BaseModel):
+    """How fast sign-in may be tried (`[web.sign_in]`): failed sign-ins are counted per
+    account name presented and per client address, in the database, so every process and
+    host of a deployment counts together. Past a limit, sign-in is refused (HTTP 429, even
+    with the right password) for a lockout that doubles with each lockout in a row."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    window_s: float = Field(900.0, gt=0)  # failures are counted over this long
+    # an account name (whether or not it exists) is locked after this many failures
+    max_failures_per_name: int = Field(5, ge=1)
+    # one client address is locked after this many failures, whatever names it tried
+    # (higher: people behind one office NAT share an address)
+    max_failures_per_address: int = Field(20, ge=1)
+    lockout_s: float = Field(300.0, gt=0)  # the first lockout; each next one is twice as long
+    max_lockout_s: float = Field(3600.0, gt=0)  # the longest lockout
+    # a name or address with no failure for this long starts again from the first lockout
+    forget_after_s: float = Field(86400.0, gt=0)
+    # reverse proxies in front of the app that append the client's address to
+    # X-Forwarded-For (deploy/nginx: 1); 0: the connection's own address is the client's
+    trusted_proxies: int = Field(0, ge=0, le=5)
+
+    @model_validator(mode="after")
+    def _longest_not_shorter(self) -> "SignInLimits":
+        if self.max_lockout_s < self.lockout_s:
+            raise ValueError("max_lockout_s must be at least lockout_s")
+        return self
+
+
 class WebConfig(BaseModel):
-    """The web pages' signed-in sessions."""
+    """The web pages' signed-in sessions and sign-in limits."""
 
     # a session unused this long ends (a page polling for progress does not count as use)
     idle_timeout_s: float = Field(900.0, gt=0)
@@ -468,6 +497,8 @@ class WebConfig(BaseModel):
     # the session cookie's Secure flag: "auto" sets it when the request came over TLS or
     # base_url is https (behind a TLS-terminating proxy); "always" or "never" force it
     secure_cookie: Literal["auto", "always", "never"] = "auto"
+    # failed sign-ins: how many, how fast, and how long a lockout lasts
+    sign_in: SignInLimits = Field(default_factory=SignInLimits)
 
 
 class DicomReceiverConfig(BaseModel):

@@ -621,6 +621,22 @@ class WebSession(Base):
     ended_at: Mapped[datetime | None]
 
 
+class SignInFailures(Base):
+    """Failed sign-ins of one account name or one client address (kept as a sha256, never
+    as typed: a name field sometimes holds a password), and its lockout if any. The web
+    sign-in counts here so every process and host of a deployment limits together."""
+
+    __tablename__ = "sign_in_failures"
+
+    scope: Mapped[str] = mapped_column(String(8), primary_key=True)  # name | address
+    key_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)  # within the current window
+    window_started_at: Mapped[datetime]
+    lockouts: Mapped[int] = mapped_column(Integer, default=0)  # in a row: the next lasts longer
+    locked_until: Mapped[datetime | None]
+    last_failure_at: Mapped[datetime] = mapped_column(index=True)
+
+
 def dicom_sop_key(keys: ColumnKeys, sop_instance_uid: str) -> str:
     """The keyed HMAC a SOP Instance UID is looked up by (the UID itself is sealed)."""
     return keys.index("dicom.sop", sop_instance_uid)

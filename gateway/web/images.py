@@ -1,7 +1,9 @@
 """DICOM frames as PNG for the receiving center's image viewer, rendered on the server.
 
-pydicom decodes (its own handlers, plus Pillow and pylibjpeg where installed, for the
-compressed syntaxes they cover); numpy applies the header's rescale and window/level
+pydicom decodes, with the decoders the package depends on for the compressed syntaxes
+archives hold: GDCM (JPEG Lossless, JPEG Extended, JPEG-LS, JPEG 2000), CharLS through
+pyjpegls (JPEG-LS), OpenJPEG through pylibjpeg (JPEG 2000), Pillow (JPEG baseline), its
+own RLE, and 12-bit JPEG Extended through dicom_decoders.py; numpy applies the header's rescale and window/level
 (the DICOM linear VOI function, or the VOI LUT when there is one), inverts MONOCHROME1
 and maps palette colour. Whatever cannot be decoded or is no image becomes a placeholder
 PNG that says why, never an error page: one odd instance must not break the viewer.
@@ -16,6 +18,10 @@ import numpy as np
 import pydicom
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.errors import InvalidDicomError
+
+from . import dicom_decoders
+
+dicom_decoders.register()
 
 MAX_FRAME_PIXELS = 64 * 1024 * 1024  # 8192 x 8192: beyond this, a placeholder, not a decode
 PLACEHOLDER_SIZE = (512, 512)

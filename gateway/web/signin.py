@@ -1,17 +1,20 @@
 """Sign-in (an API token, or a person's username and password), sign-out, and the home
 page that sends each role to its pages. The sign-in form is guarded by a
 double-submit token (session.public_form): a cookie set with the form, and the same
-value in the form."""
+value in the form. Failed sign-ins are limited per name and per address (throttle.py)."""
 from __future__ import annotations
+
+import math
 
 from flask import current_app, g, make_response, redirect, request, url_for
 
 from gateway import audit
 from gateway.errors import Unauthenticated
+from gateway.storage.models import utcnow
 from gateway.trust.tokens import authenticate
 from gateway.trust.users import PERSON_ROLES, authenticate_user
 
-from . import session
+from . import session, throttle
 from .pages import blueprint, nav_link, render
 
 bp = blueprint("web_session")
@@ -51,6 +54,33 @@ def _refused(message: str, presented_as: str):
     return _form(401, message)
 
 
+def _locked(until, now):
+    """429 with Retry-After and the time to try again, the same words whether the name,
+    the address or both are locked, and whether or not the person exists."""
+    wait = max(1, math.ceil((until - now).total_seconds()))
+    minutes = max(1, math.ceil(wait / 60))
+    response = _form(429, f"Too many failed sign-ins. Sign-in is paused until "
+                          f"{until:%H:%M:%S} UTC (about {minutes} minute"
+                          f"{'' if minutes == 1 else 's'}); please try again then.")
+    response.headers["Retry-After"] = str(wait)
+    return response
+
+
+def _failed(message: str, presented_as: str, name: str | None, address: str):
+    """A wrong password or token: counted against the name and the address, audited, and
+    answered 401, or 429 when this failure starts a lockout."""
+    limits, now = session.svc().settings.web.sign_in, utcnow()
+    with session.svc().db.session() as s:
+        lockout = throttle.record_failure(s, throttle.keys(name, address), limits, now,
+                                          actor=presented_as[:64] or "anonymous",
+                                          address=address)
+        audit.record(s, "web.sign_in.refused", actor=presented_as[:64] or "anonymous",
+                     outcome="failure", method="password" if name else "token")
+    with session.svc().db.session() as s:
+        throttle.forget_old(s, limits, now)
+    return _locked(lockout.until, now) if lockout else _form(401, message)
+
+
 @bp.post("/sign-in")
 def sign_in_post():
     if not session.public_form_ok():
@@ -58,6 +88,15 @@ def sign_in_post():
                           "please try again.")
     token, username = request.form.get("token", "").strip(), request.form.get("username", "")
     password = request.form.get("password", "")
+    name = username.strip() if not token else None
+    if not token and not (username and password):
+        return _form(400, "Give an API token, or a username and a password.")
+    address = throttle.client_address(session.svc().settings.web.sign_in)
+    now = utcnow()
+    with session.svc().db.session() as s:  # locked: refused before the secret is checked
+        until = throttle.locked_until(s, throttle.keys(name, address), now)
+    if until is not None:
+        return _locked(until, now)
     response = make_response(redirect(url_for("web_session.home"), code=303))
     try:
         with session.svc().db.session() as s:
@@ -65,15 +104,14 @@ def sign_in_post():
                 row = authenticate(s, token)
                 who = {"actor": row.name, "role": row.role, "organization": row.organization,
                        "token_id": row.id, "how": "token"}
-            elif username and password:
-                row = authenticate_user(s, username.strip(), password)
+            else:
+                row = authenticate_user(s, name, password)
                 who = {"actor": row.username, "role": row.role,
                        "organization": row.organization, "user_id": row.id, "how": "password"}
-            else:
-                return _form(400, "Give an API token, or a username and a password.")
+                throttle.clear_name(s, name, address)
     except Unauthenticated:
-        return _refused("Sign-in refused: unknown or revoked token, or wrong username or "
-                        "password.", username or "token")
+        return _failed("Sign-in refused: unknown or revoked token, or wrong username or "
+                       "password.", name or "token", name, address)
     if who["role"] not in PERSON_ROLES:
         return _refused("Peer tokens are for other gateways and cannot sign in here.",
                         who["actor"])

@@ -2,6 +2,7 @@
 password, the idle timeout, a form forged on another page, and what each role sees."""
 from __future__ import annotations
 
+import re
 import threading
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -52,6 +53,28 @@ def test_a_person_signs_in_with_a_password_and_a_wrong_one_is_refused(page, web,
     expect(page.get_by_text("avery.ops (operator)")).to_be_visible()
     [started] = [e for e in _events(web, "web.session.started") if e.actor == "avery.ops"]
     assert started.detail["method"] == "password"
+
+
+def test_a_locked_name_is_told_when_to_try_again(page, web, check_page):
+    """Past the name's limit of failures, the page says until when, even for the right
+    password, in words that do not tell whether the person exists."""
+    with web.app.extensions["gateway"].db.session() as s:
+        create_user(s, "robin.locked", "correct horse battery", "operator", actor="test")
+    limit = web.app.extensions["gateway"].settings.web.sign_in.max_failures_per_name
+    for password in ["not the password"] * limit + ["correct horse battery"]:
+        page.goto("/ui/sign-in")
+        page.get_by_label("Username").fill("robin.locked")
+        page.get_by_label("Password").fill(password)
+        with page.expect_response(lambda r: r.request.method == "POST") as posted:
+            page.get_by_role("button", name="Sign in", exact=True).click()
+    assert posted.value.status == 429 and int(posted.value.headers["retry-after"]) > 0
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text("Too many failed sign-ins")
+    expect(alert).to_have_text(re.compile(r"paused until \d\d:\d\d:\d\d UTC \(about \d+ minutes?\)"))
+    assert not [c for c in page.context.cookies() if c["name"] == "rgw_session"]
+    check_page("sign-in-locked")
+    [locked] = [e for e in _events(web, "web.sign_in.locked") if e.actor == "robin.locked"]
+    assert locked.detail["scope"] == "name"
 
 
 def test_an_idle_session_ends(page, web):
