@@ -17,6 +17,7 @@ import base64
 import hashlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -360,19 +361,41 @@ class Cluster:
         return Counter(state for tid, state in rows if tid in self.expected)
 
     def snapshot(self) -> dict[str, tuple[str, str | None]]:
-        """Each transfer's state and lease owner, in one query."""
+        """Each transfer's state and the lease owners of its step and of its sources'
+        pulls (space-separated), in two queries."""
         from sqlalchemy import select
 
-        from gateway.storage.models import Transfer
+        from gateway.storage.models import Transfer, TransferSource
 
         with self.app.extensions["gateway"].db.session() as s:
             rows = s.execute(select(Transfer.id, Transfer.state, Transfer.lease_owner)).all()
-        return {tid: (state, owner) for tid, state, owner in rows if tid in self.expected}
+            pulls = s.execute(select(TransferSource.transfer_id, TransferSource.lease_owner)
+                              .where(TransferSource.lease_owner.is_not(None))).all()
+        owners: dict[str, list[str]] = {}
+        for tid, owner in pulls:
+            owners.setdefault(tid, []).append(owner)
+        return {tid: (state, " ".join(filter(None, [owner, *owners.get(tid, [])])) or None)
+                for tid, state, owner in rows if tid in self.expected}
 
     def held_by(self, proc: Proc) -> dict[str, str]:
-        """The transfers whose step `proc` holds (lease owner names its PID), by state."""
-        return {tid: state for tid, (state, owner) in self.snapshot().items()
-                if owner and owner.split(":")[1:2] == [str(proc.pid)] and state not in TERMINAL}
+        """The transfers whose step or source pull `proc` holds (a lease owner is
+        host:PID:claim), by state."""
+        return {tid: state for tid, (state, owners) in self.snapshot().items()
+                if owners and state not in TERMINAL
+                and any(o.split(":")[1:2] == [str(proc.pid)] for o in owners.split())}
+
+    def busiest_worker(self, within: float) -> tuple[Proc, dict[str, str]]:
+        """Within `within` seconds, the first moment a worker holds steps: that worker and
+        what it holds (a kill should land on work in hand); else a random worker."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            held = [(w, self.held_by(w)) for w in self.workers]
+            w, h = max(held, key=lambda pair: len(pair[1]))
+            if h:
+                return w, h
+            time.sleep(0.02)
+        w = random.choice(self.workers)
+        return w, self.held_by(w)
 
     def wait_moved(self, held: dict[str, str], timeout: float = 180) -> None:
         """Wait until every transfer of `held` has left the state it had (its step was

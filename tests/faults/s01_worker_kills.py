@@ -29,8 +29,7 @@ def run(workdir: Path, transfers: int = TRANSFERS, kills: int = KILLS) -> Scenar
             time.sleep(rng.uniform(0.5, 3.0))  # a random point of whatever is running
             if c.states()["completed"] == transfers:
                 break
-            victim = rng.choice(c.workers)
-            held = c.held_by(victim)
+            victim, held = c.busiest_worker(within=5.0)
             at = c.kill(victim)
             c.restart(victim)
             c.wait_moved(held)  # the steps it held were taken over and finished
