@@ -25,7 +25,6 @@ from gateway.trust.authorizations import example_claims
 from gateway.trust.keys import SigningKeys
 from gateway.trust.receipts import SIGNATURE_HEADER, sign_bundle
 from gateway.trust.tokens import ROLES, create_token, revoke_token
-
 from tests.helpers import ISSUER, SENDER_ORG, bearer
 
 HOSPITAL = "org-hospital-route-test"  # the peer that delivers bundles to this gateway

@@ -13,7 +13,6 @@ import pytest
 
 from gateway.trust.users import PERSON_ROLES
 from gateway.web import is_page
-
 from tests.security import route_world
 from tests.security.test_route_matrix import _snapshot, fill
 
