@@ -1,6 +1,7 @@
 """The center's request pages (gateway/center/): the request form, filled in by the
-center's staff with or for the patient, one request's page for the staff, and the
-patient's own status page, and the form the patient opens from an emailed invitation.
+center's staff with or for the patient, one request's page for the staff (with its
+"email a new status link" action), and the patient's own status page, and the form the
+patient opens from an emailed invitation. Staff scoped to another organization get none.
 
 The status page is the one page here without a session: the patient's emailed link
 (`/ui/my-request?t=...`) is its key. The link's token is moved at once into a cookie
