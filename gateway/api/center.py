@@ -2,7 +2,9 @@
 
 The center's staff (operator or recipient tokens) take a patient's request: a one-time
 form token first (`POST /center/forms`), then the filled form (`POST /center/requests`);
-each provider is then asked by itself. The patient's status link opens
+each provider is then asked by itself. Staff scoped to another organization see none
+of the requests. `POST /center/requests/{id}/status-link` mails the patient a new status
+link and revokes the previous one. The patient's status link opens
 `GET /center/status` and `POST /center/status/revoke`, the link's token in the
 `X-Status-Token` header (never in an API URL)."""
 from __future__ import annotations
@@ -10,8 +12,8 @@ from __future__ import annotations
 from flask import Blueprint, g, jsonify, request
 
 from gateway import audit
+from gateway.center import links, status, tasks
 from gateway.center import requests as reqs
-from gateway.center import status, tasks
 from gateway.errors import InvalidInput
 from gateway.storage.models import CenterRequest
 
@@ -37,6 +39,7 @@ def field_errors(exc: InvalidInput):
 @bp.get("/providers")
 @require(*STAFF)
 def providers():
+    reqs.check_organization(svc(), g.organization)
     cfg = reqs.center(svc())
     return jsonify({"providers": [{"id": k, "name": p.name, "kind": p.kind}
                                   for k, p in sorted(cfg.providers.items())]})
@@ -45,12 +48,14 @@ def providers():
 @bp.post("/forms")
 @require(*STAFF)
 def new_form():
+    reqs.check_organization(svc(), g.organization)
     return jsonify({"formToken": reqs.new_form(svc())}), 201
 
 
 @bp.post("/requests")
 @require(*STAFF)
 def create():
+    reqs.check_organization(svc(), g.organization)
     try:
         row = reqs.create(svc(), json_body(), actor=g.actor, role=g.role)
     except InvalidInput as exc:
@@ -64,6 +69,7 @@ def create():
 @bp.get("/requests")
 @require(*STAFF, "auditor")
 def index():
+    reqs.check_organization(svc(), g.organization)
     limit = query_number("limit", 100)
     with svc().db.session() as s:
         q = s.query(CenterRequest).order_by(CenterRequest.created_at.desc())
@@ -75,6 +81,7 @@ def index():
 @bp.get("/requests/<request_id>")
 @require(*STAFF, "auditor")
 def show(request_id: str):
+    reqs.check_organization(svc(), g.organization)
     with svc().db.session() as s:
         row = reqs.get(s, request_id)
         audit.record(s, "api.read.center-request", actor=g.actor, role=g.role, request=row.id,
@@ -85,6 +92,7 @@ def show(request_id: str):
 @bp.post("/requests/<request_id>/opinion-ready")
 @require(*STAFF)
 def opinion_ready(request_id: str):
+    reqs.check_organization(svc(), g.organization)
     reqs.mark_opinion_ready(svc(), request_id, g.actor, g.role)
     with svc().db.session() as s:
         return jsonify(reqs.staff_view(reqs.get(s, request_id)))
@@ -93,11 +101,21 @@ def opinion_ready(request_id: str):
 @bp.post("/requests/<request_id>/revoke")
 @require(*STAFF)
 def staff_revoke(request_id: str):
+    reqs.check_organization(svc(), g.organization)
     reason = json_body(required=False).get("reason") or "revoked on the patient's request"
     if not isinstance(reason, str) or len(reason) > 1000:
         raise InvalidInput("'reason' must be a string of at most 1000 characters")
     for provider_id in reqs.revoke(svc(), request_id, g.actor, g.role, reason):
         tasks.revoke.delay(provider_id)
+    with svc().db.session() as s:
+        return jsonify(reqs.staff_view(reqs.get(s, request_id)))
+
+
+@bp.post("/requests/<request_id>/status-link")
+@require(*STAFF)
+def reissue_link(request_id: str):
+    reqs.check_organization(svc(), g.organization)
+    links.reissue(svc(), request_id, g.actor, g.role)
     with svc().db.session() as s:
         return jsonify(reqs.staff_view(reqs.get(s, request_id)))
 

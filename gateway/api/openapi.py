@@ -158,6 +158,7 @@ SUMMARIES = {
     "center.index": "List the center's requests",
     "center.show": "One center request: each provider's status and what arrived (audited read)",
     "center.opinion_ready": "Record that the written opinion is ready (the patient's page says so)",
+    "center.reissue_link": "Email the patient a new status link; the previous one stops working",
     "center.staff_revoke": "Revoke a request's authorization at every provider (signed revocation)",
     "center.patient_status": "The patient's status (X-Status-Token: the link's token; audited)",
     "center.patient_revoke": "The patient revokes their authorization (X-Status-Token)",

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gateway import audit
-from gateway.errors import ConfigError, Conflict, InvalidInput, NotFound
+from gateway.errors import ConfigError, Conflict, Forbidden, InvalidInput, NotFound
 from gateway.runtime.services import Services
 from gateway.storage.models import CenterProvider, CenterRequest, utcnow
 from gateway.trust.authorizations import sign_authorization, sign_revocation, validate_claims
@@ -40,6 +40,13 @@ def center(svc: Services):
     if svc.settings.center is None:
         raise ConfigError("this gateway has no second-opinion center configured ([center])")
     return svc.settings.center
+
+
+def check_organization(svc: Services, organization: str | None) -> None:
+    """The center's requests are this gateway's organization's: staff scoped to another
+    organization (a recipient of another center) may neither see nor make any."""
+    if organization is not None and organization != svc.settings.organization:
+        raise Forbidden("Not allowed: the requests here are another organization's")
 
 
 def reference(request_id: str) -> str:

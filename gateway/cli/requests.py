@@ -81,3 +81,14 @@ def requests_invite(address: str, link_base: str | None) -> None:
 
     invite(services(), address, actor="cli", role="operator", link_base=link_base)
     click.echo("invitation sent")
+
+
+@requests.command("reissue-link")
+@click.argument("request_id")
+@click.option("--link-base", default=None, help="The address patients reach (default: base_url).")
+def requests_reissue_link(request_id: str, link_base: str | None) -> None:
+    """Email the patient a new status link; the previous one stops working at once."""
+    from gateway.center.links import reissue
+
+    reissue(services(), request_id, actor="cli", role="operator", link_base=link_base)
+    click.echo(f"request {request_id}: a new status link was emailed; the previous one is revoked")

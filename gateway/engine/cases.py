@@ -123,10 +123,13 @@ def approve(session: Session, case: Case, actor: str, role: str | None = None) -
 
 
 def mark_no_records(svc: Services, session: Session, case: Case, name: str, reason: str,
-                    actor: str, role: str | None = None) -> list[str]:
-    """Record that a source holds nothing for this patient. A pull still waiting on it is
-    finished with no records, so the rest of its transfer goes; returns those transfers
-    (to enqueue at "pulling")."""
+                    actor: str, role: str | None = None) -> Advanced:
+    """Record that a source holds nothing for this patient, and see that the recipient
+    learns it: a pull still waiting on the source is finished with no records, so the
+    rest of its transfer goes (`wake`, to enqueue at "pulling"); with nothing of the
+    source in flight or delivered (its pull failed, or never started), a transfer of it
+    with nothing pulled carries the word (`enqueue`): a bundle with no records, signed
+    and receipted like any other, is how the recipient hears "no records"."""
     if not isinstance(reason, str) or not reason.strip():
         raise InvalidInput("say why the source has no records (reason)")
     if case.state == "closed":
@@ -140,12 +143,38 @@ def mark_no_records(svc: Services, session: Session, case: Case, name: str, reas
     for row in waiting:
         row.state, row.error, row.items, row.bytes, row.total = "done", None, 0, 0, 0
         row.transfer.next_attempt_at = None
+    done = Advanced(wake=[row.transfer_id for row in waiting])
+    if (not waiting and case.state == "open" and case.recipient is not None
+            and not _in_flight(session, case, [name]) and not _delivered(session, case, name)):
+        done.enqueue.append(_nothing_to_send(svc, session, case, source, actor))
     audit.record(session, "case.source.no-records", actor=actor, role=role,
                  authorization_id=case.authorization_id, case=case.id, source=name,
-                 reason=source.reason, transfers_released=len(waiting))
+                 reason=source.reason, transfers_released=len(waiting),
+                 transfer_id=done.enqueue[0] if done.enqueue else None)
     if _check_complete(session, case, actor):
         _tell_complete(svc, session, case)
-    return [row.transfer_id for row in waiting]
+    return done
+
+
+def _delivered(session: Session, case: Case, name: str) -> bool:
+    """Whether a transfer of the case that pulled this source has completed."""
+    return session.scalars(
+        select(TransferSource.id).join(Transfer)
+        .where(Transfer.authorization_id == case.authorization_id, TransferSource.name == name,
+               Transfer.state == "completed")).first() is not None
+
+
+def _nothing_to_send(svc: Services, session: Session, case: Case, source: CaseSource,
+                     actor: str) -> str:
+    """A transfer of the source with its pull already done, empty: it goes on to deliver
+    a bundle whose summary says the source had no records."""
+    t = transfers.create_transfer(svc, session, authorization_id=case.authorization_id,
+                                  sources=[source.name], recipient=case.recipient, actor=actor)
+    for row in t.sources:
+        row.state, row.items, row.bytes, row.total = "done", 0, 0, 0
+    source.started = True  # answered: nothing of it is to be pulled by the case now
+    session.flush()
+    return t.id
 
 
 def close(session: Session, case: Case, reason: str, actor: str, role: str | None = None) -> int:

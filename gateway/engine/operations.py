@@ -232,10 +232,9 @@ def mark_no_records(svc: Services, case_id: str, source: str, reason: str, actor
                     role: str | None = None) -> dict:
     with svc.db.session() as s:
         case = cases.get(s, case_id, lock=True)
-        released = cases.mark_no_records(svc, s, case, source, reason, actor, role)
+        done = cases.mark_no_records(svc, s, case, source, reason, actor, role)
         view = case_view(s, case)
-    for tid in released:
-        transfers.enqueue(tid, "pulling")
+    _enqueue(svc, case_id, done)
     return view
 
 

@@ -1,6 +1,7 @@
 """The center's request pages (gateway/center/): the request form, filled in by the
-center's staff with or for the patient, one request's page for the staff, and the
-patient's own status page, and the form the patient opens from an emailed invitation.
+center's staff with or for the patient, one request's page for the staff (with its
+"email a new status link" action), and the patient's own status page, and the form the
+patient opens from an emailed invitation. Staff scoped to another organization get none.
 
 The status page is the one page here without a session: the patient's emailed link
 (`/ui/my-request?t=...`) is its key. The link's token is moved at once into a cookie
@@ -20,7 +21,7 @@ import logging
 from flask import g, redirect, request, url_for
 
 from gateway import audit
-from gateway.center import invites, status, tasks, tokens
+from gateway.center import invites, links, status, tasks, tokens
 from gateway.center import requests as reqs
 from gateway.center.form import STATEMENTS
 from gateway.errors import Forbidden, GatewayError, Gone, InvalidInput, NotFound
@@ -40,6 +41,8 @@ LISTS = ("providers", "data_classes")
 NOTICES.update({"request-made": "Request signed and sent to every place named. The patient "
                                 "gets the status link by email.",
                 "invited": "Invitation emailed. The link works once and expires unused.",
+                "link-reissued": "A new status link was emailed to the patient; the previous "
+                                 "one no longer works.",
                 "request-sent": "Your request is signed and sent to every place you named.",
                 "request-revoked": "Your authorization is revoked. Each place that was asked "
                                    "is being told to send nothing more."})
@@ -64,6 +67,7 @@ def _render_form(values: dict, errors: dict | None = None, status_code: int = 20
 @bp.get("/new")
 @page(*STAFF)
 def new():
+    reqs.check_organization(svc(), g.organization)
     return _render_form({"form_token": reqs.new_form(svc()), "signed_by": "patient"},
                         invite_box=True, notice=notice())
 
@@ -71,6 +75,7 @@ def new():
 @bp.post("/invite")
 @page(*STAFF)
 def invite():
+    reqs.check_organization(svc(), g.organization)
     try:
         invites.invite(svc(), request.form.get("email", ""), actor=g.actor, role=g.role)
     except InvalidInput as exc:
@@ -81,6 +86,7 @@ def invite():
 @bp.post("/new")
 @page(*STAFF)
 def submit():
+    reqs.check_organization(svc(), g.organization)
     values = _form_values()
     try:
         row = reqs.create(svc(), values, actor=g.actor, role=g.role)
@@ -96,13 +102,24 @@ def submit():
 @bp.get("/<request_id>")
 @page(*STAFF, "auditor")
 def show(request_id: str):
+    reqs.check_organization(svc(), g.organization)
     with svc().db.session() as s:
         row = reqs.get(s, request_id)
         audit_read(s, "center-request", request=row.id, authorization_id=row.authorization_id)
         view = reqs.staff_view(row)
     names = reqs.center(svc()).providers
     return render("requests/show.html", r=view, names={k: p.name for k, p in names.items()},
-                  notice=notice())
+                  notice=notice(), staff=g.role in STAFF)
+
+
+@bp.post("/<request_id>/status-link")
+@page(*STAFF)
+def reissue_link(request_id: str):
+    """A new status link for the patient, by email; the previous one stops working."""
+    reqs.check_organization(svc(), g.organization)
+    links.reissue(svc(), request_id, actor=g.actor, role=g.role)
+    return redirect(url_for("center_requests.show", request_id=request_id, done="link-reissued"),
+                    code=303)
 
 
 nav_link("center_requests.new", "New request", *STAFF)

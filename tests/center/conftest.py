@@ -1,6 +1,7 @@
 """Fixtures for the center's requests: a center gateway in-process (its providers point
 at loopback ports nothing listens on: the bad-input tests must send nothing), and a
-valid form to spoil one field at a time."""
+valid form to spoil one field at a time; the real SMTP test server and a center that
+mails through it."""
 from __future__ import annotations
 
 from datetime import date, timedelta
@@ -10,6 +11,7 @@ import pytest
 from gateway import create_app
 from gateway.storage.blobstore import new_master_key
 from tests.helpers import bearer, free_port, make_token
+from tests.notify_peers import MailServer
 
 
 def form_for(**overrides) -> dict:
@@ -62,3 +64,26 @@ def center_app(center_config):
 @pytest.fixture
 def staff(center_app) -> dict:
     return bearer(make_token(center_app, "operator"))
+
+
+@pytest.fixture
+def mail(tmp_path):
+    folder = tmp_path / "mail"
+    folder.mkdir()
+    server = MailServer(folder, password="mail-password", mechanism="PLAIN")
+    (tmp_path / "smtp-password").write_text("mail-password\n")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mailing_app(tmp_path, mail):
+    config = center_settings(tmp_path)
+    config["base_url"] = "https://center.example"
+    config["notify"] = {"email": {
+        "host": "127.0.0.1", "port": mail.port, "username": "gateway",
+        "password_file": str(tmp_path / "smtp-password"), "ca_file": str(mail.ca),
+        "from": "requests@center.example", "to": ["staff@center.example"], "events": []}}
+    app = create_app(config)
+    yield app
+    app.extensions["gateway"].close()

@@ -22,7 +22,6 @@ from gateway.storage.blobstore import new_master_key
 from tests.center.conftest import form_for
 from tests.fhir.conftest import MRN_SYSTEM, sekmet, synthea_files  # noqa: F401 (fixtures)
 from tests.helpers import free_port, wait_until, write_pdfs
-from tests.notify_peers import MailServer
 from tests.test_transfer_flow import cli
 
 CENTER_ORG = "org-center"
@@ -65,16 +64,6 @@ class Gateway:
         self.file.write_text(json.dumps(self.config))
         self.proc = self.processes(self.config, self.tmp, self.name, "serve").wait_http(60)
         return self
-
-
-@pytest.fixture
-def mail(tmp_path):
-    folder = tmp_path / "mail"
-    folder.mkdir()
-    server = MailServer(folder, password="mail-password", mechanism="PLAIN")
-    (tmp_path / "smtp-password").write_text("mail-password\n")
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -12,37 +12,17 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select, update
 
-from gateway import create_app
 from gateway.center import tasks
 from gateway.storage.models import AuditEvent, CenterRequest, CenterToken, utcnow
-from tests.center.conftest import center_settings, form_for
+from tests.center.conftest import form_for
 from tests.helpers import make_token
-from tests.notify_peers import MailServer
 
 PATIENT = "avery@patient.example"
 
 
 @pytest.fixture
-def mail(tmp_path):
-    folder = tmp_path / "mail"
-    folder.mkdir()
-    server = MailServer(folder, password="mail-password", mechanism="PLAIN")
-    (tmp_path / "smtp-password").write_text("mail-password\n")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def app(tmp_path, mail):
-    config = center_settings(tmp_path)
-    config["base_url"] = "https://center.example"
-    config["notify"] = {"email": {
-        "host": "127.0.0.1", "port": mail.port, "username": "gateway",
-        "password_file": str(tmp_path / "smtp-password"), "ca_file": str(mail.ca),
-        "from": "requests@center.example", "to": ["staff@center.example"], "events": []}}
-    app = create_app(config)
-    yield app
-    app.extensions["gateway"].close()
+def app(mailing_app):
+    return mailing_app
 
 
 def _body(mail, n: int) -> str:

@@ -1,8 +1,9 @@
 """A gateway in both modes with something of every kind in its store, for the route tests:
 an imported authorization, a transfer, a received bundle with a document and a study
 whose image came by STOW-RS, an upload sent before its bundle, a fax awaiting review,
-audit events. Every patient detail
-and every id is random, so finding one in an answer can only mean it leaked."""
+audit events; with `center`, a second-opinion center too: a patient's request and its
+status link. Every patient detail and every id is random, so finding one in an answer
+can only mean it leaked."""
 from __future__ import annotations
 
 import base64
@@ -24,7 +25,6 @@ from gateway.trust.authorizations import example_claims
 from gateway.trust.keys import SigningKeys
 from gateway.trust.receipts import SIGNATURE_HEADER, sign_bundle
 from gateway.trust.tokens import ROLES, create_token, revoke_token
-
 from tests.helpers import ISSUER, SENDER_ORG, bearer
 
 HOSPITAL = "org-hospital-route-test"  # the peer that delivers bundles to this gateway
@@ -40,6 +40,7 @@ class World:
     ids: dict[str, str]                    # path parameter name -> a real id of that kind
     leaks: list[str] = field(default_factory=list)  # must never appear in a refusal
     config: dict = field(default_factory=dict)
+    center: dict = field(default_factory=dict)  # request_id, link (its status link), patient
 
     def headers(self, role: str) -> dict:
         return bearer(self.tokens[role])
@@ -188,10 +189,49 @@ def _subscription_and_notification(app, case_id: str) -> str:
     return sid
 
 
-def build(config: dict, tmp_path: Path, sign, claims_for) -> World:
+def _center_config(tmp_path: Path) -> dict:
+    """A center whose providers (a peer gateway, a fax-only office) listen nowhere."""
+    (tmp_path / "route-center-token").write_text("not-used")
+    (tmp_path / "route-fax-out").mkdir()
+    return {"name": "Route Test Center", "issuer": "https://center.route.test/intake",
+            "fax_outbox": str(tmp_path / "route-fax-out"), "return_fax": "+1 555 0199",
+            "providers": {
+                "hospital": {"name": "Hospital", "kind": "gateway", "organization": HOSPITAL,
+                             "endpoints": [{"type": "pdf-folder", "address": "/x"}],
+                             "base_url": "http://127.0.0.1:9", "token_file":
+                                 str(tmp_path / "route-center-token")},
+                "office": {"name": "Records Office", "kind": "fax", "organization": "org-office",
+                           "fax_number": "+1 555 0101",
+                           "endpoints": [{"type": "fax", "address": "+1 555 0101"}]}}}
+
+
+def _center_request(app) -> dict:
+    """A patient's request, made as the form makes it (not sent: no task runs), and the
+    status link mailed to the patient."""
+    from gateway.center import requests as reqs
+    from gateway.center import tokens
+    from tests.center.conftest import form_for
+
+    svc = app.extensions["gateway"]
+    patient = _patient()
+    form = form_for(family_name=patient["name"]["family"], given_name=patient["name"]["given"][0],
+                    birth_date=patient["birthDate"], identifier_value=patient["identifiers"][0]["value"],
+                    email=f"{_word().lower()}@patient.example", providers=["hospital", "office"],
+                    questions=f"Question {_word()}")
+    row = reqs.create(svc, {**form, "form_token": reqs.new_form(svc)}, actor="test")
+    with svc.db.session() as s:
+        link = tokens.mint(s, "status", 3600, row.id)
+        s.commit()
+    return {"request_id": row.id, "link": link, "form": form,
+            "leaks": [form["family_name"], form["given_name"], form["birth_date"],
+                      form["identifier_value"], form["email"], form["questions"], link]}
+
+
+def build(config: dict, tmp_path: Path, sign, claims_for, center: bool = False) -> World:
     """Make the gateway from `config` (the sender's test settings) and fill its store
     through the API, as a real deployment would be filled. Peers' keys come from files and
-    no peer listens: nothing a request does here reaches out of the process."""
+    no peer listens: nothing a request does here reaches out of the process. With
+    `center`, it is a second-opinion center too, holding one patient's request."""
     for name in ("hospital", "center"):
         keys = SigningKeys(tmp_path / f"route-{name}-keys")
         keys.ensure()
@@ -201,6 +241,8 @@ def build(config: dict, tmp_path: Path, sign, claims_for) -> World:
              for name, peer in config["peers"].items()}
     config = {**config, "mode": "both", "peers": peers, "senders": {PEER_NAME: {
         "organization": HOSPITAL, "jwks_file": str(tmp_path / "route-hospital-jwks.json")}}}
+    if center:
+        config["center"] = _center_config(tmp_path)
     app = create_app(config)
     svc = app.extensions["gateway"]
     svc.keys.ensure()
@@ -261,5 +303,10 @@ def build(config: dict, tmp_path: Path, sign, claims_for) -> World:
     leaks = [patient["name"]["family"], patient["name"]["given"][0], patient["birthDate"],
              patient["identifiers"][0]["value"], transfer_id, auth_id, received["id"], doc_uuid,
              study_uid, sop_uid, binary_id, fax_id, case["id"], sid, fax_number, received["bundle"], received["sha256"]]
+    made = {}
+    if center:
+        made = _center_request(app)
+        ids["request_id"] = made["request_id"]
+        leaks += made["leaks"]
     return World(app=app, tokens=valid, expired=expired, revoked=revoked, ids=ids, leaks=leaks,
-                 config=config)
+                 config=config, center=made)
