@@ -10,12 +10,20 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from gateway.trust.authorizations import example_claims, new_issuer_key, sign_authorization
 from gateway.storage.blobstore import new_master_key
+from gateway.trust.authorizations import example_claims, new_issuer_key, sign_authorization
 from gateway.trust.issuers import trust_document
-
-from tests.helpers import (ISSUER, RECEIVER_ORG, SENDER_ORG, GatewayProcess, bearer, free_port,
-                           make_token, throwaway_database)
+from tests.helpers import (
+    ISSUER,
+    RECEIVER_ORG,
+    SENDER_ORG,
+    GatewayProcess,
+    bearer,
+    free_port,
+    make_token,
+    stop_all,
+    throwaway_database,
+)
 
 
 @pytest.fixture
@@ -29,8 +37,7 @@ def processes():
         return proc
 
     yield start
-    for proc in started:
-        proc.stop()
+    stop_all(started)
 
 
 @pytest.fixture(scope="session")
@@ -125,7 +132,6 @@ def receiver_config(tmp_path, receiver_url) -> dict:
 @pytest.fixture
 def app(sender_config):
     from gateway import create_app
-
     from gateway.engine.faxes import ensure_cover_key
 
     app = create_app(sender_config)

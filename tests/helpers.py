@@ -15,7 +15,6 @@ from pathlib import Path
 
 import requests
 
-
 ISSUER = "https://esign.test.invalid"
 SENDER_ORG, RECEIVER_ORG = "org-test-hospital", "org-test-center"
 PG_ADMIN = os.environ.get("GATEWAY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -85,18 +84,37 @@ class GatewayProcess:
             self._signal_group(sig)
             self.proc.wait(15)
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 15) -> None:
+        """SIGTERM, up to `grace` seconds to finish (a worker hands back the messages
+        it holds, logs are flushed), then SIGKILL for whatever of the group is left."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
             self._signal_group(signal.SIGTERM)
             try:
-                self.proc.wait(15)
+                self.proc.wait(grace)
             except subprocess.TimeoutExpired:
                 pass
-        self._signal_group(signal.SIGKILL)  # whatever of the group is left
+        self._signal_group(signal.SIGKILL)
         self.proc.wait()
         self.log.close()
+
+
+def stop_all(procs, grace: float = 1) -> None:
+    """A test's teardown: every process asked to stop at once, `grace` seconds for all
+    together, then killed (nothing after a test depends on a clean exit, and stopping
+    them one by one cost up to 15 s each)."""
+    running = [p for p in procs if p.proc is not None and p.proc.poll() is None]
+    for p in running:
+        p._signal_group(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p in running:
+        try:
+            p.proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for p in procs:
+        p.stop(grace=0)
 
 
 def make_token(app, role: str, name: str | None = None) -> str:

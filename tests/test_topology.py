@@ -23,11 +23,21 @@ from sqlalchemy import select
 
 from gateway.storage.models import AuditEvent, DicomArrival, TransferSource
 from gateway.trust.authorizations import example_claims
-
 from tests.dicom.dicom_peers import Modality, Orthanc
 from tests.dicom.dicom_studies import make_study
-from tests.helpers import (ISSUER, RECEIVER_ORG, REDIS_URL, SENDER_ORG, GatewayProcess, bearer,
-                           free_port, make_token, wait_until, write_pdfs)
+from tests.helpers import (
+    ISSUER,
+    RECEIVER_ORG,
+    REDIS_URL,
+    SENDER_ORG,
+    GatewayProcess,
+    bearer,
+    free_port,
+    make_token,
+    stop_all,
+    wait_until,
+    write_pdfs,
+)
 from tests.test_tls import pki  # noqa: F401  (the fixture: a CA, the center's and a hospital's certificates)
 from tests.test_transfer_flow import binaries, cli
 
@@ -135,8 +145,7 @@ def started():
     """Processes of the topology; each stopped by its PID (and process group) at teardown."""
     procs: list[GatewayProcess] = []
     yield procs
-    for proc in reversed(procs):
-        proc.stop()
+    stop_all(procs)
 
 
 def test_api_two_workers_beat_and_a_receiver_deliver_a_transfer(

@@ -37,6 +37,7 @@ from tests.helpers import (
     free_port,
     make_token,
     record_binaries,
+    stop_all,
     wait_until,
     write_pdfs,
 )
@@ -272,9 +273,7 @@ class Cluster:
         return proc
 
     def stop(self) -> None:
-        for proc in [*self.workers, self.beat, self.receiver]:
-            if proc is not None and proc.proc is not None:
-                proc.stop()
+        stop_all([p for p in [*self.workers, self.beat, self.receiver] if p is not None])
         if self.proxy:
             self.proxy.stop()
         if self.app is not None:

@@ -17,8 +17,16 @@ from gateway.storage.blobstore import new_master_key
 from gateway.storage.models import FhirSubscription, Trigger
 from gateway.trust.authorizations import example_claims, new_issuer_key, sign_authorization
 from gateway.trust.issuers import trust_document
-from tests.helpers import (ISSUER, RECEIVER_ORG, SENDER_ORG, GatewayProcess, bearer, free_port,
-                           make_token)
+from tests.helpers import (
+    ISSUER,
+    RECEIVER_ORG,
+    SENDER_ORG,
+    GatewayProcess,
+    bearer,
+    free_port,
+    make_token,
+    stop_all,
+)
 from tests.test_transfer_flow import Stack
 
 REPORT_TOPIC = "http://sekmet.dev/fhir/SubscriptionTopic/diagnosticreport-final"
@@ -143,8 +151,7 @@ class FollowCase:
                                    .where(FhirSubscription.status.in_(subscriptions.OPEN))))
         for owner in owners:
             subscriptions.unsubscribe_owner(self.svc, owner)
-        for proc in self.started:
-            proc.stop()
+        stop_all(self.started)
         self.server.shutdown()
         self.thread.join(10)
         self.svc.close()

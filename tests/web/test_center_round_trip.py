@@ -14,8 +14,15 @@ from playwright.sync_api import expect
 from gateway.cli.main import main
 from gateway.storage.blobstore import new_master_key
 from gateway.trust.keys import SigningKeys
-
-from tests.helpers import RECEIVER_ORG, SENDER_ORG, GatewayProcess, bearer, wait_until, write_pdfs
+from tests.helpers import (
+    RECEIVER_ORG,
+    SENDER_ORG,
+    GatewayProcess,
+    bearer,
+    stop_all,
+    wait_until,
+    write_pdfs,
+)
 from tests.web.conftest import web_config
 
 CONCLUSION = "Synthetic opinion: agree with the working diagnosis; no further imaging."
@@ -85,8 +92,7 @@ def pair(tmp_path_factory, issuer_private_key):
         yield {"hospital": hospital_url, "center": center_url, "tokens": tokens,
                "transfer": transfer, "operator": operator}
     finally:
-        for proc in started:
-            proc.stop()
+        stop_all(started)
 
 
 @pytest.fixture

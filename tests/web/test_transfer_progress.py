@@ -11,8 +11,15 @@ from playwright.sync_api import expect
 from gateway import create_app
 from gateway.engine.faxes import ensure_cover_key
 from gateway.storage.blobstore import new_master_key
-
-from tests.helpers import RECEIVER_ORG, SENDER_ORG, GatewayProcess, bearer, make_token, write_pdfs
+from tests.helpers import (
+    RECEIVER_ORG,
+    SENDER_ORG,
+    GatewayProcess,
+    bearer,
+    make_token,
+    stop_all,
+    write_pdfs,
+)
 from tests.web.conftest import ServerThread, WebWorld, web_config
 from tests.web.helpers import sign_in
 
@@ -49,8 +56,7 @@ def web(tmp_path_factory, issuer_private_key):
             yield WebWorld(url=server.url, app=app, ids={}, tokens=tokens, leaks=[],
                            config=config, tmp=tmp, claims_for=claims_for, sign=sign)
     finally:
-        for proc in procs:
-            proc.stop()
+        stop_all(procs)
         svc.close()
 
 
