@@ -171,3 +171,27 @@ def pg_url():
         yield url
 
 
+
+
+# Files whose tests take a minute or more in all, heaviest first. tests/run.sh hands whole
+# files to its processes in collection order (--no-loadscope-reorder), so these start
+# first and no process is left working through one of them alone at the end.
+SLOW_FILES = [
+    "tests/test_cases.py", "tests/delivery/test_delivery_faults.py",
+    "tests/delivery/test_attachment_delivery.py", "tests/faults/test_quick.py",
+    "tests/test_transfer_flow.py", "tests/test_parallel_pulls.py",
+    "tests/center/test_center_flow.py", "tests/dicom/test_dicom_receiver.py",
+    "tests/test_demo.py", "tests/dicom/test_dicom_gateway_flow.py",
+    "tests/security/test_at_rest.py", "tests/security/test_fuzz.py",
+    "tests/audit/test_audit_tamper.py", "tests/test_operations.py",
+    "tests/security/test_no_phi_in_logs.py", "tests/fhir/test_case_follow_up.py",
+    "tests/test_topology.py", "tests/fax/test_fax_drop.py",
+    "tests/security/test_schemathesis.py", "tests/test_blobstore_s3.py",
+    "tests/test_fax_flow.py", "tests/delivery/test_same_document.py",
+    "tests/security/test_fuzz_regressions.py", "tests/center/test_center_no_records.py",
+]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {path: n for n, path in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(SLOW_FILES)))

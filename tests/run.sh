@@ -40,9 +40,10 @@ for setup in tests/setup/*.sh; do
 done
 
 # Test files run in parallel processes, each file's tests in one of them (module fixtures
-# start their servers once); GATEWAY_TEST_PROCESSES=0 runs everything in this process.
+# start their servers once), handed out in collection order: the slowest files first
+# (tests/conftest.py, SLOW_FILES); GATEWAY_TEST_PROCESSES=0 runs everything in this process.
 processes=${GATEWAY_TEST_PROCESSES:-3}
 parallel=()
-[ "$processes" -gt 0 ] && parallel=(-n "$processes" --dist loadfile)
+[ "$processes" -gt 0 ] && parallel=(-n "$processes" --dist loadfile --no-loadscope-reorder)
 log "pytest (${processes} processes)"
 exec python3 -m pytest "${parallel[@]}" "$@"
