@@ -8,9 +8,9 @@ receiving gateway, Redis and PostgreSQL on 127.0.0.1, the fault proxy): see each
 module's docstring for its fault. Each scenario counts what the recipient really holds.
 
 Writes docs/faults.md (a table: scenario, transfers, completed, lost, duplicated,
-longest recovery, pass) and bench/results/faults.json, from a whole run (not with --only).
-The last line is one JSON
-object: scenarios, scenarios_passed, transfers, lost, duplicated, max_recovery_s.
+longest recovery, pass) and bench/results/faults.json, from a whole run (not with
+--only). The last line is one JSON object: scenarios, scenarios_passed, transfers, lost,
+duplicated, max_recovery_s.
 """
 from __future__ import annotations
 
