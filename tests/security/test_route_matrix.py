@@ -22,13 +22,15 @@ from tests.security import route_world
 # Operations without an API token, and what each answers to a request with no credential:
 # liveness, readiness, metrics (counts only), published keys, this description, the audit
 # log's checkpoints and proofs (hashes only); and a FHIR Subscription's hook, which a source calls with the channel's own
-# secret instead (refused without it).
+# secret instead (refused without it); and the patient's status page and revocation at a
+# center, which take the status link's token (X-Status-Token) instead (refused without it).
 PUBLIC = {
     ("get", "/health"): 200, ("get", "/ready"): 200, ("get", "/metrics"): 200,
     ("get", "/.well-known/jwks.json"): 200, ("get", "/openapi.json"): 200,
     ("get", "/audit/checkpoints"): 200,
     ("get", "/audit/checkpoints/latest"): 200, ("get", "/audit/consistency"): 200,
     ("get", "/audit/events/{seq}/proof"): 200, ("post", "/subscriptions/{sid}/notify"): 401,
+    ("get", "/center/status"): 403, ("post", "/center/status/revoke"): 403,
 }
 KINDS = ("no token", "garbage token", "expired token", "revoked token", "wrong role")
 
@@ -48,7 +50,7 @@ class Case:
 
 @pytest.fixture
 def world(sender_config, tmp_path, sign, claims_for):
-    w = route_world.build(sender_config, tmp_path, sign, claims_for)
+    w = route_world.build(sender_config, tmp_path, sign, claims_for, center=True)
     yield w
     w.app.extensions["gateway"].close()
 
@@ -191,6 +193,10 @@ def test_the_seeded_data_is_there_for_the_right_roles(world):
                        headers=staff)
     assert image.status_code == 200 and image.mimetype == "application/dicom"
     assert world.leaks[0].encode() in image.data  # the patient's name, in the DICOM header
+    request = client.get(f"/center/requests/{ids['request_id']}", headers=auditor)
+    assert request.status_code == 200 and request.get_json()["id"] == ids["request_id"]
+    status = client.get("/center/status", headers={"X-Status-Token": world.center["link"]})
+    assert status.status_code == 200, status.get_data(as_text=True)[:300]
 
 
 def test_a_new_route_is_in_the_matrix_by_itself(world):
