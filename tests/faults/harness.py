@@ -396,21 +396,6 @@ class Cluster:
         w = random.choice(self.workers)
         return w, self.held_by(w)
 
-    def wait_moved(self, held: dict[str, str], timeout: float = 180) -> None:
-        """Wait until every transfer of `held` has left the state it had (its step was
-        taken over and finished); with none held, until any transfer moves."""
-        before = {tid: state for tid, (state, _) in self.snapshot().items()}
-        watch = held or before
-
-        def moved():
-            now = {tid: state for tid, (state, _) in self.snapshot().items()}
-            changed = [tid for tid, state in watch.items() if now.get(tid) != state]
-            if held:
-                return len(changed) == len(held)
-            return changed or all(state in TERMINAL for state in now.values())
-
-        wait_until(moved, timeout, 0.1, f"{len(held) or 'any'} transfer(s) to move on")
-
     def wait_states(self, states: set[str], timeout: float = 300, tids=None) -> Counter:
         """Wait until every transfer (or those of `tids`) is in one of `states`."""
         from sqlalchemy import select
