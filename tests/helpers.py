@@ -69,7 +69,11 @@ class GatewayProcess:
             except requests.RequestException:
                 return False
 
-        wait_until(up, timeout, what=f"{self.name} to answer /health")
+        try:
+            wait_until(up, timeout, what=f"{self.name} to answer /health")
+        except AssertionError:  # never ready: not left running behind the failed fixture
+            self.stop(grace=1)
+            raise
         return self
 
     def _signal_group(self, sig) -> None:

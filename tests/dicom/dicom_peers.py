@@ -66,6 +66,7 @@ def _wait(ready, proc: subprocess.Popen, what: str, log: Path, timeout: float = 
         except Exception:
             pass
         time.sleep(0.05)
+    _stop(proc, timeout=5)  # never ready: not left running behind the failed fixture
     raise RuntimeError(f"{what} not ready after {timeout:.0f}s: {log.read_text()[-2000:]}")
 
 

@@ -83,7 +83,11 @@ class Process:
             except requests.RequestException:
                 return False
 
-        wait_until(up, timeout, what=f"{self.name} at {url}")
+        try:
+            wait_until(up, timeout, what=f"{self.name} at {url}")
+        except AssertionError:  # never ready: not left running behind the failed fixture
+            self.stop()
+            raise
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
