@@ -42,6 +42,8 @@ def _child_main() -> None:
     try:
         if request["op"] == "analyze":
             result = pages.analyze_file(request)
+        elif request["op"] == "text":
+            result = pages.read_text(request)
         elif request["op"] == "inspect":
             result = pages.inspect_file(request)
         else:

@@ -1,7 +1,7 @@
 """Parse untrusted fax files in a child process with memory, CPU, time and size limits.
 
 A PDF bomb, an absurd TIFF or a parser bug must cost one child process, never the
-worker. The parent (`analyze`, `build`) starts ``python -m connectors.fax.child``
+worker. The parent (`analyze`, `read_text`, `build`) starts ``python -m connectors.fax.child``
 with rlimits set before exec (address space, CPU seconds, file size, no core dumps),
 sends one JSON request on stdin and reads one JSON answer from stdout, killing the
 child's whole process group at the wall-clock limit. Every failure becomes a
@@ -121,6 +121,13 @@ def sniff(path: Path) -> str:
 def analyze(path: Path, outdir: Path, limits: Limits = Limits()) -> Analysis:
     """Inspect a fax in the sandbox: pages, QR texts, text (layer or OCR), preview PNG."""
     result = _run_child({"op": "analyze", "path": str(path), "out": str(outdir)}, path, limits)
+    return Analysis(**result)
+
+
+def read_text(path: Path, outdir: Path, limits: Limits = Limits()) -> Analysis:
+    """A document's page count and first pages' text (layer or OCR) in the sandbox: the
+    checks of `analyze` without the cover-code search and previews (no `codes`)."""
+    result = _run_child({"op": "text", "path": str(path), "out": str(outdir)}, path, limits)
     return Analysis(**result)
 
 
