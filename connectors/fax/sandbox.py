@@ -249,10 +249,11 @@ class _ForkServer:
         self._folder = tempfile.mkdtemp(prefix="fax-sandbox-")
         path = os.path.join(self._folder, "zygote")
         with open(os.path.join(self._folder, "errors"), "w+b") as errors:
+            # in this process's group: signals to it reach the server too, and its CPU
+            # (its children's, reaped by it) counts as this process's
             self._proc = subprocess.Popen([sys.executable, "-m", "connectors.fax.zygote", path],
                                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                          stderr=errors, env=env, cwd=self._folder,
-                                          start_new_session=True)
+                                          stderr=errors, env=env, cwd=self._folder)
             self._owner = os.getpid()
             deadline = time.monotonic() + 60
             while not os.path.exists(path):
@@ -264,7 +265,7 @@ class _ForkServer:
 
     def stop(self) -> None:
         if self._proc is not None and self._owner == os.getpid():
-            _kill_group(self._proc.pid)
+            self._proc.kill()
             self._proc.wait()
         self._proc = None
         if self._folder:

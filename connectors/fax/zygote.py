@@ -12,7 +12,8 @@ Protocol, one connection a request on a Unix socket in a private folder: the par
 sends the request's JSON with the answer and error files' descriptors (SCM_RIGHTS); the
 server answers `pid <n>` once the child runs and `exit <code>` when it has ended
 (negative: the signal that ended it, as subprocess reports it). One thread: it forks no
-process while another thread could hold a lock. It exits when its parent is gone.
+process while another thread could hold a lock. It runs in its parent's process group
+(its CPU, and its children's, counts as the parent's) and exits when the parent is gone.
 """
 from __future__ import annotations
 
@@ -88,6 +89,7 @@ def _request(conn: socket.socket) -> tuple[bytes, list[int]]:
 def serve(path: str) -> None:
     _preload()
     parent = os.getppid()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # its folder goes (below)
     wake_r, wake_w = os.pipe()  # SIGCHLD wakes the loop: a child's end is reported at once
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
