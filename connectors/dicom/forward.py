@@ -65,6 +65,10 @@ def _noop(sop: str, ok: bool, detail: str) -> None:
     pass
 
 
+def _nothing() -> None:
+    pass
+
+
 def forward_c_store(items: Iterable[Outgoing], host: str, port: int, ae_title: str,
                     calling_aet: str, *, already_sent: frozenset[str] = frozenset(),
                     on_result: ResultCallback = _noop, dimse_timeout: float = 300,
@@ -158,10 +162,13 @@ def forward_stow_rs(items: Iterable[Outgoing], url: str, *,
                     already_sent: frozenset[str] = frozenset(),
                     on_result: ResultCallback = _noop, session: requests.Session | None = None,
                     headers: dict | None = None, batch_bytes: int = 32 << 20,
-                    timeout: float = 300, tls: dict | None = None) -> ForwardReport:
+                    timeout: float = 300, tls: dict | None = None,
+                    on_answer: Callable[[], None] = _nothing) -> ForwardReport:
     """STOW-RS every item not in `already_sent` to the DICOMweb base `url`. `tls`: the
     `verify` and `cert` of each request (given per request: requests lets
-    REQUESTS_CA_BUNDLE in the environment override a session's `verify`)."""
+    REQUESTS_CA_BUNDLE in the environment override a session's `verify`). `on_answer()`
+    follows the `on_result` calls of each request, before the next request is sent: the
+    caller may record a request's outcomes together there."""
     session = session or requests.Session()
     tls = tls or {}
     report = ForwardReport()
@@ -174,11 +181,13 @@ def forward_stow_rs(items: Iterable[Outgoing], url: str, *,
         item_size = item.path.stat().st_size
         if batch and size + item_size > batch_bytes:
             _stow_batch(session, url, headers or {}, timeout, batch, report, on_result, tls)
+            on_answer()
             batch, size = [], 0
         batch.append(item)
         size += item_size
     if batch:
         _stow_batch(session, url, headers or {}, timeout, batch, report, on_result, tls)
+        on_answer()
     return report
 
 

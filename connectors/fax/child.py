@@ -1,7 +1,7 @@
-"""The sandbox's child process (`python -m connectors.fax.child`, started by sandbox.py):
-one JSON request on stdin, one JSON answer on stdout. It puts itself under the request's
-rlimits before it opens the file (not the parent, in a `preexec_fn`: that is unsafe in
-a worker that runs threads)."""
+"""What the sandbox's child process does (a process forked for one request by zygote.py):
+one JSON request, one JSON answer on stdout. It puts itself under the request's rlimits
+before it opens the file (not the parent, in a `preexec_fn`: that is unsafe in a worker
+that runs threads)."""
 from __future__ import annotations
 
 import json
@@ -36,12 +36,14 @@ def _limit(limits: dict, mapped_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def _child_main() -> None:
-    request = json.loads(sys.stdin.buffer.read())
+def answer(request: dict) -> None:
+    """Put this process under the request's rlimits, do the request, write the answer."""
     _limit(request["limits"], int(request.get("mapped_bytes", 0)))
     try:
         if request["op"] == "analyze":
             result = pages.analyze_file(request)
+        elif request["op"] == "text":
+            result = pages.read_text(request)
         elif request["op"] == "inspect":
             result = pages.inspect_file(request)
         else:
@@ -56,7 +58,3 @@ def _child_main() -> None:
     result["peak_rss_mb"] = max(_own_peak_mb(), pages.TESSERACT_PEAK_MB[0])
     sys.stdout.write("\n" + json.dumps(result) + "\n")
     sys.stdout.flush()
-
-
-if __name__ == "__main__":
-    _child_main()

@@ -80,6 +80,33 @@ def analyze_file(request: dict) -> dict:
             "previews": min(pages, limits["preview_pages"])}
 
 
+def read_text(request: dict) -> dict:
+    """The page count and the first `text_pages` pages' text (the text layer, or OCR of
+    the first `ocr_pages` where there is none): the checks of `analyze_file`, without its
+    cover-code search and review previews, for callers that need the words only."""
+    limits = request["limits"]
+    path = Path(request["path"])
+    if request["type"] == "pdf":
+        doc = _open_pdf(path, limits)
+        try:
+            pages = len(doc)
+            _check_pages(doc, limits)
+            layer = [_pdf_text(doc, i) for i in range(min(pages, limits["text_pages"]))]
+            if sum(len("".join(t.split())) for t in layer) >= _MIN_TEXT:
+                return {"type": "pdf", "pages": pages, "text": layer, "text_source": "layer"}
+            ocr_images = [_render_pdf_page(doc, i, limits) for i in range(min(pages, limits["ocr_pages"]))]
+        finally:
+            doc.close()
+    else:
+        frames, pages, _ = _tiff_frames(path, limits, lambda i, frame: frame if i < limits["ocr_pages"] else None)
+        ocr_images = [_square(frames[i]) for i in range(min(pages, limits["ocr_pages"]))]
+    if shutil.which("tesseract") is None:
+        return {"type": request["type"], "pages": pages, "text": [], "text_source": "ocr-unavailable"}
+    text = [_ocr(img, limits) for img in ocr_images]
+    return {"type": request["type"], "pages": pages, "text": text,
+            "text_source": "ocr" if any(t.strip() for t in text) else "none"}
+
+
 def _save_preview(image, out: Path, index: int) -> None:
     """preview-<n>.png: page n as a small grayscale thumbnail for the review queue."""
     image = image.convert("L")

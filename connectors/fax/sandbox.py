@@ -1,10 +1,11 @@
 """Parse untrusted fax files in a child process with memory, CPU, time and size limits.
 
 A PDF bomb, an absurd TIFF or a parser bug must cost one child process, never the
-worker. The parent (`analyze`, `build`) starts ``python -m connectors.fax.child``
-with rlimits set before exec (address space, CPU seconds, file size, no core dumps),
-sends one JSON request on stdin and reads one JSON answer from stdout, killing the
-child's whole process group at the wall-clock limit. Every failure becomes a
+worker. The parent (`analyze`, `read_text`, `build`) has a child forked for each request
+by its fork server (zygote.py, an interpreter with the parsers imported, no secrets),
+which sets the request's rlimits before it opens the file (address space, CPU seconds,
+file size, no core dumps) and writes one JSON answer to a file the parent gave it; the
+parent kills the child's whole process group at the wall-clock limit. Every failure becomes a
 `FileRejected` with a short reason code (for quarantine) and a one-line detail.
 
 Inside the child, limits are checked before anything is decoded (pdfcheck.py: image
@@ -17,14 +18,19 @@ The child needs no secrets: it reports every QR text it finds; the parent verifi
 """
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -124,6 +130,13 @@ def analyze(path: Path, outdir: Path, limits: Limits = Limits()) -> Analysis:
     return Analysis(**result)
 
 
+def read_text(path: Path, outdir: Path, limits: Limits = Limits()) -> Analysis:
+    """A document's page count and first pages' text (layer or OCR) in the sandbox: the
+    checks of `analyze` without the cover-code search and previews (no `codes`)."""
+    result = _run_child({"op": "text", "path": str(path), "out": str(outdir)}, path, limits)
+    return Analysis(**result)
+
+
 @dataclass
 class Inspection:
     """What the structure check found in a file that may be opened safely."""
@@ -155,41 +168,113 @@ def _run_child(request: dict, path: Path, limits: Limits) -> dict:
     request["limits"] = asdict(limits)
     request["mapped_bytes"] = size  # the file is mapped once to scan it: room for it too
     request["type"] = sniff(path)
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": _PACKAGE_ROOT,
-           "LANG": "C.UTF-8", "OMP_THREAD_LIMIT": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-    if "TESSDATA_PREFIX" in os.environ:
-        env["TESSDATA_PREFIX"] = os.environ["TESSDATA_PREFIX"]
 
     workdir = Path(request["out"])
     answer_path, error_path = workdir / ".sandbox-answer", workdir / ".sandbox-errors"
     with open(answer_path, "w+b") as answer_file, open(error_path, "w+b") as error_file:
-        proc = subprocess.Popen([sys.executable, "-m", "connectors.fax.child"], stdin=subprocess.PIPE,
-                                stdout=answer_file, stderr=error_file, env=env, cwd=workdir,
-                                start_new_session=True)
+        conn = _ZYGOTE.ask(json.dumps(request).encode(), answer_file.fileno(), error_file.fileno())
         timed_out = threading.Event()
+        pid = None
 
         def on_wall_clock():
             timed_out.set()
-            _kill_group(proc, reap=False)
+            if pid is not None:
+                _kill_group(pid)
         timer = threading.Timer(limits.wall_seconds, on_wall_clock)
         timer.start()
         try:
-            try:
-                proc.stdin.write(json.dumps(request).encode())
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass  # the child died at once: its exit status says why
-            proc.wait()
+            with conn, conn.makefile("rb") as lines:
+                pid = _reported(lines.readline(), b"pid")
+                returncode = _reported(lines.readline(), b"exit")
         finally:
             timer.cancel()
-            _kill_group(proc)
+            if pid is not None:
+                _kill_group(pid)  # what the child left running (a Tesseract)
         out = _tail(answer_file, 1 << 20)
         err = _tail(error_file, 4096)
     answer_path.unlink(missing_ok=True)
     error_path.unlink(missing_ok=True)
-    answer = _answer(out, err, proc.returncode, timed_out.is_set(), limits)
+    answer = _answer(out, err, returncode, timed_out.is_set(), limits)
     log.info("fax sandbox %s: peak RSS %.1f MB", request["op"], answer["peak_rss_mb"])
     return answer
+
+
+def _reported(line: bytes, word: bytes) -> int:
+    name, _, value = line.strip().partition(b" ")
+    if name != word or not value.lstrip(b"-").isdigit():
+        raise OSError("the fax sandbox's fork server ended while a file was parsed")
+    return int(value)
+
+
+class _ForkServer:
+    """This process's fork server (zygote.py): started at the first request, again if it
+    ended, in a folder of its own (0700) with the parent's environment left out."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._owner = 0  # the pid that started it (a forked worker starts its own)
+        self._folder = ""
+
+    def ask(self, request: bytes, answer_fd: int, error_fd: int) -> socket.socket:
+        """Send one request; the connection then reports the child's pid and exit."""
+        for attempt in (1, 2):
+            path = self._socket(restart=attempt == 2)
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                conn.connect(path)
+                socket.send_fds(conn, [request], [answer_fd, error_fd])
+                conn.shutdown(socket.SHUT_WR)
+                return conn
+            except OSError:
+                conn.close()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _socket(self, restart: bool) -> str:
+        with self._lock:
+            alive = (self._proc is not None and self._owner == os.getpid()
+                     and self._proc.poll() is None)
+            if restart or not alive:
+                self._start()
+            return os.path.join(self._folder, "zygote")
+
+    def _start(self) -> None:
+        self.stop()
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": _PACKAGE_ROOT,
+               "LANG": "C.UTF-8", "OMP_THREAD_LIMIT": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+        if "TESSDATA_PREFIX" in os.environ:
+            env["TESSDATA_PREFIX"] = os.environ["TESSDATA_PREFIX"]
+        self._folder = tempfile.mkdtemp(prefix="fax-sandbox-")
+        path = os.path.join(self._folder, "zygote")
+        with open(os.path.join(self._folder, "errors"), "w+b") as errors:
+            # in this process's group: signals to it reach the server too, and its CPU
+            # (its children's, reaped by it) counts as this process's
+            self._proc = subprocess.Popen([sys.executable, "-m", "connectors.fax.zygote", path],
+                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                          stderr=errors, env=env, cwd=self._folder)
+            self._owner = os.getpid()
+            deadline = time.monotonic() + 60
+            while not os.path.exists(path):
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    tail = _tail(errors, 400).decode("utf-8", "replace").strip().splitlines()[-1:]
+                    self.stop()
+                    raise OSError(f"the fax sandbox's fork server did not start: {tail}")
+                time.sleep(0.01)
+
+    def stop(self) -> None:
+        if self._proc is not None and self._owner == os.getpid():
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+        if self._folder:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = ""
+
+
+_ZYGOTE = _ForkServer()
+atexit.register(_ZYGOTE.stop)
 
 
 def _tail(fh, limit: int) -> bytes:
@@ -235,14 +320,12 @@ def _rejected(answer: dict) -> FileRejected:
     return exc
 
 
-def _kill_group(proc: subprocess.Popen, reap: bool = True) -> None:
-    """Kill the child's whole process group: the child, or what it left running (a Tesseract)."""
+def _kill_group(pid: int) -> None:
+    """Kill a child's whole process group: the child, or what it left running (a Tesseract)."""
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    if reap and proc.returncode is None:
-        proc.wait()
 
 
 def phone_like(value: str | None) -> str | None:

@@ -31,12 +31,16 @@ def serve(receive: bool, host: str | None, port: int | None, no_worker: bool) ->
     app = create_app(overrides)
     svc = app.extensions["gateway"]
     _audit_configuration(svc, "serve")
+    embedded = svc.settings.redis_url is None and svc.settings.mode != "receive" and not no_worker
+    if embedded or svc.settings.mode == "receive":  # it maps, or checks bundles it receives
+        from gateway.runtime.warmup import fhir_models
+
+        fhir_models()
     tls = svc.settings.server_tls()
     server = make_server(svc.settings.host, svc.settings.port, app, threaded=True, ssl_context=tls,
                          request_handler=_path_only_access_log())
     log.info("serving %s mode on %s://%s:%d", svc.settings.mode, "https" if tls else "http",
              svc.settings.host, server.server_port)
-    embedded = svc.settings.redis_url is None and svc.settings.mode != "receive" and not no_worker
     if not embedded:
         try:
             server.serve_forever()
@@ -72,8 +76,11 @@ def _path_only_access_log():
               show_default=True)
 def worker(concurrency: int, beat: bool, pool: str) -> None:
     """Run a Celery worker for transfer steps (Redis or the embedded broker)."""
+    from gateway.runtime.warmup import fhir_models
+
     svc = services()
     _audit_configuration(svc, "worker")
+    fhir_models()  # before the first task: no transfer waits for them
     _run_worker(svc, concurrency, beat, pool)
 
 

@@ -8,6 +8,8 @@ again; the bundle is assembled deterministically.
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from sqlalchemy import delete, func, select
@@ -60,10 +62,16 @@ def pulling(svc: Services, transfer_id: str, owner: str) -> str:
     return "pulling"
 
 
+# Records that become documents: with more than one source each gets a fingerprint read
+# in the fax sandbox (a child process each, same_document.py), so these are mapped side
+# by side in threads that wait on those children, while the rest is mapped meanwhile.
+DOCUMENT_KINDS = frozenset({"fax", "pdf", "fhir-attachment"})
+
+
 def mapping(svc: Services, transfer_id: str, owner: str) -> str:
     t = _load(svc, transfer_id)
     with svc.db.session() as s:
-        todo = s.scalars(select(Item.id).filter_by(transfer_id=t.id, state="pulled")
+        todo = s.execute(select(Item.id, Item.kind).filter_by(transfer_id=t.id, state="pulled")
                          .where(Item.kind != imaging.INSTANCE).order_by(Item.id)).all()
     context = MappingContext(patient_reference=patient_urn(t.id))
     tmpdir = svc.settings.work_dir / t.id / "mapping"
@@ -71,11 +79,27 @@ def mapping(svc: Services, transfer_id: str, owner: str) -> str:
     lease = Lease(svc, t.id, owner)
     with svc.db.session() as s:
         delivered = follow_ups.delivered_resources(svc, t) if follow_ups.delivered_earlier(s, t) else set()
-    for item_id in todo:
-        lease.renew_if_due()
+
+    def map_one(item_id: int) -> None:  # its own session: each item commits its own outcome
         with svc.db.session() as s:
             item = s.get(Item, item_id)
             _map_item(svc, t, item, context, tmpdir / f"{item.id}.rec", delivered)
+
+    aside = {i for i, kind in todo if kind in DOCUMENT_KINDS} if len(t.sources) > 1 else set()
+    pool = ThreadPoolExecutor(max(1, min(len(aside), os.cpu_count() or 1)), thread_name_prefix="map")
+    try:
+        pending = {pool.submit(map_one, item_id) for item_id in sorted(aside)}
+        for item_id, _ in todo:
+            if item_id not in aside:
+                lease.renew_if_due()
+                map_one(item_id)
+        while pending:
+            lease.renew_if_due()
+            done, pending = wait(pending, timeout=5, return_when=FIRST_COMPLETED)
+            for future in done:
+                future.result()
+    finally:
+        pool.shutdown(cancel_futures=True)
     imaging.settle_instances(svc, t)  # after their studies: instances follow them
     with svc.db.session() as s:
         counts = dict(s.execute(select(Item.state, func.count()).filter_by(transfer_id=t.id)

@@ -5,7 +5,8 @@ part streams into an encrypting blob writer (never whole in memory, no plaintext
 disk); its first 256 KB are kept to read the header at the end of the part. UIDs are
 checked by the DICOM grammar (connectors/dicom/uids.py), the 128-byte preamble is zeroed
 as on every path in, and each instance is recorded with its sha256 against the sending
-peer and its study. The same instance sent again (a resumed delivery) is taken once.
+peer and its study (a request's instances in one commit). The same instance sent again
+(a resumed delivery) is taken once.
 The answer is the STOW-RS response (DICOM JSON) naming each instance stored or failed.
 An accepted bundle whose manifest lists an instance takes it (`bind`); instances no
 bundle took within `receive_upload_ttl_s` (a sender that gave up: no Consent was ever
@@ -150,25 +151,36 @@ class _Part:
 
 def receive(svc: Services, sender: str, stream: BinaryIO, length: int, content_type: str,
             study: str | None = None) -> StowResult:
-    """Store every instance of a STOW-RS request; `study` when the URL names one."""
+    """Store every instance of a STOW-RS request; `study` when the URL names one. The
+    instances are recorded together when the request has been read (one commit, before
+    the answer names them stored); blobs of a request that breaks off are deleted."""
     result = StowResult()
-    for part in parts(stream, length, boundary_of(content_type)):
-        writer = svc.blobs.writer()
-        head = bytearray()
-        size = 0
-        try:
-            for data in part.chunks():
-                if size < PREAMBLE:  # the preamble can hide another file format: zeros
-                    n = min(PREAMBLE - size, len(data))
-                    data = bytes(n) + data[n:]
-                if len(head) < HEAD:
-                    head += data[:HEAD - len(head)]
-                writer.write(data)
-                size += len(data)
-        except BaseException:
-            writer.abort()
-            raise
-        _take(svc, sender, part.content_type(), bytes(head), writer, study, result)
+    held: list[dict] = []  # checked and in the blob store, to be recorded
+    try:
+        for part in parts(stream, length, boundary_of(content_type)):
+            writer = svc.blobs.writer()
+            head = bytearray()
+            size = 0
+            try:
+                for data in part.chunks():
+                    if size < PREAMBLE:  # the preamble can hide another file format: zeros
+                        n = min(PREAMBLE - size, len(data))
+                        data = bytes(n) + data[n:]
+                    if len(head) < HEAD:
+                        head += data[:HEAD - len(head)]
+                    writer.write(data)
+                    size += len(data)
+            except BaseException:
+                writer.abort()
+                raise
+            row = _take(part.content_type(), bytes(head), writer, study, result)
+            if row is not None:
+                held.append(row)
+    except BaseException:
+        for row in held:
+            svc.blobs.delete(row["blob_key"])
+        raise
+    _record(svc, sender, held, result)
     if not result.stored and not result.failed:
         raise InvalidInput("the request carries no DICOM instance")
     with svc.db.session() as s:
@@ -178,46 +190,71 @@ def receive(svc: Services, sender: str, stream: BinaryIO, length: int, content_t
     return result
 
 
-def _take(svc, sender, content_type, head, writer, study, result: StowResult) -> None:
+def _take(content_type, head, writer, study, result: StowResult) -> dict | None:
+    """The columns of a part's instance once its blob is complete, or None (the part
+    refused, with its reason in `result`)."""
     if content_type != "application/dicom":
         writer.abort()
         result.failed.append(("", "", CANNOT_UNDERSTAND))
-        return
+        return None
     try:
         header = read_header_bytes(head)
     except MalformedDicom:
         writer.abort()
         result.failed.append(("", "", CANNOT_UNDERSTAND))
-        return
+        return None
     uids = {name: clean_uid(header.get(name)) for name in (
         "SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")}
     sop, klass = uids["SOPInstanceUID"] or "", uids["SOPClassUID"] or ""
     if None in uids.values() or (study and uids["StudyInstanceUID"] != study):
         writer.abort()
         result.failed.append((klass, sop, NOT_MATCHING))
-        return
+        return None
     info = writer.close()
-    row = ReceivedInstance(sender=sender, study_uid=uids["StudyInstanceUID"],
-                           series_uid=uids["SeriesInstanceUID"], sop_instance_uid=sop,
-                           sop_class_uid=klass,
-                           transfer_syntax=clean_uid(header.get("TransferSyntaxUID")) or "",
-                           sha256=info.sha256, size=info.size, blob_key=info.key)
+    return dict(study_uid=uids["StudyInstanceUID"], series_uid=uids["SeriesInstanceUID"],
+                sop_instance_uid=sop, sop_class_uid=klass,
+                transfer_syntax=clean_uid(header.get("TransferSyntaxUID")) or "",
+                sha256=info.sha256, size=info.size, blob_key=info.key)
+
+
+def _record(svc: Services, sender: str, held: list[dict], result: StowResult) -> None:
+    """All in one transaction; when one is held already (a resumed delivery), each on its
+    own, keeping the first copy."""
+    if not held:
+        return
     try:
         with svc.db.session() as s:
-            s.add(row)
+            s.add_all([ReceivedInstance(sender=sender, **row) for row in held])
+    except IntegrityError:
+        for row in held:
+            _record_one(svc, sender, row, result)
+        return
+    except BaseException:
+        for row in held:  # not recorded: no blob left behind
+            svc.blobs.delete(row["blob_key"])
+        raise
+    for row in held:
+        result.stored.append((row["sop_class_uid"], row["sop_instance_uid"]))
+        result.studies.add(row["study_uid"])
+
+
+def _record_one(svc: Services, sender: str, row: dict, result: StowResult) -> None:
+    klass, sop = row["sop_class_uid"], row["sop_instance_uid"]
+    try:
+        with svc.db.session() as s:
+            s.add(ReceivedInstance(sender=sender, **row))
     except BaseException as exc:
-        svc.blobs.delete(info.key)  # not recorded: no blob left behind
+        svc.blobs.delete(row["blob_key"])  # not recorded: no blob left behind
         if not isinstance(exc, IntegrityError):
             raise
-        # held already (a resumed delivery): keep the first copy
         with svc.db.session() as s:
             held = s.scalars(select(ReceivedInstance.sha256).filter_by(
                 sender=sender, sop_instance_uid=sop)).first()
-        if held != info.sha256:
+        if held != row["sha256"]:
             result.failed.append((klass, sop, DUPLICATE_OTHER))
             return
     result.stored.append((klass, sop))
-    result.studies.add(uids["StudyInstanceUID"])
+    result.studies.add(row["study_uid"])
 
 
 def held(svc: Services, sender: str, listed: dict[str, dict[str, str]]) -> dict[str, dict]:

@@ -8,7 +8,8 @@ beside the bundle on delivery, and are counted in the receipt.
 - Delivery: before the bundle, every mapped instance not yet forwarded goes to the
   recipient's DICOM destination (config.PeerConfig.dicom_destination: a PACS by C-STORE
   or a DICOMweb base by STOW-RS; a peer gateway by default takes them itself). Each
-  outcome is committed as it comes, so a resumed delivery sends only what is missing.
+  outcome is committed as it comes (a C-STORE's at once, a STOW-RS request's together,
+  before the next request), so a resumed delivery sends only what is missing.
   Unconfirmed instances (destination down, busy) make the step retry (DeliveryFailed);
   an instance the destination refuses for good fails the transfer (DeliveryRejected).
 - Receipts: `expected_studies` is what a receiving gateway must say it holds.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import shutil
 from typing import Callable
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from connectors.dicom.forward import Outgoing, forward_c_store, forward_stow_rs
 from gateway import audit
@@ -100,12 +101,25 @@ def forward(svc: Services, t: Transfer, keep_alive: Callable[[], None]) -> None:
                      destination=dest.kind, instances=len(todo))
     by_sop = {i.record_meta["sop_instance_uid"]: i for i in todo}
     failed: dict[str, str] = {}
+    confirmed: dict[str, list[int]] = {}  # forward status -> ids of items, not yet committed
+
+    def commit() -> None:
+        """Record the confirmed instances: a crash after this never sends them again."""
+        if not confirmed:
+            return
+        with svc.db.session() as s:
+            now = utcnow()
+            for status, ids in confirmed.items():
+                s.execute(update(Item).where(Item.id.in_(ids))
+                          .values(forwarded_at=now, forward_status=status)
+                          .execution_options(synchronize_session=False))
+        confirmed.clear()
 
     def on_result(sop: str, ok: bool, detail: str) -> None:
-        if ok:  # committed at once: a crash after this never sends it again
-            with svc.db.session() as s:
-                row = s.get(Item, by_sop[sop].id)
-                row.forwarded_at, row.forward_status = utcnow(), f"{dest.kind} {detail}"[:255]
+        if ok:
+            confirmed.setdefault(f"{dest.kind} {detail}"[:255], []).append(by_sop[sop].id)
+            if dest.kind == "c-store":  # one instance a message: committed as it comes
+                commit()
         else:
             failed[sop] = detail
         keep_alive()
@@ -132,8 +146,10 @@ def forward(svc: Services, t: Transfer, keep_alive: Callable[[], None]) -> None:
                 report = forward_stow_rs(outgoing, dest.url, on_result=on_result,
                                          session=paced_session(),  # the read timeout measures the recipient
                                          headers=headers, batch_bytes=dest.batch_bytes,
-                                         timeout=svc.settings.http_timeout_s, tls=tls)
+                                         timeout=svc.settings.http_timeout_s, tls=tls,
+                                         on_answer=commit)  # a request's outcomes at once
         finally:
+            commit()
             shutil.rmtree(workdir, ignore_errors=True)
         if report.pending and not report.sent:
             break  # the destination takes nothing now: no use trying the other batches

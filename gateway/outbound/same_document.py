@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from connectors.base import RecordRejected
-from connectors.fax.sandbox import Limits, analyze
+from connectors.fax.sandbox import Limits, read_text
 
 PAGES = 2  # first pages compared
 GRAM = 5
@@ -54,7 +54,7 @@ def fingerprint(path: Path, media_type: str) -> dict | None:
         return None
     with tempfile.TemporaryDirectory(prefix="same-document-") as out:
         try:
-            found = analyze(path, Path(out), Limits(text_pages=PAGES, ocr_pages=PAGES))
+            found = read_text(path, Path(out), Limits(text_pages=PAGES, ocr_pages=PAGES))
         except RecordRejected:  # FileRejected: unreadable here; bytes still compared
             return None
     return from_text(found.text, found.pages)

@@ -98,6 +98,18 @@ def test_bad_parts_and_requests_are_refused(receiver, peer, study):
     assert list(held(receiver)) == [study.sop_uids_in_file_order()[0]]
 
 
+def test_a_request_that_breaks_off_records_nothing_and_leaves_no_blob(receiver, peer, study):
+    """A request's instances are recorded together once it has been read: the sender,
+    answered nothing, sends them all again."""
+    client = receiver.test_client()
+    root = receiver.extensions["gateway"].blobs.backend.root
+    before, blobs = held(receiver), sorted(p for p in root.rglob("*") if p.is_file())
+    cut = multipart([f.read_bytes() for f in study.files[1:4]])[:-200]  # two whole parts, then cut
+    assert post(client, peer, cut).status_code == 400
+    assert held(receiver) == before
+    assert sorted(p for p in root.rglob("*") if p.is_file()) == blobs
+
+
 class _Trickle(io.RawIOBase):
     """Reads a few bytes at a time, so boundaries fall across reads."""
 

@@ -12,7 +12,7 @@ from PIL import Image
 from connectors.base import RecordQuery, SourceUnavailable
 from connectors.fax.connector import FaxDropConnector, FaxIngestor
 from connectors.fax.review import ReviewError, ReviewQueue
-from connectors.fax.sandbox import FileRejected, Limits, analyze, build, inspect
+from connectors.fax.sandbox import FileRejected, Limits, analyze, build, inspect, read_text
 from connectors.fax.store import FaxStore
 
 from . import faxgen, hostile
@@ -47,7 +47,7 @@ def bombs(tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.parametrize("name", sorted(BOMBS))
 def test_bomb_is_refused_with_its_reason_under_the_memory_cap(name, bombs, tmp_path):
     for step in (lambda p: analyze(p, tmp_path), lambda p: inspect(p, tmp_path),
-                 lambda p: build(p, tmp_path, [])):
+                 lambda p: read_text(p, tmp_path), lambda p: build(p, tmp_path, [])):
         with pytest.raises(FileRejected) as info:
             step(bombs[name])
         assert info.value.reason == BOMBS[name][1], (name, info.value)

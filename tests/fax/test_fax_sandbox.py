@@ -1,12 +1,14 @@
 """Hostile and broken files are refused with a reason, inside limits, without harm."""
 from __future__ import annotations
 
+import shutil
 import zlib
 
 import pytest
 
+from connectors.fax.sandbox import FileRejected, Limits, analyze, build, read_text
+
 from . import faxgen, hostile
-from connectors.fax.sandbox import FileRejected, Limits, analyze, build
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +61,27 @@ def test_pdf_bombs(tmp_path, good_pdf):
     assert reject(tmp_path / "zip.pdf", tmp_path, Limits(memory_mb=512, max_stream_mb=4096)) == "memory-limit"
     (tmp_path / "good.pdf").write_bytes(good_pdf)  # while an ordinary fax fits in that limit
     assert analyze(tmp_path / "good.pdf", tmp_path / "out", Limits(memory_mb=512)).pages == 2
+
+
+def test_read_text_gives_the_words_of_analyze_without_codes_or_previews(tmp_path, good_pdf, samples):
+    """A text PDF: the pages and text layer `analyze` reads. A fax TIFF with a cover code:
+    OCR (which `analyze` skips once it found the code). Nothing written, bombs refused."""
+    (tmp_path / "good.pdf").write_bytes(good_pdf)
+    limits = Limits(text_pages=2, ocr_pages=2)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "t").mkdir()
+    full = analyze(tmp_path / "good.pdf", tmp_path / "a", limits)
+    words = read_text(tmp_path / "good.pdf", tmp_path / "t", limits)
+    assert (words.pages, words.text, words.text_source) == (full.pages, full.text, "layer")
+    assert words.codes == [] and words.previews == 0 and not list((tmp_path / "t").iterdir())
+    scan = read_text(samples["qr_fine_g4"].path, tmp_path / "t", limits)
+    assert scan.pages == 3 and scan.codes == []
+    if shutil.which("tesseract"):
+        assert scan.text_source == "ocr" and len(scan.text) == 2 and scan.text[1].strip()
+    (tmp_path / "t.pdf").write_bytes(hostile.truncated_pdf(good_pdf))
+    with pytest.raises(FileRejected) as info:
+        read_text(tmp_path / "t.pdf", tmp_path / "t")
+    assert info.value.reason == "truncated"
 
 
 def test_slow_file_hits_the_wall_clock_limit(tmp_path):

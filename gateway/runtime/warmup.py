@@ -1,0 +1,43 @@
+"""Load the FHIR models a long-running process validates with before it takes work.
+
+fhir.resources builds each model class (and each element type it uses) on first use, and
+building a pydantic model class costs more than validating hundreds of resources with it:
+a Synthea record's ~25 types took 1-2 s of the first transfer's mapping after a start, and
+as long of the first bundle a receiving gateway checked. `serve` and `worker` load them
+before they answer requests or take tasks, so no transfer waits for it.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from connectors.data_classes import TABLE
+
+log = logging.getLogger(__name__)
+
+# what the gateway builds itself, beside the types the data classes name
+BUILT = ("Binary", "Bundle", "Composition", "Consent", "DocumentReference", "ImagingStudy",
+         "List", "OperationOutcome", "Patient", "Provenance")
+# element types resources use (fhir.resources loads them when a resource first holds one)
+ELEMENTS = ("Address", "Age", "Annotation", "Attachment", "BackboneElement",
+            "CodeableConcept", "CodeableReference", "Coding", "ContactDetail", "ContactPoint",
+            "Count", "Distance", "Dosage", "Duration", "Expression", "Extension", "HumanName",
+            "Identifier", "Meta", "Money", "Narrative", "Period", "Quantity", "Range", "Ratio",
+            "Reference", "RelatedArtifact", "SampledData", "Signature", "Timing", "UsageContext")
+
+
+def resource_types() -> list[str]:
+    return sorted({t for c in TABLE for t in (*c.fhir_types, *c.fhir_also)} | set(BUILT))
+
+
+def fhir_models() -> float:
+    """Load the R4B model classes of every resource type the gateway handles and of the
+    common element types; returns the seconds it took."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    started = time.monotonic()
+    for name in (*ELEMENTS, *resource_types()):
+        get_fhir_model_class(name)
+    took = time.monotonic() - started
+    log.info("FHIR models loaded in %.1f s", took)
+    return took
