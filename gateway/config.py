@@ -578,6 +578,9 @@ class Settings(BaseSettings):
     # the standing DICOM receiver, the C-MOVE destination every worker shares (unset: none)
     dicom_receiver: DicomReceiverConfig | None = None
     step_lease_s: float = 300.0  # a step not finished by then is taken over
+    # `serve` and `worker` load the FHIR models (about 1 CPU-second) before taking work, so
+    # the first transfer after a start does not wait for them; off: loaded on first use
+    warm_up_fhir_models: bool = True
     reconcile_interval_s: float = 30.0  # how often lost step messages are re-enqueued
     # how often the audit log's tree head is signed (when the log grew): the newest events
     # are covered by no signature for at most this long

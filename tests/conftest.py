@@ -114,6 +114,7 @@ def sender_config(tmp_path, trust_file, receiver_url, drop_dir, fax_dir) -> dict
         "retry": {"base_delay_s": 0.2, "max_delay_s": 1.0, "max_attempts": 1000},
         "step_lease_s": 5, "reconcile_interval_s": 1, "checkpoint_interval_s": 1,
         "fax_scan_interval_s": 0.5,
+        "warm_up_fhir_models": False,  # a CPU-second a process start; tests/test_warmup.py has it
     }
 
 
@@ -123,7 +124,7 @@ def receiver_config(tmp_path, receiver_url) -> dict:
     data.mkdir()
     return {"data_dir": str(data), "blob_key": new_master_key(), "organization": RECEIVER_ORG,
             "mode": "receive", "port": int(receiver_url.rsplit(":", 1)[1]),
-            "base_url": receiver_url,
+            "base_url": receiver_url, "warm_up_fhir_models": False,
             # the sending gateway's public keys, written by the `app` fixture
             "senders": {"test-hospital": {"organization": SENDER_ORG,
                                           "jwks_file": str(tmp_path / "sender-jwks.json")}}}

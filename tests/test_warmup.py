@@ -39,3 +39,16 @@ def test_after_the_warm_up_a_synthea_record_loads_no_model():
     cold, warm = probe(record, "cold"), probe(record, "warm")
     assert cold["types"] >= 15 and len(cold["new"]) >= 30  # what the first transfer paid
     assert warm["new"] == []
+
+
+def test_serve_loads_them_before_it_answers_unless_told_not_to(processes, receiver_config, tmp_path):
+    from tests.helpers import free_port
+
+    logs = {}
+    for warm in (True, False):
+        config = {**receiver_config, "warm_up_fhir_models": warm, "port": free_port(),
+                  "data_dir": str(tmp_path / f"receiver-{warm}")}
+        proc = processes(config, tmp_path, f"receiver-{warm}", "serve", "--receive").wait_http(60)
+        logs[warm] = proc.log_path.read_text()
+    assert "FHIR models loaded in" in logs[True]
+    assert "FHIR models loaded in" not in logs[False]

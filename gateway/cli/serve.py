@@ -32,8 +32,8 @@ def serve(receive: bool, host: str | None, port: int | None, no_worker: bool) ->
     svc = app.extensions["gateway"]
     _audit_configuration(svc, "serve")
     embedded = svc.settings.redis_url is None and svc.settings.mode != "receive" and not no_worker
-    if embedded or svc.settings.mode == "receive":  # it maps, or checks bundles it receives
-        from gateway.runtime.warmup import fhir_models
+    if svc.settings.warm_up_fhir_models and (embedded or svc.settings.mode == "receive"):
+        from gateway.runtime.warmup import fhir_models  # it maps, or checks bundles it receives
 
         fhir_models()
     tls = svc.settings.server_tls()
@@ -80,7 +80,8 @@ def worker(concurrency: int, beat: bool, pool: str) -> None:
 
     svc = services()
     _audit_configuration(svc, "worker")
-    fhir_models()  # before the first task: no transfer waits for them
+    if svc.settings.warm_up_fhir_models:
+        fhir_models()  # before the first task: no transfer waits for them
     _run_worker(svc, concurrency, beat, pool)
 
 

@@ -61,7 +61,7 @@ def web_config(tmp: Path, issuer_key) -> tuple[dict, object, object]:
                              "token_file": str(tmp / "sender" / "peer-token")}},
         "retry": {"base_delay_s": 0.2, "max_delay_s": 1.0, "max_attempts": 1000},
         "step_lease_s": 5, "reconcile_interval_s": 1, "checkpoint_interval_s": 1,
-        "fax_scan_interval_s": 0.5,
+        "fax_scan_interval_s": 0.5, "warm_up_fhir_models": False,
     }
 
     def claims_for(jti: str | None = None, **kw):
