@@ -32,6 +32,7 @@ from __future__ import annotations
 import binascii
 import gzip
 import json
+import re
 import sys
 import threading
 import typing
@@ -46,6 +47,7 @@ from .validate import R4_DEFINED, model_class
 SCHEMA_FILE = Path(__file__).with_name("fhir-r4.schema.json.gz")
 SOURCE_SHA256 = "15b9548af6412c44faaa411456e0652542de286fd1c58ef882b09bdc8947909d"
 _REF = "#/definitions/"
+_REFS = re.compile(r'"\$ref": "#/definitions/([^"]+)"')
 _INT_BOUNDS = {"integer": (-(1 << 31), (1 << 31) - 1), "positiveInt": (1, (1 << 31) - 1),
                "unsignedInt": (0, (1 << 31) - 1)}
 
@@ -114,7 +116,7 @@ def _classes(defs: dict) -> dict[str, type]:
     """Schema definition -> R4B model class: resources and data types by name, backbone
     elements by following the elements that hold them (the schema names a backbone
     element once where R4B may name it per place: a definition met with two classes gets
-    none, so the models decide)."""
+    none, and every element that holds it is checked against its own class anyway)."""
     found: dict[str, type] = {}
     for name, d in defs.items():
         if "_" not in name and "properties" in d:
@@ -151,10 +153,22 @@ def _many(item: dict, many: bool) -> dict:
     return {"type": "array", "items": item} if many else item
 
 
-def _patched(schema: dict) -> tuple[dict, list[str]]:
-    """The official schema made at least as strict as the R4B models (see the module's
-    docstring); also the names of the resource types it can check."""
-    defs = schema["definitions"]
+def _reachable(defs: dict, root: str) -> dict:
+    """A copy of the definitions `root` uses, directly or not (and Element and the
+    primitive types, which the R4B models may give elements R4 types inline)."""
+    seen = set()
+    stack = [root, "Element", *(n for n, d in defs.items() if "properties" not in d)]
+    while stack:
+        name = stack.pop()
+        if name not in seen and name in defs:
+            seen.add(name)
+            stack.extend(_REFS.findall(json.dumps(defs[name])))
+    return json.loads(json.dumps({n: defs[n] for n in seen}))
+
+
+def _patched(defs: dict) -> dict:
+    """These official definitions made at least as strict as the R4B models (see the
+    module's docstring)."""
     classes = _classes(defs)
     for name, (lo, hi) in _INT_BOUNDS.items():
         defs[name] = {"type": "integer", "minimum": lo, "maximum": hi}
@@ -165,7 +179,6 @@ def _patched(schema: dict) -> tuple[dict, list[str]]:
     defs["PrimitiveExtension"] = {"allOf": [_ref("Element"), {"type": "object", "anyOf": [
         {"required": ["id"]}, {"required": ["extension"]}]}]}
     defs["ResourceList"] = False  # resources inside resources: the models decide
-    resource_types = []
     for name, d in list(defs.items()):
         if not isinstance(d, dict) or "properties" not in d:
             continue
@@ -174,8 +187,6 @@ def _patched(schema: dict) -> tuple[dict, list[str]]:
             defs[name] = False
             continue
         d["type"] = "object"
-        if "resourceType" in d["properties"]:
-            resource_types.append(name)
         fields = {(f.alias or n): f for n, f in klass.model_fields.items()}
         props = d["properties"]
         for key in list(props):
@@ -220,7 +231,7 @@ def _patched(schema: dict) -> tuple[dict, list[str]]:
         if rules:
             d["allOf"] = rules
         d["additionalProperties"] = False
-    return schema, resource_types
+    return defs
 
 
 # what the models' date and time parser adds to the schema's patterns, as patterns too
@@ -253,36 +264,60 @@ def _base64(value: str) -> bool:
 
 
 class SchemaCheck:
-    """`accepts(json_bytes)`: True only for a resource the R4B models accept too."""
+    """`accepts(json_bytes)`: True only for a resource the R4B models accept too. One
+    validator a resource type, compiled on first use (~20 ms) from the definitions it uses."""
 
     def __init__(self):
-        schema, types = _patched(_load())
-        self.types = frozenset(types)
-        schema["$schema"] = "http://json-schema.org/draft-07/schema#"  # for if/then
-        schema.pop("oneOf", None)
-        schema.pop("discriminator", None)
-        schema["allOf"] = [{"if": {"properties": {"resourceType": {"const": t}}},
-                            "then": _ref(t)} for t in sorted(self.types)]
-        schema["required"] = ["resourceType"]
-        schema["properties"] = {"resourceType": {"enum": sorted(self.types)}}
-        self._validator = jsonschema_rs.validator_for(
-            schema, validate_formats=True, ignore_unknown_formats=False,
-            formats={"r4b-base64Binary": _base64})
+        self._defs = _load()["definitions"]
+        self._validators: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def _validator(self, rtype: str):
+        found = self._validators.get(rtype, _MISSING)
+        if found is _MISSING:
+            with self._lock:
+                found = self._validators.get(rtype, _MISSING)
+                if found is _MISSING:
+                    found = self._validators[rtype] = self._compile(rtype)
+        return found
+
+    def _compile(self, rtype: str):
+        """None for what the models decide alone: types R4 defines differently from R4B
+        (R4_DEFINED), types R4B lacks, anything that is not a resource type."""
+        definition = self._defs.get(rtype)
+        if rtype in R4_DEFINED or not (isinstance(definition, dict)
+                                       and "resourceType" in definition.get("properties", {})):
+            return None
+        try:
+            model_class(rtype)
+        except KeyError:
+            return None
+        defs = _patched(_reachable(self._defs, rtype))
+        if defs[rtype] is False:
+            return None
+        return jsonschema_rs.validator_for(
+            {"$schema": "http://json-schema.org/draft-07/schema#", "$ref": _REF + rtype,
+             "definitions": defs},
+            validate_formats=True, ignore_unknown_formats=False, formats={"r4b-base64Binary": _base64})
 
     def accepts(self, text: bytes) -> bool:
         """Whether the resource (its JSON, UTF-8) passes; False also for what this check
         leaves to the models (non-ASCII text, types it does not cover)."""
         if not text.isascii() or b"\\u" in text:
             return False
-        return self._validator.is_valid(orjson.loads(text))
+        resource = orjson.loads(text)
+        rtype = resource.get("resourceType") if type(resource) is dict else None
+        validator = self._validator(rtype) if type(rtype) is str else None
+        return validator is not None and validator.is_valid(resource)
 
 
+_MISSING = object()
 _lock = threading.Lock()
 _check: SchemaCheck | None = None
 
 
 def schema_check() -> SchemaCheck:
-    """The process's SchemaCheck (built on first use: ~0.1 s)."""
+    """The process's SchemaCheck."""
     global _check
     if _check is None:
         with _lock:
