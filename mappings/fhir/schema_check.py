@@ -359,6 +359,8 @@ class PulledResource:
         return self._model
 
     def __getattr__(self, name: str):
+        if name in PulledResource.__slots__:  # not set yet (a copy being made): no model
+            raise AttributeError(name)
         return getattr(self.model(), name)
 
     def __repr__(self) -> str:

@@ -118,6 +118,7 @@ def test_accepted_resources_read_like_their_models(tmp_path):
     model = obs.resource.model()
     assert orjson.loads(model.model_dump_json())["valueQuantity"]["value"] == 1.5
     assert orjson.loads(obs.json)["valueQuantity"]["value"] == 1.5
+    assert copy.deepcopy(obs.resource).subject.reference == CTX.patient_reference
 
 
 VALUES = [None, "", " x", "a  b", 0, -1, 1.5, 1 << 31, True, "true", {}, [], [{}], [None], {"x": 1},
