@@ -8,7 +8,7 @@ Record kinds:
   (mappings/fhir/jsontext.py). Validation is a check on that JSON, never its source
   (mappings/fhir/validate.py: the R4B models, or R4's own definitions for the types R4B
   lacks or structures differently; first, mappings/fhir/schema_check.py: R4's JSON schema
-  made as strict as the R4B models, ~30x faster, whose "accepted" stands for the models'
+  made as strict as the R4B models, ~10x faster, whose "accepted" stands for the models'
   and whose "not accepted" leaves the verdict and the error to the models);
   `Mapped.resource` is the validated model (a PulledResource that reads like it, for the
   schema check's: built on first use). An invalid
