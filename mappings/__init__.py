@@ -41,7 +41,10 @@ class PartlyInvalid(MappingFailed):
 class Mapped:
     """One FHIR resource made from a record, with what filtering needs."""
 
-    resource: object  # a fhir.resources.R4B model, validated
+    # a fhir.resources.R4B model, validated; for a resource pulled from a FHIR source that
+    # passed mappings/fhir/schema_check.py, a PulledResource: `id` and `meta` at once, the
+    # R4B model built on first use of anything else
+    resource: object
     data_class: str  # one of DATA_CLASSES
     clinical_date: date | None  # when it happened clinically, for filters and order
     # True when the record's own bytes are this resource's Binary content: the bundle

@@ -14,7 +14,8 @@ Validation tells whether a resource is valid R4; it never produces what is deliv
   grammar of the resource and of its contained resources. `check_r4` does it.
 
 `check` picks the one that applies. Their errors (`ResourceInvalid`) name the check
-that failed, element paths and messages, never values.
+that failed, element paths and messages, never values. Pulled resources meet a faster
+check first (mappings/fhir/schema_check.py); what it does not accept comes here.
 
 What makes the R4B check fast is that a record repeats itself: the same codes, the same
 patient reference, the same categories and profiles appear in thousands of resources.
