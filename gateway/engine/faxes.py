@@ -156,8 +156,10 @@ def write_request(svc: Services, session, t: Transfer, source: str, reminder: in
     return target
 
 
-def wake(svc: Services, transfer_id: str) -> None:
-    """A fax for this transfer arrived: run its pull now rather than at the next retry."""
+def wake(svc: Services, transfer_id: str, source: str) -> None:
+    """A fax from `source` for this transfer arrived: run that source's pull now rather
+    than at its next retry. A pull of it running meanwhile sees the cleared
+    next_attempt_at and, finding nothing yet, tries again at once (pulls._failed)."""
     from .transfers import enqueue
 
     with svc.db.session() as s:
@@ -166,7 +168,8 @@ def wake(svc: Services, transfer_id: str) -> None:
             return
         t.next_attempt_at = None
         for src in t.sources:  # each source waits on its own schedule (pulls.py)
-            src.next_attempt_at = None
+            if src.name == source:
+                src.next_attempt_at = None
     enqueue(transfer_id, "pulling")
 
 
@@ -197,7 +200,7 @@ def _outcome(svc: Services, source: str, outcome) -> None:
                 TransferSource.name == source, TransferSource.state != "done",
                 Transfer.state == "pulling")))
     for transfer_id in sorted(waiting):
-        wake(svc, transfer_id)
+        wake(svc, transfer_id, source)
 
 
 def ingest_now(svc: Services) -> dict[str, int]:
@@ -266,7 +269,7 @@ def assign(svc: Services, source: str | None, fax_id: str, transfer_id: str, act
             raise Conflict(str(exc)) from None
         audit.record(s, "fax.assigned", actor=actor, role=role, transfer_id=t.id,
                      authorization_id=t.authorization_id, source=name, fax_id=fax_id)
-    wake(svc, transfer_id)
+    wake(svc, transfer_id, name)
 
 
 def reject(svc: Services, source: str | None, fax_id: str, reason: str, actor: str,

@@ -80,7 +80,9 @@ def claim_source(svc: Services, transfer_id: str, source: str, owner: str) -> bo
                    TransferSource.transfer_id.in_(pulling.scalar_subquery()),
                    or_(TransferSource.lease_until.is_(None), TransferSource.lease_until < now),
                    or_(TransferSource.next_attempt_at.is_(None), TransferSource.next_attempt_at <= now))
-            .values(lease_owner=owner,
+            # next_attempt_at = now: a wake while this pull runs clears it (faxes.wake), and
+            # the pull, should it still find nothing, tries again at once (pulls._failed)
+            .values(lease_owner=owner, next_attempt_at=now,
                     lease_until=now + timedelta(seconds=svc.settings.step_lease_s))
             .execution_options(synchronize_session=False))
         return result.rowcount == 1

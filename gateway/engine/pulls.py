@@ -139,7 +139,10 @@ def _failed(svc: Services, transfer_id: str, source: str, owner: str, exc: Excep
         auth_id = row.transfer.authorization_id
         if transient and row.attempts < retry.max_attempts:
             asked = exc.details.get("retry_after") if isinstance(exc, GatewayError) else None
-            delay = max(backoff(retry, row.attempts),
+            # woken while it ran (what it waits for may have come just after it looked):
+            # no backoff, or the wake would be lost until the next attempt
+            woken = row.next_attempt_at is None
+            delay = max(0.0 if woken else backoff(retry, row.attempts),
                         min(float(asked), retry.max_retry_after_s) if asked is not None else 0.0)
             row.next_attempt_at = utcnow() + timedelta(seconds=delay)
             row.error = f"waiting (attempt {row.attempts}): {message}"
