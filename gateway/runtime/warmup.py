@@ -30,14 +30,20 @@ def resource_types() -> list[str]:
     return sorted({t for c in TABLE for t in (*c.fhir_types, *c.fhir_also)} | set(BUILT))
 
 
-def fhir_models() -> float:
+def fhir_models(pulls: bool = False) -> float:
     """Load the R4B model classes of every resource type the gateway handles and of the
-    common element types; returns the seconds it took."""
+    common element types, and with `pulls` (a process that maps what sources send) the
+    schema check's validators for them (mappings/fhir/schema_check.py: ~3 s, once);
+    returns the seconds it took."""
     from fhir.resources.R4B import get_fhir_model_class
 
     started = time.monotonic()
     for name in (*ELEMENTS, *resource_types()):
         get_fhir_model_class(name)
+    if pulls:
+        from mappings.fhir.schema_check import schema_check
+
+        schema_check().warm(resource_types())
     took = time.monotonic() - started
     log.info("FHIR models loaded in %.1f s", took)
     return took

@@ -164,7 +164,8 @@ def _reachable(defs: dict, root: str) -> dict:
     """A copy of the definitions `root` uses, directly or not (and Element and the
     primitive types, which the R4B models may give elements R4 types inline)."""
     seen = set()
-    stack = [root, "Element", *(n for n, d in defs.items() if "properties" not in d)]
+    stack = [root, "Element",
+             *(n for n, d in defs.items() if not isinstance(d, dict) or "properties" not in d)]
     while stack:
         name = stack.pop()
         if name not in seen and name in defs:
@@ -276,8 +277,15 @@ class SchemaCheck:
 
     def __init__(self):
         self._defs = _load()["definitions"]
+        self._strict: dict | None = None  # every definition patched, once (~2 s)
         self._validators: dict[str, object] = {}
         self._lock = threading.Lock()
+
+    def warm(self, types) -> None:
+        """Compile the validators of these resource types now (a long-running process
+        does it before it takes work)."""
+        for rtype in types:
+            self._validator(rtype)
 
     def _validator(self, rtype: str):
         found = self._validators.get(rtype, _MISSING)
@@ -299,7 +307,9 @@ class SchemaCheck:
             model_class(rtype)
         except KeyError:
             return None
-        defs = _patched(_reachable(self._defs, rtype))
+        if self._strict is None:  # patching is the same whatever the set (the tests show it),
+            self._strict = _patched(json.loads(json.dumps(self._defs)))  # so all at once
+        defs = _reachable(self._strict, rtype)
         if defs[rtype] is False:
             return None
         return jsonschema_rs.validator_for(
