@@ -136,10 +136,20 @@ class Setup:
         args = ("serve",) if self.kind == "embedded" else ("serve", "--no-worker")
         self.api = Proc(self.cluster.sender_config, self.cluster.dir, "api", *args).start()
         self.api.wait_http(90)
+        if self.kind != "embedded":  # the clock starts once every worker takes tasks (after
+            self._wait_workers()     # its warm-up), as in a deployment that is running
         self.url = f"http://127.0.0.1:{self.cluster.sender_config['port']}"
         self.http = requests.Session()
         self.http.headers.update(self.cluster.operator)
         return self
+
+    def _wait_workers(self) -> None:
+        from gateway.runtime.celery_app import celery
+
+        want = len(self.cluster.workers) + (self.cluster.beat is not None)
+        wait_until(lambda: len(celery.control.ping(timeout=0.5)) >= want, 180, 0.2,
+                   f"{want} worker process(es) to answer a ping")
+        say(f"{want} worker process(es) take tasks")
 
     def procs(self) -> dict[str, list]:
         c = self.cluster
