@@ -163,12 +163,15 @@ def forward_stow_rs(items: Iterable[Outgoing], url: str, *,
                     on_result: ResultCallback = _noop, session: requests.Session | None = None,
                     headers: dict | None = None, batch_bytes: int = 32 << 20,
                     timeout: float = 300, tls: dict | None = None,
-                    on_answer: Callable[[], None] = _nothing) -> ForwardReport:
+                    on_answer: Callable[[], None] = _nothing,
+                    on_sending: Callable[[], None] = _nothing) -> ForwardReport:
     """STOW-RS every item not in `already_sent` to the DICOMweb base `url`. `tls`: the
     `verify` and `cert` of each request (given per request: requests lets
     REQUESTS_CA_BUNDLE in the environment override a session's `verify`). `on_answer()`
     follows the `on_result` calls of each request, before the next request is sent: the
-    caller may record a request's outcomes together there."""
+    caller may record a request's outcomes together there. `on_sending()` is called as
+    each block of a request's body goes out (a slow recipient may take minutes over one
+    request: the caller keeps its claim on the work meanwhile)."""
     session = session or requests.Session()
     tls = tls or {}
     report = ForwardReport()
@@ -180,13 +183,15 @@ def forward_stow_rs(items: Iterable[Outgoing], url: str, *,
             continue
         item_size = item.path.stat().st_size
         if batch and size + item_size > batch_bytes:
-            _stow_batch(session, url, headers or {}, timeout, batch, report, on_result, tls)
+            _stow_batch(session, url, headers or {}, timeout, batch, report, on_result, tls,
+                        on_sending)
             on_answer()
             batch, size = [], 0
         batch.append(item)
         size += item_size
     if batch:
-        _stow_batch(session, url, headers or {}, timeout, batch, report, on_result, tls)
+        _stow_batch(session, url, headers or {}, timeout, batch, report, on_result, tls,
+                    on_sending)
         on_answer()
     return report
 
@@ -196,7 +201,8 @@ class _Multipart:
     recipient gets the files' exact bytes (nothing decoded or re-encoded), and memory
     holds one block. Has a length, so requests sends Content-Length."""
 
-    def __init__(self, paths: list[Path], boundary: str):
+    def __init__(self, paths: list[Path], boundary: str, on_block: Callable[[], None] = _nothing):
+        self._on_block = on_block
         self._parts = [(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode(), p)
                        for p in paths]
         self._tail = f"\r\n--{boundary}--\r\n".encode()
@@ -224,17 +230,31 @@ class _Multipart:
                 break
             self._buf += block
         out, self._buf = self._buf[:n], self._buf[n:]
+        self._on_block()
         return out
 
 
+def _causes(exc: BaseException) -> str:
+    """The exception's types down its chain (`ConnectionError < ProtocolError <
+    TimeoutError`): what went wrong, without messages that may carry addresses."""
+    names, seen = [], set()
+    while exc is not None and id(exc) not in seen and len(names) < 6:
+        seen.add(id(exc))
+        names.append(type(exc).__name__)
+        exc = exc.__cause__ or exc.__context__ or (exc.args[1] if len(exc.args) > 1
+                                                   and isinstance(exc.args[1], BaseException) else None)
+    return " < ".join(names)
+
+
 def _stow_batch(session, url: str, headers: dict, timeout: float, batch: list[Outgoing],
-                report: ForwardReport, on_result: ResultCallback, tls: dict) -> None:
+                report: ForwardReport, on_result: ResultCallback, tls: dict,
+                on_sending: Callable[[], None] = _nothing) -> None:
     import uuid
 
     uids = [i.sop_instance_uid for i in batch]
     boundary = uuid.uuid4().hex
     try:
-        body = _Multipart([i.path for i in batch], boundary)
+        body = _Multipart([i.path for i in batch], boundary, on_sending)
     except OSError as exc:
         for uid in uids:
             report.failed[uid] = f"unreadable file: {type(exc).__name__}"
@@ -247,7 +267,7 @@ def _stow_batch(session, url: str, headers: dict, timeout: float, batch: list[Ou
         response = session.post(f"{url.rstrip('/')}/studies", data=body, headers=head,
                                 timeout=(10, timeout), allow_redirects=False, **tls)
     except requests.RequestException as exc:
-        LOGGER.warning("STOW-RS request failed: %s", type(exc).__name__)
+        LOGGER.warning("STOW-RS request failed: %s", _causes(exc))
         report.pending += uids
         return
     status = response.status_code

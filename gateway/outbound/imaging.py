@@ -147,7 +147,8 @@ def forward(svc: Services, t: Transfer, keep_alive: Callable[[], None]) -> None:
                                          session=paced_session(),  # the read timeout measures the recipient
                                          headers=headers, batch_bytes=dest.batch_bytes,
                                          timeout=svc.settings.http_timeout_s, tls=tls,
-                                         on_answer=commit)  # a request's outcomes at once
+                                         on_answer=commit,  # a request's outcomes at once
+                                         on_sending=keep_alive)  # the claim held while sending
         finally:
             commit()
             shutil.rmtree(workdir, ignore_errors=True)

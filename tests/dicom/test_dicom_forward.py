@@ -47,14 +47,18 @@ def test_c_store_reports_each_refused_instance(dicom, tmp_path):
 def test_stow_rs_forward(dicom, tmp_path):
     study = make_study(tmp_path / "stow", 12, 1, patient_id="PAT-STOW", rows=64, cols=64)
     items = [outgoing_from_file(f) for f in study.files]
-    seen, answered = [], []
+    seen, answered, sending = [], [], []
     report = forward_stow_rs(items, dicom.recipient.dicomweb_url, batch_bytes=40_000,
                              already_sent=frozenset({items[0].sop_instance_uid}),
                              on_result=lambda sop, ok, detail: seen.append((sop, ok)),
-                             on_answer=lambda: answered.append(len(seen)))
+                             on_answer=lambda: answered.append(len(seen)),
+                             on_sending=lambda: sending.append(len(answered)))
     assert report.skipped == 1 and len(report.sent) == 11 and report.complete
     assert all(ok for _, ok in seen)
     # several requests (40 kB each at most), each request's outcomes before its on_answer
     assert len(answered) > 1 and answered == sorted(set(answered)) and answered[-1] == 11
+    # the caller hears of each request's body going out (a slow recipient's request may
+    # outlast a lease): during every request, before its answer
+    assert sorted(set(sending)) == list(range(len(answered)))
     assert all(recipient_has(dicom.recipient, i.sop_instance_uid) for i in items[1:])
     assert not recipient_has(dicom.recipient, items[0].sop_instance_uid)
