@@ -50,6 +50,8 @@ def check_pdf(path: Path, limits: dict, references: dict[int, int]) -> dict:
         raise FileRejected("encrypted", "PDF needs a password") from None
     except pikepdf.PikepdfError as exc:  # PdfError, and QpdfRuntimeError (e.g. a bad /Count)
         raise FileRejected("unreadable", f"PDF does not open: {_short(exc)}") from None
+    except (ValueError, OverflowError):  # e.g. a number past 64 bits in the trailer
+        raise FileRejected("unreadable", "PDF does not open: a number out of range") from None
     facts = {"streams": 0, "images": 0, "largest_image_pixels": 0, "largest_stream_bytes": 0}
     try:
         images: dict[tuple[int, int], int] = {}

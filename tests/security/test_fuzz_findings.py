@@ -180,7 +180,20 @@ def _filter_name_not_utf8() -> bytes:
     return bytes(out)
 
 
-@pytest.mark.parametrize("make", [_pages_tree_without_count, _filter_name_not_utf8])
+def _startxref_past_64_bits() -> bytes:
+    """A one-page PDF whose `startxref` is a 93-digit number: pikepdf raised ValueError
+    (found by tests/security/fuzz/pdf_tiff.py)."""
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Count 1 /Kids [3 0 R] >>",
+               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>"]
+    out = bytearray(b"%PDF-1.4\n")
+    for n, body in enumerate(objects, 1):
+        out += b"%d 0 obj\n" % n + body + b"\nendobj\n"
+    out += b"trailer\n<< /Size 4 /Root 1 0 R >>\nstartxref\n1" + b"5" * 90 + b"83\n%%EOF\n"
+    return bytes(out)
+
+
+@pytest.mark.parametrize("make", [_pages_tree_without_count, _filter_name_not_utf8,
+                                  _startxref_past_64_bits])
 def test_broken_pdf_structures_are_refused_as_unreadable(tmp_path, make):
     path = tmp_path / "incoming.pdf"
     path.write_bytes(make())
