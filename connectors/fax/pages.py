@@ -12,6 +12,7 @@ import re
 import resource
 import shutil
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 from .cover import decode_payloads, looks_like_cover_payload
@@ -28,18 +29,14 @@ def analyze_file(request: dict) -> dict:
     out = Path(request["out"])
     path = Path(request["path"])
     if request["type"] == "pdf":
-        doc = _open_pdf(path, limits)
-        try:
+        with _checked_pdf(path, limits) as doc:
             pages = len(doc)
-            _check_pages(doc, limits)
             encrypted = _pdf_encrypted(doc)
             scan = _scan_indices(pages, limits)
             images = {i: _render_pdf_page(doc, i, limits) for i in scan}
             layer = [_pdf_text(doc, i) for i in range(min(pages, limits["text_pages"]))]
             for i in range(min(pages, limits["preview_pages"])):
                 _save_preview(_render_pdf_page(doc, i, limits, _PREVIEW_SIZE), out, i)
-        finally:
-            doc.close()
         fax_number = None
     else:
         wanted = max(limits["scan_pages"], limits["ocr_pages"])
@@ -69,11 +66,7 @@ def analyze_file(request: dict) -> dict:
                 ocr_images = [_square(frames[i]) for i in range(min(pages, limits["ocr_pages"]))]
             else:
                 ocr_images = images[:limits["ocr_pages"]]
-            if shutil.which("tesseract") is None:
-                source = "ocr-unavailable"
-            else:
-                text = [_ocr(img, limits) for img in ocr_images]
-                source = "ocr" if any(t.strip() for t in text) else "none"
+            text, source = _ocr_pages(ocr_images, limits)
 
     return {"type": request["type"], "pages": pages, "codes": codes, "text": text,
             "text_source": source, "fax_number": fax_number, "encrypted": encrypted,
@@ -87,24 +80,26 @@ def read_text(request: dict) -> dict:
     limits = request["limits"]
     path = Path(request["path"])
     if request["type"] == "pdf":
-        doc = _open_pdf(path, limits)
-        try:
+        with _checked_pdf(path, limits) as doc:
             pages = len(doc)
-            _check_pages(doc, limits)
             layer = [_pdf_text(doc, i) for i in range(min(pages, limits["text_pages"]))]
             if sum(len("".join(t.split())) for t in layer) >= _MIN_TEXT:
                 return {"type": "pdf", "pages": pages, "text": layer, "text_source": "layer"}
             ocr_images = [_render_pdf_page(doc, i, limits) for i in range(min(pages, limits["ocr_pages"]))]
-        finally:
-            doc.close()
     else:
         frames, pages, _ = _tiff_frames(path, limits, lambda i, frame: frame if i < limits["ocr_pages"] else None)
         ocr_images = [_square(frames[i]) for i in range(min(pages, limits["ocr_pages"]))]
+    text, source = _ocr_pages(ocr_images, limits)
+    return {"type": request["type"], "pages": pages, "text": text, "text_source": source}
+
+
+def _ocr_pages(images: list, limits: dict) -> tuple[list[str], str]:
+    """The pages' OCR text and its source: "ocr", "none" (nothing read) or
+    "ocr-unavailable" (no tesseract here)."""
     if shutil.which("tesseract") is None:
-        return {"type": request["type"], "pages": pages, "text": [], "text_source": "ocr-unavailable"}
-    text = [_ocr(img, limits) for img in ocr_images]
-    return {"type": request["type"], "pages": pages, "text": text,
-            "text_source": "ocr" if any(t.strip() for t in text) else "none"}
+        return [], "ocr-unavailable"
+    text = [_ocr(img, limits) for img in images]
+    return text, "ocr" if any(t.strip() for t in text) else "none"
 
 
 def _save_preview(image, out: Path, index: int) -> None:
@@ -119,12 +114,8 @@ def inspect_file(request: dict) -> dict:
     limits = request["limits"]
     path = Path(request["path"])
     if request["type"] == "pdf":
-        doc = _open_pdf(path, limits)
-        try:
+        with _checked_pdf(path, limits) as doc:
             count = len(doc)
-            _check_pages(doc, limits)
-        finally:
-            doc.close()
     else:
         _, count, _ = _tiff_frames(path, limits, lambda i, frame: None)
     return {"type": request["type"], "pages": count}
@@ -142,10 +133,9 @@ def build_file(request: dict) -> dict:
     target = Path(request["out"]) / "document.pdf"
     drop = set(request["drop"])
     if request["type"] == "pdf":
-        doc = _open_pdf(path, limits)
-        try:
+        # what is delivered must open: every page, every image
+        with _checked_pdf(path, limits) as doc:
             count = len(doc)
-            _check_pages(doc, limits)  # what is delivered must open: every page, every image
             keep = [i for i in range(count) if i not in drop]
             if not keep:
                 raise FileRejected("no-pages", "nothing left once the cover sheet is removed")
@@ -159,8 +149,6 @@ def build_file(request: dict) -> dict:
                 with open(target, "wb") as fh:
                     new.save(fh)
                 new.close()
-        finally:
-            doc.close()
     else:
         import img2pdf
 
@@ -178,6 +166,18 @@ def build_file(request: dict) -> dict:
 
 
 # ---- PDF ----------------------------------------------------------------------------
+
+
+@contextmanager
+def _checked_pdf(path: Path, limits: dict):
+    """The PDF opened by PDFium once every check has passed (`_open_pdf`, then every page
+    by `_check_pages`); closed on leaving."""
+    doc = _open_pdf(path, limits)
+    try:
+        _check_pages(doc, limits)
+        yield doc
+    finally:
+        doc.close()
 
 
 def _open_pdf(path: Path, limits: dict):
