@@ -52,5 +52,5 @@ def invite(svc: Services, address: str, actor: str, role: str | None = None,
         raise
     with svc.db.session() as s:
         audit.record(s, "center.invite.created", actor=actor, role=role,
-                     invitation=tokens._digest(plain)[:16])
+                     invitation=tokens.audit_name(plain))
         s.commit()

@@ -27,7 +27,7 @@ def reissue(svc: Services, request_id: str, actor: str, role: str | None = None,
         row = reqs.get(s, request_id)
         plain = tokens.mint(s, "status", cfg.status_link_ttl_s, row.id)  # the others revoked
         audit.record(s, "center.status-link.reissued", actor=actor, role=role, request=row.id,
-                     authorization_id=row.authorization_id, link=tokens._digest(plain)[:16])
+                     authorization_id=row.authorization_id, link=tokens.audit_name(plain))
         s.commit()
     try:
         tasks.mail_link_now(svc, request_id, link_base, plain=plain)
@@ -35,7 +35,7 @@ def reissue(svc: Services, request_id: str, actor: str, role: str | None = None,
         with svc.db.session() as s:  # a link nobody received must not stay usable
             tokens.revoke_link(s, plain)
             audit.record(s, "center.status-link.not-mailed", actor=actor, role=role,
-                         outcome="failure", request=request_id, link=tokens._digest(plain)[:16],
+                         outcome="failure", request=request_id, link=tokens.audit_name(plain),
                          error=type(exc).__name__)
             s.commit()
         exc.message = (f"the new status link could not be emailed ({exc.message}); the "

@@ -25,6 +25,11 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def audit_name(token: str) -> str:
+    """How the audit log names a token: its digest's first 16 hex digits, never the token."""
+    return _digest(token)[:16]
+
+
 def mint(session: Session, purpose: str, ttl_s: float, request_id: str | None = None) -> str:
     """A new token (the plain value, returned once); a new status link revokes the others."""
     now = utcnow()
