@@ -359,9 +359,9 @@ class Cluster:
             rows = s.execute(select(Transfer.id, Transfer.state)).all()
         return Counter(state for tid, state in rows if tid in self.expected)
 
-    def snapshot(self) -> dict[str, tuple[str, str | None]]:
+    def snapshot(self) -> dict[str, tuple[str, tuple[str, ...]]]:
         """Each transfer's state and the lease owners of its step and of its sources'
-        pulls (space-separated), in two queries."""
+        pulls, in two queries."""
         from sqlalchemy import select
 
         from gateway.storage.models import Transfer, TransferSource
@@ -373,15 +373,15 @@ class Cluster:
         owners: dict[str, list[str]] = {}
         for tid, owner in pulls:
             owners.setdefault(tid, []).append(owner)
-        return {tid: (state, " ".join(filter(None, [owner, *owners.get(tid, [])])) or None)
+        return {tid: (state, tuple(filter(None, [owner, *owners.get(tid, [])])))
                 for tid, state, owner in rows if tid in self.expected}
 
     def held_by(self, proc: Proc) -> dict[str, str]:
         """The transfers whose step or source pull `proc` holds (a lease owner is
         host:PID:claim), by state."""
         return {tid: state for tid, (state, owners) in self.snapshot().items()
-                if owners and state not in TERMINAL
-                and any(o.split(":")[1:2] == [str(proc.pid)] for o in owners.split())}
+                if state not in TERMINAL
+                and any(o.split(":")[1:2] == [str(proc.pid)] for o in owners)}
 
     def busiest_worker(self, within: float) -> tuple[Proc, dict[str, str]]:
         """Within `within` seconds, the first moment a worker holds steps: that worker and
