@@ -76,3 +76,19 @@ def test_code_of_a_long_transfer_id_is_clear_of_the_text(transfer_id):
     image = page.render(scale=200 / 72, grayscale=True).to_pil()
     code = decode_cover(image, KEY)
     assert code is not None and code.valid and code.transfer_id == transfer_id
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (2, 2), (37, 53), (400, 311)])
+def test_the_despeckle_median_is_pil_s_median_filter(shape):
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    from connectors.fax.cover import median3
+
+    rng = np.random.default_rng(sum(shape))
+    for pixels in (rng.integers(0, 256, shape, dtype=np.uint8),  # gray
+                   np.where(rng.random(shape) < 0.85, 255, 0).astype(np.uint8)):  # speckled 1-bit
+        expected = np.asarray(Image.fromarray(pixels).filter(ImageFilter.MedianFilter(3)))
+        got = median3(pixels)
+        assert got.shape == pixels.shape and got.dtype == np.uint8
+        assert np.array_equal(got, expected)
