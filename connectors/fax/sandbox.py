@@ -277,6 +277,12 @@ _ZYGOTE = _ForkServer()
 atexit.register(_ZYGOTE.stop)
 
 
+def start() -> None:
+    """Start this process's fork server now (it imports the parsers, about a second of
+    its own CPU), so the first file to parse does not wait for it; OSError if it cannot."""
+    _ZYGOTE._socket(restart=False)
+
+
 def _tail(fh, limit: int) -> bytes:
     """The last `limit` bytes the child wrote to `fh` (it may have written a lot)."""
     size = os.fstat(fh.fileno()).st_size

@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from connectors import connector_class
 from connectors.base import ConnectorError
+from connectors.fax import sandbox
 from connectors.fax.cover import CoverSheet, render_cover_pdf, render_request_pdf
 from connectors.fax.match import TransferDescriptor
 from connectors.fax.store import StoreBusy
@@ -228,11 +229,19 @@ def start_watchers(svc: Services, stop: threading.Event) -> list[threading.Threa
         except ConnectorError as exc:
             log.error("fax source %s cannot be watched: %s", name, exc)
             continue
-        thread = threading.Thread(target=ingestor.run, name=f"fax-{name}", daemon=True,
-                                  args=(stop, svc.settings.fax_scan_interval_s))
+        thread = threading.Thread(target=_watch, name=f"fax-{name}", daemon=True,
+                                  args=(ingestor, stop, svc.settings.fax_scan_interval_s))
         thread.start()
         threads.append(thread)
     return threads
+
+
+def _watch(ingestor, stop: threading.Event, interval: float) -> None:
+    try:
+        sandbox.start()  # before the first fax comes, not when it does
+    except OSError as exc:  # each file's analysis tries again, and reports it
+        log.warning("fax sandbox not started yet: %s", exc)
+    ingestor.run(stop, interval)
 
 
 # --- review queue ---------------------------------------------------------------------
