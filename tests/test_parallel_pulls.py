@@ -87,6 +87,8 @@ def test_a_waiting_source_holds_up_no_other(pstack, two_sources, claims_for, sig
     assert pstack.view(tid)["state"] == "pulling"
     stored = _items(pstack, tid)
     assert {i.source for i in stored} == {"records"} and len(stored) == 2
+    # mapped as they were pulled, while the other source still waits
+    assert {i.state for i in stored} == {"mapped"} and all(i.resources_blob for i in stored)
     wait_until(lambda: _per_source(_events(pstack, tid), "transfer.pull.retry")["late"], 60, 0.2,
                "the late source to wait")
     # the transfer says why it is held up: the waiting source's own reason

@@ -47,14 +47,14 @@ from gateway.storage.models import (
     utcnow,
 )
 
-from . import faxes, policy, routing, subscriptions, transfers
+from . import faxes, mapping, policy, routing, subscriptions, transfers
 
 log = logging.getLogger(__name__)
 
 STATES = ("review", "open", "closed")
 SOURCE_STATES = ("requested", "receiving", "complete", "no-records", "overdue", "failed")
 ANSWERED = {"complete", "no-records"}  # a case whose sources all are is complete
-DOCUMENT_KINDS = {"pdf", "fax", "fhir-attachment"}
+DOCUMENT_KINDS = mapping.DOCUMENT_KINDS  # records that are documents
 RECORD_KINDS = DOCUMENT_KINDS | {"fhir-json", "dicom", "dicom-study"}
 NOTHING_FOUND = "the source returned no records"  # no-records worked out, not an operator's word
 

@@ -38,6 +38,7 @@ from gateway.errors import (
     StorageFull,
     no_space,
 )
+from gateway.outbound.imaging import INSTANCE
 from gateway.runtime.celery_app import celery
 from gateway.runtime.services import Services, services
 from gateway.storage.models import (
@@ -51,11 +52,13 @@ from gateway.storage.models import (
 
 from . import dicom_sink, follow_ups, policy, sources
 from .lease import Lease, Superseded, backoff, claim_source, new_owner
+from .mapping import Mapper
 
 log = logging.getLogger(__name__)
 
 STEP_TASK = "gateway.transfers.step"  # transfers.step, named: no import circle
 FINISHED = ("done", "failed")
+INSERT_BATCH = 100
 
 
 def survey(svc: Services, transfer_id: str) -> tuple[list[str], bool, list[tuple[str, str]]]:
@@ -209,6 +212,7 @@ def _pull_source(svc: Services, t: Transfer, name: str, owner: str) -> None:
                                 earlier_transfers=earlier)
     workdir = svc.settings.work_dir / t.id / name
     lease = Lease(svc, t.id, owner, source=name)
+    mapper = Mapper(svc, t)
 
     def on_progress(p) -> None:
         if p.total is not None and lease.due():
@@ -221,11 +225,27 @@ def _pull_source(svc: Services, t: Transfer, name: str, owner: str) -> None:
         options = sources.connector_options(svc, cfg, name)
         cursor = None
         with connector_class(cfg.kind)(name, options, workdir, on_progress) as conn:
-            for record in conn.fetch(query):
-                _store_record(svc, t, name, cfg.data_class, record, follow_up)
-                started = getattr(record, "metadata", {}).get("pull_started")
-                cursor = started if started and (cursor is None or started < cursor) else cursor
-                lease.renew_if_due()
+            instances: list[Item] = []  # a study's hundreds: stored a batch a transaction
+            try:
+                for record in conn.fetch(query):
+                    item = _item_for(svc, t, name, cfg.data_class, record, follow_up)
+                    started = getattr(record, "metadata", {}).get("pull_started")
+                    cursor = started if started and (cursor is None or started < cursor) else cursor
+                    lease.renew_if_due()
+                    if item is None:
+                        continue
+                    if item.kind == INSTANCE:  # mapped with their study's manifest
+                        instances.append(item)
+                        if len(instances) >= INSERT_BATCH:
+                            _save(svc, t, name, instances)
+                            instances = []
+                        continue
+                    for saved in _save(svc, t, name, [*instances, item]):
+                        if saved.state == "pulled" and saved.kind != INSTANCE:
+                            _map_now(mapper, saved.id)  # beside the other sources' pulls
+                    instances = []
+            finally:
+                _save(svc, t, name, instances)
     except ConnectorError as exc:
         if exc.transient:
             raise ProviderUnavailable(f"source {name}: {exc}") from None
@@ -259,6 +279,16 @@ def _pull_source(svc: Services, t: Transfer, name: str, owner: str) -> None:
                      items_sha256=digest)
 
 
+def _map_now(mapper: Mapper, item_id: int) -> None:
+    """Map a record just stored; one that cannot be mapped now (a full disk, a fault)
+    stays "pulled" for the mapping step, which maps it again and reports what fails."""
+    try:
+        mapper.map(item_id)
+    except Exception as exc:
+        log.warning("transfer %s: item %d left for the mapping step (%s)", mapper.t.id,
+                    item_id, type(exc).__name__)
+
+
 def _since(svc: Services, t: Transfer, name: str):
     """The cursor of the newest earlier complete pull of this authorization from this source."""
 
@@ -275,40 +305,56 @@ def _since(svc: Services, t: Transfer, name: str):
         return None
 
 
-def _store_record(svc: Services, t: Transfer, source: str, data_class: str,
-                  record: Outcome, follow_up: bool = False) -> None:
-    blob = None
+def _item_for(svc: Services, t: Transfer, source: str, data_class: str, record: Outcome,
+              follow_up: bool) -> Item | None:
+    """The Item for one outcome of the connector, its bytes in the blob store (None: a
+    follow-up's record delivered before, dropped)."""
     if isinstance(record, RejectedRecord):  # holds the transfer up until an operator acts
-        item = _noted(t, source, record.origin, "rejected", "failed",
+        return _noted(t, source, record.origin, "rejected", "failed",
                       f"refused at the source: {record.reason}")
-    elif isinstance(record, SkippedRecord):  # found, deliberately not taken: reported
-        item = _noted(t, source, record.origin, "skipped", "excluded", record.reason)
-    elif isinstance(record, Gap):  # what could not be asked for or got: reported
-        item = _noted(t, source, f"{record.kind}:{record.what}", "gap", record.kind, record.reason)
-    else:
-        blob = dicom_sink.adopt(svc.blobs, record)  # received straight into the store
-        if blob is None:
-            blob = svc.blobs.put_file(record.path)
-            record.path.unlink(missing_ok=True)
-        if blob.sha256 != record.sha256:
-            svc.blobs.delete(blob.key)
-            raise ProviderUnavailable(f"source {source}: record changed while it was read")
-        if follow_up and follow_ups.record_delivered_before(svc, t, source, record.origin, blob.sha256):
-            _drop(svc, blob.key)  # a follow-up sends only what is new
-            return
-        meta = {"data_class": data_class, **record.metadata}
-        item = Item(transfer_id=t.id, source=source, origin=record.origin, kind=record.kind,
-                    media_type=record.media_type, size=blob.size, sha256=blob.sha256,
-                    blob_key=blob.key, fetched_at=record.fetched_at, record_meta=meta)
+    if isinstance(record, SkippedRecord):  # found, deliberately not taken: reported
+        return _noted(t, source, record.origin, "skipped", "excluded", record.reason)
+    if isinstance(record, Gap):  # what could not be asked for or got: reported
+        return _noted(t, source, f"{record.kind}:{record.what}", "gap", record.kind, record.reason)
+    blob = dicom_sink.adopt(svc.blobs, record)  # received straight into the store
+    if blob is None:
+        blob = svc.blobs.put_file(record.path)
+        record.path.unlink(missing_ok=True)
+    if blob.sha256 != record.sha256:
+        svc.blobs.delete(blob.key)
+        raise ProviderUnavailable(f"source {source}: record changed while it was read")
+    if follow_up and follow_ups.record_delivered_before(svc, t, source, record.origin, blob.sha256):
+        _drop(svc, blob.key)  # a follow-up sends only what is new
+        return None
+    return Item(transfer_id=t.id, source=source, origin=record.origin, kind=record.kind,
+                media_type=record.media_type, size=blob.size, sha256=blob.sha256,
+                blob_key=blob.key, fetched_at=record.fetched_at,
+                record_meta={"data_class": data_class, **record.metadata}, state="pulled")
+
+
+def _save(svc: Services, t: Transfer, source: str, items: list[Item]) -> list[Item]:
+    """Add the items and count them on their source, in one transaction; return those
+    added. A resumed pull may meet records it already has (unique per origin): then
+    each is added on its own and the ones it had are dropped."""
+    if not items:
+        return []
     try:
         with svc.db.session() as s:
-            s.add(item)
-            row = s.scalars(select(TransferSource).filter_by(transfer_id=t.id, name=source)).one()
-            row.items += 1
-            row.bytes += item.size
-    except IntegrityError:  # a resumed pull met a record it already had
-        if blob is not None:
-            _drop(svc, blob.key)
+            s.add_all(items)
+            _count(s, t, source, items)
+        return items
+    except IntegrityError:
+        if len(items) > 1:
+            return [i for item in items for i in _save(svc, t, source, [item])]
+        if items[0].blob_key:
+            _drop(svc, items[0].blob_key)
+        return []
+
+
+def _count(s, t: Transfer, source: str, items: list[Item]) -> None:
+    row = s.scalars(select(TransferSource).filter_by(transfer_id=t.id, name=source)).one()
+    row.items += len(items)
+    row.bytes += sum(i.size for i in items)
 
 
 def _drop(svc: Services, key: str) -> None:

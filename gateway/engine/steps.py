@@ -7,26 +7,24 @@ again; the bundle is assembled deterministically.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from pathlib import Path
 
 from sqlalchemy import delete, func, select
 
-from connectors.base import RawRecord
 from gateway import audit
 from gateway.errors import GatewayError, MappingError, ReceiptInvalid
-from gateway.exchange import jsontext
-from gateway.exchange.ids import patient_urn
-from gateway.outbound import attachments, bundles, delivery, imaging, same_document
+from gateway.outbound import attachments, bundles, delivery, imaging
 from gateway.runtime.services import Services
 from gateway.storage.models import Item, Transfer, TransferBundle, utcnow
 from gateway.trust import receipts
-from mappings import Mapped, MappingContext, MappingFailed, PartlyInvalid, map_record
 
-from . import follow_ups, policy, pulls
+from . import follow_ups, pulls
 from .lease import Lease, Superseded
+from .mapping import DOCUMENT_KINDS, Mapper
 
 log = logging.getLogger(__name__)
 
@@ -62,37 +60,25 @@ def pulling(svc: Services, transfer_id: str, owner: str) -> str:
     return "pulling"
 
 
-# Records that become documents: with more than one source each gets a fingerprint read
-# in the fax sandbox (a child process each, same_document.py), so these are mapped side
-# by side in threads that wait on those children, while the rest is mapped meanwhile.
-DOCUMENT_KINDS = frozenset({"fax", "pdf", "fhir-attachment"})
-
-
 def mapping(svc: Services, transfer_id: str, owner: str) -> str:
+    """Map what the pulls left "pulled" (mapping.py: most records were mapped as they
+    were pulled), then give the DICOM instances their studies' outcomes."""
     t = _load(svc, transfer_id)
     with svc.db.session() as s:
         todo = s.execute(select(Item.id, Item.kind).filter_by(transfer_id=t.id, state="pulled")
                          .where(Item.kind != imaging.INSTANCE).order_by(Item.id)).all()
-    context = MappingContext(patient_reference=patient_urn(t.id))
-    tmpdir = svc.settings.work_dir / t.id / "mapping"
-    tmpdir.mkdir(parents=True, exist_ok=True)
+    mapper = Mapper(svc, t)
     lease = Lease(svc, t.id, owner)
-    with svc.db.session() as s:
-        delivered = follow_ups.delivered_resources(svc, t) if follow_ups.delivered_earlier(s, t) else set()
-
-    def map_one(item_id: int) -> None:  # its own session: each item commits its own outcome
-        with svc.db.session() as s:
-            item = s.get(Item, item_id)
-            _map_item(svc, t, item, context, tmpdir / f"{item.id}.rec", delivered)
-
-    aside = {i for i, kind in todo if kind in DOCUMENT_KINDS} if len(t.sources) > 1 else set()
+    # documents are fingerprinted in the fax sandbox (a child process each) when there
+    # is more than one source: mapped side by side in threads that wait on those children
+    aside = {i for i, kind in todo if kind in DOCUMENT_KINDS} if mapper.several else set()
     pool = ThreadPoolExecutor(max(1, min(len(aside), os.cpu_count() or 1)), thread_name_prefix="map")
     try:
-        pending = {pool.submit(map_one, item_id) for item_id in sorted(aside)}
+        pending = {pool.submit(mapper.map, item_id) for item_id in sorted(aside)}
         for item_id, _ in todo:
             if item_id not in aside:
                 lease.renew_if_due()
-                map_one(item_id)
+                mapper.map(item_id)
         while pending:
             lease.renew_if_due()
             done, pending = wait(pending, timeout=5, return_when=FIRST_COMPLETED)
@@ -119,65 +105,10 @@ def mapping(svc: Services, transfer_id: str, owner: str) -> str:
     return "assembling"
 
 
-def _map_item(svc: Services, t: Transfer, item: Item, context: MappingContext, tmp: Path,
-              delivered: set[tuple[str, str]]) -> None:
-    if item.kind == "rejected":
-        item.state = "failed"
-        return
-    svc.blobs.copy_to(item.blob_key, tmp)
-    try:
-        record = RawRecord(source=item.source, kind=item.kind, media_type=item.media_type,
-                           path=tmp, sha256=item.sha256, size=item.size, origin=item.origin,
-                           fetched_at=item.fetched_at, metadata=item.record_meta or {})
-        try:
-            mapped = map_record(record, context)
-        except PartlyInvalid as exc:  # the valid resources go; each invalid one is reported
-            if not exc.valid:
-                raise
-            mapped = exc.valid
-            item.record_meta = {**(item.record_meta or {}), "invalid": [
-                {"origin": bad.origin, "reason": bad.error} for bad in exc.invalid]}
-        if len(t.sources) > 1 and any(m.carries_record_bytes for m in mapped):
-            # a copy of this document may have come from another source in other bytes
-            item.record_meta = {**(item.record_meta or {}),
-                                "fingerprint": same_document.fingerprint(tmp, item.media_type)}
-    except MappingFailed as exc:
-        item.state, item.error = "failed", str(exc)
-        return
-    finally:
-        tmp.unlink(missing_ok=True)
-    kept = [m for m in mapped if policy.allows(t.authorization, m.data_class, m.clinical_date)]
-    if not kept:
-        item.state = "excluded"
-        item.error = "outside the authorized data classes or dates"
-        return
-    sent = follow_ups.digests(kept, context.patient_reference)
-    kept = follow_ups.new_only(kept, sent, delivered)
-    if not kept:
-        item.state = follow_ups.SENT_BEFORE
-        return
-    if sent:  # what the recipient will hold: later follow-ups leave it out
-        item.record_meta = {**(item.record_meta or {}), "sent": follow_ups.still_sent(kept, sent)}
-    payload = b"[" + b",".join(_stored(m) for m in kept) + b"]"
-    item.resources_blob = svc.blobs.put_bytes(payload).key
-    item.data_class = kept[0].data_class
-    item.clinical_date = kept[0].clinical_date.isoformat() if kept[0].clinical_date else None
-    item.state = "mapped"
-
-
-def _stored(m: Mapped) -> bytes:
-    """One mapped resource as stored for the bundle (read back with jsontext.loads): its
-    JSON text as it travels, the source's own for a FHIR source (every value as served)."""
-    text = m.json if m.json is not None else m.resource.model_dump_json()
-    rest = jsontext.dumps({"data_class": m.data_class,
-                           "clinical_date": m.clinical_date.isoformat() if m.clinical_date else None,
-                           "carries_record_bytes": m.carries_record_bytes})
-    return b'{"resource":' + (text.encode() if isinstance(text, str) else text) + b"," + rest[1:]
-
-
 def assembling(svc: Services, transfer_id: str, owner: str) -> str:
     t = _load(svc, transfer_id)
-    parts = bundles.assemble(svc, t)
+    with _images_meanwhile(svc, t, Lease(svc, t.id, owner)):
+        parts = bundles.assemble(svc, t)
     signatures = []
     for info in parts:  # a part is bounded by bundle_max_bytes: signed in memory
         signatures.append(receipts.sign_bundle(svc.keys, svc.blobs.read_bytes(info.blob.key),
@@ -206,6 +137,35 @@ def assembling(svc: Services, transfer_id: str, owner: str) -> str:
     for key in set(old) - {p.blob.key for p in parts}:
         svc.blobs.delete(key)
     return "delivering"
+
+
+@contextlib.contextmanager
+def _images_meanwhile(svc: Services, t: Transfer, lease: Lease):
+    """Forward the DICOM instances in a thread while the bundle is assembled (they go
+    before it, see imaging.py). What does not go now, `delivering` sends and reports:
+    its forward retries what is missing and fails the transfer on a refusal."""
+    with svc.db.session() as s:
+        waiting = s.scalar(select(func.count()).select_from(Item).filter_by(
+            transfer_id=t.id, kind=imaging.INSTANCE, state="mapped")
+            .where(Item.forwarded_at.is_(None)))
+    if not waiting or t.recipient not in svc.settings.peers:
+        yield
+        return
+    lease.renew()  # the authorization is checked again before records leave
+
+    def forward() -> None:
+        try:
+            imaging.forward(svc, t, lease.renew_if_due)
+        except Exception as exc:  # noqa: BLE001 - delivering forwards again and reports
+            log.info("transfer %s: images left for the delivering step (%s)", t.id,
+                     type(exc).__name__)
+
+    thread = threading.Thread(target=forward, name="forward", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()  # never two forwards of one transfer: a retry starts after this one
 
 
 def _parts(svc: Services, transfer_id: str) -> list[TransferBundle]:

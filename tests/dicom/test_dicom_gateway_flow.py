@@ -110,6 +110,13 @@ def test_study_to_a_receiving_gateway_by_stow_rs(stack, sign, dicom, tmp_path, r
         assert hashlib.sha256(sender.blobs.read_bytes(item.blob_key)).hexdigest() == item.sha256
     work = Path(stack.sender_config["data_dir"]) / "work" / tid
     assert [p for p in work.rglob("*") if p.is_file()] == []
+    # the images went once, while the bundle was assembled: before it was, and before it left
+    with sender.db.session() as s:
+        kinds = s.scalars(select(AuditEvent.type).filter_by(transfer_id=tid)
+                          .order_by(AuditEvent.seq)).all()
+    assert kinds.count("transfer.dicom.forward.started") == 1
+    assert kinds.index("transfer.state.assembling") < kinds.index("transfer.dicom.forward.started") \
+        < kinds.index("transfer.dicom.forward.finished") < kinds.index("transfer.delivery.attempt")
     # the bundle describes the study; the instances are not in it
     [received] = stack.inbox()
     bundle = stack.received_bundle(received["id"])
