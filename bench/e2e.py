@@ -322,9 +322,11 @@ def latency(world: World, root: Path, kind: str, keep_bundle: bool) -> tuple[dic
         value = round(end - t0, 2) if end and not problems else None
         say(f"{kind}: authorization in -> verified receipt {value} s ({len(d['tids'])} transfer(s))"
             + (f"; PROBLEMS: {problems}" if problems else ""))
+        cpu = {k: round(v, 2) for k, v in probe.used().items()}
+        say(f"{kind}: CPU seconds by process: " + ", ".join(f"{k} {v}" for k, v in cpu.items()))
         bundles = setup.bundles() if keep_bundle else []
         return {"latency_s": value, "problems": problems, "transfers": len(d["tids"]),
-                "steps": steps, "cpu_s": {k: round(v, 2) for k, v in probe.used().items()},
+                "steps": steps, "cpu_s": cpu,
                 "peak_rss_mb": probe.peak_mb()}, bundles
     finally:
         setup.stop()

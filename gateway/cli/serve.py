@@ -10,6 +10,7 @@ import click
 from .common import services, set_up_logging
 
 log = logging.getLogger("gateway")
+EMBEDDED_THREADS = 4  # the embedded worker's task threads
 
 
 @click.command()
@@ -50,7 +51,9 @@ def serve(receive: bool, host: str | None, port: int | None, no_worker: bool) ->
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     thread.start()
     try:
-        _run_worker(svc, concurrency=2, beat=True, pool="threads")
+        # threads mostly wait (on a PACS, a FHIR server, a fax): with 2, a fax's short
+        # pull waited behind the long FHIR and DICOM pulls of the same transfer
+        _run_worker(svc, concurrency=EMBEDDED_THREADS, beat=True, pool="threads")
     finally:
         server.shutdown()
 
