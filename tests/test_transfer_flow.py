@@ -133,6 +133,13 @@ def test_pdfs_reach_the_receiver_with_a_verified_receipt(stack, claims_for, sign
             [e.type for e in stack.events("transfer.receipt.verified")]
     assert types == ["transfer.pull.finished", "transfer.receipt.verified"]
     assert stack.events("transfer.pull.finished")[0].detail["items"] == 3
+    # each step ran once: the worker goes straight on to the next step, whose message
+    # (sent all the same, should the worker die) then finds it taken or done
+    for kind in ("transfer.state.pulling", "transfer.state.mapping", "transfer.state.assembling",
+                 "transfer.state.delivering", "transfer.bundle.assembled",
+                 "transfer.delivery.attempt", "transfer.completed"):
+        assert len(stack.events(kind)) == 1, kind
+    assert stack.events("transfer.step.retry") == []
     [loaded] = stack.events("admin.configuration.loaded")  # the worker logged its settings
     assert loaded.actor == "worker" and len(loaded.detail["settings_sha256"]) == 64
     # the worker's beat signs checkpoints of the log with the gateway's key

@@ -11,7 +11,8 @@ its own schedule with backoff and holds up no other source.
 
 The task that finishes the last source moves the transfer to mapping once: a conditional
 update on the transfer row (still pulling), whichever finishing task gets there first,
-each having committed its own source before looking at the others. A source failed for
+each having committed its own source before looking at the others; that task then runs
+the mapping step itself (transfers.step goes on from there). A source failed for
 good sends the transfer back to its `pulling` step, which fails it naming every source's
 reason. Lost messages and killed workers: the reconciler runs `pulling` again, which
 starts the pulls that are due and not held (a lease of a process gone is freed at once).
@@ -82,7 +83,12 @@ def enqueue(transfer_id: str, source: str, countdown: float | None = None) -> No
 @celery.task(name="gateway.transfers.pull_source", acks_late=True, reject_on_worker_lost=True,
              ignore_result=True)
 def pull_source(transfer_id: str, source: str) -> None:
-    run_pull(services(), transfer_id, source)
+    svc = services()
+    run_pull(svc, transfer_id, source)
+    with svc.db.session() as s:
+        mapping = s.scalar(select(Transfer.state).filter_by(id=transfer_id)) == "mapping"
+    if mapping:  # the last source is done: map, assemble and deliver here, at once
+        celery.tasks[STEP_TASK](transfer_id, "mapping")  # (its message went too: transfers.step)
 
 
 def run_pull(svc: Services, transfer_id: str, source: str) -> str | None:

@@ -163,7 +163,9 @@ def _images_meanwhile(svc: Services, t: Transfer, lease: Lease):
     thread = threading.Thread(target=forward, name="forward", daemon=True)
     thread.start()
     try:
-        yield
+        with lease.held_while_blocked():  # a recipient slow to answer is not a dead worker
+            yield
+            thread.join()
     finally:
         thread.join()  # never two forwards of one transfer: a retry starts after this one
 
@@ -179,7 +181,8 @@ def delivering(svc: Services, transfer_id: str, owner: str) -> str:
     answered, in order; verify each answer at once."""
     t = _load(svc, transfer_id)
     lease = Lease(svc, t.id, owner)
-    imaging.forward(svc, t, lease.renew_if_due)
+    with lease.held_while_blocked():  # a recipient slow to answer is not a dead worker
+        imaging.forward(svc, t, lease.renew_if_due)
     for part in _parts(svc, transfer_id):
         if part.state != "assembled":
             continue

@@ -56,6 +56,7 @@ TERMINAL = {"completed", "failed", "cancelled"}
 PARKED = {"dead_letter"}  # not terminal (can be replayed or cancelled), but nothing runs
 STATES = ORDER + ["failed", "cancelled", "dead_letter"]
 DELIVERY_STEPS = {"delivering", "awaiting_receipt"}
+RUNNING = set(ORDER) - TERMINAL  # the states a step runs in
 
 
 def percent(transfer: Transfer, items_total: int = 0, items_mapped: int = 0) -> int:
@@ -345,7 +346,15 @@ def _failed_step(svc: Services, transfer_id: str, state: str, exc: Exception, *,
 @celery.task(name="gateway.transfers.step", acks_late=True, reject_on_worker_lost=True,
              ignore_result=True)
 def step(transfer_id: str, state: str) -> None:
-    run_step(services(), transfer_id, state)
+    """Run the step, then the steps after it here, each as soon as the one before moves
+    on (a broker round trip a step saved). Each next step's message is sent all the same
+    (run_step): should this process die, it runs the step elsewhere; whichever claims a
+    step first runs it, the other finds it taken or moved on. A step that failed and
+    waits for its retry, or a pull that goes on in its sources' tasks, ends the chain."""
+    svc = services()
+    next_state = run_step(svc, transfer_id, state)
+    while next_state is not None and next_state != state and next_state in RUNNING:
+        state, next_state = next_state, run_step(svc, transfer_id, next_state)
 
 
 @celery.task(name="gateway.transfers.reconcile", ignore_result=True)
