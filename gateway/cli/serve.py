@@ -11,6 +11,11 @@ from .common import services, set_up_logging
 
 log = logging.getLogger("gateway")
 EMBEDDED_THREADS = 4  # the embedded worker's task threads
+# How long a thread holds the GIL while others wait (Python's default: 5 ms). A C-MOVE
+# goes one instance at a time: the PACS waits for each C-STORE's answer, which the
+# Storage SCP's threads give only once they get the GIL. With a thread mapping records
+# beside it, a 300-instance study took 4.6 s at 5 ms and 2.2 s at 0.5 ms (1.5-1.7 s alone).
+SWITCH_INTERVAL_S = 0.0005
 
 
 @click.command()
@@ -103,7 +108,11 @@ def _audit_configuration(svc, process: str) -> None:
 
 
 def _run_worker(svc, concurrency: int, beat: bool, pool: str | None) -> None:
+    import sys
+
     from gateway.runtime.celery_app import celery
+
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
 
     options = {"concurrency": concurrency, "beat": beat,
                "loglevel": svc.settings.log_level, "hostname": f"gateway@{os.uname().nodename}-{os.getpid()}",
