@@ -48,10 +48,11 @@ class Limits:
     Memory cap: each process of a parse (the child, and a Tesseract it starts) may map at
     most `memory_mb` (512 MB) of address space, plus the file's size (the child maps the
     file once to scan its raw bytes). Measured peak RSS (`Analysis.peak_rss_mb`,
-    /proc VmHWM): 67-70 MB for ordinary faxes (3-page text PDF, 300 dpi scan with OCR,
-    4-page G4 TIFF), 128-143 MB for the largest images the limits let through (49 Mpx
-    gray, 41 Mpx RGB), 24-43 MB for the bombs refused before decoding (1 GiB image,
-    reference loops, lying JPEG header, inline image of 1.6 Gpx); measured with
+    /proc VmHWM, counting what the fork server had loaded and set up, numpy included):
+    94-109 MB for ordinary faxes (3-page text PDF, 300 dpi scan with OCR, 4-page G4
+    TIFF), 129-146 MB for the largest images the limits let through (49 Mpx gray, 41 Mpx
+    RGB), 31-45 MB for the bombs refused before decoding (1 GiB image, reference loops,
+    lying JPEG header, inline image of 1.6 Gpx); measured with
     ``python -m tests.fax.measure_sandbox``.
     """
 
@@ -243,7 +244,8 @@ class _ForkServer:
     def _start(self) -> None:
         self.stop()
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": _PACKAGE_ROOT,
-               "LANG": "C.UTF-8", "OMP_THREAD_LIMIT": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+               "LANG": "C.UTF-8", "OMP_THREAD_LIMIT": "1", "OPENBLAS_NUM_THREADS": "1",
+               "PYTHONDONTWRITEBYTECODE": "1"}  # no thread pools: the server forks
         if "TESSDATA_PREFIX" in os.environ:
             env["TESSDATA_PREFIX"] = os.environ["TESSDATA_PREFIX"]
         self._folder = tempfile.mkdtemp(prefix="fax-sandbox-")
