@@ -24,6 +24,7 @@ import base64
 import hashlib
 import json
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from fhir.resources.R4B.bundle import Bundle
@@ -36,7 +37,7 @@ from gateway import audit
 from gateway.errors import Conflict, Forbidden, InvalidInput
 from gateway.exchange import jsontext
 from gateway.exchange.clock import CLOCK_SKEW, started
-from gateway.exchange.ids import AUTHORIZATION_SYSTEM, GROUP_SYSTEM, PART_EXT, entry_hash
+from gateway.exchange.ids import AUTHORIZATION_SYSTEM, GROUP_SYSTEM, PART_EXT, canonical
 from gateway.exchange.manifest import MANIFEST_TYPE, dicom_instances
 from gateway.runtime.services import Services
 from gateway.storage.models import ReceivedBundle, utcnow
@@ -48,6 +49,7 @@ from mappings.consent import (
     RECIPIENT_ROLE,
     ROLE_SYSTEM,
 )
+from mappings.fhir.schema_check import schema_check
 from mappings.fhir.validate import MemoValidator, ResourceInvalid
 from mappings.fhir.validate import check as fhir_check
 
@@ -75,11 +77,27 @@ def check_key(key: str) -> None:
         raise InvalidInput("Idempotency-Key header is missing or malformed")
 
 
-def _validate(body: bytes) -> tuple[dict, Bundle]:
+@dataclass
+class Validated:
+    """A bundle that passed `_validate`: its JSON (numbers as their text), its envelope's
+    model, the sha256 of each entry's canonical JSON (by fullUrl), the entries that may
+    reference an upload (by index), and how many entries each check decided."""
+    data: dict
+    bundle: Bundle
+    hashes: dict[str, str]
+    may_reference_uploads: set[int] = field(default_factory=set)
+    by_schema: int = 0  # accepted by the schema check (the models not asked)
+    by_models: int = 0  # decided by the models (R4B, or R4's own definitions)
+
+
+def _validate(body: bytes) -> Validated:
     """The Bundle parsed with every number's text kept (jsontext: the entry hashes are
     taken over it), its envelope checked with the R4B Bundle model and each entry's
     resource with the definitions its type has in R4 (mappings/fhir/validate.py: the
-    R4B models, or R4's own for the types R4B lacks)."""
+    R4B models, or R4's own for the types R4B lacks), as the pulling side does: first
+    the schema check (mappings/fhir/schema_check.py), which only accepts what the models
+    accept too; what it does not accept, the models decide and word the error. Each
+    entry's canonical JSON is written once: the schema check reads it, its hash is taken."""
     try:
         data = jsontext.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -101,16 +119,25 @@ def _validate(body: bytes) -> tuple[dict, Bundle]:
         where = ".".join(str(p) for p in first["loc"])
         raise UnprocessableBundle(f"invalid Bundle at {where}: {first['msg']} "
                                   f"({exc.error_count()} problem(s))") from None
+    out = Validated(data, bundle, {})
+    digests: list[str | None] = []
     validator = MemoValidator()  # a bundle repeats its codes and references: check each once
+    schema = schema_check()
     for n, entry in enumerate(entries):
-        if not isinstance(entry.get("resource"), dict):
+        resource = entry.get("resource")
+        if not isinstance(resource, dict):
+            digests.append(None)
             continue
-        levels = jsontext.depth(entry["resource"])
-        if levels > MAX_RESOURCE_DEPTH:
-            raise UnprocessableBundle(f"invalid Bundle at entry.{n}.resource: nested {levels} levels "
-                                      f"deep; at most {MAX_RESOURCE_DEPTH} are accepted")
+        text = _canonical_within_depth(n, resource)
+        digests.append(hashlib.sha256(text).hexdigest())
+        if _UPLOAD_URL in text:
+            out.may_reference_uploads.add(n)
+        if _schema_accepts(schema, text):
+            out.by_schema += 1
+            continue
+        out.by_models += 1
         try:
-            fhir_check(entry["resource"], validator)
+            fhir_check(resource, validator)
         except KeyError:
             raise UnprocessableBundle(f"invalid Bundle at entry.{n}.resource: "
                                       f"not a FHIR R4 resource type") from None
@@ -123,7 +150,41 @@ def _validate(body: bytes) -> tuple[dict, Bundle]:
     for n, entry in enumerate(entries):
         if not isinstance(entry.get("resource"), dict) or not entry.get("fullUrl"):
             raise UnprocessableBundle(f"entry {n} needs a fullUrl and a resource")
-    return data, bundle
+    out.hashes = {e["fullUrl"]: d for e, d in zip(entries, digests)}
+    return out
+
+
+# an attachment's url naming an upload (exchange/attachments.py `referenced`), as compact
+# JSON writes it: a resource whose JSON lacks it references no upload
+_UPLOAD_URL = b'"url":"Binary/'
+
+
+def _canonical_within_depth(n: int, resource: dict) -> bytes:
+    """The resource's canonical JSON (what its entry hash is taken over); UnprocessableBundle
+    if it nests deeper than MAX_RESOURCE_DEPTH. Its brackets bound its depth, so the walk
+    that measures depth runs only for a resource with more brackets than the bound (or
+    one too deep for the JSON writer, which stops at 255 levels)."""
+    try:
+        text = canonical(resource)
+    except jsontext.JSONError:
+        text = None
+    if text is None or text.count(b"{") + text.count(b"[") > MAX_RESOURCE_DEPTH:
+        levels = jsontext.depth(resource)
+        if levels > MAX_RESOURCE_DEPTH:
+            raise UnprocessableBundle(f"invalid Bundle at entry.{n}.resource: nested {levels} levels "
+                                      f"deep; at most {MAX_RESOURCE_DEPTH} are accepted")
+        if text is None:
+            text = canonical(resource)  # raises again: not writable for another reason
+    return text
+
+
+def _schema_accepts(schema, text: bytes) -> bool:
+    """Whether the schema check accepts the resource; False leaves it to the models
+    (also for JSON the check cannot read as it reads it, e.g. a number beyond a double)."""
+    try:
+        return schema.accepts(text)
+    except ValueError:
+        return False
 
 
 def _resources(data: dict, rtype: str) -> list[dict]:
@@ -386,7 +447,8 @@ def accept(svc: Services, *, sender: str, key: str, body: bytes, signature: str)
         f"{trusted.base_url}/.well-known/jwks.json" if trusted.base_url else None), f"sender {sender}",
         tls=trusted.tls())
     receipts.verify_bundle(signature, body, jwks)
-    data, bundle = _validate(body)
+    checked = _validate(body)
+    data, bundle, hashes = checked.data, checked.bundle, checked.hashes
     now = utcnow()
     in_reply_to = _in_reply_to(data)
     if in_reply_to is not None:
@@ -395,8 +457,8 @@ def accept(svc: Services, *, sender: str, key: str, body: bytes, signature: str)
     else:
         recipient = check_consent(data, trusted.organization, {svc.settings.organization}, now)
     group, part, parts = _group(data)
-    hashes = {e["fullUrl"]: entry_hash(e["resource"]) for e in data.get("entry") or []}
-    attachments = uploads.check(svc, sender, data)  # documents sent before the bundle
+    # documents sent before the bundle
+    attachments = uploads.check(svc, sender, data, only=checked.may_reference_uploads)
     with svc.db.session() as s:
         dup = s.scalars(select(ReceivedBundle).filter_by(
             sender=sender, bundle_identifier=bundle.identifier.value, state="accepted")).first()
