@@ -64,3 +64,24 @@ def test_only_entries_that_name_an_upload_are_looked_at_for_one():
                 "subject": {"reference": PATIENT}, "content": [{"attachment": attachment}]}
     checked = receive._validate(_with(OBSERVATION, document))
     assert checked.may_reference_uploads == {4}
+
+
+def test_an_invalid_envelope_is_refused_with_the_models_error(receiver, peer, sender_keys):  # noqa: F811
+    """The envelope (the Bundle without its entries' resources) meets the schema check
+    first too; one it does not accept, the Bundle model words."""
+    from fhir.resources.R4B.bundle import Bundle
+    from pydantic import ValidationError
+
+    data = json.loads(_with(OBSERVATION))
+    data["timestamp"] = "2024-02-30T10:00:00Z"  # no such day
+    envelope = {**data, "entry": [{k: v for k, v in e.items() if k != "resource"} for e in data["entry"]]}
+    assert not schema_check().accepts(canonical(envelope))
+    with pytest.raises(ValidationError) as model:
+        Bundle.model_validate(envelope)
+    r = post(receiver.test_client(), peer, json.dumps(data).encode(), sender_keys)
+    assert r.status_code == 422, r.get_json()
+    first = model.value.errors()[0]
+    assert r.get_json()["issue"][0]["diagnostics"] == (
+        f"invalid Bundle at {'.'.join(map(str, first['loc']))}: {first['msg']} "
+        f"({model.value.error_count()} problem(s))")
+    assert schema_check().accepts(canonical({**envelope, "timestamp": "2024-02-28T10:00:00Z"}))

@@ -79,11 +79,12 @@ def check_key(key: str) -> None:
 
 @dataclass
 class Validated:
-    """A bundle that passed `_validate`: its JSON (numbers as their text), its envelope's
-    model, the sha256 of each entry's canonical JSON (by fullUrl), the entries that may
-    reference an upload (by index), and how many entries each check decided."""
+    """A bundle that passed `_validate`: its JSON (numbers as their text), its
+    identifier's value, the sha256 of each entry's canonical JSON (by fullUrl), the
+    entries that may reference an upload (by index), and how many entries each check
+    decided."""
     data: dict
-    bundle: Bundle
+    identifier: str
     hashes: dict[str, str]
     may_reference_uploads: set[int] = field(default_factory=set)
     by_schema: int = 0  # accepted by the schema check (the models not asked)
@@ -112,17 +113,24 @@ def _validate(body: bytes) -> Validated:
     entries = entries or []
     envelope = {**data, "entry": [{k: v for k, v in e.items() if k != "resource"}
                                   if isinstance(e, dict) else e for e in entries]}
+    schema = schema_check()
     try:
-        bundle = Bundle.model_validate(envelope)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise UnprocessableBundle(f"invalid Bundle at {where}: {first['msg']} "
-                                  f"({exc.error_count()} problem(s))") from None
-    out = Validated(data, bundle, {})
+        envelope_text = canonical(envelope)
+    except jsontext.JSONError:
+        envelope_text = None  # nested beyond the writer: the model decides
+    if envelope_text is None or not _schema_accepts(schema, envelope_text):
+        try:
+            Bundle.model_validate(envelope)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise UnprocessableBundle(f"invalid Bundle at {where}: {first['msg']} "
+                                      f"({exc.error_count()} problem(s))") from None
+    # valid for the Bundle model: what it would read as identifier.value
+    identifier = (data.get("identifier") or {}).get("value")
+    out = Validated(data, identifier, {})
     digests: list[str | None] = []
     validator = MemoValidator()  # a bundle repeats its codes and references: check each once
-    schema = schema_check()
     for n, entry in enumerate(entries):
         resource = entry.get("resource")
         if not isinstance(resource, dict):
@@ -143,9 +151,9 @@ def _validate(body: bytes) -> Validated:
                                       f"not a FHIR R4 resource type") from None
         except ResourceInvalid as exc:
             raise UnprocessableBundle(f"invalid Bundle at entry.{n}.resource: {exc}") from None
-    if not bundle.identifier or not bundle.identifier.value:
+    if not identifier:
         raise UnprocessableBundle("Bundle.identifier is required")
-    if not _storable(bundle.identifier.value):
+    if not _storable(identifier):
         raise UnprocessableBundle("Bundle.identifier.value must be 1-255 characters, no NUL")
     for n, entry in enumerate(entries):
         if not isinstance(entry.get("resource"), dict) or not entry.get("fullUrl"):
@@ -448,7 +456,7 @@ def accept(svc: Services, *, sender: str, key: str, body: bytes, signature: str)
         tls=trusted.tls())
     receipts.verify_bundle(signature, body, jwks)
     checked = _validate(body)
-    data, bundle, hashes = checked.data, checked.bundle, checked.hashes
+    data, identifier, hashes = checked.data, checked.identifier, checked.hashes
     now = utcnow()
     in_reply_to = _in_reply_to(data)
     if in_reply_to is not None:
@@ -461,7 +469,7 @@ def accept(svc: Services, *, sender: str, key: str, body: bytes, signature: str)
     attachments = uploads.check(svc, sender, data, only=checked.may_reference_uploads)
     with svc.db.session() as s:
         dup = s.scalars(select(ReceivedBundle).filter_by(
-            sender=sender, bundle_identifier=bundle.identifier.value, state="accepted")).first()
+            sender=sender, bundle_identifier=identifier, state="accepted")).first()
         if dup is not None:
             raise UnprocessableBundle("this bundle was already received under another "
                                       "Idempotency-Key (a replay); nothing stored")
@@ -477,7 +485,7 @@ def accept(svc: Services, *, sender: str, key: str, body: bytes, signature: str)
                 raise Conflict("this delivery was completed by another request; retry for its answer")
             uploads.bind(s, sender, attachments, row.id)
             stow.bind(s, sender, listed, row.id)
-            row.bundle_identifier, row.sha256, row.size = bundle.identifier.value, digest, len(body)
+            row.bundle_identifier, row.sha256, row.size = identifier, digest, len(body)
             row.entries, row.blob_key, row.received_at = len(hashes), blob.key, now
             row.recipient_org, row.sender_org = recipient, trusted.organization
             row.submission_group, row.part, row.parts = group, part, parts
