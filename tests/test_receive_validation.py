@@ -85,3 +85,11 @@ def test_an_invalid_envelope_is_refused_with_the_models_error(receiver, peer, se
         f"invalid Bundle at {'.'.join(map(str, first['loc']))}: {first['msg']} "
         f"({model.value.error_count()} problem(s))")
     assert schema_check().accepts(canonical({**envelope, "timestamp": "2024-02-28T10:00:00Z"}))
+
+
+@pytest.mark.parametrize("name", ["", "abc:urn:uuid:6e0b7c1e-3f38-4a8f-9d7e-000000000001",
+                                  "x" * 300, "\u00e9\u4e2d:\U0001f600"])
+def test_response_locations_are_uuid5_of_the_entry(name):
+    import uuid
+
+    assert receive._uuid5_url(name) == str(uuid.uuid5(uuid.NAMESPACE_URL, name))
