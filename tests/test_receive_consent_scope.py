@@ -177,6 +177,24 @@ def test_a_binary_no_allowed_record_points_at_is_a_document(receiver, peer, send
     assert_refused(receiver, r, "entry 3", urn(2), "Binary", "data class 'documents'")
 
 
+def test_a_binary_a_record_points_at_is_covered_wherever_it_is(receiver, peer, sender_keys):  # noqa: F811
+    """The records that may vouch for a Binary are walked until every Binary is vouched
+    for: one pointed at only by the last of many labs (derivedFrom), after records
+    pointing at nothing, is still found; the one nobody points at is still refused."""
+    labs = consent(data_classes=("labs",))
+    attached = {"resourceType": "Binary", "contentType": "application/pdf", "data": "JVBERi0="}
+    late = {**observation("laboratory"), "derivedFrom": [{"reference": urn(1)}]}
+    many = [observation("laboratory") for _ in range(30)]
+    client = receiver.test_client()
+    r = post(client, peer, bundle_of([attached, *many, late], labs), sender_keys)
+    assert r.status_code == 200, r.get_json()
+    r = post(client, peer, bundle_of([attached, *many, late, dict(attached)], labs,
+                                     ident="urn:uuid:7a1d2c3b-1111-4000-8000-0000000000cc"),
+             sender_keys, key="key-2")
+    assert r.status_code == 422 and "data class 'documents'" in r.get_json()["issue"][0]["diagnostics"]
+    assert urn(33) in r.get_json()["issue"][0]["diagnostics"]
+
+
 def test_the_summary_mark_is_no_way_around_the_check(receiver, peer, sender_keys, tmp_path):  # noqa: F811
     """The bundle's own entries pass unclassed, one of each: a second document typed as the
     patient summary is refused."""

@@ -41,7 +41,8 @@ def serve(receive: bool, host: str | None, port: int | None, no_worker: bool) ->
     if svc.settings.warm_up_fhir_models and (embedded or svc.settings.mode == "receive"):
         from gateway.runtime.warmup import fhir_models  # it maps, or checks bundles it receives
 
-        fhir_models(pulls=embedded)
+        # the schema check's validators too: a receiver checks bundles with them first
+        fhir_models(pulls=True)
     tls = svc.settings.server_tls()
     server = make_server(svc.settings.host, svc.settings.port, app, threaded=True, ssl_context=tls,
                          request_handler=_path_only_access_log())

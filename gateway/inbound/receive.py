@@ -24,6 +24,7 @@ import base64
 import hashlib
 import json
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from fhir.resources.R4B.bundle import Bundle
@@ -36,7 +37,7 @@ from gateway import audit
 from gateway.errors import Conflict, Forbidden, InvalidInput
 from gateway.exchange import jsontext
 from gateway.exchange.clock import CLOCK_SKEW, started
-from gateway.exchange.ids import AUTHORIZATION_SYSTEM, GROUP_SYSTEM, PART_EXT, entry_hash
+from gateway.exchange.ids import AUTHORIZATION_SYSTEM, GROUP_SYSTEM, PART_EXT, canonical
 from gateway.exchange.manifest import MANIFEST_TYPE, dicom_instances
 from gateway.runtime.services import Services
 from gateway.storage.models import ReceivedBundle, utcnow
@@ -48,6 +49,7 @@ from mappings.consent import (
     RECIPIENT_ROLE,
     ROLE_SYSTEM,
 )
+from mappings.fhir.schema_check import schema_check
 from mappings.fhir.validate import MemoValidator, ResourceInvalid
 from mappings.fhir.validate import check as fhir_check
 
@@ -75,11 +77,28 @@ def check_key(key: str) -> None:
         raise InvalidInput("Idempotency-Key header is missing or malformed")
 
 
-def _validate(body: bytes) -> tuple[dict, Bundle]:
+@dataclass
+class Validated:
+    """A bundle that passed `_validate`: its JSON (numbers as their text), its
+    identifier's value, the sha256 of each entry's canonical JSON (by fullUrl), the
+    entries that may reference an upload (by index), and how many entries each check
+    decided."""
+    data: dict
+    identifier: str
+    hashes: dict[str, str]
+    may_reference_uploads: set[int] = field(default_factory=set)
+    by_schema: int = 0  # accepted by the schema check (the models not asked)
+    by_models: int = 0  # decided by the models (R4B, or R4's own definitions)
+
+
+def _validate(body: bytes) -> Validated:
     """The Bundle parsed with every number's text kept (jsontext: the entry hashes are
     taken over it), its envelope checked with the R4B Bundle model and each entry's
     resource with the definitions its type has in R4 (mappings/fhir/validate.py: the
-    R4B models, or R4's own for the types R4B lacks)."""
+    R4B models, or R4's own for the types R4B lacks), as the pulling side does: first
+    the schema check (mappings/fhir/schema_check.py), which only accepts what the models
+    accept too; what it does not accept, the models decide and word the error. Each
+    entry's canonical JSON is written once: the schema check reads it, its hash is taken."""
     try:
         data = jsontext.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -94,36 +113,86 @@ def _validate(body: bytes) -> tuple[dict, Bundle]:
     entries = entries or []
     envelope = {**data, "entry": [{k: v for k, v in e.items() if k != "resource"}
                                   if isinstance(e, dict) else e for e in entries]}
+    schema = schema_check()
     try:
-        bundle = Bundle.model_validate(envelope)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise UnprocessableBundle(f"invalid Bundle at {where}: {first['msg']} "
-                                  f"({exc.error_count()} problem(s))") from None
+        envelope_text = canonical(envelope)
+    except jsontext.JSONError:
+        envelope_text = None  # nested beyond the writer: the model decides
+    if envelope_text is None or not _schema_accepts(schema, envelope_text):
+        try:
+            Bundle.model_validate(envelope)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise UnprocessableBundle(f"invalid Bundle at {where}: {first['msg']} "
+                                      f"({exc.error_count()} problem(s))") from None
+    # valid for the Bundle model: what it would read as identifier.value
+    identifier = (data.get("identifier") or {}).get("value")
+    out = Validated(data, identifier, {})
+    digests: list[str | None] = []
     validator = MemoValidator()  # a bundle repeats its codes and references: check each once
     for n, entry in enumerate(entries):
-        if not isinstance(entry.get("resource"), dict):
+        resource = entry.get("resource")
+        if not isinstance(resource, dict):
+            digests.append(None)
             continue
-        levels = jsontext.depth(entry["resource"])
-        if levels > MAX_RESOURCE_DEPTH:
-            raise UnprocessableBundle(f"invalid Bundle at entry.{n}.resource: nested {levels} levels "
-                                      f"deep; at most {MAX_RESOURCE_DEPTH} are accepted")
+        text = _canonical_within_depth(n, resource)
+        digests.append(hashlib.sha256(text).hexdigest())
+        if _UPLOAD_URL in text:
+            out.may_reference_uploads.add(n)
+        if _schema_accepts(schema, text):
+            out.by_schema += 1
+            continue
+        out.by_models += 1
         try:
-            fhir_check(entry["resource"], validator)
+            fhir_check(resource, validator)
         except KeyError:
             raise UnprocessableBundle(f"invalid Bundle at entry.{n}.resource: "
                                       f"not a FHIR R4 resource type") from None
         except ResourceInvalid as exc:
             raise UnprocessableBundle(f"invalid Bundle at entry.{n}.resource: {exc}") from None
-    if not bundle.identifier or not bundle.identifier.value:
+    if not identifier:
         raise UnprocessableBundle("Bundle.identifier is required")
-    if not _storable(bundle.identifier.value):
+    if not _storable(identifier):
         raise UnprocessableBundle("Bundle.identifier.value must be 1-255 characters, no NUL")
     for n, entry in enumerate(entries):
         if not isinstance(entry.get("resource"), dict) or not entry.get("fullUrl"):
             raise UnprocessableBundle(f"entry {n} needs a fullUrl and a resource")
-    return data, bundle
+    out.hashes = {e["fullUrl"]: d for e, d in zip(entries, digests)}
+    return out
+
+
+# an attachment's url naming an upload (exchange/attachments.py `referenced`), as compact
+# JSON writes it: a resource whose JSON lacks it references no upload
+_UPLOAD_URL = b'"url":"Binary/'
+
+
+def _canonical_within_depth(n: int, resource: dict) -> bytes:
+    """The resource's canonical JSON (what its entry hash is taken over); UnprocessableBundle
+    if it nests deeper than MAX_RESOURCE_DEPTH. Its brackets bound its depth, so the walk
+    that measures depth runs only for a resource with more brackets than the bound (or
+    one too deep for the JSON writer, which stops at 255 levels)."""
+    try:
+        text = canonical(resource)
+    except jsontext.JSONError:
+        text = None
+    if text is None or text.count(b"{") + text.count(b"[") > MAX_RESOURCE_DEPTH:
+        levels = jsontext.depth(resource)
+        if levels > MAX_RESOURCE_DEPTH:
+            raise UnprocessableBundle(f"invalid Bundle at entry.{n}.resource: nested {levels} levels "
+                                      f"deep; at most {MAX_RESOURCE_DEPTH} are accepted")
+        if text is None:
+            text = canonical(resource)  # raises again: not writable for another reason
+    return text
+
+
+def _schema_accepts(schema, text: bytes) -> bool:
+    """Whether the schema check accepts the resource; False leaves it to the models
+    (also for JSON the check cannot read as it reads it, e.g. a number beyond a double)."""
+    try:
+        return schema.accepts(text)
+    except ValueError:
+        return False
 
 
 def _resources(data: dict, rtype: str) -> list[dict]:
@@ -312,11 +381,26 @@ def response_bundle(row: ReceivedBundle) -> dict:
     return row.response
 
 
+_URL_NAMESPACE = hashlib.sha1(uuid.NAMESPACE_URL.bytes)
+
+
+def _uuid5_url(name: str) -> str:
+    """str(uuid.uuid5(uuid.NAMESPACE_URL, name)) without building a UUID object (one an
+    entry: ~10 us each of the uuid module's work, the namespace hashed once here)."""
+    digest = _URL_NAMESPACE.copy()
+    digest.update(name.encode("utf-8"))
+    raw = bytearray(digest.digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x50  # version 5
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    x = raw.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
 def _build_response(row: ReceivedBundle, data: dict, org: str) -> dict:
     entries = []
     for entry in data.get("entry") or []:
         rtype = entry["resource"]["resourceType"]
-        rid = uuid.uuid5(uuid.NAMESPACE_URL, f"{row.id}:{entry['fullUrl']}")
+        rid = _uuid5_url(f"{row.id}:{entry['fullUrl']}")
         entries.append({"response": {"status": "201 Created", "location": f"{rtype}/{rid}/_history/1"}})
     return {
         "resourceType": "Bundle", "type": "transaction-response", "id": row.id, "entry": entries,
@@ -386,7 +470,8 @@ def accept(svc: Services, *, sender: str, key: str, body: bytes, signature: str)
         f"{trusted.base_url}/.well-known/jwks.json" if trusted.base_url else None), f"sender {sender}",
         tls=trusted.tls())
     receipts.verify_bundle(signature, body, jwks)
-    data, bundle = _validate(body)
+    checked = _validate(body)
+    data, identifier, hashes = checked.data, checked.identifier, checked.hashes
     now = utcnow()
     in_reply_to = _in_reply_to(data)
     if in_reply_to is not None:
@@ -395,11 +480,11 @@ def accept(svc: Services, *, sender: str, key: str, body: bytes, signature: str)
     else:
         recipient = check_consent(data, trusted.organization, {svc.settings.organization}, now)
     group, part, parts = _group(data)
-    hashes = {e["fullUrl"]: entry_hash(e["resource"]) for e in data.get("entry") or []}
-    attachments = uploads.check(svc, sender, data)  # documents sent before the bundle
+    # documents sent before the bundle
+    attachments = uploads.check(svc, sender, data, only=checked.may_reference_uploads)
     with svc.db.session() as s:
         dup = s.scalars(select(ReceivedBundle).filter_by(
-            sender=sender, bundle_identifier=bundle.identifier.value, state="accepted")).first()
+            sender=sender, bundle_identifier=identifier, state="accepted")).first()
         if dup is not None:
             raise UnprocessableBundle("this bundle was already received under another "
                                       "Idempotency-Key (a replay); nothing stored")
@@ -415,7 +500,7 @@ def accept(svc: Services, *, sender: str, key: str, body: bytes, signature: str)
                 raise Conflict("this delivery was completed by another request; retry for its answer")
             uploads.bind(s, sender, attachments, row.id)
             stow.bind(s, sender, listed, row.id)
-            row.bundle_identifier, row.sha256, row.size = bundle.identifier.value, digest, len(body)
+            row.bundle_identifier, row.sha256, row.size = identifier, digest, len(body)
             row.entries, row.blob_key, row.received_at = len(hashes), blob.key, now
             row.recipient_org, row.sender_org = recipient, trusted.organization
             row.submission_group, row.part, row.parts = group, part, parts

@@ -98,6 +98,7 @@ def check(data: dict, consent: dict) -> None:
     vouched: set[str] = set()  # what records and own documents point at
     own: set[tuple[str, str]] = set()
     binaries = []
+    records = []  # what may vouch for a Binary: walked only while one is not vouched for
     for n, entry in enumerate(data.get("entry") or []):
         resource = entry["resource"]
         rtype = resource.get("resourceType")
@@ -116,7 +117,21 @@ def check(data: dict, consent: dict) -> None:
             binaries.append((n, entry))
             continue
         if _check_record(n, entry, classes, start, end) != "supporting":
-            _pointed_at(resource, vouched)
+            records.append(resource)
+    unvouched = {entry["fullUrl"] for _, entry in binaries} - vouched
+    # the types that hold documents first: once every Binary is vouched for, the rest of
+    # the records need no walk (thousands of them in a FHIR source's bundle)
+    records.sort(key=lambda r: r.get("resourceType") not in DOCUMENT_HOLDERS)
+    for resource in records:
+        if not unvouched:
+            break
+        found: set[str] = set()
+        _pointed_at(resource, found)
+        unvouched -= found
     for n, entry in binaries:
-        if entry["fullUrl"] not in vouched:
+        if entry["fullUrl"] in unvouched:
             _check_record(n, entry, classes, start, end)
+
+
+# resources whose attachments usually point at a bundle's Binaries (any record may)
+DOCUMENT_HOLDERS = frozenset({"DocumentReference", "DiagnosticReport", "Media"})

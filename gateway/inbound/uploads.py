@@ -102,12 +102,15 @@ def held(svc: Services, sender: str, binary_id: str) -> ReceivedBinary:
     return row
 
 
-def check(svc: Services, sender: str, data: dict) -> dict[str, dict]:
+def check(svc: Services, sender: str, data: dict, only: set[int] | None = None) -> dict[str, dict]:
     """Every `Binary/{id}` attachment of the bundle against the sender's uploads;
-    returns ref -> {"sha256", "size"} of what this gateway holds, or raises UploadMismatch."""
+    returns ref -> {"sha256", "size"} of what this gateway holds, or raises UploadMismatch.
+    `only`: the indexes of the entries that may hold one (the others are not walked)."""
     found: dict[str, dict] = {}
     with svc.db.session() as s:
-        for entry in data.get("entry") or []:
+        for n, entry in enumerate(data.get("entry") or []):
+            if only is not None and n not in only:
+                continue
             for att in referenced(entry["resource"]):
                 ref = att["url"]
                 binary_id = ref.split("/", 1)[1]

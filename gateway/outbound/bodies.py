@@ -27,6 +27,7 @@ class StreamedBody:
         self._parts = itertools.chain(head, middle, tail)
         self._size = sum(map(len, head)) + middle_size + sum(map(len, tail))
         self._buf = b""
+        self._pos = 0  # what of _buf was read (slicing off the rest each read copied it again)
         self._renew = renew
         self.error: BaseException | None = None
 
@@ -37,13 +38,15 @@ class StreamedBody:
         n = n if n and n > 0 else 1 << 20
         try:
             self._renew()
-            while len(self._buf) < n:
+            while len(self._buf) - self._pos < n:
                 block = next(self._parts, None)
                 if block is None:
                     break
-                self._buf += block
+                self._buf = self._buf[self._pos:] + block
+                self._pos = 0
         except BaseException as exc:
             self.error = exc
             raise
-        out, self._buf = self._buf[:n], self._buf[n:]
+        out = self._buf[self._pos:self._pos + n]
+        self._pos += len(out)
         return out

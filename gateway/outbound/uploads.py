@@ -12,7 +12,7 @@ def point_units_at_uploads(units: dict, relocated: dict[str, Upload], uploads: d
     fullUrl in `relocated`); a Binary nothing references goes inline after all, since
     no attachment would name its upload (then it leaves `uploads`)."""
     used = set()
-    for unit in units.values():
+    for unit in units.values() if relocated else ():  # (none relocated: nothing to walk for)
         for entry in unit.entries:
             if isinstance(entry, dict):
                 for att in list(referenced(entry["resource"], relocated)):
