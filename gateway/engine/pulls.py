@@ -39,7 +39,7 @@ from gateway.errors import (
     StorageFull,
     no_space,
 )
-from gateway.outbound.imaging import INSTANCE
+from gateway.outbound import imaging
 from gateway.runtime.celery_app import celery
 from gateway.runtime.services import Services, services
 from gateway.storage.models import (
@@ -240,14 +240,14 @@ def _pull_source(svc: Services, t: Transfer, name: str, owner: str) -> None:
                     lease.renew_if_due()
                     if item is None:
                         continue
-                    if item.kind == INSTANCE:  # mapped with their study's manifest
+                    if item.kind == imaging.INSTANCE:  # mapped with their study's manifest
                         instances.append(item)
                         if len(instances) >= INSERT_BATCH:
                             _save(svc, t, name, instances)
                             instances = []
                         continue
                     for saved in _save(svc, t, name, [*instances, item]):
-                        if saved.state == "pulled" and saved.kind != INSTANCE:
+                        if saved.state == "pulled" and saved.kind != imaging.INSTANCE:
                             _map_now(mapper, saved.id)  # beside the other sources' pulls
                     instances = []
             finally:
@@ -263,6 +263,7 @@ def _pull_source(svc: Services, t: Transfer, name: str, owner: str) -> None:
                          authorization_id=t.authorization_id, outcome="failure", source=name,
                          error=str(exc))
         return
+    _forward_early(svc, t, name, lease)
     with svc.db.session() as s:
         row = s.scalars(select(TransferSource).filter_by(transfer_id=t.id, name=name)).one()
         rows = sorted(s.scalars(select(Item).filter_by(transfer_id=t.id, source=name)),
@@ -283,6 +284,25 @@ def _pull_source(svc: Services, t: Transfer, name: str, owner: str) -> None:
                      skipped=sum(i.kind == "skipped" for i in items),
                      gaps=len(rows) - len(items),
                      items_sha256=digest)
+
+
+def _forward_early(svc: Services, t: Transfer, name: str, lease: Lease) -> None:
+    """While other sources are still pulled, the instances of this source's studies (mapped
+    as it was pulled) go to the recipient now, before the source is marked done: they go
+    before the bundle in any case (outbound/imaging.py). The last source leaves them to
+    the assembling step, which sends them while it assembles; what does not go now, that
+    step and `delivering` send and report."""
+    with svc.db.session() as s:
+        others = s.scalars(select(TransferSource.state).where(
+            TransferSource.transfer_id == t.id, TransferSource.name != name)).all()
+    if all(state in FINISHED for state in others) or not imaging.settle_instances(svc, t, name):
+        return
+    try:
+        with lease.held_while_blocked():  # a recipient slow to answer is not a dead worker
+            imaging.forward(svc, t, lease.renew_if_due)
+    except Exception as exc:  # noqa: BLE001 - sent again and reported on delivery
+        log.info("transfer %s: images of source %s left for delivery (%s)", t.id, name,
+                 type(exc).__name__)
 
 
 def _map_now(mapper: Mapper, item_id: int) -> None:

@@ -7,7 +7,9 @@ beside the bundle on delivery, and are counted in the receipt.
   "excluded" or "failed" with it otherwise.
 - Delivery: before the bundle, every mapped instance not yet forwarded goes to the
   recipient's DICOM destination (config.PeerConfig.dicom_destination: a PACS by C-STORE
-  or a DICOMweb base by STOW-RS; a peer gateway by default takes them itself). Each
+  or a DICOMweb base by STOW-RS; a peer gateway by default takes them itself): as soon
+  as its source's pull ends if other sources are still pulled, else while the bundle
+  is assembled, and what is left, on delivery. Each
   outcome is committed as it comes (a C-STORE's at once, a STOW-RS request's together,
   before the next request), so a resumed delivery sends only what is missing.
   Unconfirmed instances (destination down, busy) make the step retry (DeliveryFailed);
@@ -34,24 +36,31 @@ INSTANCE, STUDY = "dicom", "dicom-study"
 BATCH_FILES, BATCH_BYTES = 64, 256 << 20  # plaintext copies on disk at a time
 
 
-def settle_instances(svc: Services, t: Transfer) -> None:
-    """Give each pulled instance its study's outcome (run after the studies are mapped)."""
+def settle_instances(svc: Services, t: Transfer, source: str | None = None) -> int:
+    """Give each pulled instance its study's outcome (run after the studies are mapped);
+    return how many are released. With `source`: only that source's instances whose
+    study is mapped already (as its pull ends; the mapping step settles the rest)."""
+    where = {"transfer_id": t.id} if source is None else {"transfer_id": t.id, "source": source}
+    released = 0
     with svc.db.session() as s:
         studies = {(i.source, i.origin): i for i in s.scalars(
-            select(Item).filter_by(transfer_id=t.id, kind=STUDY))}
-        for item in s.scalars(select(Item).filter_by(transfer_id=t.id, kind=INSTANCE,
-                                                     state="pulled")):
+            select(Item).filter_by(kind=STUDY, **where))}
+        for item in s.scalars(select(Item).filter_by(kind=INSTANCE, state="pulled", **where)):
             study = studies.get((item.source, (item.record_meta or {}).get("study_uid")))
+            if source is not None and (study is None or study.state != "mapped"):
+                continue
             if study is None:
                 item.state, item.error = "failed", "no manifest of its study was pulled"
             elif study.state == "mapped":
                 item.state, item.error = "mapped", None
                 item.data_class, item.clinical_date = study.data_class, study.clinical_date
+                released += 1
             elif study.state == "failed":
                 item.state, item.error = "failed", "its study could not be mapped"
             else:
                 item.state = "excluded"
                 item.error = "its study is outside the authorized data classes or dates"
+    return released
 
 
 def expected_studies(svc: Services, transfer_id: str) -> dict[str, dict]:

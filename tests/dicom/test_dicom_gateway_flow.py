@@ -13,12 +13,13 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from gateway.trust.authorizations import example_claims
 from gateway.storage.models import AuditEvent, Item, ReceivedInstance
+from gateway.trust.authorizations import example_claims
 from tests.delivery.delivery_fixtures import PLAIN_ORG, _stack_class, sekmet  # noqa: F401
 from tests.dicom.dicom_studies import make_study
 from tests.dicom.store_peer import RefusingStoreSCP, data_set
 from tests.helpers import ISSUER, RECEIVER_ORG, SENDER_ORG
+from tests.test_transfer_flow import binaries
 
 TERMINAL = {"completed", "failed", "cancelled", "dead_letter"}
 MRN = "urn:oid:2.16.840.1.113883.19.5"
@@ -166,6 +167,57 @@ def test_study_to_a_receiving_gateway_by_stow_rs(stack, sign, dicom, tmp_path, r
         assert hashlib.sha256(body).hexdigest() == row.sha256
         assert hashlib.sha256(data_set(body)).hexdigest() == sources[row.sop_instance_uid]
     svc.close()
+
+
+def test_images_go_while_another_source_still_waits(stack, sign, dicom, tmp_path, receiver_url,
+                                                    receiver_config, drop_dir):
+    """The study's instances leave as soon as the PACS pull ends, not after the slowest
+    source: here a folder that has no documents yet."""
+    study = upload_study(dicom, tmp_path)
+    stack.start_receiver()
+    claims = example_claims(
+        ISSUER, f"auth-{uuid.uuid4().hex[:12]}",
+        patient={"name": {"family": "Doe", "given": ["Jane"]}, "birthDate": "1970-01-01",
+                 "identifiers": [{"system": MRN, "value": study.patient_id}]},
+        disclosers=[{"id": SENDER_ORG, "name": "Test Hospital", "endpoints": [
+            {"type": "dicom", "address": f"dicom://ORTHANC@127.0.0.1:{dicom.orthanc.dicom_port}"},
+            {"type": "pdf-folder", "address": str(drop_dir)}]}],
+        recipient={"id": RECEIVER_ORG, "name": "Recipient",
+                   "endpoint": {"type": "gateway", "address": receiver_url}})
+    auth_id = stack.authorize(claims, sign)
+    r = stack.client.post("/transfers", json={"authorization": auth_id, "sources": ["pacs", "records"],
+                                              "recipient": "center"}, headers=stack.operator)
+    assert r.status_code == 202, r.get_json()
+    tid = r.get_json()["id"]
+    from tests.helpers import wait_until, write_pdfs
+
+    def forwarded():
+        items = sender_items(stack, tid)
+        return len(items) == 24 and all(i.forwarded_at for i in items.values()) and items
+    items = wait_until(forwarded, 240, 0.2, "the instances forwarded")
+    view = stack.view(tid)
+    assert view["state"] == "pulling"  # the folder has nothing yet
+    assert {s["name"]: s["state"] for s in view["sources"]}["pacs"] == "done"
+    from gateway import create_app
+
+    receiver = create_app(receiver_config)
+    rsvc = receiver.extensions["gateway"]
+    with rsvc.db.session() as s:  # held by the recipient, no bundle has taken them yet
+        held = {r.sop_instance_uid: r.sha256 for r in s.scalars(select(ReceivedInstance))}
+    rsvc.close()
+    assert held == {sop: i.sha256 for sop, i in items.items()}
+    sent = write_pdfs(drop_dir / tid, count=1)
+    view = stack.wait_state(tid, TERMINAL, timeout=240)
+    assert view["state"] == "completed", view["reason"]
+    assert view["receipt"]["dicomInstances"] == {study.study_uid: 24}
+    assert view["receipt"]["dicomForwarded"]["instances"] == 24
+    [received] = stack.inbox()
+    assert binaries(stack.received_bundle(received["id"])) == set(sent)
+    with stack.app.extensions["gateway"].db.session() as s:
+        kinds = s.scalars(select(AuditEvent.type).filter_by(transfer_id=tid)
+                          .order_by(AuditEvent.seq)).all()
+    assert kinds.count("transfer.dicom.forward.started") == 1  # once, during the pull
+    assert kinds.index("transfer.dicom.forward.finished") < kinds.index("transfer.state.mapping")
 
 
 def test_a_study_under_an_imaging_only_authorization_is_taken(stack, sign, dicom, tmp_path, receiver_url):
