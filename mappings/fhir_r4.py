@@ -68,11 +68,11 @@ from mappings.fhir.validate import (
 )
 
 R4_VERSIONS = ("4.0", "4.3")
-_MISSING = object()
 _REF = re.compile(r"^([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-\.]{1,64})(?:/_history/[A-Za-z0-9\-\.]{1,64})?$")
 # a "reference" member with a string value, in an entry's raw JSON: a quote inside a JSON
-# string is always escaped, so this never matches inside a string value
-_REFERENCE = re.compile(rb'"reference"\s*:\s*"([^"\\]*(?:\\.[^"\\]*)*)"')
+# string is always escaped, so this never matches inside a string value. Split by it, an
+# entry is [text, "reference":, "value", text, ...]: every third part a value, quoted
+_REFERENCE = re.compile(rb'("reference"\s*:\s*)("[^"\\]*(?:\\.[^"\\]*)*")')
 CHECKED_EXT = "urn:records-gateway:fhir:checked-against"
 
 
@@ -115,7 +115,19 @@ _NS_URL = uuid.NAMESPACE_URL.bytes
 
 def resource_uuid(base_url: str, rtype: str, rid: str) -> str:
     """uuid5(NAMESPACE_URL, "<base>/<Type>/<id>"), as connectors.fhir.connector computes it."""
-    return uuid5_str(f"{base_url.rstrip('/')}/{rtype}/{rid}")
+    name = f"{base_url.rstrip('/')}/{rtype}/{rid}"
+    found = _UUIDS.get(name)
+    if found is None:
+        if len(_UUIDS) >= _UUIDS_KEPT:
+            _UUIDS.clear()
+        found = _UUIDS[name] = uuid5_str(name)
+    return found
+
+
+# a resource's id is computed for it and again for every reference to it, often in other
+# records of the same pull: kept (bounded) for the process
+_UUIDS: dict[str, str] = {}
+_UUIDS_KEPT = 1 << 16
 
 
 def uuid5_str(name: str) -> str:
@@ -146,7 +158,7 @@ class _Normalizer:
         self.patient_ref = context.patient_reference
         self.full_urls = full_urls  # fullUrl -> "Type/id" for fullUrls not under the base
         self._targets: dict[tuple[str, str], str] = {}
-        self._refs: dict[bytes, bytes | None] = {}
+        self._refs: dict[bytes, bytes] = {}  # a reference's JSON string -> its new one
 
     def target(self, rtype: str, rid: str) -> str:
         key = (rtype, rid)
@@ -163,20 +175,24 @@ class _Normalizer:
         """The entry's JSON with its references normalized, byte for byte the same elsewhere."""
         if b'"reference"' not in line:
             return line
-        return _REFERENCE.sub(self._replace, line)
+        parts = _REFERENCE.split(line)
+        if len(parts) == 1:
+            return line
+        refs = self._refs
+        values = parts[2::3]
+        parts[2::3] = [refs.get(v) or self._replacement(v) for v in values]
+        return b"".join(parts)
 
-    def _replace(self, m: re.Match) -> bytes:
-        raw = m.group(1)
-        new = self._refs.get(raw, _MISSING)
-        if new is _MISSING:
-            try:
-                ref = orjson.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode()
-                resolved = self._resolve(ref)
-            except (orjson.JSONDecodeError, UnicodeDecodeError):
-                resolved = None  # the parse after this reports the entry as not JSON
-            new = self._refs[raw] = (b'"reference":' + orjson.dumps(resolved)
-                                     if resolved is not None and resolved != ref else None)
-        return m.group(0) if new is None else new
+    def _replacement(self, quoted: bytes) -> bytes:
+        """A reference's new JSON string (the same one when it stays), memoized."""
+        try:
+            ref = orjson.loads(quoted) if b"\\" in quoted else quoted[1:-1].decode()
+            resolved = self._resolve(ref)
+        except (orjson.JSONDecodeError, UnicodeDecodeError):
+            resolved = None  # the parse after this reports the entry as not JSON
+        new = self._refs[quoted] = (orjson.dumps(resolved) if resolved is not None and resolved != ref
+                                    else quoted)
+        return new
 
     def _resolve(self, ref: str) -> str | None:
         if ref[:1] == "#":
@@ -244,7 +260,7 @@ def map_fhir_json_items(record: RawRecord, context: MappingContext) -> list[Mapp
         for line_no, line in enumerate(fh, 1):
             if not line.strip():
                 continue
-            res = _resource(norm.rewrite(line))
+            res, parsed = _resource(norm.rewrite(line))
             if res is None:
                 out.append(InvalidResource(f"{record.origin}#line={line_no}", "", "",
                                            "entry has no resource object (or is not JSON)", line.rstrip(),
@@ -269,8 +285,8 @@ def map_fhir_json_items(record: RawRecord, context: MappingContext) -> list[Mapp
                 _rewrite_attachments(res, attachments)
             try:  # the schema check first (fast); what it does not accept, the models decide
                 text = _json_or_none(res)
-                model = (pulled(res, text) if text is not None and checked == R4B_CHECK else None) \
-                    or check(res, _VALIDATOR)
+                model = (pulled(res, text, parsed) if text is not None and checked == R4B_CHECK else None) \
+                    or check(jsontext.loads(text) if parsed else res, _VALIDATOR)
                 if text is None:
                     text = jsontext.dumps(res)  # raises again, after the check had its say
             except (ResourceInvalid, *jsontext.JSONError) as exc:
@@ -308,18 +324,28 @@ def _identify(res: dict, new_id: str, source: str) -> dict:
     return out
 
 
-def _resource(line: bytes) -> dict | None:
+def _resource(line: bytes) -> tuple[dict | None, bool]:
+    """(the entry's resource or None, whether it is orjson's parse). orjson's parse is
+    taken when writing it again gives the entry's JSON back byte for byte, so every number
+    in it is a float whose text is the source's (JSON as servers write it, compact; most
+    decimals); otherwise jsontext's, whose numbers keep any text (`1.00`, `1.5e3`, `-0`)."""
     try:
-        entry = jsontext.loads(line)
-    except ValueError:
-        return None
+        entry = orjson.loads(line)
+        parsed = orjson.dumps(entry) == line.strip()
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        parsed = False
+    if not parsed:
+        try:
+            entry = jsontext.loads(line)
+        except ValueError:
+            return None, False
     res = entry.get("resource") if isinstance(entry, dict) else None
-    return res if isinstance(res, dict) else None
+    return (res, parsed) if isinstance(res, dict) else (None, False)
 
 
 def _as_served(line: bytes) -> bytes:
     """The entry's resource JSON with every value as served."""
-    res = _resource(line)
+    res = _resource(line)[0]
     try:
         return jsontext.dumps(res) if res is not None else line.rstrip()
     except jsontext.JSONError:

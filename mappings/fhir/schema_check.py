@@ -49,6 +49,7 @@ import jsonschema_rs
 import orjson
 from fhir_core.types import FHIR_PRIMITIVES_MAPS
 
+from . import jsontext
 from .validate import R4_DEFINED, model_class
 
 SCHEMA_FILE = Path(__file__).with_name("fhir-r4.schema.json.gz")
@@ -317,12 +318,13 @@ class SchemaCheck:
              "definitions": defs},
             validate_formats=True, ignore_unknown_formats=False, formats={"r4b-base64Binary": _base64})
 
-    def accepts(self, text: bytes) -> bool:
+    def accepts(self, text: bytes, parsed: dict | None = None) -> bool:
         """Whether the resource (its JSON, UTF-8) passes; False also for what this check
-        leaves to the models (non-ASCII text, types it does not cover)."""
+        leaves to the models (non-ASCII text, types it does not cover). `parsed`: what
+        `orjson.loads(text)` gives, if the caller has it (saves parsing again)."""
         if not text.isascii() or b"\\u" in text:
             return False
-        resource = orjson.loads(text)
+        resource = orjson.loads(text) if parsed is None else parsed
         rtype = resource.get("resourceType") if type(resource) is dict else None
         validator = self._validator(rtype) if type(rtype) is str else None
         return validator is not None and validator.is_valid(resource)
@@ -346,26 +348,35 @@ def schema_check() -> SchemaCheck:
 class PulledResource:
     """A pulled resource the schema check accepted: what the gateway reads of it (`id`,
     `meta`) at once, its R4B model (`model()`) built on first use of anything else, so
-    it is read like the model. The model is built from the same dict, which the check
-    found valid for the models: it cannot fail."""
+    it is read like the model. The model is built from the same resource, which the check
+    found valid for the models: it cannot fail. With `text` (the resource's JSON), `data`
+    may be orjson's parse of it (floats for decimals): the model is then built from
+    `jsontext.loads(text)`, so its decimals keep their text as they would otherwise."""
 
-    __slots__ = ("_data", "_model", "_meta", "id")
+    __slots__ = ("_data", "_model", "_meta", "_text", "id")
 
-    def __init__(self, data: dict):
+    def __init__(self, data: dict, text: bytes | None = None):
         self._data = data
+        self._text = text
         self._model = None
         self._meta = None
         self.id = data["id"]
 
+    def _exact(self) -> dict:
+        return self._data if self._text is None else jsontext.loads(self._text)
+
     @property
     def meta(self):
         if self._meta is None and self._data.get("meta") is not None:
-            self._meta = model_class("Meta").model_validate(self._data["meta"])
+            meta = self._data["meta"]
+            if self._text is not None and _has_float(meta):  # an extension's decimal: its text
+                meta = self._exact()["meta"]
+            self._meta = model_class("Meta").model_validate(meta)
         return self._meta
 
     def model(self):
         if self._model is None:
-            self._model = model_class(self._data["resourceType"]).model_validate(self._data)
+            self._model = model_class(self._data["resourceType"]).model_validate(self._exact())
         return self._model
 
     def __getattr__(self, name: str):
@@ -377,10 +388,26 @@ class PulledResource:
         return f"PulledResource({self._data.get('resourceType')}/{self.id})"
 
 
-def pulled(resource: dict, text: bytes) -> PulledResource | None:
+def _has_float(value) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is float:
+            return True
+        if type(item) is dict:
+            stack.extend(item.values())
+        elif type(item) is list:
+            stack.extend(item)
+    return False
+
+
+def pulled(resource: dict, text: bytes, parsed: bool = False) -> PulledResource | None:
     """`resource` (its JSON `text`) as a PulledResource if the schema check accepts it;
-    None: the R4B check decides (mappings/fhir/validate.py `check`)."""
-    return PulledResource(resource) if schema_check().accepts(text) else None
+    None: the R4B check decides (mappings/fhir/validate.py `check`). `parsed`: `resource`
+    is `orjson.loads(text)` (decimals as floats), not `jsontext.loads(text)`."""
+    if not schema_check().accepts(text, resource if parsed else None):
+        return None
+    return PulledResource(resource, text) if parsed else PulledResource(resource)
 
 
 def _write(source: Path, target: Path = SCHEMA_FILE) -> None:
