@@ -350,25 +350,29 @@ class PulledResource:
     `meta`) at once, its R4B model (`model()`) built on first use of anything else, so
     it is read like the model. The model is built from the same resource, which the check
     found valid for the models: it cannot fail. With `text` (the resource's JSON), `data`
-    may be orjson's parse of it (floats for decimals): the model is then built from
-    `jsontext.loads(text)`, so its decimals keep their text as they would otherwise."""
+    may be orjson's parse of it (floats for decimals): only its `meta` is kept, and the
+    model is built from `jsontext.loads(text)`, so decimals keep their text as they would
+    otherwise (and a record's resource trees are not kept alive, for the collector to
+    walk again and again, while the rest of the record is mapped)."""
 
-    __slots__ = ("_data", "_model", "_meta", "_text", "id")
+    __slots__ = ("_data", "_model", "_meta", "_meta_data", "_text", "_type", "id")
 
     def __init__(self, data: dict, text: bytes | None = None):
-        self._data = data
+        self._type = data["resourceType"]
+        self.id = data["id"]
         self._text = text
+        self._data = data if text is None else None
+        self._meta_data = data.get("meta")
         self._model = None
         self._meta = None
-        self.id = data["id"]
 
     def _exact(self) -> dict:
         return self._data if self._text is None else jsontext.loads(self._text)
 
     @property
     def meta(self):
-        if self._meta is None and self._data.get("meta") is not None:
-            meta = self._data["meta"]
+        if self._meta is None and self._meta_data is not None:
+            meta = self._meta_data
             if self._text is not None and _has_float(meta):  # an extension's decimal: its text
                 meta = self._exact()["meta"]
             self._meta = model_class("Meta").model_validate(meta)
@@ -376,7 +380,7 @@ class PulledResource:
 
     def model(self):
         if self._model is None:
-            self._model = model_class(self._data["resourceType"]).model_validate(self._exact())
+            self._model = model_class(self._type).model_validate(self._exact())
         return self._model
 
     def __getattr__(self, name: str):
@@ -385,7 +389,7 @@ class PulledResource:
         return getattr(self.model(), name)
 
     def __repr__(self) -> str:
-        return f"PulledResource({self._data.get('resourceType')}/{self.id})"
+        return f"PulledResource({self._type}/{self.id})"
 
 
 def _has_float(value) -> bool:
