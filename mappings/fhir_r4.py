@@ -158,7 +158,17 @@ class _Normalizer:
         self.patient_ref = context.patient_reference
         self.full_urls = full_urls  # fullUrl -> "Type/id" for fullUrls not under the base
         self._targets: dict[tuple[str, str], str] = {}
-        self._refs: dict[bytes, bytes] = {}  # a reference's JSON string -> its new one
+        # a reference's JSON string -> its new one: `urn:` ones for this record (its
+        # entries' fullUrls resolve them), the others for every record of this server
+        # and patient (a pull's records reference the same encounters and practitioners)
+        self._refs: dict[bytes, bytes] = {}
+        key = (self.base, self.patient, self.patient_ref)
+        shared = _SHARED_REFS.get(key)
+        if shared is None or len(shared) >= _SHARED_REFS_KEPT:
+            if len(_SHARED_REFS) >= 8:
+                _SHARED_REFS.clear()
+            shared = _SHARED_REFS[key] = {}
+        self._shared = shared
 
     def target(self, rtype: str, rid: str) -> str:
         key = (rtype, rid)
@@ -178,9 +188,9 @@ class _Normalizer:
         parts = _REFERENCE.split(line)
         if len(parts) == 1:
             return line
-        refs = self._refs
+        shared, refs = self._shared, self._refs
         values = parts[2::3]
-        parts[2::3] = [refs.get(v) or self._replacement(v) for v in values]
+        parts[2::3] = [shared.get(v) or refs.get(v) or self._replacement(v) for v in values]
         return b"".join(parts)
 
     def _replacement(self, quoted: bytes) -> bytes:
@@ -189,9 +199,12 @@ class _Normalizer:
             ref = orjson.loads(quoted) if b"\\" in quoted else quoted[1:-1].decode()
             resolved = self._resolve(ref)
         except (orjson.JSONDecodeError, UnicodeDecodeError):
-            resolved = None  # the parse after this reports the entry as not JSON
-        new = self._refs[quoted] = (orjson.dumps(resolved) if resolved is not None and resolved != ref
-                                    else quoted)
+            ref = resolved = None  # the parse after this reports the entry as not JSON
+        new = orjson.dumps(resolved) if resolved is not None and resolved != ref else quoted
+        if isinstance(ref, str) and ref.startswith("urn:"):
+            self._refs[quoted] = new
+        else:
+            self._shared[quoted] = new
         return new
 
     def _resolve(self, ref: str) -> str | None:
@@ -222,6 +235,9 @@ def _rewrite_attachments(resource: dict, attachments: dict[str, str]) -> None:
         if isinstance(att, dict) and isinstance(att.get("url"), str) and att["url"] in attachments:
             att["url"] = attachments[att["url"]]
 
+
+_SHARED_REFS: dict[tuple[str, str | None, str], dict[bytes, bytes]] = {}
+_SHARED_REFS_KEPT = 1 << 16
 
 # one validator (and its memo of validated elements) for every record a process maps:
 # an element's validity depends on nothing but its own JSON
