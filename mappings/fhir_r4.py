@@ -301,7 +301,7 @@ def map_fhir_json_items(record: RawRecord, context: MappingContext) -> list[Mapp
                 _rewrite_attachments(res, attachments)
             try:  # the schema check first (fast); what it does not accept, the models decide
                 text = _json_or_none(res)
-                model = (pulled(res, text, parsed) if text is not None and checked == R4B_CHECK else None) \
+                model = (pulled(res, text) if text is not None and checked == R4B_CHECK else None) \
                     or check(jsontext.loads(text) if parsed else res, _VALIDATOR)
                 if text is None:
                     text = jsontext.dumps(res)  # raises again, after the check had its say

@@ -232,9 +232,10 @@ def _patched(defs: dict) -> dict:
             names = [aliases[f] for f in group]
             if klass.model_fields[group[0]].json_schema_extra.get("one_of_many_required"):
                 rules.append({"oneOf": [{"required": [n]} for n in names]})
-            else:  # at most one
-                rules.append({"not": {"anyOf": [{"required": [x, y]} for i, x in enumerate(names)
-                                                 for y in names[i + 1:]]}})
+            else:  # at most one: each one present forbids the others (not every pair
+                # tried: Extension's value[x] has 50 choices, 1,225 pairs)
+                rules.append({"dependencies": {x: {"not": {"anyOf": [{"required": [y]} for y in names
+                                                                     if y != x]}} for x in names}})
         if required:
             d["required"] = sorted(required)
         if rules:
@@ -318,13 +319,12 @@ class SchemaCheck:
              "definitions": defs},
             validate_formats=True, ignore_unknown_formats=False, formats={"r4b-base64Binary": _base64})
 
-    def accepts(self, text: bytes, parsed: dict | None = None) -> bool:
+    def accepts(self, text: bytes) -> bool:
         """Whether the resource (its JSON, UTF-8) passes; False also for what this check
-        leaves to the models (non-ASCII text, types it does not cover). `parsed`: what
-        `orjson.loads(text)` gives, if the caller has it (saves parsing again)."""
+        leaves to the models (non-ASCII text, types it does not cover)."""
         if not text.isascii() or b"\\u" in text:
             return False
-        resource = orjson.loads(text) if parsed is None else parsed
+        resource = orjson.loads(text)
         rtype = resource.get("resourceType") if type(resource) is dict else None
         validator = self._validator(rtype) if type(rtype) is str else None
         return validator is not None and validator.is_valid(resource)
@@ -350,9 +350,9 @@ class PulledResource:
     `meta`) at once, its R4B model (`model()`) built on first use of anything else, so
     it is read like the model. The model is built from the same resource, which the check
     found valid for the models: it cannot fail. With `text` (the resource's JSON), `data`
-    may be orjson's parse of it (floats for decimals): only its `meta` is kept, and the
-    model is built from `jsontext.loads(text)`, so decimals keep their text as they would
-    otherwise (and a record's resource trees are not kept alive, for the collector to
+    may be orjson's parse of it (floats for decimals) or jsontext's: only its `meta` is
+    kept, and the model is built from `jsontext.loads(text)`, so decimals keep their text
+    either way (and a record's resource trees are not kept alive, for the collector to
     walk again and again, while the rest of the record is mapped)."""
 
     __slots__ = ("_data", "_model", "_meta", "_meta_data", "_text", "_type", "id")
@@ -405,13 +405,11 @@ def _has_float(value) -> bool:
     return False
 
 
-def pulled(resource: dict, text: bytes, parsed: bool = False) -> PulledResource | None:
+def pulled(resource: dict, text: bytes) -> PulledResource | None:
     """`resource` (its JSON `text`) as a PulledResource if the schema check accepts it;
-    None: the R4B check decides (mappings/fhir/validate.py `check`). `parsed`: `resource`
-    is `orjson.loads(text)` (decimals as floats), not `jsontext.loads(text)`."""
-    if not schema_check().accepts(text, resource if parsed else None):
-        return None
-    return PulledResource(resource, text) if parsed else PulledResource(resource)
+    None: the R4B check decides (mappings/fhir/validate.py `check`). `resource` may be
+    `jsontext.loads(text)` or `orjson.loads(text)`: only its id and meta are kept."""
+    return PulledResource(resource, text) if schema_check().accepts(text) else None
 
 
 def _write(source: Path, target: Path = SCHEMA_FILE) -> None:
