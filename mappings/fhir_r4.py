@@ -55,7 +55,7 @@ from connectors.base import RawRecord
 from mappings import Mapped, MappingContext, MappingFailed, PartlyInvalid
 from mappings.fhir import jsontext
 from mappings.fhir.classify import clinical_date, data_class
-from mappings.fhir.schema_check import pulled
+from mappings.fhir.schema_check import Parsed, pulled
 from mappings.fhir.validate import (
     R4_CHECK,
     R4B_CHECK,
@@ -301,7 +301,8 @@ def map_fhir_json_items(record: RawRecord, context: MappingContext) -> list[Mapp
                 _rewrite_attachments(res, attachments)
             try:  # the schema check first (fast); what it does not accept, the models decide
                 text = _json_or_none(res)
-                model = (pulled(res, text) if text is not None and checked == R4B_CHECK else None) \
+                model = (pulled(Parsed(res) if parsed else res, text)
+                         if text is not None and checked == R4B_CHECK else None) \
                     or check(jsontext.loads(text) if parsed else res, _VALIDATOR)
                 if text is None:
                     text = jsontext.dumps(res)  # raises again, after the check had its say

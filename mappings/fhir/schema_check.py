@@ -319,13 +319,14 @@ class SchemaCheck:
              "definitions": defs},
             validate_formats=True, ignore_unknown_formats=False, formats={"r4b-base64Binary": _base64})
 
-    def accepts(self, text: bytes) -> bool:
+    def accepts(self, text: bytes, parsed: dict | None = None) -> bool:
         """Whether the resource (its JSON, UTF-8) passes; False also for what this check
-        leaves to the models (non-ASCII text, types it does not cover)."""
+        leaves to the models (non-ASCII text, types it does not cover). `parsed`: what
+        `orjson.loads(text)` gives, if the caller has it (not parsed again)."""
         if not text.isascii() or b"\\u" in text:
             return False
-        resource = orjson.loads(text)
-        rtype = resource.get("resourceType") if type(resource) is dict else None
+        resource = orjson.loads(text) if parsed is None else parsed
+        rtype = resource.get("resourceType") if isinstance(resource, dict) else None
         validator = self._validator(rtype) if type(rtype) is str else None
         return validator is not None and validator.is_valid(resource)
 
@@ -405,11 +406,20 @@ def _has_float(value) -> bool:
     return False
 
 
+class Parsed(dict):
+    """A resource exactly as `orjson.loads` reads it from the JSON it is passed with to
+    `pulled`, which checks it as it is rather than parsing that JSON again."""
+
+    __slots__ = ()
+
+
 def pulled(resource: dict, text: bytes) -> PulledResource | None:
     """`resource` (its JSON `text`) as a PulledResource if the schema check accepts it;
     None: the R4B check decides (mappings/fhir/validate.py `check`). `resource` may be
-    `jsontext.loads(text)` or `orjson.loads(text)`: only its id and meta are kept."""
-    return PulledResource(resource, text) if schema_check().accepts(text) else None
+    `jsontext.loads(text)`, or `orjson.loads(text)` (a `Parsed`): only its id and meta
+    are kept."""
+    parsed = resource if type(resource) is Parsed else None
+    return PulledResource(resource, text) if schema_check().accepts(text, parsed) else None
 
 
 def _write(source: Path, target: Path = SCHEMA_FILE) -> None:

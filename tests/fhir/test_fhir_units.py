@@ -256,6 +256,7 @@ def test_decimals_keep_their_text_whichever_parser_reads_them(tmp_path, value):
     """A compact entry whose numbers orjson writes back as served is read by orjson, any
     other by jsontext: either way the JSON that travels has the number's text as served,
     and the model (built on first use) has it too."""
+    from mappings.fhir.schema_check import Parsed, pulled
     from mappings.fhir_r4 import _resource
 
     obs = {"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "x"},
@@ -270,11 +271,15 @@ def test_decimals_keep_their_text_whichever_parser_reads_them(tmp_path, value):
     assert _resource(line)[1] is (value in ("73.2", "0.5", "1e-7", "100"))
     item = next(i for i in map_record(rec, CTX) if i.data_class != "supporting")
     assert b'"value":' + value.encode() + b',"unit"' in item.json
+    assert type(item.resource).__name__ == "PulledResource"  # the schema check accepted it
     expected = model_class("Observation").model_validate(jsontext.loads(item.json))
     assert item.resource.valueQuantity.value == expected.valueQuantity.value
     assert str(item.resource.valueQuantity.value) == str(expected.valueQuantity.value)
     assert item.resource.model_dump_json() == expected.model_dump_json()
     assert item.resource.meta.source == f"{BASE}/Observation/o1"
+    bad = item.json.replace(b'"status":"final"', b'"status":7')  # a Parsed is checked as it is
+    assert pulled(Parsed(orjson.loads(item.json)), item.json) is not None
+    assert pulled(Parsed(orjson.loads(bad)), bad) is None and pulled(jsontext.loads(bad), bad) is None
 
 
 def test_invalid_resources_are_kept_with_their_errors(tmp_path):
