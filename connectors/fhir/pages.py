@@ -162,13 +162,12 @@ def split_page(page_file: Path, out_prefix: Path, *, seen: dict[str, str],
                     out.close()
                 chunk = Chunk(out_prefix.with_name(f"{out_prefix.name}-c{len(result.chunks):03d}.ndjson"))
                 result.chunks.append(chunk)
-                out = open(chunk.path, "wb")
+                out = open(chunk.path, "wb", buffering=1 << 20)  # a few writes a chunk, not hundreds
+            line += b"\n"
             out.write(line)
-            out.write(b"\n")
             chunk.digest.update(line)
-            chunk.digest.update(b"\n")
             chunk.count += 1
-            chunk.size += len(line) + 1
+            chunk.size += len(line)
     except BundleFormatError as exc:
         raise PageBroken(str(exc)) from None
     finally:
