@@ -272,6 +272,7 @@ def map_fhir_json_items(record: RawRecord, context: MappingContext) -> list[Mapp
     attachments = {u: f"urn:uuid:{b}" for u, b in (record.metadata.get("attachments") or {}).items()}
     out: list[Mapped | InvalidResource] = []
     targets: dict[str, list[str]] = {}  # check -> urn:uuid of each resource it passed
+    checks: dict[str, str] = {}  # resourceType -> its check
     with open(record.path, "rb") as fh:
         for line_no, line in enumerate(fh, 1):
             if not line.strip():
@@ -289,7 +290,7 @@ def map_fhir_json_items(record: RawRecord, context: MappingContext) -> list[Mapp
             try:
                 if not rtype or not rid:
                     raise ValueError("resource without resourceType or id")
-                checked = check_name(rtype)
+                checked = checks.get(rtype) or checks.setdefault(rtype, check_name(rtype))
             except (KeyError, ValueError) as exc:
                 why = str(exc) if isinstance(exc, ValueError) else f"{rtype!r} is not a FHIR R4 resource type"
                 out.append(InvalidResource(f"{record.origin}#line={line_no}", rtype, rid, why,
