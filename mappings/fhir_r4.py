@@ -115,19 +115,7 @@ _NS_URL = uuid.NAMESPACE_URL.bytes
 
 def resource_uuid(base_url: str, rtype: str, rid: str) -> str:
     """uuid5(NAMESPACE_URL, "<base>/<Type>/<id>"), as connectors.fhir.connector computes it."""
-    name = f"{base_url.rstrip('/')}/{rtype}/{rid}"
-    found = _UUIDS.get(name)
-    if found is None:
-        if len(_UUIDS) >= _UUIDS_KEPT:
-            _UUIDS.clear()
-        found = _UUIDS[name] = uuid5_str(name)
-    return found
-
-
-# a resource's id is computed for it and again for every reference to it, often in other
-# records of the same pull: kept (bounded) for the process
-_UUIDS: dict[str, str] = {}
-_UUIDS_KEPT = 1 << 16
+    return uuid5_str(f"{base_url.rstrip('/')}/{rtype}/{rid}")
 
 
 def uuid5_str(name: str) -> str:
@@ -154,32 +142,31 @@ class _Normalizer:
         meta = record.metadata
         self.base = str(meta.get("base_url") or "").rstrip("/")
         self.base_prefix = self.base + "/"
-        self.patient = f"Patient/{meta['patient_id']}" if meta.get("patient_id") else None
+        self._plain = not self.base_prefix[:1].isupper()  # no `Type/id` can start with the base
+        self.patient_id = str(meta["patient_id"]) if meta.get("patient_id") else None
+        self.patient = f"Patient/{self.patient_id}" if self.patient_id else None
         self.patient_ref = context.patient_reference
         self.full_urls = full_urls  # fullUrl -> "Type/id" for fullUrls not under the base
-        self._targets: dict[tuple[str, str], str] = {}
         # a reference's JSON string -> its new one: `urn:` ones for this record (its
-        # entries' fullUrls resolve them), the others for every record of this server
-        # and patient (a pull's records reference the same encounters and practitioners)
+        # entries' fullUrls resolve them), the others for every record of this pull (its
+        # records reference the same encounters and practitioners); likewise the uuids,
+        # computed for each resource and again for every reference to it
         self._refs: dict[bytes, bytes] = {}
-        key = (self.base, self.patient, self.patient_ref)
-        shared = _SHARED_REFS.get(key)
-        if shared is None or len(shared) >= _SHARED_REFS_KEPT:
-            if len(_SHARED_REFS) >= 8:
-                _SHARED_REFS.clear()
-            shared = _SHARED_REFS[key] = {}
-        self._shared = shared
+        self._shared, self._uuids = _pull_memo(self.base, self.patient, self.patient_ref,
+                                               meta.get("pull_started"))
+
+    def uuid(self, rtype: str, rid: str) -> str:
+        """resource_uuid(base, rtype, rid), memoized for the pull."""
+        name = f"{self.base}/{rtype}/{rid}"
+        found = self._uuids.get(name)
+        if found is None:
+            found = self._uuids[name] = uuid5_str(name)
+        return found
 
     def target(self, rtype: str, rid: str) -> str:
-        key = (rtype, rid)
-        found = self._targets.get(key)
-        if found is None:
-            if self.patient is not None and f"{rtype}/{rid}" == self.patient:
-                found = self.patient_ref
-            else:
-                found = f"urn:uuid:{resource_uuid(self.base, rtype, rid)}"
-            self._targets[key] = found
-        return found
+        if rtype == "Patient" and rid == self.patient_id:
+            return self.patient_ref
+        return f"urn:uuid:{self.uuid(rtype, rid)}"
 
     def rewrite(self, line: bytes) -> bytes:
         """The entry's JSON with its references normalized, byte for byte the same elsewhere."""
@@ -195,6 +182,10 @@ class _Normalizer:
 
     def _replacement(self, quoted: bytes) -> bytes:
         """A reference's new JSON string (the same one when it stays), memoized."""
+        m = _PLAIN_REF.fullmatch(quoted) if self._plain else None
+        if m is not None:  # "Type/id", most references: what _resolve makes of it, at once
+            new = self._shared[quoted] = orjson.dumps(self.target(m.group(1).decode(), m.group(2).decode()))
+            return new
         try:
             ref = orjson.loads(quoted) if b"\\" in quoted else quoted[1:-1].decode()
             resolved = self._resolve(ref)
@@ -223,6 +214,11 @@ class _Normalizer:
         return self.target(m.group(1), m.group(2)) if m else None
 
 
+# a relative reference (`Type/id`, maybe versioned) as a JSON string: ASCII, no escapes,
+# so neither `#`, `urn:` nor a server base (a URL) can start it
+_PLAIN_REF = re.compile(rb'"([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-\.]{1,64})(?:/_history/[A-Za-z0-9\-\.]{1,64})?"')
+
+
 def _rewrite_attachments(resource: dict, attachments: dict[str, str]) -> None:
     """Attachment URLs the connector fetched -> their Binary."""
     if resource.get("resourceType") == "DocumentReference":
@@ -236,8 +232,24 @@ def _rewrite_attachments(resource: dict, attachments: dict[str, str]) -> None:
             att["url"] = attachments[att["url"]]
 
 
-_SHARED_REFS: dict[tuple[str, str | None, str], dict[bytes, bytes]] = {}
-_SHARED_REFS_KEPT = 1 << 16
+_PULL_MEMOS: dict[tuple, tuple[dict[bytes, bytes], dict[str, str]]] = {}
+_PULL_MEMO_KEPT = 1 << 16  # references (and uuids) a memo holds before it starts again
+
+
+def _pull_memo(base: str, patient: str | None, patient_ref: str, pull_started) -> tuple[dict, dict]:
+    """(references, uuids) memos shared by the records of one pull (server, patient,
+    transfer and the pull's start); a record without `pull_started` gets its own. Only
+    the last few pulls' are kept: memory stays bounded, and a pull of the same patient
+    again starts afresh."""
+    if not pull_started:
+        return {}, {}
+    key = (base, patient, patient_ref, str(pull_started))
+    memo = _PULL_MEMOS.get(key)
+    if memo is None or len(memo[0]) >= _PULL_MEMO_KEPT or len(memo[1]) >= _PULL_MEMO_KEPT:
+        if len(_PULL_MEMOS) >= 4:
+            _PULL_MEMOS.pop(next(iter(_PULL_MEMOS), None), None)  # the oldest
+        memo = _PULL_MEMOS[key] = ({}, {})
+    return memo
 
 # one validator (and its memo of validated elements) for every record a process maps:
 # an element's validity depends on nothing but its own JSON
@@ -296,7 +308,7 @@ def map_fhir_json_items(record: RawRecord, context: MappingContext) -> list[Mapp
                 out.append(InvalidResource(f"{record.origin}#line={line_no}", rtype, rid, why,
                                            _as_served(line), klass, when))
                 continue
-            new_id = resource_uuid(norm.base, rtype, rid)
+            new_id = norm.uuid(rtype, rid)
             res = _identify(res, new_id, f"{norm.base}/{rtype}/{rid}")
             if attachments:
                 _rewrite_attachments(res, attachments)

@@ -282,6 +282,26 @@ def test_decimals_keep_their_text_whichever_parser_reads_them(tmp_path, value):
     assert pulled(Parsed(orjson.loads(bad)), bad) is None and pulled(jsontext.loads(bad), bad) is None
 
 
+def test_records_of_one_pull_share_rewrites_but_not_their_fullurls(tmp_path):
+    """Rewritten references are memoized for a pull's records; a `urn:` one resolves
+    through its own record's fullUrls only, whatever another record of the pull held."""
+    prac = {"resourceType": "Practitioner", "id": "dr1"}
+    obs = {"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "x"},
+           "subject": {"reference": "Patient/p1"}, "performer": [{"reference": "urn:uuid:abc"},
+                                                                 {"reference": "Practitioner/dr1"}]}
+    first_dir, second_dir = tmp_path / "a", tmp_path / "b"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    first = record(first_dir, [entry(prac, "urn:uuid:abc"), entry(obs)], pull_started="2026-01-01T00:00:00Z")
+    second = record(second_dir, [entry({**obs, "id": "o2"})], pull_started="2026-01-01T00:00:00Z")
+    by_id = {i.resource.meta.source.rpartition("/")[2]: i.resource for r in (first, second)
+             for i in map_record(r, CTX) if i.data_class != "supporting"}
+    dr1 = f"urn:uuid:{resource_uuid(BASE, 'Practitioner', 'dr1')}"
+    assert [p.reference for p in by_id["o1"].performer] == [dr1, dr1]
+    assert [p.reference for p in by_id["o2"].performer] == ["urn:uuid:abc", dr1]  # not in its record
+    assert by_id["o1"].subject.reference == by_id["o2"].subject.reference == CTX.patient_reference
+
+
 def test_invalid_resources_are_kept_with_their_errors(tmp_path):
     secret = "Jane-Secret-Value"
     bad = {"resourceType": "Observation", "id": "bad", "status": {"nested": secret}, "code": {"text": "x"}}
