@@ -55,7 +55,7 @@ from connectors.base import RawRecord
 from mappings import Mapped, MappingContext, MappingFailed, PartlyInvalid
 from mappings.fhir import jsontext
 from mappings.fhir.classify import clinical_date, data_class
-from mappings.fhir.schema_check import pulled
+from mappings.fhir.schema_check import Parsed, pulled
 from mappings.fhir.validate import (
     R4_CHECK,
     R4B_CHECK,
@@ -68,11 +68,11 @@ from mappings.fhir.validate import (
 )
 
 R4_VERSIONS = ("4.0", "4.3")
-_MISSING = object()
 _REF = re.compile(r"^([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-\.]{1,64})(?:/_history/[A-Za-z0-9\-\.]{1,64})?$")
 # a "reference" member with a string value, in an entry's raw JSON: a quote inside a JSON
-# string is always escaped, so this never matches inside a string value
-_REFERENCE = re.compile(rb'"reference"\s*:\s*"([^"\\]*(?:\\.[^"\\]*)*)"')
+# string is always escaped, so this never matches inside a string value. Split by it, an
+# entry is [text, "reference":, "value", text, ...]: every third part a value, quoted
+_REFERENCE = re.compile(rb'("reference"\s*:\s*)("[^"\\]*(?:\\.[^"\\]*)*")')
 CHECKED_EXT = "urn:records-gateway:fhir:checked-against"
 
 
@@ -142,41 +142,61 @@ class _Normalizer:
         meta = record.metadata
         self.base = str(meta.get("base_url") or "").rstrip("/")
         self.base_prefix = self.base + "/"
-        self.patient = f"Patient/{meta['patient_id']}" if meta.get("patient_id") else None
+        self._plain = not self.base_prefix[:1].isupper()  # no `Type/id` can start with the base
+        self.patient_id = str(meta["patient_id"]) if meta.get("patient_id") else None
+        self.patient = f"Patient/{self.patient_id}" if self.patient_id else None
         self.patient_ref = context.patient_reference
         self.full_urls = full_urls  # fullUrl -> "Type/id" for fullUrls not under the base
-        self._targets: dict[tuple[str, str], str] = {}
-        self._refs: dict[bytes, bytes | None] = {}
+        # a reference's JSON string -> its new one: `urn:` ones for this record (its
+        # entries' fullUrls resolve them), the others for every record of this pull (its
+        # records reference the same encounters and practitioners); likewise the uuids,
+        # computed for each resource and again for every reference to it
+        self._refs: dict[bytes, bytes] = {}
+        self._shared, self._uuids = _pull_memo(self.base, self.patient, self.patient_ref,
+                                               meta.get("pull_started"))
+
+    def uuid(self, rtype: str, rid: str) -> str:
+        """resource_uuid(base, rtype, rid), memoized for the pull."""
+        name = f"{self.base}/{rtype}/{rid}"
+        found = self._uuids.get(name)
+        if found is None:
+            found = self._uuids[name] = uuid5_str(name)
+        return found
 
     def target(self, rtype: str, rid: str) -> str:
-        key = (rtype, rid)
-        found = self._targets.get(key)
-        if found is None:
-            if self.patient is not None and f"{rtype}/{rid}" == self.patient:
-                found = self.patient_ref
-            else:
-                found = f"urn:uuid:{resource_uuid(self.base, rtype, rid)}"
-            self._targets[key] = found
-        return found
+        if rtype == "Patient" and rid == self.patient_id:
+            return self.patient_ref
+        return f"urn:uuid:{self.uuid(rtype, rid)}"
 
     def rewrite(self, line: bytes) -> bytes:
         """The entry's JSON with its references normalized, byte for byte the same elsewhere."""
         if b'"reference"' not in line:
             return line
-        return _REFERENCE.sub(self._replace, line)
+        parts = _REFERENCE.split(line)
+        if len(parts) == 1:
+            return line
+        shared, refs = self._shared, self._refs
+        values = parts[2::3]
+        parts[2::3] = [shared.get(v) or refs.get(v) or self._replacement(v) for v in values]
+        return b"".join(parts)
 
-    def _replace(self, m: re.Match) -> bytes:
-        raw = m.group(1)
-        new = self._refs.get(raw, _MISSING)
-        if new is _MISSING:
-            try:
-                ref = orjson.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode()
-                resolved = self._resolve(ref)
-            except (orjson.JSONDecodeError, UnicodeDecodeError):
-                resolved = None  # the parse after this reports the entry as not JSON
-            new = self._refs[raw] = (b'"reference":' + orjson.dumps(resolved)
-                                     if resolved is not None and resolved != ref else None)
-        return m.group(0) if new is None else new
+    def _replacement(self, quoted: bytes) -> bytes:
+        """A reference's new JSON string (the same one when it stays), memoized."""
+        m = _PLAIN_REF.fullmatch(quoted) if self._plain else None
+        if m is not None:  # "Type/id", most references: what _resolve makes of it, at once
+            new = self._shared[quoted] = orjson.dumps(self.target(m.group(1).decode(), m.group(2).decode()))
+            return new
+        try:
+            ref = orjson.loads(quoted) if b"\\" in quoted else quoted[1:-1].decode()
+            resolved = self._resolve(ref)
+        except (orjson.JSONDecodeError, UnicodeDecodeError):
+            ref = resolved = None  # the parse after this reports the entry as not JSON
+        new = orjson.dumps(resolved) if resolved is not None and resolved != ref else quoted
+        if isinstance(ref, str) and ref.startswith("urn:"):
+            self._refs[quoted] = new
+        else:
+            self._shared[quoted] = new
+        return new
 
     def _resolve(self, ref: str) -> str | None:
         if ref[:1] == "#":
@@ -194,6 +214,11 @@ class _Normalizer:
         return self.target(m.group(1), m.group(2)) if m else None
 
 
+# a relative reference (`Type/id`, maybe versioned) as a JSON string: ASCII, no escapes,
+# so neither `#`, `urn:` nor a server base (a URL) can start it
+_PLAIN_REF = re.compile(rb'"([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-\.]{1,64})(?:/_history/[A-Za-z0-9\-\.]{1,64})?"')
+
+
 def _rewrite_attachments(resource: dict, attachments: dict[str, str]) -> None:
     """Attachment URLs the connector fetched -> their Binary."""
     if resource.get("resourceType") == "DocumentReference":
@@ -206,6 +231,25 @@ def _rewrite_attachments(resource: dict, attachments: dict[str, str]) -> None:
         if isinstance(att, dict) and isinstance(att.get("url"), str) and att["url"] in attachments:
             att["url"] = attachments[att["url"]]
 
+
+_PULL_MEMOS: dict[tuple, tuple[dict[bytes, bytes], dict[str, str]]] = {}
+_PULL_MEMO_KEPT = 1 << 16  # references (and uuids) a memo holds before it starts again
+
+
+def _pull_memo(base: str, patient: str | None, patient_ref: str, pull_started) -> tuple[dict, dict]:
+    """(references, uuids) memos shared by the records of one pull (server, patient,
+    transfer and the pull's start); a record without `pull_started` gets its own. Only
+    the last few pulls' are kept: memory stays bounded, and a pull of the same patient
+    again starts afresh."""
+    if not pull_started:
+        return {}, {}
+    key = (base, patient, patient_ref, str(pull_started))
+    memo = _PULL_MEMOS.get(key)
+    if memo is None or len(memo[0]) >= _PULL_MEMO_KEPT or len(memo[1]) >= _PULL_MEMO_KEPT:
+        if len(_PULL_MEMOS) >= 4:
+            _PULL_MEMOS.pop(next(iter(_PULL_MEMOS), None), None)  # the oldest
+        memo = _PULL_MEMOS[key] = ({}, {})
+    return memo
 
 # one validator (and its memo of validated elements) for every record a process maps:
 # an element's validity depends on nothing but its own JSON
@@ -240,11 +284,12 @@ def map_fhir_json_items(record: RawRecord, context: MappingContext) -> list[Mapp
     attachments = {u: f"urn:uuid:{b}" for u, b in (record.metadata.get("attachments") or {}).items()}
     out: list[Mapped | InvalidResource] = []
     targets: dict[str, list[str]] = {}  # check -> urn:uuid of each resource it passed
+    checks: dict[str, str] = {}  # resourceType -> its check
     with open(record.path, "rb") as fh:
         for line_no, line in enumerate(fh, 1):
             if not line.strip():
                 continue
-            res = _resource(norm.rewrite(line))
+            res, parsed = _resource(norm.rewrite(line))
             if res is None:
                 out.append(InvalidResource(f"{record.origin}#line={line_no}", "", "",
                                            "entry has no resource object (or is not JSON)", line.rstrip(),
@@ -257,20 +302,21 @@ def map_fhir_json_items(record: RawRecord, context: MappingContext) -> list[Mapp
             try:
                 if not rtype or not rid:
                     raise ValueError("resource without resourceType or id")
-                checked = check_name(rtype)
+                checked = checks.get(rtype) or checks.setdefault(rtype, check_name(rtype))
             except (KeyError, ValueError) as exc:
                 why = str(exc) if isinstance(exc, ValueError) else f"{rtype!r} is not a FHIR R4 resource type"
                 out.append(InvalidResource(f"{record.origin}#line={line_no}", rtype, rid, why,
                                            _as_served(line), klass, when))
                 continue
-            new_id = resource_uuid(norm.base, rtype, rid)
+            new_id = norm.uuid(rtype, rid)
             res = _identify(res, new_id, f"{norm.base}/{rtype}/{rid}")
             if attachments:
                 _rewrite_attachments(res, attachments)
             try:  # the schema check first (fast); what it does not accept, the models decide
                 text = _json_or_none(res)
-                model = (pulled(res, text) if text is not None and checked == R4B_CHECK else None) \
-                    or check(res, _VALIDATOR)
+                model = (pulled(Parsed(res) if parsed else res, text)
+                         if text is not None and checked == R4B_CHECK else None) \
+                    or check(jsontext.loads(text) if parsed else res, _VALIDATOR)
                 if text is None:
                     text = jsontext.dumps(res)  # raises again, after the check had its say
             except (ResourceInvalid, *jsontext.JSONError) as exc:
@@ -308,18 +354,28 @@ def _identify(res: dict, new_id: str, source: str) -> dict:
     return out
 
 
-def _resource(line: bytes) -> dict | None:
+def _resource(line: bytes) -> tuple[dict | None, bool]:
+    """(the entry's resource or None, whether it is orjson's parse). orjson's parse is
+    taken when writing it again gives the entry's JSON back byte for byte, so every number
+    in it is a float whose text is the source's (JSON as servers write it, compact; most
+    decimals); otherwise jsontext's, whose numbers keep any text (`1.00`, `1.5e3`, `-0`)."""
     try:
-        entry = jsontext.loads(line)
-    except ValueError:
-        return None
+        entry = orjson.loads(line)
+        parsed = orjson.dumps(entry) == line.strip()
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        parsed = False
+    if not parsed:
+        try:
+            entry = jsontext.loads(line)
+        except ValueError:
+            return None, False
     res = entry.get("resource") if isinstance(entry, dict) else None
-    return res if isinstance(res, dict) else None
+    return (res, parsed) if isinstance(res, dict) else (None, False)
 
 
 def _as_served(line: bytes) -> bytes:
     """The entry's resource JSON with every value as served."""
-    res = _resource(line)
+    res = _resource(line)[0]
     try:
         return jsontext.dumps(res) if res is not None else line.rstrip()
     except jsontext.JSONError:

@@ -37,6 +37,36 @@ def _balanced(depth: int) -> re.Pattern:
 _ENTRY_GUESS = _balanced(16)
 
 
+def _entry_at(buf: bytes, start: int) -> tuple[bytes, dict] | None:
+    """(raw bytes, parsed object) of the entry at `start` if a guess at its end parses,
+    else None (the tokenizer finds the end). The slice from an entry's `{` parses as an
+    object only if it ends where the entry ends, so a wrong guess is never taken. First
+    guess: where the next entry begins as this one does (`,{"fullUrl":`, compact JSON; a
+    quote inside a string is escaped, so that is never inside a value); then
+    `_ENTRY_GUESS`."""
+    colon = buf.find(b'":', start, start + 64)
+    if colon > 0:
+        end = buf.find(b"," + buf[start:colon + 2], colon)
+        if end > 0:
+            raw = buf[start:end].rstrip()
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                obj = None
+            if type(obj) is dict:
+                return raw, obj
+    guess = _ENTRY_GUESS.match(buf, start)
+    if guess is not None:
+        raw = buf[start:guess.end()]
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None
+        if type(obj) is dict:
+            return raw, obj
+    return None
+
+
 class BundleFormatError(ValueError):
     """The file is not a JSON object, or ends in the middle (a truncated page)."""
 
@@ -86,17 +116,11 @@ class BundleReader:
                             parts.append(buf[skel_from:m.end()])
                             in_entries = True
                         elif in_entries and depth == 2 and c == 0x7B:
-                            guess = _ENTRY_GUESS.match(buf, m.start())
-                            if guess is not None:
-                                raw = buf[m.start():guess.end()]
-                                try:
-                                    obj = orjson.loads(raw)
-                                except orjson.JSONDecodeError:
-                                    obj = None
-                                if isinstance(obj, dict):
-                                    yield raw, obj
-                                    pos = guess.end()
-                                    continue
+                            found = _entry_at(buf, m.start())
+                            if found is not None:
+                                yield found
+                                pos = m.start() + len(found[0])
+                                continue
                             entry_start = m.start()
                         entry_key = False
                         depth += 1

@@ -75,12 +75,19 @@ def _other_patient(rtype: str, rid: str, resource: dict, base_url: str, patient_
         return rid != patient_id
     for name in SUBJECT_ELEMENTS:
         values = resource.get(name)
-        for value in values if isinstance(values, list) else [values]:
+        if values is None:
+            continue
+        for value in values if isinstance(values, list) else (values,):
             ref = value.get("reference") if isinstance(value, dict) else None
-            target = references.normalize(ref, (base_url.rstrip("/"),)) if isinstance(ref, str) else None
-            if target and target.startswith("Patient/") and target != f"Patient/{patient_id}":
+            if isinstance(ref, str) and _names_other_patient(ref, base_url, patient_id):
                 return True
     return False
+
+
+@functools.lru_cache(maxsize=4096)  # a page's resources are about one patient: one reference
+def _names_other_patient(ref: str, base_url: str, patient_id: str) -> bool:
+    target = references.normalize(ref, (base_url.rstrip("/"),))
+    return bool(target and target.startswith("Patient/") and target != f"Patient/{patient_id}")
 
 
 def version_marker(resource: dict) -> str:
@@ -155,13 +162,12 @@ def split_page(page_file: Path, out_prefix: Path, *, seen: dict[str, str],
                     out.close()
                 chunk = Chunk(out_prefix.with_name(f"{out_prefix.name}-c{len(result.chunks):03d}.ndjson"))
                 result.chunks.append(chunk)
-                out = open(chunk.path, "wb")
+                out = open(chunk.path, "wb", buffering=1 << 20)  # a few writes a chunk, not hundreds
+            line += b"\n"
             out.write(line)
-            out.write(b"\n")
             chunk.digest.update(line)
-            chunk.digest.update(b"\n")
             chunk.count += 1
-            chunk.size += len(line) + 1
+            chunk.size += len(line)
     except BundleFormatError as exc:
         raise PageBroken(str(exc)) from None
     finally:

@@ -8,6 +8,7 @@ and absolute ones under the server base are read; ids are checked before they go
 """
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -23,6 +24,7 @@ _LOCAL = re.compile(r"^([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})(?:/_history/
 MAX_SHOWN = 300  # characters of a reference kept for the report
 
 
+@functools.lru_cache(maxsize=1 << 14)  # a page names the patient, its encounters... thousands of times
 def normalize(value: str, bases: tuple[str, ...]) -> str | None:
     """"Type/id" for a reference to a resource of the server, the value itself (shortened)
     for one that cannot be read, None for those that need no reading: contained (`#id`),
@@ -45,8 +47,8 @@ def normalize(value: str, bases: tuple[str, ...]) -> str | None:
 def scan(data: bytes, bases: tuple[str, ...]) -> set[str]:
     """The normalized references in raw FHIR JSON (one resource or NDJSON lines)."""
     out = set()
-    for m in _REF.finditer(data):
-        ref = normalize(m.group(1).decode("utf-8", "replace"), bases)
+    for raw in set(_REF.findall(data)):  # each distinct reference once
+        ref = normalize(raw.decode("utf-8", "replace"), bases)
         if ref is not None:
             out.add(ref)
     return out

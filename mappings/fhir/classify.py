@@ -111,9 +111,12 @@ def data_class(resource: dict) -> str:
     return TYPE_CLASS.get(rtype, DEFAULT_FHIR_CLASS)
 
 
-def _pick(resource: dict, path: str):
+_DATE_PATHS = {rtype: tuple(tuple(p.split(".")) for p in paths) for rtype, paths in DATE_FIELDS.items()}
+
+
+def _pick(resource: dict, path: tuple[str, ...]):
     value = resource
-    for part in path.split("."):
+    for part in path:
         if not isinstance(value, dict):
             return None
         value = value.get(part)
@@ -123,7 +126,7 @@ def _pick(resource: dict, path: str):
 
 
 def clinical_date(resource: dict) -> date | None:
-    for path in DATE_FIELDS.get(resource.get("resourceType"), ()):
+    for path in _DATE_PATHS.get(resource.get("resourceType"), ()):
         value = _pick(resource, path)
         if isinstance(value, str) and len(value) >= 4:
             try:

@@ -49,6 +49,7 @@ import jsonschema_rs
 import orjson
 from fhir_core.types import FHIR_PRIMITIVES_MAPS
 
+from . import jsontext
 from .validate import R4_DEFINED, model_class
 
 SCHEMA_FILE = Path(__file__).with_name("fhir-r4.schema.json.gz")
@@ -231,9 +232,10 @@ def _patched(defs: dict) -> dict:
             names = [aliases[f] for f in group]
             if klass.model_fields[group[0]].json_schema_extra.get("one_of_many_required"):
                 rules.append({"oneOf": [{"required": [n]} for n in names]})
-            else:  # at most one
-                rules.append({"not": {"anyOf": [{"required": [x, y]} for i, x in enumerate(names)
-                                                 for y in names[i + 1:]]}})
+            else:  # at most one: each one present forbids the others (not every pair
+                # tried: Extension's value[x] has 50 choices, 1,225 pairs)
+                rules.append({"dependencies": {x: {"not": {"anyOf": [{"required": [y]} for y in names
+                                                                     if y != x]}} for x in names}})
         if required:
             d["required"] = sorted(required)
         if rules:
@@ -317,13 +319,14 @@ class SchemaCheck:
              "definitions": defs},
             validate_formats=True, ignore_unknown_formats=False, formats={"r4b-base64Binary": _base64})
 
-    def accepts(self, text: bytes) -> bool:
+    def accepts(self, text: bytes, parsed: dict | None = None) -> bool:
         """Whether the resource (its JSON, UTF-8) passes; False also for what this check
-        leaves to the models (non-ASCII text, types it does not cover)."""
+        leaves to the models (non-ASCII text, types it does not cover). `parsed`: what
+        `orjson.loads(text)` gives, if the caller has it (not parsed again)."""
         if not text.isascii() or b"\\u" in text:
             return False
-        resource = orjson.loads(text)
-        rtype = resource.get("resourceType") if type(resource) is dict else None
+        resource = orjson.loads(text) if parsed is None else parsed
+        rtype = resource.get("resourceType") if isinstance(resource, dict) else None
         validator = self._validator(rtype) if type(rtype) is str else None
         return validator is not None and validator.is_valid(resource)
 
@@ -346,26 +349,39 @@ def schema_check() -> SchemaCheck:
 class PulledResource:
     """A pulled resource the schema check accepted: what the gateway reads of it (`id`,
     `meta`) at once, its R4B model (`model()`) built on first use of anything else, so
-    it is read like the model. The model is built from the same dict, which the check
-    found valid for the models: it cannot fail."""
+    it is read like the model. The model is built from the same resource, which the check
+    found valid for the models: it cannot fail. With `text` (the resource's JSON), `data`
+    may be orjson's parse of it (floats for decimals) or jsontext's: only its `meta` is
+    kept, and the model is built from `jsontext.loads(text)`, so decimals keep their text
+    either way (and a record's resource trees are not kept alive, for the collector to
+    walk again and again, while the rest of the record is mapped)."""
 
-    __slots__ = ("_data", "_model", "_meta", "id")
+    __slots__ = ("_data", "_model", "_meta", "_meta_data", "_text", "_type", "id")
 
-    def __init__(self, data: dict):
-        self._data = data
+    def __init__(self, data: dict, text: bytes | None = None):
+        self._type = data["resourceType"]
+        self.id = data["id"]
+        self._text = text
+        self._data = data if text is None else None
+        self._meta_data = data.get("meta")
         self._model = None
         self._meta = None
-        self.id = data["id"]
+
+    def _exact(self) -> dict:
+        return self._data if self._text is None else jsontext.loads(self._text)
 
     @property
     def meta(self):
-        if self._meta is None and self._data.get("meta") is not None:
-            self._meta = model_class("Meta").model_validate(self._data["meta"])
+        if self._meta is None and self._meta_data is not None:
+            meta = self._meta_data
+            if self._text is not None and _has_float(meta):  # an extension's decimal: its text
+                meta = self._exact()["meta"]
+            self._meta = model_class("Meta").model_validate(meta)
         return self._meta
 
     def model(self):
         if self._model is None:
-            self._model = model_class(self._data["resourceType"]).model_validate(self._data)
+            self._model = model_class(self._type).model_validate(self._exact())
         return self._model
 
     def __getattr__(self, name: str):
@@ -374,13 +390,36 @@ class PulledResource:
         return getattr(self.model(), name)
 
     def __repr__(self) -> str:
-        return f"PulledResource({self._data.get('resourceType')}/{self.id})"
+        return f"PulledResource({self._type}/{self.id})"
+
+
+def _has_float(value) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is float:
+            return True
+        if type(item) is dict:
+            stack.extend(item.values())
+        elif type(item) is list:
+            stack.extend(item)
+    return False
+
+
+class Parsed(dict):
+    """A resource exactly as `orjson.loads` reads it from the JSON it is passed with to
+    `pulled`, which checks it as it is rather than parsing that JSON again."""
+
+    __slots__ = ()
 
 
 def pulled(resource: dict, text: bytes) -> PulledResource | None:
     """`resource` (its JSON `text`) as a PulledResource if the schema check accepts it;
-    None: the R4B check decides (mappings/fhir/validate.py `check`)."""
-    return PulledResource(resource) if schema_check().accepts(text) else None
+    None: the R4B check decides (mappings/fhir/validate.py `check`). `resource` may be
+    `jsontext.loads(text)`, or `orjson.loads(text)` (a `Parsed`): only its id and meta
+    are kept."""
+    parsed = resource if type(resource) is Parsed else None
+    return PulledResource(resource, text) if schema_check().accepts(text, parsed) else None
 
 
 def _write(source: Path, target: Path = SCHEMA_FILE) -> None:

@@ -61,6 +61,24 @@ def test_bundle_reader_refuses_a_truncated_page(tmp_path, cut):
         list(BundleReader(tmp_path / "t.json", block=16).entries())
 
 
+def test_bundle_reader_is_not_misled_by_entries_that_look_like_the_next(tmp_path):
+    """Where the next entry seems to begin (`,{"fullUrl":`) may be inside this one: a
+    nested bundle's entries, or a string; only the entry's real end is taken."""
+    inner = {"resourceType": "Bundle", "type": "collection",
+             "entry": [{"fullUrl": "urn:uuid:1", "resource": {"resourceType": "Basic", "id": "a"}},
+                       {"fullUrl": "urn:uuid:2", "resource": {"resourceType": "Basic", "id": "b"}}]}
+    entries = [{"fullUrl": f"{BASE}/Bundle/n", "resource": {**inner, "id": "n"}},
+               {"fullUrl": f"{BASE}/Basic/s", "resource": {"resourceType": "Basic", "id": "s",
+                                                           "text": {"div": '},{"fullUrl":"x"}'}}},
+               {"fullUrl": f"{BASE}/Basic/t", "resource": {"resourceType": "Basic", "id": "t"}}]
+    doc = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
+    for block in (5, 64, 1 << 20):
+        reader = BundleReader(write(tmp_path, doc), block=block)
+        got = list(reader.entries())
+        assert [obj for _, obj in got] == entries
+        assert [orjson.loads(raw) for raw, _ in got] == entries
+
+
 # -- URLs and retries ----------------------------------------------------------------------
 @pytest.mark.parametrize("url,ok", [
     (f"{BASE}/Observation?_offset=10", True),
@@ -230,6 +248,58 @@ def test_mapping_normalizes_references_ids_and_classes(tmp_path):
     assert prov.entity[0].what.identifier.value == rec.origin
     assert all(i.data_class in DATA_CLASSES | {"billing", "supporting"} for i in items)
     assert by_type["Practitioner"].data_class == by_type["Provenance"].data_class == "supporting"
+
+
+@pytest.mark.parametrize("value", ["73.2", "0.5", "1e-7", "100", "1.00", "1.5e3", "-0", "1E-7",
+                                   "18446744073709551616.0", "12345678901234567890123"])
+def test_decimals_keep_their_text_whichever_parser_reads_them(tmp_path, value):
+    """A compact entry whose numbers orjson writes back as served is read by orjson, any
+    other by jsontext: either way the JSON that travels has the number's text as served,
+    and the model (built on first use) has it too."""
+    from mappings.fhir.schema_check import Parsed, pulled
+    from mappings.fhir_r4 import _resource
+
+    obs = {"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "x"},
+           "subject": {"reference": "Patient/p1"}, "valueQuantity": {"value": 0, "unit": "u"}}
+    line = orjson.dumps(entry(obs)).replace(b'"value":0', b'"value":' + value.encode())
+    path = tmp_path / "r.ndjson"
+    path.write_bytes(line + b"\n")
+    rec = RawRecord(source="ehr", kind="fhir-json", media_type="application/fhir+ndjson", path=path,
+                    sha256="0" * 64, size=len(line) + 1, origin=f"{BASE}/x#page=0&chunk=0",
+                    metadata={"base_url": BASE, "fhir_version": "4.0.1", "patient_id": "p1",
+                              "attachments": {}})
+    assert _resource(line)[1] is (value in ("73.2", "0.5", "1e-7", "100"))
+    item = next(i for i in map_record(rec, CTX) if i.data_class != "supporting")
+    assert b'"value":' + value.encode() + b',"unit"' in item.json
+    assert type(item.resource).__name__ == "PulledResource"  # the schema check accepted it
+    expected = model_class("Observation").model_validate(jsontext.loads(item.json))
+    assert item.resource.valueQuantity.value == expected.valueQuantity.value
+    assert str(item.resource.valueQuantity.value) == str(expected.valueQuantity.value)
+    assert item.resource.model_dump_json() == expected.model_dump_json()
+    assert item.resource.meta.source == f"{BASE}/Observation/o1"
+    bad = item.json.replace(b'"status":"final"', b'"status":7')  # a Parsed is checked as it is
+    assert pulled(Parsed(orjson.loads(item.json)), item.json) is not None
+    assert pulled(Parsed(orjson.loads(bad)), bad) is None and pulled(jsontext.loads(bad), bad) is None
+
+
+def test_records_of_one_pull_share_rewrites_but_not_their_fullurls(tmp_path):
+    """Rewritten references are memoized for a pull's records; a `urn:` one resolves
+    through its own record's fullUrls only, whatever another record of the pull held."""
+    prac = {"resourceType": "Practitioner", "id": "dr1"}
+    obs = {"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "x"},
+           "subject": {"reference": "Patient/p1"}, "performer": [{"reference": "urn:uuid:abc"},
+                                                                 {"reference": "Practitioner/dr1"}]}
+    first_dir, second_dir = tmp_path / "a", tmp_path / "b"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    first = record(first_dir, [entry(prac, "urn:uuid:abc"), entry(obs)], pull_started="2026-01-01T00:00:00Z")
+    second = record(second_dir, [entry({**obs, "id": "o2"})], pull_started="2026-01-01T00:00:00Z")
+    by_id = {i.resource.meta.source.rpartition("/")[2]: i.resource for r in (first, second)
+             for i in map_record(r, CTX) if i.data_class != "supporting"}
+    dr1 = f"urn:uuid:{resource_uuid(BASE, 'Practitioner', 'dr1')}"
+    assert [p.reference for p in by_id["o1"].performer] == [dr1, dr1]
+    assert [p.reference for p in by_id["o2"].performer] == ["urn:uuid:abc", dr1]  # not in its record
+    assert by_id["o1"].subject.reference == by_id["o2"].subject.reference == CTX.patient_reference
 
 
 def test_invalid_resources_are_kept_with_their_errors(tmp_path):
