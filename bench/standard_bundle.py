@@ -228,7 +228,7 @@ def main() -> None:
     subject = synthea_subject()
     patient, lines = server_lines(subject)
     say(f"Synthea patient with {len(lines)} resources; working in {root}")
-    say(f"loading the FHIR models and the schema check: {fhir_models(pulls=True):.1f} s")
+    say(f"loading the FHIR models and the schema check: {fhir_models(schema_check=True):.1f} s")
     svc, tid = setup(root, patient)
     started = time.perf_counter()
     resources = add_items(svc, tid, root, lines)

@@ -42,7 +42,7 @@ def serve(receive: bool, host: str | None, port: int | None, no_worker: bool) ->
         from gateway.runtime.warmup import fhir_models  # it maps, or checks bundles it receives
 
         # the schema check's validators too: a receiver checks bundles with them first
-        fhir_models(pulls=True)
+        fhir_models(schema_check=True)
     tls = svc.settings.server_tls()
     server = make_server(svc.settings.host, svc.settings.port, app, threaded=True, ssl_context=tls,
                          request_handler=_path_only_access_log())
@@ -90,7 +90,7 @@ def worker(concurrency: int, beat: bool, pool: str) -> None:
     svc = services()
     _audit_configuration(svc, "worker")
     if svc.settings.warm_up_fhir_models:
-        fhir_models(pulls=True)  # before the first task: no transfer waits for them
+        fhir_models(schema_check=True)  # before the first task: no transfer waits for them
     _run_worker(svc, concurrency, beat, pool)
 
 

@@ -31,10 +31,11 @@ def resource_types() -> list[str]:
     return sorted({t for c in TABLE for t in (*c.fhir_types, *c.fhir_also)} | set(BUILT))
 
 
-def fhir_models(pulls: bool = False) -> float:
+def fhir_models(schema_check: bool = False) -> float:
     """Load the R4B model classes of every resource type the gateway handles and of the
-    common element types, and with `pulls` (a process that maps what sources send) the
-    schema check's validators for them (mappings/fhir/schema_check.py: ~3 s, once);
+    common element types, and with `schema_check` (a process that maps what sources send,
+    or checks bundles it receives) the schema check's validators for them
+    (mappings/fhir/schema_check.py: ~3 s, once);
     then moves everything loaded so far out of the garbage collector's way (`gc.freeze`);
     returns the seconds it took."""
     from fhir.resources.R4B import get_fhir_model_class
@@ -42,10 +43,10 @@ def fhir_models(pulls: bool = False) -> float:
     started = time.monotonic()
     for name in (*ELEMENTS, *resource_types()):
         get_fhir_model_class(name)
-    if pulls:
-        from mappings.fhir.schema_check import schema_check
+    if schema_check:
+        from mappings.fhir import schema_check as check
 
-        schema_check().warm(resource_types())
+        check.schema_check().warm(resource_types())
     # what was loaded stays for the process's life: out of the collector's way. Each full
     # collection traversed it all again, and a transfer's steps allocate enough to run
     # several (~0.2 s of receiving the standard case's bundle, as much of assembling it)
