@@ -127,9 +127,11 @@ def test_a_hospital_with_no_records_completes_the_request(pair):
                        "the hospital's second case")
     (tmp / "elsewhere").mkdir()
     (drop / second["authorization"]).symlink_to(tmp / "elsewhere")
+    # the source fails first, then its transfer (its pulling step names every source's reason)
     failed = wait_until(lambda: (c := hospital_case(hosp, second["authorization"]))
-                        and c["sources"][0]["status"] == "failed" and c, 120, 0.3,
-                        "the hospital's pull to fail")
+                        and c["sources"][0]["status"] == "failed"
+                        and [t["state"] for t in c["transfers"]] != ["pulling"] and c, 120, 0.3,
+                        "the hospital's pull and its transfer to fail")
     assert [t["state"] for t in failed["transfers"]] == ["failed"]
 
     # an altered or replayed delivery does not answer for the hospital

@@ -191,13 +191,13 @@ def test_images_go_while_another_source_still_waits(stack, sign, dicom, tmp_path
     tid = r.get_json()["id"]
     from tests.helpers import wait_until, write_pdfs
 
-    def forwarded():
+    def forwarded():  # the PACS source is marked done once its instances went
         items = sender_items(stack, tid)
-        return len(items) == 24 and all(i.forwarded_at for i in items.values()) and items
-    items = wait_until(forwarded, 240, 0.2, "the instances forwarded")
+        done = {s["name"]: s["state"] for s in stack.view(tid)["sources"]}["pacs"] == "done"
+        return done and len(items) == 24 and all(i.forwarded_at for i in items.values()) and items
+    items = wait_until(forwarded, 240, 0.2, "the PACS pulled and its instances forwarded")
     view = stack.view(tid)
     assert view["state"] == "pulling"  # the folder has nothing yet
-    assert {s["name"]: s["state"] for s in view["sources"]}["pacs"] == "done"
     from gateway import create_app
 
     receiver = create_app(receiver_config)
