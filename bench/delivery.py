@@ -178,22 +178,29 @@ def main() -> None:
     print(json.dumps(figures))
 
 
-def _receive(root: Path, sender_svc, body: bytes, signature: str) -> float:
+def receiver(root: Path, sender_svc):
+    """A receiving gateway in process that knows the sender's keys: (its services, a test
+    client, the sender's peer token)."""
     from gateway import create_app
     from gateway.storage.blobstore import new_master_key
-    from gateway.trust.receipts import SIGNATURE_HEADER
     from gateway.trust.tokens import create_token
 
     (root / "sender-jwks.json").write_text(json.dumps(sender_svc.keys.jwks()))
-    app = create_app({"data_dir": str(root / "receiver"), "blob_key": new_master_key(),
-                      "organization": CENTER, "mode": "receive",
+    app = create_app({"data_dir": str(root / f"receiver-{uuid.uuid4().hex[:6]}"),
+                      "blob_key": new_master_key(), "organization": CENTER, "mode": "receive",
                       "senders": {"hospital": {"organization": SENDER,
                                                "jwks_file": str(root / "sender-jwks.json")}}})
     svc = app.extensions["gateway"]
     svc.keys.ensure()
     with svc.db.session() as s:
         _, token = create_token(s, "hospital", "peer", "bench")
-    client = app.test_client()
+    return svc, app.test_client(), token
+
+
+def _receive(root: Path, sender_svc, body: bytes, signature: str) -> float:
+    from gateway.trust.receipts import SIGNATURE_HEADER
+
+    svc, client, token = receiver(root, sender_svc)
     seconds, response = timed(lambda: client.post(
         "/fhir", data=body, content_type="application/fhir+json",
         headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "bench-1",

@@ -132,19 +132,9 @@ def setup(root: Path, patient: dict):
     return svc, tid
 
 
-def _stored(m) -> bytes:
-    """As gateway/engine/steps.py stores a mapped resource for the bundle."""
-    from gateway.exchange import jsontext
-
-    text = m.json if m.json is not None else m.resource.model_dump_json()
-    rest = jsontext.dumps({"data_class": m.data_class,
-                           "clinical_date": m.clinical_date.isoformat() if m.clinical_date else None,
-                           "carries_record_bytes": m.carries_record_bytes})
-    return b'{"resource":' + (text.encode() if isinstance(text, str) else text) + b"," + rest[1:]
-
-
 def add_items(svc, tid: str, root: Path, lines: list[bytes]) -> int:
     from connectors.base import RawRecord
+    from gateway.engine.mapping import _stored  # as a pull stores a mapped record
     from gateway.exchange.ids import patient_urn
     from gateway.storage.models import Item, TransferSource
     from mappings import MappingContext, map_record
@@ -200,24 +190,9 @@ def add_items(svc, tid: str, root: Path, lines: list[bytes]) -> int:
     return resources
 
 
-def receiver(root: Path, sender_svc):
-    from gateway import create_app
-    from gateway.storage.blobstore import new_master_key
-    from gateway.trust.tokens import create_token
-
-    (root / "sender-jwks.json").write_text(json.dumps(sender_svc.keys.jwks()))
-    app = create_app({"data_dir": str(root / f"receiver-{uuid.uuid4().hex[:6]}"),
-                      "blob_key": new_master_key(), "organization": CENTER, "mode": "receive",
-                      "senders": {"hospital": {"organization": SENDER,
-                                               "jwks_file": str(root / "sender-jwks.json")}}})
-    svc = app.extensions["gateway"]
-    svc.keys.ensure()
-    with svc.db.session() as s:
-        _, token = create_token(s, "hospital", "peer", "bench")
-    return svc, app.test_client(), token
-
-
 def main() -> None:
+    from delivery import receiver  # bench/delivery.py: the same receiving gateway
+
     from gateway.outbound import bundles
     from gateway.runtime.warmup import fhir_models
     from gateway.storage.models import Transfer
