@@ -46,7 +46,6 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import date
-from typing import Iterable
 
 import orjson
 from pydantic import ValidationError
@@ -55,7 +54,7 @@ from connectors.base import RawRecord
 from mappings import Mapped, MappingContext, MappingFailed, PartlyInvalid
 from mappings.fhir import jsontext
 from mappings.fhir.classify import clinical_date, data_class
-from mappings.fhir.schema_check import Parsed, pulled
+from mappings.fhir.schema_check import Parsed, PulledResource, pulled
 from mappings.fhir.validate import (
     R4_CHECK,
     R4B_CHECK,
@@ -328,7 +327,7 @@ def map_fhir_json_items(record: RawRecord, context: MappingContext) -> list[Mapp
             targets.setdefault(checked, []).append(f"urn:uuid:{new_id}")
     for checked in (R4B_CHECK, R4_CHECK):
         if checked in targets:
-            out.append(Mapped(_provenance(record, targets[checked], checked), "supporting", None))
+            out.append(_provenance(record, targets[checked], checked))
     return out
 
 
@@ -382,7 +381,11 @@ def _as_served(line: bytes) -> bytes:
         return line.rstrip()
 
 
-def _provenance(record: RawRecord, targets: Iterable[str], checked: str = R4B_CHECK):
+def _provenance(record: RawRecord, targets: list[str], checked: str = R4B_CHECK) -> Mapped:
+    """The record's Provenance naming `targets` (the urn:uuids of its resources), as the R4B
+    model writes it. The model checks it with its first target; the others are written as
+    the model writes that one (they are urn:uuids made here, like it). Validating and
+    writing a Reference model per resource was a fifth of mapping a FHIR page."""
     meta = record.metadata
     base = str(meta.get("base_url") or "")
     recorded = record.fetched_at.isoformat().replace("+00:00", "Z")
@@ -393,7 +396,7 @@ def _provenance(record: RawRecord, targets: Iterable[str], checked: str = R4B_CH
         "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"provenance:{record.origin}"
                                                  + ("" if checked == R4B_CHECK else ":r4"))),
         "extension": [{"url": CHECKED_EXT, "valueString": f"checked against {checked}{why}"}],
-        "target": [{"reference": t} for t in targets],
+        "target": [{"reference": targets[0]}],
         "recorded": recorded,
         "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
                                  "code": "PULL", "display": "pull"}]},
@@ -408,7 +411,16 @@ def _provenance(record: RawRecord, targets: Iterable[str], checked: str = R4B_CH
                              "display": f"FHIR {meta.get('fhir_version', '')} {meta.get('stream', '')} "
                                         f"page {meta.get('page', '')} (sha256 {record.sha256})"}}],
     }
-    return model_class("Provenance").model_validate(doc)
+    one = model_class("Provenance").model_validate(doc).model_dump_json().encode()
+    first = b'"target":[' + orjson.dumps({"reference": targets[0]}) + b"]"
+    if one.count(first) != 1:  # not as the model writes it: let the model write them all
+        doc["target"] = [{"reference": t} for t in targets]
+        text = model_class("Provenance").model_validate(doc).model_dump_json().encode()
+    else:
+        text = one.replace(first, b'"target":[' + b",".join(
+            orjson.dumps({"reference": t}) for t in targets) + b"]")
+    return Mapped(PulledResource({"resourceType": "Provenance", "id": doc["id"]}, text), "supporting", None,
+                  json=text)
 
 
 def map_fhir_attachment(record: RawRecord, context: MappingContext) -> list[Mapped]:

@@ -13,6 +13,7 @@ A changed resource (new version, new content) goes again.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session
 from gateway.runtime.services import Services
 from gateway.storage.models import Item, Transfer
 from mappings import Mapped
+from mappings.fhir.schema_check import PulledResource
 
 PATIENT_PLACEHOLDER = b"urn:patient"  # each transfer has its own Patient entry
 
@@ -76,11 +78,12 @@ def new_only(kept: list[Mapped], sent: dict[str, str], delivered: set[tuple[str,
     for m in kept:
         if f"urn:uuid:{m.resource.id}" in dropped:
             continue
-        if source_url(m) is None and type(m.resource).__name__ == "Provenance":
-            targets = [r for r in m.resource.target if r.reference not in dropped]
+        if source_url(m) is None and type(provenance := _model(m)).__name__ == "Provenance":
+            targets = [r for r in provenance.target if r.reference not in dropped]
             if not targets:
                 continue
-            m.resource.target = targets
+            provenance.target = targets
+            m = replace(m, resource=provenance, json=None)  # the model writes it now
         out.append(m)
     return out
 
@@ -88,6 +91,11 @@ def new_only(kept: list[Mapped], sent: dict[str, str], delivered: set[tuple[str,
 def still_sent(kept: list[Mapped], sent: dict[str, str]) -> dict[str, str]:
     """The digests of the resources that are sent after all."""
     return {url: sent[url] for m in kept if (url := source_url(m)) in sent}
+
+
+def _model(m: Mapped):
+    """The resource's R4B model (a pulled one's is built now)."""
+    return m.resource.model() if isinstance(m.resource, PulledResource) else m.resource
 
 
 def source_url(m: Mapped) -> str | None:

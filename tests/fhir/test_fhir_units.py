@@ -12,10 +12,10 @@ from joserfc.jwk import ECKey, RSAKey
 from connectors import connector_class
 from connectors.base import RawRecord, SourceRejected
 from connectors.fhir.bundles import BundleFormatError, BundleReader
+from connectors.fhir.connector import resource_uuid as connector_uuid
 from connectors.fhir.http import retry_after_seconds, under_base
 from connectors.fhir.plan import Capability, plan_streams, search_types
 from connectors.fhir.smart import load_private_key, public_jwks
-from connectors.fhir.connector import resource_uuid as connector_uuid
 from mappings import DATA_CLASSES, MappingContext, MappingFailed, map_record
 from mappings.fhir import jsontext
 from mappings.fhir.validate import MemoValidator, model_class
@@ -248,6 +248,23 @@ def test_mapping_normalizes_references_ids_and_classes(tmp_path):
     assert prov.entity[0].what.identifier.value == rec.origin
     assert all(i.data_class in DATA_CLASSES | {"billing", "supporting"} for i in items)
     assert by_type["Practitioner"].data_class == by_type["Provenance"].data_class == "supporting"
+
+
+def test_a_records_provenance_travels_as_the_model_writes_the_whole_of_it(tmp_path):
+    """The Provenance is checked by the model with its first target and the others written
+    as that one: the JSON that travels is byte for byte the model's own of the whole."""
+    from mappings.fhir.validate import model_class
+
+    rec = record(tmp_path, [entry({"resourceType": "Observation", "id": f"o{n}", "status": "final",
+                                   "code": {"text": "pulse"}, "subject": {"reference": "Patient/p1"}})
+                            for n in range(40)])
+    items = map_record(rec, CTX)
+    prov = next(i for i in items if i.resource.get_resource_type() == "Provenance")
+    whole = model_class("Provenance").model_validate(orjson.loads(prov.json))
+    assert prov.json == whole.model_dump_json().encode()
+    assert [t.reference for t in whole.target] == [f"urn:uuid:{resource_uuid(BASE, 'Observation', f'o{n}')}"
+                                                   for n in range(40)]
+    assert prov.resource.id == whole.id and prov.resource.target == whole.target
 
 
 @pytest.mark.parametrize("value", ["73.2", "0.5", "1e-7", "100", "1.00", "1.5e3", "-0", "1E-7",
