@@ -46,6 +46,8 @@ def answer(request: dict) -> None:
             result = pages.read_text(request)
         elif request["op"] == "inspect":
             result = pages.inspect_file(request)
+        elif request["op"] == "previews":
+            result = pages.render_previews(request)
         else:
             result = pages.build_file(request)
         result["ok"] = True

@@ -56,7 +56,7 @@ from connectors.base import (
 
 from .cover import check_key, parse_cover_payload
 from .match import Evidence, MatchResult, TransferDescriptor, match_fax
-from .sandbox import FileRejected, Limits, analyze, build, phone_like
+from .sandbox import FileRejected, Limits, analyze, build, phone_like, render_previews
 from .store import FAX_ID_RE, FaxStore, StoreBusy, read_json, write_json
 from .watch import FolderWatcher, open_for_writing
 
@@ -304,7 +304,7 @@ class FaxIngestor:
     def _match_and_build(self, fax_id: str, folder: Path, work: Path, meta: dict,
                          transfers: Sequence[TransferDescriptor]) -> Outcome:
         original = folder / "original"
-        analysis = analyze(original, work, self.limits)
+        analysis = analyze(original, work, self.limits, previews=False)  # a matched fax needs none
         codes, pages = [], []
         for found in analysis.codes:
             code = parse_cover_payload(found["text"], self.cover_key)
@@ -322,10 +322,11 @@ class FaxIngestor:
             result = MatchResult(None, "review", tuple(reasons) + ("the fax holds only the cover sheet",),
                                  result.candidates or ((result.transfer_id,) if result.transfer_id else ()))
         built = build(original, work, drop_pages, self.limits)
+        previews = 0 if result.automatic else render_previews(original, work, self.limits)
         doc_sha, doc_size = hash_file(Path(built.path))
         orig_sha, orig_size = hash_file(original)
         received = datetime.fromtimestamp(meta["source_mtime_ns"] / 1e9, timezone.utc)
-        for name in ["document.pdf"] + [f"preview-{n}.png" for n in range(1, analysis.previews + 1)]:
+        for name in ["document.pdf"] + [f"preview-{n}.png" for n in range(1, previews + 1)]:
             if (work / name).exists():
                 os.replace(work / name, folder / name)
         state = "matched" if result.automatic else "review"

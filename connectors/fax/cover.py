@@ -124,22 +124,30 @@ def decode_payloads(page_image) -> list[str]:
     return found
 
 
-# a sorting network that leaves the median of 9 values in place 4 (Paeth; Devillard's opt_med9)
-_MEDIAN9 = ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 3),
-            (5, 8), (4, 7), (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2))
-
-
 def median3(pixels):
     """The 3x3 median of a 2-D uint8 array, edges replicated: the same values as PIL's
-    MedianFilter(3), in a third of its time (a full page: 30 ms, not 70-100 ms)."""
+    MedianFilter(3), in a sixth of its time (a full page: 14 ms, not 70-100 ms). Each
+    column of three is sorted once (low <= middle <= high) for its three windows; a
+    window's median is then the median of the largest low, the median middle and the
+    smallest high of its three columns."""
     import numpy as np
 
     padded = np.pad(pixels, 1, mode="edge")
     h, w = pixels.shape
-    v = [padded[i:i + h, j:j + w] for i in range(3) for j in range(3)]
-    for i, j in _MEDIAN9:
-        v[i], v[j] = np.minimum(v[i], v[j]), np.maximum(v[i], v[j])
-    return np.ascontiguousarray(v[4])
+    a, b, c = padded[0:h], padded[1:h + 1], padded[2:h + 2]
+    low, high = np.minimum(a, b), np.maximum(a, b)
+    mid, high = np.minimum(high, c), np.maximum(high, c)
+    low, mid = np.minimum(low, mid), np.maximum(low, mid)
+    lows = np.maximum(np.maximum(low[:, 0:w], low[:, 1:w + 1]), low[:, 2:w + 2])
+    highs = np.minimum(np.minimum(high[:, 0:w], high[:, 1:w + 1]), high[:, 2:w + 2])
+    return np.ascontiguousarray(_median_of_3(
+        lows, _median_of_3(mid[:, 0:w], mid[:, 1:w + 1], mid[:, 2:w + 2]), highs))
+
+
+def _median_of_3(a, b, c):
+    import numpy as np
+
+    return np.maximum(np.minimum(a, b), np.minimum(np.maximum(a, b), c))
 
 
 def decode_cover(page_image, key: bytes) -> CoverCode | None:

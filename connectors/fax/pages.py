@@ -27,6 +27,7 @@ _PREVIEW_SIZE = (850, 1100)  # review thumbnails fit this box (pixels)  # the la
 def analyze_file(request: dict) -> dict:
     limits = request["limits"]
     out = Path(request["out"])
+    previews = limits["preview_pages"] if request.get("previews", True) else 0
     path = Path(request["path"])
     if request["type"] == "pdf":
         with _checked_pdf(path, limits) as doc:
@@ -35,7 +36,7 @@ def analyze_file(request: dict) -> dict:
             scan = _scan_indices(pages, limits)
             images = {i: _render_pdf_page(doc, i, limits) for i in scan}
             layer = [_pdf_text(doc, i) for i in range(min(pages, limits["text_pages"]))]
-            for i in range(min(pages, limits["preview_pages"])):
+            for i in range(min(pages, previews)):
                 _save_preview(_render_pdf_page(doc, i, limits, _PREVIEW_SIZE), out, i)
         fax_number = None
     else:
@@ -43,7 +44,7 @@ def analyze_file(request: dict) -> dict:
         last: list = [None]
 
         def keep(i, frame):
-            if i < limits["preview_pages"]:
+            if i < previews:
                 _save_preview(_square(frame), out, i)
             last[0] = frame  # only the latest frame is held beyond the first ones
             return frame if i < wanted else None
@@ -70,7 +71,7 @@ def analyze_file(request: dict) -> dict:
 
     return {"type": request["type"], "pages": pages, "codes": codes, "text": text,
             "text_source": source, "fax_number": fax_number, "encrypted": encrypted,
-            "previews": min(pages, limits["preview_pages"])}
+            "previews": min(pages, previews)}
 
 
 def read_text(request: dict) -> dict:
@@ -107,6 +108,26 @@ def _save_preview(image, out: Path, index: int) -> None:
     image = image.convert("L")
     image.thumbnail(_PREVIEW_SIZE)
     image.save(out / f"preview-{index + 1}.png", format="PNG")
+
+
+def render_previews(request: dict) -> dict:
+    """The review thumbnails of the first `preview_pages` pages (preview-<n>.png), with
+    the checks of `inspect_file`: for a fax put in review (`analyze_file` makes them only
+    when asked to, since a matched fax needs none)."""
+    limits = request["limits"]
+    out = Path(request["out"])
+    path = Path(request["path"])
+    if request["type"] == "pdf":
+        with _checked_pdf(path, limits) as doc:
+            pages = len(doc)
+            for i in range(min(pages, limits["preview_pages"])):
+                _save_preview(_render_pdf_page(doc, i, limits, _PREVIEW_SIZE), out, i)
+    else:
+        def keep(i, frame):
+            if i < limits["preview_pages"]:
+                _save_preview(_square(frame), out, i)
+        _, pages, _ = _tiff_frames(path, limits, keep)
+    return {"type": request["type"], "pages": pages, "previews": min(pages, limits["preview_pages"])}
 
 
 def inspect_file(request: dict) -> dict:

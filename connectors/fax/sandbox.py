@@ -125,9 +125,11 @@ def sniff(path: Path) -> str:
     raise FileRejected("unsupported", "neither a PDF nor a TIFF")
 
 
-def analyze(path: Path, outdir: Path, limits: Limits = Limits()) -> Analysis:
-    """Inspect a fax in the sandbox: pages, QR texts, text (layer or OCR), preview PNG."""
-    result = _run_child({"op": "analyze", "path": str(path), "out": str(outdir)}, path, limits)
+def analyze(path: Path, outdir: Path, limits: Limits = Limits(), previews: bool = True) -> Analysis:
+    """Inspect a fax in the sandbox: pages, QR texts, text (layer or OCR), and with
+    `previews` the review thumbnails (`render_previews`)."""
+    result = _run_child({"op": "analyze", "path": str(path), "out": str(outdir), "previews": previews},
+                        path, limits)
     return Analysis(**result)
 
 
@@ -153,6 +155,13 @@ def inspect(path: Path, outdir: Path, limits: Limits = Limits()) -> Inspection:
     decodes. For files delivered as they are (the PDF folder source)."""
     result = _run_child({"op": "inspect", "path": str(path), "out": str(outdir)}, path, limits)
     return Inspection(**result)
+
+
+def render_previews(path: Path, outdir: Path, limits: Limits = Limits()) -> int:
+    """Render the review thumbnails of a fax's first pages in the sandbox (preview-<n>.png
+    in `outdir`); returns how many."""
+    result = _run_child({"op": "previews", "path": str(path), "out": str(outdir)}, path, limits)
+    return int(result["previews"])
 
 
 def build(path: Path, outdir: Path, drop_pages: list[int], limits: Limits = Limits()) -> Built:

@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from . import faxgen
-from .faxgen import KEY, cover_pdf
 from connectors import connector_class
 from connectors.base import RecordQuery, SourceUnavailable, hash_file
 from connectors.fax.connector import FaxIngestor
 from connectors.fax.review import PageNotFound, ReviewError
 from connectors.fax.store import FaxStore, read_json
+
+from . import faxgen
+from .faxgen import KEY, cover_pdf
 
 FINAL = ("matched", "review", "quarantine", "rejected", "done")
 
@@ -107,6 +108,10 @@ def test_every_sample_lands_where_expected(env, samples):
             "matched" if sample.transfer_id else "review", sample.transfer_id, sample.method), sample.name
         assert result["pages"] == sample.pages, sample.name
         assert hash_file(env.store.path(state, fax_id) / "original")[0] == hash_file(sample.path)[0]
+        # review thumbnails only where someone will review: every received page of those
+        previews = sorted(p.name for p in env.store.path(state, fax_id).glob("preview-*.png"))
+        assert previews == ([] if state == "matched" else
+                            [f"preview-{n}.png" for n in range(1, result["received_pages"] + 1)]), sample.name
 
     records = env.fetch(samples["qr_fine_g4"].transfer_id)
     assert len(records) == 1
