@@ -78,6 +78,26 @@ class Gunicorn(GatewayProcess):
         return [int(pid) for pid in text.split()]
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _processes() -> list[tuple[int, str]]:
+    """(parent PID, command line) of every process."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError):
+            continue
+        out.append((int(stat.rpartition(")")[2].split()[1]), cmd))
+    return out
+
+
 class Nginx(GatewayProcess):
     """nginx with deploy/nginx/gateway.conf, its secrets and upstream put where this test
     has them, in a prefix of its own (no system configuration, no port 80)."""
@@ -222,6 +242,15 @@ def test_api_two_workers_beat_and_a_receiver_deliver_a_transfer(
 
     wait_until(receiving, 60, what="the DICOM receiver's /health")
     assert len(api.children()) == 2  # gunicorn's master and its two workers
+
+    def sandboxes():  # the process each document sandbox (fork server) serves, by PID
+        return sorted(ppid for ppid, cmd in _processes() if "connectors.fax.zygote" in cmd
+                      and ppid in {*[c for w in workers for c in _children(w.proc.pid)], beat.proc.pid})
+
+    # each prefork child and the beat started their own before any task came; the workers'
+    # parents (which run no task) none
+    wait_until(lambda: len(sandboxes()) == 3, 60, 0.2, "a document sandbox in each worker process")
+    assert sandboxes() == sorted([*[c for w in workers for c in _children(w.proc.pid)], beat.proc.pid])
 
     url = f"http://127.0.0.1:{sender_config['port']}"
     claims = example_claims(

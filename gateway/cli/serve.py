@@ -114,6 +114,15 @@ def _run_worker(svc, concurrency: int, beat: bool, pool: str | None) -> None:
     from gateway.runtime.celery_app import celery
 
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+    if svc.settings.sources:  # before the first task, as the models: its tasks read documents
+        from gateway.runtime.warmup import document_sandbox
+
+        if pool == "prefork":  # a sandbox serves the process that started it: each child's own
+            from celery.signals import worker_process_init
+
+            worker_process_init.connect(lambda **_: document_sandbox(), weak=False)
+        else:
+            document_sandbox()
 
     options = {"concurrency": concurrency, "beat": beat,
                "loglevel": svc.settings.log_level, "hostname": f"gateway@{os.uname().nodename}-{os.getpid()}",

@@ -18,7 +18,6 @@ from sqlalchemy import select
 
 from connectors import connector_class
 from connectors.base import ConnectorError
-from connectors.fax import sandbox
 from connectors.fax.cover import CoverSheet, render_cover_pdf, render_request_pdf
 from connectors.fax.match import TransferDescriptor
 from connectors.fax.store import StoreBusy
@@ -237,11 +236,7 @@ def start_watchers(svc: Services, stop: threading.Event) -> list[threading.Threa
 
 
 def _watch(ingestor, stop: threading.Event, interval: float) -> None:
-    try:
-        sandbox.start()  # before the first fax comes, not when it does
-    except OSError as exc:  # each file's analysis tries again, and reports it
-        log.warning("fax sandbox not started yet: %s", exc)
-    ingestor.run(stop, interval)
+    ingestor.run(stop, interval)  # (the process started its sandbox: runtime/warmup.py)
 
 
 # --- review queue ---------------------------------------------------------------------

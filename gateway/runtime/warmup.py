@@ -55,3 +55,19 @@ def fhir_models(schema_check: bool = False) -> float:
     took = time.monotonic() - started
     log.info("FHIR models loaded in %.1f s", took)
     return took
+
+
+def document_sandbox() -> None:
+    """Start this process's document sandbox (connectors/fax/sandbox.py: a fork server
+    that imports the PDF, TIFF and QR libraries, about a second of CPU), so the first
+    document a task reads (a fax, a PDF, the fingerprint of a document several sources
+    sent) does not pay for it in the middle of a transfer."""
+    from connectors.fax import sandbox
+
+    started = time.monotonic()
+    try:
+        sandbox.start()
+    except OSError as exc:  # each document's read tries again, and reports it
+        log.warning("document sandbox not started yet: %s", exc)
+        return
+    log.info("document sandbox started in %.1f s", time.monotonic() - started)
