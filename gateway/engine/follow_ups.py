@@ -99,5 +99,7 @@ def _model(m: Mapped):
 
 
 def source_url(m: Mapped) -> str | None:
+    if isinstance(m.resource, PulledResource):  # (its Meta model is built only when asked for)
+        return m.resource.meta_source
     meta = getattr(m.resource, "meta", None)
     return getattr(meta, "source", None) if meta is not None else None

@@ -57,6 +57,18 @@ def fhir_models(schema_check: bool = False) -> float:
     return took
 
 
+def connectors(kinds) -> None:
+    """Import the connectors of these kinds (the DICOM one imports pynetdicom: ~0.1 s of
+    the first pull otherwise)."""
+    from connectors import connector_class
+
+    for kind in sorted(set(kinds)):
+        try:
+            connector_class(kind)
+        except KeyError:  # an unknown kind: the pull reports it
+            pass
+
+
 def document_sandbox() -> None:
     """Start this process's document sandbox (connectors/fax/sandbox.py: a fork server
     that imports the PDF, TIFF and QR libraries, about a second of CPU), so the first

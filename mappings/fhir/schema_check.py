@@ -371,6 +371,13 @@ class PulledResource:
         return self._data if self._text is None else jsontext.loads(self._text)
 
     @property
+    def meta_source(self) -> str | None:
+        """`meta.source` (a string, as the check requires), without building the Meta model."""
+        meta = self._meta_data
+        source = meta.get("source") if type(meta) is dict else None
+        return source if type(source) is str else None
+
+    @property
     def meta(self):
         if self._meta is None and self._meta_data is not None:
             meta = self._meta_data

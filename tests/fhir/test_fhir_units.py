@@ -235,6 +235,12 @@ def test_mapping_normalizes_references_ids_and_classes(tmp_path):
     o = by_type["Observation"]
     assert o.data_class == "vitals" and o.clinical_date == date(2021, 5, 6)
     assert o.resource.id == resource_uuid(BASE, "Observation", "o1") == connector_uuid(BASE, "Observation", "o1")
+    from gateway.engine.follow_ups import source_url
+
+    fresh = map_record(rec, CTX)
+    assert [source_url(i) for i in fresh] == [f"{BASE}/Encounter/e1", f"{BASE}/Observation/o1",
+                                              f"{BASE}/Practitioner/dr1", None]
+    assert [i.resource._model for i in fresh] == [None] * 4  # read without building the models
     assert o.resource.meta.source == f"{BASE}/Observation/o1" and o.resource.meta.versionId == "3"
     assert o.resource.subject.reference == CTX.patient_reference
     assert o.resource.encounter.reference == f"urn:uuid:{resource_uuid(BASE, 'Encounter', 'e1')}"
