@@ -87,12 +87,13 @@ def looks_like_cover_payload(text: str) -> bool:
     return bool(_PAYLOAD_RE.match((text or "").strip()))
 
 
-def decode_payloads(page_image) -> list[str]:
+def decode_payloads(page_image, despeckle: bool = True) -> list[str]:
     """Every QR text zxing-cpp finds on a page image (PIL image), trying harder on faxes.
 
     Fax pages are 1-bit, noisy, slightly rotated and often non-square pixels (the caller
     resamples those to square first). We try the image as is, then a despeckled and a
-    downscaled copy, which recover codes the first pass misses.
+    downscaled copy, which recover codes the first pass misses. Not `despeckle`: the page
+    was drawn from vector content alone (no scan in it), so it has no speckles to remove.
     """
     import numpy as np
     import zxingcpp
@@ -110,7 +111,8 @@ def decode_payloads(page_image) -> list[str]:
     def halved(pixels):
         return np.asarray(Image.fromarray(pixels).reduce(2))
 
-    attempts = (lambda: gray, despeckled, lambda: halved(gray), lambda: halved(despeckled()))
+    attempts = ((lambda: gray, despeckled, lambda: halved(gray), lambda: halved(despeckled()))
+                if despeckle else (lambda: gray, lambda: halved(gray)))
     for attempt in attempts:
         image = attempt()
         for binarizer in (zxingcpp.Binarizer.LocalAverage, zxingcpp.Binarizer.GlobalHistogram):

@@ -35,6 +35,7 @@ def analyze_file(request: dict) -> dict:
             encrypted = _pdf_encrypted(doc)
             scan = _scan_indices(pages, limits)
             images = {i: _render_pdf_page(doc, i, limits) for i in scan}
+            scanned = {i for i in scan if _draws_images(doc, i)}  # the others have no speckles
             layer = [_pdf_text(doc, i) for i in range(min(pages, limits["text_pages"]))]
             for i in range(min(pages, previews)):
                 _save_preview(_render_pdf_page(doc, i, limits, _PREVIEW_SIZE), out, i)
@@ -52,10 +53,11 @@ def analyze_file(request: dict) -> dict:
         frames.setdefault(pages - 1, last[0])
         encrypted, layer = False, []
         images = {i: _square(frames[i]) for i in _scan_indices(pages, limits)}
+        scanned = set(images)
 
     codes = []
     for index, image in images.items():
-        for text in decode_payloads(image):
+        for text in decode_payloads(image, despeckle=index in scanned):
             codes.append({"page": index, "text": text[:512]})
     images = [images[i] for i in sorted(images) if i < limits["scan_pages"]]
 
@@ -238,6 +240,20 @@ def _page(doc, index: int):
         return doc[index]
     except (pdfium.PdfiumError, IndexError, ValueError) as exc:
         raise FileRejected("bad-page", f"page {index + 1} does not load: {str(exc)[:80]}") from None
+
+
+def _draws_images(doc, index: int) -> bool:
+    """Whether page `index` draws a raster image (a scan), in Form XObjects too."""
+    import pypdfium2 as pdfium
+
+    page = _page(doc, index)
+    try:
+        return next(iter(page.get_objects(filter=[pdfium.raw.FPDF_PAGEOBJ_IMAGE], max_depth=8)),
+                    None) is not None
+    except pdfium.PdfiumError:
+        return True  # (every page passed _check_pages): despeckled, as before
+    finally:
+        page.close()
 
 
 def _check_pages(doc, limits: dict) -> None:

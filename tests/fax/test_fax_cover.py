@@ -7,7 +7,7 @@ import pytest
 
 from . import faxgen
 from .faxgen import KEY, cover_pdf
-from connectors.fax.cover import (CoverError, CoverSheet, cover_payload, decode_cover,
+from connectors.fax.cover import (CoverError, CoverSheet, cover_payload, decode_cover, decode_payloads,
                                   parse_cover_payload, render_cover_pdf)
 
 
@@ -92,3 +92,26 @@ def test_the_despeckle_median_is_pil_s_median_filter(shape):
         got = median3(pixels)
         assert got.shape == pixels.shape and got.dtype == np.uint8
         assert np.array_equal(got, expected)
+
+
+def test_a_scanned_page_is_despeckled_and_a_drawn_one_need_not_be(tmp_path):
+    """The despeckled attempts run on pages that draw a scan (every TIFF frame; a PDF page
+    with a raster image): this noisy fax's code is found only by them, in a PDF too. A
+    page drawn from vector content alone has no speckles and skips them."""
+    import pypdfium2 as pdfium
+
+    from connectors.fax.pages import _draws_images
+    from connectors.fax.sandbox import analyze
+
+    person = faxgen.people(1)[0]  # (this page and noise: only the despeckled attempts decode it)
+    noisy = faxgen.faxify(faxgen.render(cover_pdf(person), 204)[0], noise=0.25, seed=1)
+    assert decode_payloads(noisy, despeckle=False) == []
+    assert [parse_cover_payload(t, KEY).transfer_id for t in decode_payloads(noisy)] == [person.transfer_id]
+
+    scanned = faxgen.scanned_pdf([noisy], tmp_path / "scanned.pdf", dpi=204)
+    drawn = tmp_path / "drawn.pdf"
+    drawn.write_bytes(faxgen.records_pdf(person, 1))
+    assert [_draws_images(pdfium.PdfDocument(str(p)), 0) for p in (scanned, drawn)] == [True, False]
+    (tmp_path / "out").mkdir()
+    codes = analyze(scanned, tmp_path / "out", previews=False).codes
+    assert [parse_cover_payload(c["text"], KEY).transfer_id for c in codes] == [person.transfer_id]
