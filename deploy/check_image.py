@@ -116,7 +116,7 @@ def build(base: str, mounts: list[str]) -> float:
     tail: list[str] = []
     for line in proc.stdout:
         tail = (tail + [line.rstrip()])[-40:]
-        if line.startswith("STEP "):
+        if "STEP " in line:  # "[1/2] STEP 3/10: RUN ..."
             say(f"  {line.strip()[:110]}")
     if proc.wait() != 0:
         raise CheckFailed("the build failed:\n" + "\n".join(tail))
@@ -159,15 +159,17 @@ def exercise(env: list[str]) -> dict:
         say("records-gateway init ran; starting the API as the image does (tini, gunicorn)")
         image = configuration()
         # (tini is not PID 1 here: a subreaper instead, as it asks)
+        api_log = tempfile.TemporaryFile("w+")  # gunicorn's log: shown if it exits
         api = subprocess.Popen(["buildah", "run", "--isolation", "chroot", *env, "--env", "TINI_SUBREAPER=1",
                                 container, "--", *image["entrypoint"], *image["cmd"]],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               stdout=api_log, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
         health = image["healthcheck"][1:]  # ["CMD", program, args...]
         deadline = time.monotonic() + 90
         while True:
             if api.poll() is not None:
-                raise CheckFailed(f"the API exited {api.returncode}: {api.stdout.read()[-1500:]}")
+                api_log.seek(0)
+                raise CheckFailed(f"the API exited {api.returncode}: {api_log.read()[-1500:]}")
             if inside(*health, check=False).returncode == 0:
                 break
             if time.monotonic() > deadline:
@@ -232,7 +234,7 @@ def main() -> int:
             f"health check {config['healthcheck']}, {config['size_mb']} MB of layers")
         port = free_port()
         found = exercise(["--env", f"GATEWAY_BIND=127.0.0.1:{port}", "--env", "GATEWAY_HTTP_WORKERS=1"])
-        say(f"in a container: uid {found['uid']}, {found['version']}, compilers found: "
+        say(f"in a container: uid {found['uid']}, {found['version']}, {' '.join(found['tesseract'])}, compilers found: "
             f"{found['compilers'] or 'none'}; health check passes while the API serves, "
             f"{'passes' if found['healthy_once_stopped'] else 'fails'} once it is stopped")
         problems = []

@@ -115,9 +115,9 @@ def _run_worker(svc, concurrency: int, beat: bool, pool: str | None) -> None:
 
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     if svc.settings.sources:  # before the first task, as the models: its tasks read documents
-        from gateway.runtime.warmup import connectors, document_sandbox
+        from gateway.runtime.warmup import connector_modules, document_sandbox
 
-        connectors(source.kind for source in svc.settings.sources.values())
+        connector_modules(source.kind for source in svc.settings.sources.values())
         if pool == "prefork":  # a sandbox serves the process that started it: each child's own
             from celery.signals import worker_process_init
 

@@ -57,7 +57,7 @@ def fhir_models(schema_check: bool = False) -> float:
     return took
 
 
-def connectors(kinds) -> None:
+def connector_modules(kinds) -> None:
     """Import the connectors of these kinds (the DICOM one imports pynetdicom: ~0.1 s of
     the first pull otherwise)."""
     from connectors import connector_class
