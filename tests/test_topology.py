@@ -74,8 +74,7 @@ class Gunicorn(GatewayProcess):
         return self
 
     def children(self) -> list[int]:
-        text = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
-        return [int(pid) for pid in text.split()]
+        return _children(self.proc.pid)
 
 
 def _children(pid: int) -> list[int]:
@@ -243,14 +242,17 @@ def test_api_two_workers_beat_and_a_receiver_deliver_a_transfer(
     wait_until(receiving, 60, what="the DICOM receiver's /health")
     assert len(api.children()) == 2  # gunicorn's master and its two workers
 
+    def task_processes():  # the prefork children (forked once a worker starts) and the beat
+        return sorted([*[c for w in workers for c in _children(w.proc.pid)], beat.proc.pid])
+
     def sandboxes():  # the process each document sandbox (fork server) serves, by PID
         return sorted(ppid for ppid, cmd in _processes() if "connectors.fax.zygote" in cmd
-                      and ppid in {*[c for w in workers for c in _children(w.proc.pid)], beat.proc.pid})
+                      and ppid in task_processes())
 
     # each prefork child and the beat started their own before any task came; the workers'
     # parents (which run no task) none
     wait_until(lambda: len(sandboxes()) == 3, 60, 0.2, "a document sandbox in each worker process")
-    assert sandboxes() == sorted([*[c for w in workers for c in _children(w.proc.pid)], beat.proc.pid])
+    assert sandboxes() == task_processes()
 
     url = f"http://127.0.0.1:{sender_config['port']}"
     claims = example_claims(

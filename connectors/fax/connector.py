@@ -304,7 +304,7 @@ class FaxIngestor:
     def _match_and_build(self, fax_id: str, folder: Path, work: Path, meta: dict,
                          transfers: Sequence[TransferDescriptor]) -> Outcome:
         original = folder / "original"
-        analysis = analyze(original, work, self.limits, previews=False)  # a matched fax needs none
+        analysis = analyze(original, work, self.limits)
         codes, pages = [], []
         for found in analysis.codes:
             code = parse_cover_payload(found["text"], self.cover_key)
@@ -322,7 +322,7 @@ class FaxIngestor:
             result = MatchResult(None, "review", tuple(reasons) + ("the fax holds only the cover sheet",),
                                  result.candidates or ((result.transfer_id,) if result.transfer_id else ()))
         built = build(original, work, drop_pages, self.limits)
-        previews = 0 if result.automatic else render_previews(original, work, self.limits)
+        previews = 0 if result.automatic else render_previews(original, work, self.limits)  # for review
         doc_sha, doc_size = hash_file(Path(built.path))
         orig_sha, orig_size = hash_file(original)
         received = datetime.fromtimestamp(meta["source_mtime_ns"] / 1e9, timezone.utc)

@@ -26,8 +26,6 @@ _PREVIEW_SIZE = (850, 1100)  # review thumbnails fit this box (pixels)  # the la
 
 def analyze_file(request: dict) -> dict:
     limits = request["limits"]
-    out = Path(request["out"])
-    previews = limits["preview_pages"] if request.get("previews", True) else 0
     path = Path(request["path"])
     if request["type"] == "pdf":
         with _checked_pdf(path, limits) as doc:
@@ -37,16 +35,12 @@ def analyze_file(request: dict) -> dict:
             images = {i: _render_pdf_page(doc, i, limits) for i in scan}
             scanned = {i for i in scan if _draws_images(doc, i)}  # the others have no speckles
             layer = [_pdf_text(doc, i) for i in range(min(pages, limits["text_pages"]))]
-            for i in range(min(pages, previews)):
-                _save_preview(_render_pdf_page(doc, i, limits, _PREVIEW_SIZE), out, i)
         fax_number = None
     else:
         wanted = max(limits["scan_pages"], limits["ocr_pages"])
         last: list = [None]
 
         def keep(i, frame):
-            if i < previews:
-                _save_preview(_square(frame), out, i)
             last[0] = frame  # only the latest frame is held beyond the first ones
             return frame if i < wanted else None
         frames, pages, fax_number = _tiff_frames(path, limits, keep)
@@ -72,8 +66,7 @@ def analyze_file(request: dict) -> dict:
             text, source = _ocr_pages(ocr_images, limits)
 
     return {"type": request["type"], "pages": pages, "codes": codes, "text": text,
-            "text_source": source, "fax_number": fax_number, "encrypted": encrypted,
-            "previews": min(pages, previews)}
+            "text_source": source, "fax_number": fax_number, "encrypted": encrypted}
 
 
 def read_text(request: dict) -> dict:
@@ -114,8 +107,8 @@ def _save_preview(image, out: Path, index: int) -> None:
 
 def render_previews(request: dict) -> dict:
     """The review thumbnails of the first `preview_pages` pages (preview-<n>.png), with
-    the checks of `inspect_file`: for a fax put in review (`analyze_file` makes them only
-    when asked to, since a matched fax needs none)."""
+    the checks of `inspect_file`: for a fax put in review (a matched fax needs none, so
+    `analyze_file` makes none)."""
     limits = request["limits"]
     out = Path(request["out"])
     path = Path(request["path"])

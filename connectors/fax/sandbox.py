@@ -125,11 +125,10 @@ def sniff(path: Path) -> str:
     raise FileRejected("unsupported", "neither a PDF nor a TIFF")
 
 
-def analyze(path: Path, outdir: Path, limits: Limits = Limits(), previews: bool = True) -> Analysis:
-    """Inspect a fax in the sandbox: pages, QR texts, text (layer or OCR), and with
-    `previews` the review thumbnails (`render_previews`)."""
-    result = _run_child({"op": "analyze", "path": str(path), "out": str(outdir), "previews": previews},
-                        path, limits)
+def analyze(path: Path, outdir: Path, limits: Limits = Limits()) -> Analysis:
+    """Inspect a fax in the sandbox: pages, QR texts, text (layer or OCR); the review
+    thumbnails are `render_previews`."""
+    result = _run_child({"op": "analyze", "path": str(path), "out": str(outdir)}, path, limits)
     return Analysis(**result)
 
 

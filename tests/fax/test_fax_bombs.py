@@ -12,7 +12,7 @@ from PIL import Image
 from connectors.base import RecordQuery, SourceUnavailable
 from connectors.fax.connector import FaxDropConnector, FaxIngestor
 from connectors.fax.review import ReviewError, ReviewQueue
-from connectors.fax.sandbox import FileRejected, Limits, analyze, build, inspect, read_text
+from connectors.fax.sandbox import FileRejected, Limits, analyze, build, inspect, read_text, render_previews
 from connectors.fax.store import FaxStore
 
 from . import faxgen, hostile
@@ -47,7 +47,8 @@ def bombs(tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.parametrize("name", sorted(BOMBS))
 def test_bomb_is_refused_with_its_reason_under_the_memory_cap(name, bombs, tmp_path):
     for step in (lambda p: analyze(p, tmp_path), lambda p: inspect(p, tmp_path),
-                 lambda p: read_text(p, tmp_path), lambda p: build(p, tmp_path, [])):
+                 lambda p: read_text(p, tmp_path), lambda p: build(p, tmp_path, []),
+                 lambda p: render_previews(p, tmp_path)):
         with pytest.raises(FileRejected) as info:
             step(bombs[name])
         assert info.value.reason == BOMBS[name][1], (name, info.value)
@@ -68,6 +69,7 @@ def test_ordinary_faxes_and_a_large_scan_pass_well_under_the_cap(samples, tmp_pa
         peaks[name] = found.peak_rss_mb
         assert 0 < found.peak_rss_mb < CAP_MB / 2, (name, found.peak_rss_mb)
         assert inspect(path, out).pages == found.pages
+        render_previews(path, out)  # the thumbnails a review shows: the scan's is checked below
     with Image.open(tmp_path / "scan-600dpi" / "preview-1.png") as preview:
         low, high = preview.getextrema()
     assert high - low > 50, "the scan's image was not drawn"  # noise, not a blank page

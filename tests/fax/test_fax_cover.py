@@ -113,5 +113,5 @@ def test_a_scanned_page_is_despeckled_and_a_drawn_one_need_not_be(tmp_path):
     drawn.write_bytes(faxgen.records_pdf(person, 1))
     assert [_draws_images(pdfium.PdfDocument(str(p)), 0) for p in (scanned, drawn)] == [True, False]
     (tmp_path / "out").mkdir()
-    codes = analyze(scanned, tmp_path / "out", previews=False).codes
+    codes = analyze(scanned, tmp_path / "out").codes
     assert [parse_cover_payload(c["text"], KEY).transfer_id for c in codes] == [person.transfer_id]
