@@ -325,6 +325,36 @@ def test_records_of_one_pull_share_rewrites_but_not_their_fullurls(tmp_path):
     assert by_id["o1"].subject.reference == by_id["o2"].subject.reference == CTX.patient_reference
 
 
+def test_references_are_rewritten_in_any_spacing_and_escaping_and_never_across_lines(tmp_path):
+    """The record is rewritten at once: a reference written with spaces around its colon
+    or with escapes is rewritten as a compact one is, and a broken line (a reference whose
+    string never ends) is reported with its line number while the next line's references
+    are rewritten as usual."""
+    obs = {"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "x"},
+           "subject": {"reference": "Patient/p1"}, "encounter": {"reference": "Encounter/e1"}}
+    spaced = orjson.dumps(entry(obs)).replace(b'"reference":"Patient/p1"', b'"reference" :\t"Patient\\/p1"')
+    spaced = spaced.replace(b'"reference":"Encounter/e1"', b'"reference": "Encounter/e1"')
+    broken = b'{"fullUrl":"' + BASE.encode() + b'/Observation/o2","resource":{"resourceType":"Observation",' \
+             b'"id":"o2","subject":{"reference":"Patient/p1}}'
+    after = orjson.dumps(entry({**obs, "id": "o3"}))
+    path = tmp_path / "r.ndjson"
+    path.write_bytes(spaced + b"\n" + broken + b"\n" + after + b"\n")
+    rec = RawRecord(source="ehr", kind="fhir-json", media_type="application/fhir+ndjson", path=path,
+                    sha256="0" * 64, size=path.stat().st_size, origin=f"{BASE}/x#page=0&chunk=0",
+                    metadata={"base_url": BASE, "fhir_version": "4.0.1", "patient_id": "p1", "attachments": {}})
+    with pytest.raises(ResourcesInvalid) as err:
+        map_record(rec, CTX)
+    [invalid] = err.value.invalid
+    assert invalid.origin == f"{rec.origin}#line=2" and invalid.raw == broken
+    encounter = f"urn:uuid:{resource_uuid(BASE, 'Encounter', 'e1')}"
+    observations = [i for i in err.value.valid if i.data_class != "supporting"]
+    assert [i.resource.meta.source for i in observations] == [f"{BASE}/Observation/o1", f"{BASE}/Observation/o3"]
+    for item in observations:
+        assert item.resource.subject.reference == CTX.patient_reference
+        assert item.resource.encounter.reference == encounter
+        assert b"Patient/p1" not in item.json and b"Encounter/e1" not in item.json
+
+
 def test_invalid_resources_are_kept_with_their_errors(tmp_path):
     secret = "Jane-Secret-Value"
     bad = {"resourceType": "Observation", "id": "bad", "status": {"nested": secret}, "code": {"text": "x"}}
