@@ -14,7 +14,7 @@ import threading
 from datetime import date
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from connectors import connector_class
 from connectors.base import ConnectorError
@@ -28,6 +28,7 @@ from gateway.errors import Conflict, InvalidInput, NotFound
 from gateway.runtime.services import Services
 from gateway.storage.models import Case, Transfer, TransferSource
 
+from . import pulls
 from .sources import connector_options
 from .transfers import TERMINAL
 
@@ -158,19 +159,22 @@ def write_request(svc: Services, session, t: Transfer, source: str, reminder: in
 
 def wake(svc: Services, transfer_id: str, source: str) -> None:
     """A fax from `source` for this transfer arrived: run that source's pull now rather
-    than at its next retry. A pull of it running meanwhile sees the cleared
-    next_attempt_at and, finding nothing yet, tries again at once (pulls._failed)."""
-    from .transfers import enqueue
-
+    than at its next retry. Its pull task is sent itself: a `pulling` step sent instead
+    is dropped when another run of that step holds the transfer, one that looked before
+    this fax came. A pull of the source running meanwhile cannot take the task, but it
+    sees the cleared next_attempt_at and, finding nothing yet, tries again at once
+    (pulls._failed)."""
+    pulling = select(Transfer.id).where(Transfer.id == transfer_id, Transfer.state == "pulling")
     with svc.db.session() as s:
-        t = s.get(Transfer, transfer_id)
-        if t is None or t.state != "pulling":
-            return
-        t.next_attempt_at = None
-        for src in t.sources:  # each source waits on its own schedule (pulls.py)
-            if src.name == source:
-                src.next_attempt_at = None
-    enqueue(transfer_id, "pulling")
+        woken = s.execute(
+            update(TransferSource)
+            .where(TransferSource.transfer_id == transfer_id, TransferSource.name == source,
+                   TransferSource.state.not_in(pulls.FINISHED),
+                   TransferSource.transfer_id.in_(pulling.scalar_subquery()))
+            .values(next_attempt_at=None)
+            .execution_options(synchronize_session=False)).rowcount
+    if woken:
+        pulls.enqueue(transfer_id, source)
 
 
 def _ingestor(svc: Services, name: str, cfg: SourceConfig):

@@ -148,12 +148,15 @@ def _failed(svc: Services, transfer_id: str, source: str, owner: str, exc: Excep
         auth_id = row.transfer.authorization_id
         if transient and row.attempts < retry.max_attempts:
             asked = exc.details.get("retry_after") if isinstance(exc, GatewayError) else None
+            asked_s = min(float(asked), retry.max_retry_after_s) if asked is not None else 0.0
+            delay = max(backoff(retry, row.attempts), asked_s)
             # woken while it ran (what it waits for may have come just after it looked):
-            # no backoff, or the wake would be lost until the next attempt
-            woken = row.next_attempt_at is None
-            delay = max(0.0 if woken else backoff(retry, row.attempts),
-                        min(float(asked), retry.max_retry_after_s) if asked is not None else 0.0)
-            row.next_attempt_at = utcnow() + timedelta(seconds=delay)
+            # no backoff, or the wake would be lost until the next attempt. The wake clears
+            # next_attempt_at (faxes.wake); the backoff is set only where it is still set,
+            # in one statement, so a wake since this session read the row is seen too
+            if not _schedule(s, row.id, delay, unless_woken=True):
+                delay = asked_s
+                _schedule(s, row.id, delay)
             row.error = f"waiting (attempt {row.attempts}): {message}"
             audit.record(s, "transfer.pull.retry", actor="worker", transfer_id=transfer_id,
                          authorization_id=auth_id, outcome="failure", source=source,
@@ -167,6 +170,17 @@ def _failed(svc: Services, transfer_id: str, source: str, owner: str, exc: Excep
         return "waiting"
     finish_if_last(svc, transfer_id)
     return "failed"
+
+
+def _schedule(s, row_id: int, delay: float, unless_woken: bool = False) -> bool:
+    """Set a source's next attempt `delay` seconds from now (`unless_woken`: only if its
+    next_attempt_at was not cleared by a wake); whether it was set."""
+    where = [TransferSource.id == row_id]
+    if unless_woken:
+        where.append(TransferSource.next_attempt_at.is_not(None))
+    return s.execute(update(TransferSource).where(*where)
+                     .values(next_attempt_at=utcnow() + timedelta(seconds=delay))
+                     .execution_options(synchronize_session=False)).rowcount == 1
 
 
 def finish_if_last(svc: Services, transfer_id: str) -> None:
