@@ -159,11 +159,11 @@ def write_request(svc: Services, session, t: Transfer, source: str, reminder: in
 
 def wake(svc: Services, transfer_id: str, source: str) -> None:
     """A fax from `source` for this transfer arrived: run that source's pull now rather
-    than at its next retry. Its pull task is sent itself: a `pulling` step sent instead
-    is dropped when another run of that step holds the transfer, one that looked before
-    this fax came. A pull of the source running meanwhile cannot take the task, but it
-    sees the cleared next_attempt_at and, finding nothing yet, tries again at once
-    (pulls._failed)."""
+    than at its next retry. It sends that source's pull task directly: a `pulling` step
+    sent instead is dropped when another run of that step, one that looked before this
+    fax came, holds the transfer. A pull of the source running meanwhile cannot take the
+    task, but it sees the cleared next_attempt_at and, finding nothing yet, tries again
+    at once (pulls._failed)."""
     pulling = select(Transfer.id).where(Transfer.id == transfer_id, Transfer.state == "pulling")
     with svc.db.session() as s:
         woken = s.execute(

@@ -151,9 +151,9 @@ def _failed(svc: Services, transfer_id: str, source: str, owner: str, exc: Excep
             asked_s = min(float(asked), retry.max_retry_after_s) if asked is not None else 0.0
             delay = max(backoff(retry, row.attempts), asked_s)
             # woken while it ran (what it waits for may have come just after it looked):
-            # no backoff, or the wake would be lost until the next attempt. The wake clears
-            # next_attempt_at (faxes.wake); the backoff is set only where it is still set,
-            # in one statement, so a wake since this session read the row is seen too
+            # no backoff, or the wake would be lost until the next attempt. A wake clears
+            # next_attempt_at (faxes.wake); the backoff is written only if it is still
+            # set, in one statement, so a wake since this session read the row counts too
             if not _schedule(s, row.id, delay, unless_woken=True):
                 delay = asked_s
                 _schedule(s, row.id, delay)
