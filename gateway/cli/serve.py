@@ -13,9 +13,13 @@ log = logging.getLogger("gateway")
 EMBEDDED_THREADS = 4  # the embedded worker's task threads
 # How long a thread holds the GIL while others wait (Python's default: 5 ms). A C-MOVE
 # goes one instance at a time: the PACS waits for each C-STORE's answer, which the
-# Storage SCP's threads give only once they get the GIL. With a thread mapping records
-# beside it, a 300-instance study took 4.6 s at 5 ms and 2.2 s at 0.5 ms (1.5-1.7 s alone).
-SWITCH_INTERVAL_S = 0.0005
+# Storage SCP's threads give only once they get the GIL, so a thread mapping records
+# beside it slows the study down (4.6 s at 5 ms, 2.2 s at 0.5 ms, 1.5-1.7 s alone, on one
+# 2-core machine). Handing the GIL over that often costs CPU too: on another 2-core
+# machine the embedded standard case (bench/e2e.py) took 7.8-9.1 s and 8.7-9.9 CPU-s at
+# 0.5 ms, 6.6 s and 6.8-7.1 CPU-s at 5 ms, 5.4-6.1 s and 6.0-6.7 CPU-s at 2 ms, its study
+# 3.0-3.3 s at 2 ms against 4.3-4.9 s at either end.
+SWITCH_INTERVAL_S = 0.002
 
 
 @click.command()
