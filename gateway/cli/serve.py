@@ -16,9 +16,9 @@ EMBEDDED_THREADS = 4  # the embedded worker's task threads
 # Storage SCP's threads give only once they get the GIL, so a thread mapping records
 # beside it slows the study down (4.6 s at 5 ms, 2.2 s at 0.5 ms, 1.5-1.7 s alone, on one
 # 2-core machine). Handing the GIL over that often costs CPU too: on another 2-core
-# machine the embedded standard case (bench/e2e.py) took 7.8-9.1 s and 8.7-9.9 CPU-s at
-# 0.5 ms, 6.6 s and 6.8-7.1 CPU-s at 5 ms, 5.4-6.1 s and 6.0-6.7 CPU-s at 2 ms, its study
-# 3.0-3.3 s at 2 ms against 4.3-4.9 s at either end.
+# machine the embedded standard case (bench/e2e.py, runs vary widely there) took a median
+# 8.3 s (5.9-9.1 s, 5 runs) at 0.5 ms, 6.6 s (2 runs) at 5 ms, 6.4 s (5.4-9.9 s, 4 runs)
+# at 2 ms.
 SWITCH_INTERVAL_S = 0.002
 
 
