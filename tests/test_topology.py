@@ -246,8 +246,9 @@ def test_api_two_workers_beat_and_a_receiver_deliver_a_transfer(
         return sorted([*[c for w in workers for c in _children(w.proc.pid)], beat.proc.pid])
 
     def sandboxes():  # the process each document sandbox (fork server) serves, by PID
-        return sorted(ppid for ppid, cmd in _processes() if "connectors.fax.zygote" in cmd
-                      and ppid in task_processes())
+        tasks = set(task_processes())
+        return sorted(ppid for ppid, cmd in _processes()
+                      if "connectors.fax.zygote" in cmd and ppid in tasks)
 
     # each prefork child and the beat started their own before any task came; the workers'
     # parents (which run no task) none
