@@ -10,6 +10,7 @@ import io
 import json
 import os
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pypdfium2
@@ -19,10 +20,11 @@ from sqlalchemy import select
 from connectors.fax.cover import decode_cover
 from gateway import create_app
 from gateway.cli.demo import make_pdf
+from gateway.engine import cases as engine_cases
 from gateway.engine import unattended
 from gateway.engine.faxes import cover_key_path, ensure_cover_key
 from gateway.notify.webhook import verify_signature
-from gateway.storage.models import AuditEvent, Case, Notification, Transfer
+from gateway.storage.models import AuditEvent, Case, Notification, Transfer, utcnow
 from gateway.trust.authorizations import example_claims
 
 from tests.helpers import ISSUER, bearer, make_token, wait_until, write_pdfs
@@ -277,6 +279,42 @@ def test_a_fax_source_is_reminded_then_overdue_then_marked_no_records(case_stack
     for value in (patient["name"]["family"], *patient["name"].get("given", []), patient["birthDate"],
                   *(i["value"] for i in patient["identifiers"])):
         assert value.encode() not in said
+
+
+def test_a_reminder_due_before_its_transfer_pulls_waits_for_it(sender_config, tmp_path, sign,
+                                                                claims_for):
+    """A busy worker can leave the transfer pending past the first reminder's time: that
+    reminder is not counted as sent until there is a transfer to send its letter for."""
+    outbox = configure(sender_config, tmp_path, records={"auto": "off"},
+                       fax={"auto": "start", "expect_within_s": 60, "remind_every_s": 1})
+    app = create_app(sender_config)  # no worker: nothing moves the transfer but this test
+    svc = app.extensions["gateway"]
+    try:
+        svc.keys.ensure()
+        ensure_cover_key(svc.settings.keys_dir)
+        r = app.test_client().post("/authorizations", json={"jws": sign(claims_for())},
+                                   headers=bearer(make_token(app, "operator")))
+        assert r.status_code == 201, r.get_json()
+        start = utcnow()
+        with svc.db.session() as s:
+            [opened] = s.scalars(select(Case)).all()
+            engine_cases.advance(svc, s, opened, start)
+            [transfer] = s.scalars(select(Transfer)).all()
+            assert transfer.state == "pending"
+            fax = next(src for src in opened.sources if src.name == "fax")
+            engine_cases.advance(svc, s, opened, start + timedelta(seconds=2.5))
+            assert fax.reminders == 0 and list(outbox.iterdir()) == []
+            transfer.state = "pulling"
+            engine_cases.advance(svc, s, opened, start + timedelta(seconds=3))
+            assert fax.reminders == 1
+            assert [p.name for p in outbox.iterdir()] == [
+                f"request-R-{transfer.id[:10].upper()}-1.pdf"]
+            engine_cases.advance(svc, s, opened, start + timedelta(seconds=3.5))
+            assert fax.reminders == 1  # the next is a full interval after the one sent
+            engine_cases.advance(svc, s, opened, start + timedelta(seconds=4.1))
+            assert fax.reminders == 2 and len(list(outbox.iterdir())) == 2
+    finally:
+        svc.close()
 
 
 def test_revocation_and_expiry_close_the_case(case_stack, claims_for, sign):

@@ -383,20 +383,24 @@ def _in_flight(session: Session, case: Case, names: list[str]) -> bool:
 def _remind(svc: Services, session: Session, case: Case, source: CaseSource, now: datetime,
             actor: str) -> list[str]:
     """Before its deadline, a source that has not answered is reminded: a fax source gets
-    a new request letter in the fax outbox (faxes.py), the others a pull at once."""
+    a new request letter in the fax outbox (faxes.py), the others a pull at once. A
+    reminder falls due only while a transfer pulls the source: one due before its transfer
+    pulls (a busy worker) waits for it, so each reminder counted was sent."""
     if (not source.started or source.status in ANSWERED | {"failed", "overdue"}
             or source.next_reminder_at is None or source.next_reminder_at > now
             or (source.deadline_at is not None and source.deadline_at <= now)):
         return []
-    cfg = svc.settings.sources[source.name]
-    source.reminders += 1
-    source.next_reminder_at = now + timedelta(seconds=cfg.remind_every())
-    woken = []
     waiting = session.scalars(
         select(TransferSource).join(Transfer)
         .where(Transfer.authorization_id == case.authorization_id,
                TransferSource.name == source.name, Transfer.state == "pulling",
                TransferSource.state != "done")).all()
+    if not waiting:
+        return []
+    cfg = svc.settings.sources[source.name]
+    source.reminders += 1
+    source.next_reminder_at = now + timedelta(seconds=cfg.remind_every())
+    woken = []
     if cfg.kind == "fax-drop":
         for row in waiting:
             faxes.write_request(svc, session, row.transfer, source.name, source.reminders)
