@@ -54,7 +54,7 @@ from connectors.base import RawRecord
 from mappings import Mapped, MappingContext, MappingFailed, PartlyInvalid
 from mappings.fhir import jsontext
 from mappings.fhir.classify import clinical_date, data_class
-from mappings.fhir.schema_check import Parsed, PulledResource, pulled
+from mappings.fhir.schema_check import Parsed, PulledResource, pulled, schema_check
 from mappings.fhir.validate import (
     R4_CHECK,
     R4B_CHECK,
@@ -120,12 +120,14 @@ def resource_uuid(base_url: str, rtype: str, rid: str) -> str:
 
 
 def uuid5_str(name: str) -> str:
-    """str(uuid.uuid5(uuid.NAMESPACE_URL, name)) without building UUID objects."""
-    h = bytearray(hashlib.sha1(_NS_URL + name.encode()).digest()[:16])
-    h[6] = (h[6] & 0x0F) | 0x50
-    h[8] = (h[8] & 0x3F) | 0x80
-    x = h.hex()
-    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+    """str(uuid.uuid5(uuid.NAMESPACE_URL, name)) without building UUID objects: the SHA-1's
+    first 32 hex digits, version 5 and the RFC 4122 variant written into two of them."""
+    x = _sha1(_NS_URL + name.encode()).hexdigest()
+    return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
+
+
+_sha1 = hashlib.sha1
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}  # top two bits 10
 
 
 def check_version(record: RawRecord) -> None:
@@ -393,9 +395,11 @@ def _as_served(line: bytes) -> bytes:
 
 def _provenance(record: RawRecord, targets: list[str], checked: str = R4B_CHECK) -> Mapped:
     """The record's Provenance naming `targets` (the urn:uuids of its resources), as the R4B
-    model writes it. The model checks it with its first target; the others are written as
-    the model writes that one (they are urn:uuids made here, like it). Validating and
-    writing a Reference model per resource was a fifth of mapping a FHIR page."""
+    model writes it. The schema check (as strict as the model) checks it, and it is written
+    in the model's own order: the model's check and writing cost 3 ms a record. What the
+    check leaves to the model, the model checks with its first target, and the others are
+    written as it writes that one (urn:uuids made here, like it): validating and writing a
+    Reference model per resource was a fifth of mapping a FHIR page."""
     meta = record.metadata
     base = str(meta.get("base_url") or "")
     recorded = record.fetched_at.isoformat().replace("+00:00", "Z")
@@ -421,6 +425,10 @@ def _provenance(record: RawRecord, targets: list[str], checked: str = R4B_CHECK)
                              "display": f"FHIR {meta.get('fhir_version', '')} {meta.get('stream', '')} "
                                         f"page {meta.get('page', '')} (sha256 {record.sha256})"}}],
     }
+    whole = orjson.dumps({**doc, "target": [{"reference": t} for t in targets]})
+    if schema_check().accepts(whole):
+        return Mapped(PulledResource({"resourceType": "Provenance", "id": doc["id"]}, whole),
+                      "supporting", None, json=whole)
     one = model_class("Provenance").model_validate(doc).model_dump_json().encode()
     first = b'"target":[' + orjson.dumps({"reference": targets[0]}) + b"]"
     if one.count(first) != 1:  # not as the model writes it: let the model write them all

@@ -256,14 +256,17 @@ def test_mapping_normalizes_references_ids_and_classes(tmp_path):
     assert by_type["Practitioner"].data_class == by_type["Provenance"].data_class == "supporting"
 
 
-def test_a_records_provenance_travels_as_the_model_writes_the_whole_of_it(tmp_path):
-    """The Provenance is checked by the model with its first target and the others written
-    as that one: the JSON that travels is byte for byte the model's own of the whole."""
+@pytest.mark.parametrize("stream", ["x", "Éloi"])  # the schema check's, then the model's
+def test_a_records_provenance_travels_as_the_model_writes_the_whole_of_it(tmp_path, stream):
+    """The Provenance is checked by the schema check (or, for what it leaves to them, by
+    the model with its first target and the others written as that one): the JSON that
+    travels is byte for byte the model's own of the whole."""
+    from mappings.fhir.schema_check import schema_check
     from mappings.fhir.validate import model_class
 
     rec = record(tmp_path, [entry({"resourceType": "Observation", "id": f"o{n}", "status": "final",
                                    "code": {"text": "pulse"}, "subject": {"reference": "Patient/p1"}})
-                            for n in range(40)])
+                            for n in range(40)], stream=stream)
     items = map_record(rec, CTX)
     prov = next(i for i in items if i.resource.get_resource_type() == "Provenance")
     whole = model_class("Provenance").model_validate(orjson.loads(prov.json))
@@ -271,6 +274,7 @@ def test_a_records_provenance_travels_as_the_model_writes_the_whole_of_it(tmp_pa
     assert [t.reference for t in whole.target] == [f"urn:uuid:{resource_uuid(BASE, 'Observation', f'o{n}')}"
                                                    for n in range(40)]
     assert prov.resource.id == whole.id and prov.resource.target == whole.target
+    assert schema_check().accepts(prov.json) is stream.isascii()
 
 
 @pytest.mark.parametrize("value", ["73.2", "0.5", "1e-7", "100", "1.00", "1.5e3", "-0", "1E-7",
