@@ -131,3 +131,26 @@ def test_completeness_table_names_what_a_person_must_know():
                          "  not searchable: Claim (no patient search)",
                          "  unresolved: Device/d1 (read answered 404)",
                          "complete: no (see above)"]
+
+
+def test_commands_in_a_real_process_print_no_migration_chatter(tmp_path):
+    """`init` creates the schema and `token create` checks it, quietly: the migrations'
+    INFO lines appear only when DEBUG is asked for."""
+    import os
+
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")},
+           "GATEWAY_DATA_DIR": str(tmp_path / "data")}
+
+    def gateway(*args):
+        done = subprocess.run([sys.executable, "-m", "gateway", *args], env=env,
+                              capture_output=True, text=True, cwd=tmp_path, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    init = gateway("init")
+    assert "database ready" in init.stdout and init.stderr == ""
+    token = gateway("token", "create", "--name", "desk", "--role", "operator")
+    assert len(token.stdout.strip()) > 20
+    assert token.stderr.startswith("token id ") and token.stderr.count("\n") == 1
+    loud = gateway("--log-level", "DEBUG", "token", "create", "--name", "desk-2", "--role", "operator")
+    assert "alembic.runtime.migration" in loud.stderr

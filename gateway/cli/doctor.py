@@ -12,7 +12,6 @@ printed holds a secret (URLs lose their user and password).
 """
 from __future__ import annotations
 
-import logging
 import re
 import threading
 from pathlib import Path
@@ -150,7 +149,6 @@ def doctor(ctx: click.Context, timeout: float) -> None:
     from gateway.storage.db import Database
     from gateway.trust.keys import SigningKeys
 
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # the schema check's chatter
     checks: list[Check] = []
 
     def report(check: Check) -> None:

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from typing import Iterator
 
 CONTEXT_FIELDS = ("transfer_id", "case_id")
+CHATTY_LIBRARIES = ("alembic",)
 _context: dict[str, ContextVar[str | None]] = {
     name: ContextVar(name, default=None) for name in CONTEXT_FIELDS}
 
@@ -88,4 +89,9 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler.addFilter(ContextIds())
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # the migrations' step-by-step lines at every command's start are the library's
+    # chatter: shown when DEBUG is asked for, otherwise its warnings only
+    quiet = logging.WARNING if root.level > logging.DEBUG else logging.NOTSET
+    for name in CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(quiet)
     logging.captureWarnings(True)  # library warnings become lines of the same format
