@@ -98,7 +98,6 @@ class Analysis:
     text_source: str = "none"  # "layer", "ocr" or "none"
     fax_number: str | None = None  # TIFF ImageDescription when it is a phone number
     encrypted: bool = False  # opened with an empty user password
-    previews: int = 0  # preview-1.png ... preview-<previews>.png, in the output folder
     peak_rss_mb: float = 0.0  # the child's peak resident memory (with Tesseract's)
 
 
