@@ -268,7 +268,9 @@ def test_resumed_delivery_sends_only_the_missing_instances(stack, sign, dicom, t
 
     # the destination takes 10, then is out of resources: the step retries
     wait_until(lambda: refusing.refused >= 28, 240, 0.2, "two refused forwarding attempts")
-    view = stack.view(tid)
+    # the refusals come before the delivering step records its failed attempt's reason
+    view = wait_until(lambda: (v := stack.view(tid))["reason"] and v, 60, 0.1,
+                      "the refused attempt's reason")
     assert view["state"] == "delivering" and "not yet accepted" in view["reason"]
     assert len(refusing.stored) == 10 and view["bundles"][0]["state"] == "assembled"
     accepted_before = refusing.c_stores - refusing.refused
