@@ -21,10 +21,42 @@ PG_ADMIN = os.environ.get("GATEWAY_TEST_PG_URL", "postgresql+psycopg://postgres@
 REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 
 
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _port_slice() -> range:
+    """This test process's own ports: below the kernel's ephemeral range, where no outgoing
+    connection (a pooled database socket, say) can hold a port a server is about to listen
+    on, and split between the xdist workers so two never hand out the same one."""
+    low, high = 10000, _ephemeral_floor()
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    index = int(worker) % count if worker.isdigit() else 0
+    size = (high - low) // count
+    return range(low + index * size, low + (index + 1) * size)
+
+
+_PORTS = _port_slice()
+_next_port = [_PORTS.start + os.getpid() % len(_PORTS)]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing holds now, never handed out twice by one process while it
+    has others left (a server started later may still be on its way to binding one)."""
+    for _ in range(len(_PORTS)):
+        port = _next_port[0]
+        _next_port[0] = _PORTS.start + (port + 1 - _PORTS.start) % len(_PORTS)
+        with socket.socket() as s:  # no SO_REUSEADDR: a port in TIME_WAIT is passed over too
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port in {_PORTS.start}-{_PORTS.stop - 1}")
 
 
 def wait_until(check, timeout: float = 30, interval: float = 0.1, what: str = "condition"):

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+
+from tests.helpers import free_port  # noqa: F401  (re-exported for the DICOM tests)
 
 ORTHANC = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
@@ -32,12 +33,6 @@ def peer_env() -> dict:
     env = dict(os.environ)
     env["TCP_NODELAY"] = "1"
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _echo(host: str, port: int, aet: str, calling: str = "ECHOSCU") -> bool:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 
 import psycopg
 import pytest
 import redis
 
+from tests import helpers
 from tests.faults.servers import PostgresCluster, RedisServer, SizeLimitedFolder, pid_alive
 from tests.helpers import free_port
 
@@ -80,3 +82,30 @@ def test_size_limited_folder_fails_writes_with_enospc(tmp_path):
 
 def test_free_ports_do_not_collide_with_the_shared_servers():
     assert {free_port() for _ in range(5)}.isdisjoint({5432, 6379})
+
+
+def test_free_ports_lie_outside_the_range_outgoing_connections_take():
+    # an outgoing connection's local port comes from this range; a server told to listen on
+    # a port from it can find the port held by some pooled connection for minutes
+    floor = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == 200
+    assert max(ports) < floor and min(ports) >= 10000
+
+
+def test_a_port_someone_listens_on_is_passed_over():
+    upcoming = helpers._next_port[0]
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", upcoming))
+        held.listen()
+        assert free_port() != upcoming
+
+
+def test_each_test_process_hands_out_ports_of_its_own(monkeypatch):
+    slices = []
+    for worker in ("gw0", "gw1", "gw2"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "3")
+        slices.append(set(helpers._port_slice()))
+    assert all(len(s) > 1000 for s in slices)
+    assert not (slices[0] & slices[1] or slices[1] & slices[2] or slices[0] & slices[2])
