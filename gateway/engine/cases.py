@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from gateway import audit, notify
@@ -33,6 +33,7 @@ from gateway.errors import (
 )
 from gateway.outbound.completeness import SENT_BEFORE
 from gateway.runtime.services import Services
+from gateway.storage.db import lock_for_update
 from gateway.storage.models import (
     Authorization,
     Case,
@@ -98,10 +99,9 @@ def open_case(svc: Services, session: Session, auth: Authorization, actor: str,
 def get(session: Session, case_id: str, lock: bool = False) -> Case:
     """The case; with `lock`, held by this transaction until it ends: two passes over one
     case (the periodic one, one a notification asked for) would each start a follow-up."""
-    if lock:  # a write first: the row lock on PostgreSQL, the write lock on SQLite
-        session.execute(update(Case).where(Case.id == case_id).values(updated_at=utcnow())
-                        .execution_options(synchronize_session=False))
-    case = session.get(Case, case_id, with_for_update=lock)
+    if lock:
+        lock_for_update(session)
+    case = session.get(Case, case_id, with_for_update=lock, populate_existing=lock)
     if case is None:
         raise NotFound(f"no case {case_id}")
     return case

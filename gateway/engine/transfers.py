@@ -35,6 +35,7 @@ from gateway.errors import (
 from gateway.runtime.celery_app import celery
 from gateway.runtime.logs import log_context
 from gateway.runtime.services import Services, services
+from gateway.storage.db import lock_for_update
 from gateway.storage.models import (
     Authorization,
     Case,
@@ -119,7 +120,7 @@ def create_transfer(svc: Services, session: Session, *, authorization_id: str,
 
 def cancel(session: Session, transfer_id: str, reason: str, actor: str,
            role: str | None = None) -> Transfer:
-    t = _get(session, transfer_id)
+    t = _get(session, transfer_id, for_update=True)
     if t.state in TERMINAL:
         raise Conflict(f"transfer {transfer_id} is already {t.state}")
     _finish(session, t, "cancelled", reason, actor, role)
@@ -134,7 +135,7 @@ def retry(session: Session, transfer_id: str, actor: str, role: str | None = Non
     `skip_failed_items`, records that cannot be mapped are marked skipped (and listed
     in the log) so the rest can go.
     """
-    t = _get(session, transfer_id)
+    t = _get(session, transfer_id, for_update=True)
     if t.state != "failed":
         raise Conflict(f"only a failed transfer can be retried; {transfer_id} is {t.state}")
     policy.check_active(t.authorization)
@@ -164,7 +165,7 @@ def retry(session: Session, transfer_id: str, actor: str, role: str | None = Non
 def replay(session: Session, transfer_id: str, actor: str, role: str | None = None) -> Transfer:
     """Send a dead-lettered delivery again (the bundles are kept; the recipient's
     idempotency makes a repeat harmless); caller enqueues after commit."""
-    t = _get(session, transfer_id)
+    t = _get(session, transfer_id, for_update=True)
     if t.state != "dead_letter":
         raise Conflict(f"only a dead-lettered transfer can be replayed; {transfer_id} is {t.state}")
     policy.check_active(t.authorization)
@@ -179,8 +180,10 @@ def replay(session: Session, transfer_id: str, actor: str, role: str | None = No
 def cancel_for_authorization(session: Session, authorization_id: str, reason: str,
                              actor: str) -> int:
     """Revocation: stop every unfinished transfer under that authorization at once."""
+    lock_for_update(session)  # a step finishing meanwhile waits, then finds it cancelled
     open_transfers = session.scalars(select(Transfer).where(
-        Transfer.authorization_id == authorization_id, Transfer.state.not_in(TERMINAL))).all()
+        Transfer.authorization_id == authorization_id, Transfer.state.not_in(TERMINAL))
+        .with_for_update()).all()
     for t in open_transfers:
         _finish(session, t, "cancelled", reason, actor, None)
     return len(open_transfers)
@@ -192,8 +195,12 @@ def enqueue(transfer_id: str, state: str, countdown: float | None = None) -> Non
 
 # --- running steps -------------------------------------------------------------------
 
-def _get(session: Session, transfer_id: str) -> Transfer:
-    t = session.get(Transfer, transfer_id)
+def _get(session: Session, transfer_id: str, for_update: bool = False) -> Transfer:
+    """The transfer; `for_update` when the transaction writes back what it read of it (a
+    step's outcome against a revocation committed meanwhile, say)."""
+    if for_update:
+        lock_for_update(session)
+    t = session.get(Transfer, transfer_id, with_for_update=for_update, populate_existing=for_update)
     if t is None:
         raise NotFound(f"no transfer {transfer_id}")
     return t
@@ -248,7 +255,7 @@ def _run_step(svc: Services, transfer_id: str, state: str) -> str | None:
         return None
     except AuthorizationDenied as exc:
         with svc.db.session() as s:
-            t = _get(s, transfer_id)
+            t = _get(s, transfer_id, for_update=True)
             if t.state not in TERMINAL:
                 _finish(s, t, "cancelled", f"authorization: {exc}", actor, None)
         return "cancelled"
@@ -266,7 +273,7 @@ def _run_step(svc: Services, transfer_id: str, state: str) -> str | None:
                             duration_s=_since(started))
     waiting_case = None
     with svc.db.session() as s:
-        t = _get(s, transfer_id)
+        t = _get(s, transfer_id, for_update=True)
         if t.state != state or t.lease_owner != owner:
             return None  # cancelled meanwhile: leave it as it is
         if next_state in TERMINAL:
@@ -307,7 +314,7 @@ def _failed_step(svc: Services, transfer_id: str, state: str, exc: Exception, *,
                  transient: bool, actor: str, duration_s: float | None = None) -> str:
     message = str(exc) if isinstance(exc, GatewayError) else f"internal error ({type(exc).__name__})"
     with svc.db.session() as s:
-        t = _get(s, transfer_id)
+        t = _get(s, transfer_id, for_update=True)
         if t.state != state:
             return t.state
         t.attempts += 1

@@ -109,3 +109,15 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def lock_for_update(session: Session) -> None:
+    """Call before reading rows this transaction will write back (and read them with FOR
+    UPDATE): nothing another process commits can then slip between the read and the
+    write. PostgreSQL locks the rows read FOR UPDATE. SQLite has no row locks, and its
+    driver starts a transaction only at the first write, so the reads before it see a
+    state that may be gone by the write; the database's write lock, taken first (BEGIN
+    IMMEDIATE, waiting as long as any write would), closes that gap."""
+    conn = session.connection()
+    if conn.dialect.name == "sqlite" and not conn.connection.driver_connection.in_transaction:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
