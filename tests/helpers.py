@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -219,3 +220,39 @@ def record_binaries(bundle: dict) -> list[dict]:
                  and d["type"]["coding"][0]["code"] in GENERATED}
     return [e["resource"] for e in bundle["entry"]
             if e["resource"]["resourceType"] == "Binary" and e["fullUrl"] not in generated]
+
+
+@contextlib.contextmanager
+def racing_the_write(row_type, row_id, action, grace: float = 1.0):
+    """The first time a session is about to write a change to that row, run `action` in
+    another thread and give it `grace` seconds to commit: a commit landing between a
+    read and the write that depends on it. Yields the list the thread goes in; joins it
+    at the end (a writer that holds the row makes the thread wait for its commit)."""
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    started, errors = [], []
+
+    def run():
+        try:
+            action()
+        except BaseException as exc:  # raised in the test's thread at the end
+            errors.append(exc)
+
+    def before_flush(session, _context, _instances):
+        if not started and any(isinstance(o, row_type) and o.id == row_id for o in session.dirty):
+            thread = threading.Thread(target=run)
+            started.append(thread)
+            thread.start()
+            thread.join(timeout=grace)
+
+    event.listen(Session, "before_flush", before_flush)
+    try:
+        yield started
+    finally:
+        event.remove(Session, "before_flush", before_flush)
+        for thread in started:
+            thread.join(timeout=60)
+            assert not thread.is_alive(), "the racing commit never got through"
+    if errors:
+        raise errors[0]

@@ -4,16 +4,16 @@ made to land in the gap between the worker reading the transfer and writing it b
 worker's flush starts it, in another thread) on SQLite and on PostgreSQL."""
 from __future__ import annotations
 
-import threading
+import functools
 
 import pytest
-from sqlalchemy import event, select
-from sqlalchemy.orm import Session
+from sqlalchemy import select
 
 from gateway.engine import operations, steps, transfers
 from gateway.engine.transfers import run_step
 from gateway.errors import ProviderUnavailable
 from gateway.storage.models import AuditEvent, Transfer
+from tests.helpers import racing_the_write
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -21,25 +21,6 @@ def sender_config(request, sender_config):
     if request.param == "postgresql":
         return {**sender_config, "database_url": request.getfixturevalue("pg_url")}
     return sender_config
-
-
-def _revoke_while_the_worker_writes(svc, tid: str, auth_id: str):
-    """On the worker's first flush of the transfer, revoke in another thread and give it a
-    second to get through (it gets through at once unless the worker holds the row).
-    Returns the list the thread goes in and the hook, to remove."""
-    started: list[threading.Thread] = []
-
-    def before_flush(session, _context, _instances):
-        ours = [o for o in session.dirty if isinstance(o, Transfer) and o.id == tid]
-        if ours and not started:
-            revoke = threading.Thread(target=operations.revoke_authorization,
-                                      args=(svc, auth_id, "patient withdrew", "test"))
-            started.append(revoke)
-            revoke.start()
-            revoke.join(timeout=1.0)
-
-    event.listen(Session, "before_flush", before_flush)
-    return started, before_flush
 
 
 @pytest.mark.parametrize("outcome", ["step-done", "step-retried"])
@@ -60,14 +41,10 @@ def test_a_revocation_while_a_step_ends_wins(app, client, operator, claims_for, 
 
     monkeypatch.setitem(steps.HANDLERS, "pending", pending)
     monkeypatch.setattr(transfers, "enqueue", lambda *a, **kw: None)  # no worker here
-    started, hook = _revoke_while_the_worker_writes(svc, tid, auth_id)
-    try:
+    revoke = functools.partial(operations.revoke_authorization, svc, auth_id, "patient withdrew", "test")
+    with racing_the_write(Transfer, tid, revoke) as started:
         run_step(svc, tid, "pending")
-        assert len(started) == 1  # the revocation did run inside the gap
-        started[0].join(timeout=60)
-        assert not started[0].is_alive()
-    finally:
-        event.remove(Session, "before_flush", hook)
+    assert len(started) == 1  # the revocation did run inside the gap
 
     with svc.db.session() as s:
         t = s.get(Transfer, tid)

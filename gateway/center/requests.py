@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from gateway import audit
 from gateway.errors import ConfigError, Conflict, Forbidden, InvalidInput, NotFound
 from gateway.runtime.services import Services
+from gateway.storage.db import lock_for_update
 from gateway.storage.models import CenterProvider, CenterRequest, utcnow
 from gateway.trust.authorizations import sign_authorization, sign_revocation, validate_claims
 
@@ -110,8 +111,11 @@ def create(svc: Services, data: dict, actor: str, role: str | None = None,
         return row
 
 
-def get(session: Session, request_id: str) -> CenterRequest:
-    row = session.get(CenterRequest, request_id)
+def get(session: Session, request_id: str, for_update: bool = False) -> CenterRequest:
+    """The request; `for_update` when the transaction writes back what it read of it."""
+    if for_update:
+        lock_for_update(session)
+    row = session.get(CenterRequest, request_id, with_for_update=for_update, populate_existing=for_update)
     if row is None:
         raise NotFound(f"no center request {request_id}")
     return row
@@ -151,7 +155,7 @@ def revoke(svc: Services, request_id: str, actor: str, role: str | None = None,
     """Sign the revocation and mark the request revoked; returns the providers to tell
     (the caller enqueues tasks.revoke for each after this commits)."""
     with svc.db.session() as s:
-        row = get(s, request_id)
+        row = get(s, request_id, for_update=True)
         if row.state == "revoked":
             return []
         row.revocation_jws = sign_revocation(center(svc).issuer, row.authorization_id, reason,

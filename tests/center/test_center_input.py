@@ -3,6 +3,7 @@ forged, expired or replaced status link. Each gets a clear message; nothing is s
 stored or sent."""
 from __future__ import annotations
 
+import functools
 from datetime import date, timedelta
 
 import pytest
@@ -11,6 +12,7 @@ from sqlalchemy import func, select
 from gateway.center import tasks
 from gateway.storage.models import AuditEvent, CenterRequest, CenterToken, utcnow
 from tests.center.conftest import form_for
+from tests.helpers import racing_the_write
 
 TODAY = date.today()
 WRONG = [  # (field, bad value, words the message must hold)
@@ -196,3 +198,26 @@ def test_a_provider_that_does_not_answer_is_reminded_then_overdue(center_app, st
     progress.advance(svc, made["id"], now + timedelta(days=12))
     view = client.get(f"/center/requests/{made['id']}", headers=staff).get_json()
     assert view["state"] == "complete" and view["providers"][0]["arrived"]["faxes"] == 1
+
+
+def test_a_revocation_while_a_pass_settles_the_request_wins(center_app, staff):
+    """The patient revokes while the periodic pass is writing the request's expiry: the
+    request ends revoked, the expiry recorded before the revocation."""
+    from gateway.center import progress
+    from gateway.center import requests as center_requests
+
+    client = center_app.test_client()
+    svc = center_app.extensions["gateway"]
+    made = client.post("/center/requests", json={**form_for(providers=["office"]),
+                                                 "form_token": _form_token(client, staff)},
+                       headers=staff).get_json()
+    revoke = functools.partial(center_requests.revoke, svc, made["id"], "patient")
+    with racing_the_write(CenterRequest, made["id"], revoke) as started:
+        progress.advance(svc, made["id"], utcnow() + timedelta(days=400))  # past its expiry
+    assert len(started) == 1  # the revocation did run inside the gap
+    view = client.get(f"/center/requests/{made['id']}", headers=staff).get_json()
+    assert view["state"] == "revoked" and view["revokedAt"]
+    with svc.db.session() as s:
+        events = s.scalars(select(AuditEvent.type).where(AuditEvent.type.like("center.request.%"))
+                           .order_by(AuditEvent.seq)).all()
+    assert events[-2:] == ["center.request.expired", "center.request.revoked"]
