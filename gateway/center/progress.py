@@ -24,7 +24,7 @@ from gateway import audit
 from gateway.exchange.manifest import MANIFEST_TYPE
 from gateway.exchange.structure import SUMMARY_TYPE
 from gateway.runtime.services import Services
-from gateway.storage.db import lock_for_update
+from gateway.storage.db import get_for_update
 from gateway.storage.models import (
     CenterArrival,
     CenterProvider,
@@ -166,8 +166,8 @@ def advance(svc: Services, request_id: str, now: datetime | None = None) -> list
     """One pass over one request (committed); returns the reminders to send."""
     now = now or utcnow()
     with svc.db.session() as s:
-        lock_for_update(s)  # a revocation meanwhile waits, then finds what this pass wrote
-        row = s.get(CenterRequest, request_id, with_for_update=True, populate_existing=True)
+        # held: a revocation meanwhile waits, then finds what this pass wrote
+        row = get_for_update(s, CenterRequest, request_id)
         if row is None or row.state not in ("open", "complete"):
             return []
         take_bundles(svc, s, row)

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from gateway import audit
 from gateway.errors import ConfigError, Conflict, Forbidden, InvalidInput, NotFound
 from gateway.runtime.services import Services
-from gateway.storage.db import lock_for_update
+from gateway.storage.db import get_for_update
 from gateway.storage.models import CenterProvider, CenterRequest, utcnow
 from gateway.trust.authorizations import sign_authorization, sign_revocation, validate_claims
 
@@ -113,9 +113,8 @@ def create(svc: Services, data: dict, actor: str, role: str | None = None,
 
 def get(session: Session, request_id: str, for_update: bool = False) -> CenterRequest:
     """The request; `for_update` when the transaction writes back what it read of it."""
-    if for_update:
-        lock_for_update(session)
-    row = session.get(CenterRequest, request_id, with_for_update=for_update, populate_existing=for_update)
+    row = (get_for_update(session, CenterRequest, request_id) if for_update
+           else session.get(CenterRequest, request_id))
     if row is None:
         raise NotFound(f"no center request {request_id}")
     return row

@@ -33,7 +33,7 @@ from gateway.errors import (
 )
 from gateway.outbound.completeness import SENT_BEFORE
 from gateway.runtime.services import Services
-from gateway.storage.db import lock_for_update
+from gateway.storage.db import get_for_update
 from gateway.storage.models import (
     Authorization,
     Case,
@@ -99,9 +99,7 @@ def open_case(svc: Services, session: Session, auth: Authorization, actor: str,
 def get(session: Session, case_id: str, lock: bool = False) -> Case:
     """The case; with `lock`, held by this transaction until it ends: two passes over one
     case (the periodic one, one a notification asked for) would each start a follow-up."""
-    if lock:
-        lock_for_update(session)
-    case = session.get(Case, case_id, with_for_update=lock, populate_existing=lock)
+    case = get_for_update(session, Case, case_id) if lock else session.get(Case, case_id)
     if case is None:
         raise NotFound(f"no case {case_id}")
     return case

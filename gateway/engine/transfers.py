@@ -35,7 +35,7 @@ from gateway.errors import (
 from gateway.runtime.celery_app import celery
 from gateway.runtime.logs import log_context
 from gateway.runtime.services import Services, services
-from gateway.storage.db import lock_for_update
+from gateway.storage.db import get_for_update, lock_for_update
 from gateway.storage.models import (
     Authorization,
     Case,
@@ -198,9 +198,7 @@ def enqueue(transfer_id: str, state: str, countdown: float | None = None) -> Non
 def _get(session: Session, transfer_id: str, for_update: bool = False) -> Transfer:
     """The transfer; `for_update` when the transaction writes back what it read of it (a
     step's outcome against a revocation committed meanwhile, say)."""
-    if for_update:
-        lock_for_update(session)
-    t = session.get(Transfer, transfer_id, with_for_update=for_update, populate_existing=for_update)
+    t = get_for_update(session, Transfer, transfer_id) if for_update else session.get(Transfer, transfer_id)
     if t is None:
         raise NotFound(f"no transfer {transfer_id}")
     return t

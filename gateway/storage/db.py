@@ -121,3 +121,10 @@ def lock_for_update(session: Session) -> None:
     conn = session.connection()
     if conn.dialect.name == "sqlite" and not conn.connection.driver_connection.in_transaction:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def get_for_update(session: Session, model, key):
+    """The row (or None), held until the transaction ends (lock_for_update) and read
+    afresh under that hold even if this session had loaded it before."""
+    lock_for_update(session)
+    return session.get(model, key, with_for_update=True, populate_existing=True)
