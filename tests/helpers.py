@@ -32,8 +32,9 @@ def _ephemeral_floor() -> int:
 def _port_slice() -> range:
     """This test process's own ports: below the kernel's ephemeral range, where no outgoing
     connection (a pooled database socket, say) can hold a port a server is about to listen
-    on, and split between the xdist workers so two never hand out the same one."""
-    low, high = 10000, _ephemeral_floor()
+    on, and split between the xdist workers so two never hand out the same one. They start
+    above 10080, the highest port browsers refuse to open (ERR_UNSAFE_PORT)."""
+    low, high = 11000, _ephemeral_floor()
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
     count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     index = int(worker) % count if worker.isdigit() else 0

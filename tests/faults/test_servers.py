@@ -109,3 +109,8 @@ def test_each_test_process_hands_out_ports_of_its_own(monkeypatch):
         slices.append(set(helpers._port_slice()))
     assert all(len(s) > 1000 for s in slices)
     assert not (slices[0] & slices[1] or slices[1] & slices[2] or slices[0] & slices[2])
+
+
+def test_free_ports_are_ports_a_browser_opens():
+    # Chromium refuses pages on its restricted ports (ERR_UNSAFE_PORT); the highest is 10080
+    assert helpers._PORTS.start > 10080
